@@ -1,0 +1,210 @@
+"""The djship command line: parses arguments, calls the library, prints. Nothing else happens here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from djship import __version__
+from djship.config import find_project_dir
+from djship.errors import DjshipError
+
+# Wide when piped, so paths and tables are never cut for grep or a log file.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 400)
+
+
+class ConsoleReporter:
+    """Shows each step as it runs, with its time."""
+
+    @contextmanager
+    def step(self, title: str):
+        started = time.monotonic()
+        console.print(f"[bold]•[/] {title} …")
+        try:
+            yield
+        except BaseException:
+            console.print(f"  [red]✗[/] {title} [dim]({time.monotonic() - started:.1f}s)[/]")
+            raise
+        console.print(f"  [green]✓[/] [dim]{time.monotonic() - started:.1f}s[/]")
+
+    def note(self, text: str) -> None:
+        console.print(f"  [dim]{text}[/]")
+
+
+def _project_dir(option: str | None) -> Path:
+    return find_project_dir(Path(option) if option else Path.cwd())
+
+
+def _system(option: str | None):
+    from djship.deploy.lifecycle import LocalSystem, load_plan
+
+    return LocalSystem(load_plan(_project_dir(option)), ConsoleReporter())
+
+
+project_option = click.option(
+    "-C", "--project", "project", metavar="DIR",
+    help="The Django project (the directory with djship.toml). Default: the current directory or the nearest parent with djship.toml.",
+)
+
+
+class DjshipGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DjshipError as error:
+            errors.print(f"[red]error:[/] {error}", soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            errors.print("[red]interrupted[/]")
+            sys.exit(130)
+
+
+@click.group(cls=DjshipGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="djship")
+def main() -> None:
+    """Run a Django project the way production does: an HTTPS load balancer (HAProxy) in front of N app servers
+    (nginx -> gunicorn -> Django), with PostgreSQL on its own, every process supervised.
+
+    \b
+    Start inside your Django project (where manage.py is):
+      djship init        write djship.toml (found: settings, WSGI app, requirements)
+      djship up          build and start everything; prints the HTTPS URL
+      djship status      what runs where, and whether it is healthy
+      djship down        stop everything, keep all data
+    """
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing djship.toml.")
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path, force: bool) -> None:
+    """Write a commented djship.toml for the Django project in DIRECTORY (default: here).
+
+    Finds manage.py, the settings module, the WSGI application and the requirements file.
+    """
+    from djship.project import discover, write_config
+
+    project = discover(directory)
+    path = write_config(project, force)
+    console.print(f"Wrote {path}")
+    console.print(f"  settings      {project.settings_module}")
+    console.print(f"  WSGI app      {project.wsgi_application}")
+    console.print(f"  requirements  {project.requirements}")
+    console.print("Next: [bold]djship up[/]  (state lives in .djship/ beside manage.py; add it to .gitignore)")
+
+
+@main.command()
+@project_option
+def up(project: str | None) -> None:
+    """Build and start the whole system on this machine, then print the HTTPS URL.
+
+    \b
+    Order: state dir and secrets -> local CA certificate -> PostgreSQL -> release (code copy,
+    virtualenv, check --deploy, collectstatic, migrate) -> app servers -> load balancer.
+    Run again on a running system it changes nothing (or only what changed in djship.toml);
+    after `djship down` it brings the same release and every database row back.
+    """
+    started = time.monotonic()
+    system = _system(project)
+    result = system.up()
+    total = time.monotonic() - started
+    if result.changed:
+        console.print(f"[green]Up[/] in {total:.1f}s: release {result.release}")
+    else:
+        console.print(f"Already up and unchanged: release {result.release}; nothing was changed ({total:.1f}s)")
+    console.print(f"  site     [bold]{result.url}[/]")
+    console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
+
+
+@main.command()
+@project_option
+def down(project: str | None) -> None:
+    """Stop every process (balancer, app servers, PostgreSQL, supervisor). All data is kept."""
+    started = time.monotonic()
+    if _system(project).down():
+        console.print(f"Down in {time.monotonic() - started:.1f}s; data kept. `djship up` brings it back.")
+    else:
+        console.print("Nothing is running.")
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Really delete the state directory, including the database.")
+@project_option
+def destroy(project: str | None, yes: bool) -> None:
+    """Stop everything and DELETE the state directory: database, releases, secrets, certificates, media."""
+    system = _system(project)
+    if not yes:
+        raise DjshipError(
+            f"destroy deletes {system.plan.paths.state} with the database and uploaded media; "
+            "re-run with --yes to confirm (or `djship down` to stop and keep everything)"
+        )
+    system.destroy()
+    console.print(f"Deleted {system.plan.paths.state}.")
+
+
+def _print_status(report: dict) -> None:
+    console.print(f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   CA {report['ca_path']}")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH"):
+        table.add_column(column)
+    rows = report["components"]
+    apps = [row for row in rows if row["role"] == "app"]
+    for row in rows:
+        prefix = ""
+        if row["role"] == "app":
+            prefix = "└─ " if row is apps[-1] else "├─ "
+        colour = "green" if row["state"] == "RUNNING" else "red"
+        table.add_row(
+            row["role"], prefix + row["name"], row["address"], str(row["pid"] or "-"),
+            f"[{colour}]{row['state']}[/]", row["health"],
+        )
+    console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
+@project_option
+def status(project: str | None, as_json: bool) -> None:
+    """Show the topology (balancer -> app servers -> database) with live process states and health."""
+    report = _system(project).status()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+
+
+@main.command()
+@click.argument("component", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")
+@click.option("-n", "--lines", default=50, show_default=True, help="Lines to show from the end of each log.")
+@project_option
+def logs(project: str | None, component: str | None, follow: bool, lines: int) -> None:
+    """Show logs: COMPONENT is haproxy, postgres, supervisord, appN (nginx + gunicorn), or appN-nginx /
+    appN-gunicorn. Without COMPONENT, all of them."""
+    files = [str(path) for path in _system(project).log_files(component) if path.exists()]
+    if not files:
+        raise DjshipError("no logs yet; they appear once `djship up` has started something")
+    os.execvp("tail", ["tail", "-n", str(lines), *(["-F"] if follow else []), *files])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+@project_option
+def manage(project: str | None, args: tuple[str, ...]) -> None:
+    """Run manage.py in the live release with the production settings, e.g.
+
+    \b
+      djship manage -- createsuperuser
+      djship manage -- shell -c "from django.contrib.auth.models import User; print(User.objects.count())"
+    """
+    argv, env = _system(project).manage_command(list(args))
+    os.execvpe(argv[0], argv, env)

@@ -1,0 +1,76 @@
+"""PostgreSQL: its own cluster in the state directory, a role and database for the app, password auth only."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from psycopg import sql
+
+from djship.connectors import CommandFailed, Connector
+from djship.errors import DjshipError
+from djship.plan import Plan
+
+
+class DatabaseServer:
+    def __init__(self, plan: Plan, connector: Connector):
+        self.plan = plan
+        self.db = plan.database
+        self.connector = connector
+
+    def initialized(self) -> bool:
+        return (self.db.data_dir / "PG_VERSION").exists()
+
+    def init_cluster(self, superuser_password: str) -> None:
+        owner = self.plan.service_user
+        self.connector.makedirs(self.db.data_dir.parent, mode=0o700, owner=owner)
+        password_file = self.db.data_dir.parent / "initdb-password"
+        self.connector.put(password_file, superuser_password + "\n", mode=0o600, owner=owner)
+        try:
+            result = self.connector.run(
+                [
+                    self.plan.tools.pg("initdb"), "-D", str(self.db.data_dir), "-U", self.db.superuser,
+                    "--pwfile", str(password_file), "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C",
+                ],
+                user=owner,
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
+        if not result.ok:
+            raise CommandFailed(f"initdb {self.db.data_dir}", result)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if time.monotonic() > deadline:
+                raise DjshipError(
+                    f"PostgreSQL is not accepting connections on {self.db.endpoint} after {timeout:.0f}s; "
+                    f"see {self.plan.paths.logs / 'postgres.log'}"
+                )
+            time.sleep(0.2)
+
+    def is_ready(self) -> bool:
+        result = self.connector.run(
+            [self.plan.tools.pg("pg_isready"), "-h", self.db.address, "-p", str(self.db.port), "-t", "1"]
+        )
+        return result.ok
+
+    def _admin_connection(self, superuser_password: str) -> psycopg.Connection:
+        return psycopg.connect(
+            host=self.db.address, port=self.db.port, user=self.db.superuser, password=superuser_password,
+            dbname="postgres", autocommit=True, connect_timeout=10,
+        )
+
+    def ensure_app_database(self, superuser_password: str, app_password: str) -> None:
+        """Create the app's role and database, or bring the role's password in line with the secrets file."""
+        with self._admin_connection(superuser_password) as connection:
+            role = sql.Identifier(self.db.user)
+            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.db.user,)).fetchone()
+            verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+            connection.execute(
+                sql.SQL("{} {} LOGIN PASSWORD {}").format(verb, role, sql.Literal(app_password))
+            )
+            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db.name,)).fetchone():
+                connection.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(self.db.name), role)
+                )

@@ -1,0 +1,119 @@
+"""supervisord: one per host, it starts every long-running process and restarts any that dies."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from djship.connectors import CommandFailed, Connector
+from djship.errors import DjshipError
+from djship.plan import Plan
+
+_STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?P<rest>.*)$")
+_PID = re.compile(r"pid (\d+)")
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    name: str
+    state: str
+    pid: int | None
+    detail: str
+
+
+def parse_status(output: str) -> dict[str, ProcessStatus]:
+    """Parse `supervisorctl status` output into one entry per program."""
+    statuses = {}
+    for line in output.splitlines():
+        match = _STATUS_LINE.match(line.strip())
+        if not match:
+            continue
+        pid = _PID.search(match["rest"])
+        statuses[match["name"]] = ProcessStatus(
+            match["name"], match["state"], int(pid.group(1)) if pid else None, match["rest"].strip()
+        )
+    return statuses
+
+
+class Supervisor:
+    def __init__(self, plan: Plan, connector: Connector):
+        self.plan = plan
+        self.connector = connector
+
+    def _ctl(self, *args: str):
+        return self.connector.run(
+            [self.plan.tools.python, "-m", "supervisor.supervisorctl", "-c", str(self.plan.paths.supervisor_conf), *args]
+        )
+
+    def pid(self) -> int | None:
+        """supervisord's pid when it is running and answering, else None."""
+        content = self.connector.get(self.plan.paths.supervisor_pid)
+        if not content or not self.plan.paths.supervisor_conf.exists():
+            return None
+        pid = int(content.decode().strip() or 0)
+        return pid if pid and _alive(pid) and self._ctl("pid").ok else None
+
+    def start_daemon(self) -> None:
+        result = self.connector.run(
+            [self.plan.tools.python, "-m", "supervisor.supervisord", "-c", str(self.plan.paths.supervisor_conf)]
+        )
+        if not result.ok:
+            raise CommandFailed("starting supervisord", result, self.plan.paths.logs / "supervisord.log")
+        deadline = time.monotonic() + 15
+        while self.pid() is None:
+            if time.monotonic() > deadline:
+                raise DjshipError(f"supervisord did not come up; see {self.plan.paths.logs / 'supervisord.log'}")
+            time.sleep(0.1)
+
+    def reload_config(self) -> None:
+        """Apply a changed supervisord.conf: added programs appear, removed ones are stopped."""
+        for command in ("reread", "update"):
+            result = self._ctl(command)
+            if not result.ok:
+                raise CommandFailed(f"supervisorctl {command}", result)
+
+    def status(self) -> dict[str, ProcessStatus]:
+        # supervisorctl status exits 3 when some program is not running; the output is what matters.
+        return parse_status(self._ctl("status").stdout)
+
+    def start(self, *names: str) -> None:
+        result = self._ctl("start", *names)
+        if not result.ok or "ERROR" in result.stdout:
+            failed = [line for line in result.stdout.splitlines() if "ERROR" in line]
+            name = failed[0].split(":")[0] if failed else names[0]
+            raise DjshipError(
+                f"{name} did not start ({failed[0].split(':', 1)[-1].strip() if failed else result.stderr.strip()}); "
+                f"see {self.plan.paths.logs / (name + '.log')} or `djship logs {name}`"
+            )
+
+    def stop(self, *names: str) -> None:
+        result = self._ctl("stop", *names)
+        if not result.ok and "ERROR" in result.stdout and "not running" not in result.stdout:
+            raise CommandFailed(f"stopping {', '.join(names)}", result)
+
+    def restart(self, *names: str) -> None:
+        self.stop(*names)
+        self.start(*names)
+
+    def shutdown(self) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        self._ctl("shutdown")
+        deadline = time.monotonic() + 120
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise DjshipError(f"supervisord (pid {pid}) did not stop within 120s; stop it with kill {pid}")
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

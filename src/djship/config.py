@@ -1,0 +1,225 @@
+"""djship.toml: schema, loading, and errors that carry the key path."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from djship.errors import DjshipError
+
+CONFIG_FILE = "djship.toml"
+
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SIZE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
+_IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$")
+# Linux's default ephemeral range: an outgoing client socket may take a listening port from it.
+EPHEMERAL_PORTS = range(32768, 61000)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _port(value: int) -> int:
+    if not 1024 <= value <= 65535:
+        raise ValueError("must be a port between 1024 and 65535 (ports below 1024 need root)")
+    return value
+
+
+def _loopback(value: str) -> str:
+    if not _IPV4.match(value) or not value.startswith("127."):
+        raise ValueError("must be an IPv4 loopback address (127.x.y.z) on the local target")
+    return value
+
+
+class ProjectConfig(_Section):
+    manage_py: str = "manage.py"
+    settings_module: str
+    wsgi_application: str
+    requirements: str = "requirements.txt"
+    python: str | None = None
+    exclude: list[str] = Field(
+        default_factory=lambda: [
+            ".git", ".djship", ".venv", "venv", "env", "node_modules", "__pycache__", "*.pyc",
+            "db.sqlite3", "media", ".pytest_cache", ".mypy_cache",
+        ]
+    )
+
+    @field_validator("settings_module")
+    @classmethod
+    def _dotted_module(cls, value: str) -> str:
+        if not _DOTTED.match(value):
+            raise ValueError("not a dotted Python module path (e.g. mysite.settings)")
+        return value
+
+    @field_validator("wsgi_application")
+    @classmethod
+    def _dotted_object(cls, value: str) -> str:
+        if not _DOTTED.match(value) or "." not in value:
+            raise ValueError("not a dotted path to a WSGI callable (e.g. mysite.wsgi.application)")
+        return value
+
+
+class SiteConfig(_Section):
+    domains: list[str] = Field(default_factory=lambda: ["localhost"], min_length=1)
+    hsts_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("domains")
+    @classmethod
+    def _host_names(cls, domains: list[str]) -> list[str]:
+        for index, domain in enumerate(domains):
+            if not _HOST_NAME.match(domain):
+                raise ValueError(f"[{index}] {domain!r} is not a host name (lower-case, e.g. example.com)")
+        if len(set(domains)) != len(domains):
+            raise ValueError("lists a domain twice")
+        return domains
+
+
+class AppConfig(_Section):
+    servers: int = Field(default=2, ge=1, le=250)
+    workers: int = Field(default=3, ge=1, le=64)
+    threads: int = Field(default=1, ge=1, le=64)
+    port: int = 8000
+    address_prefix: str = "127.0.1"
+    timeout: int = Field(default=30, ge=1, le=3600)
+    max_body_size: str = "10M"
+    health_path: str = "/-/djship/health"
+
+    _check_port = field_validator("port")(_port)
+
+    @field_validator("address_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        _loopback(value + ".1")
+        if value.count(".") != 2:
+            raise ValueError("must be the first three parts of a loopback address, e.g. 127.0.1")
+        return value
+
+    @field_validator("max_body_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not _SIZE.match(value):
+            raise ValueError("must be a size such as 10M, 512k or 1G")
+        return value
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9/_.-]*$", value):
+            raise ValueError("must be a URL path starting with / (letters, digits, / _ . - only)")
+        return value
+
+
+class BalancerConfig(_Section):
+    bind: str = "127.0.0.1"
+    https_port: int = 8443
+    http_port: int = 8080
+
+    _check_ports = field_validator("https_port", "http_port")(_port)
+    _check_bind = field_validator("bind")(_loopback)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BalancerConfig:
+        if self.https_port == self.http_port:
+            raise ValueError("https_port and http_port must differ")
+        return self
+
+
+class DatabaseConfig(_Section):
+    address: str = "127.0.2.1"
+    port: int = 15432
+    name: str | None = None
+    user: str | None = None
+    max_connections: int = Field(default=100, ge=10, le=10000)
+
+    _check_bind = field_validator("address")(_loopback)
+
+    @field_validator("port")
+    @classmethod
+    def _db_port(cls, value: int) -> int:
+        _port(value)
+        if value in EPHEMERAL_PORTS:
+            raise ValueError(
+                f"{value} is in Linux's ephemeral port range 32768-60999, where a client socket can take it "
+                "and PostgreSQL then fails to start; choose a port below 32768"
+            )
+        return value
+
+    @field_validator("name", "user")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENTIFIER.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _; at most 63)")
+        return value
+
+
+class TlsConfig(_Section):
+    mode: Literal["local"] = "local"
+
+
+class Config(_Section):
+    project: ProjectConfig
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    app: AppConfig = Field(default_factory=AppConfig)
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    state_dir: str = ".djship"
+    service_user: str = "djship"
+
+
+def _key_path(location: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see `djship init` for the documented keys)"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = error["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
+    """Parse and validate djship.toml text; raise DjshipError naming the key path of the first problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise DjshipError(f"{source}: not valid TOML: {error}; fix the syntax at that line") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        problems = [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DjshipError(f"{source}: {problems[0]}{more}") from None
+
+
+def find_project_dir(start: Path) -> Path:
+    """The nearest directory at or above start that holds djship.toml."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / CONFIG_FILE).is_file():
+            return directory
+    raise DjshipError(f"no {CONFIG_FILE} in {start} or above; run `djship init` in your Django project first")
+
+
+def load_config(project_dir: Path) -> Config:
+    path = project_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DjshipError(f"cannot read {path}: {error.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,75 @@
+"""The connector for this machine: subprocesses and files, as the invoking user or (when root) as another."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from djship.connectors import Result
+from djship.errors import DjshipError
+
+
+def _ids(owner: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(owner)
+    except KeyError:
+        raise DjshipError(f"user {owner!r} does not exist") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+class LocalConnector:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        argv = [str(part) for part in argv]
+        full_env = {**os.environ, **(env or {})}
+        if user and user != pwd.getpwuid(os.getuid()).pw_name:
+            argv = ["runuser", "-u", user, "--", *argv]
+        try:
+            completed = subprocess.run(
+                argv, cwd=cwd, env=full_env, input=input, capture_output=True, text=True, timeout=timeout
+            )
+        except FileNotFoundError:
+            raise DjshipError(f"cannot run {argv[0]}: not found; is it installed?") from None
+        except subprocess.TimeoutExpired:
+            raise DjshipError(f"{' '.join(argv[:3])} did not finish within {timeout:.0f}s") from None
+        return Result(tuple(argv), completed.returncode, completed.stdout, completed.stderr)
+
+    def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
+        data = content.encode() if isinstance(content, str) else content
+        changed = self.get(path) != data or (path.stat().st_mode & 0o7777) != mode
+        if not changed:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.djship-tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, mode)
+        if owner:
+            os.chown(temporary, *_ids(owner))
+        os.replace(temporary, path)
+        return True
+
+    def get(self, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        os.chmod(path, mode)
+        if owner:
+            shutil.chown(path, *_ids(owner))

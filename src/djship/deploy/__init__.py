@@ -1,0 +1,1 @@
+"""Building releases and running the system: up, down, destroy, status."""

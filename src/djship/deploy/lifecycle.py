@@ -1,0 +1,383 @@
+"""Bringing the whole system up on this machine, reporting on it, and taking it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from djship import render
+from djship.components import appserver, balancer
+from djship.components.database import DatabaseServer
+from djship.components.supervisor import Supervisor
+from djship.config import load_config
+from djship.connectors import Connector
+from djship.connectors.local import LocalConnector
+from djship.deploy.release import Release, ReleaseBuilder, current_release
+from djship.errors import DjshipError
+from djship.plan import Plan, build_plan
+from djship.progress import Reporter
+from djship.tls import local_ca
+from djship.tools import find_tools
+
+READY_TIMEOUT = 60
+
+
+def load_plan(project_dir: Path) -> Plan:
+    config = load_config(project_dir)
+    return build_plan(config, project_dir, find_tools(), running_as_root=os.geteuid() == 0)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    secret_key: str
+    database_password: str
+    superuser_password: str
+
+
+def _read_json(connector: Connector, path: Path) -> dict | None:
+    content = connector.get(path)
+    return json.loads(content) if content else None
+
+
+def ensure_secrets(plan: Plan, connector: Connector) -> Secrets:
+    """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
+    connector.makedirs(plan.paths.secrets, mode=0o711)
+    app = _read_json(connector, plan.paths.app_secrets)
+    if app is None:
+        app = {"secret_key": secrets.token_urlsafe(50), "database_password": secrets.token_urlsafe(24)}
+    connector.put(plan.paths.app_secrets, json.dumps(app, indent=2) + "\n", mode=0o600, owner=plan.service_user)
+    admin = _read_json(connector, plan.paths.admin_secrets)
+    if admin is None:
+        admin = {"postgres_password": secrets.token_urlsafe(24)}
+        connector.put(plan.paths.admin_secrets, json.dumps(admin, indent=2) + "\n", mode=0o600)
+    return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
+
+
+def ensure_certificate(plan: Plan, connector: Connector) -> bool:
+    """The local CA and a current site certificate; returns whether the site certificate was (re)issued."""
+    connector.makedirs(plan.paths.tls, mode=0o711)
+    cert, key = connector.get(plan.paths.ca_cert), connector.get(plan.paths.ca_key)
+    if cert and key:
+        authority = local_ca.load_authority(cert, key)
+    else:
+        authority = local_ca.new_authority(plan.project_dir.name)
+        connector.put(plan.paths.ca_key, authority.key_pem(), mode=0o600)
+        connector.put(plan.paths.ca_cert, authority.cert_pem(), mode=0o644)
+    bundle = connector.get(plan.paths.site_pem)
+    if bundle and local_ca.site_certificate_is_current(bundle, authority, plan.domains):
+        return False
+    connector.put(
+        plan.paths.site_pem, local_ca.issue_site_certificate(authority, plan.domains), mode=0o600,
+        owner=plan.service_user,
+    )
+    return True
+
+
+def _ensure_service_user(plan: Plan, connector: Connector) -> None:
+    if plan.service_user is None:
+        return
+    try:
+        pwd.getpwnam(plan.service_user)
+        return
+    except KeyError:
+        pass
+    result = connector.run([
+        "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+        "--shell", "/usr/sbin/nologin", plan.service_user,
+    ])
+    if not result.ok:
+        raise DjshipError(f"cannot create the service user {plan.service_user}: {result.stderr.strip()}")
+
+
+def _prepare_state_dir(plan: Plan, connector: Connector) -> None:
+    owner = plan.service_user
+    paths = plan.paths
+    connector.makedirs(paths.state, mode=0o755)
+    for directory in (paths.logs, paths.releases, paths.venvs, paths.servers):
+        connector.makedirs(directory)
+    connector.makedirs(paths.supervisor, mode=0o700)
+    connector.makedirs(paths.balancer, mode=0o700, owner=owner)
+    connector.makedirs(paths.media, mode=0o755, owner=owner)
+    for server in plan.app_servers:
+        connector.makedirs(server.dir, mode=0o700, owner=owner)
+        connector.makedirs(server.nginx_temp, mode=0o700, owner=owner)
+        if not server.access_log.exists():
+            connector.put(server.access_log, "", owner=owner)
+    if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:
+        raise DjshipError(
+            f"the service user {owner} cannot reach {paths.state} (a parent directory is not searchable by others, "
+            "e.g. /root); move the project, or set state_dir in djship.toml to a directory such as /srv/djship/site"
+        )
+
+
+def _listening_endpoints(plan: Plan) -> list[tuple[str, int, str]]:
+    endpoints = [
+        (plan.balancer_bind, plan.https_port, "balancer.https_port"),
+        (plan.balancer_bind, plan.http_port, "balancer.http_port"),
+        (plan.database.address, plan.database.port, "database.port"),
+    ]
+    endpoints += [(server.address, server.port, "app.port") for server in plan.app_servers]
+    return endpoints
+
+
+def _port_in_use(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(plan: Plan) -> None:
+    for address, port, key in _listening_endpoints(plan):
+        if _port_in_use(address, port):
+            raise DjshipError(
+                f"port {port} on {address} is already in use by another program; stop that program "
+                f"or change {key} in djship.toml"
+            )
+
+
+def _write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigFile]:
+    """Write every rendered config file; return the ones whose content changed."""
+    changed = []
+    for file in render.system_files(plan):
+        owner = plan.service_user if file.path.is_relative_to(plan.database.data_dir) else None
+        if connector.put(file.path, file.text, owner=owner):
+            changed.append(file)
+    return changed
+
+
+def _wait(what: str, ready, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        ok, last = ready()
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise DjshipError(f"{what} not ready after {timeout:.0f}s ({last}); see {log}")
+        time.sleep(0.2)
+
+
+def _link(link: Path, target: Path) -> None:
+    temporary = link.with_name(f".{link.name}.djship-tmp")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    os.replace(temporary, link)
+
+
+@dataclass(frozen=True)
+class UpResult:
+    url: str
+    ca_cert: Path
+    release: str
+    changed: bool
+
+
+class LocalSystem:
+    """The whole system on this machine: one supervisord, PostgreSQL, N app servers, HAProxy."""
+
+    def __init__(self, plan: Plan, reporter: Reporter, connector: Connector | None = None):
+        self.plan = plan
+        self.reporter = reporter
+        self.connector = connector or LocalConnector()
+        self.supervisor = Supervisor(plan, self.connector)
+        self.database = DatabaseServer(plan, self.connector)
+
+    @property
+    def program_names(self) -> list[str]:
+        return [program.name for program in render.programs(self.plan)]
+
+    def up(self) -> UpResult:
+        if self.supervisor.pid() is not None:
+            return self._reconcile()
+        check_ports_free(self.plan)
+        try:
+            return self._start()
+        except BaseException:
+            if self.supervisor.pid() is not None:
+                self.reporter.note("Stopping what this run started (nothing is deleted)")
+                self.supervisor.shutdown()
+            raise
+
+    def _start(self) -> UpResult:
+        plan, connector = self.plan, self.connector
+        with self.reporter.step(f"Preparing the state directory {plan.paths.state}"):
+            _ensure_service_user(plan, connector)
+            _prepare_state_dir(plan, connector)
+            secrets_ = ensure_secrets(plan, connector)
+        with self.reporter.step("Local CA and site certificate"):
+            ensure_certificate(plan, connector)
+        if not self.database.initialized():
+            with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
+                self.database.init_cluster(secrets_.superuser_password)
+        _write_system_files(plan, connector)
+        with self.reporter.step("Starting the supervisor (supervisord)"):
+            self.supervisor.start_daemon()
+        with self.reporter.step(f"Starting PostgreSQL on {plan.database.endpoint}"):
+            self.supervisor.start("postgres")
+            self.database.wait_ready(READY_TIMEOUT)
+        with self.reporter.step(f"Database {plan.database.name!r} and role {plan.database.user!r}"):
+            self.database.ensure_app_database(secrets_.superuser_password, secrets_.database_password)
+        release = current_release(plan)
+        if release is None:
+            builder = ReleaseBuilder(plan, connector, self.reporter)
+            release = builder.build()
+            with self.reporter.step("Migrating the database (once, before any app server starts)"):
+                builder.manage(release, "migrate", "--noinput", what="manage.py migrate")
+            _link(plan.paths.current, release.dir)
+        else:
+            self.reporter.note(f"Using release {release.id}")
+        for server in plan.app_servers:
+            self._start_app_server(server.name, release)
+        self._start_balancer()
+        return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+
+    def _start_app_server(self, name: str, release: Release) -> None:
+        server = next(server for server in self.plan.app_servers if server.name == name)
+        with self.reporter.step(f"Starting app server {name}: nginx + gunicorn on {server.endpoint}"):
+            _link(server.release_link, release.dir)
+            self.supervisor.start(*server.programs)
+            _wait(
+                f"app server {name}", lambda: appserver.health(self.plan, server), READY_TIMEOUT,
+                self.plan.paths.logs / f"{name}-gunicorn.log",
+            )
+
+    def _balancer_ready(self) -> tuple[bool, str]:
+        states = balancer.server_states(self.plan.paths.haproxy_socket)
+        down = [name for name in (s.name for s in self.plan.app_servers) if states.get(name, None) is None
+                or states[name].status != "UP"]
+        if down:
+            return False, f"waiting for health checks of {', '.join(down)}"
+        status = balancer.https_probe(
+            self.plan.balancer_bind, self.plan.https_port, self.plan.domains[0], self.plan.health_path,
+            self.plan.paths.ca_cert,
+        )
+        return status == 200, f"HTTPS health check answered {status}"
+
+    def _start_balancer(self) -> None:
+        with self.reporter.step(f"Starting the load balancer (HAProxy) on {self.plan.url}"):
+            self.supervisor.start("haproxy")
+            _wait("the load balancer", self._balancer_ready, READY_TIMEOUT, self.plan.paths.logs / "haproxy.log")
+
+    def _reconcile(self) -> UpResult:
+        """`up` on a running system: apply what changed, start what is stopped, otherwise change nothing."""
+        plan = self.plan
+        release = current_release(plan)
+        if release is None:
+            raise DjshipError(
+                f"supervisord is running for {plan.paths.state} but there is no release; run `djship down`, then `djship up`"
+            )
+        changed_files = _write_system_files(plan, self.connector)
+        if any(file.path == plan.paths.supervisor_conf for file in changed_files):
+            self.supervisor.reload_config()
+        changed = {program for file in changed_files for program in file.programs}
+        statuses = self.supervisor.status()
+        not_running = [name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"]
+        to_restart = [name for name in self.program_names if name in changed and name not in not_running]
+        if not not_running and not to_restart:
+            return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=False)
+        for name in to_restart:
+            with self.reporter.step(f"Restarting {name} (its configuration changed)"):
+                self.supervisor.restart(name)
+        if "postgres" in not_running:
+            with self.reporter.step("Starting PostgreSQL"):
+                self.supervisor.start("postgres")
+                self.database.wait_ready(READY_TIMEOUT)
+        for server in plan.app_servers:
+            if set(server.programs) & set(not_running):
+                self._start_app_server(server.name, release)
+        if "haproxy" in not_running:
+            self._start_balancer()
+        return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+
+    def down(self) -> bool:
+        """Stop everything in reverse order; every file and every row stays. Returns whether anything ran."""
+        if self.supervisor.pid() is None:
+            return False
+        with self.reporter.step("Stopping the load balancer"):
+            self.supervisor.stop("haproxy")
+        with self.reporter.step("Stopping the app servers"):
+            self.supervisor.stop(*(name for server in self.plan.app_servers for name in server.programs))
+        with self.reporter.step(f"Stopping PostgreSQL (data stays in {self.plan.database.data_dir})"):
+            self.supervisor.stop("postgres")
+        with self.reporter.step("Stopping the supervisor"):
+            self.supervisor.shutdown()
+        return True
+
+    def destroy(self) -> None:
+        self.down()
+        with self.reporter.step(f"Deleting {self.plan.paths.state} (database, releases, secrets, certificates)"):
+            shutil.rmtree(self.plan.paths.state)
+
+    def status(self) -> dict:
+        """The topology with live states; the schema is documented in the README (`djship status --json`)."""
+        plan = self.plan
+        running = self.supervisor.pid() is not None
+        processes = self.supervisor.status() if running else {}
+        servers = balancer.server_states(plan.paths.haproxy_socket) if running else {}
+        release = current_release(plan)
+
+        def entry(name: str, role: str, address: str, health: str, server: str | None = None) -> dict:
+            process = processes.get(name)
+            return {
+                "name": name,
+                "role": role,
+                "server": server,
+                "address": address,
+                "pid": process.pid if process else None,
+                "state": process.state if process else "STOPPED",
+                "health": health if process and process.state == "RUNNING" else "down",
+            }
+
+        components = [
+            entry("haproxy", "balancer", f"{plan.balancer_bind}:{plan.https_port}", "up" if servers else "down")
+        ]
+        for server in plan.app_servers:
+            view = servers.get(server.name)
+            health = view.status.lower() if view else "unknown"
+            gunicorn, nginx = server.programs
+            components.append(entry(nginx, "app", server.endpoint, health, server.name))
+            components.append(entry(gunicorn, "app", f"unix:{server.socket}", health, server.name))
+        db_health = "accepting" if running and self.database.is_ready() else "down"
+        components.append(entry("postgres", "database", plan.database.endpoint, db_health))
+        return {
+            "url": plan.url,
+            "ca_path": str(plan.paths.ca_cert),
+            "running": running,
+            "release": release.id if release else None,
+            "supervisor_pid": self.supervisor.pid() if running else None,
+            "components": components,
+        }
+
+    def log_files(self, component: str | None) -> list[Path]:
+        names = ["supervisord", *self.program_names]
+        if component is None:
+            chosen = names
+        elif component in names:
+            chosen = [component]
+        elif component in {server.name for server in self.plan.app_servers}:
+            chosen = [f"{component}-nginx", f"{component}-nginx-access", f"{component}-gunicorn"]
+        else:
+            choices = ", ".join([*names, *(server.name for server in self.plan.app_servers)])
+            raise DjshipError(f"no component {component!r}; choose one of: {choices}")
+        return [self.plan.paths.logs / f"{name}.log" for name in chosen]
+
+    def manage_command(self, args: list[str]) -> tuple[list[str], dict[str, str]]:
+        """argv and environment for manage.py in the live release, as the user the app servers run as."""
+        release = current_release(self.plan)
+        if release is None or self.supervisor.pid() is None or not self.database.is_ready():
+            raise DjshipError("the system is not running; start it with `djship up` first")
+        argv = [str(release.python), str(release.app / "manage.py"), *args]
+        if self.plan.service_user:
+            argv = ["runuser", "-u", self.plan.service_user, "--", *argv]
+        return argv, {**os.environ, **release.environment()}

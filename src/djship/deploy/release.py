@@ -1,0 +1,209 @@
+"""A release: the project's code, a virtualenv with its requirements, production settings and static files.
+
+releases/<id>/app       a copy of the project tree (the user's project itself is never edited)
+releases/<id>/venv      -> venvs/<hash>, shared by every release with the same requirements and Python
+releases/<id>/djship_production/   the generated settings package
+releases/<id>/static    collectstatic output, served by nginx
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.resources
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from djship import render
+from djship.connectors import Connector, Result
+from djship.errors import DjshipError
+from djship.plan import Plan
+from djship.progress import Reporter
+
+RUNTIME_PACKAGES = ("gunicorn>=23", "psycopg[binary]>=3.1")
+SETTINGS_MODULE = "djship_production.settings"
+COMPLETE_MARKER = ".djship-complete"
+
+
+@dataclass(frozen=True)
+class Release:
+    id: str
+    dir: Path
+
+    @property
+    def app(self) -> Path:
+        return self.dir / "app"
+
+    @property
+    def venv(self) -> Path:
+        return self.dir / "venv"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def static(self) -> Path:
+        return self.dir / "static"
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+            "PYTHONPATH": f"{self.app}{os.pathsep}{self.dir}",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+
+def current_release(plan: Plan) -> Release | None:
+    link = plan.paths.current
+    if not link.is_symlink() or not link.resolve().is_dir():
+        return None
+    target = link.resolve()
+    return Release(target.name, target)
+
+
+def _new_release_id(plan: Plan) -> str:
+    base = time.strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = base, 1
+    while (plan.paths.releases / candidate).exists():
+        suffix += 1
+        candidate = f"{base}-{suffix}"
+    return candidate
+
+
+def _ignore(plan: Plan):
+    state = plan.paths.state
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = {name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in plan.exclude)}
+        skipped |= {name for name in names if Path(directory, name) == state}
+        return skipped
+
+    return ignore
+
+
+def _venv_key(plan: Plan, python: str) -> str:
+    try:
+        requirements = plan.requirements.read_bytes()
+    except OSError as error:
+        raise DjshipError(f"cannot read requirements file {plan.requirements}: {error.strerror}") from None
+    digest = hashlib.sha256(requirements)
+    digest.update(python.encode())
+    digest.update("\n".join(RUNTIME_PACKAGES).encode())
+    return digest.hexdigest()[:16]
+
+
+def _uv() -> str | None:
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        return None
+    try:
+        return find_uv_bin()
+    except FileNotFoundError:
+        return None
+
+
+class ReleaseBuilder:
+    def __init__(self, plan: Plan, connector: Connector, reporter: Reporter):
+        self.plan = plan
+        self.connector = connector
+        self.reporter = reporter
+
+    def _log(self, release_id: str) -> Path:
+        return self.plan.paths.logs / f"release-{release_id}.log"
+
+    def _run(self, release_id: str, what: str, argv: list[str], **kwargs) -> Result:
+        result = self.connector.run(argv, **kwargs)
+        with self._log(release_id).open("a", encoding="utf-8") as log:
+            log.write(f"$ {' '.join(result.argv)}\n{result.stdout}{result.stderr}\n[exit {result.returncode}]\n\n")
+        if not result.ok:
+            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            reason = lines[-1] if lines else f"exit code {result.returncode}"
+            raise DjshipError(f"{what} failed: {reason} (full output in {self._log(release_id)})")
+        return result
+
+    def build(self) -> Release:
+        plan = self.plan
+        release_id = _new_release_id(plan)
+        release = Release(release_id, plan.paths.releases / release_id)
+        self.connector.makedirs(plan.paths.logs)
+        try:
+            with self.reporter.step(f"Copying project code into release {release.id}"):
+                shutil.copytree(plan.project_dir, release.app, ignore=_ignore(plan), symlinks=True)
+            venv = self._ensure_venv(release.id)
+            release.venv.symlink_to(venv)
+            self._write_settings(release)
+            self.connector.makedirs(release.static, owner=plan.service_user)
+            with self.reporter.step("Checking the project (manage.py check --deploy)"):
+                self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what="manage.py check --deploy")
+            with self.reporter.step("Collecting static files"):
+                self.manage(release, "collectstatic", "--noinput", what="collectstatic")
+        except BaseException:
+            shutil.rmtree(release.dir, ignore_errors=True)
+            raise
+        (release.dir / "release.json").write_text(
+            json.dumps({"id": release.id, "created": time.time(), "source": str(plan.project_dir)}) + "\n"
+        )
+        return release
+
+    def manage(self, release: Release, *args: str, what: str) -> Result:
+        return self._run(
+            release.id, what, [str(release.python), str(release.app / "manage.py"), *args],
+            user=self.plan.service_user, env=release.environment(), cwd=release.app,
+        )
+
+    def _interpreter(self) -> str:
+        """The Python for the release: the configured one, else this one if the app's user can run it."""
+        plan = self.plan
+        candidates = [plan.python] if plan.python else [getattr(sys, "_base_executable", sys.executable), "/usr/bin/python3"]
+        check = "import sys; sys.exit(sys.version_info < (3, 10))"
+        for candidate in candidates:
+            if shutil.which(candidate) and self.connector.run([candidate, "-c", check], user=plan.service_user).ok:
+                return shutil.which(candidate)
+        who = f"user {plan.service_user}" if plan.service_user else "this user"
+        raise DjshipError(
+            f"no Python >= 3.10 that {who} can run among {', '.join(candidates)}; "
+            "set project.python in djship.toml to one (e.g. /usr/bin/python3)"
+        )
+
+    def _ensure_venv(self, release_id: str) -> Path:
+        python = self._interpreter()
+        venv = self.plan.paths.venvs / _venv_key(self.plan, python)
+        if (venv / COMPLETE_MARKER).exists():
+            self.reporter.note(f"Reusing virtualenv {venv.name} (requirements unchanged)")
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)
+        requirements = str(self.plan.requirements)
+        uv = _uv()
+        with self.reporter.step(f"Installing requirements into a new virtualenv ({'uv' if uv else 'pip'})"):
+            try:
+                if uv:
+                    self._run(release_id, "creating the virtualenv", [uv, "venv", "--quiet", "--python", python, str(venv)])
+                    self._run(
+                        release_id, "installing requirements",
+                        [uv, "pip", "install", "--python", str(venv / "bin/python"), "-r", requirements, *RUNTIME_PACKAGES],
+                    )
+                else:
+                    self._run(release_id, "creating the virtualenv", [python, "-m", "venv", str(venv)])
+                    self._run(
+                        release_id, "installing requirements",
+                        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", requirements, *RUNTIME_PACKAGES],
+                    )
+            except BaseException:
+                shutil.rmtree(venv, ignore_errors=True)
+                raise
+        (venv / COMPLETE_MARKER).write_text("")
+        return venv
+
+    def _write_settings(self, release: Release) -> None:
+        package = release.dir / "djship_production"
+        runtime = importlib.resources.files("djship.runtime")
+        self.connector.put(package / "__init__.py", "")
+        self.connector.put(package / "health.py", runtime.joinpath("health.py").read_text())
+        self.connector.put(package / "settings.py", render.production_settings(self.plan, release.id, release.dir))

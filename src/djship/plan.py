@@ -1,0 +1,296 @@
+"""Every derived value (addresses, ports, paths, timeouts, budgets) computed once from the config."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from djship.config import Config
+from djship.errors import DjshipError
+from djship.tools import Tools
+
+STATIC_URL = "/static/"
+MEDIA_URL = "/media/"
+# Connections kept free for migrate, manage.py commands and djship itself.
+CONNECTION_HEADROOM = 10
+# PostgreSQL's superuser_reserved_connections default.
+SUPERUSER_RESERVED = 3
+# Longest path a unix socket may have on Linux (sun_path is 108 bytes with the final NUL).
+MAX_SOCKET_PATH = 107
+# On the local target every component talks over loopback.
+LOOPBACK_NETWORK = "127.0.0.0/8"
+
+
+@dataclass(frozen=True)
+class AppServer:
+    name: str
+    address: str
+    port: int
+    dir: Path
+    access_log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def release_link(self) -> Path:
+        """The release this server runs: a symlink, switched one server at a time."""
+        return self.dir / "release"
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "gunicorn.sock"
+
+    @property
+    def gunicorn_conf(self) -> Path:
+        return self.dir / "gunicorn.conf.py"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.dir / "nginx.conf"
+
+    @property
+    def nginx_temp(self) -> Path:
+        return self.dir / "nginx-temp"
+
+    @property
+    def programs(self) -> tuple[str, str]:
+        return (f"{self.name}-gunicorn", f"{self.name}-nginx")
+
+
+@dataclass(frozen=True)
+class Database:
+    address: str
+    port: int
+    name: str
+    user: str
+    superuser: str
+    max_connections: int
+    data_dir: Path
+    client_network: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Paths:
+    state: Path
+
+    @property
+    def tls(self) -> Path:
+        return self.state / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls / "ca.key"
+
+    @property
+    def site_pem(self) -> Path:
+        return self.tls / "site.pem"
+
+    @property
+    def secrets(self) -> Path:
+        return self.state / "secrets"
+
+    @property
+    def app_secrets(self) -> Path:
+        return self.secrets / "app.json"
+
+    @property
+    def admin_secrets(self) -> Path:
+        return self.secrets / "admin.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def releases(self) -> Path:
+        return self.state / "releases"
+
+    @property
+    def venvs(self) -> Path:
+        return self.state / "venvs"
+
+    @property
+    def media(self) -> Path:
+        return self.state / "shared" / "media"
+
+    @property
+    def servers(self) -> Path:
+        return self.state / "servers"
+
+    @property
+    def supervisor(self) -> Path:
+        return self.state / "supervisor"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.supervisor / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.supervisor / "supervisor.sock"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.supervisor / "supervisord.pid"
+
+    @property
+    def balancer(self) -> Path:
+        return self.state / "balancer"
+
+    @property
+    def haproxy_conf(self) -> Path:
+        return self.balancer / "haproxy.cfg"
+
+    @property
+    def haproxy_socket(self) -> Path:
+        return self.balancer / "haproxy.sock"
+
+    @property
+    def postgres(self) -> Path:
+        return self.state / "postgres"
+
+    @property
+    def current(self) -> Path:
+        """The release that new app servers start on and that `djship manage` runs in."""
+        return self.state / "current"
+
+
+@dataclass(frozen=True)
+class Plan:
+    project_dir: Path
+    settings_module: str
+    wsgi_application: str
+    requirements: Path
+    python: str | None
+    exclude: tuple[str, ...]
+    domains: tuple[str, ...]
+    hsts_seconds: int
+    balancer_bind: str
+    balancer_network: str
+    https_port: int
+    http_port: int
+    app_servers: tuple[AppServer, ...]
+    workers: int
+    threads: int
+    gunicorn_timeout: int
+    nginx_timeout: int
+    balancer_timeout: int
+    max_body_size: str
+    health_path: str
+    database: Database
+    paths: Paths
+    service_user: str | None
+    tools: Tools
+
+    @property
+    def url(self) -> str:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{self.domains[0]}{port}/"
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return tuple(f"https://{domain}{port}" for domain in self.domains)
+
+    @property
+    def health_host(self) -> str:
+        return self.domains[0]
+
+    @property
+    def connections_needed(self) -> int:
+        return len(self.app_servers) * self.workers * self.threads + CONNECTION_HEADROOM
+
+
+def _project_name(settings_module: str) -> str:
+    name = re.sub(r"[^a-z0-9_]", "_", settings_module.split(".")[0].lower())
+    return name if name[:1].isalpha() else f"app_{name}"
+
+
+def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:
+    project_dir = project_dir.resolve()
+    state = (project_dir / config.state_dir).resolve()
+    paths = Paths(state)
+    app = config.app
+    servers = tuple(
+        AppServer(
+            name=f"app{i}",
+            address=f"{app.address_prefix}.{i}",
+            port=app.port,
+            dir=paths.servers / f"app{i}",
+            access_log=paths.logs / f"app{i}-nginx-access.log",
+        )
+        for i in range(1, app.servers + 1)
+    )
+    name = config.database.name or _project_name(config.project.settings_module)
+    database = Database(
+        address=config.database.address,
+        port=config.database.port,
+        name=name,
+        user=config.database.user or name,
+        superuser="postgres",
+        max_connections=config.database.max_connections,
+        data_dir=paths.postgres / "data",
+        client_network=LOOPBACK_NETWORK,
+    )
+    hsts = config.site.hsts_seconds or (3600 if config.site.domains == ["localhost"] else 31536000)
+    plan = Plan(
+        project_dir=project_dir,
+        settings_module=config.project.settings_module,
+        wsgi_application=config.project.wsgi_application,
+        requirements=project_dir / config.project.requirements,
+        python=config.project.python,
+        exclude=tuple(config.project.exclude),
+        domains=tuple(config.site.domains),
+        hsts_seconds=hsts,
+        balancer_bind=config.balancer.bind,
+        balancer_network=LOOPBACK_NETWORK,
+        https_port=config.balancer.https_port,
+        http_port=config.balancer.http_port,
+        app_servers=servers,
+        workers=app.workers,
+        threads=app.threads,
+        gunicorn_timeout=app.timeout,
+        nginx_timeout=app.timeout + 5,
+        balancer_timeout=app.timeout + 10,
+        max_body_size=app.max_body_size,
+        health_path=app.health_path,
+        database=database,
+        paths=paths,
+        service_user=config.service_user if running_as_root else None,
+        tools=tools,
+    )
+    _check_budget(plan)
+    _check_socket_paths(plan)
+    return plan
+
+
+def _check_budget(plan: Plan) -> None:
+    available = plan.database.max_connections - SUPERUSER_RESERVED
+    if plan.connections_needed > available:
+        raise DjshipError(
+            f"connection budget: {len(plan.app_servers)} servers x {plan.workers} workers x {plan.threads} threads "
+            f"+ {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but database.max_connections "
+            f"= {plan.database.max_connections} leaves {available}; raise database.max_connections to at least "
+            f"{plan.connections_needed + SUPERUSER_RESERVED} or lower app.servers/workers/threads"
+        )
+
+
+def _check_socket_paths(plan: Plan) -> None:
+    longest = max((server.socket for server in plan.app_servers), key=lambda path: len(str(path)))
+    for socket in (longest, plan.paths.supervisor_socket, plan.paths.haproxy_socket):
+        if len(str(socket)) > MAX_SOCKET_PATH:
+            raise DjshipError(
+                f"state_dir is too deep: the unix socket {socket} is longer than {MAX_SOCKET_PATH} bytes; "
+                "set state_dir in djship.toml to a shorter absolute path"
+            )

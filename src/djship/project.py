@@ -1,0 +1,145 @@
+"""Finding a Django project's parts (manage.py, settings, WSGI app, requirements) and writing djship.toml."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from djship.config import CONFIG_FILE
+from djship.errors import DjshipError
+
+REQUIREMENTS_CANDIDATES = (
+    "requirements.txt",
+    "requirements/production.txt",
+    "requirements/prod.txt",
+    "requirements/base.txt",
+    "requirements/common.txt",
+)
+
+
+@dataclass(frozen=True)
+class DjangoProject:
+    root: Path
+    settings_module: str
+    wsgi_application: str
+    requirements: str
+
+
+def _settings_module_from_manage_py(manage_py: Path) -> str:
+    source = manage_py.read_text(encoding="utf-8")
+    match = re.search(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)['"]""", source)
+    if not match:
+        raise DjshipError(
+            f"{manage_py} does not set DJANGO_SETTINGS_MODULE; add "
+            "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings') as startproject does"
+        )
+    return match.group(1)
+
+
+def _module_file(root: Path, dotted: str) -> Path | None:
+    base = root.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _wsgi_application(root: Path, settings_module: str) -> str:
+    settings_file = _module_file(root, settings_module)
+    if settings_file is None:
+        raise DjshipError(f"settings module {settings_module} (named in manage.py) has no file under {root}")
+    try:
+        tree = ast.parse(settings_file.read_text(encoding="utf-8"))
+    except SyntaxError as error:
+        raise DjshipError(f"{settings_file}:{error.lineno}: syntax error: {error.msg}") from None
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(target, ast.Name) and target.id == "WSGI_APPLICATION" for target in node.targets)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    package = settings_module.rsplit(".", 1)[0] if "." in settings_module else settings_module
+    candidate = f"{package.split('.')[0]}.wsgi"
+    if _module_file(root, candidate):
+        return f"{candidate}.application"
+    raise DjshipError(
+        f"cannot find the WSGI application: {settings_file} sets no WSGI_APPLICATION and {candidate} does not exist"
+    )
+
+
+def _requirements(root: Path) -> str:
+    for candidate in REQUIREMENTS_CANDIDATES:
+        if (root / candidate).is_file():
+            return candidate
+    raise DjshipError(
+        f"no requirements file in {root} (looked for {', '.join(REQUIREMENTS_CANDIDATES)}); "
+        "write one with `pip freeze > requirements.txt`"
+    )
+
+
+def discover(directory: Path) -> DjangoProject:
+    root = directory.resolve()
+    manage_py = root / "manage.py"
+    if not manage_py.is_file():
+        raise DjshipError(f"{root} is not a Django project (no manage.py); run djship init where manage.py is")
+    settings_module = _settings_module_from_manage_py(manage_py)
+    return DjangoProject(
+        root=root,
+        settings_module=settings_module,
+        wsgi_application=_wsgi_application(root, settings_module),
+        requirements=_requirements(root),
+    )
+
+
+def render_config(project: DjangoProject) -> str:
+    """The commented djship.toml that `djship init` writes; every value shown is the default unless found."""
+    return f'''# djship.toml: how djship runs this Django project in production.
+# Written by `djship init`; every key below except [project] shows its default and may be removed.
+# The system: HTTPS load balancer (HAProxy) -> N app servers (nginx -> gunicorn -> Django) -> PostgreSQL.
+
+[project]
+# Found by djship init; change them if they are wrong.
+settings_module = "{project.settings_module}"     # your settings; djship imports it and overrides production values
+wsgi_application = "{project.wsgi_application}"  # the WSGI callable gunicorn serves
+requirements = "{project.requirements}"          # installed into each release's virtualenv (plus gunicorn, psycopg)
+# python = "python3.12"       # interpreter for the release virtualenv (default: the one running djship)
+
+[site]
+domains = ["localhost"]        # host names the site answers to (ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS, certificate)
+# hsts_seconds = 31536000      # HSTS max-age; default 3600 for localhost, one year for real domains
+
+[app]
+servers = 2                    # app servers, each nginx + gunicorn on its own address
+workers = 3                    # gunicorn worker processes per app server (sync workers)
+threads = 1                    # threads per worker (more than 1 switches gunicorn to gthread)
+port = 8000                    # nginx port on each app server address
+address_prefix = "127.0.1"     # app server i listens on 127.0.1.i
+timeout = 30                   # seconds gunicorn gives a request; nginx and the balancer wait longer
+max_body_size = "10M"          # largest request body (uploads) nginx accepts
+
+[balancer]
+bind = "127.0.0.1"
+https_port = 8443              # the site: https://localhost:8443/
+http_port = 8080               # answers 301 to HTTPS
+
+[database]
+address = "127.0.2.1"          # PostgreSQL's own address
+port = 15432                   # keep below 32768 (Linux's ephemeral ports start there)
+max_connections = 100          # must fit servers x workers x threads plus headroom
+# name = "app"                  # database and role name (default: the project package's name)
+
+[tls]
+mode = "local"                 # a certificate from djship's own CA (.djship/tls/ca.crt)
+'''
+
+
+def write_config(project: DjangoProject, force: bool) -> Path:
+    path = project.root / CONFIG_FILE
+    if path.exists() and not force:
+        raise DjshipError(f"{path} already exists; edit it, or run `djship init --force` to overwrite it")
+    path.write_text(render_config(project), encoding="utf-8")
+    return path

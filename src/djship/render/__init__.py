@@ -1,0 +1,140 @@
+"""Pure renderers: the validated plan in, the text of every config file out. Nothing here touches the machine."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from djship.plan import MEDIA_URL, STATIC_URL, SUPERUSER_RESERVED, AppServer, Plan
+
+_environment = jinja2.Environment(
+    loader=jinja2.PackageLoader("djship.render", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def _render(template: str, **values: object) -> str:
+    return _environment.get_template(template).render(**values)
+
+
+@dataclass(frozen=True)
+class Program:
+    """One long-running process under the supervisor, always in the foreground."""
+
+    name: str
+    command: str
+    stopsignal: str
+    stopwaitsecs: int
+    directory: str | None = None
+    environment: str | None = None
+
+
+def nginx_conf(plan: Plan, server: AppServer) -> str:
+    return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL)
+
+
+def gunicorn_conf(plan: Plan, server: AppServer) -> str:
+    module, _, attribute = plan.wsgi_application.rpartition(".")
+    return _render("gunicorn.conf.py.j2", plan=plan, server=server, wsgi_app=f"{module}:{attribute}")
+
+
+def haproxy_cfg(plan: Plan) -> str:
+    https_suffix = "" if plan.https_port == 443 else f":{plan.https_port}"
+    return _render("haproxy.cfg.j2", plan=plan, https_suffix=https_suffix)
+
+
+def postgresql_conf(plan: Plan) -> str:
+    return _render("postgresql.conf.j2", plan=plan, db=plan.database, superuser_reserved=SUPERUSER_RESERVED)
+
+
+def pg_hba_conf(plan: Plan) -> str:
+    return _render("pg_hba.conf.j2", db=plan.database)
+
+
+def programs(plan: Plan) -> list[Program]:
+    """Every supervised process, in the order they are started (the reverse of the order they are stopped)."""
+    quote = shlex.quote
+    result = [
+        Program(
+            name="postgres",
+            command=f"{quote(plan.tools.pg('postgres'))} -D {quote(str(plan.database.data_dir))}",
+            stopsignal="INT",
+            stopwaitsecs=60,
+        )
+    ]
+    for server in plan.app_servers:
+        gunicorn, nginx = server.programs
+        result.append(
+            Program(
+                name=gunicorn,
+                command=f"{quote(str(server.release_link / 'venv/bin/gunicorn'))} -c {quote(str(server.gunicorn_conf))}",
+                directory=str(server.dir),
+                stopsignal="TERM",
+                stopwaitsecs=plan.gunicorn_timeout + 5,
+            )
+        )
+        result.append(
+            Program(
+                name=nginx,
+                command=(
+                    f"{quote(plan.tools.nginx)} -c {quote(str(server.nginx_conf))} -p {quote(str(server.dir))} "
+                    "-e stderr"
+                ),
+                stopsignal="QUIT",
+                stopwaitsecs=plan.nginx_timeout,
+            )
+        )
+    result.append(
+        Program(
+            name="haproxy",
+            command=f"{quote(plan.tools.haproxy)} -W -db -f {quote(str(plan.paths.haproxy_conf))}",
+            stopsignal="USR1",
+            stopwaitsecs=plan.balancer_timeout + 5,
+        )
+    )
+    return result
+
+
+def supervisord_conf(plan: Plan) -> str:
+    return _render("supervisord.conf.j2", plan=plan, programs=programs(plan))
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: Path
+    text: str
+    programs: tuple[str, ...]
+    """The supervised programs that read this file and must restart when it changes."""
+
+
+def system_files(plan: Plan) -> list[ConfigFile]:
+    """Every config file of the running system that does not depend on a release."""
+    files = [
+        ConfigFile(plan.paths.supervisor_conf, supervisord_conf(plan), ()),
+        ConfigFile(plan.paths.haproxy_conf, haproxy_cfg(plan), ("haproxy",)),
+        ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)),
+        ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)),
+    ]
+    for server in plan.app_servers:
+        gunicorn, nginx = server.programs
+        files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
+        files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
+    return files
+
+
+def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
+    return _render(
+        "settings.py.j2",
+        plan=plan,
+        release_id=release_id,
+        release_dir=release_dir,
+        static_url=STATIC_URL,
+        media_url=MEDIA_URL,
+    )

@@ -1,0 +1,1 @@
+"""Code that runs inside each release, beside the generated production settings."""

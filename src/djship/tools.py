@@ -1,0 +1,50 @@
+"""The external programs djship drives, found once; a missing one is named with the command that installs it."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from djship.errors import DjshipError
+
+MIME_TYPES_CANDIDATES = ("/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types", "/opt/homebrew/etc/nginx/mime.types")
+
+
+@dataclass(frozen=True)
+class Tools:
+    nginx: str
+    haproxy: str
+    pg_bindir: str
+    mime_types: str
+    python: str
+
+    def pg(self, program: str) -> str:
+        return str(Path(self.pg_bindir) / program)
+
+
+def _pg_bindir() -> str | None:
+    versioned = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if versioned:
+        return str(Path(versioned[-1]).parent)
+    initdb = shutil.which("initdb")
+    return str(Path(initdb).resolve().parent) if initdb else None
+
+
+def find_tools() -> Tools:
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    pg_bindir = _pg_bindir()
+    mime_types = next((path for path in MIME_TYPES_CANDIDATES if Path(path).is_file()), None)
+    missing = [
+        package
+        for package, found in (("nginx", nginx and mime_types), ("haproxy", haproxy), ("postgresql", pg_bindir))
+        if not found
+    ]
+    if missing:
+        raise DjshipError(
+            f"missing {', '.join(missing)}; install with: sudo apt-get install -y {' '.join(missing)}"
+        )
+    return Tools(nginx=nginx, haproxy=haproxy, pg_bindir=pg_bindir, mime_types=mime_types, python=sys.executable)
