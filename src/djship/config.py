@@ -33,7 +33,7 @@ def _port(value: int) -> int:
 
 
 def _loopback(value: str) -> str:
-    if not _IPV4.match(value) or not value.startswith("127."):
+    if not _IPV4.fullmatch(value) or not value.startswith("127."):
         raise ValueError("must be an IPv4 loopback address (127.x.y.z) on the local target")
     return value
 
@@ -54,14 +54,14 @@ class ProjectConfig(_Section):
     @field_validator("settings_module")
     @classmethod
     def _dotted_module(cls, value: str) -> str:
-        if not _DOTTED.match(value):
+        if not _DOTTED.fullmatch(value):
             raise ValueError("not a dotted Python module path (e.g. mysite.settings)")
         return value
 
     @field_validator("wsgi_application")
     @classmethod
     def _dotted_object(cls, value: str) -> str:
-        if not _DOTTED.match(value) or "." not in value:
+        if not _DOTTED.fullmatch(value) or "." not in value:
             raise ValueError("not a dotted path to a WSGI callable (e.g. mysite.wsgi.application)")
         return value
 
@@ -74,7 +74,7 @@ class SiteConfig(_Section):
     @classmethod
     def _host_names(cls, domains: list[str]) -> list[str]:
         for index, domain in enumerate(domains):
-            if not _HOST_NAME.match(domain):
+            if not _HOST_NAME.fullmatch(domain):
                 raise ValueError(f"[{index}] {domain!r} is not a host name (lower-case, e.g. example.com)")
         if len(set(domains)) != len(domains):
             raise ValueError("lists a domain twice")
@@ -104,14 +104,14 @@ class AppConfig(_Section):
     @field_validator("max_body_size")
     @classmethod
     def _size(cls, value: str) -> str:
-        if not _SIZE.match(value):
+        if not _SIZE.fullmatch(value):
             raise ValueError("must be a size such as 10M, 512k or 1G")
         return value
 
     @field_validator("health_path")
     @classmethod
     def _path(cls, value: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9/_.-]*$", value):
+        if not re.fullmatch(r"^/[A-Za-z0-9/_.-]*$", value):
             raise ValueError("must be a URL path starting with / (letters, digits, / _ . - only)")
         return value
 
@@ -154,7 +154,7 @@ class DatabaseConfig(_Section):
     @field_validator("name", "user")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not _IDENTIFIER.match(value):
+        if value is not None and not _IDENTIFIER.fullmatch(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _; at most 63)")
         return value
 
@@ -179,8 +179,9 @@ def _key_path(location: tuple[str | int, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
+            continue
+        name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else repr(part)
+        path += f".{name}" if path else name
     return path or "(top level)"
 
 

@@ -195,13 +195,11 @@ class Plan:
 
     @property
     def url(self) -> str:
-        port = "" if self.https_port == 443 else f":{self.https_port}"
-        return f"https://{self.domains[0]}{port}/"
+        return f"https://{self.domains[0]}:{self.https_port}/"
 
     @property
     def origins(self) -> tuple[str, ...]:
-        port = "" if self.https_port == 443 else f":{self.https_port}"
-        return tuple(f"https://{domain}{port}" for domain in self.domains)
+        return tuple(f"https://{domain}:{self.https_port}" for domain in self.domains)
 
     @property
     def health_host(self) -> str:
@@ -214,7 +212,7 @@ class Plan:
 
 def _project_name(settings_module: str) -> str:
     name = re.sub(r"[^a-z0-9_]", "_", settings_module.split(".")[0].lower())
-    return name if name[:1].isalpha() else f"app_{name}"
+    return (name if name[:1].isalpha() else f"app_{name}")[:63]
 
 
 def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:

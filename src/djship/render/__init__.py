@@ -46,8 +46,7 @@ def gunicorn_conf(plan: Plan, server: AppServer) -> str:
 
 
 def haproxy_cfg(plan: Plan) -> str:
-    https_suffix = "" if plan.https_port == 443 else f":{plan.https_port}"
-    return _render("haproxy.cfg.j2", plan=plan, https_suffix=https_suffix)
+    return _render("haproxy.cfg.j2", plan=plan)
 
 
 def postgresql_conf(plan: Plan) -> str:

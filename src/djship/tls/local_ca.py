@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -109,7 +110,9 @@ def issue_site_certificate(authority: Authority, domains: tuple[str, ...]) -> by
 def site_certificate_is_current(bundle: bytes, authority: Authority, domains: tuple[str, ...]) -> bool:
     """Whether the bundle is signed by this CA, names exactly these domains, and is not near expiry."""
     certificate = x509.load_pem_x509_certificates(bundle)[0]
-    if certificate.issuer != authority.certificate.subject:
+    try:
+        certificate.verify_directly_issued_by(authority.certificate)
+    except (InvalidSignature, ValueError, TypeError):
         return False
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if sorted(names.get_values_for_type(x509.DNSName)) != sorted(domains):

@@ -1,0 +1,171 @@
+"""End-to-end fixtures: the real `djship` CLI on a copy of examples/board, on loopback ports of the tests' own.
+
+Every system a test brings up is taken down by the fixture that made it, and any process it started that is
+still alive afterwards is killed by PID, also when the test failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "board"
+DJSHIP = [sys.executable, "-m", "djship"]
+
+
+@dataclass(frozen=True)
+class Ports:
+    """A loopback layout that does not collide with a developer's own `djship up` on the defaults."""
+
+    https: int
+    http: int
+    database: int
+    app_prefix: str
+    database_address: str
+
+
+MAIN_PORTS = Ports(https=18443, http=18080, database=25432, app_prefix="127.0.11", database_address="127.0.12.1")
+SPARE_PORTS = Ports(https=19443, http=19080, database=26432, app_prefix="127.0.21", database_address="127.0.22.1")
+
+
+def run_djship(project: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*DJSHIP, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"djship {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@contextmanager
+def searchable_directory():
+    """A temporary directory that djship's service user can reach when the tests run as root.
+
+    pytest's own tmp_path lives under a 0700 directory that every new pytest session resets, so it is not used.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="djship-e2e-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir():
+    with searchable_directory() as directory:
+        yield directory
+
+
+def make_project(directory: Path, ports: Ports) -> Path:
+    """A fresh copy of the example with djship.toml written by `djship init` and the tests' ports set."""
+    project = directory / "board"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
+    run_djship(project, "init")
+    config = project / "djship.toml"
+    text = config.read_text()
+    for default, ours in (
+        ("https_port = 8443", f"https_port = {ports.https}"),
+        ("http_port = 8080", f"http_port = {ports.http}"),
+        ("port = 15432", f"port = {ports.database}"),
+        ('address_prefix = "127.0.1"', f'address_prefix = "{ports.app_prefix}"'),
+        ('address = "127.0.2.1"', f'address = "{ports.database_address}"'),
+    ):
+        assert text.count(default) == 1, f"djship init no longer writes {default!r}"
+        text = text.replace(default, ours)
+    config.write_text(text)
+    return project
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class Site:
+    project: Path
+    ports: Ports
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.ports.https}"
+
+    @property
+    def ca(self) -> str:
+        return str(self.project / ".djship" / "tls" / "ca.crt")
+
+    def djship(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_djship(self.project, *args, check=check)
+
+    def status(self) -> dict:
+        report = json.loads(self.djship("status", "--json").stdout)
+        self.pids.update(pid for pid in [report["supervisor_pid"], *(c["pid"] for c in report["components"])] if pid)
+        return report
+
+    def component(self, name: str) -> dict:
+        return next(c for c in self.status()["components"] if c["name"] == name)
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        # Otherwise REQUESTS_CA_BUNDLE from the environment silently replaces session.verify.
+        session.trust_env = False
+        session.verify = self.ca
+        return session
+
+    def up(self) -> subprocess.CompletedProcess:
+        result = self.djship("up")
+        self.status()
+        return result
+
+    def stop_everything(self) -> None:
+        """`djship down`, then SIGKILL by PID whatever it left running."""
+        run_djship(self.project, "down", check=False)
+        for pid in self.pids:
+            if _alive(pid):
+                try:
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in self.pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def site() -> Site:
+    """The example project, up once for the session: https://localhost:18443 with two app servers."""
+    with searchable_directory() as directory:
+        running = Site(make_project(directory, MAIN_PORTS), MAIN_PORTS)
+        try:
+            running.up()
+            yield running
+        finally:
+            running.stop_everything()
+
+
+def supervisor_pid_of(project: Path) -> int | None:
+    pid_file = project / ".djship" / "supervisor" / "supervisord.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None

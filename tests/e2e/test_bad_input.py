@@ -1,0 +1,62 @@
+"""Bad input gets one line naming the problem and the fix, a non-zero exit, and nothing half-started or lost."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.e2e.conftest import SPARE_PORTS, make_project, run_djship, supervisor_pid_of
+
+pytestmark = pytest.mark.e2e
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_malformed_config_names_the_key(workdir):
+    project = make_project(workdir, SPARE_PORTS)
+    config = project / "djship.toml"
+    config.write_text(config.read_text().replace("servers = 2", "servers = 0"))
+    _assert_one_line_error(run_djship(project, "up", check=False), "app.servers", "greater than or equal to 1")
+    config.write_text(config.read_text() + "\n[app\n")
+    _assert_one_line_error(run_djship(project, "up", check=False), "not valid TOML", "line")
+    assert not (project / ".djship").exists()
+
+
+def test_init_outside_a_django_project(workdir):
+    _assert_one_line_error(run_djship(workdir, "init", check=False), "not a Django project")
+
+
+def test_port_in_use_refuses_to_start_anything(workdir):
+    project = make_project(workdir, SPARE_PORTS)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", SPARE_PORTS.https))
+        squatter.listen()
+        _assert_one_line_error(
+            run_djship(project, "up", check=False), f"port {SPARE_PORTS.https}", "balancer.https_port"
+        )
+    assert supervisor_pid_of(project) is None
+
+
+def test_project_that_does_not_import_starts_nothing(workdir):
+    project = make_project(workdir, SPARE_PORTS)
+    (project / "posts" / "views.py").write_text("import this_module_does_not_exist\n")
+    result = run_djship(project, "up", check=False)
+    _assert_one_line_error(result, "manage.py check --deploy failed", "this_module_does_not_exist")
+    assert supervisor_pid_of(project) is None
+    assert (project / "posts" / "models.py").exists()
+    assert (project / ".djship" / "postgres" / "data" / "PG_VERSION").exists()
+
+
+def test_destroy_refuses_without_yes(workdir):
+    project = make_project(workdir, SPARE_PORTS)
+    (project / ".djship").mkdir()
+    _assert_one_line_error(run_djship(project, "destroy", check=False), "--yes")
+    assert (project / ".djship").exists()

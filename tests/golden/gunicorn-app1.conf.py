@@ -1,0 +1,20 @@
+# App server app1: gunicorn runs Django's WSGI application behind nginx.
+# Rendered by djship from djship.toml; edits are overwritten by the next `djship up`.
+wsgi_app = "board.wsgi:application"
+chdir = "/srv/example/board/.djship/servers/app1/release/app"
+pythonpath = "/srv/example/board/.djship/servers/app1/release/app,/srv/example/board/.djship/servers/app1/release"
+raw_env = ["DJANGO_SETTINGS_MODULE=djship_production.settings"]
+bind = ["unix:/srv/example/board/.djship/servers/app1/gunicorn.sock"]
+workers = 3
+threads = 1
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 30
+keepalive = 2
+# Each worker opens its own database connection; never share one through --preload.
+preload_app = False
+control_socket_disable = True
+proc_name = "djship-app1"
+# nginx keeps the access log (with the client's address); gunicorn logs errors and Django's output.
+errorlog = "-"
+capture_output = True

@@ -1,0 +1,125 @@
+"""Shared fixtures of the unit tests: a fake Tools, config and plan factories, the real tools, a startproject tree.
+
+The factories are fixtures that return functions, so tests never import this module:
+
+    def test_something(make_plan):
+        plan = make_plan(app={"servers": 3}, running_as_root=True)
+
+Keyword arguments that are dicts are merged into that djship.toml section (over the minimal [project]), other
+keyword arguments (state_dir, service_user) are top-level keys.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from djship.config import Config
+from djship.errors import DjshipError
+from djship.plan import Plan, build_plan
+from djship.tools import Tools, find_tools
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO / "tests" / "golden"
+# A project directory that need not exist: the plan resolves it without touching it, so rendered paths are stable.
+GOLDEN_PROJECT_DIR = Path("/srv/example/board")
+MINIMAL_PROJECT = {"settings_module": "board.settings", "wsgi_application": "board.wsgi.application"}
+FAKE_TOOLS = Tools(
+    nginx="/usr/sbin/nginx",
+    haproxy="/usr/sbin/haproxy",
+    pg_bindir="/usr/lib/postgresql/15/bin",
+    mime_types="/etc/nginx/mime.types",
+    python="/usr/bin/python3",
+)
+
+
+@pytest.fixture
+def fake_tools() -> Tools:
+    return FAKE_TOOLS
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    return GOLDEN_DIR
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Config]:
+    def make(**overrides: object) -> Config:
+        data: dict[str, object] = {"project": dict(MINIMAL_PROJECT)}
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                data[key] = {**data.get(key, {}), **value}
+            else:
+                data[key] = value
+        return Config.model_validate(data)
+
+    return make
+
+
+@pytest.fixture
+def make_plan(make_config) -> Callable[..., Plan]:
+    def make(
+        project_dir: Path = GOLDEN_PROJECT_DIR,
+        running_as_root: bool = False,
+        tools: Tools = FAKE_TOOLS,
+        **overrides: object,
+    ) -> Plan:
+        return build_plan(make_config(**overrides), project_dir, tools, running_as_root)
+
+    return make
+
+
+@pytest.fixture
+def golden_plan(make_plan) -> Plan:
+    """The plan every golden file is rendered from: 2 app servers, as root, at a fixed project directory."""
+    return make_plan(running_as_root=True, app={"servers": 2})
+
+
+@pytest.fixture(scope="session")
+def real_tools() -> Tools:
+    """nginx, HAProxy and PostgreSQL as installed; a missing one fails the test with the command that installs it."""
+    try:
+        return find_tools()
+    except DjshipError as error:
+        pytest.fail(f"the real-tool tests need the tools djship drives: {error}")
+
+
+@pytest.fixture
+def django_project(tmp_path: Path) -> Path:
+    """A directory laid out as `django-admin startproject mysite` leaves it, plus requirements.txt."""
+    root = tmp_path / "mysite"
+    package = root / "mysite"
+    package.mkdir(parents=True)
+    (root / "manage.py").write_text(textwrap.dedent('''\
+        #!/usr/bin/env python
+        """Django's command-line utility for administrative tasks."""
+        import os
+        import sys
+
+
+        def main():
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+            from django.core.management import execute_from_command_line
+            execute_from_command_line(sys.argv)
+
+
+        if __name__ == "__main__":
+            main()
+        '''))
+    (package / "__init__.py").write_text("")
+    (package / "settings.py").write_text(textwrap.dedent("""\
+        from pathlib import Path
+
+        BASE_DIR = Path(__file__).resolve().parent.parent
+        SECRET_KEY = "django-insecure-test"
+        DEBUG = True
+        ROOT_URLCONF = "mysite.urls"
+        WSGI_APPLICATION = "mysite.wsgi.application"
+        """))
+    (package / "wsgi.py").write_text("application = None\n")
+    (root / "requirements.txt").write_text("Django>=5.0\n")
+    return root

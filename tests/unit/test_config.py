@@ -1,0 +1,143 @@
+"""djship.toml parsing: documented defaults, and one-line errors that start with the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from djship.config import CONFIG_FILE, find_project_dir, parse_config
+from djship.errors import DjshipError
+
+MINIMAL = """\
+[project]
+settings_module = "mysite.settings"
+wsgi_application = "mysite.wsgi.application"
+"""
+
+
+def config_error(text: str) -> str:
+    """The message parse_config raises for text; it must be a single line."""
+    with pytest.raises(DjshipError) as caught:
+        parse_config(text)
+    message = str(caught.value)
+    assert "\n" not in message, f"error message spans lines: {message!r}"
+    return message
+
+
+def test_minimal_config_gives_documented_defaults():
+    config = parse_config(MINIMAL)
+
+    assert config.project.settings_module == "mysite.settings"
+    assert config.project.wsgi_application == "mysite.wsgi.application"
+    assert config.project.manage_py == "manage.py"
+    assert config.project.requirements == "requirements.txt"
+    assert config.project.python is None
+    assert ".git" in config.project.exclude and ".djship" in config.project.exclude
+    assert config.site.domains == ["localhost"]
+    assert config.site.hsts_seconds is None
+    assert (config.app.servers, config.app.workers, config.app.threads) == (2, 3, 1)
+    assert (config.app.port, config.app.address_prefix, config.app.timeout) == (8000, "127.0.1", 30)
+    assert config.app.max_body_size == "10M"
+    assert config.app.health_path == "/-/djship/health"
+    assert (config.balancer.bind, config.balancer.https_port, config.balancer.http_port) == ("127.0.0.1", 8443, 8080)
+    assert (config.database.address, config.database.port, config.database.max_connections) == ("127.0.2.1", 15432, 100)
+    assert config.database.name is None and config.database.user is None
+    assert config.tls.mode == "local"
+    assert config.state_dir == ".djship"
+    assert config.service_user == "djship"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("[app]\nservers = 0\n", "djship.toml: app.servers: Input should be greater than or equal to 1"),
+        (
+            '[site]\ndomains = ["localhost", "Not A Host"]\n',
+            "djship.toml: site.domains: [1] 'Not A Host' is not a host name (lower-case, e.g. example.com)",
+        ),
+        ('[site]\ndomains = ["example.com", "example.com"]\n', "djship.toml: site.domains: lists a domain twice"),
+        (
+            "[app]\nwrokers = 4\n",
+            "djship.toml: app.wrokers: unknown key (check the spelling; see `djship init` for the documented keys)",
+        ),
+        (
+            "[balancer]\nhttps_port = 9000\nhttp_port = 9000\n",
+            "djship.toml: balancer: https_port and http_port must differ",
+        ),
+        (
+            '[balancer]\nbind = "0.0.0.0"\n',
+            "djship.toml: balancer.bind: must be an IPv4 loopback address (127.x.y.z) on the local target",
+        ),
+        ('[tls]\nmode = "acme"\n', "djship.toml: tls.mode: Input should be 'local'"),
+    ],
+    ids=["servers-0", "bad-domain", "duplicate-domain", "unknown-key", "same-ports", "public-bind", "tls-mode"],
+)
+def test_invalid_value_is_named_by_its_key_path(extra, expected):
+    assert config_error(MINIMAL + extra) == expected
+
+
+def test_database_port_in_the_ephemeral_range_is_refused():
+    message = config_error(MINIMAL + "[database]\nport = 40000\n")
+
+    assert message.startswith("djship.toml: database.port: 40000 is in Linux's ephemeral port range 32768-60999")
+    assert "choose a port below 32768" in message
+
+
+@pytest.mark.parametrize("port", [32767, 61000])
+def test_database_port_just_outside_the_ephemeral_range_is_accepted(port):
+    assert parse_config(MINIMAL + f"[database]\nport = {port}\n").database.port == port
+
+
+def test_missing_project_key_is_named():
+    text = '[project]\nwsgi_application = "mysite.wsgi.application"\n'
+
+    assert config_error(text) == "djship.toml: project.settings_module: required key is missing"
+
+
+def test_missing_project_section_is_named():
+    assert config_error("") == "djship.toml: project: required key is missing"
+
+
+def test_invalid_toml_names_the_line():
+    message = config_error(MINIMAL + "[app\nservers = 2\n")
+
+    assert message.startswith("djship.toml: not valid TOML: ")
+    assert "line 4" in message
+
+
+def test_several_problems_report_the_first_and_count_the_rest():
+    message = config_error(MINIMAL + "[app]\nservers = 0\nworkers = 0\n")
+
+    assert message == "djship.toml: app.servers: Input should be greater than or equal to 1 (and 1 more)"
+
+
+def test_source_names_the_file():
+    with pytest.raises(DjshipError, match=r"^/srv/site/djship\.toml: app\.servers: "):
+        parse_config(MINIMAL + "[app]\nservers = 0\n", source="/srv/site/djship.toml")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ['[site]\ndomains = ["example.com\\n"]\n', '[balancer]\nbind = "127.0.0.1\\n"\n', '[database]\nname = "app\\n"\n'],
+    ids=["domain", "bind", "database-name"],
+)
+def test_value_with_a_trailing_newline_is_refused(extra):
+    config_error(MINIMAL + extra)
+
+
+def test_unknown_quoted_key_with_a_newline_stays_on_one_line():
+    assert "unknown key" in config_error(MINIMAL + '[app]\n"wro\\nkers" = 4\n')
+
+
+def test_find_project_dir_finds_the_config_in_a_parent(tmp_path: Path):
+    (tmp_path / CONFIG_FILE).write_text(MINIMAL)
+    nested = tmp_path / "app" / "templates"
+    nested.mkdir(parents=True)
+
+    assert find_project_dir(nested) == tmp_path.resolve()
+
+
+def test_find_project_dir_outside_a_project_fails(tmp_path: Path):
+    with pytest.raises(DjshipError, match=r"no djship\.toml in .* or above; run `djship init`"):
+        find_project_dir(tmp_path)

@@ -1,0 +1,116 @@
+"""The plan: every derived value (addresses, sockets, timeouts, budgets, names) and the checks made on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from djship.errors import DjshipError
+from djship.plan import MAX_SOCKET_PATH
+
+
+def test_app_servers_get_consecutive_addresses_and_their_own_sockets(make_plan):
+    plan = make_plan(app={"servers": 4})
+
+    assert [server.name for server in plan.app_servers] == ["app1", "app2", "app3", "app4"]
+    assert [server.endpoint for server in plan.app_servers] == [f"127.0.1.{i}:8000" for i in range(1, 5)]
+    sockets = {server.socket for server in plan.app_servers}
+    assert len(sockets) == 4
+    assert all(socket.is_relative_to(plan.paths.servers) for socket in sockets)
+
+
+def test_address_prefix_and_port_are_applied(make_plan):
+    plan = make_plan(app={"servers": 2, "address_prefix": "127.0.9", "port": 9100})
+
+    assert [server.endpoint for server in plan.app_servers] == ["127.0.9.1:9100", "127.0.9.2:9100"]
+
+
+@pytest.mark.parametrize("timeout", [1, 30, 3600])
+def test_each_hop_waits_longer_than_the_one_behind_it(make_plan, timeout):
+    plan = make_plan(app={"timeout": timeout})
+
+    assert plan.gunicorn_timeout == timeout
+    assert plan.balancer_timeout > plan.nginx_timeout > plan.gunicorn_timeout
+
+
+def test_connection_budget_that_fits_exactly_is_accepted(make_plan):
+    # 3 x 29 x 1 + 10 headroom = 97 = 100 - 3 reserved for the superuser.
+    plan = make_plan(app={"servers": 3, "workers": 29}, database={"max_connections": 100})
+
+    assert plan.connections_needed == 97
+
+
+def test_connection_budget_over_max_connections_is_refused(make_plan):
+    # 2 x 44 x 1 + 10 = 98, one more than the 97 that max_connections = 100 leaves.
+    with pytest.raises(DjshipError) as caught:
+        make_plan(app={"servers": 2, "workers": 44}, database={"max_connections": 100})
+
+    message = str(caught.value)
+    assert message.startswith("connection budget: 2 servers x 44 workers x 1 threads + 10 headroom = 98 connections")
+    assert "database.max_connections = 100 leaves 97" in message
+    assert "raise database.max_connections to at least 101" in message
+
+
+def test_threads_count_against_the_connection_budget(make_plan):
+    with pytest.raises(DjshipError, match="database.max_connections"):
+        make_plan(app={"servers": 2, "workers": 4, "threads": 12})
+
+
+def test_state_dir_too_deep_for_a_unix_socket_is_refused(make_plan):
+    deep = "/" + "d" * (MAX_SOCKET_PATH - 20)
+
+    with pytest.raises(DjshipError, match=r"state_dir is too deep: the unix socket .*\.sock is longer than 107 bytes"):
+        make_plan(state_dir=deep)
+
+
+def test_relative_state_dir_is_under_the_project(make_plan):
+    plan = make_plan(project_dir=Path("/srv/site"))
+
+    assert plan.paths.state == Path("/srv/site/.djship")
+    assert plan.paths.site_pem == Path("/srv/site/.djship/tls/site.pem")
+
+
+@pytest.mark.parametrize(("running_as_root", "expected"), [(True, "djship"), (False, None)])
+def test_service_user_only_when_running_as_root(make_plan, running_as_root, expected):
+    assert make_plan(running_as_root=running_as_root).service_user == expected
+
+
+def test_configured_service_user_is_used_as_root(make_plan):
+    assert make_plan(running_as_root=True, service_user="web").service_user == "web"
+
+
+@pytest.mark.parametrize(
+    ("domains", "hsts"),
+    [(["localhost"], 3600), (["example.com"], 31536000), (["localhost", "example.com"], 31536000)],
+)
+def test_hsts_is_short_for_localhost_and_a_year_for_real_domains(make_plan, domains, hsts):
+    assert make_plan(site={"domains": domains}).hsts_seconds == hsts
+
+
+def test_configured_hsts_wins(make_plan):
+    assert make_plan(site={"hsts_seconds": 600}).hsts_seconds == 600
+
+
+@pytest.mark.parametrize(
+    ("settings_module", "name"),
+    [("mysite.settings", "mysite"), ("Config.settings.production", "config"), ("_core.settings", "app__core")],
+)
+def test_database_name_comes_from_the_settings_package(make_plan, settings_module, name):
+    plan = make_plan(project={"settings_module": settings_module})
+
+    assert (plan.database.name, plan.database.user) == (name, name)
+
+
+def test_configured_database_name_and_user_win(make_plan):
+    plan = make_plan(database={"name": "shop", "user": "shop_web"})
+
+    assert (plan.database.name, plan.database.user) == ("shop", "shop_web")
+
+
+def test_url_and_origins_carry_the_https_port(make_plan):
+    plan = make_plan(site={"domains": ["example.com", "www.example.com"]}, balancer={"https_port": 9443})
+
+    assert plan.url == "https://example.com:9443/"
+    assert plan.origins == ("https://example.com:9443", "https://www.example.com:9443")
+    assert plan.health_host == "example.com"

@@ -1,0 +1,258 @@
+"""The rendered config files: golden files, properties that must hold, and the real programs accepting them.
+
+Golden files: tests/golden/ holds the exact text each renderer produces for the `golden_plan` fixture
+(project at /srv/example/board, 2 app servers, running as root). After an intended change to a template or the
+plan, regenerate them and review the difference before committing it:
+
+    DJSHIP_UPDATE_GOLDEN=1 python3 -m pytest tests/unit/test_render.py
+    git diff tests/golden
+
+With DJSHIP_UPDATE_GOLDEN=1 the golden tests write the files instead of comparing against them.
+
+The real-tool tests run `nginx -t`, `haproxy -c` and supervisor's own config parser on files rendered into a
+temporary state directory; they fail (they never skip) when nginx, HAProxy or PostgreSQL is not installed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import pwd
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from supervisor.options import ServerOptions
+
+from djship import render
+from djship.plan import Plan
+from djship.tls import local_ca
+
+UPDATE_GOLDEN = os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1"
+RELEASE_ID = "20260101-000000"
+
+GOLDEN: dict[str, Callable[[Plan], str]] = {
+    "nginx-app1.conf": lambda plan: render.nginx_conf(plan, plan.app_servers[0]),
+    "gunicorn-app1.conf.py": lambda plan: render.gunicorn_conf(plan, plan.app_servers[0]),
+    "haproxy.cfg": render.haproxy_cfg,
+    "postgresql.conf": render.postgresql_conf,
+    "pg_hba.conf": render.pg_hba_conf,
+    "supervisord.conf": render.supervisord_conf,
+    "settings.py": lambda plan: render.production_settings(plan, RELEASE_ID, plan.paths.releases / RELEASE_ID),
+}
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_rendering_matches_the_golden_file(golden_plan, golden_dir, name):
+    text = GOLDEN[name](golden_plan)
+    golden = golden_dir / name
+    if UPDATE_GOLDEN:
+        golden.write_text(text, encoding="utf-8")
+    assert golden.is_file(), f"{golden} is missing; generate it with DJSHIP_UPDATE_GOLDEN=1 (see the module docstring)"
+    assert text == golden.read_text(encoding="utf-8"), (
+        f"{name} differs from {golden}; if the change is intended, regenerate with DJSHIP_UPDATE_GOLDEN=1 and review "
+        "`git diff tests/golden`"
+    )
+
+
+# ---- properties ---------------------------------------------------------------------------------------------
+
+
+def haproxy_sections(text: str) -> dict[str, list[str]]:
+    """haproxy.cfg as {"frontend https": [its stripped lines], ...}, comments and blank lines left out."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            current.append(line.strip())
+        else:
+            current = sections.setdefault(line.strip(), [])
+    return sections
+
+
+def supervisord_sections(plan: Plan) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(render.supervisord_conf(plan))
+    return parser
+
+
+def gunicorn_settings(plan: Plan) -> dict[str, object]:
+    namespace: dict[str, object] = {}
+    exec(compile(render.gunicorn_conf(plan, plan.app_servers[0]), "gunicorn.conf.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture
+def plan(make_plan) -> Plan:
+    """A plan off the defaults, so a template that hard-codes a default value shows."""
+    return make_plan(running_as_root=True, app={"servers": 3, "timeout": 45, "workers": 2, "threads": 4})
+
+
+def test_timeouts_in_every_config_agree_with_the_plan(plan):
+    haproxy = haproxy_sections(render.haproxy_cfg(plan))
+    nginx = render.nginx_conf(plan, plan.app_servers[0])
+
+    assert gunicorn_settings(plan)["timeout"] == plan.gunicorn_timeout == 45
+    assert re.findall(r"proxy_(?:read|send)_timeout (\d+)s;", nginx) == [str(plan.nginx_timeout)] * 2
+    assert f"timeout server {plan.balancer_timeout}s" in haproxy["defaults"]
+    assert f"timeout client {plan.balancer_timeout}s" in haproxy["defaults"]
+    assert f"hard-stop-after {plan.balancer_timeout}s" in haproxy["global"]
+
+
+def test_every_app_server_is_in_the_balancer_backend(plan):
+    backend = haproxy_sections(render.haproxy_cfg(plan))["backend app_servers"]
+
+    servers = [line for line in backend if line.startswith("server ")]
+    assert servers == ["server app1 127.0.1.1:8000", "server app2 127.0.1.2:8000", "server app3 127.0.1.3:8000"]
+
+
+def test_balancer_retries_only_get_on_another_server(plan):
+    sections = haproxy_sections(render.haproxy_cfg(plan))
+
+    assert "retry-on all-retryable-errors" in sections["defaults"]
+    assert "http-request disable-l7-retry unless METH_GET" in sections["frontend https"]
+
+
+def test_balancer_sets_the_forwarded_headers_itself(plan):
+    https = haproxy_sections(render.haproxy_cfg(plan))["frontend https"]
+
+    assert "http-request set-header X-Forwarded-Proto https" in https
+    assert "http-request set-header X-Forwarded-For %[src]" in https
+    assert not any("add-header X-Forwarded" in line or "option forwardfor" in line for line in https)
+
+
+def test_balancer_health_check_uses_the_health_path_and_host(plan):
+    backend = haproxy_sections(render.haproxy_cfg(plan))["backend app_servers"]
+
+    assert (
+        f"http-check send meth GET uri {plan.health_path} ver HTTP/1.1 hdr Host localhost hdr X-Forwarded-Proto https"
+        in backend
+    )
+
+
+def test_supervisord_has_one_program_per_component_stopped_as_a_group(plan):
+    parser = supervisord_sections(plan)
+
+    programs = [section.removeprefix("program:") for section in parser.sections() if section.startswith("program:")]
+    assert programs == [
+        "postgres",
+        "app1-gunicorn", "app1-nginx",
+        "app2-gunicorn", "app2-nginx",
+        "app3-gunicorn", "app3-nginx",
+        "haproxy",
+    ]
+    for name in programs:
+        section = parser[f"program:{name}"]
+        assert (section["stopasgroup"], section["killasgroup"]) == ("true", "true"), name
+        assert section["user"] == "djship", name
+
+
+def test_supervisord_runs_programs_as_the_invoking_user_when_not_root(make_plan):
+    parser = supervisord_sections(make_plan(running_as_root=False))
+
+    assert not any(parser.has_option(section, "user") for section in parser.sections())
+
+
+def test_gunicorn_conf_is_python_with_the_plan_values(plan):
+    settings = gunicorn_settings(plan)
+    server = plan.app_servers[0]
+
+    assert settings["wsgi_app"] == "board.wsgi:application"
+    assert settings["bind"] == [f"unix:{server.socket}"]
+    assert (settings["workers"], settings["threads"], settings["worker_class"]) == (2, 4, "gthread")
+    assert settings["preload_app"] is False
+
+
+def test_gunicorn_uses_sync_workers_with_one_thread(make_plan):
+    assert gunicorn_settings(make_plan(app={"threads": 1}))["worker_class"] == "sync"
+
+
+def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, tmp_path, monkeypatch):
+    """Run the generated settings module against a stand-in project settings module and a real secrets file."""
+    plan = make_plan(project_dir=tmp_path, project={"settings_module": "unitsite.settings"})
+    plan.paths.secrets.mkdir(parents=True)
+    plan.paths.app_secrets.write_text('{"secret_key": "from-the-file", "database_password": "pw"}')
+    project_settings = types.ModuleType("unitsite.settings")
+    project_settings.DEBUG = True
+    project_settings.SECRET_KEY = "django-insecure-dev"
+    project_settings.MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
+    monkeypatch.setitem(sys.modules, "unitsite", types.ModuleType("unitsite"))
+    monkeypatch.setitem(sys.modules, "unitsite.settings", project_settings)
+    release_dir = plan.paths.releases / RELEASE_ID
+
+    settings: dict[str, object] = {}
+    exec(compile(render.production_settings(plan, RELEASE_ID, release_dir), "settings.py", "exec"), settings)
+
+    assert settings["DEBUG"] is False
+    assert settings["SECRET_KEY"] == "from-the-file"
+    assert settings["DATABASES"]["default"]["PASSWORD"] == "pw"
+    assert settings["DATABASES"]["default"]["NAME"] == "unitsite"
+    assert settings["ALLOWED_HOSTS"] == ["localhost"]
+    assert settings["CSRF_TRUSTED_ORIGINS"] == ["https://localhost:8443"]
+    assert settings["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert settings["STATIC_ROOT"] == f"{release_dir}/static"
+    assert settings["MIDDLEWARE"] == [
+        "djship_production.health.HealthCheckMiddleware", "django.middleware.security.SecurityMiddleware",
+    ]
+
+
+# ---- the real programs accept the rendered files --------------------------------------------------------------
+
+
+@pytest.fixture
+def rendered(make_plan, real_tools, tmp_path) -> Plan:
+    """Every system file of a plan rendered to its place under tmp_path, with the directories the programs need."""
+    plan = make_plan(
+        project_dir=tmp_path,
+        tools=real_tools,
+        running_as_root=True,
+        service_user=pwd.getpwuid(os.getuid()).pw_name,
+        app={"servers": 2},
+    )
+    for config_file in render.system_files(plan):
+        config_file.path.parent.mkdir(parents=True, exist_ok=True)
+        config_file.path.write_text(config_file.text, encoding="utf-8")
+    plan.paths.logs.mkdir(parents=True)
+    for server in plan.app_servers:
+        server.nginx_temp.mkdir()
+    return plan
+
+
+def run_tool(*command: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=30)
+
+
+def test_nginx_accepts_its_config(rendered):
+    for server in rendered.app_servers:
+        result = run_tool(rendered.tools.nginx, "-t", "-c", server.nginx_conf, "-p", server.dir, "-e", "stderr")
+
+        assert result.returncode == 0, f"nginx -t rejected {server.nginx_conf}:\n{result.stderr}"
+
+
+def test_haproxy_accepts_its_config(rendered):
+    authority = local_ca.new_authority("unit")
+    rendered.paths.site_pem.parent.mkdir(parents=True)
+    rendered.paths.site_pem.write_bytes(local_ca.issue_site_certificate(authority, rendered.domains))
+
+    result = run_tool(rendered.tools.haproxy, "-c", "-f", rendered.paths.haproxy_conf)
+
+    assert result.returncode == 0, f"haproxy -c rejected {rendered.paths.haproxy_conf}:\n{result.stdout}{result.stderr}"
+
+
+def test_supervisor_parses_its_config(rendered, capsys):
+    options = ServerOptions()
+    try:
+        options.realize(args=["-c", str(rendered.paths.supervisor_conf)])
+    except SystemExit:
+        pytest.fail(f"supervisord rejected {rendered.paths.supervisor_conf}:\n{capsys.readouterr().err}")
+
+    assert sorted(group.name for group in options.process_group_configs) == [
+        "app1-gunicorn", "app1-nginx", "app2-gunicorn", "app2-nginx", "haproxy", "postgres",
+    ]
+    assert options.logfile == str(rendered.paths.logs / "supervisord.log")
