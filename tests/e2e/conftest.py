@@ -99,6 +99,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a process and its group if it is still alive, and wait until it is gone."""
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @dataclass
 class Site:
     project: Path
@@ -140,14 +153,7 @@ class Site:
         """`djship down`, then SIGKILL by PID whatever it left running."""
         run_djship(self.project, "down", check=False)
         for pid in self.pids:
-            if _alive(pid):
-                try:
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in self.pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            kill_process_group(pid)
 
 
 @pytest.fixture(scope="session")

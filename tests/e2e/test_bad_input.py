@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.e2e.conftest import SPARE_PORTS, make_project, run_djship, supervisor_pid_of
+from tests.e2e.conftest import SPARE_PORTS, kill_process_group, make_project, run_djship, supervisor_pid_of
 
 pytestmark = pytest.mark.e2e
 
@@ -60,3 +60,18 @@ def test_destroy_refuses_without_yes(workdir):
     (project / ".djship").mkdir()
     _assert_one_line_error(run_djship(project, "destroy", check=False), "--yes")
     assert (project / ".djship").exists()
+
+
+def test_destroy_yes_stops_everything_and_deletes_only_the_state_directory(workdir):
+    project = make_project(workdir, SPARE_PORTS)
+    run_djship(project, "up")
+    supervisor = supervisor_pid_of(project)
+    assert supervisor is not None
+    try:
+        result = run_djship(project, "destroy", "--yes")
+        assert "Deleted" in result.stdout
+        assert not (project / ".djship").exists()
+        assert supervisor_pid_of(project) is None
+        assert (project / "manage.py").exists() and (project / "djship.toml").exists()
+    finally:
+        kill_process_group(supervisor)

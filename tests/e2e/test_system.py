@@ -148,6 +148,15 @@ def test_manage_runs_in_the_live_release(site: Site):
     assert result.stdout.strip().splitlines()[-1] == "False django.db.backends.postgresql"
 
 
+def test_logs_show_each_component(site: Site):
+    balancer = site.djship("logs", "haproxy", "-n", "20").stdout
+    assert "app_servers/app" in balancer
+    app = site.djship("logs", "app2").stdout
+    assert "app2-nginx-access.log" in app and "app2-gunicorn.log" in app
+    unknown = site.djship("logs", "app9", check=False)
+    assert unknown.returncode == 1 and "no component 'app9'" in unknown.stderr
+
+
 def test_kill_9_of_a_gunicorn_under_load_fails_no_request_and_is_restarted(site: Site):
     victim = site.component("app1-gunicorn")["pid"]
     failures: list[str] = []

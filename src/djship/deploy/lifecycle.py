@@ -277,10 +277,13 @@ class LocalSystem:
             raise DjshipError(
                 f"supervisord is running for {plan.paths.state} but there is no release; run `djship down`, then `djship up`"
             )
+        _prepare_state_dir(plan, self.connector)
         changed_files = _write_system_files(plan, self.connector)
         if any(file.path == plan.paths.supervisor_conf for file in changed_files):
             self.supervisor.reload_config()
         changed = {program for file in changed_files for program in file.programs}
+        if ensure_certificate(plan, self.connector):
+            changed.add("haproxy")
         statuses = self.supervisor.status()
         not_running = [name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"]
         to_restart = [name for name in self.program_names if name in changed and name not in not_running]
