@@ -125,6 +125,77 @@ def up(project: str | None) -> None:
     console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
 
 
+def _rollout(option: str | None):
+    from djship.deploy.rolling import Rollout
+
+    return Rollout(_system(option))
+
+
+@main.command()
+@project_option
+def deploy(project: str | None) -> None:
+    """Ship the project's current code as a new release, one app server at a time, with no failed request.
+
+    \b
+    Builds releases/<id> (the virtualenv is reused when requirements did not change), runs
+    check --deploy and collectstatic, migrates once under a PostgreSQL advisory lock, then per
+    batch of app servers (deploy.batch_size): drain in the balancer -> wait for in-flight requests
+    -> restart on the new release -> health check -> back into rotation. A release that fails
+    anywhere never takes traffic: the server goes back to its release and the deploy stops.
+    """
+    started = time.monotonic()
+    release = _rollout(project).deploy()
+    console.print(f"[green]Deployed[/] release {release.id} in {time.monotonic() - started:.1f}s")
+
+
+@main.command()
+@click.argument("release", required=False)
+@project_option
+def rollback(project: str | None, release: str | None) -> None:
+    """Switch back to RELEASE (default: the one before the live one), rolling, like a deploy.
+
+    Migrations are not reversed: the database stays as the newest release left it.
+    """
+    started = time.monotonic()
+    target = _rollout(project).rollback(release)
+    console.print(f"[green]Rolled back[/] to release {target.id} in {time.monotonic() - started:.1f}s")
+
+
+@main.command()
+@click.argument("servers", type=click.IntRange(1, 250))
+@project_option
+def scale(project: str | None, servers: int) -> None:
+    """Run SERVERS app servers, adding or removing them while the site serves; updates djship.toml.
+
+    New servers join the balancer only once healthy; removed ones are drained first.
+    """
+    started = time.monotonic()
+    before = _rollout(project).scale(servers)
+    if before == servers:
+        console.print(f"Already {servers} app servers; nothing changed.")
+    else:
+        console.print(f"[green]Scaled[/] from {before} to {servers} app servers in {time.monotonic() - started:.1f}s")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@project_option
+def releases(project: str | None, as_json: bool) -> None:
+    """List the kept releases, oldest first, marking the live one and the servers running each."""
+    from djship.deploy.rolling import release_table
+
+    rows = release_table(_system(project))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("", "RELEASE", "SERVERS"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row("*" if row["live"] else "", row["id"], ", ".join(row["servers"]) or "-")
+    console.print(table)
+
+
 @main.command()
 @project_option
 def down(project: str | None) -> None:

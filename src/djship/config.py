@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
+import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from djship.errors import DjshipError
@@ -163,6 +164,12 @@ class TlsConfig(_Section):
     mode: Literal["local"] = "local"
 
 
+class DeployConfig(_Section):
+    batch_size: int = Field(default=1, ge=1)
+    keep_releases: int = Field(default=5, ge=2, le=100)
+    health_timeout: int = Field(default=60, ge=5, le=3600)
+
+
 class Config(_Section):
     project: ProjectConfig
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -170,6 +177,7 @@ class Config(_Section):
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     state_dir: str = ".djship"
     service_user: str = "djship"
 
@@ -206,6 +214,13 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
         problems = [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DjshipError(f"{source}: {problems[0]}{more}") from None
+
+
+def with_app_servers(text: str, count: int) -> str:
+    """djship.toml text with app.servers set to count, everything else (comments included) kept."""
+    document = tomlkit.parse(text)
+    document.setdefault("app", tomlkit.table())["servers"] = count
+    return tomlkit.dumps(document)
 
 
 def find_project_dir(start: Path) -> Path:

@@ -161,6 +161,10 @@ class Paths:
         return self.state / "postgres"
 
     @property
+    def deploy_lock(self) -> Path:
+        return self.state / "deploy.lock"
+
+    @property
     def current(self) -> Path:
         """The release that new app servers start on and that `djship manage` runs in."""
         return self.state / "current"
@@ -188,6 +192,9 @@ class Plan:
     balancer_timeout: int
     max_body_size: str
     health_path: str
+    health_timeout: int
+    batch_size: int
+    keep_releases: int
     database: Database
     paths: Paths
     service_user: str | None
@@ -263,6 +270,9 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
         balancer_timeout=app.timeout + 10,
         max_body_size=app.max_body_size,
         health_path=app.health_path,
+        health_timeout=config.deploy.health_timeout,
+        batch_size=config.deploy.batch_size,
+        keep_releases=config.deploy.keep_releases,
         database=database,
         paths=paths,
         service_user=config.service_user if running_as_root else None,

@@ -134,6 +134,11 @@ max_connections = 100          # must fit servers x workers x threads plus headr
 
 [tls]
 mode = "local"                 # a certificate from djship's own CA (.djship/tls/ca.crt)
+
+[deploy]
+batch_size = 1                 # app servers switched to a new release at a time (the rest keep serving)
+keep_releases = 5              # releases kept for `djship rollback`
+health_timeout = 60            # seconds a switched server has to pass its health check before it is rolled back
 '''
 
 

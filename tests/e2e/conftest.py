@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ class Ports:
 
 MAIN_PORTS = Ports(https=18443, http=18080, database=25432, app_prefix="127.0.11", database_address="127.0.12.1")
 SPARE_PORTS = Ports(https=19443, http=19080, database=26432, app_prefix="127.0.21", database_address="127.0.22.1")
+DEPLOY_PORTS = Ports(https=20443, http=20080, database=27432, app_prefix="127.0.31", database_address="127.0.32.1")
 
 
 def run_djship(project: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -156,16 +159,73 @@ class Site:
             kill_process_group(pid)
 
 
-@pytest.fixture(scope="session")
-def site() -> Site:
-    """The example project, up once for the session: https://localhost:18443 with two app servers."""
+class RequestLoop:
+    """GETs from several threads, from `with` until its end (and never longer than max_seconds), against the
+    site under test only; counts every failure and which release answered."""
+
+    def __init__(self, site: Site, path: str = "/api/posts/", threads: int = 4, max_seconds: float = 180):
+        self.site = site
+        self.url = site.url + path
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.deadline = time.monotonic() + max_seconds
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.failures: list[str] = []
+        self.releases: Counter[str] = Counter()
+
+    @property
+    def served(self) -> int:
+        return sum(self.releases.values())
+
+    def _run(self) -> None:
+        session = self.site.session()
+        while not self.stopped.is_set() and time.monotonic() < self.deadline:
+            try:
+                response = session.get(self.url, timeout=30)
+                outcome = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except requests.RequestException as error:
+                response, outcome = None, repr(error)
+            with self.lock:
+                if outcome:
+                    self.failures.append(outcome)
+                else:
+                    self.releases[response.headers.get("X-Djship-Release", "?")] += 1
+
+    def wait_for(self, served: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.served < served:
+            assert time.monotonic() < deadline, f"only {self.served} of {served} requests served"
+            time.sleep(0.05)
+
+    def __enter__(self) -> RequestLoop:
+        for thread in self.threads:
+            thread.start()
+        self.wait_for(20)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+@contextmanager
+def running_site(ports: Ports):
+    """A copy of the example, up on these ports until the end of the `with`; then down, and killed by PID."""
     with searchable_directory() as directory:
-        running = Site(make_project(directory, MAIN_PORTS), MAIN_PORTS)
+        running = Site(make_project(directory, ports), ports)
         try:
             running.up()
             yield running
         finally:
             running.stop_everything()
+
+
+@pytest.fixture(scope="session")
+def site() -> Site:
+    """The example project, up once for the session: https://localhost:18443 with two app servers."""
+    with running_site(MAIN_PORTS) as running:
+        yield running
 
 
 def supervisor_pid_of(project: Path) -> int | None:

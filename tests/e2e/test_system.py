@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import struct
-import threading
 import time
 import uuid
 import zlib
@@ -14,7 +13,7 @@ import zlib
 import pytest
 import requests
 
-from tests.e2e.conftest import Site
+from tests.e2e.conftest import RequestLoop, Site
 
 pytestmark = pytest.mark.e2e
 
@@ -159,36 +158,10 @@ def test_logs_show_each_component(site: Site):
 
 def test_kill_9_of_a_gunicorn_under_load_fails_no_request_and_is_restarted(site: Site):
     victim = site.component("app1-gunicorn")["pid"]
-    failures: list[str] = []
-    served = {"count": 0}
-    stop_killer = threading.Event()
-
-    def client() -> None:
-        session = site.session()
-        for _ in range(150):
-            try:
-                response = session.get(site.url + "/api/posts/", timeout=15)
-                if response.status_code != 200:
-                    failures.append(str(response.status_code))
-                else:
-                    served["count"] += 1
-            except requests.RequestException as error:
-                failures.append(repr(error))
-
-    def killer() -> None:
-        while served["count"] < 100 and not stop_killer.is_set():
-            time.sleep(0.01)
+    with RequestLoop(site) as load:
         os.kill(victim, signal.SIGKILL)
-
-    threads = [threading.Thread(target=client) for _ in range(4)] + [threading.Thread(target=killer)]
-    for thread in threads:
-        thread.start()
-    for thread in threads[:4]:
-        thread.join(timeout=120)
-    stop_killer.set()
-    threads[4].join(timeout=5)
-    assert failures == []
-    assert served["count"] == 600
+        load.wait_for(load.served + 400)
+    assert load.failures == []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         restarted = site.component("app1-gunicorn")

@@ -46,7 +46,11 @@ MEDIA_ROOT = "/srv/example/board/.djship/shared/media"
 
 DJSHIP_RELEASE = "20260101-000000"
 DJSHIP_HEALTH_PATH = "/-/djship/health"
-MIDDLEWARE = ["djship_production.health.HealthCheckMiddleware", *_PROJECT_MIDDLEWARE]
+MIDDLEWARE = [
+    "djship_production.middleware.ReleaseHeaderMiddleware",
+    *_PROJECT_MIDDLEWARE,
+    "djship_production.middleware.HealthCheckMiddleware",
+]
 
 LOGGING = {
     "version": 1,

@@ -108,8 +108,15 @@ def test_timeouts_in_every_config_agree_with_the_plan(plan):
 def test_every_app_server_is_in_the_balancer_backend(plan):
     backend = haproxy_sections(render.haproxy_cfg(plan))["backend app_servers"]
 
-    servers = [line for line in backend if line.startswith("server ")]
-    assert servers == ["server app1 127.0.1.1:8000", "server app2 127.0.1.2:8000", "server app3 127.0.1.3:8000"]
+    servers = [line.split()[:3] for line in backend if line.startswith("server ")]
+    assert servers == [["server", f"app{i}", f"127.0.1.{i}:8000"] for i in (1, 2, 3)]
+    assert all(" check " in line for line in backend if line.startswith("server "))
+
+
+def test_a_server_added_at_run_time_gets_the_same_line_as_in_the_config(plan):
+    backend = haproxy_sections(render.haproxy_cfg(plan))["backend app_servers"]
+
+    assert f"server app3 {render.haproxy_server_args(plan, plan.app_servers[2])}" in backend
 
 
 def test_balancer_retries_only_get_on_another_server(plan):
@@ -197,8 +204,11 @@ def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, tmp_p
     assert settings["CSRF_TRUSTED_ORIGINS"] == ["https://localhost:8443"]
     assert settings["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
     assert settings["STATIC_ROOT"] == f"{release_dir}/static"
+    # The release header wraps everything; the health check runs through the project's whole middleware stack.
     assert settings["MIDDLEWARE"] == [
-        "djship_production.health.HealthCheckMiddleware", "django.middleware.security.SecurityMiddleware",
+        "djship_production.middleware.ReleaseHeaderMiddleware",
+        "django.middleware.security.SecurityMiddleware",
+        "djship_production.middleware.HealthCheckMiddleware",
     ]
 
 

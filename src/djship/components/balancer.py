@@ -6,8 +6,11 @@ import csv
 import io
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from djship.errors import DjshipError
 
 BACKEND = "app_servers"
 
@@ -42,6 +45,58 @@ def runtime_command(socket_path: Path, command: str, timeout: float = 5) -> str:
         while chunk := connection.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks).decode()
+
+
+class Balancer:
+    """Changes to the running HAProxy through its runtime API: no reload, no dropped connection."""
+
+    def __init__(self, socket_path: Path):
+        self.socket_path = socket_path
+
+    def _command(self, command: str) -> None:
+        try:
+            answer = runtime_command(self.socket_path, command).strip()
+        except OSError as error:
+            raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
+        if answer and not answer.startswith(("New server registered", "Server deleted")):
+            raise DjshipError(f"the load balancer refused `{command}`: {answer.splitlines()[0]}")
+
+    def set_state(self, server: str, state: str) -> None:
+        """state: ready (in rotation), drain (no new requests), maint (out)."""
+        self._command(f"set server {BACKEND}/{server} state {state}")
+
+    def add_server(self, server: str, arguments: str) -> None:
+        """Register a server (it starts in maintenance), start its health checks, and put it in rotation."""
+        self._command(f"add server {BACKEND}/{server} {arguments}")
+        self._command(f"enable health {BACKEND}/{server}")
+        self._command(f"enable server {BACKEND}/{server}")
+
+    def remove_server(self, server: str) -> None:
+        self.set_state(server, "maint")
+        self._command(f"del server {BACKEND}/{server}")
+
+    def states(self) -> dict[str, ServerState]:
+        return server_states(self.socket_path)
+
+    def wait_drained(self, server: str, timeout: float) -> None:
+        """Wait until no request is in flight on the server; past the timeout the server is restarted anyway."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.states().get(server)
+            if state is None or state.sessions == 0:
+                return
+            time.sleep(0.1)
+
+    def wait_status(self, server: str, status: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.states().get(server)
+            if state is not None and state.status == status:
+                return
+            if time.monotonic() > deadline:
+                seen = state.status if state else "not listed"
+                raise DjshipError(f"the load balancer sees {server} as {seen}, not {status}, after {timeout:.0f}s")
+            time.sleep(0.1)
 
 
 def server_states(socket_path: Path) -> dict[str, ServerState]:

@@ -21,7 +21,7 @@ from djship.connectors import Connector
 from djship.connectors.local import LocalConnector
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
-from djship.plan import Plan, build_plan
+from djship.plan import AppServer, Plan, build_plan
 from djship.progress import Reporter
 from djship.tls import local_ca
 from djship.tools import find_tools
@@ -96,7 +96,7 @@ def _ensure_service_user(plan: Plan, connector: Connector) -> None:
         raise DjshipError(f"cannot create the service user {plan.service_user}: {result.stderr.strip()}")
 
 
-def _prepare_state_dir(plan: Plan, connector: Connector) -> None:
+def prepare_state_dir(plan: Plan, connector: Connector) -> None:
     owner = plan.service_user
     paths = plan.paths
     connector.makedirs(paths.state, mode=0o755)
@@ -117,7 +117,7 @@ def _prepare_state_dir(plan: Plan, connector: Connector) -> None:
         )
 
 
-def _listening_endpoints(plan: Plan) -> list[tuple[str, int, str]]:
+def listening_endpoints(plan: Plan) -> list[tuple[str, int, str]]:
     endpoints = [
         (plan.balancer_bind, plan.https_port, "balancer.https_port"),
         (plan.balancer_bind, plan.http_port, "balancer.http_port"),
@@ -137,8 +137,9 @@ def _port_in_use(address: str, port: int) -> bool:
     return False
 
 
-def check_ports_free(plan: Plan) -> None:
-    for address, port, key in _listening_endpoints(plan):
+def check_ports_free(endpoints: list[tuple[str, int, str]]) -> None:
+    """endpoints: (address, port, the djship.toml key that sets the port)."""
+    for address, port, key in endpoints:
         if _port_in_use(address, port):
             raise DjshipError(
                 f"port {port} on {address} is already in use by another program; stop that program "
@@ -146,7 +147,7 @@ def check_ports_free(plan: Plan) -> None:
             )
 
 
-def _write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigFile]:
+def write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigFile]:
     """Write every rendered config file; return the ones whose content changed."""
     changed = []
     for file in render.system_files(plan):
@@ -156,7 +157,7 @@ def _write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigF
     return changed
 
 
-def _wait(what: str, ready, timeout: float, log: Path) -> None:
+def wait_until(what: str, ready, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -168,7 +169,7 @@ def _wait(what: str, ready, timeout: float, log: Path) -> None:
         time.sleep(0.2)
 
 
-def _link(link: Path, target: Path) -> None:
+def link_atomically(link: Path, target: Path) -> None:
     temporary = link.with_name(f".{link.name}.djship-tmp")
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(target)
@@ -200,7 +201,7 @@ class LocalSystem:
     def up(self) -> UpResult:
         if self.supervisor.pid() is not None:
             return self._reconcile()
-        check_ports_free(self.plan)
+        check_ports_free(listening_endpoints(self.plan))
         try:
             return self._start()
         except BaseException:
@@ -213,14 +214,14 @@ class LocalSystem:
         plan, connector = self.plan, self.connector
         with self.reporter.step(f"Preparing the state directory {plan.paths.state}"):
             _ensure_service_user(plan, connector)
-            _prepare_state_dir(plan, connector)
+            prepare_state_dir(plan, connector)
             secrets_ = ensure_secrets(plan, connector)
         with self.reporter.step("Local CA and site certificate"):
             ensure_certificate(plan, connector)
         if not self.database.initialized():
             with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                 self.database.init_cluster(secrets_.superuser_password)
-        _write_system_files(plan, connector)
+        write_system_files(plan, connector)
         with self.reporter.step("Starting the supervisor (supervisord)"):
             self.supervisor.start_daemon()
         with self.reporter.step(f"Starting PostgreSQL on {plan.database.endpoint}"):
@@ -233,24 +234,41 @@ class LocalSystem:
             builder = ReleaseBuilder(plan, connector, self.reporter)
             release = builder.build()
             with self.reporter.step("Migrating the database (once, before any app server starts)"):
-                builder.manage(release, "migrate", "--noinput", what="manage.py migrate")
-            _link(plan.paths.current, release.dir)
+                builder.migrate(release)
+            link_atomically(plan.paths.current, release.dir)
         else:
             self.reporter.note(f"Using release {release.id}")
         for server in plan.app_servers:
-            self._start_app_server(server.name, release)
+            self.start_app_server(server, release)
         self._start_balancer()
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
 
-    def _start_app_server(self, name: str, release: Release) -> None:
-        server = next(server for server in self.plan.app_servers if server.name == name)
-        with self.reporter.step(f"Starting app server {name}: nginx + gunicorn on {server.endpoint}"):
-            _link(server.release_link, release.dir)
+    def start_app_server(self, server: AppServer, release: Release) -> None:
+        with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
+            link_atomically(server.release_link, release.dir)
             self.supervisor.start(*server.programs)
-            _wait(
-                f"app server {name}", lambda: appserver.health(self.plan, server), READY_TIMEOUT,
-                self.plan.paths.logs / f"{name}-gunicorn.log",
-            )
+            self.wait_healthy(server, release)
+
+    def wait_healthy(self, server: AppServer, release: Release) -> None:
+        """Until the server answers its health check, through nginx and gunicorn, from this release."""
+
+        errors = []
+
+        def answered() -> tuple[bool, str]:
+            healthy, seen = appserver.health(self.plan, server)
+            # 502/503 mean "still starting"; a 500 is the application's own answer, so a few in a row settle it.
+            errors[:] = [*errors, seen][-3:] if seen.startswith("HTTP 500") else []
+            if len(errors) == 3:
+                raise DjshipError(
+                    f"app server {server.name} on release {release.id} answers its health check with {seen}; "
+                    f"see {self.plan.paths.logs / (server.name + '-gunicorn.log')}"
+                )
+            return healthy and seen.endswith(f"ok {release.id}"), seen
+
+        wait_until(
+            f"app server {server.name} on release {release.id}", answered, self.plan.health_timeout,
+            self.plan.paths.logs / f"{server.name}-gunicorn.log",
+        )
 
     def _balancer_ready(self) -> tuple[bool, str]:
         states = balancer.server_states(self.plan.paths.haproxy_socket)
@@ -267,7 +285,7 @@ class LocalSystem:
     def _start_balancer(self) -> None:
         with self.reporter.step(f"Starting the load balancer (HAProxy) on {self.plan.url}"):
             self.supervisor.start("haproxy")
-            _wait("the load balancer", self._balancer_ready, READY_TIMEOUT, self.plan.paths.logs / "haproxy.log")
+            wait_until("the load balancer", self._balancer_ready, READY_TIMEOUT, self.plan.paths.logs / "haproxy.log")
 
     def _reconcile(self) -> UpResult:
         """`up` on a running system: apply what changed, start what is stopped, otherwise change nothing."""
@@ -277,8 +295,8 @@ class LocalSystem:
             raise DjshipError(
                 f"supervisord is running for {plan.paths.state} but there is no release; run `djship down`, then `djship up`"
             )
-        _prepare_state_dir(plan, self.connector)
-        changed_files = _write_system_files(plan, self.connector)
+        prepare_state_dir(plan, self.connector)
+        changed_files = write_system_files(plan, self.connector)
         if any(file.path == plan.paths.supervisor_conf for file in changed_files):
             self.supervisor.reload_config()
         changed = {program for file in changed_files for program in file.programs}
@@ -286,9 +304,20 @@ class LocalSystem:
             changed.add("haproxy")
         statuses = self.supervisor.status()
         not_running = [name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"]
+        balancer_view = balancer.server_states(plan.paths.haproxy_socket)
+        if "haproxy" not in not_running and any(server.name not in balancer_view for server in plan.app_servers):
+            changed.add("haproxy")
+        out_of_rotation = [
+            name for name, state in balancer_view.items() if state.status.startswith(("DRAIN", "MAINT"))
+        ]
         to_restart = [name for name in self.program_names if name in changed and name not in not_running]
-        if not not_running and not to_restart:
+        if not not_running and not to_restart and not out_of_rotation:
             return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=False)
+        if out_of_rotation and "haproxy" not in to_restart:
+            with self.reporter.step(f"Putting {', '.join(out_of_rotation)} back into rotation"):
+                runtime = balancer.Balancer(plan.paths.haproxy_socket)
+                for name in out_of_rotation:
+                    runtime.set_state(name, "ready")
         for name in to_restart:
             with self.reporter.step(f"Restarting {name} (its configuration changed)"):
                 self.supervisor.restart(name)
@@ -298,7 +327,7 @@ class LocalSystem:
                 self.database.wait_ready(READY_TIMEOUT)
         for server in plan.app_servers:
             if set(server.programs) & set(not_running):
-                self._start_app_server(server.name, release)
+                self.start_app_server(server, release)
         if "haproxy" in not_running:
             self._start_balancer()
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)

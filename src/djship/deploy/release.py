@@ -59,6 +59,26 @@ class Release:
         }
 
 
+def list_releases(plan: Plan) -> list[Release]:
+    """Every complete release, oldest first (ids sort by time)."""
+    if not plan.paths.releases.is_dir():
+        return []
+    return [
+        Release(directory.name, directory)
+        for directory in sorted(plan.paths.releases.iterdir(), key=lambda path: path.name)
+        if (directory / "release.json").is_file()
+    ]
+
+
+def prune_releases(plan: Plan, in_use: set[Path]) -> list[str]:
+    """Delete the oldest releases beyond keep_releases, never one an app server runs; return their ids."""
+    releases = list_releases(plan)
+    removable = [release for release in releases[: -plan.keep_releases] if release.dir not in in_use]
+    for release in removable:
+        shutil.rmtree(release.dir)
+    return [release.id for release in removable]
+
+
 def current_release(plan: Plan) -> Release | None:
     link = plan.paths.current
     if not link.is_symlink() or not link.resolve().is_dir():
@@ -153,8 +173,15 @@ class ReleaseBuilder:
         return release
 
     def manage(self, release: Release, *args: str, what: str) -> Result:
+        return self._python(release, str(release.app / "manage.py"), *args, what=what)
+
+    def migrate(self, release: Release) -> Result:
+        """Migrate once, under a PostgreSQL advisory lock, before any app server runs this release."""
+        return self._python(release, "-m", "djship_production.migrate", what="manage.py migrate")
+
+    def _python(self, release: Release, *args: str, what: str) -> Result:
         return self._run(
-            release.id, what, [str(release.python), str(release.app / "manage.py"), *args],
+            release.id, what, [str(release.python), *args],
             user=self.plan.service_user, env=release.environment(), cwd=release.app,
         )
 
@@ -205,5 +232,6 @@ class ReleaseBuilder:
         package = release.dir / "djship_production"
         runtime = importlib.resources.files("djship.runtime")
         self.connector.put(package / "__init__.py", "")
-        self.connector.put(package / "health.py", runtime.joinpath("health.py").read_text())
+        for module in ("middleware.py", "migrate.py"):
+            self.connector.put(package / module, runtime.joinpath(module).read_text())
         self.connector.put(package / "settings.py", render.production_settings(self.plan, release.id, release.dir))

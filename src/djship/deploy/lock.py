@@ -1,0 +1,32 @@
+"""One deploy, rollback or scale at a time per system.
+
+The lock is an flock on a file in the state directory: the kernel releases it when the process holding it
+exits, however it exits, so a crashed deploy never leaves a lock that someone must clear by hand.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from djship.errors import DjshipError
+
+
+@contextmanager
+def exclusive(path: Path, operation: str) -> Iterator[None]:
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "another process"
+            raise DjshipError(f"another deploy, rollback or scale is running ({holder}); wait for it to finish") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{operation} by pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,63 @@
+"""The pure and local parts of deploy, rollback and scale: config rewriting, the lock, batches, pruning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from djship.config import parse_config, with_app_servers
+from djship.deploy.lock import exclusive
+from djship.deploy.release import list_releases, prune_releases
+from djship.deploy.rolling import _batches
+from djship.errors import DjshipError
+from djship.project import DjangoProject, render_config
+
+
+def test_scaling_rewrites_only_the_number_of_servers():
+    original = render_config(DjangoProject(None, "board.settings", "board.wsgi.application", "requirements.txt"))
+    rewritten = with_app_servers(original, 4)
+    changed = [(a, b) for a, b in zip(original.splitlines(), rewritten.splitlines()) if a != b]
+    assert changed == [(line, line.replace("servers = 2", "servers = 4")) for line in original.splitlines() if line.startswith("servers = 2")]
+    assert parse_config(rewritten).app.servers == 4
+
+
+def test_scaling_adds_the_app_section_when_it_is_missing():
+    text = '[project]\nsettings_module = "a.settings"\nwsgi_application = "a.wsgi.application"\n'
+    assert parse_config(with_app_servers(text, 3)).app.servers == 3
+
+
+def test_a_second_holder_of_the_lock_is_refused_and_told_who_holds_it(tmp_path):
+    lock = tmp_path / "deploy.lock"
+    with exclusive(lock, "deploy"):
+        with pytest.raises(DjshipError, match=r"another deploy, rollback or scale is running \(deploy by pid \d+"):
+            with exclusive(lock, "scale"):
+                pass
+    with exclusive(lock, "scale"):
+        assert "scale by pid" in lock.read_text()
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "expected"),
+    [(4, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 1]), (2, 5, [2])],
+)
+def test_servers_are_switched_in_batches(make_plan, count, size, expected):
+    plan = make_plan(app={"servers": count}, deploy={"batch_size": size})
+    batches = _batches(plan.app_servers, plan.batch_size)
+    assert [len(batch) for batch in batches] == expected
+    assert [server for batch in batches for server in batch] == list(plan.app_servers)
+
+
+def test_pruning_keeps_the_newest_and_every_release_in_use(make_plan, tmp_path):
+    plan = make_plan(project_dir=tmp_path, deploy={"keep_releases": 2})
+    for release_id in ("20260101-000001", "20260101-000002", "20260101-000003", "20260101-000004"):
+        directory = plan.paths.releases / release_id
+        directory.mkdir(parents=True)
+        (directory / "release.json").write_text(json.dumps({"id": release_id}))
+    (plan.paths.releases / "20260101-000005-incomplete").mkdir()
+    in_use = {plan.paths.releases / "20260101-000001"}
+
+    removed = prune_releases(plan, in_use)
+
+    assert removed == ["20260101-000002"]
+    assert [release.id for release in list_releases(plan)] == ["20260101-000001", "20260101-000003", "20260101-000004"]
