@@ -9,7 +9,7 @@ puts 10 posts in its database, then loads three pages with wrk (Debian package `
   plain page   /accounts/login/      renders a template, no database query
   static file  /static/admin/css/base.css
 
-against three targets that run the same release, the same production settings and the same database:
+(interleaved rounds, medians shown) against three targets that run the same release, the same production settings and the same database:
 
   djship       HAProxy (TLS) -> 2 x (nginx -> gunicorn, 3 sync workers) -> Django       (what djship runs)
   gunicorn     bare gunicorn, 6 sync workers on TCP, no nginx, no TLS                   (the baseline)
@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,17 @@ def djship(project: Path, *args: str) -> str:
     if result.returncode != 0:
         sys.exit(f"djship {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
+
+
+def expect_200(url: str, headers: dict[str, str], ca: Path) -> None:
+    """wrk counts a redirect as a success, so every URL is first checked to answer 200 itself."""
+    header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    status = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca), *header_args, url],
+        capture_output=True, text=True,
+    ).stdout
+    if status != "200":
+        sys.exit(f"{url} answered {status}, not 200; the benchmark would measure the wrong thing")
 
 
 def wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> Measurement:
@@ -153,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per measurement (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are shown (default 3)")
     options = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: sudo apt-get install -y wrk")
@@ -171,6 +184,7 @@ def main() -> None:
         djship(project, "manage", "--", "shell", "-c", SEED)
 
         release = project / ".djship" / "current"
+        ca = project / ".djship" / "tls" / "ca.crt"
         user = "djship" if os.geteuid() == 0 else None
         env = {
             **os.environ,
@@ -178,25 +192,37 @@ def main() -> None:
             "PYTHONPATH": f"{release / 'app'}{os.pathsep}{release}",
         }
         forwarded = {"Host": "localhost", "X-Forwarded-Proto": "https"}
-        results: dict[tuple[str, str], Measurement] = {}
-        for page, path in PAGES.items():
-            print(f"Loading {page} through djship ...", flush=True)
-            results[(page, "djship")] = wrk(f"https://localhost:{HTTPS_PORT}{path}", options.duration,
-                                            options.connections, {})
+        targets = {
+            "djship": (f"https://localhost:{HTTPS_PORT}", {}),
+            "gunicorn": (f"http://127.0.0.1:{GUNICORN_PORT}", forwarded),
+            "runserver": (f"http://127.0.0.1:{RUNSERVER_PORT}", forwarded),
+        }
         gunicorn = [str(release / "venv" / "bin" / "gunicorn"), "board.wsgi:application", "-w", "6",
                     "-b", f"127.0.0.1:{GUNICORN_PORT}", "--no-control-socket"]
-        with process(gunicorn, GUNICORN_PORT, env, release / "app", user):
-            for page in ("db page", "plain page"):
-                print(f"Loading {page} on bare gunicorn ...", flush=True)
-                results[(page, "gunicorn")] = wrk(f"http://127.0.0.1:{GUNICORN_PORT}{PAGES[page]}",
-                                                  options.duration, options.connections, forwarded)
         runserver = [str(release / "venv" / "bin" / "python"), "manage.py", "runserver", "--noreload", "--insecure",
                      f"127.0.0.1:{RUNSERVER_PORT}"]
-        with process(runserver, RUNSERVER_PORT, env, release / "app", user):
-            for page, path in PAGES.items():
-                print(f"Loading {page} on runserver ...", flush=True)
-                results[(page, "runserver")] = wrk(f"http://127.0.0.1:{RUNSERVER_PORT}{path}", options.duration,
-                                                   options.connections, forwarded)
+        runs: dict[tuple[str, str], list[Measurement]] = {}
+        with process(gunicorn, GUNICORN_PORT, env, release / "app", user), \
+                process(runserver, RUNSERVER_PORT, env, release / "app", user):
+            cases = [(page, target) for page in PAGES for target in targets
+                     if not (target == "gunicorn" and page == "static file")]
+            for page, target in cases:
+                base, headers = targets[target]
+                expect_200(base + PAGES[page], headers, ca)
+            # Interleaved, so a slow minute of a shared machine does not land on one target only.
+            for round_number in range(1, options.repeat + 1):
+                print(f"Round {round_number} of {options.repeat}: {len(cases)} loads of {options.duration}s", flush=True)
+                for page, target in cases:
+                    base, headers = targets[target]
+                    runs.setdefault((page, target), []).append(
+                        wrk(base + PAGES[page], options.duration, options.connections, headers)
+                    )
+        results = {
+            case: Measurement(
+                statistics.median(m.requests_per_second for m in measured), statistics.median(m.p99_ms for m in measured)
+            )
+            for case, measured in runs.items()
+        }
 
         template = project / "templates" / "posts" / "home.html"
         template.write_text(template.read_text() + "\n")
@@ -217,7 +243,8 @@ def main() -> None:
                 if line.startswith("model name")), platform.machine())
     print()
     print(f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
-          f"{platform.python_version()}; wrk -t2 -c{options.connections} -d{options.duration}s")
+          f"{platform.python_version()}; wrk -t2 -c{options.connections} -d{options.duration}s, "
+          f"median of {options.repeat} interleaved rounds")
     print(table(rows))
     print()
     db_ratio = results[("db page", "djship")].requests_per_second / results[("db page", "gunicorn")].requests_per_second

@@ -159,6 +159,15 @@ def test_scale_2_to_4_to_1_and_back_fails_no_request(deployed: Site):
     assert not (deployed.project / ".djship" / "servers" / "app3").exists()
 
 
+def test_scale_beyond_the_connection_budget_is_refused_before_anything_changes(deployed: Site):
+    config = (deployed.project / "djship.toml").read_text()
+    result = deployed.djship("scale", "40", check=False)
+    assert result.returncode == 1
+    assert "connection budget" in result.stderr and "raise database.max_connections to at least 133" in result.stderr
+    assert (deployed.project / "djship.toml").read_text() == config
+    assert len([c for c in deployed.status()["components"] if c["role"] == "app"]) == 4
+
+
 def _assert_refused(site: Site, result: subprocess.CompletedProcess, load: RequestLoop, live: str, reason: str) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     error = result.stderr.strip()
