@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from djship.config import with_values
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "board"
 DJSHIP = [sys.executable, "-m", "djship"]
@@ -135,16 +137,13 @@ def https_200_after(project: Path, *args: str) -> float:
 
 def configure(project: Path) -> None:
     config = project / "djship.toml"
-    text = config.read_text()
-    for default, ours in (
-        ("https_port = 8443", f"https_port = {HTTPS_PORT}"),
-        ("http_port = 8080", f"http_port = {HTTP_PORT}"),
-        ("port = 15432", f"port = {DB_PORT}"),
-        ('address_prefix = "127.0.1"', 'address_prefix = "127.0.41"'),
-        ('address = "127.0.2.1"', 'address = "127.0.42.1"'),
-    ):
-        text = text.replace(default, ours)
-    config.write_text(text)
+    config.write_text(with_values(config.read_text(), {
+        "balancer.https_port": HTTPS_PORT,
+        "balancer.http_port": HTTP_PORT,
+        "database.port": DB_PORT,
+        "database.address": "127.0.42.1",
+        "app.address_prefix": "127.0.41",
+    }))
 
 
 def table(rows: list[tuple[str, str, Measurement | None, Measurement | None]]) -> str:

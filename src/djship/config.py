@@ -216,10 +216,15 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
         raise DjshipError(f"{source}: {problems[0]}{more}") from None
 
 
-def with_app_servers(text: str, count: int) -> str:
-    """djship.toml text with app.servers set to count, everything else (comments included) kept."""
+def with_values(text: str, values: dict[str, object]) -> str:
+    """djship.toml text with each dotted key (e.g. "app.servers") set, everything else (comments included) kept."""
     document = tomlkit.parse(text)
-    document.setdefault("app", tomlkit.table())["servers"] = count
+    for dotted, value in values.items():
+        *sections, key = dotted.split(".")
+        table = document
+        for section in sections:
+            table = table.setdefault(section, tomlkit.table())
+        table[key] = value
     return tomlkit.dumps(document)
 
 

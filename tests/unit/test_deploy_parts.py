@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from djship.config import parse_config, with_app_servers
+from djship.config import parse_config, with_values
 from djship.deploy.lock import exclusive
 from djship.deploy.release import list_releases, prune_releases
 from djship.deploy.rolling import _batches
@@ -16,7 +16,7 @@ from djship.project import DjangoProject, render_config
 
 def test_scaling_rewrites_only_the_number_of_servers():
     original = render_config(DjangoProject(None, "board.settings", "board.wsgi.application", "requirements.txt"))
-    rewritten = with_app_servers(original, 4)
+    rewritten = with_values(original, {"app.servers": 4})
     changed = [(a, b) for a, b in zip(original.splitlines(), rewritten.splitlines()) if a != b]
     assert changed == [(line, line.replace("servers = 2", "servers = 4")) for line in original.splitlines() if line.startswith("servers = 2")]
     assert parse_config(rewritten).app.servers == 4
@@ -24,7 +24,7 @@ def test_scaling_rewrites_only_the_number_of_servers():
 
 def test_scaling_adds_the_app_section_when_it_is_missing():
     text = '[project]\nsettings_module = "a.settings"\nwsgi_application = "a.wsgi.application"\n'
-    assert parse_config(with_app_servers(text, 3)).app.servers == 3
+    assert parse_config(with_values(text, {"app.servers": 3})).app.servers == 3
 
 
 def test_a_second_holder_of_the_lock_is_refused_and_told_who_holds_it(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from djship import render
 from djship.components.balancer import Balancer
-from djship.config import CONFIG_FILE, parse_config, with_app_servers
+from djship.config import CONFIG_FILE, parse_config, with_values
 from djship.deploy.lifecycle import (
     LocalSystem,
     check_ports_free,
@@ -151,7 +151,7 @@ class Rollout:
         with exclusive(self.plan.paths.deploy_lock, "scale"):
             release = self._live_release()
             config_path = self.plan.project_dir / CONFIG_FILE
-            text = with_app_servers(config_path.read_text(encoding="utf-8"), count)
+            text = with_values(config_path.read_text(encoding="utf-8"), {"app.servers": count})
             new_plan = build_plan(
                 parse_config(text, str(config_path)), self.plan.project_dir, self.plan.tools,
                 running_as_root=self.plan.service_user is not None,
