@@ -63,6 +63,10 @@ class DjshipGroup(click.Group):
         except DjshipError as error:
             errors.print(f"[red]error:[/] {error}", soft_wrap=True)
             sys.exit(1)
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            errors.print(f"[red]error:[/] {error.strerror or error}{where}", soft_wrap=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             errors.print("[red]interrupted[/]")
             sys.exit(130)

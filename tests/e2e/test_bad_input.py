@@ -55,6 +55,13 @@ def test_project_that_does_not_import_starts_nothing(workdir):
     assert (project / ".djship" / "postgres" / "data" / "PG_VERSION").exists()
 
 
+@pytest.mark.parametrize("command", [["deploy"], ["rollback"], ["scale", "3"], ["manage", "--", "check"]])
+def test_commands_that_need_a_running_system_say_so(workdir, command):
+    project = make_project(workdir, SPARE_PORTS)
+    _assert_one_line_error(run_djship(project, *command, check=False), "not running", "djship up")
+    assert not (project / ".djship").exists()
+
+
 def test_destroy_refuses_without_yes(workdir):
     project = make_project(workdir, SPARE_PORTS)
     (project / ".djship").mkdir()

@@ -63,6 +63,16 @@ class DatabaseServer:
 
     def ensure_app_database(self, superuser_password: str, app_password: str) -> None:
         """Create the app's role and database, or bring the role's password in line with the secrets file."""
+        try:
+            self._ensure_app_database(superuser_password, app_password)
+        except psycopg.Error as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DjshipError(
+                f"PostgreSQL on {self.db.endpoint} refused djship's administration ({reason}); "
+                f"the superuser password is in {self.plan.paths.admin_secrets}"
+            ) from None
+
+    def _ensure_app_database(self, superuser_password: str, app_password: str) -> None:
         with self._admin_connection(superuser_password) as connection:
             role = sql.Identifier(self.db.user)
             exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.db.user,)).fetchone()

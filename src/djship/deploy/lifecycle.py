@@ -347,6 +347,8 @@ class LocalSystem:
         return True
 
     def destroy(self) -> None:
+        if not self.plan.paths.state.exists():
+            raise DjshipError(f"nothing to destroy: {self.plan.paths.state} does not exist")
         self.down()
         with self.reporter.step(f"Deleting {self.plan.paths.state} (database, releases, secrets, certificates)"):
             shutil.rmtree(self.plan.paths.state)

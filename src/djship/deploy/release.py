@@ -35,6 +35,10 @@ class Release:
     id: str
     dir: Path
 
+    @classmethod
+    def at(cls, directory: Path) -> Release:
+        return cls(directory.name, directory)
+
     @property
     def app(self) -> Path:
         return self.dir / "app"
@@ -64,7 +68,7 @@ def list_releases(plan: Plan) -> list[Release]:
     if not plan.paths.releases.is_dir():
         return []
     return [
-        Release(directory.name, directory)
+        Release.at(directory)
         for directory in sorted(plan.paths.releases.iterdir(), key=lambda path: path.name)
         if (directory / "release.json").is_file()
     ]
@@ -83,8 +87,7 @@ def current_release(plan: Plan) -> Release | None:
     link = plan.paths.current
     if not link.is_symlink() or not link.resolve().is_dir():
         return None
-    target = link.resolve()
-    return Release(target.name, target)
+    return Release.at(link.resolve())
 
 
 def _new_release_id(plan: Plan) -> str:

@@ -8,6 +8,8 @@ whose new release does not pass its health check goes back to the release it ran
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from djship import render
@@ -50,9 +52,15 @@ class Rollout:
             raise DjshipError("the system is not running; start it with `djship up` first")
         return release
 
+    @contextmanager
+    def _exclusive(self, operation: str) -> Iterator[Release]:
+        """Refuse at once when nothing runs, then hold the deploy lock; yields the live release."""
+        self._live_release()
+        with exclusive(self.plan.paths.deploy_lock, operation):
+            yield self._live_release()
+
     def deploy(self) -> Release:
-        with exclusive(self.plan.paths.deploy_lock, "deploy"):
-            live = self._live_release()
+        with self._exclusive("deploy") as live:
             builder = ReleaseBuilder(self.plan, self.system.connector, self.reporter)
             try:
                 release = builder.build()
@@ -69,8 +77,7 @@ class Rollout:
             return release
 
     def rollback(self, release_id: str | None) -> Release:
-        with exclusive(self.plan.paths.deploy_lock, "rollback"):
-            live = self._live_release()
+        with self._exclusive("rollback") as live:
             releases = list_releases(self.plan)
             if release_id is None:
                 older = [release for release in releases if release.id < live.id]
@@ -119,12 +126,14 @@ class Rollout:
                 self.balancer.wait_status(server.name, "UP", ROTATION_TIMEOUT)
 
     def _run_on(self, server: AppServer, release: Release) -> None:
+        """nginx follows the release link by itself (static files); only gunicorn restarts."""
+        gunicorn, _ = server.programs
         link_atomically(server.release_link, release.dir)
-        self.system.supervisor.restart(server.programs[0])
+        self.system.supervisor.restart(gunicorn)
         self.system.wait_healthy(server, release)
 
     def _switch_batch(self, batch: tuple[AppServer, ...], target: Release) -> None:
-        previous = {server.name: Release(server.release_link.resolve().name, server.release_link.resolve()) for server in batch}
+        previous = {server.name: Release.at(server.release_link.resolve()) for server in batch}
         self._take_out(batch)
         switched: list[AppServer] = []
         try:
@@ -148,8 +157,7 @@ class Rollout:
 
     def scale(self, count: int) -> int:
         """Add or remove app servers while serving; returns the number there were."""
-        with exclusive(self.plan.paths.deploy_lock, "scale"):
-            release = self._live_release()
+        with self._exclusive("scale") as release:
             config_path = self.plan.project_dir / CONFIG_FILE
             text = with_values(config_path.read_text(encoding="utf-8"), {"app.servers": count})
             new_plan = build_plan(
