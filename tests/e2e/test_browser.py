@@ -23,17 +23,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-try:  # A missing Python package must fail the test, not the collection of the whole suite.
-    from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException, WebDriverException
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-except ImportError as error:  # pragma: no cover - depends on the machine
-    webdriver = None
-    SELENIUM_IMPORT_ERROR = error
-else:
-    SELENIUM_IMPORT_ERROR = None
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.conftest import alive
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -73,9 +69,6 @@ FORBIDDEN_FLAG_PARTS = ("ignore-certificate", "ignore-ssl", "allow-insecure", "i
 
 
 def _require_tools() -> None:
-    if SELENIUM_IMPORT_ERROR is not None:
-        pytest.fail(f"Python selenium is not importable ({SELENIUM_IMPORT_ERROR}); "
-                    "install the project's test extra: pip install -e '.[test]'")
     missing = [
         f"{path} (Debian package {package})"
         for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver"), (CERTUTIL, "libnss3-tools"))
@@ -106,19 +99,6 @@ def _trust_ca(home: Path, ca: str) -> None:
 
 
 # ---- processes -------------------------------------------------------------------------------------------
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
 
 def _process_table() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) for every process we can read."""
@@ -155,14 +135,14 @@ def _our_processes(root_pid: int | None, marker: str) -> set[int]:
 
 def _kill_leftovers(pids: set[int]) -> set[int]:
     """SIGKILL by PID whatever of `pids` is still alive; returns what was alive."""
-    left = {pid for pid in pids if _alive(pid)}
+    left = {pid for pid in pids if alive(pid)}
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in left) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in left) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -395,7 +375,7 @@ def test_browser_signs_up_logs_in_and_posts_over_trusted_https(site, tmp_path):
         elif service.process is not None:
             service.stop()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(pid) for pid in seen | _our_processes(None, str(root))):
+        while time.monotonic() < deadline and any(alive(pid) for pid in seen | _our_processes(None, str(root))):
             time.sleep(0.2)
         leftover = _kill_leftovers(seen | _our_processes(None, str(root)))
         shutil.rmtree(root, ignore_errors=True)
