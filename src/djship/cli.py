@@ -40,20 +40,12 @@ class ConsoleReporter:
         console.print(f"  [dim]{text}[/]")
 
 
-def _project_dir(option: str | None) -> Path:
-    return find_project_dir(Path(option) if option else Path.cwd())
-
-
-def _system(option: str | None):
+def _system():
     from djship.deploy.lifecycle import LocalSystem, load_plan
 
-    return LocalSystem(load_plan(_project_dir(option)), ConsoleReporter())
+    return LocalSystem(load_plan(find_project_dir(Path.cwd())), ConsoleReporter())
 
 
-project_option = click.option(
-    "-C", "--project", "project", metavar="DIR",
-    help="The Django project (the directory with djship.toml). Default: the current directory or the nearest parent with djship.toml.",
-)
 
 
 class DjshipGroup(click.Group):
@@ -74,7 +66,11 @@ class DjshipGroup(click.Group):
 
 @click.group(cls=DjshipGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="djship")
-def main() -> None:
+@click.option(
+    "-C", "directory", metavar="DIR", type=click.Path(exists=True, file_okay=False),
+    help="Run as if started in DIR (like git -C). Commands find djship.toml in the current directory or a parent.",
+)
+def main(directory: str | None) -> None:
     """Run a Django project the way production does: an HTTPS load balancer (HAProxy) in front of N app servers
     (nginx -> gunicorn -> Django), with PostgreSQL on its own, every process supervised.
 
@@ -85,6 +81,8 @@ def main() -> None:
       djship status      what runs where, and whether it is healthy
       djship down        stop everything, keep all data
     """
+    if directory:
+        os.chdir(directory)
 
 
 @main.command()
@@ -107,8 +105,7 @@ def init(directory: Path, force: bool) -> None:
 
 
 @main.command()
-@project_option
-def up(project: str | None) -> None:
+def up() -> None:
     """Build and start the whole system on this machine, then print the HTTPS URL.
 
     \b
@@ -118,7 +115,7 @@ def up(project: str | None) -> None:
     after `djship down` it brings the same release and every database row back.
     """
     started = time.monotonic()
-    system = _system(project)
+    system = _system()
     result = system.up()
     total = time.monotonic() - started
     if result.changed:
@@ -129,15 +126,14 @@ def up(project: str | None) -> None:
     console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
 
 
-def _rollout(option: str | None):
+def _rollout():
     from djship.deploy.rolling import Rollout
 
-    return Rollout(_system(option))
+    return Rollout(_system())
 
 
 @main.command()
-@project_option
-def deploy(project: str | None) -> None:
+def deploy() -> None:
     """Ship the project's current code as a new release, one app server at a time, with no failed request.
 
     \b
@@ -148,33 +144,31 @@ def deploy(project: str | None) -> None:
     anywhere never takes traffic: the server goes back to its release and the deploy stops.
     """
     started = time.monotonic()
-    release = _rollout(project).deploy()
+    release = _rollout().deploy()
     console.print(f"[green]Deployed[/] release {release.id} in {time.monotonic() - started:.1f}s")
 
 
 @main.command()
 @click.argument("release", required=False)
-@project_option
-def rollback(project: str | None, release: str | None) -> None:
+def rollback(release: str | None) -> None:
     """Switch back to RELEASE (default: the one before the live one), rolling, like a deploy.
 
     Migrations are not reversed: the database stays as the newest release left it.
     """
     started = time.monotonic()
-    target = _rollout(project).rollback(release)
+    target = _rollout().rollback(release)
     console.print(f"[green]Rolled back[/] to release {target.id} in {time.monotonic() - started:.1f}s")
 
 
 @main.command()
 @click.argument("servers", type=click.IntRange(1, 250))
-@project_option
-def scale(project: str | None, servers: int) -> None:
+def scale(servers: int) -> None:
     """Run SERVERS app servers, adding or removing them while the site serves; updates djship.toml.
 
     New servers join the balancer only once healthy; removed ones are drained first.
     """
     started = time.monotonic()
-    before = _rollout(project).scale(servers)
+    before = _rollout().scale(servers)
     if before == servers:
         console.print(f"Already {servers} app servers; nothing changed.")
     else:
@@ -183,12 +177,11 @@ def scale(project: str | None, servers: int) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@project_option
-def releases(project: str | None, as_json: bool) -> None:
+def releases(as_json: bool) -> None:
     """List the kept releases, oldest first, marking the live one and the servers running each."""
     from djship.deploy.rolling import release_table
 
-    rows = release_table(_system(project))
+    rows = release_table(_system())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -201,11 +194,10 @@ def releases(project: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@project_option
-def down(project: str | None) -> None:
+def down() -> None:
     """Stop every process (balancer, app servers, PostgreSQL, supervisor). All data is kept."""
     started = time.monotonic()
-    if _system(project).down():
+    if _system().down():
         console.print(f"Down in {time.monotonic() - started:.1f}s; data kept. `djship up` brings it back.")
     else:
         console.print("Nothing is running.")
@@ -213,10 +205,9 @@ def down(project: str | None) -> None:
 
 @main.command()
 @click.option("--yes", is_flag=True, help="Really delete the state directory, including the database.")
-@project_option
-def destroy(project: str | None, yes: bool) -> None:
+def destroy(yes: bool) -> None:
     """Stop everything and DELETE the state directory: database, releases, secrets, certificates, media."""
-    system = _system(project)
+    system = _system()
     if not yes:
         raise DjshipError(
             f"destroy deletes {system.plan.paths.state} with the database and uploaded media; "
@@ -247,10 +238,9 @@ def _print_status(report: dict) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
-@project_option
-def status(project: str | None, as_json: bool) -> None:
+def status(as_json: bool) -> None:
     """Show the topology (balancer -> app servers -> database) with live process states and health."""
-    report = _system(project).status()
+    report = _system().status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -261,11 +251,10 @@ def status(project: str | None, as_json: bool) -> None:
 @click.argument("component", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")
 @click.option("-n", "--lines", default=50, show_default=True, help="Lines to show from the end of each log.")
-@project_option
-def logs(project: str | None, component: str | None, follow: bool, lines: int) -> None:
+def logs(component: str | None, follow: bool, lines: int) -> None:
     """Show logs: COMPONENT is haproxy, postgres, supervisord, appN (nginx + gunicorn), or appN-nginx /
     appN-gunicorn. Without COMPONENT, all of them."""
-    files = [str(path) for path in _system(project).log_files(component) if path.exists()]
+    files = [str(path) for path in _system().log_files(component) if path.exists()]
     if not files:
         raise DjshipError("no logs yet; they appear once `djship up` has started something")
     os.execvp("tail", ["tail", "-n", str(lines), *(["-F"] if follow else []), *files])
@@ -273,13 +262,12 @@ def logs(project: str | None, component: str | None, follow: bool, lines: int) -
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
-@project_option
-def manage(project: str | None, args: tuple[str, ...]) -> None:
+def manage(args: tuple[str, ...]) -> None:
     """Run manage.py in the live release with the production settings, e.g.
 
     \b
       djship manage -- createsuperuser
       djship manage -- shell -c "from django.contrib.auth.models import User; print(User.objects.count())"
     """
-    argv, env = _system(project).manage_command(list(args))
+    argv, env = _system().manage_command(list(args))
     os.execvpe(argv[0], argv, env)

@@ -82,3 +82,10 @@ def test_destroy_yes_stops_everything_and_deletes_only_the_state_directory(workd
         assert (project / "manage.py").exists() and (project / "djship.toml").exists()
     finally:
         kill_process_group(supervisor)
+
+
+def test_dash_c_runs_a_command_as_if_started_in_the_project(workdir):
+    project = make_project(workdir, SPARE_PORTS)
+    result = run_djship(workdir, "-C", str(project), "status", "--json")
+    assert f'"url": "https://localhost:{SPARE_PORTS.https}/"' in result.stdout
+    _assert_one_line_error(run_djship(workdir, "status", check=False), "no djship.toml")
