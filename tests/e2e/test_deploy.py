@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from djship.config import with_values
 from tests.e2e.conftest import DEPLOY_PORTS, DJSHIP, RequestLoop, Site, kill_process_group, running_site
 
 pytestmark = pytest.mark.e2e
@@ -157,6 +158,29 @@ def test_scale_2_to_4_to_1_and_back_fails_no_request(deployed: Site):
     names = [c["name"] for c in deployed.status()["components"] if c["role"] == "app"]
     assert names == ["app1-nginx", "app1-gunicorn", "app2-nginx", "app2-gunicorn"]
     assert not (deployed.project / ".djship" / "servers" / "app3").exists()
+
+
+def test_up_applies_an_edited_config_without_failing_a_request(deployed: Site):
+    config = deployed.project / "djship.toml"
+    original = config.read_text()
+    session = deployed.session()
+    try:
+        with RequestLoop(deployed) as load:
+            config.write_text(with_values(original, {"app.timeout": 45, "app.servers": 3}))
+            result = deployed.djship("up")
+            assert "Draining app1" in result.stdout and "Reloading the load balancer" in result.stdout
+            assert {session.get(deployed.url + "/api/posts/").headers["X-Djship-Server"] for _ in range(18)} == {
+                "app1", "app2", "app3"
+            }
+            assert "proxy_read_timeout 50s" in (deployed.project / ".djship/servers/app1/nginx.conf").read_text()
+            config.write_text(original)
+            deployed.djship("up")
+            load.wait_for(load.served + 50)
+    finally:
+        config.write_text(original)
+    assert load.failures == []
+    assert "nothing was changed" in deployed.djship("up").stdout
+    assert len([c for c in deployed.status()["components"] if c["role"] == "app"]) == 4
 
 
 def test_scale_beyond_the_connection_budget_is_refused_before_anything_changes(deployed: Site):

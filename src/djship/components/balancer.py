@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from djship.errors import DjshipError
+from djship.waiting import wait_until
 
 BACKEND = "app_servers"
 
@@ -58,22 +59,12 @@ class Balancer:
             answer = runtime_command(self.socket_path, command).strip()
         except OSError as error:
             raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
-        if answer and not answer.startswith(("New server registered", "Server deleted")):
+        if answer:
             raise DjshipError(f"the load balancer refused `{command}`: {answer.splitlines()[0]}")
 
     def set_state(self, server: str, state: str) -> None:
         """state: ready (in rotation), drain (no new requests), maint (out)."""
         self._command(f"set server {BACKEND}/{server} state {state}")
-
-    def add_server(self, server: str, arguments: str) -> None:
-        """Register a server (it starts in maintenance), start its health checks, and put it in rotation."""
-        self._command(f"add server {BACKEND}/{server} {arguments}")
-        self._command(f"enable health {BACKEND}/{server}")
-        self._command(f"enable server {BACKEND}/{server}")
-
-    def remove_server(self, server: str) -> None:
-        self.set_state(server, "maint")
-        self._command(f"del server {BACKEND}/{server}")
 
     def states(self) -> dict[str, ServerState]:
         return server_states(self.socket_path)
@@ -88,15 +79,11 @@ class Balancer:
             time.sleep(0.1)
 
     def wait_status(self, server: str, status: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def seen() -> tuple[bool, str]:
             state = self.states().get(server)
-            if state is not None and state.status == status:
-                return
-            if time.monotonic() > deadline:
-                seen = state.status if state else "not listed"
-                raise DjshipError(f"the load balancer sees {server} as {seen}, not {status}, after {timeout:.0f}s")
-            time.sleep(0.1)
+            return state is not None and state.status == status, f"the balancer sees it {state.status if state else 'not listed'}"
+
+        wait_until(f"{server} as {status} in the load balancer", seen, timeout)
 
 
 def server_states(socket_path: Path) -> dict[str, ServerState]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 from psycopg import sql
 
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
+from djship.waiting import wait_until
 
 
 class DatabaseServer:
@@ -40,14 +39,10 @@ class DatabaseServer:
             raise CommandFailed(f"initdb {self.db.data_dir}", result)
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.is_ready():
-            if time.monotonic() > deadline:
-                raise DjshipError(
-                    f"PostgreSQL is not accepting connections on {self.db.endpoint} after {timeout:.0f}s; "
-                    f"see {self.plan.paths.logs / 'postgres.log'}"
-                )
-            time.sleep(0.2)
+        wait_until(
+            f"PostgreSQL on {self.db.endpoint}", lambda: (self.is_ready(), "not accepting connections"), timeout,
+            f"see {self.plan.paths.logs / 'postgres.log'}",
+        )
 
     def is_ready(self) -> bool:
         result = self.connector.run(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
+from djship.waiting import wait_until
 
 _STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?P<rest>.*)$")
 _PID = re.compile(r"pid (\d+)")
@@ -37,6 +37,16 @@ def parse_status(output: str) -> dict[str, ProcessStatus]:
     return statuses
 
 
+def parse_reread(output: str) -> dict[str, str]:
+    """Parse `supervisorctl reread` ("app3-nginx: available", "... changed", "... disappeared")."""
+    changes = {}
+    for line in output.splitlines():
+        name, _, change = line.strip().partition(": ")
+        if change in ("available", "changed", "disappeared"):
+            changes[name] = change
+    return changes
+
+
 class Supervisor:
     def __init__(self, plan: Plan, connector: Connector):
         self.plan = plan
@@ -61,18 +71,26 @@ class Supervisor:
         )
         if not result.ok:
             raise CommandFailed("starting supervisord", result, self.plan.paths.logs / "supervisord.log")
-        deadline = time.monotonic() + 15
-        while self.pid() is None:
-            if time.monotonic() > deadline:
-                raise DjshipError(f"supervisord did not come up; see {self.plan.paths.logs / 'supervisord.log'}")
-            time.sleep(0.1)
+        wait_until(
+            "supervisord", lambda: (self.pid() is not None, "not answering"), 15,
+            f"see {self.plan.paths.logs / 'supervisord.log'}",
+        )
 
-    def reload_config(self) -> None:
-        """Apply a changed supervisord.conf: added programs appear, removed ones are stopped."""
-        for command in ("reread", "update"):
-            result = self._ctl(command)
-            if not result.ok:
-                raise CommandFailed(f"supervisorctl {command}", result)
+    def reload_config(self) -> set[str]:
+        """Read a changed supervisord.conf without restarting anything that runs: new programs are added (stopped),
+        vanished ones are stopped and removed. Returns the programs whose own settings changed; those take effect
+        when they are restarted with restart(..., reconfigure=...)."""
+        result = self._ctl("reread")
+        if not result.ok:
+            raise CommandFailed("supervisorctl reread", result)
+        changes = parse_reread(result.stdout)
+        for name, change in changes.items():
+            if change == "disappeared":
+                self.stop(name)
+                self._ctl("remove", name)
+            elif change == "available":
+                self._ctl("add", name)
+        return {name for name, change in changes.items() if change == "changed"}
 
     def status(self) -> dict[str, ProcessStatus]:
         # supervisorctl status exits 3 when some program is not running; the output is what matters.
@@ -93,8 +111,17 @@ class Supervisor:
         if not result.ok and "ERROR" in result.stdout and "not running" not in result.stdout:
             raise CommandFailed(f"stopping {', '.join(names)}", result)
 
-    def restart(self, *names: str) -> None:
+    def signal(self, name: str, signal_name: str) -> None:
+        result = self._ctl("signal", signal_name, name)
+        if not result.ok or "ERROR" in result.stdout:
+            raise CommandFailed(f"sending {signal_name} to {name}", result)
+
+    def restart(self, *names: str, reconfigure: set[str] = frozenset()) -> None:
+        """Stop and start; programs in reconfigure are reloaded with their new settings in between."""
         self.stop(*names)
+        for name in reconfigure.intersection(names):
+            self._ctl("remove", name)
+            self._ctl("add", name)
         self.start(*names)
 
     def shutdown(self) -> None:
@@ -102,11 +129,9 @@ class Supervisor:
         if pid is None:
             return
         self._ctl("shutdown")
-        deadline = time.monotonic() + 120
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise DjshipError(f"supervisord (pid {pid}) did not stop within 120s; stop it with kill {pid}")
-            time.sleep(0.1)
+        wait_until(
+            f"supervisord (pid {pid}) stopping", lambda: (not _alive(pid), "still running"), 120, f"stop it with kill {pid}"
+        )
 
 
 def _alive(pid: int) -> bool:

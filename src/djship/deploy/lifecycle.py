@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pwd
 import secrets
 import shutil
 import socket
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from djship.components import appserver, balancer
 from djship.components.database import DatabaseServer
 from djship.components.supervisor import Supervisor
 from djship.config import load_config
-from djship.connectors import Connector
+from djship.connectors import CommandFailed, Connector
 from djship.connectors.local import LocalConnector
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
@@ -25,8 +27,11 @@ from djship.plan import AppServer, Plan, build_plan
 from djship.progress import Reporter
 from djship.tls import local_ca
 from djship.tools import find_tools
+from djship.waiting import wait_until
 
 READY_TIMEOUT = 60
+ROTATION_TIMEOUT = 30
+_APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
 
 def load_plan(project_dir: Path) -> Plan:
@@ -157,18 +162,6 @@ def write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigFi
     return changed
 
 
-def wait_until(what: str, ready, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        ok, last = ready()
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise DjshipError(f"{what} not ready after {timeout:.0f}s ({last}); see {log}")
-        time.sleep(0.2)
-
-
 def link_atomically(link: Path, target: Path) -> None:
     temporary = link.with_name(f".{link.name}.djship-tmp")
     temporary.unlink(missing_ok=True)
@@ -193,6 +186,7 @@ class LocalSystem:
         self.connector = connector or LocalConnector()
         self.supervisor = Supervisor(plan, self.connector)
         self.database = DatabaseServer(plan, self.connector)
+        self.balancer = balancer.Balancer(plan.paths.haproxy_socket)
 
     @property
     def program_names(self) -> list[str]:
@@ -267,7 +261,7 @@ class LocalSystem:
 
         wait_until(
             f"app server {server.name} on release {release.id}", answered, self.plan.health_timeout,
-            self.plan.paths.logs / f"{server.name}-gunicorn.log",
+            f"see {self.plan.paths.logs / (server.name + '-gunicorn.log')}",
         )
 
     def _balancer_ready(self) -> tuple[bool, str]:
@@ -285,52 +279,142 @@ class LocalSystem:
     def _start_balancer(self) -> None:
         with self.reporter.step(f"Starting the load balancer (HAProxy) on {self.plan.url}"):
             self.supervisor.start("haproxy")
-            wait_until("the load balancer", self._balancer_ready, READY_TIMEOUT, self.plan.paths.logs / "haproxy.log")
+            wait_until(
+                "the load balancer", self._balancer_ready, READY_TIMEOUT, f"see {self.plan.paths.logs / 'haproxy.log'}"
+            )
+
+    def others_in_rotation(self, leaving: set[str]) -> list[str]:
+        """The app servers, other than those leaving, that the balancer is sending requests to."""
+        states = balancer.server_states(self.plan.paths.haproxy_socket)
+        return [name for name, state in states.items() if state.status == "UP" and name not in leaving]
+
+    @contextmanager
+    def out_of_rotation(self, servers: tuple[AppServer, ...]) -> Iterator[None]:
+        """Drain these servers and wait for their requests in flight; afterwards put them back into rotation and
+        wait until the balancer sees them UP. Refuses when no other server would be left serving."""
+        names = ", ".join(server.name for server in servers)
+        if not self.others_in_rotation({server.name for server in servers}):
+            raise DjshipError(
+                f"taking {names} out would leave no app server in rotation; "
+                + ("run `djship scale 2` first" if len(self.plan.app_servers) == 1 else "lower deploy.batch_size, "
+                   "or run `djship up` to bring every server back into rotation")
+            )
+        with self.reporter.step(f"Draining {names} (no new requests; waiting for those in flight)"):
+            for server in servers:
+                self.balancer.set_state(server.name, "drain")
+            for server in servers:
+                self.balancer.wait_drained(server.name, self.plan.balancer_timeout)
+        try:
+            yield
+        except BaseException:
+            for server in servers:  # the balancer's own health checks decide whether they serve
+                self.balancer.set_state(server.name, "ready")
+            raise
+        with self.reporter.step(f"Putting {names} back into rotation"):
+            for server in servers:
+                self.balancer.set_state(server.name, "ready")
+            for server in servers:
+                self.balancer.wait_status(server.name, "UP", ROTATION_TIMEOUT)
+
+    def _configured_server_names(self) -> set[str]:
+        """The app servers the running supervisord knows, whatever djship.toml says now."""
+        return {match["server"] for name in self.supervisor.status() if (match := _APP_PROGRAM.match(name))}
 
     def _reconcile(self) -> UpResult:
-        """`up` on a running system: apply what changed, start what is stopped, otherwise change nothing."""
+        """`up` on a running system: bring it to what djship.toml says without failing a request, or change
+        nothing. Removed app servers are drained before they stop; added ones join the balancer once healthy;
+        servers whose configuration changed restart one at a time out of rotation; HAProxy reloads seamlessly."""
         plan = self.plan
         release = current_release(plan)
         if release is None:
             raise DjshipError(
                 f"supervisord is running for {plan.paths.state} but there is no release; run `djship down`, then `djship up`"
             )
+        balancer_running = self.supervisor.status().get("haproxy")
+        balancer_running = balancer_running is not None and balancer_running.state == "RUNNING"
+        configured = self._configured_server_names()
+        removed = sorted(configured - {server.name for server in plan.app_servers})
+        check_ports_free([(s.address, s.port, "app.address_prefix") for s in plan.app_servers if s.name not in configured])
+        if removed and balancer_running:
+            self._take_out_for_good(removed)
         prepare_state_dir(plan, self.connector)
         changed_files = write_system_files(plan, self.connector)
+        reconfigured: set[str] = set()
         if any(file.path == plan.paths.supervisor_conf for file in changed_files):
-            self.supervisor.reload_config()
-        changed = {program for file in changed_files for program in file.programs}
+            with self.reporter.step("Applying the supervisor's new configuration"):
+                reconfigured = self.supervisor.reload_config()
+            for name in removed:
+                shutil.rmtree(plan.paths.servers / name, ignore_errors=True)
+        # The balancer and the database pick up new supervisor settings at their next restart, not now.
+        changed = {program for file in changed_files for program in file.programs} | (reconfigured - {"haproxy", "postgres"})
         if ensure_certificate(plan, self.connector):
             changed.add("haproxy")
         statuses = self.supervisor.status()
-        not_running = [name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"]
-        balancer_view = balancer.server_states(plan.paths.haproxy_socket)
-        if "haproxy" not in not_running and any(server.name not in balancer_view for server in plan.app_servers):
-            changed.add("haproxy")
+        not_running = {name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"}
         out_of_rotation = [
-            name for name, state in balancer_view.items() if state.status.startswith(("DRAIN", "MAINT"))
+            name for name, state in balancer.server_states(plan.paths.haproxy_socket).items()
+            if state.status.startswith(("DRAIN", "MAINT"))
         ]
-        to_restart = [name for name in self.program_names if name in changed and name not in not_running]
-        if not not_running and not to_restart and not out_of_rotation:
+        if not (removed or changed or not_running or out_of_rotation):
             return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=False)
-        if out_of_rotation and "haproxy" not in to_restart:
-            with self.reporter.step(f"Putting {', '.join(out_of_rotation)} back into rotation"):
-                runtime = balancer.Balancer(plan.paths.haproxy_socket)
-                for name in out_of_rotation:
-                    runtime.set_state(name, "ready")
-        for name in to_restart:
-            with self.reporter.step(f"Restarting {name} (its configuration changed)"):
-                self.supervisor.restart(name)
         if "postgres" in not_running:
             with self.reporter.step("Starting PostgreSQL"):
                 self.supervisor.start("postgres")
                 self.database.wait_ready(READY_TIMEOUT)
+        elif "postgres" in changed:
+            with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
+                self.supervisor.restart("postgres")
+                self.database.wait_ready(READY_TIMEOUT)
         for server in plan.app_servers:
-            if set(server.programs) & set(not_running):
+            if set(server.programs) & not_running:
                 self.start_app_server(server, release)
+            elif set(server.programs) & changed:
+                self._restart_in_rotation(server, [name for name in server.programs if name in changed], reconfigured)
         if "haproxy" in not_running:
             self._start_balancer()
+        elif "haproxy" in changed:
+            self._reload_balancer()
+        elif out_of_rotation:
+            with self.reporter.step(f"Putting {', '.join(out_of_rotation)} back into rotation"):
+                for name in out_of_rotation:
+                    self.balancer.set_state(name, "ready")
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+
+    def _take_out_for_good(self, names: list[str]) -> None:
+        with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
+            if not self.others_in_rotation(set(names)):
+                raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
+            for name in names:
+                self.balancer.set_state(name, "drain")
+            for name in names:
+                self.balancer.wait_drained(name, self.plan.balancer_timeout)
+                self.balancer.set_state(name, "maint")
+
+    def _restart_in_rotation(self, server: AppServer, programs: list[str], reconfigured: set[str]) -> None:
+        running_on = Release.at(server.release_link.resolve())
+
+        def restart() -> None:
+            with self.reporter.step(f"Restarting {', '.join(programs)} (configuration changed)"):
+                self.supervisor.restart(*programs, reconfigure=reconfigured)
+                self.wait_healthy(server, running_on)
+
+        if self.others_in_rotation({server.name}):
+            with self.out_of_rotation((server,)):
+                restart()
+        else:
+            self.reporter.note(f"{server.name} is the only app server in rotation: it restarts while serving")
+            restart()
+
+    def _reload_balancer(self) -> None:
+        """A new HAProxy worker takes over the listening sockets; the old one finishes its requests."""
+        with self.reporter.step("Reloading the load balancer (no connection is dropped)"):
+            check = self.connector.run([self.plan.tools.haproxy, "-c", "-q", "-f", str(self.plan.paths.haproxy_conf)])
+            if not check.ok:
+                raise CommandFailed(f"haproxy -c {self.plan.paths.haproxy_conf}", check)
+            self.supervisor.signal("haproxy", "USR2")
+            wait_until(
+                "the load balancer", self._balancer_ready, READY_TIMEOUT, f"see {self.plan.paths.logs / 'haproxy.log'}"
+            )
 
     def down(self) -> bool:
         """Stop everything in reverse order; every file and every row stays. Returns whether anything ran."""

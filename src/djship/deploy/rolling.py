@@ -12,23 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from djship import render
-from djship.components.balancer import Balancer
 from djship.config import CONFIG_FILE, parse_config, with_values
-from djship.deploy.lifecycle import (
-    LocalSystem,
-    check_ports_free,
-    link_atomically,
-    prepare_state_dir,
-    write_system_files,
-)
+from djship.deploy.lifecycle import LocalSystem, link_atomically
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release, list_releases, prune_releases
 from djship.errors import DjshipError
 from djship.plan import AppServer, build_plan
-
-ROTATION_TIMEOUT = 30
-
 
 def _batches(servers: tuple[AppServer, ...], size: int) -> list[tuple[AppServer, ...]]:
     return [servers[start : start + size] for start in range(0, len(servers), size)]
@@ -43,7 +32,6 @@ class Rollout:
         self.system = system
         self.plan = system.plan
         self.reporter = system.reporter
-        self.balancer = Balancer(self.plan.paths.haproxy_socket)
 
     def _live_release(self) -> Release:
         release = current_release(self.plan)
@@ -103,28 +91,6 @@ class Rollout:
             self._switch_batch(batch, target)
         link_atomically(self.plan.paths.current, target.dir)
 
-    def _take_out(self, batch: tuple[AppServer, ...]) -> None:
-        states = self.balancer.states()
-        serving = [name for name, state in states.items() if state.status == "UP" and name not in {s.name for s in batch}]
-        if not serving:
-            raise DjshipError(
-                f"taking {_names(batch)} out would leave no app server in rotation; "
-                + ("run `djship scale 2` first" if len(self.plan.app_servers) == 1 else "lower deploy.batch_size, "
-                   "or run `djship up` to bring every server back into rotation")
-            )
-        with self.reporter.step(f"Draining {_names(batch)} (no new requests; waiting for those in flight)"):
-            for server in batch:
-                self.balancer.set_state(server.name, "drain")
-            for server in batch:
-                self.balancer.wait_drained(server.name, self.plan.balancer_timeout)
-
-    def _put_back(self, batch: tuple[AppServer, ...]) -> None:
-        with self.reporter.step(f"Putting {_names(batch)} back into rotation"):
-            for server in batch:
-                self.balancer.set_state(server.name, "ready")
-            for server in batch:
-                self.balancer.wait_status(server.name, "UP", ROTATION_TIMEOUT)
-
     def _run_on(self, server: AppServer, release: Release) -> None:
         """nginx follows the release link by itself (static files); only gunicorn restarts."""
         gunicorn, _ = server.programs
@@ -134,20 +100,21 @@ class Rollout:
 
     def _switch_batch(self, batch: tuple[AppServer, ...], target: Release) -> None:
         previous = {server.name: Release.at(server.release_link.resolve()) for server in batch}
-        self._take_out(batch)
-        switched: list[AppServer] = []
-        try:
-            for server in batch:
-                switched.append(server)
-                with self.reporter.step(f"Restarting {server.name} on release {target.id} and checking its health"):
-                    self._run_on(server, target)
-        except DjshipError as error:
-            with self.reporter.step(f"Returning {_names(tuple(switched))} to the previous release"):
-                for server in switched:
-                    self._run_on(server, previous[server.name])
-            self._put_back(batch)
-            raise DjshipError(f"release {target.id} failed on {switched[-1].name}: {error}") from None
-        self._put_back(batch)
+        failure = None
+        with self.system.out_of_rotation(batch):
+            switched: list[AppServer] = []
+            try:
+                for server in batch:
+                    switched.append(server)
+                    with self.reporter.step(f"Restarting {server.name} on release {target.id} and checking its health"):
+                        self._run_on(server, target)
+            except DjshipError as error:
+                failure = f"release {target.id} failed on {server.name}: {error}"
+                with self.reporter.step(f"Returning {_names(tuple(switched))} to the previous release"):
+                    for server in switched:
+                        self._run_on(server, previous[server.name])
+        if failure:
+            raise DjshipError(failure)
 
     def _prune(self) -> None:
         in_use = {server.release_link.resolve() for server in self.plan.app_servers} | {self.plan.paths.current.resolve()}
@@ -156,59 +123,27 @@ class Rollout:
             self.reporter.note(f"Removed old releases {', '.join(removed)} (keeping {self.plan.keep_releases})")
 
     def scale(self, count: int) -> int:
-        """Add or remove app servers while serving; returns the number there were."""
-        with self._exclusive("scale") as release:
+        """Add or remove app servers while serving (through `up`'s reconciliation); returns how many there were."""
+        with self._exclusive("scale"):
             config_path = self.plan.project_dir / CONFIG_FILE
-            text = with_values(config_path.read_text(encoding="utf-8"), {"app.servers": count})
+            original = config_path.read_text(encoding="utf-8")
+            text = with_values(original, {"app.servers": count})
             new_plan = build_plan(
                 parse_config(text, str(config_path)), self.plan.project_dir, self.plan.tools,
                 running_as_root=self.plan.service_user is not None,
             )
             before = len(self.plan.app_servers)
-            if count > before:
-                added = new_plan.app_servers[before:]
-                check_ports_free([(server.address, server.port, "app.address_prefix") for server in added])
-                original = config_path.read_text(encoding="utf-8")
-                config_path.write_text(text, encoding="utf-8")
-                grown = LocalSystem(new_plan, self.reporter, self.system.connector)
-                try:
-                    self._apply_files(grown)
-                    for server in added:
-                        grown.start_app_server(server, release)
-                        with self.reporter.step(f"Adding {server.name} to the load balancer"):
-                            self.balancer.add_server(server.name, render.haproxy_server_args(new_plan, server))
-                            self.balancer.wait_status(server.name, "UP", ROTATION_TIMEOUT)
-                except DjshipError:
-                    self._undo_growth(original, added)
-                    raise
-            elif count < before:
-                removed = self.plan.app_servers[count:]
-                self._take_out(removed)
-                with self.reporter.step(f"Removing {_names(removed)} from the load balancer"):
-                    for server in removed:
-                        self.balancer.remove_server(server.name)
-                config_path.write_text(text, encoding="utf-8")
-                with self.reporter.step(f"Stopping {_names(removed)}"):
-                    self._apply_files(LocalSystem(new_plan, self.reporter, self.system.connector))
-                    for server in removed:
-                        shutil.rmtree(server.dir)
+            if count == before:
+                return before
+            config_path.write_text(text, encoding="utf-8")
+            try:
+                LocalSystem(new_plan, self.reporter, self.system.connector).up()
+            except DjshipError:
+                with self.reporter.step(f"Going back to {before} app servers"):
+                    config_path.write_text(original, encoding="utf-8")
+                    self.system.up()
+                raise
             return before
-
-    def _undo_growth(self, original_config: str, added: tuple[AppServer, ...]) -> None:
-        with self.reporter.step(f"Taking {_names(added)} out again ({len(self.plan.app_servers)} servers stay)"):
-            listed = self.balancer.states()
-            for server in added:
-                if server.name in listed:
-                    self.balancer.remove_server(server.name)
-            (self.plan.project_dir / CONFIG_FILE).write_text(original_config, encoding="utf-8")
-            self._apply_files(self.system)
-
-    def _apply_files(self, system: LocalSystem) -> None:
-        """Write the new plan's files and let the supervisor add or remove programs; the balancer is changed
-        through its runtime API instead, so its new haproxy.cfg only takes effect at its next start."""
-        prepare_state_dir(system.plan, system.connector)
-        write_system_files(system.plan, system.connector)
-        system.supervisor.reload_config()
 
 
 def release_table(system: LocalSystem) -> list[dict]:

@@ -45,13 +45,8 @@ def gunicorn_conf(plan: Plan, server: AppServer) -> str:
     return _render("gunicorn.conf.py.j2", plan=plan, server=server, wsgi_app=f"{module}:{attribute}")
 
 
-def haproxy_server_args(plan: Plan, server: AppServer) -> str:
-    """One app server's line in the balancer: the same in haproxy.cfg and when added at run time (`djship scale`)."""
-    return f"{server.endpoint} check inter 2s fastinter 500ms downinter 1s fall 2 rise 2"
-
-
 def haproxy_cfg(plan: Plan) -> str:
-    return _render("haproxy.cfg.j2", plan=plan, server_args=haproxy_server_args)
+    return _render("haproxy.cfg.j2", plan=plan)
 
 
 def postgresql_conf(plan: Plan) -> str:
