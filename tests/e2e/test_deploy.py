@@ -243,7 +243,7 @@ def test_a_second_deploy_is_refused_while_one_runs(deployed: Site):
     try:
         _wait_for_lock(deployed)
         second = deployed.djship("deploy", check=False)
-        assert second.returncode == 1 and "another deploy, rollback or scale is running" in second.stderr
+        assert second.returncode == 1 and "another deploy, rollback, scale or up is running" in second.stderr
         assert first.wait(timeout=300) == 0, first.stderr
     finally:
         kill_process_group(first.pid)

@@ -30,7 +30,7 @@ def test_scaling_adds_the_app_section_when_it_is_missing():
 def test_a_second_holder_of_the_lock_is_refused_and_told_who_holds_it(tmp_path):
     lock = tmp_path / "deploy.lock"
     with exclusive(lock, "deploy"):
-        with pytest.raises(DjshipError, match=r"another deploy, rollback or scale is running \(deploy by pid \d+"):
+        with pytest.raises(DjshipError, match=r"another deploy, rollback, scale or up is running \(deploy by pid \d+"):
             with exclusive(lock, "scale"):
                 pass
     with exclusive(lock, "scale"):

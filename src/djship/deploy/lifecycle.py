@@ -21,6 +21,7 @@ from djship.components.supervisor import Supervisor
 from djship.config import load_config
 from djship.connectors import CommandFailed, Connector
 from djship.connectors.local import LocalConnector
+from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
 from djship.plan import AppServer, Plan, build_plan
@@ -194,7 +195,8 @@ class LocalSystem:
 
     def up(self) -> UpResult:
         if self.supervisor.pid() is not None:
-            return self._reconcile()
+            with exclusive(self.plan.paths.deploy_lock, "up"):
+                return self.reconcile()
         check_ports_free(listening_endpoints(self.plan))
         try:
             return self._start()
@@ -320,7 +322,7 @@ class LocalSystem:
         """The app servers the running supervisord knows, whatever djship.toml says now."""
         return {match["server"] for name in self.supervisor.status() if (match := _APP_PROGRAM.match(name))}
 
-    def _reconcile(self) -> UpResult:
+    def reconcile(self) -> UpResult:
         """`up` on a running system: bring it to what djship.toml says without failing a request, or change
         nothing. Removed app servers are drained before they stop; added ones join the balancer once healthy;
         servers whose configuration changed restart one at a time out of rotation; HAProxy reloads seamlessly."""

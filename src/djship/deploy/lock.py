@@ -1,4 +1,4 @@
-"""One deploy, rollback or scale at a time per system.
+"""One change at a time per system: deploy, rollback, scale, or up on a running system.
 
 The lock is an flock on a file in the state directory: the kernel releases it when the process holding it
 exits, however it exits, so a crashed deploy never leaves a lock that someone must clear by hand.
@@ -24,7 +24,7 @@ def exclusive(path: Path, operation: str) -> Iterator[None]:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "another process"
-            raise DjshipError(f"another deploy, rollback or scale is running ({holder}); wait for it to finish") from None
+            raise DjshipError(f"another deploy, rollback, scale or up is running ({holder}); wait for it to finish") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{operation} by pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
         yield

@@ -137,11 +137,11 @@ class Rollout:
                 return before
             config_path.write_text(text, encoding="utf-8")
             try:
-                LocalSystem(new_plan, self.reporter, self.system.connector).up()
+                LocalSystem(new_plan, self.reporter, self.system.connector).reconcile()
             except DjshipError:
                 with self.reporter.step(f"Going back to {before} app servers"):
                     config_path.write_text(original, encoding="utf-8")
-                    self.system.up()
+                    self.system.reconcile()
                 raise
             return before
 
