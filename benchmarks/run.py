@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--duration 10] [--connections 32]
 
-Deploys a copy of examples/board with the real `djship up` on loopback ports of its own (https://localhost:21443),
+Deploys a copy of examples/board with the real `djship up` on loopback ports of its own (https://localhost:24443),
 puts 10 posts in its database, then loads three pages with wrk (Debian package `wrk`):
 
   db page      /api/posts/           reads the 10 posts and their comment counts from PostgreSQL
@@ -44,8 +44,8 @@ from djship.config import with_values
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "board"
 DJSHIP = [sys.executable, "-m", "djship"]
-HTTPS_PORT, HTTP_PORT, DB_PORT = 21443, 21080, 28432
-GUNICORN_PORT, RUNSERVER_PORT = 21801, 21802
+HTTPS_PORT, HTTP_PORT, DB_PORT = 24443, 24080, 31432
+GUNICORN_PORT, RUNSERVER_PORT = 24801, 24802
 PAGES = {"db page": "/api/posts/", "plain page": "/accounts/login/", "static file": "/static/admin/css/base.css"}
 SEED = """
 from django.contrib.auth.models import User
@@ -141,8 +141,8 @@ def configure(project: Path) -> None:
         "balancer.https_port": HTTPS_PORT,
         "balancer.http_port": HTTP_PORT,
         "database.port": DB_PORT,
-        "database.address": "127.0.42.1",
-        "app.address_prefix": "127.0.41",
+        "database.address": "127.0.72.1",
+        "app.address_prefix": "127.0.71",
     }))
 
 
