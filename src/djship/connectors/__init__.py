@@ -1,10 +1,12 @@
-"""How djship acts on a host: one small interface (run, put, get), implemented locally (and later over SSH)."""
+"""How djship acts on a host: one small interface (run, put, get), implemented locally and over SSH."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, TypeVar
 
 from djship.errors import DjshipError
 
@@ -49,3 +51,25 @@ class Connector(Protocol):
         """A file's content, or None when it does not exist."""
 
     def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None: ...
+
+
+C = TypeVar("C")
+R = TypeVar("R")
+
+
+def on_each(hosts: Mapping[str, C], action: Callable[[C], R]) -> dict[str, R]:
+    """Run action on every host at once; when any fail, one error names each failed host and its reason."""
+    if not hosts:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        futures = {name: pool.submit(action, connector) for name, connector in hosts.items()}
+    results: dict[str, R] = {}
+    failures = []
+    for name, future in futures.items():
+        try:
+            results[name] = future.result()
+        except DjshipError as error:
+            failures.append(f"{name}: {error}")
+    if failures:
+        raise DjshipError("; ".join(failures))
+    return results

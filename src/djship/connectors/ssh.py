@@ -1,0 +1,242 @@
+"""The connector for a remote host: the same run/put/get as the local one, over SSH (paramiko, as Fabric uses).
+
+The host's key is always verified, against a known_hosts file or a key pinned in the config; an unknown or
+changed key is refused, never accepted silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import paramiko
+
+from djship.connectors import Result
+from djship.errors import DjshipError
+
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_file: Path | None = None
+    """None: the SSH agent and ~/.ssh/id_*, as ssh itself would try."""
+    known_hosts: Path = DEFAULT_KNOWN_HOSTS
+    host_key: str | None = None
+    """A pinned public key, "ssh-ed25519 AAAA...": trusted instead of known_hosts for this host."""
+    connect_timeout: float = 10
+
+    @property
+    def endpoint(self) -> str:
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+
+def remote_command(
+    argv: Sequence[str | Path],
+    *,
+    login_user: str,
+    user: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> str:
+    """The shell command line that runs argv on the remote host as `user` (default: the login user)."""
+    words = [shlex.quote(str(part)) for part in argv]
+    if env:
+        words = ["env", *(shlex.quote(f"{name}={value}") for name, value in env.items()), *words]
+    if user and user != login_user:
+        switch = ["runuser", "-u", user, "--"] if login_user == "root" else ["sudo", "-n", "-u", user, "--"]
+        words = [*(shlex.quote(word) for word in switch), *words]
+    command = " ".join(words)
+    return f"cd {shlex.quote(str(cwd))} && {command}" if cwd else command
+
+
+class SSHConnector:
+    """One SSH connection to one host, opened on first use and shared by every call (also from several threads)."""
+
+    def __init__(self, target: SSHTarget):
+        self.target = target
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SSHConnector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client, self._sftp = None, None
+
+    def _trusted_keys(self, client: paramiko.SSHClient) -> None:
+        target = self.target
+        if target.host_key:
+            kind, _, data = target.host_key.strip().partition(" ")
+            try:
+                key = paramiko.PKey.from_type_string(kind, base64.b64decode(data.split()[0]))
+            except (ValueError, IndexError, paramiko.SSHException):
+                raise DjshipError(f"the pinned host key for {target.address} is not an SSH public key "
+                                  "(expected e.g. \"ssh-ed25519 AAAA...\")") from None
+            client.get_host_keys().add(target.endpoint, kind, key)
+            return
+        known_hosts = target.known_hosts.expanduser()
+        if known_hosts.is_file():
+            client.load_host_keys(str(known_hosts))
+
+    def _connection(self) -> paramiko.SSHClient:
+        with self._lock:
+            if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
+                return self._client
+            self._client, self._sftp = self._connect(), None
+            return self._client
+
+    def _connect(self) -> paramiko.SSHClient:
+        target = self.target
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self._trusted_keys(client)
+        where = f"{target.address}:{target.port}"
+        try:
+            client.connect(
+                target.address, target.port, username=target.user,
+                key_filename=str(target.key_file.expanduser()) if target.key_file else None,
+                look_for_keys=target.key_file is None, allow_agent=target.key_file is None,
+                timeout=target.connect_timeout, banner_timeout=target.connect_timeout,
+                auth_timeout=target.connect_timeout,
+            )
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise DjshipError(
+                f"the SSH host key of {where} does not match the one trusted for it: refusing to connect (this is "
+                "what a man-in-the-middle looks like); if the host was reinstalled, update its known_hosts line or "
+                "pinned host_key"
+            ) from None
+        except paramiko.AuthenticationException:
+            client.close()
+            key = target.key_file or "your SSH agent and ~/.ssh keys"
+            raise DjshipError(
+                f"SSH login to {where} as {target.user} was refused; add the public key of {key} to "
+                f"~{target.user}/.ssh/authorized_keys on that host"
+            ) from None
+        except paramiko.SSHException as error:
+            client.close()
+            if "not found in known_hosts" in str(error):
+                raise DjshipError(
+                    f"the SSH host key of {where} is unknown, so djship will not connect; check it and add it with "
+                    f"`ssh-keyscan -p {target.port} {target.address} >> {target.known_hosts}`, or pin it as host_key"
+                ) from None
+            raise DjshipError(f"SSH to {where} failed: {error}") from None
+        except (OSError, socket.timeout) as error:
+            client.close()
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise DjshipError(f"cannot reach {where} over SSH ({reason}); is the host up and sshd running?") from None
+        return client
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        client = self._connection()
+        with self._lock:
+            if self._sftp is None:
+                self._sftp = client.open_sftp()
+            return self._sftp
+
+    def run(
+        self,
+        argv: Sequence[str | Path],
+        *,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        command = remote_command(argv, login_user=self.target.user, user=user, env=env, cwd=cwd)
+        transport = self._connection().get_transport()
+        try:
+            channel = transport.open_session(timeout=self.target.connect_timeout)
+        except paramiko.SSHException as error:
+            raise DjshipError(f"SSH to {self.target.address}:{self.target.port} failed: {error}") from None
+        with channel:
+            channel.exec_command(command)
+            if input is not None:
+                channel.sendall(input.encode())
+            channel.shutdown_write()
+            stdout, stderr = _collect(channel, timeout, command)
+            returncode = channel.recv_exit_status()
+        return Result(tuple(str(part) for part in argv), returncode, stdout, stderr)
+
+    def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
+        data = content.encode() if isinstance(content, str) else content
+        sftp = self._sftp_client()
+        remote = PurePosixPath(path)
+        try:
+            unchanged = (sftp.stat(str(remote)).st_mode & 0o7777) == mode and self.get(path) == data
+        except FileNotFoundError:
+            unchanged = False
+        if unchanged:
+            return False
+        self.makedirs(Path(remote.parent), keep_mode=True)
+        temporary = str(remote.with_name(f".{remote.name}.djship-tmp"))
+        with sftp.open(temporary, "wb") as handle:
+            sftp.chmod(temporary, mode)  # before any byte is written: a secret is never readable by others
+            handle.write(data)
+        if owner:
+            self._checked(["chown", f"{owner}:", temporary], f"chown {owner} {temporary}")
+        sftp.posix_rename(temporary, str(remote))
+        return True
+
+    def get(self, path: Path) -> bytes | None:
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(str(PurePosixPath(path)), "rb") as handle:
+                handle.prefetch()
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None, keep_mode: bool = False) -> None:
+        """mkdir -p; then, unless keep_mode, the mode (and owner) of the last directory, as the local connector."""
+        script = 'mkdir -p -- "$1"'
+        if not keep_mode:
+            script += f' && chmod {mode:o} -- "$1"'
+            if owner:
+                script += ' && chown -- "$2": "$1"'
+        self._checked(["sh", "-c", script, "makedirs", str(path), owner or ""], f"mkdir {path}")
+
+    def _checked(self, argv: list[str], what: str) -> Result:
+        result = self.run(argv)
+        if not result.ok:
+            detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
+            raise DjshipError(f"{what} on {self.target.address} failed: {detail[-1]}")
+        return result
+
+
+def _collect(channel: paramiko.Channel, timeout: float | None, command: str) -> tuple[str, str]:
+    """Read stdout and stderr together (reading one to its end first can stall a command that fills the other)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stdout, stderr = bytearray(), bytearray()
+    while True:
+        if channel.recv_ready():
+            stdout += channel.recv(65536)
+        elif channel.recv_stderr_ready():
+            stderr += channel.recv_stderr(65536)
+        elif channel.exit_status_ready() and channel.eof_received:
+            break
+        else:
+            if deadline is not None and time.monotonic() > deadline:
+                channel.close()
+                raise DjshipError(f"{command[:80]} did not finish within {timeout:.0f}s")
+            select.select([channel], [], [], 0.1)
+    return stdout.decode(errors="replace"), stderr.decode(errors="replace")
