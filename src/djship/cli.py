@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from djship import __version__
@@ -53,11 +54,11 @@ class DjshipGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DjshipError as error:
-            errors.print(f"[red]error:[/] {error}", soft_wrap=True)
+            errors.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
             sys.exit(1)
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
-            errors.print(f"[red]error:[/] {error.strerror or error}{where}", soft_wrap=True)
+            errors.print(f"[red]error:[/] {escape(f'{error.strerror or error}{where}')}", soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             errors.print("[red]interrupted[/]")
@@ -191,6 +192,41 @@ def releases(as_json: bool) -> None:
     for row in rows:
         table.add_row("*" if row["live"] else "", row["id"], ", ".join(row["servers"]) or "-")
     console.print(table)
+
+
+@main.command()
+@click.option("--install", is_flag=True, help="apt-get install what a host lacks (as root, or through sudo -n).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def hosts(install: bool, as_json: bool) -> None:
+    """Check every host of the remote target over SSH, all at once.
+
+    \b
+    The hosts and their roles come from [servers] and [hosts] in djship.toml. Each host must
+    answer with an SSH host key that known_hosts (or its pinned host_key) trusts, and have
+    what its roles need: Python 3.10+ with venv everywhere, HAProxy on lb, nginx on app,
+    PostgreSQL on db. Exits 1 naming, per host, what to install; --install installs it.
+    """
+    from djship.config import load_config
+    from djship.hosts import prepare_hosts, remote_hosts, require_ready
+
+    project_dir = find_project_dir(Path.cwd())
+    reports = prepare_hosts(remote_hosts(load_config(project_dir), project_dir), install)
+    if as_json:
+        click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
+    else:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("HOST", "ADDRESS", "ROLES", "PYTHON", "INSTALLED", "MISSING"):
+            table.add_column(column)
+        for report in reports:
+            missing = " ".join(report.missing) or ("-" if report.ready else "")
+            table.add_row(
+                report.name, report.address, ",".join(report.roles), report.python or "-",
+                " ".join(report.installed) or "-", f"[red]{missing}[/]" if not report.ready else missing,
+            )
+        console.print(table)
+    require_ready(reports)
+    if not as_json:
+        console.print(f"[green]All {len(reports)} hosts are reachable and ready.[/]")
 
 
 @main.command()

@@ -19,6 +19,9 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SIZE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
 _IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$")
+_LOGIN_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_HOST_LABEL = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}$")
 # Linux's default ephemeral range: an outgoing client socket may take a listening port from it.
 EPHEMERAL_PORTS = range(32768, 61000)
 
@@ -30,6 +33,12 @@ class _Section(BaseModel):
 def _port(value: int) -> int:
     if not 1024 <= value <= 65535:
         raise ValueError("must be a port between 1024 and 65535 (ports below 1024 need root)")
+    return value
+
+
+def _login_name(value: str | None) -> str | None:
+    if value is not None and not _LOGIN_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a user name")
     return value
 
 
@@ -170,6 +179,57 @@ class DeployConfig(_Section):
     health_timeout: int = Field(default=60, ge=5, le=3600)
 
 
+class SshConfig(_Section):
+    """How djship logs in to every host, unless the host says otherwise."""
+
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    key: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+
+    _check_user = field_validator("user")(_login_name)
+
+
+class HostConfig(_Section):
+    address: str
+    root: str = "/srv/djship"
+    ssh_user: str | None = None
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    ssh_key: str | None = None
+    host_key: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not (_IPV4.fullmatch(value) or _HOST_NAME.fullmatch(value)):
+            raise ValueError(f"{value!r} is not an IPv4 address or a host name")
+        return value
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "\n" in value:
+            raise ValueError("must be an absolute path on that host, e.g. /srv/djship")
+        return value
+
+    _check_user = field_validator("ssh_user")(_login_name)
+
+    @field_validator("host_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        if value is not None and not _PUBLIC_KEY.fullmatch(value.strip()):
+            raise ValueError('must be an SSH public key as in known_hosts, e.g. "ssh-ed25519 AAAAC3Nza..."')
+        return value
+
+
+class ServersConfig(_Section):
+    """Which hosts hold which role; a host may hold several."""
+
+    lb: list[str] = Field(min_length=1)
+    app: list[str] = Field(min_length=1)
+    db: str
+
+
 class Config(_Section):
     project: ProjectConfig
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -180,6 +240,14 @@ class Config(_Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     state_dir: str = ".djship"
     service_user: str = "djship"
+    servers: ServersConfig | None = None
+    hosts: dict[str, HostConfig] = Field(default_factory=dict)
+    ssh: SshConfig = Field(default_factory=SshConfig)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the system runs on hosts over SSH rather than on this machine."""
+        return self.servers is not None
 
 
 def _key_path(location: tuple[str | int, ...]) -> str:
@@ -209,11 +277,47 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
     except tomllib.TOMLDecodeError as error:
         raise DjshipError(f"{source}: not valid TOML: {error}; fix the syntax at that line") from None
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as error:
-        problems = [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()]
+        _refuse(source, [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()])
+    _refuse(source, _topology_problems(config))
+    return config
+
+
+def _refuse(source: str, problems: list[str]) -> None:
+    if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DjshipError(f"{source}: {problems[0]}{more}") from None
+
+
+def _topology_problems(config: Config) -> list[str]:
+    """What [servers] and [hosts] say about each other: every role names defined hosts, every host has a role."""
+    if config.servers is None:
+        return [f"hosts: [servers] is missing; say which hosts are lb, app and db (e.g. servers.app = "
+                f"[{', '.join(map(repr, config.hosts))}])"] if config.hosts else []
+    problems = [
+        f"hosts.{_key_path((name,))}: not a host name (lower-case letters, digits and -, starting with a letter)"
+        for name in config.hosts if not _HOST_LABEL.fullmatch(name)
+    ]
+    roles = {"lb": config.servers.lb, "app": config.servers.app, "db": [config.servers.db]}
+    for role, names in roles.items():
+        for index, name in enumerate(names):
+            where = f"servers.{role}" + (f"[{index}]" if role != "db" else "")
+            if name not in config.hosts:
+                problems.append(f"{where}: no host {name!r}; define it as [hosts.{name}] with its address")
+            elif name in names[:index]:
+                problems.append(f"{where}: lists {name!r} twice")
+    used = {name for names in roles.values() for name in names}
+    problems += [
+        f"hosts.{name}: has no role; add it to servers.lb, servers.app or servers.db, or remove it"
+        for name in config.hosts if name not in used
+    ]
+    seen: dict[str, str] = {}
+    for name, host in config.hosts.items():
+        if host.address in seen:
+            problems.append(f"hosts.{name}.address: {host.address} is also the address of hosts.{seen[host.address]}")
+        seen.setdefault(host.address, name)
+    return problems
 
 
 def with_values(text: str, values: dict[str, object]) -> str:

@@ -141,3 +141,69 @@ def test_find_project_dir_finds_the_config_in_a_parent(tmp_path: Path):
 def test_find_project_dir_outside_a_project_fails(tmp_path: Path):
     with pytest.raises(DjshipError, match=r"no djship\.toml in .* or above; run `djship init`"):
         find_project_dir(tmp_path)
+
+
+REMOTE = MINIMAL + """
+[servers]
+lb = ["lb1"]
+app = ["app1", "app2"]
+db = "db1"
+
+[hosts.lb1]
+address = "10.0.0.10"
+[hosts.app1]
+address = "10.0.0.11"
+[hosts.app2]
+address = "app2.internal.example"
+ssh_user = "deploy"
+ssh_port = 2222
+root = "/opt/djship"
+[hosts.db1]
+address = "10.0.0.20"
+"""
+
+
+def test_remote_target_with_ssh_defaults():
+    config = parse_config(REMOTE)
+    assert config.remote and not parse_config(MINIMAL).remote
+    assert (config.servers.lb, config.servers.app, config.servers.db) == (["lb1"], ["app1", "app2"], "db1")
+    assert (config.ssh.user, config.ssh.port, config.ssh.key, config.ssh.known_hosts) == (
+        "root", 22, None, "~/.ssh/known_hosts"
+    )
+    assert config.hosts["app1"].root == "/srv/djship"
+    assert (config.hosts["app2"].ssh_user, config.hosts["app2"].ssh_port) == ("deploy", 2222)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('app = ["app1", "app2"]', 'app = ["app1", "app2", "app9"]'),
+         "servers.app[2]: no host 'app9'; define it as [hosts.app9] with its address"),
+        (('app = ["app1", "app2"]', 'app = ["app1", "app1"]'), "servers.app[1]: lists 'app1' twice (and 1 more)"),
+        (('db = "db1"', 'db = "db2"'), "servers.db: no host 'db2'; define it as [hosts.db2] with its address"),
+        (('db = "db1"\n', ""), "servers.db: required key is missing"),
+        (('lb = ["lb1"]', "lb = []"), "servers.lb: List should have at least 1 item after validation, not 0"),
+        (('[servers]', "[servers]\ncache = []"), "servers.cache: unknown key"),
+        (('address = "10.0.0.11"', 'address = "10.0.0.10"'),
+         "hosts.app1.address: 10.0.0.10 is also the address of hosts.lb1"),
+        (('address = "10.0.0.20"', 'address = "db one"'), "hosts.db1.address: 'db one' is not an IPv4 address or a host name"),
+        (('root = "/opt/djship"', 'root = "opt/djship"'), "hosts.app2.root: must be an absolute path on that host"),
+        (('ssh_user = "deploy"', 'ssh_user = "De ploy"'), "hosts.app2.ssh_user: 'De ploy' is not a user name"),
+        (('ssh_port = 2222', "ssh_port = 0"), "hosts.app2.ssh_port: Input should be greater than or equal to 1"),
+        (('[hosts.db1]', '[hosts.db1]\nhost_key = "AAAA"'), "hosts.db1.host_key: must be an SSH public key"),
+        (('[hosts.db1]', '[hosts.spare]\naddress = "10.0.0.30"\n[hosts.db1]'),
+         "hosts.spare: has no role; add it to servers.lb, servers.app or servers.db, or remove it"),
+        (('[hosts.db1]', '[hosts.Spare]\naddress = "10.0.0.30"\n[hosts.db1]'), "hosts.Spare: not a host name"),
+    ],
+)
+def test_remote_target_errors_name_the_key(change, expected):
+    old, new = change
+    assert old in REMOTE
+    assert config_error(REMOTE.replace(old, new, 1)).startswith(f"djship.toml: {expected}")
+
+
+def test_hosts_without_servers_ask_for_roles():
+    message = config_error(MINIMAL + '[hosts.web1]\naddress = "10.0.0.5"\n')
+    assert message == (
+        "djship.toml: hosts: [servers] is missing; say which hosts are lb, app and db (e.g. servers.app = ['web1'])"
+    )

@@ -37,6 +37,11 @@ _APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
 def load_plan(project_dir: Path) -> Plan:
     config = load_config(project_dir)
+    if config.remote:
+        raise DjshipError(
+            "djship.toml lists remote hosts ([servers]); running the system on them is not built yet: "
+            "`djship hosts` checks and prepares them; remove [servers] and [hosts] to run on this machine"
+        )
     return build_plan(config, project_dir, find_tools(), running_as_root=os.geteuid() == 0)
 
 

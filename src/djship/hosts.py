@@ -1,0 +1,203 @@
+"""The hosts of a remote target: which roles each holds, how to reach it over SSH, and what it needs installed.
+
+Checking a host is one shell script (`probe_script`) whose output a pure parser reads (`parse_probe`), so the
+logic is tested without a host; `prepare_hosts` runs it on every host at once through the SSH connector.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from djship.config import Config
+from djship.connectors import Connector, on_each
+from djship.connectors.ssh import SSHConnector, SSHTarget
+from djship.errors import DjshipError
+
+ROLES = ("lb", "app", "db")
+MIN_PYTHON = (3, 10)
+INSTALL_TIMEOUT = 900
+
+
+@dataclass(frozen=True)
+class Requirement:
+    package: str
+    """The Debian/Ubuntu package that provides it."""
+    probe: str
+    """A shell test that succeeds when it is present."""
+    roles: frozenset[str]
+    """The roles that need it; every host when empty."""
+
+
+REQUIREMENTS = (
+    Requirement("python3", "command -v python3", frozenset()),
+    # The supervisor and the release virtualenvs run in virtualenvs of the host's own Python.
+    Requirement("python3-venv", "python3 -c 'import ensurepip, venv'", frozenset()),
+    Requirement("haproxy", "command -v haproxy || test -x /usr/sbin/haproxy", frozenset({"lb"})),
+    Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
+    Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
+)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    roles: tuple[str, ...]
+    target: SSHTarget
+    root: PurePosixPath
+    """Where everything djship makes on this host lives."""
+
+
+def _local_path(value: str, project_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else project_dir / path
+
+
+def remote_hosts(config: Config, project_dir: Path) -> list[Host]:
+    """Every host of the remote target, in the order djship.toml lists them."""
+    if config.servers is None:
+        raise DjshipError(
+            "djship.toml lists no remote hosts ([servers] and [hosts]); this project runs on this machine "
+            "(see the README, \"From one machine to real hosts\")"
+        )
+    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db}}
+    ssh = config.ssh
+    hosts = []
+    for name, host in config.hosts.items():
+        key = host.ssh_key or ssh.key
+        target = SSHTarget(
+            host.address,
+            port=host.ssh_port or ssh.port,
+            user=host.ssh_user or ssh.user,
+            key_file=_local_path(key, project_dir) if key else None,
+            known_hosts=_local_path(ssh.known_hosts, project_dir),
+            host_key=host.host_key,
+        )
+        roles = tuple(role for role in ROLES if name in holders[role])
+        hosts.append(Host(name, roles, target, PurePosixPath(host.root)))
+    return hosts
+
+
+def requirements_for(roles: tuple[str, ...]) -> list[Requirement]:
+    return [requirement for requirement in REQUIREMENTS if not requirement.roles or requirement.roles & set(roles)]
+
+
+def probe_script(roles: tuple[str, ...]) -> str:
+    lines = ["echo uid $(id -u)", "python3 -c 'import sys; print(\"python\", *sys.version_info[:2])' 2>/dev/null"]
+    lines += [
+        f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
+        f"else echo missing {requirement.package}; fi"
+        for requirement in requirements_for(roles)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Facts:
+    root: bool
+    python: tuple[int, int] | None
+    missing: tuple[str, ...]
+
+
+def parse_probe(output: str) -> Facts:
+    root, python, missing = False, None, []
+    for line in output.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "uid":
+            root = rest.strip() == "0"
+        elif word == "python":
+            major, minor = rest.split()
+            python = (int(major), int(minor))
+        elif word == "missing":
+            missing.append(rest.strip())
+    return Facts(root, python, tuple(missing))
+
+
+def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:
+    """apt-get, non-interactive; through `sudo -n` (never a password prompt) when the login user is not root."""
+    script = (
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+        + " ".join(shlex.quote(package) for package in packages)
+    )
+    return ["sh", "-c", script] if as_root else ["sudo", "-n", "sh", "-c", script]
+
+
+@dataclass(frozen=True)
+class HostReport:
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    python: str | None
+    installed: tuple[str, ...]
+    missing: tuple[str, ...]
+    problem: str | None
+    """What is wrong beyond missing packages (e.g. a Python that is too old)."""
+
+    @property
+    def ready(self) -> bool:
+        return not self.missing and self.problem is None
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "address": self.address, "roles": list(self.roles), "python": self.python,
+            "installed": list(self.installed), "missing": list(self.missing), "problem": self.problem,
+            "ready": self.ready,
+        }
+
+
+def _python_problem(facts: Facts) -> str | None:
+    if facts.python is None or facts.python >= MIN_PYTHON:
+        return None
+    have, need = ".".join(map(str, facts.python)), ".".join(map(str, MIN_PYTHON))
+    return f"python3 is {have}; djship needs {need} or newer (Debian 12 and Ubuntu 22.04 have it)"
+
+
+def _prepare(host: Host, connector: Connector, install: bool) -> HostReport:
+    probe = ["sh", "-c", probe_script(host.roles)]
+    facts = parse_probe(connector.run(probe, timeout=60).stdout)
+    installed: tuple[str, ...] = ()
+    if facts.missing and install:
+        result = connector.run(install_command(facts.missing, facts.root), timeout=INSTALL_TIMEOUT)
+        if not result.ok:
+            detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
+            raise DjshipError(f"apt-get install {' '.join(facts.missing)} failed: {detail[-1]}")
+        before = facts.missing
+        facts = parse_probe(connector.run(probe, timeout=60).stdout)
+        installed = tuple(package for package in before if package not in facts.missing)
+    python = ".".join(map(str, facts.python)) if facts.python else None
+    return HostReport(
+        host.name, host.target.address, host.roles, python, installed, facts.missing, _python_problem(facts)
+    )
+
+
+def prepare_hosts(
+    hosts: list[Host],
+    install: bool,
+    connect: Callable[[Host], AbstractContextManager[Connector]] = lambda host: SSHConnector(host.target),
+) -> list[HostReport]:
+    """Reach every host at once (its SSH host key verified) and check, or with install add, what its roles need."""
+
+    def prepare(host: Host) -> HostReport:
+        with connect(host) as connector:
+            return _prepare(host, connector, install)
+
+    reports = on_each({host.name: host for host in hosts}, prepare)
+    return [reports[host.name] for host in hosts]
+
+
+def require_ready(reports: list[HostReport]) -> None:
+    """One error naming, per host, what to install or fix; nothing when every host is ready."""
+    problems = []
+    for report in reports:
+        if report.missing:
+            problems.append(f"{report.name}: apt-get install -y {' '.join(report.missing)}")
+        if report.problem:
+            problems.append(f"{report.name}: {report.problem}")
+    if problems:
+        raise DjshipError(
+            "hosts are missing what their roles need: " + "; ".join(problems)
+            + " (or run `djship hosts --install` to let djship install the packages)"
+        )
