@@ -11,6 +11,14 @@ from board.settings import MIDDLEWARE as _PROJECT_MIDDLEWARE
 with open("/srv/example/board/.djship/secrets/app.json", encoding="utf-8") as _secrets_file:
     _SECRETS = json.load(_secrets_file)
 
+# The live database and media directory; `djship restore` changes them without a new release.
+_LIVE = {"database": "board", "media": "/srv/example/board/.djship/shared/media"}
+try:
+    with open("/srv/example/board/.djship/live.json", encoding="utf-8") as _live_file:
+        _LIVE.update(json.load(_live_file))
+except FileNotFoundError:
+    pass
+
 DEBUG = False
 SECRET_KEY = _SECRETS["secret_key"]
 ALLOWED_HOSTS = ['localhost']
@@ -28,7 +36,7 @@ SECURE_HSTS_PRELOAD = True
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": "board",
+        "NAME": _LIVE["database"],
         "USER": "board",
         "PASSWORD": _SECRETS["database_password"],
         "HOST": "127.0.2.1",
@@ -42,7 +50,7 @@ DATABASES = {
 STATIC_URL = "/static/"
 STATIC_ROOT = "/srv/example/board/.djship/releases/20260101-000000/static"
 MEDIA_URL = "/media/"
-MEDIA_ROOT = "/srv/example/board/.djship/shared/media"
+MEDIA_ROOT = _LIVE["media"]
 
 DJSHIP_RELEASE = "20260101-000000"
 DJSHIP_HEALTH_PATH = "/-/djship/health"
