@@ -40,6 +40,13 @@ class ConsoleReporter:
         console.print(f"  [dim]{text}[/]")
 
 
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def _system():
     from djship.deploy.lifecycle import LocalSystem, load_plan
 
@@ -185,9 +192,7 @@ def releases(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("", "RELEASE", "SERVERS"):
-        table.add_column(column)
+    table = _table("", "RELEASE", "SERVERS")
     for row in rows:
         table.add_row("*" if row["live"] else "", row["id"], ", ".join(row["servers"]) or "-")
     console.print(table)
@@ -251,9 +256,7 @@ def backups_(as_json: bool) -> None:
     if not rows:
         console.print("No backups yet; `djship backup` takes one.")
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("BACKUP", "AGE", "SIZE", "DATABASE", "ROWS", "NOTE"):
-        table.add_column(column)
+    table = _table("BACKUP", "AGE", "SIZE", "DATABASE", "ROWS", "NOTE")
     for row in rows:
         size = human_size(row["size"]) if row["size"] is not None else "-"
         table.add_row(row["name"], human_age(row["age_seconds"]), size, row["database"] or "-",
@@ -308,9 +311,7 @@ def databases(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("", "DATABASE", "SIZE"):
-        table.add_column(column)
+    table = _table("", "DATABASE", "SIZE")
     for row in rows:
         table.add_row("*" if row["live"] else "", row["name"], human_size(row["size"]))
     console.print(table)
@@ -356,9 +357,7 @@ def _print_status(report: dict) -> None:
         f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database']}   "
         f"CA {report['ca_path']}"
     )
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH"):
-        table.add_column(column)
+    table = _table("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
     rows = report["components"]
     apps = [row for row in rows if row["role"] == "app"]
     for row in rows:

@@ -70,6 +70,9 @@ class Backups:
             raise CommandFailed(what, result)
         return result
 
+    def _superuser_password(self) -> str:
+        return ensure_secrets(self.plan, self.connector).superuser_password
+
     def _require_database(self) -> None:
         if self.system.supervisor.pid() is None or not self.database.is_ready():
             raise DjshipError("the system is not running; start it with `djship up` first")
@@ -93,7 +96,7 @@ class Backups:
 
     def _take(self, note: str) -> Backup:
         plan, connector = self.plan, self.connector
-        password = ensure_secrets(plan, connector).superuser_password
+        password = self._superuser_password()
         live = read_live(plan, connector)
         release = current_release(plan)
         connector.makedirs(plan.backup.dir, mode=0o700)
@@ -199,9 +202,9 @@ class Backups:
             )
         toc = self.connector.run(archive.pg_restore_list_argv(self.plan.tools.pg("pg_restore"), backup.path / DUMP))
         if not toc.ok:
+            reason = (toc.stderr.strip().splitlines() or [f"exit code {toc.returncode}"])[-1]
             raise DjshipError(
-                f"backup {backup.name}: {DUMP} is not a readable PostgreSQL dump ({toc.stderr.strip().splitlines()[-1:]}); "
-                "nothing was changed"
+                f"backup {backup.name}: {DUMP} is not a readable PostgreSQL dump ({reason}); nothing was changed"
             )
         return backup
 
@@ -226,7 +229,7 @@ class Backups:
             previous = read_live(plan, connector)
             self.reporter.note(f"Safety backup of database {previous.database} and its media first")
             safety = self.backup(note=f"safety backup before restoring {backup.name}", protect=frozenset({backup.name}))
-            password = ensure_secrets(plan, connector).superuser_password
+            password = self._superuser_password()
             now = datetime.now(timezone.utc)
             target = Live(
                 archive.restored_database_name(plan.database.name, now),
@@ -289,12 +292,12 @@ class Backups:
         """The app's databases: the live one and those earlier restores left behind."""
         self._require_database()
         live = read_live(self.plan, self.connector).database
-        sizes = self.database.app_databases(ensure_secrets(self.plan, self.connector).superuser_password)
+        sizes = self.database.app_databases(self._superuser_password())
         return [{"name": name, "live": name == live, "size": size} for name, size in sizes.items()]
 
     def drop_database(self, name: str) -> None:
         self._require_database()
-        password = ensure_secrets(self.plan, self.connector).superuser_password
+        password = self._superuser_password()
         live = read_live(self.plan, self.connector).database
         if name == live:
             raise DjshipError(f"{name} is the live database; djship never drops it")
