@@ -140,6 +140,11 @@ class Paths:
         return self.state / "live.json"
 
     @property
+    def restoring(self) -> Path:
+        """live.json's shape, naming the database a restore is about to switch to (for its migrate)."""
+        return self.state / "restoring.json"
+
+    @property
     def backups(self) -> Path:
         """The default backup directory (backup.dir changes it)."""
         return self.state / "backups"

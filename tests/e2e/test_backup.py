@@ -18,6 +18,7 @@ import requests
 from djship.config import with_values
 from djship.deploy.lock import exclusive
 from tests.e2e.conftest import DJSHIP, Ports, RequestLoop, Site, running_site
+from tests.e2e.test_deploy import ADD_FIELD_MIGRATION, changed
 from tests.e2e.test_system import _png, _post_form, _sign_up
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +89,8 @@ def _names_and_sizes(backups: list[dict]) -> list[tuple[str, int]]:
 
 
 def _databases(site: Site) -> list[dict]:
-    return json.loads(site.djship("databases", "--json").stdout)
+    """The app's databases, without their sizes (those change as PostgreSQL works)."""
+    return [{"name": row["name"], "live": row["live"]} for row in json.loads(site.djship("databases", "--json").stdout)]
 
 
 def test_an_upload_through_either_app_server_is_served_by_every_app_server(site: Site):
@@ -223,6 +225,28 @@ def test_a_restore_whose_row_counts_differ_is_removed_and_never_switched(site: S
         {Path(json.loads((site.project / ".djship/live.json").read_text())["media"]).name, "media"}
     )
     assert len(_backups(site)) == len(backups) + 1, "the safety backup is taken before the restore starts"
+
+
+def test_a_backup_from_before_a_migration_is_migrated_before_any_server_switches(site: Site):
+    site.djship("backup")
+    older = _backups(site)[-1]["name"]
+    add_field = "\nPost.add_to_class('pinned', __import__('django.db.models', fromlist=['BooleanField']).BooleanField(db_default=False))\n"
+    with changed(site.project, "posts/models.py", append=add_field), \
+         changed(site.project, "posts/migrations/0002_post_pinned.py", ADD_FIELD_MIGRATION):
+        site.djship("deploy")
+    with RequestLoop(site) as load:
+        result = site.djship("restore", older, "--yes")
+        load.wait_for(load.served + 50)
+    # Without the migration the new release's queries (they select posts.pinned) would fail on every server.
+    assert load.failures == []
+    assert "Migrating board_" in result.stdout
+    columns = site.djship(
+        "manage", "--", "shell", "-c",
+        "from django.db import connection; print(connection.settings_dict['NAME'], "
+        "[c.name for c in connection.introspection.get_table_description(connection.cursor(), 'posts_post')])",
+    ).stdout
+    assert f"{site.status()['database']} [" in columns and "'pinned'" in columns
+    assert not (site.project / ".djship" / "restoring.json").exists()
 
 
 def test_the_daily_backup_runs_under_the_supervisor_when_scheduled(site: Site):

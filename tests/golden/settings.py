@@ -4,6 +4,7 @@ Rendered by djship for release 20260101-000000; edits are overwritten by the nex
 """
 
 import json
+import os
 
 from board.settings import *  # noqa: F401,F403
 from board.settings import MIDDLEWARE as _PROJECT_MIDDLEWARE
@@ -11,10 +12,11 @@ from board.settings import MIDDLEWARE as _PROJECT_MIDDLEWARE
 with open("/srv/example/board/.djship/secrets/app.json", encoding="utf-8") as _secrets_file:
     _SECRETS = json.load(_secrets_file)
 
-# The live database and media directory; `djship restore` changes them without a new release.
+# The live database and media directory; `djship restore` changes them without a new release
+# (and points DJSHIP_LIVE_FILE elsewhere to migrate the database it is about to switch to).
 _LIVE = {"database": "board", "media": "/srv/example/board/.djship/shared/media"}
 try:
-    with open("/srv/example/board/.djship/live.json", encoding="utf-8") as _live_file:
+    with open(os.environ.get("DJSHIP_LIVE_FILE", "/srv/example/board/.djship/live.json"), encoding="utf-8") as _live_file:
         _LIVE.update(json.load(_live_file))
 except FileNotFoundError:
     pass

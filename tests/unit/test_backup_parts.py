@@ -210,4 +210,5 @@ def test_every_app_server_serves_media_through_its_own_link(make_plan):
     for server in plan.app_servers:
         assert f"alias {server.dir}/media/;" in render.nginx_conf(plan, server)
     settings = render.production_settings(plan, "20260101-000000", plan.paths.releases / "20260101-000000")
-    assert f'open("{plan.paths.live}"' in settings and 'MEDIA_ROOT = _LIVE["media"]' in settings
+    assert f'os.environ.get("DJSHIP_LIVE_FILE", "{plan.paths.live}")' in settings
+    assert '"NAME": _LIVE["database"]' in settings and 'MEDIA_ROOT = _LIVE["media"]' in settings

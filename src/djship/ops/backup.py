@@ -22,7 +22,7 @@ from djship.connectors import CommandFailed, Result
 from djship.deploy.lifecycle import LocalSystem, ensure_secrets, link_atomically
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.lock import exclusive
-from djship.deploy.release import Release, current_release
+from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.deploy.rolling import Rollout
 from djship.errors import DjshipError
 from djship.ops import archive
@@ -210,7 +210,7 @@ class Backups:
 
     def _check_releases_can_switch(self) -> None:
         """Releases built before restore existed name their database in the settings; they cannot switch."""
-        marker = str(self.plan.paths.live).encode()
+        marker = b"DJSHIP_LIVE_FILE"
         for server in self.plan.app_servers:
             release = Release.at(server.release_link.resolve())
             settings = self.connector.get(release.dir / "djship_production" / "settings.py") or b""
@@ -224,7 +224,7 @@ class Backups:
         """Restore a verified backup into a new database and media directory and switch every app server to them."""
         plan, connector = self.plan, self.connector
         rollout = Rollout(self.system)
-        with rollout.locked("restore"):
+        with rollout.locked("restore") as release:
             self._check_releases_can_switch()
             previous = read_live(plan, connector)
             self.reporter.note(f"Safety backup of database {previous.database} and its media first")
@@ -237,6 +237,7 @@ class Backups:
             )
             try:
                 self._restore_data(backup, target, password)
+                self._migrate(release, target)
             except BaseException:
                 with self.reporter.step("Removing the unfinished restore (the live database was not touched)"):
                     self._remove(target, password)
@@ -274,6 +275,15 @@ class Backups:
         with self.reporter.step(f"Restoring media into {target.media}"):
             self.connector.makedirs(target.media, mode=0o755, owner=plan.service_user)
             self._run("extracting the media archive", archive.tar_extract_argv(backup.path / MEDIA, target.media))
+
+    def _migrate(self, release: Release, target: Live) -> None:
+        """Bring the restored database to the live release's migrations (the backup may predate some)."""
+        with self.reporter.step(f"Migrating {target.database} to release {release.id} (once, under the advisory lock)"):
+            self.connector.put(self.plan.paths.restoring, target.to_json(), mode=0o644)
+            try:
+                ReleaseBuilder(self.plan, self.connector, self.reporter).migrate(release, self.plan.paths.restoring)
+            finally:
+                self.connector.run(archive.remove_argv(self.plan.paths.restoring))
 
     def _switch_server(self, server: AppServer, live: Live, rollout: Rollout) -> None:
         """Point the server at this database and media directory; gunicorn reads them when it restarts."""
