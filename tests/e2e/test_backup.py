@@ -114,7 +114,10 @@ def test_an_upload_through_either_app_server_is_served_by_every_app_server(site:
 
 def test_backup_writes_a_checksummed_private_backup_and_lists_it(site: Site):
     _create_posts(site, "kept 1", "kept 2")
+    killed = site.project / ".djship" / "backups" / ".20260101T000000Z.partial"
+    killed.mkdir(parents=True)
     result = site.djship("backup")
+    assert not killed.exists(), "a partial backup left by a killed run is removed"
     assert "Backed up database board and media" in result.stdout
     [entry] = _backups(site)
     path = site.project / ".djship" / "backups" / entry["name"]

@@ -83,8 +83,15 @@ class Backups:
         """Back up the live database and media; prune old backups, never one named in protect."""
         self._require_database()
         with exclusive(self.plan.paths.backup_lock, "backup", busy="another backup is running"):
+            self._remove_unfinished()
             backup = self._take(note)
             return BackupResult(backup, self.prune(protect | {backup.name}))
+
+    def _remove_unfinished(self) -> None:
+        """Partial backups left by a backup that was killed (none can be running: the backup lock is held)."""
+        if self.plan.backup.dir.is_dir():
+            for path in self.plan.backup.dir.glob(".*.partial"):
+                self._run(f"removing the unfinished backup {path.name}", archive.remove_argv(path))
 
     def _new_name(self) -> str:
         base = archive.backup_name(datetime.now(timezone.utc))
