@@ -41,6 +41,13 @@ class ConsoleReporter:
         console.print(f"  [dim]{text}[/]")
 
 
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def _system():
     from djship.deploy.lifecycle import LocalSystem, load_plan
 
@@ -186,12 +193,140 @@ def releases(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("", "RELEASE", "SERVERS"):
-        table.add_column(column)
+    table = _table("", "RELEASE", "SERVERS")
     for row in rows:
         table.add_row("*" if row["live"] else "", row["id"], ", ".join(row["servers"]) or "-")
     console.print(table)
+
+
+def _backups():
+    from djship.ops.backup import Backups
+
+    return Backups(_system())
+
+
+@main.command()
+def backup() -> None:
+    """Back up the live database (pg_dump, one consistent snapshot) and the media files.
+
+    \b
+    Writes <backup.dir>/<UTC time>/ (default .djship/backups): database.dump, media.tar and
+    manifest.json with a sha256 of each file and the row count of every table. Keeps the newest
+    backup of each of the last backup.keep days (and every backup of today); removes the others.
+    """
+    from djship.ops.archive import human_size
+
+    started = time.monotonic()
+    result = _backups().backup()
+    taken = result.backup
+    console.print(
+        f"[green]Backed up[/] database {taken.manifest.database} and media as {taken.name} "
+        f"({human_size(taken.manifest.size)}, {sum(taken.manifest.rows.values())} rows) in {time.monotonic() - started:.1f}s"
+    )
+    console.print(f"  {taken.path}")
+    if result.pruned:
+        console.print(f"  removed old backups {', '.join(result.pruned)}")
+
+
+@main.command(name="backups")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backups_(as_json: bool) -> None:
+    """List the backups, oldest first, with their size and age."""
+    from datetime import datetime, timezone
+
+    from djship.ops.archive import human_age, human_size
+
+    now = datetime.now(timezone.utc)
+    rows = []
+    for entry in _backups().list():
+        manifest = entry.manifest
+        rows.append({
+            "name": entry.name,
+            "path": str(entry.path),
+            "created": manifest.created if manifest else None,
+            "age_seconds": int((now - entry.created).total_seconds()),
+            "size": manifest.size if manifest else None,
+            "database": manifest.database if manifest else None,
+            "release": manifest.release if manifest else None,
+            "rows": sum(manifest.rows.values()) if manifest else None,
+            "note": manifest.note if manifest else "no readable manifest.json: cannot be restored",
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("No backups yet; `djship backup` takes one.")
+        return
+    table = _table("BACKUP", "AGE", "SIZE", "DATABASE", "ROWS", "NOTE")
+    for row in rows:
+        size = human_size(row["size"]) if row["size"] is not None else "-"
+        table.add_row(row["name"], human_age(row["age_seconds"]), size, row["database"] or "-",
+                      str(row["rows"] if row["rows"] is not None else "-"), row["note"])
+    console.print(table)
+
+
+@main.command()
+@click.argument("backup_name", metavar="BACKUP")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def restore(backup_name: str, yes: bool) -> None:
+    """Restore BACKUP (a name from `djship backups`, or a backup directory) without failing a request.
+
+    \b
+    Verifies every file's checksum first (a damaged backup changes nothing), takes a safety backup,
+    restores into a NEW database and media directory, checks every table's row count against the
+    backup, then switches the app servers one batch at a time (drain -> restart -> health check ->
+    rotation). The previous database is kept; `djship drop-database NAME --yes` removes it.
+    """
+    if not yes and not sys.stdin.isatty():
+        raise DjshipError("restore switches the site to the backup's data; re-run with --yes to confirm "
+                          "(there is no terminal to ask on)")
+    started = time.monotonic()
+    backups = _backups()
+    with backups.reporter.step(f"Verifying backup {backup_name} (checksums, dump contents)"):
+        verified = backups.verify(backup_name)
+    manifest = verified.manifest
+    if not yes and not click.confirm(
+        f"Restore {verified.name} (database {manifest.database}, {sum(manifest.rows.values())} rows, taken "
+        f"{manifest.created}) and switch the site to it? Writes made after it will no longer be served"
+    ):
+        raise DjshipError("restore cancelled; nothing was changed")
+    result = backups.restore(verified)
+    console.print(
+        f"[green]Restored[/] {verified.name} in {time.monotonic() - started:.1f}s: the site now uses database "
+        f"{result.database} and media {result.media}"
+    )
+    console.print(f"  safety backup of what was live: {result.safety_backup}")
+    console.print(
+        f"  the previous database {result.previous.database} and media {result.previous.media} are kept; "
+        f"remove them with `djship drop-database {result.previous.database} --yes` and `rm -r {result.previous.media}`"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def databases(as_json: bool) -> None:
+    """List the app's databases: the live one (*) and those kept by earlier restores."""
+    from djship.ops.archive import human_size
+
+    rows = _backups().databases()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = _table("", "DATABASE", "SIZE")
+    for row in rows:
+        table.add_row("*" if row["live"] else "", row["name"], human_size(row["size"]))
+    console.print(table)
+
+
+@main.command(name="drop-database")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Really drop it.")
+def drop_database(name: str, yes: bool) -> None:
+    """DROP a database that an earlier restore left behind (never the live one)."""
+    if not yes:
+        raise DjshipError(f"drop-database deletes {name} and every row in it; re-run with --yes to confirm")
+    _backups().drop_database(name)
+    console.print(f"Dropped database {name}.")
 
 
 @main.command()
@@ -254,10 +389,11 @@ def destroy(yes: bool) -> None:
 
 
 def _print_status(report: dict) -> None:
-    console.print(f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   CA {report['ca_path']}")
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH"):
-        table.add_column(column)
+    console.print(
+        f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database']}   "
+        f"CA {report['ca_path']}"
+    )
+    table = _table("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
     rows = report["components"]
     apps = [row for row in rows if row["role"] == "app"]
     for row in rows:

@@ -230,6 +230,28 @@ class ServersConfig(_Section):
     db: str
 
 
+class BackupConfig(_Section):
+    dir: str | None = None
+    keep: int = Field(default=7, ge=1, le=3650)
+    schedule: str | None = None
+
+    @field_validator("dir")
+    @classmethod
+    def _directory(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or ":" in value):
+            raise ValueError(
+                "must be a directory on this machine (relative to the project or absolute); remote hosts come later"
+            )
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _time_of_day(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError('must be a UTC time of day as "HH:MM", e.g. "03:30"')
+        return value
+
+
 class Config(_Section):
     project: ProjectConfig
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -238,6 +260,7 @@ class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
     state_dir: str = ".djship"
     service_user: str = "djship"
     servers: ServersConfig | None = None

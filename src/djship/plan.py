@@ -56,6 +56,11 @@ class AppServer:
         return self.dir / "nginx-temp"
 
     @property
+    def media_link(self) -> Path:
+        """The media directory this server serves and writes: a symlink, switched with the database on restore."""
+        return self.dir / "media"
+
+    @property
     def programs(self) -> tuple[str, str]:
         return (f"{self.name}-gunicorn", f"{self.name}-nginx")
 
@@ -121,8 +126,32 @@ class Paths:
         return self.state / "venvs"
 
     @property
+    def shared(self) -> Path:
+        return self.state / "shared"
+
+    @property
     def media(self) -> Path:
-        return self.state / "shared" / "media"
+        """The media directory until a restore makes another one live (see `live`)."""
+        return self.shared / "media"
+
+    @property
+    def live(self) -> Path:
+        """Which database and media directory the app uses, when a restore changed them (read by the settings)."""
+        return self.state / "live.json"
+
+    @property
+    def restoring(self) -> Path:
+        """live.json's shape, naming the database a restore is about to switch to (for its migrate)."""
+        return self.state / "restoring.json"
+
+    @property
+    def backups(self) -> Path:
+        """The default backup directory (backup.dir changes it)."""
+        return self.state / "backups"
+
+    @property
+    def backup_lock(self) -> Path:
+        return self.state / "backup.lock"
 
     @property
     def servers(self) -> Path:
@@ -171,6 +200,14 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class BackupPlan:
+    dir: Path
+    keep: int
+    schedule: str | None
+    """UTC "HH:MM" at which the supervised scheduler runs `djship backup` daily; None: no scheduler."""
+
+
+@dataclass(frozen=True)
 class Plan:
     project_dir: Path
     settings_module: str
@@ -195,6 +232,7 @@ class Plan:
     health_timeout: int
     batch_size: int
     keep_releases: int
+    backup: BackupPlan
     database: Database
     paths: Paths
     service_user: str | None
@@ -273,6 +311,11 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
         health_timeout=config.deploy.health_timeout,
         batch_size=config.deploy.batch_size,
         keep_releases=config.deploy.keep_releases,
+        backup=BackupPlan(
+            dir=(project_dir / config.backup.dir).resolve() if config.backup.dir else paths.backups,
+            keep=config.backup.keep,
+            schedule=config.backup.schedule,
+        ),
         database=database,
         paths=paths,
         service_user=config.service_user if running_as_root else None,

@@ -139,6 +139,11 @@ mode = "local"                 # a certificate from djship's own CA (.djship/tls
 batch_size = 1                 # app servers switched to a new release at a time (the rest keep serving)
 keep_releases = 5              # releases kept for `djship rollback`
 health_timeout = 60            # seconds a switched server has to pass its health check before it is rolled back
+
+[backup]
+keep = 7                       # days of backups kept: the newest of each day, plus every backup of today
+# dir = "/var/backups/mysite"  # where `djship backup` writes (default .djship/backups, which destroy deletes)
+# schedule = "03:30"           # a daily `djship backup` at this UTC time, run by the supervisor
 '''
 
 

@@ -4,12 +4,22 @@ Rendered by djship for release 20260101-000000; edits are overwritten by the nex
 """
 
 import json
+import os
 
 from board.settings import *  # noqa: F401,F403
 from board.settings import MIDDLEWARE as _PROJECT_MIDDLEWARE
 
 with open("/srv/example/board/.djship/secrets/app.json", encoding="utf-8") as _secrets_file:
     _SECRETS = json.load(_secrets_file)
+
+# The live database and media directory; `djship restore` changes them without a new release
+# (and points DJSHIP_LIVE_FILE elsewhere to migrate the database it is about to switch to).
+_LIVE = {"database": "board", "media": "/srv/example/board/.djship/shared/media"}
+try:
+    with open(os.environ.get("DJSHIP_LIVE_FILE", "/srv/example/board/.djship/live.json"), encoding="utf-8") as _live_file:
+        _LIVE.update(json.load(_live_file))
+except FileNotFoundError:
+    pass
 
 DEBUG = False
 SECRET_KEY = _SECRETS["secret_key"]
@@ -28,7 +38,7 @@ SECURE_HSTS_PRELOAD = True
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": "board",
+        "NAME": _LIVE["database"],
         "USER": "board",
         "PASSWORD": _SECRETS["database_password"],
         "HOST": "127.0.2.1",
@@ -42,7 +52,7 @@ DATABASES = {
 STATIC_URL = "/static/"
 STATIC_ROOT = "/srv/example/board/.djship/releases/20260101-000000/static"
 MEDIA_URL = "/media/"
-MEDIA_ROOT = "/srv/example/board/.djship/shared/media"
+MEDIA_ROOT = _LIVE["media"]
 
 DJSHIP_RELEASE = "20260101-000000"
 DJSHIP_HEALTH_PATH = "/-/djship/health"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 from psycopg import sql
 
@@ -9,6 +12,12 @@ from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
 from djship.waiting import wait_until
+
+# Every table of the app, as schema-qualified identifiers; system schemas are not the app's data.
+TABLES_QUERY = (
+    "SELECT schemaname, tablename FROM pg_tables "
+    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY schemaname, tablename"
+)
 
 
 class DatabaseServer:
@@ -50,16 +59,19 @@ class DatabaseServer:
         )
         return result.ok
 
-    def _admin_connection(self, superuser_password: str) -> psycopg.Connection:
+    def admin_connection(
+        self, superuser_password: str, database: str = "postgres", autocommit: bool = True
+    ) -> psycopg.Connection:
         return psycopg.connect(
             host=self.db.address, port=self.db.port, user=self.db.superuser, password=superuser_password,
-            dbname="postgres", autocommit=True, connect_timeout=10,
+            dbname=database, autocommit=autocommit, connect_timeout=10,
         )
 
-    def ensure_app_database(self, superuser_password: str, app_password: str) -> None:
-        """Create the app's role and database, or bring the role's password in line with the secrets file."""
+    @contextmanager
+    def administering(self) -> Iterator[None]:
+        """Turn PostgreSQL's refusals into one line naming where the superuser password is."""
         try:
-            self._ensure_app_database(superuser_password, app_password)
+            yield
         except psycopg.Error as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DjshipError(
@@ -67,15 +79,48 @@ class DatabaseServer:
                 f"the superuser password is in {self.plan.paths.admin_secrets}"
             ) from None
 
-    def _ensure_app_database(self, superuser_password: str, app_password: str) -> None:
-        with self._admin_connection(superuser_password) as connection:
+    def ensure_app_database(self, superuser_password: str, app_password: str, database: str) -> None:
+        """Create the app's role and its live database, or bring the role's password in line with the secrets
+        file. database is the live one: database.name until a restore switched to another."""
+        with self.administering(), self.admin_connection(superuser_password) as connection:
             role = sql.Identifier(self.db.user)
             exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.db.user,)).fetchone()
             verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
             connection.execute(
                 sql.SQL("{} {} LOGIN PASSWORD {}").format(verb, role, sql.Literal(app_password))
             )
-            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.db.name,)).fetchone():
-                connection.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(self.db.name), role)
+            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role))
+            # pg_hba.conf lets the app's role reach every database; only those it owns should accept it.
+            connection.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
+
+    def app_databases(self, superuser_password: str) -> dict[str, int]:
+        """The databases the app's role owns, with their size in bytes."""
+        with self.administering(), self.admin_connection(superuser_password) as connection:
+            rows = connection.execute(
+                "SELECT datname, pg_database_size(datname) FROM pg_database "
+                "WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s) ORDER BY datname",
+                (self.db.user,),
+            ).fetchall()
+        return {name: size for name, size in rows}
+
+    def create_database(self, superuser_password: str, name: str) -> None:
+        """A new, empty database owned by the app's role."""
+        with self.administering(), self.admin_connection(superuser_password) as connection:
+            connection.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
+                    sql.Identifier(name), sql.Identifier(self.db.user)
                 )
+            )
+
+    def drop_database(self, superuser_password: str, name: str) -> None:
+        with self.administering(), self.admin_connection(superuser_password) as connection:
+            connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def row_counts(self, connection: psycopg.Connection) -> dict[str, int]:
+        """Rows per table ("schema.table") as this connection's transaction sees them."""
+        counts = {}
+        for schema, table in connection.execute(TABLES_QUERY).fetchall():
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            counts[f"{schema}.{table}"] = connection.execute(query).fetchone()[0]
+        return counts

@@ -21,6 +21,7 @@ from djship.components.supervisor import Supervisor
 from djship.config import load_config
 from djship.connectors import CommandFailed, Connector
 from djship.connectors.local import LocalConnector
+from djship.deploy.live import read_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
@@ -116,9 +117,12 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
     connector.makedirs(paths.supervisor, mode=0o700)
     connector.makedirs(paths.balancer, mode=0o700, owner=owner)
     connector.makedirs(paths.media, mode=0o755, owner=owner)
+    media = read_live(plan, connector).media
     for server in plan.app_servers:
         connector.makedirs(server.dir, mode=0o700, owner=owner)
         connector.makedirs(server.nginx_temp, mode=0o700, owner=owner)
+        if not server.media_link.is_symlink():
+            link_atomically(server.media_link, media)
         if not server.access_log.exists():
             connector.put(server.access_log, "", owner=owner)
     if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:
@@ -228,8 +232,9 @@ class LocalSystem:
         with self.reporter.step(f"Starting PostgreSQL on {plan.database.endpoint}"):
             self.supervisor.start("postgres")
             self.database.wait_ready(READY_TIMEOUT)
-        with self.reporter.step(f"Database {plan.database.name!r} and role {plan.database.user!r}"):
-            self.database.ensure_app_database(secrets_.superuser_password, secrets_.database_password)
+        live_database = read_live(plan, connector).database
+        with self.reporter.step(f"Database {live_database!r} and role {plan.database.user!r}"):
+            self.database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live_database)
         release = current_release(plan)
         if release is None:
             builder = ReleaseBuilder(plan, connector, self.reporter)
@@ -242,11 +247,18 @@ class LocalSystem:
         for server in plan.app_servers:
             self.start_app_server(server, release)
         self._start_balancer()
+        self._start_backup_scheduler()
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+
+    def _start_backup_scheduler(self) -> None:
+        if self.plan.backup.schedule:
+            with self.reporter.step(f"Starting the daily backup at {self.plan.backup.schedule} UTC ({render.BACKUP_SCHEDULER})"):
+                self.supervisor.start(render.BACKUP_SCHEDULER)
 
     def start_app_server(self, server: AppServer, release: Release) -> None:
         with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
             link_atomically(server.release_link, release.dir)
+            link_atomically(server.media_link, read_live(self.plan, self.connector).media)
             self.supervisor.start(*server.programs)
             self.wait_healthy(server, release)
 
@@ -385,6 +397,11 @@ class LocalSystem:
             with self.reporter.step(f"Putting {', '.join(out_of_rotation)} back into rotation"):
                 for name in out_of_rotation:
                     self.balancer.set_state(name, "ready")
+        if render.BACKUP_SCHEDULER in not_running:
+            self._start_backup_scheduler()
+        elif render.BACKUP_SCHEDULER in changed:
+            with self.reporter.step(f"Restarting {render.BACKUP_SCHEDULER} (its schedule changed)"):
+                self.supervisor.restart(render.BACKUP_SCHEDULER, reconfigure=reconfigured)
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
 
     def _take_out_for_good(self, names: list[str]) -> None:
@@ -475,11 +492,16 @@ class LocalSystem:
             components.append(entry(gunicorn, "app", f"unix:{server.socket}", health, server.name))
         db_health = "accepting" if running and self.database.is_ready() else "down"
         components.append(entry("postgres", "database", plan.database.endpoint, db_health))
+        if plan.backup.schedule:
+            components.append(
+                entry(render.BACKUP_SCHEDULER, "backup", f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}", "scheduled")
+            )
         return {
             "url": plan.url,
             "ca_path": str(plan.paths.ca_cert),
             "running": running,
             "release": release.id if release else None,
+            "database": read_live(plan, self.connector).database,
             "supervisor_pid": self.supervisor.pid() if running else None,
             "components": components,
         }

@@ -17,14 +17,17 @@ from djship.errors import DjshipError
 
 
 @contextmanager
-def exclusive(path: Path, operation: str) -> Iterator[None]:
+def exclusive(
+    path: Path, operation: str, busy: str = "another deploy, rollback, scale or up is running"
+) -> Iterator[None]:
+    """Hold the lock at path for operation; refuse with busy (and who holds it) when another process has it."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "another process"
-            raise DjshipError(f"another deploy, rollback, scale or up is running ({holder}); wait for it to finish") from None
+            raise DjshipError(f"{busy} ({holder}); wait for it to finish") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{operation} by pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
         yield

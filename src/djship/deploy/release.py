@@ -178,14 +178,18 @@ class ReleaseBuilder:
     def manage(self, release: Release, *args: str, what: str) -> Result:
         return self._python(release, str(release.app / "manage.py"), *args, what=what)
 
-    def migrate(self, release: Release) -> Result:
-        """Migrate once, under a PostgreSQL advisory lock, before any app server runs this release."""
-        return self._python(release, "-m", "djship_production.migrate", what="manage.py migrate")
+    def migrate(self, release: Release, live_file: Path | None = None) -> Result:
+        """Migrate once, under a PostgreSQL advisory lock, before any app server runs this release.
 
-    def _python(self, release: Release, *args: str, what: str) -> Result:
+        live_file: migrate the database that file names instead of the live one (a restore, before it switches).
+        """
+        environment = {"DJSHIP_LIVE_FILE": str(live_file)} if live_file else {}
+        return self._python(release, "-m", "djship_production.migrate", what="manage.py migrate", environment=environment)
+
+    def _python(self, release: Release, *args: str, what: str, environment: dict[str, str] | None = None) -> Result:
         return self._run(
             release.id, what, [str(release.python), *args],
-            user=self.plan.service_user, env=release.environment(), cwd=release.app,
+            user=self.plan.service_user, env={**release.environment(), **(environment or {})}, cwd=release.app,
         )
 
     def _interpreter(self) -> str:

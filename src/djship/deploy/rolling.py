@@ -8,7 +8,7 @@ whose new release does not pass its health check goes back to the release it ran
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,14 +41,14 @@ class Rollout:
         return release
 
     @contextmanager
-    def _exclusive(self, operation: str) -> Iterator[Release]:
+    def locked(self, operation: str) -> Iterator[Release]:
         """Refuse at once when nothing runs, then hold the deploy lock; yields the live release."""
         self._live_release()
         with exclusive(self.plan.paths.deploy_lock, operation):
             yield self._live_release()
 
     def deploy(self) -> Release:
-        with self._exclusive("deploy") as live:
+        with self.locked("deploy") as live:
             builder = ReleaseBuilder(self.plan, self.system.connector, self.reporter)
             try:
                 release = builder.build()
@@ -65,7 +65,7 @@ class Rollout:
             return release
 
     def rollback(self, release_id: str | None) -> Release:
-        with self._exclusive("rollback") as live:
+        with self.locked("rollback") as live:
             releases = list_releases(self.plan)
             if release_id is None:
                 older = [release for release in releases if release.id < live.id]
@@ -87,32 +87,60 @@ class Rollout:
             return target
 
     def _switch(self, target: Release) -> None:
-        for batch in _batches(self.plan.app_servers, self.plan.batch_size):
-            self._switch_batch(batch, target)
+        previous = {server.name: Release.at(server.release_link.resolve()) for server in self.plan.app_servers}
+        self.roll(
+            f"release {target.id}",
+            lambda server: self._run_on(server, target),
+            lambda server: self._run_on(server, previous[server.name]),
+        )
         link_atomically(self.plan.paths.current, target.dir)
 
     def _run_on(self, server: AppServer, release: Release) -> None:
         """nginx follows the release link by itself (static files); only gunicorn restarts."""
-        gunicorn, _ = server.programs
         link_atomically(server.release_link, release.dir)
+        self.restart_app(server, release)
+
+    def restart_app(self, server: AppServer, release: Release) -> None:
+        """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
+        gunicorn, _ = server.programs
         self.system.supervisor.restart(gunicorn)
         self.system.wait_healthy(server, release)
 
-    def _switch_batch(self, batch: tuple[AppServer, ...], target: Release) -> None:
-        previous = {server.name: Release.at(server.release_link.resolve()) for server in batch}
+    def roll(self, what: str, apply: Callable[[AppServer], None], revert: Callable[[AppServer], None]) -> None:
+        """Apply a change to every app server, a batch at a time: drain -> apply (which restarts and health-checks)
+        -> back into rotation. When a server fails, its batch and every batch switched before it are reverted,
+        each out of rotation again, so no server is left on the change; raises "<what> failed on appN: ...".
+        """
+        done: list[tuple[AppServer, ...]] = []
+        for batch in _batches(self.plan.app_servers, self.plan.batch_size):
+            try:
+                self._switch_batch(batch, what, apply, revert)
+            except DjshipError:
+                for earlier in reversed(done):
+                    with self.system.out_of_rotation(earlier):
+                        with self.reporter.step(f"Returning {_names(earlier)} to how they were"):
+                            for server in earlier:
+                                revert(server)
+                raise
+            done.append(batch)
+
+    def _switch_batch(
+        self, batch: tuple[AppServer, ...], what: str, apply: Callable[[AppServer], None],
+        revert: Callable[[AppServer], None],
+    ) -> None:
         failure = None
         with self.system.out_of_rotation(batch):
             switched: list[AppServer] = []
             try:
                 for server in batch:
                     switched.append(server)
-                    with self.reporter.step(f"Restarting {server.name} on release {target.id} and checking its health"):
-                        self._run_on(server, target)
+                    with self.reporter.step(f"Restarting {server.name} on {what} and checking its health"):
+                        apply(server)
             except DjshipError as error:
-                failure = f"release {target.id} failed on {server.name}: {error}"
-                with self.reporter.step(f"Returning {_names(tuple(switched))} to the previous release"):
+                failure = f"{what} failed on {server.name}: {error}"
+                with self.reporter.step(f"Returning {_names(tuple(switched))} to how they were"):
                     for server in switched:
-                        self._run_on(server, previous[server.name])
+                        revert(server)
         if failure:
             raise DjshipError(failure)
 
@@ -124,7 +152,7 @@ class Rollout:
 
     def scale(self, count: int) -> int:
         """Add or remove app servers while serving (through `up`'s reconciliation); returns how many there were."""
-        with self._exclusive("scale"):
+        with self.locked("scale"):
             config_path = self.plan.project_dir / CONFIG_FILE
             original = config_path.read_text(encoding="utf-8")
             text = with_values(original, {"app.servers": count})

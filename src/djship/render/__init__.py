@@ -34,6 +34,11 @@ class Program:
     stopwaitsecs: int
     directory: str | None = None
     environment: str | None = None
+    user: str | None = None
+    """Who it runs as; None: the user supervisord runs as."""
+
+
+BACKUP_SCHEDULER = "backup-scheduler"
 
 
 def nginx_conf(plan: Plan, server: AppServer) -> str:
@@ -66,6 +71,7 @@ def programs(plan: Plan) -> list[Program]:
             command=f"{quote(plan.tools.pg('postgres'))} -D {quote(str(plan.database.data_dir))}",
             stopsignal="INT",
             stopwaitsecs=60,
+            user=plan.service_user,
         )
     ]
     for server in plan.app_servers:
@@ -77,6 +83,7 @@ def programs(plan: Plan) -> list[Program]:
                 directory=str(server.dir),
                 stopsignal="TERM",
                 stopwaitsecs=plan.gunicorn_timeout + 5,
+                user=plan.service_user,
             )
         )
         result.append(
@@ -88,6 +95,7 @@ def programs(plan: Plan) -> list[Program]:
                 ),
                 stopsignal="QUIT",
                 stopwaitsecs=plan.nginx_timeout,
+                user=plan.service_user,
             )
         )
     result.append(
@@ -96,8 +104,23 @@ def programs(plan: Plan) -> list[Program]:
             command=f"{quote(plan.tools.haproxy)} -W -db -f {quote(str(plan.paths.haproxy_conf))}",
             stopsignal="USR1",
             stopwaitsecs=plan.balancer_timeout + 5,
+            user=plan.service_user,
         )
     )
+    if plan.backup.schedule:
+        # As the user running djship: a backup reads the superuser password and writes the backup directory.
+        result.append(
+            Program(
+                name=BACKUP_SCHEDULER,
+                command=(
+                    f"{quote(plan.tools.python)} -m djship.ops.schedule --at {plan.backup.schedule} "
+                    f"{quote(str(plan.project_dir))}"
+                ),
+                directory=str(plan.project_dir),
+                stopsignal="TERM",
+                stopwaitsecs=10,
+            )
+        )
     return result
 
 

@@ -1,0 +1,1 @@
+"""Operations on a running system beyond deploys: backups and restore."""

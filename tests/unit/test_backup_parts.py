@@ -1,0 +1,214 @@
+"""The pure parts of backup and restore: names, exact command lines, the manifest, checksums, retention,
+the schedule, the live-state file, the [backup] config and the scheduler program."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from djship import render
+from djship.config import parse_config
+from djship.deploy.live import Live, parse_live
+from djship.errors import DjshipError
+from djship.ops import archive
+from djship.ops.archive import FileEntry, Manifest
+from djship.ops.schedule import backup_argv
+
+DIGEST_A = "a" * 64
+DIGEST_B = "b" * 64
+
+
+def _manifest(**changes) -> Manifest:
+    values = dict(
+        created="2026-11-25T20:30:00+00:00", database="board", release="20261125-202901", djship="0.1.0",
+        files={"database.dump": FileEntry(DIGEST_A, 1000), "media.tar": FileEntry(DIGEST_B, 20)},
+        rows={"public.posts_post": 3, "public.auth_user": 1},
+    )
+    return Manifest(**{**values, **changes})
+
+
+def test_backups_are_named_by_utc_time_and_only_such_names_are_backups():
+    when = datetime(2026, 11, 25, 21, 30, 5, tzinfo=timezone.utc)
+    assert archive.backup_name(when) == "20261125T213005Z"
+    assert archive.backup_time("20261125T213005Z") == when
+    assert archive.backup_time("20261125T213005Z-2") == when
+    assert archive.backup_time(".20261125T213005Z.partial") is None
+    assert archive.backup_time("notes") is None
+
+
+def test_a_restore_creates_a_database_named_after_the_app_and_the_time():
+    when = datetime(2026, 11, 25, 21, 30, 5, tzinfo=timezone.utc)
+    assert archive.restored_database_name("board", when) == "board_20261125213005"
+    assert len(archive.restored_database_name("x" * 63, when)) <= 63
+
+
+def test_pg_dump_dumps_the_counted_snapshot_with_no_password_on_the_command_line(make_plan):
+    db = make_plan().database
+    argv = archive.pg_dump_argv("/usr/lib/postgresql/15/bin/pg_dump", db, "board", "00000003-1", Path("/b/database.dump"))
+    assert argv == [
+        "/usr/lib/postgresql/15/bin/pg_dump", "--host", "127.0.2.1", "--port", "15432", "--username", "postgres",
+        "--no-password", "--format=custom", "--snapshot=00000003-1", "--file=/b/database.dump", "board",
+    ]
+
+
+def test_pg_restore_makes_the_app_role_own_everything_all_or_nothing(make_plan):
+    db = make_plan().database
+    argv = archive.pg_restore_argv("pg_restore", db, "board_20261125213005", Path("/b/database.dump"))
+    assert argv == [
+        "pg_restore", "--host", "127.0.2.1", "--port", "15432", "--username", "postgres", "--no-password",
+        "--dbname=board_20261125213005", "--no-owner", "--no-privileges", "--role=board", "--single-transaction",
+        "--exit-on-error", "/b/database.dump",
+    ]
+    assert archive.pg_restore_list_argv("pg_restore", Path("/b/database.dump")) == ["pg_restore", "--list", "/b/database.dump"]
+
+
+def test_file_command_lines():
+    assert archive.tar_create_argv(Path("/s/media"), Path("/b/media.tar")) == [
+        "tar", "--create", "--file=/b/media.tar", "--directory=/s/media", ".",
+    ]
+    assert archive.tar_extract_argv(Path("/b/media.tar"), Path("/s/media-1")) == [
+        "tar", "--extract", "--file=/b/media.tar", "--directory=/s/media-1", "--no-overwrite-dir",
+    ]
+    assert archive.sha256sum_argv([Path("/b/a"), Path("/b/-b")]) == ["sha256sum", "--", "/b/a", "/b/-b"]
+    assert archive.stat_sizes_argv([Path("/b/a")]) == ["stat", "--format=%s %n", "--", "/b/a"]
+    assert archive.remove_argv(Path("/b/x")) == ["rm", "-rf", "--", "/b/x"]
+    assert archive.rename_argv(Path("/b/.x.partial"), Path("/b/x")) == [
+        "mv", "--no-target-directory", "--", "/b/.x.partial", "/b/x",
+    ]
+
+
+def test_sha256sum_and_stat_output_are_parsed_by_file_name():
+    output = f"{DIGEST_A}  /b/20261125T213005Z/database.dump\n{DIGEST_B} */b/20261125T213005Z/media.tar\n"
+    assert archive.parse_sha256sum(output) == {"database.dump": DIGEST_A, "media.tar": DIGEST_B}
+    assert archive.parse_sha256sum("sha256sum: /b/x: No such file or directory\n") == {}
+    assert archive.parse_stat_sizes("1000 /b/database.dump\n20 /b/media.tar\n") == {"database.dump": 1000, "media.tar": 20}
+
+
+def test_the_manifest_round_trips_and_sums_its_sizes():
+    manifest = _manifest(note="safety backup before restoring 20261124T000000Z")
+    parsed = archive.parse_manifest(manifest.to_json(), Path("/b/manifest.json"))
+    assert parsed == manifest and parsed.size == 1020
+    assert json.loads(manifest.to_json())["files"]["database.dump"] == {"sha256": DIGEST_A, "size": 1000}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "/b/manifest.json is missing"),
+        ("{not json", "is not a valid djship backup manifest"),
+        ('{"format": 2}', "has format 2; this djship reads format 1"),
+        ('{"format": 1, "created": "x"}', "is not a valid djship backup manifest"),
+    ],
+)
+def test_a_bad_manifest_is_refused_with_one_line(text, message):
+    with pytest.raises(DjshipError, match=message):
+        archive.parse_manifest(text, Path("/b/manifest.json"))
+
+
+def test_a_manifest_without_the_dump_or_with_a_bad_checksum_is_refused():
+    no_dump = _manifest(files={"media.tar": FileEntry(DIGEST_B, 20)}).to_json()
+    with pytest.raises(DjshipError, match="lists no database.dump"):
+        archive.parse_manifest(no_dump, Path("/b/manifest.json"))
+    bad = _manifest(files={"database.dump": FileEntry("xyz", 1), "media.tar": FileEntry(DIGEST_B, 2)}).to_json()
+    with pytest.raises(DjshipError, match="a bad entry database.dump"):
+        archive.parse_manifest(bad, Path("/b/manifest.json"))
+
+
+def test_checksums_name_every_damaged_or_missing_file():
+    manifest = _manifest()
+    assert archive.checksum_problems(manifest, {"database.dump": DIGEST_A, "media.tar": DIGEST_B}) == []
+    assert archive.checksum_problems(manifest, {"database.dump": DIGEST_B}) == [
+        "database.dump does not match its sha256 (the file is corrupted or was changed)",
+        "media.tar is missing",
+    ]
+
+
+def test_row_counts_must_match_table_by_table():
+    expected = {"public.posts_post": 3, "public.auth_user": 1}
+    assert archive.row_count_problems(expected, dict(expected)) == []
+    assert archive.row_count_problems(expected, {"public.posts_post": 5, "public.extra": 0}) == [
+        "public.auth_user: no table rows, the backup has 1",
+        "public.posts_post: 5 rows, the backup has 3",
+        "public.extra: not in the backup",
+    ]
+
+
+def test_retention_keeps_the_newest_of_each_of_the_last_n_days_and_all_of_today():
+    names = [
+        "20261120T030000Z",                      # day 1
+        "20261121T030000Z", "20261121T120000Z",  # day 2: only the newest stays
+        "20261123T030000Z",                      # day 3
+        "20261125T030000Z", "20261125T120000Z", "20261125T120000Z-2",  # today: all stay
+        "not-a-backup",
+    ]
+    assert archive.expired(names, keep=3, today=date(2026, 11, 25)) == ["20261120T030000Z", "20261121T030000Z"]
+    assert archive.expired(names, keep=2, today=date(2026, 11, 25)) == [
+        "20261120T030000Z", "20261121T030000Z", "20261121T120000Z",
+    ]
+    assert archive.expired(names, keep=7, today=date(2026, 11, 25)) == ["20261121T030000Z"]
+    # Days without a backup do not count: a week of silence does not delete the last good backups.
+    assert archive.expired(["20260101T000000Z", "20260102T000000Z"], keep=2, today=date(2026, 11, 25)) == []
+
+
+def test_the_daily_schedule_waits_until_the_next_utc_time_of_day():
+    now = datetime(2026, 11, 25, 3, 0, 0, tzinfo=timezone.utc)
+    assert archive.seconds_until(now, "03:30") == 1800
+    assert archive.seconds_until(now, "03:00") == 86400
+    assert archive.seconds_until(now, "02:00") == 23 * 3600
+
+
+def test_the_scheduler_runs_the_backup_command_of_its_project():
+    assert backup_argv("/srv/site")[1:] == ["-m", "djship", "-C", "/srv/site", "backup"]
+
+
+def test_sizes_and_ages_read_well():
+    assert [archive.human_size(n) for n in (0, 2048, 5 * 1024**3)] == ["0 B", "2.0 KB", "5.0 GB"]
+    assert [archive.human_age(s) for s in (5, 600, 7300, 3 * 86400)] == ["5s", "10m", "2h", "3d"]
+
+
+def test_the_live_state_defaults_to_the_plan_and_names_a_broken_file(make_plan):
+    plan = make_plan()
+    assert parse_live(plan, None) == Live("board", plan.paths.media)
+    live = Live("board_20261125213005", Path("/srv/example/board/.djship/shared/media-20261125T213005Z"))
+    assert parse_live(plan, live.to_json().encode()) == live
+    with pytest.raises(DjshipError, match="live.json is not valid"):
+        parse_live(plan, b"{}")
+
+
+def test_backup_config_defaults_and_errors_with_key_paths(make_plan):
+    plan = make_plan()
+    assert (plan.backup.dir, plan.backup.keep, plan.backup.schedule) == (plan.paths.state / "backups", 7, None)
+    assert make_plan(backup={"dir": "/var/backups/board"}).backup.dir == Path("/var/backups/board")
+    assert make_plan(backup={"dir": "../backups"}).backup.dir == Path("/srv/example/backups")
+    base = '[project]\nsettings_module = "a.settings"\nwsgi_application = "a.wsgi.application"\n'
+    for table, message in [
+        ('keep = 0', "backup.keep: Input should be greater than or equal to 1"),
+        ('schedule = "3:30"', 'backup.schedule: must be a UTC time of day as "HH:MM"'),
+        ('dir = "host:/backups"', "backup.dir: must be a directory on this machine"),
+    ]:
+        with pytest.raises(DjshipError, match=message):
+            parse_config(f"{base}[backup]\n{table}\n")
+
+
+def test_the_scheduler_is_supervised_only_when_scheduled_and_runs_as_the_invoking_user(make_plan):
+    assert render.BACKUP_SCHEDULER not in {p.name for p in render.programs(make_plan(running_as_root=True))}
+    plan = make_plan(running_as_root=True, backup={"schedule": "03:30"})
+    scheduler = next(p for p in render.programs(plan) if p.name == render.BACKUP_SCHEDULER)
+    assert scheduler.command == "/usr/bin/python3 -m djship.ops.schedule --at 03:30 /srv/example/board"
+    assert scheduler.user is None
+    assert {p.user for p in render.programs(plan) if p.name != render.BACKUP_SCHEDULER} == {"djship"}
+    conf = render.supervisord_conf(plan)
+    section = conf.split("[program:backup-scheduler]")[1]
+    assert "user = " not in section and "autostart = false" in section
+
+
+def test_every_app_server_serves_media_through_its_own_link(make_plan):
+    plan = make_plan(app={"servers": 2})
+    for server in plan.app_servers:
+        assert f"alias {server.dir}/media/;" in render.nginx_conf(plan, server)
+    settings = render.production_settings(plan, "20260101-000000", plan.paths.releases / "20260101-000000")
+    assert f'os.environ.get("DJSHIP_LIVE_FILE", "{plan.paths.live}")' in settings
+    assert '"NAME": _LIVE["database"]' in settings and 'MEDIA_ROOT = _LIVE["media"]' in settings

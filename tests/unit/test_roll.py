@@ -1,0 +1,63 @@
+"""Rollout.roll, the drain -> change -> health -> rotation loop shared by deploy, rollback and restore."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from djship.deploy.rolling import Rollout
+from djship.errors import DjshipError
+
+
+class _Reporter:
+    @contextmanager
+    def step(self, title):
+        yield
+
+    def note(self, text):
+        pass
+
+
+class _System:
+    def __init__(self, plan, events):
+        self.plan, self.reporter, self.events = plan, _Reporter(), events
+
+    @contextmanager
+    def out_of_rotation(self, servers):
+        self.events.append(("drain", tuple(s.name for s in servers)))
+        try:
+            yield
+        finally:
+            self.events.append(("ready", tuple(s.name for s in servers)))
+
+
+def test_every_server_is_changed_out_of_rotation_a_batch_at_a_time(make_plan):
+    events = []
+    rollout = Rollout(_System(make_plan(app={"servers": 3}, deploy={"batch_size": 2}), events))
+    rollout.roll("database board_1", lambda s: events.append(("apply", s.name)), lambda s: events.append(("revert", s.name)))
+    assert events == [
+        ("drain", ("app1", "app2")), ("apply", "app1"), ("apply", "app2"), ("ready", ("app1", "app2")),
+        ("drain", ("app3",)), ("apply", "app3"), ("ready", ("app3",)),
+    ]
+
+
+def test_a_failure_reverts_its_batch_and_then_every_earlier_batch_out_of_rotation(make_plan):
+    plan = make_plan(app={"servers": 3})
+    events = []
+    rollout = Rollout(_System(plan, events))
+
+    def apply(server):
+        events.append(("apply", server.name))
+        if server.name == "app3":
+            raise DjshipError("boom")
+
+    with pytest.raises(DjshipError, match=r"^release 2 failed on app3: boom$"):
+        rollout.roll("release 2", apply, lambda server: events.append(("revert", server.name)))
+    assert events == [
+        ("drain", ("app1",)), ("apply", "app1"), ("ready", ("app1",)),
+        ("drain", ("app2",)), ("apply", "app2"), ("ready", ("app2",)),
+        ("drain", ("app3",)), ("apply", "app3"), ("revert", "app3"), ("ready", ("app3",)),
+        ("drain", ("app2",)), ("revert", "app2"), ("ready", ("app2",)),
+        ("drain", ("app1",)), ("revert", "app1"), ("ready", ("app1",)),
+    ]
