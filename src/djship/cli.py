@@ -54,8 +54,6 @@ def _system():
     return LocalSystem(load_plan(find_project_dir(Path.cwd())), ConsoleReporter())
 
 
-
-
 class DjshipGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
@@ -349,9 +347,7 @@ def hosts(install: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
     else:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("HOST", "ADDRESS", "ROLES", "PYTHON", "INSTALLED", "MISSING"):
-            table.add_column(column)
+        table = _table("HOST", "ADDRESS", "ROLES", "PYTHON", "INSTALLED", "MISSING")
         for report in reports:
             missing = " ".join(report.missing) or ("-" if report.ready else "")
             table.add_row(
