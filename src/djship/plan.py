@@ -56,6 +56,11 @@ class AppServer:
         return self.dir / "nginx-temp"
 
     @property
+    def live_file(self) -> Path:
+        """The database and media directory this server's gunicorn uses (switched with media_link on restore)."""
+        return self.dir / "live.json"
+
+    @property
     def media_link(self) -> Path:
         """The media directory this server serves and writes: a symlink, switched with the database on restore."""
         return self.dir / "media"

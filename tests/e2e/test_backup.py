@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,33 @@ def test_restore_brings_back_exactly_the_backed_up_rows_and_media_without_a_fail
     safety = [row for row in _backups(site) if row["name"] != backup["name"]]
     assert len(safety) == 1 and safety[0]["note"] == f"safety backup before restoring {backup['name']}"
     assert safety[0]["rows"] > backup["rows"], "the safety backup holds the rows written after the backup"
+
+
+def _servers_disagree(site: Site) -> bool:
+    try:
+        return len(_titles_from_every_server(site)) == 2
+    except AssertionError:  # app1 restarting: every answer came from app2
+        return False
+
+
+def test_a_restore_killed_half_way_is_undone_by_the_next_deploy(site: Site):
+    """As if a restore died after switching app1 only: app1 on another database than live.json names."""
+    state = site.project / ".djship"
+    live = json.loads((state / "live.json").read_text())
+    other = next(row["name"] for row in _databases(site) if not row["live"])
+    (state / "servers" / "app1" / "live.json").write_text(json.dumps({**live, "database": other}))
+    gunicorn = site.component("app1-gunicorn")["pid"]
+    os.kill(gunicorn, signal.SIGTERM)  # the supervisor starts it again, now on the other database
+    deadline = time.monotonic() + 60
+    while not _servers_disagree(site):
+        assert time.monotonic() < deadline, "app1 never came back on the other database"
+        time.sleep(1)
+
+    with RequestLoop(site) as load:
+        site.djship("deploy")
+    assert load.failures == []
+    assert len(_titles_from_every_server(site)) == 1
+    assert json.loads((state / "servers" / "app1" / "live.json").read_text()) == live
 
 
 def _logged_in(site: Site) -> requests.Session:

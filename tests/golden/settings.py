@@ -12,14 +12,14 @@ from board.settings import MIDDLEWARE as _PROJECT_MIDDLEWARE
 with open("/srv/example/board/.djship/secrets/app.json", encoding="utf-8") as _secrets_file:
     _SECRETS = json.load(_secrets_file)
 
-# The live database and media directory; `djship restore` changes them without a new release
-# (and points DJSHIP_LIVE_FILE elsewhere to migrate the database it is about to switch to).
+# The live database and media directory; `djship restore` changes them without a new release, one app server
+# at a time: gunicorn points DJSHIP_LIVE_FILE at its server's own file (restore's migrate at the new database).
 _LIVE = {"database": "board", "media": "/srv/example/board/.djship/shared/media"}
-try:
-    with open(os.environ.get("DJSHIP_LIVE_FILE", "/srv/example/board/.djship/live.json"), encoding="utf-8") as _live_file:
-        _LIVE.update(json.load(_live_file))
-except FileNotFoundError:
-    pass
+for _live_path in (os.environ.get("DJSHIP_LIVE_FILE"), "/srv/example/board/.djship/live.json"):
+    if _live_path and os.path.exists(_live_path):
+        with open(_live_path, encoding="utf-8") as _live_file:
+            _LIVE.update(json.load(_live_file))
+        break
 
 DEBUG = False
 SECRET_KEY = _SECRETS["secret_key"]

@@ -205,10 +205,12 @@ def test_the_scheduler_is_supervised_only_when_scheduled_and_runs_as_the_invokin
     assert "user = " not in section and "autostart = false" in section
 
 
-def test_every_app_server_serves_media_through_its_own_link(make_plan):
+def test_every_app_server_serves_media_and_reads_its_database_through_its_own_files(make_plan):
+    """A restore switches one server at a time: each server's own media link and live file, never a shared one."""
     plan = make_plan(app={"servers": 2})
     for server in plan.app_servers:
         assert f"alias {server.dir}/media/;" in render.nginx_conf(plan, server)
+        assert f'"DJSHIP_LIVE_FILE={server.dir}/live.json"' in render.gunicorn_conf(plan, server)
     settings = render.production_settings(plan, "20260101-000000", plan.paths.releases / "20260101-000000")
-    assert f'os.environ.get("DJSHIP_LIVE_FILE", "{plan.paths.live}")' in settings
+    assert f'(os.environ.get("DJSHIP_LIVE_FILE"), "{plan.paths.live}")' in settings
     assert '"NAME": _LIVE["database"]' in settings and 'MEDIA_ROOT = _LIVE["media"]' in settings

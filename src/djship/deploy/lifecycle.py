@@ -21,7 +21,7 @@ from djship.components.supervisor import Supervisor
 from djship.config import load_config
 from djship.connectors import CommandFailed, Connector
 from djship.connectors.local import LocalConnector
-from djship.deploy.live import read_live
+from djship.deploy.live import Live, read_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
@@ -172,6 +172,12 @@ def write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigFi
     return changed
 
 
+def point_server(server: AppServer, connector: Connector, live: Live) -> None:
+    """The database and media directory the server's gunicorn uses from its next start."""
+    connector.put(server.live_file, live.to_json(), mode=0o644)
+    link_atomically(server.media_link, live.media)
+
+
 def link_atomically(link: Path, target: Path) -> None:
     temporary = link.with_name(f".{link.name}.djship-tmp")
     temporary.unlink(missing_ok=True)
@@ -258,7 +264,7 @@ class LocalSystem:
     def start_app_server(self, server: AppServer, release: Release) -> None:
         with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
             link_atomically(server.release_link, release.dir)
-            link_atomically(server.media_link, read_live(self.plan, self.connector).media)
+            point_server(server, self.connector, read_live(self.plan, self.connector))
             self.supervisor.start(*server.programs)
             self.wait_healthy(server, release)
 

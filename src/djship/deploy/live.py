@@ -1,8 +1,9 @@
 """Which database and media directory the app servers use.
 
-Until the first restore these are the plan's (database.name, .djship/shared/media). A restore writes
-.djship/live.json with the restored ones; the generated settings read that file when gunicorn starts, so a
-restart switches a server without building a new release.
+Until the first restore these are the plan's (database.name, .djship/shared/media). A restore switches one app
+server at a time: it writes the server's own servers/appN/live.json (read by the generated settings when that
+server's gunicorn starts, so a restart switches it without a new release), and once every server runs on the
+restored database, .djship/live.json, which new app servers, `djship manage`, `status` and backups go by.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from djship.config import CONFIG_FILE, parse_config, with_values
-from djship.deploy.lifecycle import LocalSystem, link_atomically
+from djship.deploy.lifecycle import LocalSystem, link_atomically, point_server
+from djship.deploy.live import read_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release, list_releases, prune_releases
 from djship.errors import DjshipError
@@ -96,8 +97,10 @@ class Rollout:
         link_atomically(self.plan.paths.current, target.dir)
 
     def _run_on(self, server: AppServer, release: Release) -> None:
-        """nginx follows the release link by itself (static files); only gunicorn restarts."""
+        """nginx follows the release link by itself (static files); only gunicorn restarts, on the live database
+        (so a restore killed half-way is undone server by server, not left half-done)."""
         link_atomically(server.release_link, release.dir)
+        point_server(server, self.system.connector, read_live(self.plan, self.system.connector))
         self.restart_app(server, release)
 
     def restart_app(self, server: AppServer, release: Release) -> None:

@@ -19,7 +19,7 @@ import psycopg
 
 from djship import __version__
 from djship.connectors import CommandFailed, Result
-from djship.deploy.lifecycle import LocalSystem, ensure_secrets, link_atomically
+from djship.deploy.lifecycle import LocalSystem, ensure_secrets, point_server
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
@@ -259,9 +259,9 @@ class Backups:
             try:
                 rollout.roll(f"database {target.database}", apply, revert)
             except DjshipError as error:
-                write_live(plan, connector, previous)
                 self._remove(target, password)
                 raise DjshipError(f"{error}; database {previous.database} keeps serving") from None
+            write_live(plan, connector, target)  # what new app servers, `manage`, `status` and backups use
             return RestoreResult(target.database, target.media, previous, safety.backup.name)
 
     def _restore_data(self, backup: Backup, target: Live, password: str) -> None:
@@ -294,8 +294,7 @@ class Backups:
 
     def _switch_server(self, server: AppServer, live: Live, rollout: Rollout) -> None:
         """Point the server at this database and media directory; gunicorn reads them when it restarts."""
-        write_live(self.plan, self.connector, live)
-        link_atomically(server.media_link, live.media)
+        point_server(server, self.connector, live)
         rollout.restart_app(server, Release.at(server.release_link.resolve()))
 
     def _remove(self, target: Live, password: str) -> None:
