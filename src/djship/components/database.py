@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 from psycopg import sql
 
@@ -79,3 +81,19 @@ class DatabaseServer:
                 connection.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(self.db.name), role)
                 )
+
+    def observe(self, superuser_password: str) -> dict:
+        """What PostgreSQL reports about itself: max_connections, the connections open now (pg_stat_activity's
+        client backends), its clock (now(), UNIX time) and this machine's clock at the same moment (local_time)."""
+        try:
+            with self._admin_connection(superuser_password) as connection:
+                started = time.time()
+                now = connection.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+                local_time = (started + time.time()) / 2
+                maximum = int(connection.execute("SHOW max_connections").fetchone()[0])
+                open_now = connection.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                ).fetchone()[0]
+        except psycopg.Error as error:
+            raise DjshipError(f"PostgreSQL on {self.db.endpoint}: {str(error).strip().splitlines()[0]}") from None
+        return {"max_connections": maximum, "connections": open_now, "now": now, "local_time": local_time}
