@@ -346,11 +346,15 @@ def _csrf_round_trip(plan: Plan, form_path: str | None) -> CsrfFacts:
 
 
 def _redirect_chain(plan: Plan) -> list[tuple[str, int | str]]:
-    """Follow redirects from http://domain/ (as a browser typing the name does), at most MAX_REDIRECTS hops."""
+    """Follow redirects from http://domain/ (as a browser typing the name does), at most MAX_REDIRECTS hops or
+    until a URL comes round again."""
     domain = plan.domains[0]
     url = f"http://{domain}:{plan.http_port}/"
     chain: list[tuple[str, int | str]] = []
     for _ in range(MAX_REDIRECTS + 1):
+        if url in (seen for seen, _ in chain):  # sent back to a URL already visited: a loop
+            chain.append((url, "again"))
+            break
         parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
