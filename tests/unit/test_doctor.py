@@ -150,8 +150,9 @@ def test_nginx_proxying_to_another_socket_is_named(plan, facts):
 
 
 def test_a_502_from_nginx_is_named_even_when_the_socket_looks_fine(plan, facts):
-    facts.servers[0].health = "HTTP 502 Bad Gateway"
-    _assert_names(_result(plan, facts, "gunicorn-socket"), FAIL, "app1: nginx answers 502")
+    facts.servers[0].socket_exists = False
+    facts.servers[1].health = "HTTP 502 Bad Gateway"
+    _assert_names(_result(plan, facts, "gunicorn-socket"), FAIL, "app1", "app2: nginx answers 502")
 
 
 # Static files
