@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import email.utils
-import http.client
 import json
 import re
 import secrets
@@ -24,6 +23,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from djship.components import appserver, balancer
+from djship.components.probe import Response, describe_error, request
 from djship.deploy.release import Release, current_release
 from djship.errors import DjshipError
 from djship.plan import MEDIA_URL, AppServer, Plan
@@ -60,51 +60,6 @@ print(json.dumps({
 CONNECT_SCRIPT = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1])"
 _STATIC_REFERENCE = re.compile(r"""(?:href|src)=["'](/static/[^"'?#]+)""")
 _CSRF_INPUT = re.compile(r"""name=["']csrfmiddlewaretoken["'] value=["']([^"']+)""")
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((value for key, value in self.headers if key.lower() == name.lower()), None)
-
-    def cookies(self) -> dict[str, str]:
-        cookies = {}
-        for key, value in self.headers:
-            if key.lower() == "set-cookie":
-                cookie_name, _, rest = value.partition("=")
-                cookies[cookie_name.strip()] = rest.split(";", 1)[0]
-        return cookies
-
-
-def _error(error: BaseException) -> str:
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS verification failed: {error.verify_message}"
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__
-
-
-def request(
-    address: str, port: int, host: str, method: str, path: str, *, tls_name: str | None = None,
-    ca_file: Path | None = None, headers: dict[str, str] | None = None, body: bytes | None = None,
-    timeout: float = 10,
-) -> Response | str:
-    """One HTTP request to address:port with this Host header, over TLS verified for tls_name against ca_file when
-    tls_name is given. The answer, or what went wrong as text."""
-    connection = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        if tls_name:
-            raw = socket.create_connection((address, port), timeout=timeout)
-            connection.sock = ssl.create_default_context(cafile=str(ca_file)).wrap_socket(raw, server_hostname=tls_name)
-        connection.request(method, path, body=body, headers={"Host": host, **(headers or {})})
-        answer = connection.getresponse()
-        return Response(answer.status, tuple(answer.getheaders()), answer.read(200_000))
-    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
-        return _error(error)
-    finally:
-        connection.close()
 
 
 @dataclass(frozen=True)
@@ -383,7 +338,7 @@ def _certificate(plan: Plan) -> CertificateFacts:
             with context.wrap_socket(raw, server_hostname=plan.domains[0]) as tls:
                 der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as error:
-        facts.error = _error(error)
+        facts.error = describe_error(error)
         return facts
     certificate = x509.load_der_x509_certificate(der)
     facts.days_left = (certificate.not_valid_after_utc.timestamp() - time.time()) / 86400
