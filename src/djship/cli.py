@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from djship import __version__
@@ -269,8 +270,10 @@ def doctor(as_json: bool, form_path: str | None) -> None:
         click.echo(json.dumps(document, indent=2))
     else:
         for check in document["checks"]:
-            fix = f"; [bold]fix:[/] {check['fix']}" if check["status"] != "pass" and check["fix"] else ""
-            console.print(f"{_DOCTOR_MARKS[check['status']]} {check['name']} — {check['cause']}{fix}", soft_wrap=True)
+            fix = f"; [bold]fix:[/] {escape(check['fix'])}" if check["status"] != "pass" and check["fix"] else ""
+            console.print(
+                f"{_DOCTOR_MARKS[check['status']]} {escape(check['name'])} — {escape(check['cause'])}{fix}", soft_wrap=True
+            )
         summary = document["summary"]
         console.print(f"{summary['pass']} passed, {summary['warn']} warnings, {summary['fail']} failed")
     if not document["ok"]:
