@@ -57,6 +57,18 @@ def wait_clean(site: Site, timeout: float = 90) -> dict[str, dict]:
         time.sleep(1)
 
 
+def until(site: Site, check_id: str, status: str, saying: str = "", timeout: float = 45) -> tuple[int, dict[str, dict]]:
+    """Run the doctor until check_id has status and its cause says this (a reloaded or restarted process takes a
+    moment), or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, checks = doctor(site)
+        found = checks[check_id]
+        if (found["status"] == status and saying in found["cause"]) or time.monotonic() > deadline:
+            return code, checks
+        time.sleep(0.5)
+
+
 def supervisorctl(site: Site, *args: str) -> None:
     conf = _state(site) / "supervisor" / "supervisord.conf"
     subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args], check=True,
@@ -161,16 +173,12 @@ def test_a_missing_static_file_is_a_404(site: Site):
 def test_a_balancer_that_stops_setting_x_forwarded_proto_is_a_redirect_loop(site: Site):
     conf = _state(site) / "balancer" / "haproxy.cfg"
     with edited(site, conf, "    http-request set-header X-Forwarded-Proto https\n", "", "haproxy", "USR2"):
-        deadline = time.monotonic() + 30
-        while True:  # the new HAProxy process takes over within a moment
-            code, checks = doctor(site)
-            if checks["redirect-loop"]["status"] == "fail" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        code, checks = until(site, "redirect-loop", "fail")
     assert code == 1
     check = checks["redirect-loop"]
     assert check["status"] == "fail"
     assert "redirect loop" in check["cause"] and "(again)" in check["cause"], check
+    assert "haproxy.cfg does not set X-Forwarded-Proto https" in check["cause"]
     assert "X-Forwarded-Proto" in check["fix"]
 
 
@@ -184,18 +192,64 @@ def test_a_certificate_about_to_expire_is_named(site: Site, monkeypatch):
     pem.write_bytes(short)  # keeps the file's owner and mode
     supervisorctl(site, "signal", "USR2", "haproxy")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            code, checks = doctor(site)
-            if checks["certificate"]["status"] == "fail" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        code, checks = until(site, "certificate", "fail")
     finally:
         pem.write_bytes(original)
         supervisorctl(site, "signal", "USR2", "haproxy")
     assert code == 1
     assert checks["certificate"]["status"] == "fail"
     assert "expires in 2.0 days" in checks["certificate"]["cause"], checks["certificate"]
+
+
+def test_a_proxy_that_hides_https_and_no_trusted_origins_answer_403_to_a_real_post(site: Site):
+    settings = _state(site) / "current" / "djship_production" / "settings.py"
+    original = settings.read_text()
+    # The classic CSRF failure behind a TLS proxy: the proxy does not say the client came over HTTPS and the origin
+    # is not trusted, so Django compares the browser's https Origin with an http request and refuses the POST.
+    # (No https redirect either, which would loop instead; gunicorn itself trusts X-Forwarded-Proto on its socket,
+    # so the balancer must stop sending it.)
+    settings.write_text(original + "\nSECURE_SSL_REDIRECT = False\nCSRF_TRUSTED_ORIGINS = []\n")
+    supervisorctl(site, "restart", "app1-gunicorn", "app2-gunicorn")
+    conf = _state(site) / "balancer" / "haproxy.cfg"
+    try:
+        with edited(site, conf, "    http-request set-header X-Forwarded-Proto https\n", "", "haproxy", "USR2"):
+            code, checks = until(site, "csrf", "fail", saying="answers 403")
+    finally:
+        settings.write_text(original)
+        supervisorctl(site, "restart", "app1-gunicorn", "app2-gunicorn")
+    assert code == 1
+    check = checks["csrf"]
+    assert "POST /accounts/login/ through the balancer answers 403" in check["cause"], check
+    assert f"app1: CSRF_TRUSTED_ORIGINS lacks https://localhost:{DOCTOR_PORTS.https}" in check["cause"]
+    assert "haproxy.cfg does not set X-Forwarded-Proto https" in check["cause"]
+
+
+def test_max_connections_lowered_below_the_budget_is_named(site: Site):
+    conf = _state(site) / "postgres" / "data" / "postgresql.conf"
+    original = conf.read_text()
+    conf.write_text(original.replace("max_connections = 100", "max_connections = 15"))
+    supervisorctl(site, "restart", "postgres")
+    try:
+        code, checks = until(site, "connections", "fail")
+    finally:
+        conf.write_text(original)
+        supervisorctl(site, "restart", "postgres")
+    assert code == 1
+    check = checks["connections"]
+    assert "= 16, but PostgreSQL's max_connections 15 leaves 12" in check["cause"], check
+    assert "database.max_connections" in check["fix"]
+
+
+def test_nginx_serving_media_from_elsewhere_on_one_server_is_named(site: Site):
+    conf = _state(site) / "servers" / "app2" / "nginx.conf"
+    media = _state(site) / "shared" / "media"
+    with edited(site, conf, f"alias {media}/;", "alias /var/empty/;", "app2-nginx", "HUP"):
+        code, checks = until(site, "media", "fail")
+    assert code == 1
+    check = checks["media"]
+    assert "app2: nginx serves /media/ from /var/empty/" in check["cause"], check
+    assert "app2: a file just written to" in check["cause"] and "answers 404" in check["cause"]
+    assert "app1" not in check["cause"]
 
 
 def test_a_check_deploy_warning_in_the_live_release_is_named(site: Site):

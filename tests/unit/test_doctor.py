@@ -12,7 +12,7 @@ from djship.doctor import report
 from djship.doctor.checks import CHECKS, FAIL, PASS, WARN, evaluate
 from djship.doctor.facts import (
     MAX_REDIRECTS, CertificateFacts, CsrfFacts, Facts, ServerFacts, parse_gunicorn_conf, parse_haproxy_timeouts,
-    parse_nginx_conf,
+    parse_nginx_conf, sets_forwarded_proto,
 )
 
 RELEASE = "20261125-120000"
@@ -62,6 +62,7 @@ def facts(plan) -> Facts:
         database_ready=True,
         database={"max_connections": 100, "connections": 8, "now": 0.0},
         haproxy_timeouts=parse_haproxy_timeouts(render.haproxy_cfg(plan)),
+        haproxy_sets_forwarded_proto=sets_forwarded_proto(render.haproxy_cfg(plan)),
         servers=servers,
         hosts={domain: 200 for domain in plan.domains},
         redirects=[(f"http://localhost:{plan.http_port}/", 301), (f"https://localhost:{plan.https_port}/", 200)],
@@ -216,6 +217,12 @@ def test_a_403_on_the_real_post_is_named(plan, facts):
                   "CSRF_TRUSTED_ORIGINS")
 
 
+def test_a_403_with_a_balancer_that_does_not_set_the_proto_header_names_the_balancer(plan, facts):
+    facts.csrf.post_status = 403
+    facts.haproxy_sets_forwarded_proto = False
+    _assert_names(_result(plan, facts, "csrf"), FAIL, "haproxy.cfg does not set X-Forwarded-Proto https")
+
+
 def test_missing_trusted_origin_and_proxy_header_are_named(plan, facts):
     facts.servers[0].settings["CSRF_TRUSTED_ORIGINS"] = ["https://localhost"]
     facts.servers[1].settings["SECURE_PROXY_SSL_HEADER"] = None
@@ -234,6 +241,13 @@ def test_a_redirect_loop_is_named(plan, facts):
     https = f"https://localhost:{plan.https_port}/"
     facts.redirects = [(f"http://localhost:{plan.http_port}/", 301), (https, 301), (https, 301)]
     _assert_names(_result(plan, facts, "redirect-loop"), FAIL, "redirect loop", "X-Forwarded-Proto")
+
+
+def test_a_redirect_loop_from_a_balancer_without_the_proto_header_names_it(plan, facts):
+    https = f"https://localhost:{plan.https_port}/"
+    facts.redirects = [(https, 301), (https, "again")]
+    facts.haproxy_sets_forwarded_proto = False
+    _assert_names(_result(plan, facts, "redirect-loop"), FAIL, "redirect loop", "does not set X-Forwarded-Proto")
 
 
 def test_an_endless_chain_of_distinct_urls_is_a_loop(plan, facts):
@@ -411,3 +425,10 @@ def test_parse_gunicorn_conf_reads_literals_without_executing(plan):
 def test_parse_haproxy_timeouts_converts_units(plan):
     assert parse_haproxy_timeouts(render.haproxy_cfg(plan))["server"] == plan.balancer_timeout
     assert parse_haproxy_timeouts("  timeout server 1500ms\n  timeout client 2m\n") == {"server": 1, "client": 120}
+
+
+def test_sets_forwarded_proto_reads_the_balancer_config(plan):
+    rendered = render.haproxy_cfg(plan)
+    assert sets_forwarded_proto(rendered)
+    assert not sets_forwarded_proto(rendered.replace("http-request set-header X-Forwarded-Proto https", ""))
+    assert not sets_forwarded_proto("    # http-request set-header X-Forwarded-Proto https\n")

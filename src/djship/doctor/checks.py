@@ -49,6 +49,8 @@ def _settings_problem(servers: list[ServerFacts]) -> str | None:
 
 _SETTINGS_FIX = "run `djship logs` and `djship manage -- check` to see why the release's settings do not load"
 
+_NO_FORWARDED_PROTO = "haproxy.cfg does not set X-Forwarded-Proto https, so Django sees every request as plain http"
+
 # (status, cause) or (status, cause, fix)
 Verdict = tuple[str, ...]
 CHECKS: list[Callable[[Plan, Facts], CheckResult]] = []
@@ -175,6 +177,8 @@ def csrf(plan: Plan, facts: Facts) -> Verdict:
             problems.append(f"{seen.name}: SECURE_PROXY_SSL_HEADER is {seen.settings['SECURE_PROXY_SSL_HEADER']}, "
                             "so Django thinks requests arrive over http")
     trip = facts.csrf
+    if trip.post_status == 403 and facts.haproxy_sets_forwarded_proto is False:
+        problems.append(_NO_FORWARDED_PROTO)
     if trip.post_status == 403:
         problems.append(f"POST {trip.path} through the balancer answers 403 {trip.post_reason or 'CSRF verification failed'}")
     elif trip.post_status is not None and not isinstance(trip.post_status, int):
@@ -205,7 +209,8 @@ def redirect_loop(plan: Plan, facts: Facts) -> Verdict:
     if not chain:
         return (FAIL, "nothing was requested", "")
     if looping:
-        return (FAIL, f"redirect loop: {hops}", fix_loop)
+        hint = f"; {_NO_FORWARDED_PROTO}" if facts.haproxy_sets_forwarded_proto is False else ""
+        return (FAIL, f"redirect loop: {hops}{hint}", fix_loop)
     last_url, last_status = chain[-1]
     if not isinstance(last_status, int):
         return (FAIL, f"the chain breaks: {hops}",

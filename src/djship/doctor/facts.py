@@ -110,6 +110,12 @@ def parse_haproxy_timeouts(text: str) -> dict[str, int]:
     return timeouts
 
 
+def sets_forwarded_proto(haproxy_cfg: str) -> bool:
+    """Whether the balancer tells the app servers that the client came over HTTPS."""
+    pattern = r"^\s*http-request\s+set-header\s+X-Forwarded-Proto\s+https\s*$"
+    return re.search(pattern, haproxy_cfg, re.MULTILINE | re.IGNORECASE) is not None
+
+
 @dataclass
 class ServerFacts:
     name: str
@@ -158,6 +164,8 @@ class Facts:
     """max_connections, connections (pg_stat_activity rows) and now (UNIX time) as PostgreSQL reports them."""
     database_error: str | None = None
     haproxy_timeouts: dict[str, int] = field(default_factory=dict)
+    haproxy_sets_forwarded_proto: bool | None = None
+    """Whether haproxy.cfg on disk sets X-Forwarded-Proto https (None: the file could not be read)."""
     servers: list[ServerFacts] = field(default_factory=list)
     hosts: dict[str, int | str] = field(default_factory=dict)
     """Each domain -> the status of GET / through the balancer with that Host (400 = DisallowedHost)."""
@@ -378,6 +386,7 @@ def gather(system, form_path: str | None = None) -> Facts:
     _database(system, facts)
     if (text := system.connector.get(plan.paths.haproxy_conf)) is not None:
         facts.haproxy_timeouts = parse_haproxy_timeouts(text.decode())
+        facts.haproxy_sets_forwarded_proto = sets_forwarded_proto(text.decode())
     settings_by_release: dict[str, dict | str] = {}
     facts.servers = [_server_facts(system, server, settings_by_release) for server in plan.app_servers]
     for domain in plan.domains:
