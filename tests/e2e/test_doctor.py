@@ -119,6 +119,10 @@ def test_a_stopped_gunicorn_is_named_and_djship_up_fixes_it(site: Site):
     assert "app2" in checks["gunicorn-socket"]["cause"]
     assert "app1" not in checks["gunicorn-socket"]["cause"]
     assert "`djship up`" in checks["components"]["fix"]
+    human = site.djship("doctor", check=False)
+    assert human.returncode == 1
+    line = next(line for line in human.stdout.splitlines() if "Component up/healthy" in line)
+    assert line.startswith("✗ Component up/healthy — ") and "app2-gunicorn is STOPPED" in line and "; fix: " in line
     site.up()  # the fix the doctor names
 
 

@@ -6,11 +6,16 @@ is tested with facts that break exactly one thing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from djship.doctor.checks import CheckResult, evaluate
-from djship.doctor.facts import DEFAULT_FORM_PATHS, gather
+from djship.doctor.facts import gather
+
+if TYPE_CHECKING:
+    from djship.deploy.lifecycle import LocalSystem
 
 
-def diagnose(system, form_path: str | None = None) -> list[CheckResult]:
+def diagnose(system: LocalSystem, form_path: str | None = None) -> list[CheckResult]:
     """Every check against the running system; DjshipError when it is not running."""
     return evaluate(system.plan, gather(system, form_path))
 
@@ -25,4 +30,4 @@ def report(results: list[CheckResult]) -> dict:
     }
 
 
-__all__ = ["CheckResult", "DEFAULT_FORM_PATHS", "diagnose", "report"]
+__all__ = ["CheckResult", "diagnose", "report"]

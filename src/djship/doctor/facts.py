@@ -17,7 +17,7 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,6 +27,9 @@ from djship.components.probe import Response, describe_error, request
 from djship.deploy.release import Release, current_release
 from djship.errors import DjshipError
 from djship.plan import MEDIA_URL, AppServer, Plan
+
+if TYPE_CHECKING:
+    from djship.deploy.lifecycle import LocalSystem
 
 # Pages tried, in order, for the CSRF round trip when --form-path is not given: the first that answers 200 and sets
 # the csrftoken cookie is used. Django's auth views and the admin's login page both render a CSRF-protected form.
@@ -198,7 +201,7 @@ def _status(answer: Response | str) -> int | str:
     return answer.status if isinstance(answer, Response) else answer
 
 
-def release_settings(system, release: Release) -> dict:
+def release_settings(system: LocalSystem, release: Release) -> dict:
     """The effective Django settings of a release, run with its Python and the production settings."""
     result = system.connector.run(
         [str(release.python), "-c", SETTINGS_SCRIPT], user=system.plan.service_user, env=release.environment(),
@@ -211,7 +214,7 @@ def release_settings(system, release: Release) -> dict:
     return json.loads(lines[-1])
 
 
-def _server_facts(system, server: AppServer, settings_by_release: dict[str, dict | str]) -> ServerFacts:
+def _server_facts(system: LocalSystem, server: AppServer, settings_by_release: dict[str, dict | str]) -> ServerFacts:
     plan, connector = system.plan, system.connector
     facts = ServerFacts(server.name)
     _, facts.health = appserver.health(plan, server)
@@ -261,7 +264,7 @@ def _static_paths(home: Response | str, release: Release | None) -> list[str]:
     return paths[:MAX_STATIC_PROBES]
 
 
-def _media_probe(system, facts: Facts) -> None:
+def _media_probe(system: LocalSystem, facts: Facts) -> None:
     """Write a file into the shared media directory, fetch it from every app server's nginx, delete it."""
     plan = system.plan
     name = f"djship-doctor-{secrets.token_hex(6)}.txt"
@@ -364,7 +367,7 @@ def _certificate(plan: Plan) -> CertificateFacts:
     return facts
 
 
-def _database(system, facts: Facts) -> None:
+def _database(system: LocalSystem, facts: Facts) -> None:
     facts.database_ready = system.database.is_ready()
     if not facts.database_ready:
         return
@@ -376,7 +379,7 @@ def _database(system, facts: Facts) -> None:
         facts.database_error = str(error)
 
 
-def gather(system, form_path: str | None = None) -> Facts:
+def gather(system: LocalSystem, form_path: str | None = None) -> Facts:
     plan = system.plan
     if system.supervisor.pid() is None:
         raise DjshipError("not running; `djship up` first")
