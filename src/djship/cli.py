@@ -415,6 +415,38 @@ def status(as_json: bool) -> None:
         _print_status(report)
 
 
+_DOCTOR_MARKS = {"pass": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
+@click.option(
+    "--form-path", metavar="PATH",
+    help="A page with a CSRF-protected form for the real POST through the balancer "
+         "(default: the first of /accounts/login/, /admin/login/ that sets the csrftoken cookie).",
+)
+def doctor(as_json: bool, form_path: str | None) -> None:
+    """Check the running system for the classic Django deployment failures, each with its cause and fix.
+
+    Exits 0 when no check fails (warnings allowed), 1 otherwise.
+    """
+    from djship.doctor import diagnose, report
+
+    document = report(diagnose(_system(), form_path))
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        for check in document["checks"]:
+            fix = f"; [bold]fix:[/] {escape(check['fix'])}" if check["status"] != "pass" and check["fix"] else ""
+            console.print(
+                f"{_DOCTOR_MARKS[check['status']]} {escape(check['name'])} — {escape(check['cause'])}{fix}", soft_wrap=True
+            )
+        summary = document["summary"]
+        console.print(f"{summary['pass']} passed, {summary['warn']} warnings, {summary['fail']} failed")
+    if not document["ok"]:
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("component", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")

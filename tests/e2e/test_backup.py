@@ -158,6 +158,8 @@ def test_restore_brings_back_exactly_the_backed_up_rows_and_media_without_a_fail
     for index in (1, 2):
         assert _from_app_server(site, index, kept_image).content == _png()
         assert _from_app_server(site, index, lost_image).status_code == 404
+    doctor = json.loads(site.djship("doctor", "--json", check=False).stdout)
+    assert {check["id"]: check["status"] for check in doctor["checks"]}["media"] == "pass", doctor
     safety = [row for row in _backups(site) if row["name"] != backup["name"]]
     assert len(safety) == 1 and safety[0]["note"] == f"safety backup before restoring {backup['name']}"
     assert safety[0]["rows"] > backup["rows"], "the safety backup holds the rows written after the backup"

@@ -61,3 +61,26 @@ def test_pruning_keeps_the_newest_and_every_release_in_use(make_plan, tmp_path):
 
     assert removed == ["20260101-000002"]
     assert [release.id for release in list_releases(plan)] == ["20260101-000001", "20260101-000003", "20260101-000004"]
+
+
+class _FakeSupervisorctl:
+    """A connector whose supervisorctl answers `start` with the given output and exit code."""
+
+    def __init__(self, stdout: str, returncode: int):
+        self.stdout, self.returncode = stdout, returncode
+
+    def run(self, argv, **kwargs):
+        from djship.connectors import Result
+
+        return Result(tuple(argv), self.returncode, self.stdout, "")
+
+
+def test_starting_a_server_whose_nginx_already_runs_starts_only_its_gunicorn(make_plan):
+    from djship.components.supervisor import Supervisor
+
+    plan = make_plan()
+    output = "app2-gunicorn: started\napp2-nginx: ERROR (already started)\n"
+    Supervisor(plan, _FakeSupervisorctl(output, 7)).start("app2-gunicorn", "app2-nginx")
+    failing = "app2-gunicorn: ERROR (spawn error)\napp2-nginx: ERROR (already started)\n"
+    with pytest.raises(DjshipError, match="app2-gunicorn did not start"):
+        Supervisor(plan, _FakeSupervisorctl(failing, 7)).start("app2-gunicorn", "app2-nginx")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from djship.components.probe import Response, request
 from djship.errors import DjshipError
 from djship.waiting import wait_until
 
@@ -99,13 +99,6 @@ def https_probe(address: str, port: int, host_name: str, path: str, ca_file: Pat
 
     Returns the HTTP status, or None when no verified response came back.
     """
-    context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=host_name) as tls:
-                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host_name}:{port}\r\nConnection: close\r\n\r\n".encode())
-                status_line = tls.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
-    except (OSError, ssl.SSLError):
-        return None
-    parts = status_line.split()
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    answer = request(address, port, f"{host_name}:{port}", "GET", path, tls_name=host_name, ca_file=ca_file,
+                     headers={"Connection": "close"}, timeout=timeout)
+    return answer.status if isinstance(answer, Response) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -124,3 +125,16 @@ class DatabaseServer:
             query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
             counts[f"{schema}.{table}"] = connection.execute(query).fetchone()[0]
         return counts
+
+    def observe(self, superuser_password: str) -> dict:
+        """What PostgreSQL reports about itself: max_connections, the connections open now (pg_stat_activity's
+        client backends), its clock (now(), UNIX time) and this machine's clock at the same moment (local_time)."""
+        with self.administering(), self.admin_connection(superuser_password) as connection:
+            started = time.time()
+            now = connection.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+            local_time = (started + time.time()) / 2
+            maximum = int(connection.execute("SHOW max_connections").fetchone()[0])
+            open_now = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchone()[0]
+        return {"max_connections": maximum, "connections": open_now, "now": now, "local_time": local_time}

@@ -98,8 +98,10 @@ class Supervisor:
 
     def start(self, *names: str) -> None:
         result = self._ctl("start", *names)
-        if not result.ok or "ERROR" in result.stdout:
-            failed = [line for line in result.stdout.splitlines() if "ERROR" in line]
+        # Starting what already runs is not a failure: `up` starts a server's nginx and gunicorn when either stopped.
+        already = [line for line in result.stdout.splitlines() if "ERROR (already started)" in line]
+        failed = [line for line in result.stdout.splitlines() if "ERROR" in line and line not in already]
+        if failed or (not result.ok and not already):
             name = failed[0].split(":")[0] if failed else names[0]
             raise DjshipError(
                 f"{name} did not start ({failed[0].split(':', 1)[-1].strip() if failed else result.stderr.strip()}); "

@@ -1,0 +1,310 @@
+"""`djship doctor` against a real running system: healthy it passes; each test breaks one thing for real (a stopped
+gunicorn, a socket nginx cannot open, hand-edited nginx.conf and haproxy.cfg, a missing static file, a certificate
+about to expire, a project setting deployed, djship.toml changed without `djship up`), sees the doctor name it, and
+puts it back."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from djship.config import with_values
+from djship.tls import local_ca
+from tests.e2e.conftest import Ports, Site, make_project, run_djship, running_site
+
+pytestmark = pytest.mark.e2e
+
+DOCTOR_PORTS = Ports(https=23443, http=23080, database=30432, app_prefix="127.0.61", database_address="127.0.62.1")
+# Checks that may warn on the example project: its default cache is Django's LocMemCache, one per worker.
+MAY_WARN = {"cache-sessions"}
+
+
+@pytest.fixture(scope="module")
+def site() -> Site:
+    with running_site(DOCTOR_PORTS) as running:
+        yield running
+
+
+def _state(site: Site) -> Path:
+    return site.project / ".djship"
+
+
+def doctor(site: Site, *args: str) -> tuple[int, dict[str, dict]]:
+    result = site.djship("doctor", "--json", *args, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is (result.returncode == 0)
+    return result.returncode, {check["id"]: check for check in document["checks"]}
+
+
+def wait_clean(site: Site, timeout: float = 90) -> dict[str, dict]:
+    """Until the doctor finds nothing failing (after a breakage is put back, the balancer needs a few checks)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, checks = doctor(site)
+        if code == 0:
+            return checks
+        failing = {key: check["cause"] for key, check in checks.items() if check["status"] == "fail"}
+        assert time.monotonic() < deadline, f"still failing after {timeout}s: {failing}"
+        time.sleep(1)
+
+
+def until(site: Site, check_id: str, status: str, saying: str = "", timeout: float = 45) -> tuple[int, dict[str, dict]]:
+    """Run the doctor until check_id has status and its cause says this (a reloaded or restarted process takes a
+    moment), or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, checks = doctor(site)
+        found = checks[check_id]
+        if (found["status"] == status and saying in found["cause"]) or time.monotonic() > deadline:
+            return code, checks
+        time.sleep(0.5)
+
+
+def supervisorctl(site: Site, *args: str) -> None:
+    conf = _state(site) / "supervisor" / "supervisord.conf"
+    subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args], check=True,
+                   capture_output=True, timeout=60)
+
+
+@contextmanager
+def edited(site: Site, path: Path, old: str, new: str, program: str, reload_signal: str):
+    """path with old replaced by new, the program told to reload; afterwards the original back and reloaded."""
+    original = path.read_text()
+    assert old in original, f"{old!r} not in {path}"
+    path.write_text(original.replace(old, new))
+    supervisorctl(site, "signal", reload_signal, program)
+    try:
+        yield
+    finally:
+        path.write_text(original)
+        supervisorctl(site, "signal", reload_signal, program)
+
+
+@pytest.fixture(autouse=True)
+def _clean_afterwards(site: Site):
+    """Every breakage is put back by its test; the next test starts only once the doctor finds nothing failing."""
+    yield
+    wait_clean(site)
+
+
+def test_a_healthy_system_passes(site: Site):
+    result = site.djship("doctor")
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("✓ CSRF: Origin checking failed — a form POST to /accounts/login/") for line in lines), lines
+    assert lines[-1].endswith("0 failed"), lines
+    code, checks = doctor(site)
+    assert code == 0
+    assert len(checks) == 14
+    not_passing = {key: check for key, check in checks.items() if check["status"] != "pass" and key not in MAY_WARN}
+    assert not not_passing
+    assert "/static/css/board.css" in checks["static-files"]["cause"]
+    assert "days left" in checks["certificate"]["cause"]
+
+
+def test_a_stopped_gunicorn_is_named_and_djship_up_fixes_it(site: Site):
+    supervisorctl(site, "stop", "app2-gunicorn")
+    code, checks = doctor(site)
+    assert code == 1
+    assert checks["components"]["status"] == "fail"
+    assert "app2-gunicorn is STOPPED" in checks["components"]["cause"]
+    assert "app2" in checks["gunicorn-socket"]["cause"]
+    assert "app1" not in checks["gunicorn-socket"]["cause"]
+    assert "`djship up`" in checks["components"]["fix"]
+    human = site.djship("doctor", check=False)
+    assert human.returncode == 1
+    line = next(line for line in human.stdout.splitlines() if "Component up/healthy" in line)
+    assert line.startswith("✗ Component up/healthy — ") and "app2-gunicorn is STOPPED" in line and "; fix: " in line
+    site.up()  # the fix the doctor names
+
+
+def test_a_socket_nginx_cannot_open_is_a_502(site: Site):
+    socket_path = _state(site) / "servers" / "app1" / "gunicorn.sock"
+    mode = socket_path.stat().st_mode & 0o777
+    socket_path.chmod(0)
+    try:
+        direct = requests.Session()
+        direct.trust_env = False  # no proxy from the environment: straight to app1's nginx
+        answer = direct.get(f"http://{DOCTOR_PORTS.app_prefix}.1:8000/", timeout=10,
+                            headers={"Host": "localhost", "X-Forwarded-Proto": "https"})
+        assert answer.status_code == 502
+        code, checks = doctor(site)
+        assert code == 1
+        check = checks["gunicorn-socket"]
+        assert check["status"] == "fail"
+        assert "app1: nginx's user" in check["cause"] and "Permission denied" in check["cause"], check
+        assert "app2" not in check["cause"]
+    finally:
+        socket_path.chmod(mode)
+
+
+def test_hand_edited_nginx_timeout_and_body_size_are_named(site: Site):
+    conf = _state(site) / "servers" / "app1" / "nginx.conf"
+    with edited(site, conf, "client_max_body_size 10M;", "client_max_body_size 1m;", "app1-nginx", "HUP"):
+        with edited(site, conf, "proxy_read_timeout 35s;", "proxy_read_timeout 300s;", "app1-nginx", "HUP"):
+            code, checks = doctor(site)
+    assert code == 1
+    check = checks["timeouts-body-size"]
+    assert check["status"] == "fail"
+    assert "app1: timeouts balancer 40s, nginx 300s, gunicorn 30s" in check["cause"], check
+    assert "app1 1m" in check["cause"] and "413" in check["cause"]
+    assert "app2" not in check["cause"]
+
+
+def test_a_missing_static_file_is_a_404(site: Site):
+    collected = _state(site) / "current" / "static" / "css" / "board.css"
+    aside = collected.with_name("board.css.doctor-test")
+    collected.rename(aside)
+    try:
+        code, checks = doctor(site)
+    finally:
+        aside.rename(collected)
+    assert code == 1
+    check = checks["static-files"]
+    assert check["status"] == "fail"
+    assert "app1's nginx answers 404 for /static/css/board.css" in check["cause"], check
+    assert "the balancer answers 404 for /static/css/board.css" in check["cause"]
+
+
+def test_a_balancer_that_stops_setting_x_forwarded_proto_is_a_redirect_loop(site: Site):
+    conf = _state(site) / "balancer" / "haproxy.cfg"
+    with edited(site, conf, "    http-request set-header X-Forwarded-Proto https\n", "", "haproxy", "USR2"):
+        code, checks = until(site, "redirect-loop", "fail")
+    assert code == 1
+    check = checks["redirect-loop"]
+    assert check["status"] == "fail"
+    assert "redirect loop" in check["cause"] and "(again)" in check["cause"], check
+    assert "haproxy.cfg does not set X-Forwarded-Proto https" in check["cause"]
+    assert "X-Forwarded-Proto" in check["fix"]
+
+
+def test_a_certificate_about_to_expire_is_named(site: Site, monkeypatch):
+    tls = _state(site) / "tls"
+    authority = local_ca.load_authority((tls / "ca.crt").read_bytes(), (tls / "ca.key").read_bytes())
+    monkeypatch.setattr(local_ca, "SITE_LIFETIME", datetime.timedelta(days=2))
+    short = local_ca.issue_site_certificate(authority, ("localhost",))
+    pem = tls / "site.pem"
+    original = pem.read_bytes()
+    pem.write_bytes(short)  # keeps the file's owner and mode
+    supervisorctl(site, "signal", "USR2", "haproxy")
+    try:
+        code, checks = until(site, "certificate", "fail")
+    finally:
+        pem.write_bytes(original)
+        supervisorctl(site, "signal", "USR2", "haproxy")
+    assert code == 1
+    assert checks["certificate"]["status"] == "fail"
+    assert "expires in 2.0 days" in checks["certificate"]["cause"], checks["certificate"]
+
+
+def test_a_proxy_that_hides_https_and_no_trusted_origins_answer_403_to_a_real_post(site: Site):
+    settings = _state(site) / "current" / "djship_production" / "settings.py"
+    original = settings.read_text()
+    # The classic CSRF failure behind a TLS proxy: the proxy does not say the client came over HTTPS and the origin
+    # is not trusted, so Django compares the browser's https Origin with an http request and refuses the POST.
+    # (No https redirect either, which would loop instead; gunicorn itself trusts X-Forwarded-Proto on its socket,
+    # so the balancer must stop sending it.)
+    settings.write_text(original + "\nSECURE_SSL_REDIRECT = False\nCSRF_TRUSTED_ORIGINS = []\n")
+    supervisorctl(site, "restart", "app1-gunicorn", "app2-gunicorn")
+    conf = _state(site) / "balancer" / "haproxy.cfg"
+    try:
+        with edited(site, conf, "    http-request set-header X-Forwarded-Proto https\n", "", "haproxy", "USR2"):
+            code, checks = until(site, "csrf", "fail", saying="answers 403")
+    finally:
+        settings.write_text(original)
+        supervisorctl(site, "restart", "app1-gunicorn", "app2-gunicorn")
+    assert code == 1
+    check = checks["csrf"]
+    assert "POST /accounts/login/ through the balancer answers 403" in check["cause"], check
+    assert f"app1: CSRF_TRUSTED_ORIGINS lacks https://localhost:{DOCTOR_PORTS.https}" in check["cause"]
+    assert "haproxy.cfg does not set X-Forwarded-Proto https" in check["cause"]
+
+
+def test_max_connections_lowered_below_the_budget_is_named(site: Site):
+    conf = _state(site) / "postgres" / "data" / "postgresql.conf"
+    original = conf.read_text()
+    conf.write_text(original.replace("max_connections = 100", "max_connections = 15"))
+    supervisorctl(site, "restart", "postgres")
+    try:
+        code, checks = until(site, "connections", "fail")
+    finally:
+        conf.write_text(original)
+        supervisorctl(site, "restart", "postgres")
+    assert code == 1
+    check = checks["connections"]
+    assert "= 16, but PostgreSQL's max_connections 15 leaves 12" in check["cause"], check
+    assert "database.max_connections" in check["fix"]
+
+
+def test_nginx_serving_media_from_elsewhere_on_one_server_is_named(site: Site):
+    conf = _state(site) / "servers" / "app2" / "nginx.conf"
+    media = _state(site) / "shared" / "media"
+    with edited(site, conf, f"alias {media}/;", "alias /var/empty/;", "app2-nginx", "HUP"):
+        code, checks = until(site, "media", "fail")
+    assert code == 1
+    check = checks["media"]
+    assert "app2: nginx serves /media/ from /var/empty/" in check["cause"], check
+    assert "app2: a file just written to" in check["cause"] and "answers 404" in check["cause"]
+    assert "app1" not in check["cause"]
+
+
+def test_a_check_deploy_warning_in_the_live_release_is_named(site: Site):
+    settings = _state(site) / "current" / "djship_production" / "settings.py"
+    original = settings.read_text()
+    settings.write_text(original + "\nSECURE_HSTS_SECONDS = 0\n")
+    try:
+        code, checks = doctor(site)
+    finally:
+        settings.write_text(original)
+    assert code == 1
+    assert checks["check-deploy"]["status"] == "fail"
+    assert "security.W004" in checks["check-deploy"]["cause"], checks["check-deploy"]
+
+
+def test_a_domain_added_without_djship_up_is_named(site: Site):
+    config = site.project / "djship.toml"
+    original = config.read_text()
+    config.write_text(with_values(original, {"site.domains": ["localhost", "www.example.com"]}))
+    try:
+        code, checks = doctor(site)
+    finally:
+        config.write_text(original)
+    assert code == 1
+    assert "lacks www.example.com" in checks["allowed-hosts"]["cause"], checks["allowed-hosts"]
+    assert "does not name www.example.com" in checks["certificate"]["cause"], checks["certificate"]
+    assert f"lacks https://www.example.com:{DOCTOR_PORTS.https}" in checks["csrf"]["cause"], checks["csrf"]
+
+
+def test_sessions_in_a_per_process_cache_are_named_after_a_deploy(site: Site):
+    settings = site.project / "board" / "settings.py"
+    original = settings.read_text()
+    settings.write_text(original + '\nSESSION_ENGINE = "django.contrib.sessions.backends.cache"\n')
+    try:
+        site.djship("deploy")
+        site.status()
+        code, checks = doctor(site)
+    finally:
+        settings.write_text(original)
+        site.djship("deploy")
+        site.status()
+    assert code == 1
+    check = checks["cache-sessions"]
+    assert check["status"] == "fail"
+    assert "LocMemCache" in check["cause"] and "logged out at random" in check["cause"], check
+
+
+def test_a_stopped_system_is_one_line_and_exit_1(workdir):
+    project = make_project(workdir, DOCTOR_PORTS)
+    for args in (("doctor",), ("doctor", "--json")):
+        result = run_djship(project, *args, check=False)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.strip() == "error: not running; `djship up` first"

@@ -1,0 +1,442 @@
+"""The doctor's checks on observed facts: a healthy system passes every check, and each test breaks one thing on
+purpose and sees the doctor name it (with the cause and the fix). Also the parsers of the files on disk."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from djship import render
+from djship.doctor import report
+from djship.doctor.checks import CHECKS, FAIL, PASS, WARN, evaluate
+from djship.doctor.facts import (
+    MAX_REDIRECTS, CertificateFacts, CsrfFacts, Facts, ServerFacts, parse_gunicorn_conf, parse_haproxy_timeouts,
+    parse_nginx_conf, sets_forwarded_proto,
+)
+
+RELEASE = "20261125-120000"
+STATIC = "/static/css/board.css"
+SHARED_CACHE = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "cache"}}
+LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
+
+
+@pytest.fixture
+def plan(make_plan):
+    return make_plan(running_as_root=True, app={"servers": 2})
+
+
+def _settings(plan) -> dict:
+    return {
+        "DEBUG": False,
+        "ALLOWED_HOSTS": list(plan.domains),
+        "CSRF_TRUSTED_ORIGINS": list(plan.origins),
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "SECURE_SSL_REDIRECT": True,
+        "CACHES": copy.deepcopy(SHARED_CACHE),
+        "SESSION_ENGINE": "django.contrib.sessions.backends.db",
+        "SESSION_CACHE_ALIAS": "default",
+        "SESSION_FILE_PATH": "/tmp",
+        "SECRET_KEY_SHA256": "0123456789abcdef",
+        "CONN_MAX_AGE": 60,
+        "MEDIA_ROOT": str(plan.paths.media),
+        "STATIC_ROOT": str(plan.paths.releases / RELEASE / "static"),
+    }
+
+
+@pytest.fixture
+def facts(plan) -> Facts:
+    """What the doctor observes on a healthy system rendered from this plan by djship's own renderers."""
+    servers = [
+        ServerFacts(
+            name=server.name, release=RELEASE, health=f"HTTP 200 ok {RELEASE}", socket_exists=True, socket_error=None,
+            nginx=parse_nginx_conf(render.nginx_conf(plan, server)),
+            gunicorn=parse_gunicorn_conf(render.gunicorn_conf(plan, server)),
+            static={STATIC: 200}, media_served=str(plan.paths.media), media_probe=200, settings=_settings(plan),
+        )
+        for server in plan.app_servers
+    ]
+    return Facts(
+        processes={program.name: "RUNNING" for program in render.programs(plan)},
+        balancer={server.name: "UP" for server in plan.app_servers},
+        database_ready=True,
+        database={"max_connections": 100, "connections": 8, "now": 0.0},
+        media_dir=str(plan.paths.media),
+        haproxy_timeouts=parse_haproxy_timeouts(render.haproxy_cfg(plan)),
+        haproxy_sets_forwarded_proto=sets_forwarded_proto(render.haproxy_cfg(plan)),
+        servers=servers,
+        hosts={domain: 200 for domain in plan.domains},
+        redirects=[(f"http://localhost:{plan.http_port}/", 301), (f"https://localhost:{plan.https_port}/", 200)],
+        static_via_balancer={STATIC: 200},
+        csrf=CsrfFacts(path="/accounts/login/", tried=("/accounts/login/",), get_status=200, token_found=True,
+                       post_status=200),
+        certificate=CertificateFacts(days_left=396.5, names=tuple(plan.domains), issued_by_ca=True),
+        check_deploy=(True, "System check identified no issues (0 silenced)."),
+        clock_skew={"postgres": 0.01, "app servers (HTTP Date)": -0.4},
+    )
+
+
+def _result(plan, facts, check_id):
+    results = {result.id: result for result in evaluate(plan, facts)}
+    return results[check_id]
+
+
+def _assert_names(result, status, *phrases):
+    text = f"{result.cause} {result.fix}"
+    assert result.status == status, result
+    for phrase in phrases:
+        assert phrase in text, f"{phrase!r} not in {text!r}"
+    if status != PASS:
+        assert result.fix, f"{result.name} fails without saying how to fix it"
+
+
+def test_a_healthy_system_passes_every_check(plan, facts):
+    results = evaluate(plan, facts)
+    assert [result.status for result in results] == [PASS] * len(CHECKS), [r for r in results if r.status != PASS]
+    document = report(results)
+    assert document["ok"] is True
+    assert document["summary"] == {"pass": len(CHECKS), "warn": 0, "fail": 0}
+    assert set(document["checks"][0]) == {"id", "name", "status", "cause", "fix"}
+    assert len({result.id for result in results}) == len(CHECKS)
+
+
+def test_report_is_not_ok_with_one_failure_and_ok_with_warnings(plan, facts):
+    facts.clock_skew["postgres"] = 5.0
+    assert report(evaluate(plan, facts))["ok"] is True
+    facts.processes["haproxy"] = "FATAL"
+    document = report(evaluate(plan, facts))
+    assert document["ok"] is False
+    assert document["summary"]["fail"] >= 1 and document["summary"]["warn"] == 1
+
+
+# Component up/healthy
+
+def test_a_stopped_gunicorn_is_named(plan, facts):
+    facts.processes["app2-gunicorn"] = "STOPPED"
+    facts.balancer["app2"] = "DOWN"
+    _assert_names(_result(plan, facts, "components"), FAIL, "app2-gunicorn is STOPPED", "balancer sees app2 DOWN",
+                  "djship logs")
+
+
+def test_a_missing_program_and_a_database_that_does_not_accept_are_named(plan, facts):
+    del facts.processes["app1-nginx"]
+    facts.database_ready = False
+    _assert_names(_result(plan, facts, "components"), FAIL, "app1-nginx is not configured",
+                  f"PostgreSQL on {plan.database.endpoint} is not accepting")
+
+
+def test_a_drained_server_is_not_healthy(plan, facts):
+    facts.balancer["app1"] = "DRAIN"
+    _assert_names(_result(plan, facts, "components"), FAIL, "balancer sees app1 DRAIN")
+
+
+# 502 Bad Gateway: gunicorn socket
+
+def test_a_socket_nginx_cannot_connect_to_is_a_502(plan, facts):
+    facts.servers[1].socket_error = "PermissionError: [Errno 13] Permission denied"
+    facts.servers[1].health = "HTTP 502 <html>"
+    result = _result(plan, facts, "gunicorn-socket")
+    _assert_names(result, FAIL, "app2", "djship cannot connect", "Permission denied", str(plan.app_servers[1].socket))
+    assert "app1" not in result.cause
+
+
+def test_a_missing_socket_is_named(plan, facts):
+    facts.servers[0].socket_exists = False
+    _assert_names(_result(plan, facts, "gunicorn-socket"), FAIL, "app1", "does not exist")
+
+
+def test_nginx_proxying_to_another_socket_is_named(plan, facts):
+    facts.servers[0].nginx = parse_nginx_conf(render.nginx_conf(plan, plan.app_servers[0]).replace(
+        str(plan.app_servers[0].socket), "/tmp/elsewhere.sock"))
+    _assert_names(_result(plan, facts, "gunicorn-socket"), FAIL, "proxies to /tmp/elsewhere.sock")
+
+
+def test_a_502_from_nginx_is_named_even_when_the_socket_looks_fine(plan, facts):
+    facts.servers[0].socket_exists = False
+    facts.servers[1].health = "HTTP 502 Bad Gateway"
+    _assert_names(_result(plan, facts, "gunicorn-socket"), FAIL, "app1", "app2: nginx answers 502")
+
+
+# Static files
+
+def test_a_static_file_missing_on_one_server_is_a_404(plan, facts):
+    facts.servers[1].static[STATIC] = 404
+    facts.static_via_balancer[STATIC] = 404
+    _assert_names(_result(plan, facts, "static-files"), FAIL, f"app2's nginx answers 404 for {STATIC}",
+                  f"balancer answers 404 for {STATIC}", "collectstatic")
+
+
+def test_nginx_serving_static_from_elsewhere_is_named(plan, facts):
+    server = plan.app_servers[0]
+    facts.servers[0].nginx = parse_nginx_conf(
+        render.nginx_conf(plan, server).replace(f"{server.release_link}/static/", "/var/www/static/"))
+    _assert_names(_result(plan, facts, "static-files"), FAIL, "serves /static/ from /var/www/static/")
+
+
+def test_static_root_outside_the_release_is_named(plan, facts):
+    facts.servers[0].settings["STATIC_ROOT"] = "/srv/static"
+    _assert_names(_result(plan, facts, "static-files"), FAIL, "STATIC_ROOT is /srv/static")
+
+
+def test_nothing_to_fetch_is_a_warning(plan, facts):
+    facts.static_via_balancer = {}
+    for server in facts.servers:
+        server.static = {}
+    assert _result(plan, facts, "static-files").status == WARN
+
+
+# DisallowedHost
+
+def test_a_domain_missing_from_allowed_hosts_is_named(plan, facts):
+    facts.servers[0].settings["ALLOWED_HOSTS"] = ["example.com"]
+    facts.hosts["localhost"] = 400
+    _assert_names(_result(plan, facts, "allowed-hosts"), FAIL, "ALLOWED_HOSTS ['example.com'] lacks localhost",
+                  "Host localhost answers 400", "site.domains")
+
+
+def test_allowed_hosts_wildcards_are_accepted(plan, facts, make_plan):
+    plan = make_plan(running_as_root=True, app={"servers": 2}, site={"domains": ["www.example.com"]})
+    facts.hosts = {"www.example.com": 200}
+    for server in facts.servers:
+        server.settings["ALLOWED_HOSTS"] = [".example.com"]
+    assert _result(plan, facts, "allowed-hosts").status == PASS
+
+
+def test_settings_that_do_not_load_fail_the_settings_checks(plan, facts):
+    facts.servers[1].settings = None
+    facts.servers[1].settings_error = "ImportError: No module named 'board'"
+    for check_id in ("allowed-hosts", "csrf", "secret-key", "cache-sessions", "media"):
+        _assert_names(_result(plan, facts, check_id), FAIL, "app2: ImportError")
+
+
+# CSRF
+
+def test_a_403_on_the_real_post_is_named(plan, facts):
+    facts.csrf.post_status = 403
+    facts.csrf.post_reason = "Origin checking failed - https://localhost:8443 does not match any trusted origins."
+    _assert_names(_result(plan, facts, "csrf"), FAIL, "POST /accounts/login/", "403 Origin checking failed",
+                  "CSRF_TRUSTED_ORIGINS")
+
+
+def test_a_403_with_a_balancer_that_does_not_set_the_proto_header_names_the_balancer(plan, facts):
+    facts.csrf.post_status = 403
+    facts.haproxy_sets_forwarded_proto = False
+    _assert_names(_result(plan, facts, "csrf"), FAIL, "haproxy.cfg does not set X-Forwarded-Proto https")
+
+
+def test_missing_trusted_origin_and_proxy_header_are_named(plan, facts):
+    facts.servers[0].settings["CSRF_TRUSTED_ORIGINS"] = ["https://localhost"]
+    facts.servers[1].settings["SECURE_PROXY_SSL_HEADER"] = None
+    _assert_names(_result(plan, facts, "csrf"), FAIL, f"app1: CSRF_TRUSTED_ORIGINS lacks {plan.origins[0]}",
+                  "app2: SECURE_PROXY_SSL_HEADER is None")
+
+
+def test_no_form_to_post_is_a_warning_that_names_the_option(plan, facts):
+    facts.csrf = CsrfFacts(path="/admin/login/", tried=("/accounts/login/", "/admin/login/"), get_status=404)
+    _assert_names(_result(plan, facts, "csrf"), WARN, "--form-path", "/accounts/login/, /admin/login/")
+
+
+# Redirect loop
+
+def test_a_redirect_loop_is_named(plan, facts):
+    https = f"https://localhost:{plan.https_port}/"
+    facts.redirects = [(f"http://localhost:{plan.http_port}/", 301), (https, 301), (https, 301)]
+    _assert_names(_result(plan, facts, "redirect-loop"), FAIL, "redirect loop", "X-Forwarded-Proto")
+
+
+def test_a_redirect_loop_from_a_balancer_without_the_proto_header_names_it(plan, facts):
+    https = f"https://localhost:{plan.https_port}/"
+    facts.redirects = [(https, 301), (https, "again")]
+    facts.haproxy_sets_forwarded_proto = False
+    _assert_names(_result(plan, facts, "redirect-loop"), FAIL, "redirect loop", "does not set X-Forwarded-Proto")
+
+
+def test_an_endless_chain_of_distinct_urls_is_a_loop(plan, facts):
+    facts.redirects = [(f"https://localhost:{plan.https_port}/{hop}", 302) for hop in range(MAX_REDIRECTS + 1)]
+    _assert_names(_result(plan, facts, "redirect-loop"), FAIL, "redirect loop")
+
+
+def test_plain_http_served_without_redirect_is_named(plan, facts):
+    facts.redirects = [(f"http://localhost:{plan.http_port}/", 200)]
+    _assert_names(_result(plan, facts, "redirect-loop"), FAIL, "without a redirect to https")
+
+
+# Timeouts and body sizes
+
+def test_nginx_timeout_above_the_balancer_is_named(plan, facts):
+    server = plan.app_servers[0]
+    facts.servers[0].nginx = parse_nginx_conf(render.nginx_conf(plan, server).replace(
+        f"proxy_read_timeout {plan.nginx_timeout}s", "proxy_read_timeout 300s"))
+    _assert_names(_result(plan, facts, "timeouts-body-size"), FAIL, "app1: timeouts balancer 40s, nginx 300s, "
+                  "gunicorn 30s", "app.timeout")
+
+
+def test_gunicorn_timeout_above_nginx_is_named(plan, facts):
+    facts.servers[1].gunicorn["timeout"] = 120
+    _assert_names(_result(plan, facts, "timeouts-body-size"), FAIL, "app2", "gunicorn 120s")
+
+
+def test_a_body_size_that_differs_on_one_server_is_a_413(plan, facts):
+    server = plan.app_servers[1]
+    facts.servers[1].nginx = parse_nginx_conf(render.nginx_conf(plan, server).replace(
+        "client_max_body_size 10M", "client_max_body_size 1m"))
+    _assert_names(_result(plan, facts, "timeouts-body-size"), FAIL, "app2 1m", "413", "app.max_body_size")
+
+
+def test_equal_sizes_in_other_units_are_aligned(plan, facts):
+    server = plan.app_servers[1]
+    facts.servers[1].nginx = parse_nginx_conf(render.nginx_conf(plan, server).replace(
+        "client_max_body_size 10M", "client_max_body_size 10240k"))
+    assert _result(plan, facts, "timeouts-body-size").status == PASS
+
+
+# Connection exhaustion
+
+def test_a_budget_over_max_connections_is_named(plan, facts):
+    facts.database["max_connections"] = 15
+    _assert_names(_result(plan, facts, "connections"), FAIL, "= 16", "max_connections 15 leaves 12",
+                  "too many clients", "at least 19")
+
+
+def test_workers_read_from_disk_count_not_the_plan(plan, facts):
+    for server in facts.servers:
+        server.gunicorn["workers"] = 50
+    _assert_names(_result(plan, facts, "connections"), FAIL, "50 + 50", "= 110")
+
+
+def test_nearly_all_connections_open_is_a_warning(plan, facts):
+    facts.database["connections"] = 90
+    assert _result(plan, facts, "connections").status == WARN
+
+
+def test_an_unreachable_database_fails_the_budget_check(plan, facts):
+    facts.database, facts.database_error = None, "password authentication failed"
+    _assert_names(_result(plan, facts, "connections"), FAIL, "password authentication failed")
+
+
+# SECRET_KEY per server
+
+def test_a_secret_key_per_server_is_named(plan, facts):
+    facts.servers[1].settings["SECRET_KEY_SHA256"] = "fedcba9876543210"
+    _assert_names(_result(plan, facts, "secret-key"), FAIL, "2 different SECRET_KEYs", "app1; app2",
+                  str(plan.paths.app_secrets))
+
+
+# Cache/sessions across servers
+
+@pytest.mark.parametrize(
+    ("engine", "cache", "status", "phrase"),
+    [
+        ("django.contrib.sessions.backends.file", None, FAIL, "file sessions"),
+        ("django.contrib.sessions.backends.cache", LOCMEM, FAIL, "logged out at random"),
+        ("django.contrib.sessions.backends.cached_db", LOCMEM, WARN, "a logout on one server"),
+        ("django.contrib.sessions.backends.db", LOCMEM, WARN, "one per worker"),
+        ("django.contrib.sessions.backends.cache", "django_redis.cache.RedisCache", PASS, "shared by all 2"),
+        ("django.contrib.sessions.backends.signed_cookies", None, PASS, "shared by all 2"),
+    ],
+)
+def test_sessions_and_cache_that_are_not_shared_are_named(plan, facts, engine, cache, status, phrase):
+    for server in facts.servers:
+        server.settings["SESSION_ENGINE"] = engine
+        if cache:
+            server.settings["CACHES"]["default"]["BACKEND"] = cache
+    _assert_names(_result(plan, facts, "cache-sessions"), status, phrase)
+
+
+def test_one_server_may_keep_sessions_anywhere(make_plan, facts):
+    plan = make_plan(running_as_root=True, app={"servers": 1})
+    facts.servers = facts.servers[:1]
+    facts.servers[0].settings["SESSION_ENGINE"] = "django.contrib.sessions.backends.file"
+    assert _result(plan, facts, "cache-sessions").status == PASS
+
+
+# Uploads on one server only
+
+def test_media_root_per_server_is_named(plan, facts):
+    facts.servers[1].settings["MEDIA_ROOT"] = "/srv/board/media"
+    facts.servers[1].media_probe = 404
+    _assert_names(_result(plan, facts, "media"), FAIL, "app2: MEDIA_ROOT is /srv/board/media",
+                  "Django saves uploads to /srv/board/media", "answers 404 at /media/")
+
+
+def test_nginx_media_alias_elsewhere_is_named(plan, facts):
+    facts.servers[0].media_served = "/var/www/media"
+    _assert_names(_result(plan, facts, "media"), FAIL, "app1: nginx serves /media/ from /var/www/media,")
+
+
+def test_media_after_a_restore_is_the_directory_live_json_names(plan, facts):
+    restored = str(plan.paths.shared / "media-20261125T200000Z")
+    facts.media_dir = restored
+    assert _result(plan, facts, "media").status == FAIL  # servers still on the old directory
+    for seen in facts.servers:
+        seen.settings["MEDIA_ROOT"], seen.media_served = restored, restored
+    assert _result(plan, facts, "media").status == PASS
+
+
+# Certificate expiry
+
+@pytest.mark.parametrize(
+    ("days", "status", "phrase"),
+    [(10, WARN, "expires in 10 days"), (1.5, FAIL, "expires in 1.5 days"), (-2, FAIL, "expired 2 days ago"),
+     (200, PASS, "200 days left")],
+)
+def test_certificate_days_left(plan, facts, days, status, phrase):
+    facts.certificate.days_left = days
+    _assert_names(_result(plan, facts, "certificate"), status, phrase)
+
+
+def test_a_certificate_for_other_names_or_another_ca_is_named(plan, facts):
+    facts.certificate = CertificateFacts(days_left=300, names=("example.com",), issued_by_ca=False)
+    _assert_names(_result(plan, facts, "certificate"), FAIL, "does not name localhost", "not signed by djship's CA")
+
+
+def test_no_certificate_served_is_named(plan, facts):
+    facts.certificate = CertificateFacts(error="Connection refused")
+    _assert_names(_result(plan, facts, "certificate"), FAIL, "Connection refused")
+
+
+# check --deploy
+
+def test_check_deploy_warnings_are_named(plan, facts):
+    facts.check_deploy = (False, "System check identified some issues:\n\nWARNINGS:\n"
+                                 "?: (security.W004) You have not set a value for the SECURE_HSTS_SECONDS setting.\n\n"
+                                 "System check identified 1 issue (0 silenced).")
+    _assert_names(_result(plan, facts, "check-deploy"), FAIL, "(security.W004)", "djship manage -- check --deploy")
+
+
+# Clock skew
+
+@pytest.mark.parametrize(("skew", "status"), [(0.5, PASS), (-5, WARN), (300, FAIL)])
+def test_clock_skew(plan, facts, skew, status):
+    facts.clock_skew["postgres"] = skew
+    _assert_names(_result(plan, facts, "clock-skew"), status, f"postgres {skew:+.1f}s")
+
+
+# Parsers of the files on disk
+
+def test_parse_nginx_conf_reads_what_djship_renders(plan):
+    server = plan.app_servers[0]
+    parsed = parse_nginx_conf(render.nginx_conf(plan, server))
+    assert parsed.client_max_body_size == "10M"
+    assert parsed.proxy_read_timeout == plan.nginx_timeout
+    assert parsed.static_alias == f"{server.release_link}/static/"
+    assert parsed.media_alias == f"{server.media_link}/"
+    assert parsed.upstream_socket == str(server.socket)
+
+
+def test_parse_gunicorn_conf_reads_literals_without_executing(plan):
+    parsed = parse_gunicorn_conf(render.gunicorn_conf(plan, plan.app_servers[0]))
+    assert (parsed["timeout"], parsed["workers"], parsed["threads"]) == (plan.gunicorn_timeout, plan.workers, plan.threads)
+    assert parse_gunicorn_conf("import os\ntimeout = os.system('false')\nworkers = 2\n") == {"workers": 2}
+
+
+def test_parse_haproxy_timeouts_converts_units(plan):
+    assert parse_haproxy_timeouts(render.haproxy_cfg(plan))["server"] == plan.balancer_timeout
+    assert parse_haproxy_timeouts("  timeout server 1500ms\n  timeout client 2m\n") == {"server": 1, "client": 120}
+
+
+def test_sets_forwarded_proto_reads_the_balancer_config(plan):
+    rendered = render.haproxy_cfg(plan)
+    assert sets_forwarded_proto(rendered)
+    assert not sets_forwarded_proto(rendered.replace("http-request set-header X-Forwarded-Proto https", ""))
+    assert not sets_forwarded_proto("    # http-request set-header X-Forwarded-Proto https\n")
