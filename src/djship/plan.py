@@ -18,6 +18,8 @@ CONNECTION_HEADROOM = 10
 SUPERUSER_RESERVED = 3
 # Longest path a unix socket may have on Linux (sun_path is 108 bytes with the final NUL).
 MAX_SOCKET_PATH = 107
+# The supervised program that renews ACME certificates (tls.mode = "acme").
+RENEWAL_PROGRAM = "renewal"
 # On the local target every component talks over loopback.
 LOOPBACK_NETWORK = "127.0.0.0/8"
 
@@ -77,6 +79,19 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """Where the site certificate comes from: djship's local CA, an ACME directory, or the user's own files."""
+
+    mode: str
+    acme_directory: str
+    acme_email: str | None
+    acme_ca_bundle: Path | None
+    """CA bundle that verifies the ACME directory's own HTTPS certificate; None: the system's trust store."""
+    cert_file: Path | None
+    key_file: Path | None
+
+
+@dataclass(frozen=True)
 class Paths:
     state: Path
 
@@ -95,6 +110,19 @@ class Paths:
     @property
     def site_pem(self) -> Path:
         return self.tls / "site.pem"
+
+    @property
+    def acme_account_key(self) -> Path:
+        return self.tls / "acme-account.key"
+
+    @property
+    def challenge_map(self) -> Path:
+        """HAProxy's map of ACME HTTP-01 challenge paths to key authorizations; filled through its runtime API."""
+        return self.balancer / "acme-challenges.map"
+
+    @property
+    def renewal_state(self) -> Path:
+        return self.tls / "renewal.json"
 
     @property
     def secrets(self) -> Path:
@@ -180,6 +208,7 @@ class Plan:
     exclude: tuple[str, ...]
     domains: tuple[str, ...]
     hsts_seconds: int
+    tls: Tls
     balancer_bind: str
     balancer_network: str
     https_port: int
@@ -222,6 +251,11 @@ def _project_name(settings_module: str) -> str:
     return (name if name[:1].isalpha() else f"app_{name}")[:63]
 
 
+def _in_project(project_dir: Path, path: str | None) -> Path | None:
+    """A path from djship.toml: absolute, or relative to the project directory."""
+    return None if path is None else project_dir / Path(path).expanduser()
+
+
 def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:
     project_dir = project_dir.resolve()
     state = (project_dir / config.state_dir).resolve()
@@ -258,6 +292,14 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
         exclude=tuple(config.project.exclude),
         domains=tuple(config.site.domains),
         hsts_seconds=hsts,
+        tls=Tls(
+            mode=config.tls.mode,
+            acme_directory=config.tls.acme_directory,
+            acme_email=config.tls.acme_email,
+            acme_ca_bundle=_in_project(project_dir, config.tls.acme_ca_bundle),
+            cert_file=_in_project(project_dir, config.tls.cert_file),
+            key_file=_in_project(project_dir, config.tls.key_file),
+        ),
         balancer_bind=config.balancer.bind,
         balancer_network=LOOPBACK_NETWORK,
         https_port=config.balancer.https_port,

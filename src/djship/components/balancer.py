@@ -66,6 +66,30 @@ class Balancer:
         """state: ready (in rotation), drain (no new requests), maint (out)."""
         self._command(f"set server {BACKEND}/{server} state {state}")
 
+    def add_map_entries(self, map_file: Path, entries: dict[str, str]) -> None:
+        for key, value in entries.items():
+            self._command(f"add map {map_file} {key} {value}")
+
+    def delete_map_entries(self, map_file: Path, keys: list[str]) -> None:
+        for key in keys:
+            self._command(f"del map {map_file} {key}")
+
+    def replace_certificate(self, cert_file: Path, bundle: bytes) -> None:
+        """Swap the certificate of `bind ... crt cert_file` in memory: new handshakes get it, no connection drops."""
+        steps = (
+            (f"set ssl cert {cert_file} <<\n{bundle.decode().strip()}\n", "Transaction"),
+            (f"commit ssl cert {cert_file}", "Success!"),
+        )
+        for command, expected in steps:
+            try:
+                answer = runtime_command(self.socket_path, command, timeout=30)
+            except OSError as error:
+                raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
+            if expected not in answer:
+                runtime_command(self.socket_path, f"abort ssl cert {cert_file}")
+                reason = next((line for line in answer.splitlines() if line.strip()), "no answer")
+                raise DjshipError(f"the load balancer refused the new certificate for {cert_file}: {reason}")
+
     def states(self) -> dict[str, ServerState]:
         return server_states(self.socket_path)
 
@@ -94,15 +118,19 @@ def server_states(socket_path: Path) -> dict[str, ServerState]:
         return {}
 
 
-def https_probe(address: str, port: int, host_name: str, path: str, ca_file: Path, timeout: float = 5) -> int | None:
-    """GET path over HTTPS from the balancer, verifying its certificate for host_name against ca_file.
+def https_probe(address: str, port: int, host_name: str, path: str, certificate: bytes, timeout: float = 5) -> int | None:
+    """GET path over HTTPS from the balancer, which must present exactly this certificate (DER) for host_name.
 
-    Returns the HTTP status, or None when no verified response came back.
+    Returns the HTTP status, or None when no response came back with that certificate.
     """
-    context = ssl.create_default_context(cafile=str(ca_file))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # pinned: the exact certificate, whoever issued it
     try:
         with socket.create_connection((address, port), timeout=timeout) as raw:
             with context.wrap_socket(raw, server_hostname=host_name) as tls:
+                if tls.getpeercert(binary_form=True) != certificate:
+                    return None
                 tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host_name}:{port}\r\nConnection: close\r\n\r\n".encode())
                 status_line = tls.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
     except (OSError, ssl.SSLError):

@@ -11,7 +11,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from djship import render
@@ -26,11 +26,20 @@ from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
 from djship.plan import AppServer, Plan, build_plan
 from djship.progress import Reporter
-from djship.tls import local_ca
+from djship.plan import RENEWAL_PROGRAM
+from djship.tls import renewal
+from djship.tls.certificates import leaf_der
+from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, install, obtain_acme, \
+    site_info, validated_files
 from djship.tools import find_tools
 from djship.waiting import wait_until
 
 READY_TIMEOUT = 60
+_CERTIFICATE_STEP = {
+    "local": "Local CA and site certificate",
+    "files": "Site certificate from tls.cert_file and tls.key_file",
+    "acme": "Site certificate (ACME; a placeholder until the first one is obtained)",
+}
 ROTATION_TIMEOUT = 30
 _APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
@@ -64,26 +73,6 @@ def ensure_secrets(plan: Plan, connector: Connector) -> Secrets:
         admin = {"postgres_password": secrets.token_urlsafe(24)}
         connector.put(plan.paths.admin_secrets, json.dumps(admin, indent=2) + "\n", mode=0o600)
     return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
-
-
-def ensure_certificate(plan: Plan, connector: Connector) -> bool:
-    """The local CA and a current site certificate; returns whether the site certificate was (re)issued."""
-    connector.makedirs(plan.paths.tls, mode=0o711)
-    cert, key = connector.get(plan.paths.ca_cert), connector.get(plan.paths.ca_key)
-    if cert and key:
-        authority = local_ca.load_authority(cert, key)
-    else:
-        authority = local_ca.new_authority(plan.project_dir.name)
-        connector.put(plan.paths.ca_key, authority.key_pem(), mode=0o600)
-        connector.put(plan.paths.ca_cert, authority.cert_pem(), mode=0o644)
-    bundle = connector.get(plan.paths.site_pem)
-    if bundle and local_ca.site_certificate_is_current(bundle, authority, plan.domains):
-        return False
-    connector.put(
-        plan.paths.site_pem, local_ca.issue_site_certificate(authority, plan.domains), mode=0o600,
-        owner=plan.service_user,
-    )
-    return True
 
 
 def _ensure_service_user(plan: Plan, connector: Connector) -> None:
@@ -197,6 +186,8 @@ class LocalSystem:
         if self.supervisor.pid() is not None:
             with exclusive(self.plan.paths.deploy_lock, "up"):
                 return self.reconcile()
+        if self.plan.tls.mode == "files":
+            validated_files(self.plan, self.connector)
         check_ports_free(listening_endpoints(self.plan))
         try:
             return self._start()
@@ -212,7 +203,7 @@ class LocalSystem:
             _ensure_service_user(plan, connector)
             prepare_state_dir(plan, connector)
             secrets_ = ensure_secrets(plan, connector)
-        with self.reporter.step("Local CA and site certificate"):
+        with self.reporter.step(_CERTIFICATE_STEP[plan.tls.mode]):
             ensure_certificate(plan, connector)
         if not self.database.initialized():
             with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
@@ -237,7 +228,61 @@ class LocalSystem:
         for server in plan.app_servers:
             self.start_app_server(server, release)
         self._start_balancer()
+        if plan.tls.mode == "acme":
+            self._ensure_acme_certificate()
+            with self.reporter.step("Starting the certificate renewal timer"):
+                self.supervisor.start(RENEWAL_PROGRAM)
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+
+    @property
+    def balancer_hosts(self) -> list[BalancerHost]:
+        return [BalancerHost(self.connector, self.balancer)]
+
+    def _ensure_acme_certificate(self) -> bool:
+        """Obtain and install an ACME certificate unless the served one is current; returns whether it did."""
+        if acme_certificate_is_current(self.plan, site_info(self.plan, self.connector)):
+            return False
+        with self.reporter.step(f"Certificate for {', '.join(self.plan.domains)} from {self.plan.tls.acme_directory}"):
+            self.renew_certificate()
+        return True
+
+    def renew_certificate(self) -> None:
+        """A new ACME certificate, installed into every balancer without a reload; recorded for `djship status`."""
+
+        def renew() -> None:
+            bundle = obtain_acme(self.plan, self.connector, self.balancer_hosts)
+            install(self.plan, self.balancer_hosts, bundle)
+            wait_until(
+                "the load balancer serving the new certificate", self._balancer_ready, READY_TIMEOUT,
+                f"see {self.plan.paths.logs / 'haproxy.log'}",
+            )
+
+        renewal.attempt(self.plan, self.connector, renew)
+
+    def renew(self, force: bool) -> bool:
+        """`djship certs renew`: renew now if due (or always with force); returns whether it renewed."""
+        if self.plan.tls.mode != "acme":
+            raise DjshipError(
+                f"tls.mode is {self.plan.tls.mode!r}: only ACME certificates are renewed by djship "
+                + ("(the local CA's are reissued by `djship up`)" if self.plan.tls.mode == "local" else
+                   "(point tls.cert_file and tls.key_file at the new files and run `djship up`)")
+            )
+        haproxy = self.supervisor.status().get("haproxy") if self.supervisor.pid() else None
+        if haproxy is None or haproxy.state != "RUNNING":
+            raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
+        if not force and acme_certificate_is_current(self.plan, site_info(self.plan, self.connector)):
+            return False
+        self.renew_certificate()
+        return True
+
+    def watch_renewals(self, log) -> None:
+        """The renewal timer's loop (the supervised program `renewal`); never returns."""
+
+        def site() -> tuple:
+            info = site_info(self.plan, self.connector)
+            return info, acme_certificate_is_current(self.plan, info)
+
+        renewal.watch(self.plan, self.connector, site, self.renew_certificate, log)
 
     def start_app_server(self, server: AppServer, release: Release) -> None:
         with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
@@ -272,11 +317,12 @@ class LocalSystem:
                 or states[name].status != "UP"]
         if down:
             return False, f"waiting for health checks of {', '.join(down)}"
+        bundle = self.connector.get(self.plan.paths.site_pem)
         status = balancer.https_probe(
             self.plan.balancer_bind, self.plan.https_port, self.plan.domains[0], self.plan.health_path,
-            self.plan.paths.ca_cert,
+            leaf_der(bundle) if bundle else b"",
         )
-        return status == 200, f"HTTPS health check answered {status}"
+        return status == 200, f"HTTPS health check with the certificate in {self.plan.paths.site_pem} answered {status}"
 
     def _start_balancer(self) -> None:
         with self.reporter.step(f"Starting the load balancer (HAProxy) on {self.plan.url}"):
@@ -357,7 +403,8 @@ class LocalSystem:
             name for name, state in balancer.server_states(plan.paths.haproxy_socket).items()
             if state.status.startswith(("DRAIN", "MAINT"))
         ]
-        if not (removed or changed or not_running or out_of_rotation):
+        certificate_due = plan.tls.mode == "acme" and not acme_certificate_is_current(plan, site_info(plan, self.connector))
+        if not (removed or changed or not_running or out_of_rotation or certificate_due):
             return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=False)
         if "postgres" in not_running:
             with self.reporter.step("Starting PostgreSQL"):
@@ -380,6 +427,11 @@ class LocalSystem:
             with self.reporter.step(f"Putting {', '.join(out_of_rotation)} back into rotation"):
                 for name in out_of_rotation:
                     self.balancer.set_state(name, "ready")
+        if plan.tls.mode == "acme":
+            self._ensure_acme_certificate()
+            if RENEWAL_PROGRAM in not_running | changed:
+                with self.reporter.step("Starting the certificate renewal timer"):
+                    self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
         return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
 
     def _take_out_for_good(self, names: list[str]) -> None:
@@ -477,7 +529,20 @@ class LocalSystem:
             "release": release.id if release else None,
             "supervisor_pid": self.supervisor.pid() if running else None,
             "components": components,
+            "tls": self._tls_status(processes),
         }
+
+    def _tls_status(self, processes: dict) -> dict:
+        info = site_info(self.plan, self.connector)
+        report = {"mode": self.plan.tls.mode, "certificate": info.to_json() if info else None, "renewal": None}
+        if self.plan.tls.mode == "acme":
+            process = processes.get(RENEWAL_PROGRAM)
+            report["renewal"] = {
+                "pid": process.pid if process else None,
+                "state": process.state if process else "STOPPED",
+                **asdict(renewal.load(self.plan, self.connector)),
+            }
+        return report
 
     def log_files(self, component: str | None) -> list[Path]:
         names = ["supervisord", *self.program_names]

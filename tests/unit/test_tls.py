@@ -1,0 +1,197 @@
+"""Certificates: inspection, `files` mode validation (each failure with its own message), renewal timing."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from djship.errors import DjshipError
+from djship.tls import files, renewal
+from djship.tls.certificates import CertificateInfo
+
+NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.timezone.utc)
+CERT_FILE, KEY_FILE = Path("/srv/site/site.crt"), Path("/srv/site/site.key")
+DOMAINS = ("shop.example.com", "www.shop.example.com")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(subject: str, issuer: str, key, signing_key, names=(), ca=False, days=(-1, 89)) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW + datetime.timedelta(days=days[0]))
+        .not_valid_after(NOW + datetime.timedelta(days=days[1]))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def _pem(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+class Chain:
+    """root -> intermediate -> leaf for DOMAINS, valid from a day ago for 89 days."""
+
+    def __init__(self, names=DOMAINS, days=(-1, 89)):
+        self.root_key, self.intermediate_key, self.key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+        self.root = _certificate("Test Root", "Test Root", self.root_key, self.root_key, ca=True, days=(-10, 3650))
+        self.intermediate = _certificate("Test Intermediate", "Test Root", self.intermediate_key, self.root_key, ca=True,
+                                         days=(-10, 1000))
+        self.leaf = _certificate(names[0], "Test Intermediate", self.key, self.intermediate_key, names, days=days)
+
+
+def _validate(cert_pem: bytes, key_pem: bytes, domains=DOMAINS) -> bytes:
+    return files.validate(cert_pem, key_pem, domains, CERT_FILE, KEY_FILE, at=NOW)
+
+
+def test_valid_files_become_chain_then_key():
+    chain = Chain()
+
+    bundle = _validate(_pem(chain.leaf, chain.intermediate), _key_pem(chain.key))
+
+    assert x509.load_pem_x509_certificates(bundle) == [chain.leaf, chain.intermediate]
+    assert bundle.rstrip().endswith(b"-----END PRIVATE KEY-----")
+
+
+def test_mismatched_key_is_refused():
+    chain = Chain()
+    other_key = ec.generate_private_key(ec.SECP256R1())
+
+    with pytest.raises(DjshipError, match=r"^tls.key_file: /srv/site/site.key does not match the certificate in "
+                                          r"/srv/site/site.crt; use the private key that certificate was issued for$"):
+        _validate(_pem(chain.leaf, chain.intermediate), _key_pem(other_key))
+
+
+def test_expired_certificate_is_refused():
+    chain = Chain(days=(-100, -10))
+
+    with pytest.raises(DjshipError, match=r"^tls.cert_file: the certificate in /srv/site/site.crt expired on "
+                                          r"2026-11-15 12:00 UTC; renew it with your CA"):
+        _validate(_pem(chain.leaf, chain.intermediate), _key_pem(chain.key))
+
+
+def test_not_yet_valid_certificate_is_refused():
+    chain = Chain(days=(2, 90))
+
+    with pytest.raises(DjshipError, match=r"is not valid before 2026-11-27 12:00 UTC; check this machine's clock"):
+        _validate(_pem(chain.leaf, chain.intermediate), _key_pem(chain.key))
+
+
+def test_certificate_for_another_name_is_refused():
+    chain = Chain(names=("other.example.org",))
+
+    with pytest.raises(DjshipError, match=r"^tls.cert_file: the certificate in /srv/site/site.crt is for "
+                                          r"other.example.org, not shop.example.com, www.shop.example.com; get a "
+                                          r"certificate that names every domain in site.domains"):
+        _validate(_pem(chain.leaf, chain.intermediate), _key_pem(chain.key))
+
+
+def test_wildcard_covers_one_label_only():
+    chain = Chain(names=("*.example.com",))
+
+    _validate(_pem(chain.leaf, chain.intermediate), _key_pem(chain.key), domains=("shop.example.com",))
+    with pytest.raises(DjshipError, match="is for \\*.example.com, not www.shop.example.com"):
+        _validate(_pem(chain.leaf, chain.intermediate), _key_pem(chain.key), domains=("www.shop.example.com",))
+
+
+def test_leaf_without_its_intermediate_is_an_incomplete_chain():
+    chain = Chain()
+
+    with pytest.raises(DjshipError, match=r"^tls.cert_file: chain incomplete: /srv/site/site.crt holds only the "
+                                          r"certificate, issued by CN=Test Intermediate; append the intermediate"):
+        _validate(_pem(chain.leaf), _key_pem(chain.key))
+
+
+def test_chain_in_the_wrong_order_is_refused():
+    chain = Chain()
+
+    with pytest.raises(DjshipError, match=r"CN=shop.example.com is not signed by the certificate after it "
+                                          r"\(CN=Test Root\); put the certificate first, then each issuer in order"):
+        _validate(_pem(chain.leaf, chain.root, chain.intermediate), _key_pem(chain.key))
+
+
+def test_not_pem_is_refused_with_the_key_path():
+    chain = Chain()
+
+    with pytest.raises(DjshipError, match=r"^tls.cert_file: /srv/site/site.crt holds no PEM certificate"):
+        _validate(b"hello", _key_pem(chain.key))
+    with pytest.raises(DjshipError, match=r"^tls.key_file: /srv/site/site.key is not an unencrypted PEM private key"):
+        _validate(_pem(chain.leaf, chain.intermediate), b"hello")
+
+
+def test_certificate_info_names_issuer_and_days_left():
+    info = CertificateInfo.of(Chain().leaf)
+
+    assert info.names == DOMAINS
+    assert info.issuer == "CN=Test Intermediate"
+    assert info.days_left(NOW) == pytest.approx(89)
+    assert info.ocsp_url is None and not info.self_signed
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "renew_before"),
+    [
+        (datetime.timedelta(days=90), datetime.timedelta(days=30)),  # Let's Encrypt: 30 days before expiry
+        (datetime.timedelta(days=397), datetime.timedelta(days=30)),  # long-lived: never later than 30 days before
+        (datetime.timedelta(days=6), datetime.timedelta(days=2)),  # short-lived: at two thirds
+        (datetime.timedelta(seconds=120), datetime.timedelta(seconds=40)),
+    ],
+)
+def test_renewal_is_due_at_two_thirds_or_30_days_before_expiry(lifetime, renew_before):
+    info = CertificateInfo("CN=x", "CN=ca", ("x",), NOW, NOW + lifetime, False, None)
+
+    assert info.not_after - info.renew_at == renew_before
+
+
+def test_failed_renewals_back_off_from_a_minute_doubling_to_six_hours():
+    assert [renewal.backoff(n) for n in (1, 2, 3, 4)] == [datetime.timedelta(minutes=m) for m in (1, 2, 4, 8)]
+    assert renewal.backoff(20) == datetime.timedelta(hours=6)
+
+
+def test_next_attempt_after_success_failure_and_without_certificate():
+    info = CertificateInfo("CN=x", "CN=ca", ("x",), NOW, NOW + datetime.timedelta(days=90), False, None)
+    failed = renewal.RenewalState(last_attempt=NOW.isoformat(), last_error="boom", failures=3)
+
+    assert renewal.next_attempt(renewal.RenewalState(), info, True, NOW) == NOW + datetime.timedelta(days=60)
+    assert renewal.next_attempt(failed, info, False, NOW) == NOW + datetime.timedelta(minutes=4)
+    assert renewal.next_attempt(renewal.RenewalState(), None, False, NOW) == NOW
+
+
+def test_watch_records_a_failure_and_sleeps_for_the_back_off(make_plan, tmp_path):
+    from djship.connectors.local import LocalConnector
+
+    plan = make_plan(project_dir=tmp_path, tls={"mode": "acme"})
+    connector, sleeps, lines, rounds = LocalConnector(), [], [], iter(range(2))
+
+    def renew() -> None:
+        raise DjshipError("ACME directory https://ca.test/dir: cannot reach it (ConnectionError)")
+
+    renewal.watch(plan, connector, lambda: (None, False), renew, lines.append, sleeps.append,
+                  lambda: next(rounds, None) is not None)
+
+    state = renewal.load(plan, connector)
+    assert state.failures == 1 and state.last_success is None
+    assert state.last_error == "ACME directory https://ca.test/dir: cannot reach it (ConnectionError)"
+    next_attempt = datetime.datetime.fromisoformat(state.next_attempt) - datetime.datetime.fromisoformat(state.last_attempt)
+    assert next_attempt == datetime.timedelta(minutes=1)
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= renewal.MAX_SLEEP
+    assert any("renewal failed (1 in a row; next try in 0:01:00)" in line for line in lines)
