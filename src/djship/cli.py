@@ -123,7 +123,8 @@ def up() -> None:
     else:
         console.print(f"Already up and unchanged: release {result.release}; nothing was changed ({total:.1f}s)")
     console.print(f"  site     [bold]{result.url}[/]")
-    console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
+    if result.ca_cert:
+        console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
 
 
 def _rollout():
@@ -218,7 +219,7 @@ def destroy(yes: bool) -> None:
 
 
 def _print_status(report: dict) -> None:
-    console.print(f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   CA {report['ca_path']}")
+    console.print(f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   CA {report['ca_path'] or '-'}")
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH"):
         table.add_column(column)

@@ -234,6 +234,11 @@ class Plan:
         return f"https://{self.domains[0]}:{self.https_port}/"
 
     @property
+    def local_ca_cert(self) -> Path | None:
+        """The CA a client must trust: djship's own in local mode; none to add for ACME or the user's files."""
+        return self.paths.ca_cert if self.tls.mode == "local" else None
+
+    @property
     def origins(self) -> tuple[str, ...]:
         return tuple(f"https://{domain}:{self.https_port}" for domain in self.domains)
 

@@ -162,7 +162,8 @@ def link_atomically(link: Path, target: Path) -> None:
 @dataclass(frozen=True)
 class UpResult:
     url: str
-    ca_cert: Path
+    ca_cert: Path | None
+    """The CA to trust in local mode; None when the certificate comes from an ACME CA or the user's files."""
     release: str
     changed: bool
 
@@ -232,7 +233,7 @@ class LocalSystem:
             self._ensure_acme_certificate()
             with self.reporter.step("Starting the certificate renewal timer"):
                 self.supervisor.start(RENEWAL_PROGRAM)
-        return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+        return UpResult(plan.url, plan.local_ca_cert, release.id, changed=True)
 
     @property
     def balancer_hosts(self) -> list[BalancerHost]:
@@ -405,7 +406,7 @@ class LocalSystem:
         ]
         certificate_due = plan.tls.mode == "acme" and not acme_certificate_is_current(plan, site_info(plan, self.connector))
         if not (removed or changed or not_running or out_of_rotation or certificate_due):
-            return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=False)
+            return UpResult(plan.url, plan.local_ca_cert, release.id, changed=False)
         if "postgres" in not_running:
             with self.reporter.step("Starting PostgreSQL"):
                 self.supervisor.start("postgres")
@@ -432,7 +433,7 @@ class LocalSystem:
             if RENEWAL_PROGRAM in not_running | changed:
                 with self.reporter.step("Starting the certificate renewal timer"):
                     self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
-        return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+        return UpResult(plan.url, plan.local_ca_cert, release.id, changed=True)
 
     def _take_out_for_good(self, names: list[str]) -> None:
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
@@ -524,7 +525,7 @@ class LocalSystem:
         components.append(entry("postgres", "database", plan.database.endpoint, db_health))
         return {
             "url": plan.url,
-            "ca_path": str(plan.paths.ca_cert),
+            "ca_path": str(plan.local_ca_cert) if plan.local_ca_cert else None,
             "running": running,
             "release": release.id if release else None,
             "supervisor_pid": self.supervisor.pid() if running else None,

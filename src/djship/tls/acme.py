@@ -85,6 +85,8 @@ def obtain(
         order = acme.new_order(crypto_util.make_csr(site_key_pem, list(domains)))
         answers = {}
         for authorization in order.authorizations:
+            if authorization.body.status == messages.STATUS_VALID:  # the CA reuses an authorization it validated
+                continue
             challenge = next(
                 (c for c in authorization.body.challenges if isinstance(c.chall, challenges.HTTP01)), None
             )

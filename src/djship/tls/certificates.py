@@ -67,10 +67,10 @@ class CertificateInfo:
             "subject": self.subject,
             "issuer": self.issuer,
             "names": list(self.names),
-            "not_before": self.not_before.isoformat(),
-            "not_after": self.not_after.isoformat(),
-            "days_left": round(self.days_left(at), 2),
-            "renew_at": self.renew_at.isoformat(),
+            "not_before": self.not_before.isoformat(timespec="seconds"),
+            "not_after": self.not_after.isoformat(timespec="seconds"),
+            "days_left": round(self.days_left(at), 4),
+            "renew_at": self.renew_at.isoformat(timespec="seconds"),
         }
 
 

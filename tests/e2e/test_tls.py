@@ -1,0 +1,352 @@
+"""HTTPS for real domains: an ACME certificate from Pebble (Let's Encrypt's test CA) obtained through the balancer,
+renewed by hand and by the renewal timer with zero failed requests, a TLS scan, and `files` mode refusing bad files.
+
+Pebble, its DNS server pebble-challtestsrv and the djship system run on loopback only; the test domain
+shop.djship.test resolves to 127.0.0.1 through challtestsrv (for Pebble) and is reached by the tests on 127.0.0.1
+with SNI and Host set to it. Every process is stopped by PID by the fixture that started it, also on failure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from requests.adapters import HTTPAdapter
+
+from djship.config import with_values
+from tests.e2e.conftest import Ports, RequestLoop, Site, kill_process_group, make_project, run_djship, searchable_directory
+
+pytestmark = pytest.mark.e2e
+
+DOMAIN = "shop.djship.test"
+TLS_PORTS = Ports(https=21443, http=21080, database=28432, app_prefix="127.0.41", database_address="127.0.42.1")
+PEBBLE_DIRECTORY_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_TLS_ALPN_PORT = 21400, 21500, 21001
+CHALLTESTSRV_DNS_PORT, CHALLTESTSRV_MANAGEMENT_PORT = 21053, 21055
+# Short enough that the renewal timer renews during the test (at two thirds: 100 s after issuance).
+CERTIFICATE_LIFETIME = 150
+# Mozilla's "intermediate" list (TLS 1.2) and the TLS 1.3 suites.
+INTERMEDIATE_CIPHERS = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+}
+
+
+def _api_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 for Pebble's own HTTPS API (Debian's pebble ships none)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "djship test: Pebble API CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    certificate = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+        ]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "api-ca.pem", directory / "api-cert.pem", directory / "api-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    return paths
+
+
+@contextmanager
+def _process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            argv, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        kill_process_group(process.pid)
+        process.wait(timeout=10)
+
+
+def _wait_for(what: str, check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not ready after {timeout}s"
+        time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class Pebble:
+    directory_url: str
+    api_ca: Path
+    root: Path
+    """Pebble's issuing root for this run (a new one on every start)."""
+
+
+@contextmanager
+def pebble(directory: Path) -> Iterator[Pebble]:
+    api_ca, api_cert, api_key = _api_certificate(directory)
+    config = directory / "pebble-config.json"
+    config.write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{PEBBLE_DIRECTORY_PORT}",
+        "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
+        "certificate": str(api_cert),
+        "privateKey": str(api_key),
+        "httpPort": TLS_PORTS.http,  # HTTP-01 is validated on the balancer's HTTP port
+        "tlsPort": PEBBLE_TLS_ALPN_PORT,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+        "certificateValidityPeriod": CERTIFICATE_LIFETIME,
+    }}))
+    dns = [
+        "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+        "-dns01", f"127.0.0.1:{CHALLTESTSRV_DNS_PORT}", "-management", f"127.0.0.1:{CHALLTESTSRV_MANAGEMENT_PORT}",
+        "-http01", "", "-https01", "", "-tlsalpn01", "",
+    ]
+    server = ["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{CHALLTESTSRV_DNS_PORT}"]
+    with _process(dns, directory / "challtestsrv.log"), _process(
+        server, directory / "pebble.log", env={"PEBBLE_VA_NOSLEEP": "1"}
+    ):
+        root_url = f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0"
+
+        def root_served() -> bool:
+            try:
+                return requests.get(root_url, verify=str(api_ca), timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        _wait_for("Pebble", root_served)
+        root = directory / "pebble-root.pem"
+        root.write_text(requests.get(root_url, verify=str(api_ca), timeout=5).text)
+        yield Pebble(f"https://127.0.0.1:{PEBBLE_DIRECTORY_PORT}/dir", api_ca, root)
+
+
+class _HostAdapter(HTTPAdapter):
+    """Connects to 127.0.0.1 but sends SNI for, and verifies the certificate against, the test domain."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs.update(server_hostname=DOMAIN, assert_hostname=DOMAIN)
+        super().init_poolmanager(*args, **kwargs)
+
+
+@dataclass
+class DomainSite(Site):
+    root: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.ports.https}"
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(self.root)
+        session.mount("https://", _HostAdapter())
+        session.headers["Host"] = f"{DOMAIN}:{self.ports.https}"
+        return session
+
+    def served_certificate(self) -> x509.Certificate:
+        result = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{self.ports.https}", "-servername", DOMAIN],
+            input="", capture_output=True, text=True, timeout=30,
+        )
+        return x509.load_pem_x509_certificate(re.search(
+            r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", result.stdout, re.S
+        ).group(0).encode())
+
+    def certs(self) -> list[dict]:
+        result = self.djship("certs", "--json", check=False)
+        assert result.returncode in (0, 2), result.stderr  # 2: one expires within 14 days, as Pebble's here do
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def acme_site() -> Iterator[DomainSite]:
+    """The example on https://shop.djship.test:21443 with a certificate from Pebble."""
+    with searchable_directory() as directory, pebble(directory) as ca:
+        project = make_project(directory, TLS_PORTS)
+        config = project / "djship.toml"
+        config.write_text(with_values(config.read_text(), {
+            "site.domains": [DOMAIN],
+            "tls.mode": "acme",
+            "tls.acme_directory": ca.directory_url,
+            "tls.acme_ca_bundle": str(ca.api_ca),
+            "tls.acme_email": "admin@djship.test",
+        }))
+        site = DomainSite(project, TLS_PORTS, root=ca.root)
+        try:
+            site.up()
+            yield site
+        finally:
+            site.stop_everything()
+
+
+def test_certificate_from_the_acme_directory_is_served_and_verifies(acme_site):
+    response = acme_site.session().get(acme_site.url + "/api/posts/", timeout=30)
+
+    assert response.status_code == 200  # verified against Pebble's root, for shop.djship.test
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert "Server" not in response.headers
+    served = acme_site.served_certificate()
+    assert "Pebble Intermediate" in served.issuer.rfc4514_string()
+    assert served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == [DOMAIN]
+    state = acme_site.project / ".djship" / "tls"
+    assert (state / "site.pem").stat().st_mode & 0o777 == 0o600
+    assert (state / "acme-account.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_http_redirects_to_https_except_acme_challenges(acme_site):
+    base = f"http://127.0.0.1:{TLS_PORTS.http}"
+    headers = {"Host": f"{DOMAIN}:{TLS_PORTS.http}"}
+
+    redirect = requests.get(base + "/accounts/login/", headers=headers, allow_redirects=False, timeout=10)
+    challenge = requests.get(base + "/.well-known/acme-challenge/unknown-token", headers=headers,
+                             allow_redirects=False, timeout=10)
+
+    assert redirect.status_code == 301
+    assert redirect.headers["Location"] == f"https://{DOMAIN}:{TLS_PORTS.https}/accounts/login/"
+    assert challenge.status_code == 404
+
+
+def test_certs_and_status_show_the_certificate_and_the_renewal_timer(acme_site):
+    certs = acme_site.certs()
+    status = acme_site.status()
+    listing = acme_site.djship("certs", check=False).stdout
+
+    assert [(c["name"], c["names"]) for c in certs] == [("site", [DOMAIN])]
+    assert "Pebble Intermediate" in certs[0]["issuer"]
+    assert 0 < certs[0]["days_left"] <= CERTIFICATE_LIFETIME / 86400
+    assert status["ca_path"] is None
+    assert status["tls"]["mode"] == "acme" and status["tls"]["certificate"]["names"] == [DOMAIN]
+    renewal = status["tls"]["renewal"]
+    assert renewal["state"] == "RUNNING" and renewal["pid"]
+    assert renewal["failures"] == 0 and renewal["last_error"] is None and renewal["last_success"]
+    assert renewal["next_attempt"] == certs[0]["renew_at"]
+    assert "site" in listing and DOMAIN in listing
+
+
+def test_expiring_certificate_makes_certs_warn_and_exit_2(acme_site):
+    # Pebble's certificates here live 150 s, far below 14 days.
+    result = acme_site.djship("certs", check=False)
+
+    assert result.returncode == 2
+    assert re.search(r"warning: the site certificate \(.*site\.pem\) expires in 0\.0 days", result.stderr)
+
+
+def test_forced_renewal_is_served_with_zero_failed_requests(acme_site):
+    before = acme_site.served_certificate()
+
+    with RequestLoop(acme_site) as load:
+        acme_site.djship("certs", "renew", "--force")
+        after = acme_site.served_certificate()
+        load.wait_for(load.served + 20)
+
+    assert after.serial_number != before.serial_number
+    assert "Pebble Intermediate" in after.issuer.rfc4514_string()
+    assert load.failures == [], load.failures[:5]
+    assert acme_site.status()["tls"]["renewal"]["last_error"] is None
+
+
+def test_renewal_timer_renews_at_two_thirds_of_the_lifetime_without_a_failed_request(acme_site):
+    before = acme_site.served_certificate()
+    renew_at = before.not_valid_before_utc + (before.not_valid_after_utc - before.not_valid_before_utc) * 2 / 3
+
+    with RequestLoop(acme_site, max_seconds=CERTIFICATE_LIFETIME + 60) as load:
+        _wait_for("the renewal timer's new certificate",
+                  lambda: acme_site.served_certificate().serial_number != before.serial_number,
+                  timeout=CERTIFICATE_LIFETIME)
+        load.wait_for(load.served + 20)
+    renewed_at = datetime.datetime.now(datetime.timezone.utc)
+
+    assert load.failures == [], load.failures[:5]
+    assert renewed_at >= renew_at - datetime.timedelta(seconds=5)
+    log = (acme_site.project / ".djship" / "logs" / "renewal.log").read_text()
+    assert "renewed and installed" in log
+
+
+def test_tls_scan_finds_only_tls12_and_13_with_strong_ciphers_and_h2(acme_site):
+    scan = subprocess.run(
+        ["sslscan", "--no-colour", f"--sni-name={DOMAIN}", f"127.0.0.1:{TLS_PORTS.https}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    alpn = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{TLS_PORTS.https}", "-servername", DOMAIN, "-alpn", "h2"],
+        input="", capture_output=True, text=True, timeout=30,
+    )
+
+    assert scan.returncode == 0, scan.stderr
+    protocols = dict(re.findall(r"^(SSLv2|SSLv3|TLSv1\.[0-3])\s+(enabled|disabled)", scan.stdout, re.M))
+    assert protocols == {
+        "SSLv2": "disabled", "SSLv3": "disabled", "TLSv1.0": "disabled", "TLSv1.1": "disabled",
+        "TLSv1.2": "enabled", "TLSv1.3": "enabled",
+    }, scan.stdout
+    accepted = re.findall(r"^(?:Preferred|Accepted)\s+(TLSv1\.[0-3])\s+\d+ bits\s+(\S+)", scan.stdout, re.M)
+    assert accepted, scan.stdout
+    assert {version for version, _ in accepted} == {"TLSv1.2", "TLSv1.3"}
+    assert {cipher for _, cipher in accepted} <= INTERMEDIATE_CIPHERS, accepted
+    assert not re.search(r"NULL|EXPORT|RC4|3DES|DES-CBC|MD5|anon", " ".join(c for _, c in accepted))
+    assert "ALPN protocol: h2" in alpn.stdout
+
+
+def test_files_mode_refuses_bad_files_before_starting_anything(workdir):
+    project = make_project(workdir, TLS_PORTS)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key, other_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def self_signed(name: str, days: tuple[int, int]) -> bytes:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        return (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=days[0])).not_valid_after(now + datetime.timedelta(days=days[1]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
+
+    def pem(k) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    config = project / "djship.toml"
+    config.write_text(with_values(config.read_text(), {
+        "site.domains": [DOMAIN], "tls.mode": "files", "tls.cert_file": "site.crt", "tls.key_file": "site.key",
+    }))
+    cases = [
+        (self_signed(DOMAIN, (-1, 90)), pem(other_key), "tls.key_file: ", "does not match the certificate"),
+        (self_signed(DOMAIN, (-90, -1)), pem(key), "tls.cert_file: ", "expired on"),
+        (self_signed("other.example.org", (-1, 90)), pem(key), "tls.cert_file: ", f"is for other.example.org, not {DOMAIN}"),
+    ]
+    for certificate, private_key, key_path, problem in cases:
+        (project / "site.crt").write_bytes(certificate)
+        (project / "site.key").write_bytes(private_key)
+
+        result = run_djship(project, "up", check=False)
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {key_path}") and problem in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (project / ".djship").exists()
