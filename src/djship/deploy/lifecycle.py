@@ -184,11 +184,11 @@ class LocalSystem:
         return [program.name for program in render.programs(self.plan)]
 
     def up(self) -> UpResult:
+        if self.plan.tls.mode == "files":  # before anything starts or changes
+            validated_files(self.plan, self.connector)
         if self.supervisor.pid() is not None:
             with exclusive(self.plan.paths.deploy_lock, "up"):
                 return self.reconcile()
-        if self.plan.tls.mode == "files":
-            validated_files(self.plan, self.connector)
         check_ports_free(listening_endpoints(self.plan))
         try:
             return self._start()
@@ -475,6 +475,9 @@ class LocalSystem:
         """Stop everything in reverse order; every file and every row stays. Returns whether anything ran."""
         if self.supervisor.pid() is None:
             return False
+        if self.plan.tls.mode == "acme":
+            with self.reporter.step("Stopping the certificate renewal timer"):
+                self.supervisor.stop(RENEWAL_PROGRAM)
         with self.reporter.step("Stopping the load balancer"):
             self.supervisor.stop("haproxy")
         with self.reporter.step("Stopping the app servers"):
