@@ -128,7 +128,7 @@ def pebble(directory: Path) -> Iterator[Pebble]:
     ]
     server = ["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{CHALLTESTSRV_DNS_PORT}"]
     with _process(dns, directory / "challtestsrv.log"), _process(
-        server, directory / "pebble.log", env={"PEBBLE_VA_NOSLEEP": "1"}
+        server, directory / "pebble.log", env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
     ):
         root_url = f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0"
 
@@ -310,6 +310,30 @@ def test_tls_scan_finds_only_tls12_and_13_with_strong_ciphers_and_h2(acme_site):
     assert {cipher for _, cipher in accepted} <= INTERMEDIATE_CIPHERS, accepted
     assert not re.search(r"NULL|EXPORT|RC4|3DES|DES-CBC|MD5|anon", " ".join(c for _, c in accepted))
     assert "ALPN protocol: h2" in alpn.stdout
+
+
+def _point_test_domain_at(address: str) -> None:
+    requests.post(f"http://127.0.0.1:{CHALLTESTSRV_MANAGEMENT_PORT}/set-default-ipv4", json={"ip": address},
+                  timeout=5).raise_for_status()
+
+
+def test_failed_renewal_is_one_line_and_shown_by_status_while_the_old_certificate_serves(acme_site):
+    before = acme_site.served_certificate()
+    _point_test_domain_at("127.0.0.2")  # loopback, but nothing listens there: the CA's HTTP-01 check fails
+    try:
+        result = acme_site.djship("certs", "renew", "--force", check=False)
+        renewal = acme_site.status()["tls"]["renewal"]
+    finally:
+        _point_test_domain_at("127.0.0.1")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: ACME directory https://127.0.0.1:{PEBBLE_DIRECTORY_PORT}/dir: "
+                                                 f"HTTP-01 challenge failed ({DOMAIN}: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert renewal["failures"] >= 1 and "HTTP-01 challenge failed" in renewal["last_error"]
+    assert acme_site.session().get(acme_site.url + "/api/posts/", timeout=30).status_code == 200
+    assert acme_site.served_certificate().serial_number == before.serial_number
 
 
 def test_files_mode_refuses_bad_files_before_starting_anything(workdir):
