@@ -112,6 +112,11 @@ class Paths:
         return self.tls / "site.pem"
 
     @property
+    def site_ocsp(self) -> Path:
+        """The OCSP response HAProxy staples; its name is the certificate's plus .ocsp, as HAProxy expects."""
+        return self.tls / "site.pem.ocsp"
+
+    @property
     def acme_account_key(self) -> Path:
         return self.tls / "acme-account.key"
 

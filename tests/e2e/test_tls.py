@@ -9,11 +9,13 @@ with SNI and Host set to it. Every process is stopped by PID by the fixture that
 from __future__ import annotations
 
 import datetime
+import http.server
 import ipaddress
 import json
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +27,12 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 from requests.adapters import HTTPAdapter
 
 from djship.config import with_values
-from tests.e2e.conftest import Ports, RequestLoop, Site, kill_process_group, make_project, run_djship, searchable_directory
+from tests.e2e.conftest import Ports, RequestLoop, Site, alive, kill_process_group, make_project, run_djship, searchable_directory
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +40,7 @@ DOMAIN = "shop.djship.test"
 TLS_PORTS = Ports(https=21443, http=21080, database=28432, app_prefix="127.0.41", database_address="127.0.42.1")
 PEBBLE_DIRECTORY_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_TLS_ALPN_PORT = 21400, 21500, 21001
 CHALLTESTSRV_DNS_PORT, CHALLTESTSRV_MANAGEMENT_PORT = 21053, 21055
+OCSP_PORT = 21090
 # Short enough that the renewal timer renews during the test (at two thirds: 100 s after issuance).
 CERTIFICATE_LIFETIME = 150
 # Mozilla's "intermediate" list (TLS 1.2) and the TLS 1.3 suites.
@@ -334,6 +338,98 @@ def test_failed_renewal_is_one_line_and_shown_by_status_while_the_old_certificat
     assert renewal["failures"] >= 1 and "HTTP-01 challenge failed" in renewal["last_error"]
     assert acme_site.session().get(acme_site.url + "/api/posts/", timeout=30).status_code == 200
     assert acme_site.served_certificate().serial_number == before.serial_number
+
+
+def _ca_with_ocsp_responder(directory: Path) -> tuple[Path, Path, Path]:
+    """A root and a certificate for DOMAIN naming an OCSP responder at OCSP_PORT: (chain file, key file, root)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "djship test: files-mode root")])
+    root = (
+        x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)]))
+        .issuer_name(root_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+        .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(f"http://127.0.0.1:{OCSP_PORT}/"),
+        )]), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+
+    class Responder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = ocsp.load_der_ocsp_request(self.rfile.read(int(self.headers["Content-Length"])))
+            assert request.serial_number == leaf.serial_number
+            answer = (
+                ocsp.OCSPResponseBuilder()
+                .add_response(cert=leaf, issuer=root, algorithm=hashes.SHA1(), cert_status=ocsp.OCSPCertStatus.GOOD,
+                              this_update=datetime.datetime.now(datetime.timezone.utc),
+                              next_update=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1),
+                              revocation_time=None, revocation_reason=None)
+                .responder_id(ocsp.OCSPResponderEncoding.HASH, root).sign(root_key, hashes.SHA256())
+                .public_bytes(serialization.Encoding.DER)
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/ocsp-response")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    paths = directory / "files-site.crt", directory / "files-site.key", directory / "files-root.pem"
+    paths[0].write_bytes(_pem_of(leaf, root))
+    paths[1].write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    paths[2].write_bytes(_pem_of(root))
+    return (*paths, Responder)
+
+
+def _pem_of(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def test_switch_to_files_mode_while_serving_staples_ocsp_and_stops_the_renewal_timer(acme_site):
+    chain, key, root, responder = _ca_with_ocsp_responder(acme_site.project)
+    renewal_pid = acme_site.status()["tls"]["renewal"]["pid"]
+    both_roots = acme_site.project / "both-roots.pem"
+    both_roots.write_bytes(acme_site.root.read_bytes() + root.read_bytes())
+    acme_site.root = both_roots  # the requests in flight trust the old and the new issuer
+    config = acme_site.project / "djship.toml"
+    config.write_text(with_values(config.read_text(), {
+        "tls.mode": "files", "tls.cert_file": chain.name, "tls.key_file": key.name,
+    }))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", OCSP_PORT), responder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with RequestLoop(acme_site) as load:
+            acme_site.djship("up")
+            load.wait_for(load.served + 20)
+    finally:
+        server.shutdown()
+        server.server_close()
+    stapled = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{TLS_PORTS.https}", "-servername", DOMAIN, "-status"],
+        input="", capture_output=True, text=True, timeout=30,
+    ).stdout
+    status = acme_site.status()
+
+    assert load.failures == [], load.failures[:5]
+    assert acme_site.served_certificate().issuer.rfc4514_string() == "CN=djship test: files-mode root"
+    assert "OCSP Response Status: successful" in stapled and "Cert Status: good" in stapled, stapled
+    assert status["tls"]["mode"] == "files" and status["tls"]["renewal"] is None
+    assert not alive(renewal_pid)
+    assert "no component 'renewal'" in acme_site.djship("logs", "renewal", check=False).stderr
 
 
 def test_files_mode_refuses_bad_files_before_starting_anything(workdir):

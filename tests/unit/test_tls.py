@@ -195,3 +195,50 @@ def test_watch_records_a_failure_and_sleeps_for_the_back_off(make_plan, tmp_path
     assert next_attempt == datetime.timedelta(minutes=1)
     assert len(sleeps) == 1 and 0 < sleeps[0] <= renewal.MAX_SLEEP
     assert any("renewal failed (1 in a row; next try in 0:01:00)" in line for line in lines)
+
+
+def _ocsp_response(chain: Chain, this_update: datetime.datetime, leaf: x509.Certificate | None = None) -> bytes:
+    from cryptography.x509 import ocsp as x509_ocsp
+
+    return (
+        x509_ocsp.OCSPResponseBuilder()
+        .add_response(cert=leaf or chain.leaf, issuer=chain.intermediate, algorithm=hashes.SHA1(),
+                      cert_status=x509_ocsp.OCSPCertStatus.GOOD, this_update=this_update,
+                      next_update=this_update + datetime.timedelta(days=4), revocation_time=None, revocation_reason=None)
+        .responder_id(x509_ocsp.OCSPResponderEncoding.HASH, chain.intermediate)
+        .sign(chain.intermediate_key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def test_ocsp_response_is_refreshed_at_half_its_validity_and_for_a_new_certificate():
+    from djship.tls import ocsp
+
+    chain, other = Chain(), Chain()
+    response = _ocsp_response(chain, NOW)
+
+    assert ocsp.is_fresh_for(response, chain.leaf, NOW + datetime.timedelta(days=1))
+    assert not ocsp.is_fresh_for(response, chain.leaf, NOW + datetime.timedelta(days=2))
+    assert not ocsp.is_fresh_for(response, other.leaf, NOW)
+    assert not ocsp.is_fresh_for(b"not OCSP", chain.leaf, NOW)
+
+
+def test_ocsp_is_fetched_only_for_certificates_that_name_a_responder():
+    from djship.tls import ocsp
+
+    chain = Chain()
+    assert ocsp.fetch([chain.leaf, chain.intermediate]) is None
+
+    aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+        x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://127.0.0.1:9/"),
+    )])
+    leaf = (
+        x509.CertificateBuilder().subject_name(chain.leaf.subject).issuer_name(chain.leaf.issuer)
+        .public_key(chain.key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW).not_valid_after(NOW + datetime.timedelta(days=1))
+        .add_extension(aia, critical=False).sign(chain.intermediate_key, hashes.SHA256())
+    )
+    with pytest.raises(DjshipError, match=r"^OCSP responder http://127.0.0.1:9/: no usable answer"):
+        ocsp.fetch([leaf, chain.intermediate])
+    with pytest.raises(DjshipError, match="its issuer is not in the chain"):
+        ocsp.fetch([leaf])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import socket
@@ -74,12 +75,13 @@ class Balancer:
         for key in keys:
             self._command(f"del map {map_file} {key}")
 
-    def replace_certificate(self, cert_file: Path, bundle: bytes) -> None:
-        """Swap the certificate of `bind ... crt cert_file` in memory: new handshakes get it, no connection drops."""
-        steps = (
-            (f"set ssl cert {cert_file} <<\n{bundle.decode().strip()}\n", "Transaction"),
-            (f"commit ssl cert {cert_file}", "Success!"),
-        )
+    def replace_certificate(self, cert_file: Path, bundle: bytes, ocsp_response: bytes | None) -> None:
+        """Swap the certificate of `bind ... crt cert_file` (and the OCSP response it staples) in memory: new
+        handshakes get it, no connection drops."""
+        steps = [(f"set ssl cert {cert_file} <<\n{bundle.decode().strip()}\n", "Transaction")]
+        if ocsp_response:
+            steps.append((f"set ssl cert {cert_file}.ocsp <<\n{base64.b64encode(ocsp_response).decode()}\n", "Transaction"))
+        steps.append((f"commit ssl cert {cert_file}", "Success!"))
         for command, expected in steps:
             try:
                 answer = runtime_command(self.socket_path, command, timeout=30)

@@ -9,6 +9,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -29,8 +30,8 @@ from djship.progress import Reporter
 from djship.plan import RENEWAL_PROGRAM
 from djship.tls import renewal
 from djship.tls.certificates import leaf_der
-from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, install, obtain_acme, \
-    site_info, validated_files
+from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, fetch_staple, install, \
+    obtain_acme, site_info, staple_due, validated_files, write_staple
 from djship.tools import find_tools
 from djship.waiting import wait_until
 
@@ -41,6 +42,8 @@ _CERTIFICATE_STEP = {
     "acme": "Site certificate (ACME; a placeholder until the first one is obtained)",
 }
 ROTATION_TIMEOUT = 30
+# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
+STAPLE_RETRY = 3600
 _APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
 
@@ -206,6 +209,7 @@ class LocalSystem:
             secrets_ = ensure_secrets(plan, connector)
         with self.reporter.step(_CERTIFICATE_STEP[plan.tls.mode]):
             ensure_certificate(plan, connector)
+            self.refresh_staple()
         if not self.database.initialized():
             with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                 self.database.init_cluster(secrets_.superuser_password)
@@ -252,7 +256,7 @@ class LocalSystem:
 
         def renew() -> None:
             bundle = obtain_acme(self.plan, self.connector, self.balancer_hosts)
-            install(self.plan, self.balancer_hosts, bundle)
+            install(self.plan, self.balancer_hosts, bundle, self._staple_for(bundle))
             wait_until(
                 "the load balancer serving the new certificate", self._balancer_ready, READY_TIMEOUT,
                 f"see {self.plan.paths.logs / 'haproxy.log'}",
@@ -276,6 +280,23 @@ class LocalSystem:
         self.renew_certificate()
         return True
 
+    def _staple_for(self, bundle: bytes) -> bytes | None:
+        """The OCSP response to staple, if the certificate names a responder; a failing responder costs only the
+        staple (clients then ask the CA themselves), so it is reported, never fatal."""
+        try:
+            return fetch_staple(bundle)
+        except DjshipError as error:
+            self.reporter.note(f"no OCSP stapling for now: {error}")
+            return None
+
+    def refresh_staple(self) -> bool:
+        """Fetch site.pem.ocsp for HAProxy's next start or reload when it is missing or half expired; returns
+        whether it changed."""
+        if not staple_due(self.plan, self.connector):
+            return False
+        write_staple(self.plan, self.connector, self._staple_for(self.connector.get(self.plan.paths.site_pem)))
+        return True
+
     def watch_renewals(self, log) -> None:
         """The renewal timer's loop (the supervised program `renewal`); never returns."""
 
@@ -283,7 +304,18 @@ class LocalSystem:
             info = site_info(self.plan, self.connector)
             return info, acme_certificate_is_current(self.plan, info)
 
-        renewal.watch(self.plan, self.connector, site, self.renew_certificate, log)
+        last_staple_attempt = [-STAPLE_RETRY]
+
+        def refresh_live_staple() -> None:
+            if not staple_due(self.plan, self.connector) or time.monotonic() - last_staple_attempt[0] < STAPLE_RETRY:
+                return
+            last_staple_attempt[0] = time.monotonic()
+            bundle = self.connector.get(self.plan.paths.site_pem)
+            staple = self._staple_for(bundle)
+            install(self.plan, self.balancer_hosts, bundle, staple)
+            log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
+
+        renewal.watch(self.plan, self.connector, site, self.renew_certificate, log, maintain=refresh_live_staple)
 
     def start_app_server(self, server: AppServer, release: Release) -> None:
         with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
@@ -396,7 +428,7 @@ class LocalSystem:
                 shutil.rmtree(plan.paths.servers / name, ignore_errors=True)
         # The balancer and the database pick up new supervisor settings at their next restart, not now.
         changed = {program for file in changed_files for program in file.programs} | (reconfigured - {"haproxy", "postgres"})
-        if ensure_certificate(plan, self.connector):
+        if ensure_certificate(plan, self.connector) | self.refresh_staple():
             changed.add("haproxy")
         statuses = self.supervisor.status()
         not_running = {name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"}

@@ -85,9 +85,15 @@ def watch(
     log: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
     keep_going: Callable[[], bool] = lambda: True,
+    maintain: Callable[[], None] = lambda: None,
 ) -> None:
-    """site() -> (the served certificate, whether it is current); renew() obtains and installs a new one."""
+    """site() -> (the served certificate, whether it is current); renew() obtains and installs a new one;
+    maintain() runs on every wake-up (refreshing the OCSP staple), its failures logged, never fatal."""
     while keep_going():
+        try:
+            maintain()
+        except Exception as error:
+            log(f"maintenance failed: {error}")
         state = load(plan, connector)
         info, current = site()
         at = now()

@@ -12,7 +12,7 @@ from djship.components.balancer import Balancer
 from djship.connectors import Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
-from djship.tls import acme, files, local_ca
+from djship.tls import acme, files, local_ca, ocsp
 from djship.tls.certificates import CertificateInfo, load_chain, now
 
 # Organisation of djship's own CAs, the local one and the throwaway one behind an ACME placeholder.
@@ -88,11 +88,36 @@ def ensure_certificate(plan: Plan, connector: Connector) -> bool:
     return _write(plan, connector, local_ca.issue_site_certificate(local_ca.new_authority("placeholder"), plan.domains))
 
 
-def install(plan: Plan, hosts: list[BalancerHost], bundle: bytes) -> None:
-    """Write the bundle on every balancer host and swap it into the running HAProxy: no reload, nothing dropped."""
+def staple_due(plan: Plan, connector: Connector) -> bool:
+    """Whether site.pem.ocsp must be fetched (missing, for another certificate, or half its validity gone) or
+    removed (the certificate names no responder)."""
+    bundle, response = connector.get(plan.paths.site_pem), connector.get(plan.paths.site_ocsp)
+    chain = load_chain(bundle) if bundle else []
+    if not chain or CertificateInfo.of(chain[0]).ocsp_url is None:
+        return response is not None
+    return response is None or not ocsp.is_fresh_for(response, chain[0])
+
+
+def fetch_staple(bundle: bytes) -> bytes | None:
+    """The OCSP response to staple for this bundle's certificate; None when it names no OCSP responder."""
+    return ocsp.fetch(load_chain(bundle))
+
+
+def write_staple(plan: Plan, connector: Connector, response: bytes | None) -> None:
+    """site.pem.ocsp, which HAProxy loads with site.pem; removed when there is nothing to staple."""
+    if response is None:
+        connector.run(["rm", "-f", str(plan.paths.site_ocsp)])
+    else:
+        connector.put(plan.paths.site_ocsp, response, mode=0o600, owner=plan.service_user)
+
+
+def install(plan: Plan, hosts: list[BalancerHost], bundle: bytes, staple: bytes | None) -> None:
+    """Write the bundle (and its OCSP response) on every balancer host and swap them into the running HAProxy: no
+    reload, nothing dropped."""
     for host in hosts:
         _write(plan, host.connector, bundle)
-        host.runtime.replace_certificate(plan.paths.site_pem, bundle)
+        write_staple(plan, host.connector, staple)
+        host.runtime.replace_certificate(plan.paths.site_pem, bundle, staple)
 
 
 def obtain_acme(plan: Plan, connector: Connector, hosts: list[BalancerHost]) -> bytes:
