@@ -332,7 +332,17 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
     )
     _check_budget(plan)
     _check_socket_paths(plan)
+    _check_acme_domains(plan)
     return plan
+
+
+def _check_acme_domains(plan: Plan) -> None:
+    local = [domain for domain in plan.domains if domain == "localhost" or domain.endswith(".localhost")]
+    if plan.tls.mode == "acme" and local:
+        raise DjshipError(
+            f"site.domains: an ACME CA issues no certificate for {', '.join(local)}; list the domain names that "
+            'resolve to this machine, or use tls.mode = "local"'
+        )
 
 
 def _check_budget(plan: Plan) -> None:

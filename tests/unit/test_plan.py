@@ -125,3 +125,10 @@ def test_tls_files_are_relative_to_the_project(make_plan):
     assert plan.tls.cert_file == Path("/srv/site/certs/site.crt")
     assert plan.tls.key_file == Path("/etc/ssl/private/site.key")
     assert plan.tls.acme_ca_bundle is None
+
+
+def test_acme_mode_refuses_localhost(make_plan):
+    with pytest.raises(DjshipError, match=r"^site.domains: an ACME CA issues no certificate for localhost; list the "):
+        make_plan(tls={"mode": "acme"})
+
+    assert make_plan(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]}).tls.mode == "acme"

@@ -196,7 +196,7 @@ def test_acme_challenges_are_answered_on_http_and_everything_else_redirected(mak
 
 
 def test_renewal_timer_runs_only_in_acme_mode_as_the_invoking_user(make_plan):
-    acme = supervisord_sections(make_plan(running_as_root=True, tls={"mode": "acme"}))
+    acme = supervisord_sections(make_plan(running_as_root=True, tls={"mode": "acme"}, site={"domains": ["a.example"]}))
     local = supervisord_sections(make_plan(running_as_root=True))
 
     renewal = acme["program:renewal"]
@@ -271,6 +271,7 @@ def rendered(make_plan, real_tools, tmp_path, request) -> Plan:
         service_user=pwd.getpwuid(os.getuid()).pw_name,
         app={"servers": 2},
         tls={"mode": request.param},
+        site={"domains": ["shop.example.com"] if request.param == "acme" else ["localhost"]},
     )
     for config_file in render.system_files(plan):
         config_file.path.parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ def test_next_attempt_after_success_failure_and_without_certificate():
 def test_watch_records_a_failure_and_sleeps_for_the_back_off(make_plan, tmp_path):
     from djship.connectors.local import LocalConnector
 
-    plan = make_plan(project_dir=tmp_path, tls={"mode": "acme"})
+    plan = make_plan(project_dir=tmp_path, tls={"mode": "acme"}, site={"domains": ["shop.example.com"]})
     connector, sleeps, lines, rounds = LocalConnector(), [], [], iter(range(2))
 
     def renew() -> None:

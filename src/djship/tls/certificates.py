@@ -7,7 +7,7 @@ import datetime
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 # Renew when a third of the lifetime is left, but never later than this before expiry (Let's Encrypt's 90 days:
 # 30 days before).
@@ -103,7 +103,3 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
 def leaf_der(pem: bytes) -> bytes:
     """The DER of a bundle's first certificate, as a TLS server sends it."""
     return load_chain(pem)[0].public_bytes(serialization.Encoding.DER)
-
-
-def fingerprint(certificate: x509.Certificate) -> str:
-    return certificate.fingerprint(hashes.SHA256()).hex()
