@@ -251,6 +251,8 @@ def test_certs_and_status_show_the_certificate_and_the_renewal_timer(acme_site):
     assert renewal["failures"] == 0 and renewal["last_error"] is None and renewal["last_success"]
     assert renewal["next_attempt"] == certs[0]["renew_at"]
     assert "site" in listing and DOMAIN in listing
+    again = acme_site.djship("up").stdout
+    assert "Already up and unchanged" in again and "CA cert" not in again
 
 
 def test_expiring_certificate_makes_certs_warn_and_exit_2(acme_site):
@@ -314,6 +316,8 @@ def test_tls_scan_finds_only_tls12_and_13_with_strong_ciphers_and_h2(acme_site):
     assert {cipher for _, cipher in accepted} <= INTERMEDIATE_CIPHERS, accepted
     assert not re.search(r"NULL|EXPORT|RC4|3DES|DES-CBC|MD5|anon", " ".join(c for _, c in accepted))
     assert "ALPN protocol: h2" in alpn.stdout
+    hsts = acme_site.session().get(acme_site.url + "/accounts/login/", timeout=30).headers
+    assert hsts["Strict-Transport-Security"].startswith("max-age=31536000")
 
 
 def _point_test_domain_at(address: str) -> None:

@@ -462,9 +462,9 @@ class LocalSystem:
                     self.balancer.set_state(name, "ready")
         if plan.tls.mode == "acme":
             self._ensure_acme_certificate()
-            if RENEWAL_PROGRAM in not_running | changed:
-                with self.reporter.step("Starting the certificate renewal timer"):
-                    self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
+            # The timer read djship.toml when it started: restart it so it renews for what the file says now.
+            with self.reporter.step("Restarting the certificate renewal timer"):
+                self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
         return UpResult(plan.url, plan.local_ca_cert, release.id, changed=True)
 
     def _take_out_for_good(self, names: list[str]) -> None:
