@@ -52,33 +52,45 @@ INTERMEDIATE_CIPHERS = {
 }
 
 
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _certificate(subject: str, key, issuer: x509.Certificate | None, issuer_key, *, ca: bool = False,
+                 hours: tuple[float, float] = (-1, 48), extensions: tuple[x509.ExtensionType, ...] = ()) -> x509.Certificate:
+    """A certificate for subject valid from/to these hours from now; self-signed when issuer is None."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(hours=hours[0])).not_valid_after(now + datetime.timedelta(hours=hours[1]))
+    )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem_of(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
 def _api_certificate(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a certificate for 127.0.0.1 for Pebble's own HTTPS API (Debian's pebble ships none)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "djship test: Pebble API CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    certificate = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
-        ]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, key = _key(), _key()
+    ca = _certificate("djship test: Pebble API CA", ca_key, None, ca_key, ca=True)
+    names = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    certificate = _certificate("127.0.0.1", key, ca, ca_key, extensions=(names,))
     paths = directory / "api-ca.pem", directory / "api-cert.pem", directory / "api-key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    paths[0].write_bytes(_pem_of(ca))
+    paths[1].write_bytes(_pem_of(certificate))
+    paths[2].write_bytes(_key_pem(key))
     return paths
 
 
@@ -344,28 +356,15 @@ def test_failed_renewal_is_one_line_and_shown_by_status_while_the_old_certificat
     assert acme_site.served_certificate().serial_number == before.serial_number
 
 
-def _ca_with_ocsp_responder(directory: Path) -> tuple[Path, Path, Path]:
-    """A root and a certificate for DOMAIN naming an OCSP responder at OCSP_PORT: (chain file, key file, root)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "djship test: files-mode root")])
-    root = (
-        x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(root_key, hashes.SHA256())
-    )
-    leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)]))
-        .issuer_name(root_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
-        .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-            x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(f"http://127.0.0.1:{OCSP_PORT}/"),
-        )]), critical=False)
-        .sign(root_key, hashes.SHA256())
-    )
+def _ca_with_ocsp_responder(directory: Path) -> tuple[Path, Path, Path, type[http.server.BaseHTTPRequestHandler]]:
+    """A root and a certificate for DOMAIN naming an OCSP responder at OCSP_PORT: (chain file, key file, root, the
+    responder's request handler)."""
+    root_key, key = _key(), _key()
+    root = _certificate("djship test: files-mode root", root_key, None, root_key, ca=True)
+    responder = x509.AuthorityInformationAccess([x509.AccessDescription(
+        x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(f"http://127.0.0.1:{OCSP_PORT}/"),
+    )])
+    leaf = _certificate(DOMAIN, key, root, root_key, extensions=(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), responder))
 
     class Responder(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -391,15 +390,9 @@ def _ca_with_ocsp_responder(directory: Path) -> tuple[Path, Path, Path]:
 
     paths = directory / "files-site.crt", directory / "files-site.key", directory / "files-root.pem"
     paths[0].write_bytes(_pem_of(leaf, root))
-    paths[1].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    paths[1].write_bytes(_key_pem(key))
     paths[2].write_bytes(_pem_of(root))
     return (*paths, Responder)
-
-
-def _pem_of(*certificates: x509.Certificate) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
 
 
 def test_switch_to_files_mode_while_serving_staples_ocsp_and_stops_the_renewal_timer(acme_site):
@@ -438,30 +431,21 @@ def test_switch_to_files_mode_while_serving_staples_ocsp_and_stops_the_renewal_t
 
 def test_files_mode_refuses_bad_files_before_starting_anything(workdir):
     project = make_project(workdir, TLS_PORTS)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key, other_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    key, other_key = _key(), _key()
 
-    def self_signed(name: str, days: tuple[int, int]) -> bytes:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        return (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now + datetime.timedelta(days=days[0])).not_valid_after(now + datetime.timedelta(days=days[1]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-        )
-
-    def pem(k) -> bytes:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    def self_signed(name: str, hours: tuple[float, float]) -> bytes:
+        names = x509.SubjectAlternativeName([x509.DNSName(name)])
+        return _pem_of(_certificate(name, key, None, key, hours=hours, extensions=(names,)))
 
     config = project / "djship.toml"
     config.write_text(with_values(config.read_text(), {
         "site.domains": [DOMAIN], "tls.mode": "files", "tls.cert_file": "site.crt", "tls.key_file": "site.key",
     }))
     cases = [
-        (self_signed(DOMAIN, (-1, 90)), pem(other_key), "tls.key_file: ", "does not match the certificate"),
-        (self_signed(DOMAIN, (-90, -1)), pem(key), "tls.cert_file: ", "expired on"),
-        (self_signed("other.example.org", (-1, 90)), pem(key), "tls.cert_file: ", f"is for other.example.org, not {DOMAIN}"),
+        (self_signed(DOMAIN, (-1, 2000)), _key_pem(other_key), "tls.key_file: ", "does not match the certificate"),
+        (self_signed(DOMAIN, (-2000, -1)), _key_pem(key), "tls.cert_file: ", "expired on"),
+        (self_signed("other.example.org", (-1, 2000)), _key_pem(key), "tls.cert_file: ",
+         f"is for other.example.org, not {DOMAIN}"),
     ]
     for certificate, private_key, key_path, problem in cases:
         (project / "site.crt").write_bytes(certificate)
