@@ -221,6 +221,22 @@ def test_ocsp_response_is_refreshed_at_half_its_validity_and_for_a_new_certifica
     assert not ocsp.is_fresh_for(response, chain.leaf, NOW + datetime.timedelta(days=2))
     assert not ocsp.is_fresh_for(response, other.leaf, NOW)
     assert not ocsp.is_fresh_for(b"not OCSP", chain.leaf, NOW)
+    assert ocsp.is_valid_for(response, chain.leaf, NOW + datetime.timedelta(days=3))
+    assert not ocsp.is_valid_for(response, chain.leaf, NOW + datetime.timedelta(days=4))
+    assert not ocsp.is_valid_for(response, other.leaf, NOW)
+
+
+def _leaf_with_unreachable_responder(chain: Chain) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+        x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://127.0.0.1:9/"),
+    )])
+    return (
+        x509.CertificateBuilder().subject_name(chain.leaf.subject).issuer_name(chain.leaf.issuer)
+        .public_key(chain.key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(aia, critical=False).sign(chain.intermediate_key, hashes.SHA256())
+    )
 
 
 def test_ocsp_is_fetched_only_for_certificates_that_name_a_responder():
@@ -229,16 +245,27 @@ def test_ocsp_is_fetched_only_for_certificates_that_name_a_responder():
     chain = Chain()
     assert ocsp.fetch([chain.leaf, chain.intermediate]) is None
 
-    aia = x509.AuthorityInformationAccess([x509.AccessDescription(
-        x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://127.0.0.1:9/"),
-    )])
-    leaf = (
-        x509.CertificateBuilder().subject_name(chain.leaf.subject).issuer_name(chain.leaf.issuer)
-        .public_key(chain.key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(NOW).not_valid_after(NOW + datetime.timedelta(days=1))
-        .add_extension(aia, critical=False).sign(chain.intermediate_key, hashes.SHA256())
-    )
+    leaf = _leaf_with_unreachable_responder(chain)
     with pytest.raises(DjshipError, match=r"^OCSP responder http://127.0.0.1:9/: no usable answer"):
         ocsp.fetch([leaf, chain.intermediate])
     with pytest.raises(DjshipError, match="its issuer is not in the chain"):
         ocsp.fetch([leaf])
+
+
+def test_a_failing_responder_keeps_the_staple_while_it_is_valid_for_the_certificate(make_plan, tmp_path):
+    from djship.connectors.local import LocalConnector
+    from djship.tls import site
+
+    plan, connector, notes = make_plan(project_dir=tmp_path), LocalConnector(), []
+    chain = Chain()
+    leaf = _leaf_with_unreachable_responder(chain)
+    bundle = _pem(leaf, chain.intermediate)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    connector.put(plan.paths.site_ocsp, _ocsp_response(chain, now - datetime.timedelta(days=3), leaf))
+    assert site.fetch_staple(plan, connector, bundle, notes.append) == connector.get(plan.paths.site_ocsp)
+    connector.put(plan.paths.site_ocsp, _ocsp_response(chain, now - datetime.timedelta(days=5), leaf))  # expired
+    assert site.fetch_staple(plan, connector, bundle, notes.append) is None
+    connector.put(plan.paths.site_ocsp, _ocsp_response(chain, now))  # for another certificate
+    assert site.fetch_staple(plan, connector, bundle, notes.append) is None
+    assert len(notes) == 3 and notes[0].startswith("no new OCSP response to staple: OCSP responder http://127.0.0.1:9/")

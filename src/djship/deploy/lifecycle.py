@@ -25,9 +25,8 @@ from djship.connectors.local import LocalConnector
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
-from djship.plan import AppServer, Plan, build_plan
+from djship.plan import RENEWAL_PROGRAM, AppServer, Plan, build_plan
 from djship.progress import Reporter
-from djship.plan import RENEWAL_PROGRAM
 from djship.tls import renewal
 from djship.tls.certificates import leaf_der
 from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, fetch_staple, install, \
@@ -36,14 +35,14 @@ from djship.tools import find_tools
 from djship.waiting import wait_until
 
 READY_TIMEOUT = 60
+ROTATION_TIMEOUT = 30
+# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
+STAPLE_RETRY = 3600
 _CERTIFICATE_STEP = {
     "local": "Local CA and site certificate",
     "files": "Site certificate from tls.cert_file and tls.key_file",
     "acme": "Site certificate (ACME; a placeholder until the first one is obtained)",
 }
-ROTATION_TIMEOUT = 30
-# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
-STAPLE_RETRY = 3600
 _APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
 
@@ -281,21 +280,14 @@ class LocalSystem:
         return True
 
     def _staple_for(self, bundle: bytes) -> bytes | None:
-        """The OCSP response to staple, if the certificate names a responder; a failing responder costs only the
-        staple (clients then ask the CA themselves), so it is reported, never fatal."""
-        try:
-            return fetch_staple(bundle)
-        except DjshipError as error:
-            self.reporter.note(f"no OCSP stapling for now: {error}")
-            return None
+        return fetch_staple(self.plan, self.connector, bundle, self.reporter.note)
 
     def refresh_staple(self) -> bool:
         """Fetch site.pem.ocsp for HAProxy's next start or reload when it is missing or half expired; returns
         whether it changed."""
         if not staple_due(self.plan, self.connector):
             return False
-        write_staple(self.plan, self.connector, self._staple_for(self.connector.get(self.plan.paths.site_pem)))
-        return True
+        return write_staple(self.plan, self.connector, self._staple_for(self.connector.get(self.plan.paths.site_pem)))
 
     def watch_renewals(self, log) -> None:
         """The renewal timer's loop (the supervised program `renewal`); never returns."""
@@ -312,8 +304,9 @@ class LocalSystem:
             last_staple_attempt[0] = time.monotonic()
             bundle = self.connector.get(self.plan.paths.site_pem)
             staple = self._staple_for(bundle)
-            install(self.plan, self.balancer_hosts, bundle, staple)
-            log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
+            if staple != self.connector.get(self.plan.paths.site_ocsp):
+                install(self.plan, self.balancer_hosts, bundle, staple)
+                log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
 
         renewal.watch(self.plan, self.connector, site, self.renew_certificate, log, maintain=refresh_live_staple)
 

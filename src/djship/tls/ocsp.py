@@ -49,15 +49,28 @@ def fetch(chain: list[x509.Certificate], at: datetime.datetime | None = None) ->
     return body
 
 
-def is_fresh_for(response: bytes, certificate: x509.Certificate, at: datetime.datetime | None = None) -> bool:
-    """Whether the response is about this certificate and less than half its validity is gone (OCSP responses live
-    days; one without nextUpdate counts as two days)."""
+def _parsed_for(response: bytes, certificate: x509.Certificate) -> ocsp.OCSPResponse | None:
     try:
         parsed = ocsp.load_der_ocsp_response(response)
-        if parsed.serial_number != certificate.serial_number:
-            return False
+        return parsed if parsed.serial_number == certificate.serial_number else None
     except ValueError:
+        return None
+
+
+def _next_update(parsed: ocsp.OCSPResponse) -> datetime.datetime:
+    # A response without nextUpdate counts as valid for two days.
+    return parsed.next_update_utc or parsed.this_update_utc + datetime.timedelta(days=2)
+
+
+def is_fresh_for(response: bytes, certificate: x509.Certificate, at: datetime.datetime | None = None) -> bool:
+    """Whether the response is about this certificate and less than half its validity is gone."""
+    parsed = _parsed_for(response, certificate)
+    if parsed is None:
         return False
-    this_update = parsed.this_update_utc
-    next_update = parsed.next_update_utc or this_update + datetime.timedelta(days=2)
-    return (at or now()) < this_update + (next_update - this_update) / 2
+    return (at or now()) < parsed.this_update_utc + (_next_update(parsed) - parsed.this_update_utc) / 2
+
+
+def is_valid_for(response: bytes, certificate: x509.Certificate, at: datetime.datetime | None = None) -> bool:
+    """Whether the response is about this certificate and not expired: still worth stapling."""
+    parsed = _parsed_for(response, certificate)
+    return parsed is not None and (at or now()) < _next_update(parsed)

@@ -6,6 +6,7 @@ serves one machine today and several load balancers later.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from djship.components.balancer import Balancer
@@ -98,17 +99,28 @@ def staple_due(plan: Plan, connector: Connector) -> bool:
     return response is None or not ocsp.is_fresh_for(response, chain[0])
 
 
-def fetch_staple(bundle: bytes) -> bytes | None:
-    """The OCSP response to staple for this bundle's certificate; None when it names no OCSP responder."""
-    return ocsp.fetch(load_chain(bundle))
+def fetch_staple(plan: Plan, connector: Connector, bundle: bytes, note: Callable[[str], None]) -> bytes | None:
+    """The OCSP response to staple for this bundle's certificate; None when it names no OCSP responder. When the
+    responder fails (noted, never fatal: clients then ask the CA themselves) the current staple is kept while it
+    is still valid for this certificate."""
+    chain = load_chain(bundle)
+    try:
+        return ocsp.fetch(chain)
+    except DjshipError as error:
+        note(f"no new OCSP response to staple: {error}")
+    current = connector.get(plan.paths.site_ocsp)
+    return current if current and ocsp.is_valid_for(current, chain[0]) else None
 
 
-def write_staple(plan: Plan, connector: Connector, response: bytes | None) -> None:
-    """site.pem.ocsp, which HAProxy loads with site.pem; removed when there is nothing to staple."""
-    if response is None:
-        connector.run(["rm", "-f", str(plan.paths.site_ocsp)])
-    else:
-        connector.put(plan.paths.site_ocsp, response, mode=0o600, owner=plan.service_user)
+def write_staple(plan: Plan, connector: Connector, response: bytes | None) -> bool:
+    """site.pem.ocsp, which HAProxy loads with site.pem; removed when there is nothing to staple. Returns whether
+    it changed."""
+    if response is not None:
+        return connector.put(plan.paths.site_ocsp, response, mode=0o600, owner=plan.service_user)
+    if connector.get(plan.paths.site_ocsp) is None:
+        return False
+    connector.run(["rm", "-f", str(plan.paths.site_ocsp)])
+    return True
 
 
 def install(plan: Plan, hosts: list[BalancerHost], bundle: bytes, staple: bytes | None) -> None:
