@@ -300,10 +300,17 @@ def test_renewal_timer_renews_at_two_thirds_of_the_lifetime_without_a_failed_req
         load.wait_for(load.served + 20)
     renewed_at = datetime.datetime.now(datetime.timezone.utc)
 
+    renewed = acme_site.served_certificate()
+    time.sleep(3)  # one renewal, then the timer sleeps until the new certificate is due
+    certs, renewal = acme_site.certs(), acme_site.status()["tls"]["renewal"]
+    log = (acme_site.project / ".djship" / "logs" / "renewal.log").read_text()
+
     assert load.failures == [], load.failures[:5]
     assert renewed_at >= renew_at - datetime.timedelta(seconds=5)
-    log = (acme_site.project / ".djship" / "logs" / "renewal.log").read_text()
-    assert "renewed and installed" in log
+    assert acme_site.served_certificate().serial_number == renewed.serial_number, log
+    assert log.count("renewed and installed") == 1, log
+    assert renewal["serial"] == certs[0]["serial"] == f"{renewed.serial_number:X}"
+    assert renewal["next_attempt"] == certs[0]["renew_at"] and renewal["failures"] == 0
 
 
 def test_tls_scan_finds_only_tls12_and_13_with_strong_ciphers_and_h2(acme_site):
@@ -353,7 +360,8 @@ def test_failed_renewal_is_one_line_and_shown_by_status_while_the_old_certificat
     assert "Traceback" not in result.stdout + result.stderr
     assert renewal["failures"] >= 1 and "HTTP-01 challenge failed" in renewal["last_error"]
     assert acme_site.session().get(acme_site.url + "/api/posts/", timeout=30).status_code == 200
-    assert acme_site.served_certificate().serial_number == before.serial_number
+    log = (acme_site.project / ".djship" / "logs" / "renewal.log").read_text()
+    assert acme_site.served_certificate().serial_number == before.serial_number, log
 
 
 def _ca_with_ocsp_responder(directory: Path) -> tuple[Path, Path, Path, type[http.server.BaseHTTPRequestHandler]]:

@@ -185,8 +185,8 @@ def test_watch_records_a_failure_and_sleeps_for_the_back_off(make_plan, tmp_path
     def renew() -> None:
         raise DjshipError("ACME directory https://ca.test/dir: cannot reach it (ConnectionError)")
 
-    renewal.watch(plan, connector, lambda: (None, False), renew, lines.append, sleeps.append,
-                  lambda: next(rounds, None) is not None)
+    renewal.watch(plan, connector, lambda: (None, False), lambda: renewal.attempt(plan, connector, renew), lines.append,
+                  sleeps.append, lambda: next(rounds, None) is not None)
 
     state = renewal.load(plan, connector)
     assert state.failures == 1 and state.last_success is None
@@ -269,3 +269,29 @@ def test_a_failing_responder_keeps_the_staple_while_it_is_valid_for_the_certific
     connector.put(plan.paths.site_ocsp, _ocsp_response(chain, now))  # for another certificate
     assert site.fetch_staple(plan, connector, bundle, notes.append) is None
     assert len(notes) == 3 and notes[0].startswith("no new OCSP response to staple: OCSP responder http://127.0.0.1:9/")
+
+
+def test_only_the_certificate_djship_obtained_from_the_configured_directory_counts_as_acme(make_plan, tmp_path):
+    from djship.connectors.local import LocalConnector
+    from djship.tls.site import acme_certificate_is_current
+
+    plan, connector = make_plan(project_dir=tmp_path, tls={"mode": "acme"}, site={"domains": list(DOMAINS)}), LocalConnector()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    info = CertificateInfo("CN=x", "CN=ca", DOMAINS, now, now + datetime.timedelta(days=90), False, None, "1F")
+
+    def state(**fields) -> None:
+        renewal.save(plan, connector, renewal.RenewalState(**fields))
+
+    assert not acme_certificate_is_current(plan, connector, info)  # nothing obtained yet: a placeholder or files
+    state(directory=plan.tls.acme_directory, serial="1F")
+    assert acme_certificate_is_current(plan, connector, info)
+    state(directory="https://acme-staging-v02.api.letsencrypt.org/directory", serial="1F")
+    assert not acme_certificate_is_current(plan, connector, info)  # the directory changed: obtain anew
+    state(directory=plan.tls.acme_directory, serial="2A")
+    assert not acme_certificate_is_current(plan, connector, info)
+    state(directory=plan.tls.acme_directory, serial="1F")
+    due = CertificateInfo("CN=x", "CN=ca", DOMAINS, now - datetime.timedelta(days=61), now + datetime.timedelta(days=29),
+                          False, None, "1F")
+    assert not acme_certificate_is_current(plan, connector, due)
+    renamed = CertificateInfo("CN=x", "CN=ca", DOMAINS[:1], now, now + datetime.timedelta(days=90), False, None, "1F")
+    assert not acme_certificate_is_current(plan, connector, renamed)

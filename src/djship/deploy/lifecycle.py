@@ -244,7 +244,7 @@ class LocalSystem:
 
     def _ensure_acme_certificate(self) -> bool:
         """Obtain and install an ACME certificate unless the served one is current; returns whether it did."""
-        if acme_certificate_is_current(self.plan, site_info(self.plan, self.connector)):
+        if acme_certificate_is_current(self.plan, self.connector, site_info(self.plan, self.connector)):
             return False
         with self.reporter.step(f"Certificate for {', '.join(self.plan.domains)} from {self.plan.tls.acme_directory}"):
             self.renew_certificate()
@@ -253,13 +253,14 @@ class LocalSystem:
     def renew_certificate(self) -> None:
         """A new ACME certificate, installed into every balancer without a reload; recorded for `djship status`."""
 
-        def renew() -> None:
+        def renew() -> str:
             bundle = obtain_acme(self.plan, self.connector, self.balancer_hosts)
             install(self.plan, self.balancer_hosts, bundle, self._staple_for(bundle))
             wait_until(
                 "the load balancer serving the new certificate", self._balancer_ready, READY_TIMEOUT,
                 f"see {self.plan.paths.logs / 'haproxy.log'}",
             )
+            return site_info(self.plan, self.connector).serial
 
         renewal.attempt(self.plan, self.connector, renew)
 
@@ -274,7 +275,7 @@ class LocalSystem:
         haproxy = self.supervisor.status().get("haproxy") if self.supervisor.pid() else None
         if haproxy is None or haproxy.state != "RUNNING":
             raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
-        if not force and acme_certificate_is_current(self.plan, site_info(self.plan, self.connector)):
+        if not force and acme_certificate_is_current(self.plan, self.connector, site_info(self.plan, self.connector)):
             return False
         self.renew_certificate()
         return True
@@ -294,7 +295,7 @@ class LocalSystem:
 
         def site() -> tuple:
             info = site_info(self.plan, self.connector)
-            return info, acme_certificate_is_current(self.plan, info)
+            return info, acme_certificate_is_current(self.plan, self.connector, info)
 
         last_staple_attempt = [-STAPLE_RETRY]
 
@@ -429,7 +430,8 @@ class LocalSystem:
             name for name, state in balancer.server_states(plan.paths.haproxy_socket).items()
             if state.status.startswith(("DRAIN", "MAINT"))
         ]
-        certificate_due = plan.tls.mode == "acme" and not acme_certificate_is_current(plan, site_info(plan, self.connector))
+        certificate_due = plan.tls.mode == "acme" and not acme_certificate_is_current(
+            plan, self.connector, site_info(plan, self.connector))
         if not (removed or changed or not_running or out_of_rotation or certificate_due):
             return UpResult(plan.url, plan.local_ca_cert, release.id, changed=False)
         if "postgres" in not_running:

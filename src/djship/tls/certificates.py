@@ -29,6 +29,8 @@ class CertificateInfo:
     not_after: datetime.datetime
     self_signed: bool
     ocsp_url: str | None
+    serial: str = ""
+    """Hexadecimal, as OpenSSL shows it."""
 
     @classmethod
     def of(cls, certificate: x509.Certificate) -> CertificateInfo:
@@ -45,6 +47,7 @@ class CertificateInfo:
             not_after=certificate.not_valid_after_utc,
             self_signed=certificate.issuer == certificate.subject,
             ocsp_url=_ocsp_url(certificate),
+            serial=f"{certificate.serial_number:X}",
         )
 
     @property
@@ -66,6 +69,7 @@ class CertificateInfo:
         return {
             "subject": self.subject,
             "issuer": self.issuer,
+            "serial": self.serial,
             "names": list(self.names),
             "not_before": self.not_before.isoformat(timespec="seconds"),
             "not_after": self.not_after.isoformat(timespec="seconds"),

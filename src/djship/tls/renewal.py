@@ -32,6 +32,10 @@ class RenewalState:
     last_error: str | None = None
     failures: int = 0
     next_attempt: str | None = None
+    directory: str | None = None
+    """The ACME directory that issued the certificate below."""
+    serial: str | None = None
+    """The serial of the last certificate djship obtained: only that one counts as the ACME certificate."""
 
 
 def backoff(failures: int) -> datetime.timedelta:
@@ -63,16 +67,19 @@ def save(plan: Plan, connector: Connector, state: RenewalState) -> None:
     connector.put(plan.paths.renewal_state, json.dumps(asdict(state), indent=2) + "\n", mode=0o644)
 
 
-def attempt(plan: Plan, connector: Connector, renew: Callable[[], None]) -> RenewalState:
-    """Run renew() once and record how it went; re-raises its error after recording it."""
+def attempt(plan: Plan, connector: Connector, renew: Callable[[], str]) -> RenewalState:
+    """Run renew() once and record how it went (and the serial it returns); re-raises its error after recording."""
     started = now().isoformat(timespec="seconds")
     state = load(plan, connector)
     try:
-        renew()
+        serial = renew()
     except Exception as error:
         save(plan, connector, replace(state, last_attempt=started, last_error=str(error), failures=state.failures + 1))
         raise
-    state = replace(state, last_attempt=started, last_success=started, last_error=None, failures=0)
+    state = replace(
+        state, last_attempt=started, last_success=started, last_error=None, failures=0,
+        directory=plan.tls.acme_directory, serial=serial,
+    )
     save(plan, connector, state)
     return state
 
@@ -81,14 +88,15 @@ def watch(
     plan: Plan,
     connector: Connector,
     site: Callable[[], tuple[CertificateInfo | None, bool]],
-    renew: Callable[[], None],
+    renew: Callable[[], object],
     log: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
     keep_going: Callable[[], bool] = lambda: True,
     maintain: Callable[[], None] = lambda: None,
 ) -> None:
-    """site() -> (the served certificate, whether it is current); renew() obtains and installs a new one;
-    maintain() runs on every wake-up (refreshing the OCSP staple), its failures logged, never fatal."""
+    """site() -> (the served certificate, whether it is current); renew() obtains and installs a new one and records
+    the attempt (see attempt()); maintain() runs on every wake-up (refreshing the OCSP staple), its failures logged,
+    never fatal."""
     while keep_going():
         try:
             maintain()
@@ -107,7 +115,7 @@ def watch(
             continue
         log("renewing the certificate for " + ", ".join(plan.domains))
         try:
-            attempt(plan, connector, renew)
+            renew()
         except Exception as error:
             failures = load(plan, connector).failures
             log(f"renewal failed ({failures} in a row; next try in {backoff(failures)}): {error}")

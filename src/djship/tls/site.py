@@ -13,12 +13,8 @@ from djship.components.balancer import Balancer
 from djship.connectors import Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
-from djship.tls import acme, files, local_ca, ocsp
+from djship.tls import acme, files, local_ca, ocsp, renewal
 from djship.tls.certificates import CertificateInfo, load_chain, now
-
-# Organisation of djship's own CAs, the local one and the throwaway one behind an ACME placeholder.
-LOCAL_ORGANISATION = "O=djship local CA"
-
 
 @dataclass(frozen=True)
 class BalancerHost:
@@ -62,11 +58,13 @@ def validated_files(plan: Plan, connector: Connector) -> bytes:
     return files.validate(contents["tls.cert_file"], contents["tls.key_file"], plan.domains, cert_file, key_file)
 
 
-def acme_certificate_is_current(plan: Plan, info: CertificateInfo | None) -> bool:
-    """Whether an ACME certificate (not the placeholder) names exactly the domains and is not due for renewal."""
+def acme_certificate_is_current(plan: Plan, connector: Connector, info: CertificateInfo | None) -> bool:
+    """Whether the served certificate is the one djship last obtained from tls.acme_directory (not a placeholder,
+    nor one from files or another directory), names exactly the domains, and is not due for renewal."""
+    issued = renewal.load(plan, connector)
     return (
         info is not None
-        and LOCAL_ORGANISATION not in info.issuer
+        and (issued.serial, issued.directory) == (info.serial, plan.tls.acme_directory)
         and sorted(info.names) == sorted(plan.domains)
         and now() < info.renew_at
     )
