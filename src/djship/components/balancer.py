@@ -88,7 +88,10 @@ class Balancer:
             except OSError as error:
                 raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
             if expected not in answer:
-                runtime_command(self.socket_path, f"abort ssl cert {cert_file}")
+                try:  # leave no transaction open; the certificate being served stays as it was
+                    runtime_command(self.socket_path, f"abort ssl cert {cert_file}")
+                except OSError:
+                    pass
                 reason = next((line for line in answer.splitlines() if line.strip()), "no answer")
                 raise DjshipError(f"the load balancer refused the new certificate for {cert_file}: {reason}")
 
