@@ -466,3 +466,20 @@ def test_files_mode_refuses_bad_files_before_starting_anything(workdir):
         assert len(lines) == 1 and lines[0].startswith(f"error: {key_path}") and problem in lines[0], result.stderr
         assert "Traceback" not in result.stderr
         assert not (project / ".djship").exists()
+
+
+def test_acme_mode_refuses_a_missing_ca_bundle_before_starting_anything(workdir):
+    project = make_project(workdir, TLS_PORTS)
+    config = project / "djship.toml"
+    config.write_text(with_values(config.read_text(), {
+        "site.domains": [DOMAIN], "tls.mode": "acme", "tls.acme_ca_bundle": "no-such-bundle.pem",
+    }))
+
+    result = run_djship(project, "up", check=False)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"error: tls.acme_ca_bundle: {project / 'no-such-bundle.pem'} is not a file; point it at the PEM CA bundle "
+        "that verifies the ACME directory's HTTPS certificate, or remove the key to use the system's"
+    )
+    assert not (project / ".djship").exists()

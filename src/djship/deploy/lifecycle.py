@@ -188,6 +188,10 @@ class LocalSystem:
     def up(self) -> UpResult:
         if self.plan.tls.mode == "files":  # before anything starts or changes
             validated_files(self.plan, self.connector)
+        bundle = self.plan.tls.acme_ca_bundle
+        if self.plan.tls.mode == "acme" and bundle is not None and not bundle.is_file():
+            raise DjshipError(f"tls.acme_ca_bundle: {bundle} is not a file; point it at the PEM CA bundle that "
+                              "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
         if self.supervisor.pid() is not None:
             with exclusive(self.plan.paths.deploy_lock, "up"):
                 return self.reconcile()
