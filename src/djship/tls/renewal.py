@@ -88,7 +88,7 @@ def watch(
     plan: Plan,
     connector: Connector,
     site: Callable[[], tuple[CertificateInfo | None, bool]],
-    renew: Callable[[], object],
+    renew: Callable[[], None],
     log: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
     keep_going: Callable[[], bool] = lambda: True,

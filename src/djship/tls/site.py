@@ -16,6 +16,7 @@ from djship.plan import Plan
 from djship.tls import acme, files, local_ca, ocsp, renewal
 from djship.tls.certificates import CertificateInfo, load_chain, now
 
+
 @dataclass(frozen=True)
 class BalancerHost:
     connector: Connector
