@@ -460,10 +460,12 @@ class LocalSystem:
                 for name in out_of_rotation:
                     self.balancer.set_state(name, "ready")
         if plan.tls.mode == "acme":
-            self._ensure_acme_certificate()
-            # The timer read djship.toml when it started: restart it so it renews for what the file says now.
-            with self.reporter.step("Restarting the certificate renewal timer"):
-                self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
+            try:
+                self._ensure_acme_certificate()
+            finally:  # also after a failed order: the timer retries it with back-off
+                # The timer read djship.toml when it started: restart it so it renews for what the file says now.
+                with self.reporter.step("Restarting the certificate renewal timer"):
+                    self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
         return UpResult(plan.url, plan.local_ca_cert, release.id, changed=True)
 
     def _take_out_for_good(self, names: list[str]) -> None:
