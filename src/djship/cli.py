@@ -129,7 +129,8 @@ def up() -> None:
     else:
         console.print(f"Already up and unchanged: release {result.release}; nothing was changed ({total:.1f}s)")
     console.print(f"  site     [bold]{result.url}[/]")
-    console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
+    if result.ca_cert:
+        console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
 
 
 def _rollout():
@@ -387,7 +388,7 @@ def destroy(yes: bool) -> None:
 def _print_status(report: dict) -> None:
     console.print(
         f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database']}   "
-        f"CA {report['ca_path']}"
+        f"CA {report['ca_path'] or '-'}"
     )
     table = _table("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
     rows = report["components"]
@@ -402,6 +403,20 @@ def _print_status(report: dict) -> None:
             f"[{colour}]{row['state']}[/]", row["health"],
         )
     console.print(table)
+    tls = report["tls"]
+    certificate = tls["certificate"]
+    line = f"certificate ({tls['mode']}): " + (
+        f"{', '.join(certificate['names'])}, issued by {certificate['issuer']}, {certificate['days_left']:.1f} days left"
+        if certificate else "none yet"
+    )
+    console.print(line)
+    renewing = tls["renewal"]
+    if renewing:
+        console.print(
+            f"renewal timer {renewing['state']}: next attempt {renewing['next_attempt'] or '-'}, last success "
+            f"{renewing['last_success'] or '-'}"
+            + (f", [red]{renewing['failures']} failure(s), last error: {renewing['last_error']}[/]" if renewing["failures"] else "")
+        )
 
 
 @main.command()
@@ -445,6 +460,62 @@ def doctor(as_json: bool, form_path: str | None) -> None:
         console.print(f"{summary['pass']} passed, {summary['warn']} warnings, {summary['fail']} failed")
     if not document["ok"]:
         sys.exit(1)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
+@click.pass_context
+def certs(ctx: click.Context, as_json: bool) -> None:
+    """List every certificate (the site's; the local CA's in local mode) with issuer, names and days left.
+
+    Warns, and exits 2, when one expires within 14 days. `djship certs renew` renews the ACME certificate.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from djship.tls.certificates import WARN_DAYS
+    from djship.tls.site import certificates
+
+    system = _system()
+    rows = certificates(system.plan, system.connector)
+    if not rows:
+        raise DjshipError("no certificate yet; `djship up` makes or obtains it")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        table = _table("CERTIFICATE", "ISSUER", "NAMES", "NOT AFTER (UTC)", "DAYS LEFT")
+        for row in rows:
+            table.add_row(row["name"], row["issuer"], ", ".join(row["names"]) or "-", row["not_after"][:16],
+                          f"{row['days_left']:.1f}")
+        console.print(table)
+    expiring = [row for row in rows if row["days_left"] < WARN_DAYS]
+    for row in expiring:
+        errors.print(f"[yellow]warning:[/] the {row['name']} certificate ({row['path']}) expires in "
+                     f"{row['days_left']:.1f} days", soft_wrap=True)
+    if expiring:
+        sys.exit(2)
+
+
+@certs.command("renew")
+@click.option("--force", is_flag=True, help="Renew even if the certificate is not due yet.")
+def certs_renew(force: bool) -> None:
+    """Renew the ACME certificate now if it is due (2/3 of its lifetime, at most 30 days before expiry) and swap it
+    into the running load balancer without dropping a connection."""
+    started = time.monotonic()
+    if _system().renew(force):
+        console.print(f"[green]Renewed[/] and installed in {time.monotonic() - started:.1f}s")
+    else:
+        console.print("Not due yet; nothing renewed (--force renews anyway).")
+
+
+@certs.command("watch", hidden=True)
+def certs_watch() -> None:
+    """The renewal timer run by the supervisor (program `renewal`): renews whenever due, retries with back-off."""
+
+    def log(line: str) -> None:
+        click.echo(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}")
+        sys.stdout.flush()
+
+    _system().watch_renewals(log)
 
 
 @main.command()

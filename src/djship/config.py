@@ -169,8 +169,41 @@ class DatabaseConfig(_Section):
         return value
 
 
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
 class TlsConfig(_Section):
-    mode: Literal["local"] = "local"
+    mode: Literal["local", "acme", "files"] = "local"
+    acme_directory: str = LETS_ENCRYPT_DIRECTORY
+    acme_email: str | None = None
+    acme_ca_bundle: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @field_validator("acme_directory")
+    @classmethod
+    def _directory_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
+            raise ValueError("must be the https:// URL of an ACME directory (e.g. Let's Encrypt's staging directory)")
+        return value
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError("must be an e-mail address (the ACME CA sends expiry warnings there)")
+        return value
+
+    @model_validator(mode="after")
+    def _files_given(self) -> TlsConfig:
+        if self.mode == "files":
+            missing = [key for key in ("cert_file", "key_file") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(
+                    f"mode = \"files\" needs {' and '.join('tls.' + key for key in missing)} (paths to the PEM "
+                    "certificate chain and its private key)"
+                )
+        return self
 
 
 class DeployConfig(_Section):

@@ -18,6 +18,8 @@ CONNECTION_HEADROOM = 10
 SUPERUSER_RESERVED = 3
 # Longest path a unix socket may have on Linux (sun_path is 108 bytes with the final NUL).
 MAX_SOCKET_PATH = 107
+# The supervised program that renews ACME certificates (tls.mode = "acme").
+RENEWAL_PROGRAM = "renewal"
 # On the local target every component talks over loopback.
 LOOPBACK_NETWORK = "127.0.0.0/8"
 
@@ -87,6 +89,19 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """Where the site certificate comes from: djship's local CA, an ACME directory, or the user's own files."""
+
+    mode: str
+    acme_directory: str
+    acme_email: str | None
+    acme_ca_bundle: Path | None
+    """CA bundle that verifies the ACME directory's own HTTPS certificate; None: the system's trust store."""
+    cert_file: Path | None
+    key_file: Path | None
+
+
+@dataclass(frozen=True)
 class Paths:
     state: Path
 
@@ -105,6 +120,24 @@ class Paths:
     @property
     def site_pem(self) -> Path:
         return self.tls / "site.pem"
+
+    @property
+    def site_ocsp(self) -> Path:
+        """The OCSP response HAProxy staples; its name is the certificate's plus .ocsp, as HAProxy expects."""
+        return self.tls / "site.pem.ocsp"
+
+    @property
+    def acme_account_key(self) -> Path:
+        return self.tls / "acme-account.key"
+
+    @property
+    def challenge_map(self) -> Path:
+        """HAProxy's map of ACME HTTP-01 challenge paths to key authorizations; filled through its runtime API."""
+        return self.balancer / "acme-challenges.map"
+
+    @property
+    def renewal_state(self) -> Path:
+        return self.tls / "renewal.json"
 
     @property
     def secrets(self) -> Path:
@@ -222,6 +255,7 @@ class Plan:
     exclude: tuple[str, ...]
     domains: tuple[str, ...]
     hsts_seconds: int
+    tls: Tls
     balancer_bind: str
     balancer_network: str
     https_port: int
@@ -248,6 +282,11 @@ class Plan:
         return f"https://{self.domains[0]}:{self.https_port}/"
 
     @property
+    def local_ca_cert(self) -> Path | None:
+        """The CA a client must trust: djship's own in local mode; none to add for ACME or the user's files."""
+        return self.paths.ca_cert if self.tls.mode == "local" else None
+
+    @property
     def origins(self) -> tuple[str, ...]:
         return tuple(f"https://{domain}:{self.https_port}" for domain in self.domains)
 
@@ -263,6 +302,11 @@ class Plan:
 def _project_name(settings_module: str) -> str:
     name = re.sub(r"[^a-z0-9_]", "_", settings_module.split(".")[0].lower())
     return (name if name[:1].isalpha() else f"app_{name}")[:63]
+
+
+def _in_project(project_dir: Path, path: str | None) -> Path | None:
+    """A path from djship.toml: absolute, or relative to the project directory."""
+    return None if path is None else project_dir / Path(path).expanduser()
 
 
 def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:
@@ -301,6 +345,14 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
         exclude=tuple(config.project.exclude),
         domains=tuple(config.site.domains),
         hsts_seconds=hsts,
+        tls=Tls(
+            mode=config.tls.mode,
+            acme_directory=config.tls.acme_directory,
+            acme_email=config.tls.acme_email,
+            acme_ca_bundle=_in_project(project_dir, config.tls.acme_ca_bundle),
+            cert_file=_in_project(project_dir, config.tls.cert_file),
+            key_file=_in_project(project_dir, config.tls.key_file),
+        ),
         balancer_bind=config.balancer.bind,
         balancer_network=LOOPBACK_NETWORK,
         https_port=config.balancer.https_port,
@@ -328,7 +380,17 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
     )
     _check_budget(plan)
     _check_socket_paths(plan)
+    _check_acme_domains(plan)
     return plan
+
+
+def _check_acme_domains(plan: Plan) -> None:
+    local = [domain for domain in plan.domains if domain == "localhost" or domain.endswith(".localhost")]
+    if plan.tls.mode == "acme" and local:
+        raise DjshipError(
+            f"site.domains: an ACME CA issues no certificate for {', '.join(local)}; list the domain names that "
+            'resolve to this machine, or use tls.mode = "local"'
+        )
 
 
 def _check_budget(plan: Plan) -> None:

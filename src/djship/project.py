@@ -133,7 +133,12 @@ max_connections = 100          # must fit servers x workers x threads plus headr
 # name = "app"                  # database and role name (default: the project package's name)
 
 [tls]
-mode = "local"                 # a certificate from djship's own CA (.djship/tls/ca.crt)
+mode = "local"                 # local: djship's own CA (.djship/tls/ca.crt); acme: Let's Encrypt (or acme_directory);
+                               # files: your own cert_file (chain) and key_file. See "HTTPS certificates" in the README.
+# acme_directory = "https://acme-staging-v02.api.letsencrypt.org/directory"   # e.g. Let's Encrypt's staging CA
+# acme_email = "you@example.com"
+# cert_file = "certs/fullchain.pem"
+# key_file = "certs/privkey.pem"
 
 [deploy]
 batch_size = 1                 # app servers switched to a new release at a time (the rest keep serving)

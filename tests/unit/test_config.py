@@ -44,6 +44,8 @@ def test_minimal_config_gives_documented_defaults():
     assert (config.database.address, config.database.port, config.database.max_connections) == ("127.0.2.1", 15432, 100)
     assert config.database.name is None and config.database.user is None
     assert config.tls.mode == "local"
+    assert config.tls.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert config.tls.acme_ca_bundle is None and config.tls.cert_file is None
     assert config.state_dir == ".djship"
     assert config.service_user == "djship"
 
@@ -69,9 +71,25 @@ def test_minimal_config_gives_documented_defaults():
             '[balancer]\nbind = "0.0.0.0"\n',
             "djship.toml: balancer.bind: must be an IPv4 loopback address (127.x.y.z) on the local target",
         ),
-        ('[tls]\nmode = "acme"\n', "djship.toml: tls.mode: Input should be 'local'"),
+        ('[tls]\nmode = "letsencrypt"\n', "djship.toml: tls.mode: Input should be 'local', 'acme' or 'files'"),
+        (
+            '[tls]\nmode = "files"\ncert_file = "site.crt"\n',
+            'djship.toml: tls: mode = "files" needs tls.key_file (paths to the PEM certificate chain and its private key)',
+        ),
+        (
+            '[tls]\nmode = "acme"\nacme_directory = "http://acme.example/dir"\n',
+            "djship.toml: tls.acme_directory: must be the https:// URL of an ACME directory (e.g. Let's Encrypt's "
+            "staging directory)",
+        ),
+        (
+            '[tls]\nmode = "acme"\nacme_email = "nobody"\n',
+            "djship.toml: tls.acme_email: must be an e-mail address (the ACME CA sends expiry warnings there)",
+        ),
     ],
-    ids=["servers-0", "bad-domain", "duplicate-domain", "unknown-key", "same-ports", "public-bind", "tls-mode"],
+    ids=[
+        "servers-0", "bad-domain", "duplicate-domain", "unknown-key", "same-ports", "public-bind", "tls-mode",
+        "files-without-key", "acme-plain-http", "acme-email",
+    ],
 )
 def test_invalid_value_is_named_by_its_key_path(extra, expected):
     assert config_error(MINIMAL + extra) == expected

@@ -114,3 +114,21 @@ def test_url_and_origins_carry_the_https_port(make_plan):
     assert plan.url == "https://example.com:9443/"
     assert plan.origins == ("https://example.com:9443", "https://www.example.com:9443")
     assert plan.health_host == "example.com"
+
+
+def test_tls_files_are_relative_to_the_project(make_plan):
+    plan = make_plan(
+        project_dir=Path("/srv/site"),
+        tls={"mode": "files", "cert_file": "certs/site.crt", "key_file": "/etc/ssl/private/site.key"},
+    )
+
+    assert plan.tls.cert_file == Path("/srv/site/certs/site.crt")
+    assert plan.tls.key_file == Path("/etc/ssl/private/site.key")
+    assert plan.tls.acme_ca_bundle is None
+
+
+def test_acme_mode_refuses_localhost(make_plan):
+    with pytest.raises(DjshipError, match=r"^site.domains: an ACME CA issues no certificate for localhost; list the "):
+        make_plan(tls={"mode": "acme"})
+
+    assert make_plan(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]}).tls.mode == "acme"

@@ -46,9 +46,22 @@ GOLDEN: dict[str, Callable[[Plan], str]] = {
 }
 
 
-@pytest.mark.parametrize("name", GOLDEN)
-def test_rendering_matches_the_golden_file(golden_plan, golden_dir, name):
-    text = GOLDEN[name](golden_plan)
+# Rendered from the golden plan with tls.mode = "acme": the challenge route and the renewal timer.
+ACME_GOLDEN: dict[str, Callable[[Plan], str]] = {
+    "haproxy-acme.cfg": render.haproxy_cfg,
+    "supervisord-acme.conf": render.supervisord_conf,
+}
+
+
+@pytest.fixture
+def acme_plan(make_plan) -> Plan:
+    return make_plan(running_as_root=True, app={"servers": 2}, site={"domains": ["shop.example.com"]},
+                     tls={"mode": "acme"})
+
+
+@pytest.mark.parametrize("name", [*GOLDEN, *ACME_GOLDEN])
+def test_rendering_matches_the_golden_file(golden_plan, acme_plan, golden_dir, name):
+    text = GOLDEN[name](golden_plan) if name in GOLDEN else ACME_GOLDEN[name](acme_plan)
     golden = golden_dir / name
     if UPDATE_GOLDEN:
         golden.write_text(text, encoding="utf-8")
@@ -154,6 +167,44 @@ def test_supervisord_has_one_program_per_component_stopped_as_a_group(plan):
         assert section["user"] == "djship", name
 
 
+def test_balancer_tls_policy_is_mozilla_intermediate_with_h2_and_hsts(plan):
+    sections = haproxy_sections(render.haproxy_cfg(plan))
+    options = next(line for line in sections["global"] if line.startswith("ssl-default-bind-options "))
+    ciphers = next(line for line in sections["global"] if line.startswith("ssl-default-bind-ciphers ")).split()[1]
+    https = sections["frontend https"]
+
+    assert " ssl-min-ver TLSv1.2 " in f"{options} "
+    assert all("GCM" in cipher or "CHACHA20" in cipher for cipher in ciphers.split(":")), ciphers
+    assert https[0].endswith(f"ssl crt {plan.paths.site_pem} alpn h2,http/1.1")
+    assert 'http-response set-header Strict-Transport-Security "max-age=3600; includeSubDomains; preload"' in https
+    assert "http-response del-header Server" in https
+
+
+def test_acme_challenges_are_answered_on_http_and_everything_else_redirected(make_plan):
+    acme = haproxy_sections(render.haproxy_cfg(make_plan(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]})))
+    local = haproxy_sections(render.haproxy_cfg(make_plan()))
+
+    challenge_map = "/srv/example/board/.djship/balancer/acme-challenges.map"
+    http = acme["frontend http"]
+    assert "acl acme_challenge path_beg /.well-known/acme-challenge/" in http
+    assert http.index(next(line for line in http if line.startswith("http-request return status 200"))) < http.index(
+        next(line for line in http if line.startswith("http-request redirect"))
+    )
+    assert f"%[path,map({challenge_map})]" in " ".join(http)
+    assert http[-1].startswith("http-request redirect location https://") and http[-1].endswith("code 301")
+    assert not any("acme" in line for line in local["frontend http"])
+
+
+def test_renewal_timer_runs_only_in_acme_mode_as_the_invoking_user(make_plan):
+    acme = supervisord_sections(make_plan(running_as_root=True, tls={"mode": "acme"}, site={"domains": ["a.example"]}))
+    local = supervisord_sections(make_plan(running_as_root=True))
+
+    renewal = acme["program:renewal"]
+    assert renewal["command"].endswith("-m djship -C /srv/example/board certs watch")
+    assert "user" not in renewal  # it writes the 0600 certificate and talks to HAProxy's runtime API
+    assert "program:renewal" not in local.sections()
+
+
 def test_supervisord_runs_programs_as_the_invoking_user_when_not_root(make_plan):
     parser = supervisord_sections(make_plan(running_as_root=False))
 
@@ -209,15 +260,18 @@ def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, tmp_p
 # ---- the real programs accept the rendered files --------------------------------------------------------------
 
 
-@pytest.fixture
-def rendered(make_plan, real_tools, tmp_path) -> Plan:
-    """Every system file of a plan rendered to its place under tmp_path, with the directories the programs need."""
+@pytest.fixture(params=["local", "acme"])
+def rendered(make_plan, real_tools, tmp_path, request) -> Plan:
+    """Every system file of a plan rendered to its place under tmp_path, with the directories the programs need;
+    once per tls.mode that renders differently."""
     plan = make_plan(
         project_dir=tmp_path,
         tools=real_tools,
         running_as_root=True,
         service_user=pwd.getpwuid(os.getuid()).pw_name,
         app={"servers": 2},
+        tls={"mode": request.param},
+        site={"domains": ["shop.example.com"] if request.param == "acme" else ["localhost"]},
     )
     for config_file in render.system_files(plan):
         config_file.path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +310,8 @@ def test_supervisor_parses_its_config(rendered, capsys):
     except SystemExit:
         pytest.fail(f"supervisord rejected {rendered.paths.supervisor_conf}:\n{capsys.readouterr().err}")
 
+    renewal = ["renewal"] if rendered.tls.mode == "acme" else []
     assert sorted(group.name for group in options.process_group_configs) == [
-        "app1-gunicorn", "app1-nginx", "app2-gunicorn", "app2-nginx", "haproxy", "postgres",
+        "app1-gunicorn", "app1-nginx", "app2-gunicorn", "app2-nginx", "haproxy", "postgres", *renewal,
     ]
     assert options.logfile == str(rendered.paths.logs / "supervisord.log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import socket
@@ -66,6 +67,34 @@ class Balancer:
         """state: ready (in rotation), drain (no new requests), maint (out)."""
         self._command(f"set server {BACKEND}/{server} state {state}")
 
+    def add_map_entries(self, map_file: Path, entries: dict[str, str]) -> None:
+        for key, value in entries.items():
+            self._command(f"add map {map_file} {key} {value}")
+
+    def delete_map_entries(self, map_file: Path, keys: list[str]) -> None:
+        for key in keys:
+            self._command(f"del map {map_file} {key}")
+
+    def replace_certificate(self, cert_file: Path, bundle: bytes, ocsp_response: bytes | None) -> None:
+        """Swap the certificate of `bind ... crt cert_file` (and the OCSP response it staples) in memory: new
+        handshakes get it, no connection drops."""
+        steps = [(f"set ssl cert {cert_file} <<\n{bundle.decode().strip()}\n", "Transaction")]
+        if ocsp_response:
+            steps.append((f"set ssl cert {cert_file}.ocsp <<\n{base64.b64encode(ocsp_response).decode()}\n", "Transaction"))
+        steps.append((f"commit ssl cert {cert_file}", "Success!"))
+        for command, expected in steps:
+            try:
+                answer = runtime_command(self.socket_path, command, timeout=30)
+            except OSError as error:
+                raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
+            if expected not in answer:
+                try:  # leave no transaction open; the certificate being served stays as it was
+                    runtime_command(self.socket_path, f"abort ssl cert {cert_file}")
+                except OSError:
+                    pass
+                reason = next((line for line in answer.splitlines() if line.strip()), "no answer")
+                raise DjshipError(f"the load balancer refused the new certificate for {cert_file}: {reason}")
+
     def states(self) -> dict[str, ServerState]:
         return server_states(self.socket_path)
 
@@ -94,11 +123,11 @@ def server_states(socket_path: Path) -> dict[str, ServerState]:
         return {}
 
 
-def https_probe(address: str, port: int, host_name: str, path: str, ca_file: Path, timeout: float = 5) -> int | None:
-    """GET path over HTTPS from the balancer, verifying its certificate for host_name against ca_file.
+def https_probe(address: str, port: int, host_name: str, path: str, certificate: bytes, timeout: float = 5) -> int | None:
+    """GET path over HTTPS from the balancer, which must present exactly this certificate (DER) for host_name.
 
-    Returns the HTTP status, or None when no verified response came back.
+    Returns the HTTP status, or None when no response came back with that certificate.
     """
-    answer = request(address, port, f"{host_name}:{port}", "GET", path, tls_name=host_name, ca_file=ca_file,
+    answer = request(address, port, f"{host_name}:{port}", "GET", path, tls_name=host_name, pinned=certificate,
                      headers={"Connection": "close"}, timeout=timeout)
     return answer.status if isinstance(answer, Response) else None

@@ -37,16 +37,25 @@ def describe_error(error: BaseException) -> str:
 
 def request(
     address: str, port: int, host: str, method: str, path: str, *, tls_name: str | None = None,
-    ca_file: Path | None = None, headers: dict[str, str] | None = None, body: bytes | None = None,
-    timeout: float = 10,
+    ca_file: Path | None = None, pinned: bytes | None = None, headers: dict[str, str] | None = None,
+    body: bytes | None = None, timeout: float = 10,
 ) -> Response | str:
-    """One HTTP request to address:port with this Host header, over TLS verified for tls_name against ca_file when
-    tls_name is given. The answer, or what went wrong as text."""
+    """One HTTP request to address:port with this Host header, over TLS when tls_name is given: verified for
+    tls_name against ca_file (None: the system's trust store), or, with pinned, only to a server presenting exactly
+    that certificate (DER), whoever issued it. The answer, or what went wrong as text."""
     connection = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
         if tls_name:
             raw = socket.create_connection((address, port), timeout=timeout)
-            connection.sock = ssl.create_default_context(cafile=str(ca_file)).wrap_socket(raw, server_hostname=tls_name)
+            if pinned is None:
+                context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            else:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            connection.sock = context.wrap_socket(raw, server_hostname=tls_name)
+            if pinned is not None and connection.sock.getpeercert(binary_form=True) != pinned:
+                return "the server presents another certificate than the one expected"
         connection.request(method, path, body=body, headers={"Host": host, **(headers or {})})
         answer = connection.getresponse()
         return Response(answer.status, tuple(answer.getheaders()), answer.read(200_000))

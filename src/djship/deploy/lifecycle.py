@@ -9,9 +9,10 @@ import pwd
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from djship import render
@@ -25,14 +26,24 @@ from djship.deploy.live import Live, read_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
 from djship.errors import DjshipError
-from djship.plan import AppServer, Plan, build_plan
+from djship.plan import RENEWAL_PROGRAM, AppServer, Plan, build_plan
 from djship.progress import Reporter
-from djship.tls import local_ca
+from djship.tls import renewal
+from djship.tls.certificates import leaf_der
+from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, fetch_staple, install, \
+    obtain_acme, site_info, staple_due, validated_files, write_staple
 from djship.tools import find_tools
 from djship.waiting import wait_until
 
 READY_TIMEOUT = 60
 ROTATION_TIMEOUT = 30
+# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
+STAPLE_RETRY = 3600
+_CERTIFICATE_STEP = {
+    "local": "Local CA and site certificate",
+    "files": "Site certificate from tls.cert_file and tls.key_file",
+    "acme": "Site certificate (ACME; a placeholder until the first one is obtained)",
+}
 _APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
 
@@ -70,26 +81,6 @@ def ensure_secrets(plan: Plan, connector: Connector) -> Secrets:
         admin = {"postgres_password": secrets.token_urlsafe(24)}
         connector.put(plan.paths.admin_secrets, json.dumps(admin, indent=2) + "\n", mode=0o600)
     return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
-
-
-def ensure_certificate(plan: Plan, connector: Connector) -> bool:
-    """The local CA and a current site certificate; returns whether the site certificate was (re)issued."""
-    connector.makedirs(plan.paths.tls, mode=0o711)
-    cert, key = connector.get(plan.paths.ca_cert), connector.get(plan.paths.ca_key)
-    if cert and key:
-        authority = local_ca.load_authority(cert, key)
-    else:
-        authority = local_ca.new_authority(plan.project_dir.name)
-        connector.put(plan.paths.ca_key, authority.key_pem(), mode=0o600)
-        connector.put(plan.paths.ca_cert, authority.cert_pem(), mode=0o644)
-    bundle = connector.get(plan.paths.site_pem)
-    if bundle and local_ca.site_certificate_is_current(bundle, authority, plan.domains):
-        return False
-    connector.put(
-        plan.paths.site_pem, local_ca.issue_site_certificate(authority, plan.domains), mode=0o600,
-        owner=plan.service_user,
-    )
-    return True
 
 
 def _ensure_service_user(plan: Plan, connector: Connector) -> None:
@@ -188,7 +179,8 @@ def link_atomically(link: Path, target: Path) -> None:
 @dataclass(frozen=True)
 class UpResult:
     url: str
-    ca_cert: Path
+    ca_cert: Path | None
+    """The CA to trust in local mode; None when the certificate comes from an ACME CA or the user's files."""
     release: str
     changed: bool
 
@@ -209,6 +201,12 @@ class LocalSystem:
         return [program.name for program in render.programs(self.plan)]
 
     def up(self) -> UpResult:
+        if self.plan.tls.mode == "files":  # before anything starts or changes
+            validated_files(self.plan, self.connector)
+        bundle = self.plan.tls.acme_ca_bundle
+        if self.plan.tls.mode == "acme" and bundle is not None and not bundle.is_file():
+            raise DjshipError(f"tls.acme_ca_bundle: {bundle} is not a file; point it at the PEM CA bundle that "
+                              "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
         if self.supervisor.pid() is not None:
             with exclusive(self.plan.paths.deploy_lock, "up"):
                 return self.reconcile()
@@ -227,8 +225,9 @@ class LocalSystem:
             _ensure_service_user(plan, connector)
             prepare_state_dir(plan, connector)
             secrets_ = ensure_secrets(plan, connector)
-        with self.reporter.step("Local CA and site certificate"):
+        with self.reporter.step(_CERTIFICATE_STEP[plan.tls.mode]):
             ensure_certificate(plan, connector)
+            self.refresh_staple()
         if not self.database.initialized():
             with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                 self.database.init_cluster(secrets_.superuser_password)
@@ -253,8 +252,85 @@ class LocalSystem:
         for server in plan.app_servers:
             self.start_app_server(server, release)
         self._start_balancer()
+        if plan.tls.mode == "acme":
+            self._ensure_acme_certificate()
+            with self.reporter.step("Starting the certificate renewal timer"):
+                self.supervisor.start(RENEWAL_PROGRAM)
         self._start_backup_scheduler()
-        return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+        return UpResult(plan.url, plan.local_ca_cert, release.id, changed=True)
+
+    @property
+    def balancer_hosts(self) -> list[BalancerHost]:
+        return [BalancerHost(self.connector, self.balancer)]
+
+    def _ensure_acme_certificate(self) -> bool:
+        """Obtain and install an ACME certificate unless the served one is current; returns whether it did."""
+        if acme_certificate_is_current(self.plan, self.connector, site_info(self.plan, self.connector)):
+            return False
+        with self.reporter.step(f"Certificate for {', '.join(self.plan.domains)} from {self.plan.tls.acme_directory}"):
+            self.renew_certificate()
+        return True
+
+    def renew_certificate(self) -> None:
+        """A new ACME certificate, installed into every balancer without a reload; recorded for `djship status`."""
+
+        def renew() -> str:
+            bundle = obtain_acme(self.plan, self.connector, self.balancer_hosts)
+            install(self.plan, self.balancer_hosts, bundle, self._staple_for(bundle))
+            wait_until(
+                "the load balancer serving the new certificate", self._balancer_ready, READY_TIMEOUT,
+                f"see {self.plan.paths.logs / 'haproxy.log'}",
+            )
+            return site_info(self.plan, self.connector).serial
+
+        renewal.attempt(self.plan, self.connector, renew)
+
+    def renew(self, force: bool) -> bool:
+        """`djship certs renew`: renew now if due (or always with force); returns whether it renewed."""
+        if self.plan.tls.mode != "acme":
+            raise DjshipError(
+                f"tls.mode is {self.plan.tls.mode!r}: only ACME certificates are renewed by djship "
+                + ("(the local CA's are reissued by `djship up`)" if self.plan.tls.mode == "local" else
+                   "(point tls.cert_file and tls.key_file at the new files and run `djship up`)")
+            )
+        haproxy = self.supervisor.status().get("haproxy") if self.supervisor.pid() else None
+        if haproxy is None or haproxy.state != "RUNNING":
+            raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
+        if not force and acme_certificate_is_current(self.plan, self.connector, site_info(self.plan, self.connector)):
+            return False
+        self.renew_certificate()
+        return True
+
+    def _staple_for(self, bundle: bytes) -> bytes | None:
+        return fetch_staple(self.plan, self.connector, bundle, self.reporter.note)
+
+    def refresh_staple(self) -> bool:
+        """Fetch site.pem.ocsp for HAProxy's next start or reload when it is missing or half expired; returns
+        whether it changed."""
+        if not staple_due(self.plan, self.connector):
+            return False
+        return write_staple(self.plan, self.connector, self._staple_for(self.connector.get(self.plan.paths.site_pem)))
+
+    def watch_renewals(self, log) -> None:
+        """The renewal timer's loop (the supervised program `renewal`); never returns."""
+
+        def site() -> tuple:
+            info = site_info(self.plan, self.connector)
+            return info, acme_certificate_is_current(self.plan, self.connector, info)
+
+        last_staple_attempt = [-STAPLE_RETRY]
+
+        def refresh_live_staple() -> None:
+            if not staple_due(self.plan, self.connector) or time.monotonic() - last_staple_attempt[0] < STAPLE_RETRY:
+                return
+            last_staple_attempt[0] = time.monotonic()
+            bundle = self.connector.get(self.plan.paths.site_pem)
+            staple = self._staple_for(bundle)
+            if staple != self.connector.get(self.plan.paths.site_ocsp):
+                install(self.plan, self.balancer_hosts, bundle, staple)
+                log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
+
+        renewal.watch(self.plan, self.connector, site, self.renew_certificate, log, maintain=refresh_live_staple)
 
     def _start_backup_scheduler(self) -> None:
         if self.plan.backup.schedule:
@@ -295,11 +371,12 @@ class LocalSystem:
                 or states[name].status != "UP"]
         if down:
             return False, f"waiting for health checks of {', '.join(down)}"
+        bundle = self.connector.get(self.plan.paths.site_pem)
         status = balancer.https_probe(
             self.plan.balancer_bind, self.plan.https_port, self.plan.domains[0], self.plan.health_path,
-            self.plan.paths.ca_cert,
+            leaf_der(bundle) if bundle else b"",
         )
-        return status == 200, f"HTTPS health check answered {status}"
+        return status == 200, f"HTTPS health check with the certificate in {self.plan.paths.site_pem} answered {status}"
 
     def _start_balancer(self) -> None:
         with self.reporter.step(f"Starting the load balancer (HAProxy) on {self.plan.url}"):
@@ -372,7 +449,7 @@ class LocalSystem:
                 shutil.rmtree(plan.paths.servers / name, ignore_errors=True)
         # The balancer and the database pick up new supervisor settings at their next restart, not now.
         changed = {program for file in changed_files for program in file.programs} | (reconfigured - {"haproxy", "postgres"})
-        if ensure_certificate(plan, self.connector):
+        if ensure_certificate(plan, self.connector) | self.refresh_staple():
             changed.add("haproxy")
         statuses = self.supervisor.status()
         not_running = {name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"}
@@ -380,8 +457,10 @@ class LocalSystem:
             name for name, state in balancer.server_states(plan.paths.haproxy_socket).items()
             if state.status.startswith(("DRAIN", "MAINT"))
         ]
-        if not (removed or changed or not_running or out_of_rotation):
-            return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=False)
+        certificate_due = plan.tls.mode == "acme" and not acme_certificate_is_current(
+            plan, self.connector, site_info(plan, self.connector))
+        if not (removed or changed or not_running or out_of_rotation or certificate_due):
+            return UpResult(plan.url, plan.local_ca_cert, release.id, changed=False)
         if "postgres" in not_running:
             with self.reporter.step("Starting PostgreSQL"):
                 self.supervisor.start("postgres")
@@ -403,12 +482,19 @@ class LocalSystem:
             with self.reporter.step(f"Putting {', '.join(out_of_rotation)} back into rotation"):
                 for name in out_of_rotation:
                     self.balancer.set_state(name, "ready")
+        if plan.tls.mode == "acme":
+            try:
+                self._ensure_acme_certificate()
+            finally:  # also after a failed order: the timer retries it with back-off
+                # The timer read djship.toml when it started: restart it so it renews for what the file says now.
+                with self.reporter.step("Restarting the certificate renewal timer"):
+                    self.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
         if render.BACKUP_SCHEDULER in not_running:
             self._start_backup_scheduler()
         elif render.BACKUP_SCHEDULER in changed:
             with self.reporter.step(f"Restarting {render.BACKUP_SCHEDULER} (its schedule changed)"):
                 self.supervisor.restart(render.BACKUP_SCHEDULER, reconfigure=reconfigured)
-        return UpResult(plan.url, plan.paths.ca_cert, release.id, changed=True)
+        return UpResult(plan.url, plan.local_ca_cert, release.id, changed=True)
 
     def _take_out_for_good(self, names: list[str]) -> None:
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
@@ -450,6 +536,9 @@ class LocalSystem:
         """Stop everything in reverse order; every file and every row stays. Returns whether anything ran."""
         if self.supervisor.pid() is None:
             return False
+        if self.plan.tls.mode == "acme":
+            with self.reporter.step("Stopping the certificate renewal timer"):
+                self.supervisor.stop(RENEWAL_PROGRAM)
         with self.reporter.step("Stopping the load balancer"):
             self.supervisor.stop("haproxy")
         with self.reporter.step("Stopping the app servers"):
@@ -504,13 +593,26 @@ class LocalSystem:
             )
         return {
             "url": plan.url,
-            "ca_path": str(plan.paths.ca_cert),
+            "ca_path": str(plan.local_ca_cert) if plan.local_ca_cert else None,
             "running": running,
             "release": release.id if release else None,
             "database": read_live(plan, self.connector).database,
             "supervisor_pid": self.supervisor.pid() if running else None,
             "components": components,
+            "tls": self._tls_status(processes),
         }
+
+    def _tls_status(self, processes: dict) -> dict:
+        info = site_info(self.plan, self.connector)
+        report = {"mode": self.plan.tls.mode, "certificate": info.to_json() if info else None, "renewal": None}
+        if self.plan.tls.mode == "acme":
+            process = processes.get(RENEWAL_PROGRAM)
+            report["renewal"] = {
+                "pid": process.pid if process else None,
+                "state": process.state if process else "STOPPED",
+                **asdict(renewal.load(self.plan, self.connector)),
+            }
+        return report
 
     def log_files(self, component: str | None) -> list[Path]:
         names = ["supervisord", *self.program_names]

@@ -355,7 +355,11 @@ def media(plan: Plan, facts: Facts) -> Verdict:
 @check("certificate", "Certificate expiry")
 def certificate(plan: Plan, facts: Facts) -> Verdict:
     seen = facts.certificate
-    fix = "`djship up` reissues the site certificate (it renews 30 days before expiry) and reloads the balancer"
+    fix = {
+        "local": "`djship up` reissues the site certificate (it renews 30 days before expiry) and reloads the balancer",
+        "acme": "`djship certs renew --force` orders a new certificate; `djship status` shows why the timer failed",
+        "files": "point tls.cert_file and tls.key_file at a current certificate and run `djship up`",
+    }[plan.tls.mode]
     if seen.error or seen.days_left is None:
         return (FAIL, f"cannot read the certificate the balancer serves: {seen.error}",
             "see `djship logs haproxy`")
@@ -363,8 +367,8 @@ def certificate(plan: Plan, facts: Facts) -> Verdict:
     missing = [domain for domain in plan.domains if domain not in seen.names]
     if missing:
         problems.append(f"it does not name {', '.join(missing)} (it names {', '.join(seen.names) or 'nothing'})")
-    if not seen.issued_by_ca:
-        problems.append(f"it is not signed by djship's CA {plan.paths.ca_cert}")
+    if plan.local_ca_cert and not seen.issued_by_ca:
+        problems.append(f"it is not signed by djship's CA {plan.local_ca_cert}")
     days = seen.days_left
     if days < 0:
         problems.append(f"it expired {-days:.0f} days ago")

@@ -193,7 +193,7 @@ def _https(plan: Plan, method: str, path: str, domain: str | None = None, **kwar
     domain = domain or plan.domains[0]
     return request(
         plan.balancer_bind, plan.https_port, f"{domain}:{plan.https_port}", method, path, tls_name=domain,
-        ca_file=plan.paths.ca_cert, **kwargs,
+        ca_file=plan.local_ca_cert, **kwargs,
     )
 
 
@@ -338,7 +338,7 @@ def _redirect_chain(plan: Plan) -> list[tuple[str, int | str]]:
             break
         answer = request(
             plan.balancer_bind, port, parts.netloc, "GET", path or "/",
-            tls_name=parts.hostname if parts.scheme == "https" else None, ca_file=plan.paths.ca_cert,
+            tls_name=parts.hostname if parts.scheme == "https" else None, ca_file=plan.local_ca_cert,
         )
         chain.append((url, _status(answer)))
         if not isinstance(answer, Response) or answer.status not in (301, 302, 303, 307, 308):
@@ -367,8 +367,10 @@ def _certificate(plan: Plan) -> CertificateFacts:
         facts.names = tuple(names.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         facts.names = ()
+    if plan.local_ca_cert is None:  # acme or files mode: a public CA, checked by the HTTPS requests above
+        return facts
     try:
-        authority = x509.load_pem_x509_certificate(plan.paths.ca_cert.read_bytes())
+        authority = x509.load_pem_x509_certificate(plan.local_ca_cert.read_bytes())
         certificate.verify_directly_issued_by(authority)
         facts.issued_by_ca = True
     except (OSError, ValueError, TypeError, InvalidSignature):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jinja2
 
-from djship.plan import MEDIA_URL, STATIC_URL, SUPERUSER_RESERVED, AppServer, Plan
+from djship.plan import MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, Plan
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -121,6 +121,16 @@ def programs(plan: Plan) -> list[Program]:
                 stopwaitsecs=10,
             )
         )
+    if plan.tls.mode == "acme":
+        # As the user running djship: it writes the certificate and installs it through HAProxy's runtime API.
+        result.append(
+            Program(
+                name=RENEWAL_PROGRAM,
+                command=f"{quote(plan.tools.python)} -m djship -C {quote(str(plan.project_dir))} certs watch",
+                stopsignal="TERM",
+                stopwaitsecs=10,
+            )
+        )
     return result
 
 
@@ -144,6 +154,8 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)),
         ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)),
     ]
+    if plan.tls.mode == "acme":  # empty: entries live in HAProxy's memory only while an order runs
+        files.append(ConfigFile(plan.paths.challenge_map, "", ()))
     for server in plan.app_servers:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
