@@ -84,3 +84,16 @@ def test_starting_a_server_whose_nginx_already_runs_starts_only_its_gunicorn(mak
     failing = "app2-gunicorn: ERROR (spawn error)\napp2-nginx: ERROR (already started)\n"
     with pytest.raises(DjshipError, match="app2-gunicorn did not start"):
         Supervisor(plan, _FakeSupervisorctl(failing, 7)).start("app2-gunicorn", "app2-nginx")
+
+
+def test_reading_secrets_never_makes_new_ones(make_plan, tmp_path):
+    from djship.connectors.local import LocalConnector
+    from djship.deploy.lifecycle import ensure_secrets, read_secrets
+
+    plan = make_plan(project_dir=tmp_path)
+    connector = LocalConnector()
+    with pytest.raises(DjshipError, match=r"no secrets in .*; run `djship up` first"):
+        read_secrets(plan, connector)
+    assert not plan.paths.secrets.exists()
+    made = ensure_secrets(plan, connector)
+    assert read_secrets(plan, connector) == made

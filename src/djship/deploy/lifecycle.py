@@ -83,6 +83,14 @@ def ensure_secrets(plan: Plan, connector: Connector) -> Secrets:
     return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
 
 
+def read_secrets(plan: Plan, connector: Connector) -> Secrets:
+    """The secrets of a system that has been up; never makes new ones (that is `up`'s job)."""
+    app, admin = _read_json(connector, plan.paths.app_secrets), _read_json(connector, plan.paths.admin_secrets)
+    if app is None or admin is None:
+        raise DjshipError(f"no secrets in {plan.paths.secrets}; run `djship up` first")
+    return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
+
+
 def _ensure_service_user(plan: Plan, connector: Connector) -> None:
     if plan.service_user is None:
         return
@@ -108,12 +116,12 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
     connector.makedirs(paths.supervisor, mode=0o700)
     connector.makedirs(paths.balancer, mode=0o700, owner=owner)
     connector.makedirs(paths.media, mode=0o755, owner=owner)
-    media = read_live(plan, connector).media
+    live = read_live(plan, connector)
     for server in plan.app_servers:
         connector.makedirs(server.dir, mode=0o700, owner=owner)
         connector.makedirs(server.nginx_temp, mode=0o700, owner=owner)
-        if not server.media_link.is_symlink():
-            link_atomically(server.media_link, media)
+        if not server.media_link.is_symlink():  # nginx's /media/ alias must exist before nginx (re)starts
+            point_server(server, connector, live)
         if not server.access_log.exists():
             connector.put(server.access_log, "", owner=owner)
     if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:

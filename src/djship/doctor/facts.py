@@ -19,20 +19,17 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from djship.components import appserver, balancer
 from djship.components.probe import Response, describe_error, request
+from djship.deploy.lifecycle import LocalSystem, read_secrets
 from djship.deploy.live import read_live
 from djship.deploy.release import Release, current_release
 from djship.errors import DjshipError
 from djship.plan import MEDIA_URL, AppServer, Plan
-
-if TYPE_CHECKING:
-    from djship.deploy.lifecycle import LocalSystem
 
 # Pages tried, in order, for the CSRF round trip when --form-path is not given: the first that answers 200 and sets
 # the csrftoken cookie is used. Django's auth views and the admin's login page both render a CSRF-protected form.
@@ -383,8 +380,7 @@ def _database(system: LocalSystem, facts: Facts) -> None:
     if not facts.database_ready:
         return
     try:
-        admin = json.loads(system.connector.get(system.plan.paths.admin_secrets) or b"{}")
-        facts.database = system.database.observe(admin["postgres_password"])
+        facts.database = system.database.observe(read_secrets(system.plan, system.connector).superuser_password)
         facts.clock_skew["postgres"] = facts.database["now"] - facts.database.pop("local_time")
     except (DjshipError, KeyError, ValueError, OSError) as error:
         facts.database_error = str(error)

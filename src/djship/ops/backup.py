@@ -19,7 +19,7 @@ import psycopg
 
 from djship import __version__
 from djship.connectors import CommandFailed, Result
-from djship.deploy.lifecycle import LocalSystem, ensure_secrets, point_server
+from djship.deploy.lifecycle import LocalSystem, point_server, read_secrets
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release, ReleaseBuilder, current_release
@@ -71,7 +71,7 @@ class Backups:
         return result
 
     def _superuser_password(self) -> str:
-        return ensure_secrets(self.plan, self.connector).superuser_password
+        return read_secrets(self.plan, self.connector).superuser_password
 
     def _require_database(self) -> None:
         if self.system.supervisor.pid() is None or not self.database.is_ready():
