@@ -48,10 +48,17 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _system():
+def _system(on_hosts: bool = False):
+    """The system djship.toml describes. on_hosts: the command also runs on a remote target ([servers])."""
+    from djship.config import load_config
     from djship.deploy.lifecycle import LocalSystem, load_plan
 
-    return LocalSystem(load_plan(find_project_dir(Path.cwd())), ConsoleReporter())
+    project_dir = find_project_dir(Path.cwd())
+    if on_hosts and load_config(project_dir).remote:
+        from djship.deploy.remote import open_remote
+
+        return open_remote(load_config(project_dir), project_dir, ConsoleReporter())
+    return LocalSystem(load_plan(project_dir), ConsoleReporter())
 
 
 class DjshipGroup(click.Group):
@@ -112,16 +119,21 @@ def init(directory: Path, force: bool) -> None:
 
 @main.command()
 def up() -> None:
-    """Build and start the whole system on this machine, then print the HTTPS URL.
+    """Build and start the whole system, on this machine or on the hosts of [servers], then print the HTTPS URL.
 
     \b
     Order: state dir and secrets -> local CA certificate -> PostgreSQL -> release (code copy,
     virtualenv, check --deploy, collectstatic, migrate) -> app servers -> load balancer.
     Run again on a running system it changes nothing (or only what changed in djship.toml);
     after `djship down` it brings the same release and every database row back.
+    \b
+    On real hosts ([servers] and [hosts] in djship.toml) each host is checked over SSH first;
+    the release's wheels are built here once and installed on every app host offline. Adding
+    or removing an app host in djship.toml and running `djship up` again changes the balancers
+    without failing a request; a host that was down is started again and rejoins.
     """
     started = time.monotonic()
-    system = _system()
+    system = _system(on_hosts=True)
     result = system.up()
     total = time.monotonic() - started
     if result.changed:
@@ -136,7 +148,7 @@ def up() -> None:
 def _rollout():
     from djship.deploy.rolling import Rollout
 
-    return Rollout(_system())
+    return Rollout(_system(on_hosts=True))
 
 
 @main.command()
@@ -188,7 +200,7 @@ def releases(as_json: bool) -> None:
     """List the kept releases, oldest first, marking the live one and the servers running each."""
     from djship.deploy.rolling import release_table
 
-    rows = release_table(_system())
+    rows = release_table(_system(on_hosts=True))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -365,7 +377,7 @@ def hosts(install: bool, as_json: bool) -> None:
 def down() -> None:
     """Stop every process (balancer, app servers, PostgreSQL, supervisor). All data is kept."""
     started = time.monotonic()
-    if _system().down():
+    if _system(on_hosts=True).down():
         console.print(f"Down in {time.monotonic() - started:.1f}s; data kept. `djship up` brings it back.")
     else:
         console.print("Nothing is running.")
@@ -390,8 +402,9 @@ def _print_status(report: dict) -> None:
         f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database']}   "
         f"CA {report['ca_path'] or '-'}"
     )
-    table = _table("ROLE", "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
     rows = report["components"]
+    on_hosts = any(row.get("host") for row in rows)
+    table = _table("ROLE", *(["HOST"] if on_hosts else []), "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
     apps = [row for row in rows if row["role"] == "app"]
     for row in rows:
         prefix = ""
@@ -399,7 +412,7 @@ def _print_status(report: dict) -> None:
             prefix = "└─ " if row is apps[-1] else "├─ "
         colour = "green" if row["state"] == "RUNNING" else "red"
         table.add_row(
-            row["role"], prefix + row["name"], row["address"], str(row["pid"] or "-"),
+            row["role"], *([row["host"]] if on_hosts else []), prefix + row["name"], row["address"], str(row["pid"] or "-"),
             f"[{colour}]{row['state']}[/]", row["health"],
         )
     console.print(table)
@@ -423,7 +436,7 @@ def _print_status(report: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
 def status(as_json: bool) -> None:
     """Show the topology (balancer -> app servers -> database) with live process states and health."""
-    report = _system().status()
+    report = _system(on_hosts=True).status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -525,7 +538,13 @@ def certs_watch() -> None:
 def logs(component: str | None, follow: bool, lines: int) -> None:
     """Show logs: COMPONENT is haproxy, postgres, supervisord, appN (nginx + gunicorn), or appN-nginx /
     appN-gunicorn. Without COMPONENT, all of them."""
-    files = [str(path) for path in _system().log_files(component) if path.exists()]
+    from djship.deploy.lifecycle import LocalSystem
+
+    system = _system(on_hosts=True)
+    if not isinstance(system, LocalSystem):
+        system.tail(component, lines, follow, click.echo)
+        return
+    files = [str(path) for path in system.log_files(component) if path.exists()]
     if not files:
         raise DjshipError("no logs yet; they appear once `djship up` has started something")
     os.execvp("tail", ["tail", "-n", str(lines), *(["-F"] if follow else []), *files])

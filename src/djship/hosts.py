@@ -33,9 +33,9 @@ class Requirement:
 
 
 REQUIREMENTS = (
-    Requirement("python3", "command -v python3", frozenset()),
+    Requirement("python3", 'test -n "$PYTHON"', frozenset()),
     # The supervisor and the release virtualenvs run in virtualenvs of the host's own Python.
-    Requirement("python3-venv", "python3 -c 'import ensurepip, venv'", frozenset()),
+    Requirement("python3-venv", '"$PYTHON" -c \'import ensurepip, venv\'', frozenset()),
     Requirement("haproxy", "command -v haproxy || test -x /usr/sbin/haproxy", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
@@ -85,8 +85,23 @@ def requirements_for(roles: tuple[str, ...]) -> list[Requirement]:
     return [requirement for requirement in REQUIREMENTS if not requirement.roles or requirement.roles & set(roles)]
 
 
+# Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
+_TOOL_PROBES = {
+    "nginx": "command -v nginx || ls /usr/sbin/nginx",
+    "haproxy": "command -v haproxy || ls /usr/sbin/haproxy",
+    "pg_bindir": "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1",
+    "mime_types": "ls /etc/nginx/mime.types",
+    "python3": 'echo "$PYTHON"',
+}
+# The distribution's Python first: every user can run it (a python3 first on root's PATH, e.g. pyenv's under
+# /root, is not one the service user can reach).
+_FIND_PYTHON = 'PYTHON=$(ls /usr/bin/python3 2>/dev/null || command -v python3)'
+
+
 def probe_script(roles: tuple[str, ...]) -> str:
-    lines = ["echo uid $(id -u)", "python3 -c 'import sys; print(\"python\", *sys.version_info[:2])' 2>/dev/null"]
+    lines = [_FIND_PYTHON, "echo uid $(id -u)",
+             '"$PYTHON" -c \'import sys; print("python", *sys.version_info[:2])\' 2>/dev/null']
+    lines += [f"echo tool {name} $({probe} 2>/dev/null)" for name, probe in _TOOL_PROBES.items()]
     lines += [
         f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
         f"else echo missing {requirement.package}; fi"
@@ -100,20 +115,26 @@ class Facts:
     root: bool
     python: tuple[int, int] | None
     missing: tuple[str, ...]
+    tools: dict[str, str]
+    """Where each program is ("nginx", "haproxy", "pg_bindir", "mime_types", "python3"); absent when missing."""
 
 
 def parse_probe(output: str) -> Facts:
-    root, python, missing = False, None, []
+    root, python, missing, tools = False, None, [], {}
     for line in output.splitlines():
         word, _, rest = line.partition(" ")
-        if word == "uid":
+        if word == "tool":
+            name, _, path = rest.partition(" ")
+            if path.strip():
+                tools[name] = path.strip()
+        elif word == "uid":
             root = rest.strip() == "0"
         elif word == "python":
             major, minor = rest.split()
             python = (int(major), int(minor))
         elif word == "missing":
             missing.append(rest.strip())
-    return Facts(root, python, tuple(missing))
+    return Facts(root, python, tuple(missing), tools)
 
 
 def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:
@@ -135,6 +156,9 @@ class HostReport:
     missing: tuple[str, ...]
     problem: str | None
     """What is wrong beyond missing packages (e.g. a Python that is too old)."""
+    tools: dict[str, str]
+    """Where the programs djship drives are on the host (see Facts.tools)."""
+    root_login: bool
 
     @property
     def ready(self) -> bool:
@@ -169,7 +193,8 @@ def _prepare(host: Host, connector: Connector, install: bool) -> HostReport:
         installed = tuple(package for package in before if package not in facts.missing)
     python = ".".join(map(str, facts.python)) if facts.python else None
     return HostReport(
-        host.name, host.target.address, host.roles, python, installed, facts.missing, _python_problem(facts)
+        host.name, host.target.address, host.roles, python, installed, facts.missing, _python_problem(facts),
+        facts.tools, facts.root,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from djship.config import Config
@@ -22,6 +22,7 @@ MAX_SOCKET_PATH = 107
 RENEWAL_PROGRAM = "renewal"
 # On the local target every component talks over loopback.
 LOOPBACK_NETWORK = "127.0.0.0/8"
+ROLES = ("lb", "app", "db")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class AppServer:
     port: int
     dir: Path
     access_log: Path
+    host: str | None = None
+    """The host it runs on (a name from [hosts]); None on the one-machine target."""
 
     @property
     def endpoint(self) -> str:
@@ -81,7 +84,10 @@ class Database:
     superuser: str
     max_connections: int
     data_dir: Path
-    client_network: str
+    app_clients: tuple[str, ...]
+    """Where the app servers connect from (pg_hba.conf: the app's role, from these only)."""
+    admin_clients: tuple[str, ...]
+    """Where djship administers it from, as the superuser."""
 
     @property
     def endpoint(self) -> str:
@@ -150,6 +156,11 @@ class Paths:
     @property
     def admin_secrets(self) -> Path:
         return self.secrets / "admin.json"
+
+    @property
+    def pgpass(self) -> Path:
+        """The superuser's password as psql reads it (PGPASSFILE), beside the database it administers."""
+        return self.secrets / "pgpass"
 
     @property
     def logs(self) -> Path:
@@ -257,7 +268,8 @@ class Plan:
     hsts_seconds: int
     tls: Tls
     balancer_bind: str
-    balancer_network: str
+    balancer_sources: tuple[str, ...]
+    """The only addresses app servers accept requests from (and trust X-Forwarded-For from): the balancers'."""
     https_port: int
     http_port: int
     app_servers: tuple[AppServer, ...]
@@ -276,10 +288,27 @@ class Plan:
     paths: Paths
     service_user: str | None
     tools: Tools
+    host: str | None = None
+    """The host this plan is for, on a remote target; None: the one-machine target, which holds every role."""
+    roles: frozenset[str] = frozenset(ROLES)
+
+    def holds(self, role: str) -> bool:
+        return role in self.roles
+
+    @property
+    def servers_here(self) -> tuple[AppServer, ...]:
+        """The app servers that run on this plan's host."""
+        return tuple(server for server in self.app_servers if self.host is None or server.host == self.host)
 
     @property
     def url(self) -> str:
-        return f"https://{self.domains[0]}:{self.https_port}/"
+        return f"{self.origins[0]}/"
+
+    @property
+    def balancer_starts_as_root(self) -> bool:
+        """HAProxy binds a port below 1024 (443 and 80 on real hosts): it starts as root and its workers then
+        run as the service user."""
+        return self.service_user is not None and min(self.https_port, self.http_port) < 1024
 
     @property
     def local_ca_cert(self) -> Path | None:
@@ -288,7 +317,8 @@ class Plan:
 
     @property
     def origins(self) -> tuple[str, ...]:
-        return tuple(f"https://{domain}:{self.https_port}" for domain in self.domains)
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return tuple(f"https://{domain}{port}" for domain in self.domains)
 
     @property
     def health_host(self) -> str:
@@ -309,34 +339,121 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
     return None if path is None else project_dir / Path(path).expanduser()
 
 
-def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:
-    project_dir = project_dir.resolve()
-    state = (project_dir / config.state_dir).resolve()
-    paths = Paths(state)
-    app = config.app
-    servers = tuple(
-        AppServer(
-            name=f"app{i}",
-            address=f"{app.address_prefix}.{i}",
-            port=app.port,
-            dir=paths.servers / f"app{i}",
-            access_log=paths.logs / f"app{i}-nginx-access.log",
-        )
-        for i in range(1, app.servers + 1)
-    )
+def _app_server(name: str, address: str, port: int, paths: Paths, host: str | None = None) -> AppServer:
+    return AppServer(name, address, port, paths.servers / name, paths.logs / f"{name}-nginx-access.log", host)
+
+
+def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
+              admin_clients: tuple[str, ...]) -> Database:
     name = config.database.name or _project_name(config.project.settings_module)
-    database = Database(
-        address=config.database.address,
+    return Database(
+        address=address,
         port=config.database.port,
         name=name,
         user=config.database.user or name,
         superuser="postgres",
         max_connections=config.database.max_connections,
         data_dir=paths.postgres / "data",
-        client_network=LOOPBACK_NETWORK,
+        app_clients=app_clients,
+        admin_clients=admin_clients,
     )
+
+
+def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:
+    """The plan of the one-machine target: every role here, on loopback addresses."""
+    project_dir = project_dir.resolve()
+    paths = Paths((project_dir / config.state_dir).resolve())
+    app = config.app
+    servers = tuple(
+        _app_server(f"app{i}", f"{app.address_prefix}.{i}", app.port, paths) for i in range(1, app.servers + 1)
+    )
+    database = _database(config, paths, config.database.address, (LOOPBACK_NETWORK,), (LOOPBACK_NETWORK,))
+    return _checked(_assemble(
+        config, project_dir, tools, paths, servers, database,
+        balancer=(config.balancer.bind, config.balancer.https_port, config.balancer.http_port),
+        balancer_sources=(LOOPBACK_NETWORK,),
+        service_user=config.service_user if running_as_root else None,
+    ))
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """What a host plan needs to know of one remote host."""
+
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    root: Path
+    tools: Tools
+    login_root: bool
+    """Whether djship logs in as root there (then the services run as service_user; else as the login user)."""
+
+
+# The settings that say where things run on this machine; on real hosts [servers] and [hosts] say it instead.
+_LOCAL_ONLY = {"app": ("servers", "address_prefix"), "database": ("address",), "balancer": ("bind",)}
+
+
+def remote_config_problems(config: Config) -> list[str]:
+    """What a remote target cannot take: the one-machine placement keys, and what is not built for hosts yet."""
+    problems = [
+        f"{section}.{key}: on real hosts [servers] and [hosts] say where things run; remove {section}.{key}"
+        for section, keys in _LOCAL_ONLY.items() for key in keys
+        if key in getattr(config, section).model_fields_set
+    ]
+    if config.tls.mode == "acme":
+        problems.append('tls.mode: "acme" on real hosts is not built yet; use "files" with a certificate you '
+                        'obtained (e.g. with certbot), or "local"')
+    if config.backup.schedule:
+        problems.append("backup.schedule: scheduled backups on real hosts are not built yet; remove it")
+    return problems
+
+
+def _address_rule(address: str) -> str:
+    return f"{address}/32" if re.fullmatch(r"[0-9.]+", address) else address
+
+
+def build_host_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dict[str, Plan]:
+    """One plan per remote host: its own paths under its root, its own tools, only the roles it holds; every
+    address and port is the same in all of them (HAProxy's server lines, the database's address and pg_hba)."""
+    problems = remote_config_problems(config)
+    if problems:
+        raise DjshipError(f"djship.toml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    project_dir = project_dir.resolve()
+    app_hosts = [host for host in hosts if "app" in host.roles]
+    lb_hosts = [host for host in hosts if "lb" in host.roles]
+    db_host = next(host for host in hosts if "db" in host.roles)
+    servers = tuple(
+        _app_server(host.name, host.address, config.app.port, Paths(host.root), host.name) for host in app_hosts
+    )
+    database = _database(
+        config, Paths(db_host.root), db_host.address,
+        tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),),
+    )
+    explicit = config.balancer.model_fields_set
+    ports = (
+        config.balancer.https_port if "https_port" in explicit else 443,
+        config.balancer.http_port if "http_port" in explicit else 80,
+    )
+    plans = {}
+    for host in hosts:
+        plan = _assemble(
+            config, project_dir, host.tools, Paths(host.root), servers, database,
+            balancer=("0.0.0.0", *ports),
+            balancer_sources=tuple(_address_rule(lb.address) for lb in lb_hosts),
+            service_user=config.service_user if host.login_root else None,
+        )
+        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles)))
+    return plans
+
+
+def _assemble(
+    config: Config, project_dir: Path, tools: Tools, paths: Paths, servers: tuple[AppServer, ...], database: Database,
+    balancer: tuple[str, int, int], balancer_sources: tuple[str, ...], service_user: str | None,
+) -> Plan:
+    app = config.app
     hsts = config.site.hsts_seconds or (3600 if config.site.domains == ["localhost"] else 31536000)
-    plan = Plan(
+    bind, https_port, http_port = balancer
+    return Plan(
         project_dir=project_dir,
         settings_module=config.project.settings_module,
         wsgi_application=config.project.wsgi_application,
@@ -353,10 +470,10 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
             cert_file=_in_project(project_dir, config.tls.cert_file),
             key_file=_in_project(project_dir, config.tls.key_file),
         ),
-        balancer_bind=config.balancer.bind,
-        balancer_network=LOOPBACK_NETWORK,
-        https_port=config.balancer.https_port,
-        http_port=config.balancer.http_port,
+        balancer_bind=bind,
+        balancer_sources=balancer_sources,
+        https_port=https_port,
+        http_port=http_port,
         app_servers=servers,
         workers=app.workers,
         threads=app.threads,
@@ -375,9 +492,12 @@ def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root:
         ),
         database=database,
         paths=paths,
-        service_user=config.service_user if running_as_root else None,
+        service_user=service_user,
         tools=tools,
     )
+
+
+def _checked(plan: Plan) -> Plan:
     _check_budget(plan)
     _check_socket_paths(plan)
     _check_acme_domains(plan)

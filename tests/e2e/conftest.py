@@ -183,19 +183,25 @@ class RequestLoop:
     def served(self) -> int:
         return sum(self.releases.values())
 
+    def _get(self, session: requests.Session) -> tuple[str | None, str | None]:
+        """One request: (what failed or None, the release that answered)."""
+        try:
+            response = session.get(self.url, timeout=30)
+        except requests.RequestException as error:
+            return repr(error), None
+        if response.status_code != 200:
+            return f"HTTP {response.status_code}", None
+        return None, response.headers.get("X-Djship-Release", "?")
+
     def _run(self) -> None:
         session = self.site.session()
         while not self.stopped.is_set() and time.monotonic() < self.deadline:
-            try:
-                response = session.get(self.url, timeout=30)
-                outcome = None if response.status_code == 200 else f"HTTP {response.status_code}"
-            except requests.RequestException as error:
-                response, outcome = None, repr(error)
+            outcome, release = self._get(session)
             with self.lock:
                 if outcome:
                     self.failures.append(outcome)
                 else:
-                    self.releases[response.headers.get("X-Djship-Release", "?")] += 1
+                    self.releases[release] += 1
 
     def wait_for(self, served: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -50,7 +50,8 @@ def test_remote_hosts_refuse_a_local_project(tmp_path):
 
 def test_probe_checks_only_what_the_roles_need():
     lb = probe_script(("lb",))
-    assert "present haproxy" in lb and "nginx" not in lb and "postgresql" not in lb
+    verdicts = "\n".join(line for line in lb.splitlines() if "echo present" in line)
+    assert "present haproxy" in verdicts and "nginx" not in verdicts and "postgresql" not in verdicts
     assert "python3-venv" in lb
     everything = probe_script(("lb", "app", "db"))
     assert all(f"missing {package}" in everything for package in ("haproxy", "nginx", "postgresql", "python3"))
@@ -61,7 +62,15 @@ def test_probe_runs_in_a_real_shell():
     output = subprocess.run(["sh", "-c", probe_script(("lb", "app", "db"))], capture_output=True, text=True).stdout
     verdicts = [line.split()[1] for line in output.splitlines() if line.startswith(("present ", "missing "))]
     assert verdicts == ["python3", "python3-venv", "haproxy", "nginx", "postgresql"]
-    assert parse_probe(output).python is not None
+    facts = parse_probe(output)
+    assert facts.python is not None
+    assert set(facts.tools) == {"nginx", "haproxy", "pg_bindir", "mime_types", "python3"}
+    assert facts.tools["pg_bindir"].startswith("/usr/lib/postgresql/") and facts.tools["pg_bindir"].endswith("/bin")
+
+
+def test_a_missing_tool_is_absent_from_the_facts():
+    facts = parse_probe("uid 0\npython 3 11\ntool nginx /usr/sbin/nginx\ntool haproxy \nmissing haproxy\n")
+    assert facts.tools == {"nginx": "/usr/sbin/nginx"} and facts.missing == ("haproxy",) and facts.root
 
 
 def test_parse_probe():

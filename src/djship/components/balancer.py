@@ -7,10 +7,12 @@ import csv
 import io
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from djship.components.probe import Response, request
+from djship.connectors import Connector
 from djship.errors import DjshipError
 from djship.waiting import wait_until
 
@@ -49,15 +51,47 @@ def runtime_command(socket_path: Path, command: str, timeout: float = 5) -> str:
     return b"".join(chunks).decode()
 
 
+# The runtime API client that runs on a balancer host (its Python's standard library only): argv socket timeout,
+# the command on stdin, the answer on stdout; exit 3 with the reason when the socket does not answer.
+REMOTE_CLIENT = """
+import socket, sys
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+connection.settimeout(float(sys.argv[2]))
+try:
+    connection.connect(sys.argv[1])
+    connection.sendall(sys.stdin.buffer.read())
+    while chunk := connection.recv(65536):
+        sys.stdout.buffer.write(chunk)
+except OSError as error:
+    sys.stderr.write(error.strerror or str(error))
+    sys.exit(3)
+"""
+
+
+def remote_sender(connector: Connector, python: str, socket_path: Path) -> Callable[[str, float], str]:
+    """Send runtime API commands to the HAProxy of another host, through its connector."""
+
+    def send(command: str, timeout: float) -> str:
+        result = connector.run([python, "-c", REMOTE_CLIENT, str(socket_path), str(timeout)], input=command + "\n",
+                               timeout=timeout + 15)
+        if not result.ok:
+            raise OSError(0, result.stderr.strip() or f"exit code {result.returncode}")
+        return result.stdout
+
+    return send
+
+
 class Balancer:
     """Changes to the running HAProxy through its runtime API: no reload, no dropped connection."""
 
-    def __init__(self, socket_path: Path):
+    def __init__(self, socket_path: Path, send: Callable[[str, float], str] | None = None):
+        """send: how a command reaches the socket; None: this machine's unix socket."""
         self.socket_path = socket_path
+        self._send = send or (lambda command, timeout: runtime_command(socket_path, command, timeout))
 
     def _command(self, command: str) -> None:
         try:
-            answer = runtime_command(self.socket_path, command).strip()
+            answer = self._send(command, 5).strip()
         except OSError as error:
             raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
         if answer:
@@ -84,19 +118,23 @@ class Balancer:
         steps.append((f"commit ssl cert {cert_file}", "Success!"))
         for command, expected in steps:
             try:
-                answer = runtime_command(self.socket_path, command, timeout=30)
+                answer = self._send(command, 30)
             except OSError as error:
                 raise DjshipError(f"the load balancer's runtime API does not answer ({error.strerror}); is it running?") from None
             if expected not in answer:
                 try:  # leave no transaction open; the certificate being served stays as it was
-                    runtime_command(self.socket_path, f"abort ssl cert {cert_file}")
+                    self._send(f"abort ssl cert {cert_file}", 5)
                 except OSError:
                     pass
                 reason = next((line for line in answer.splitlines() if line.strip()), "no answer")
                 raise DjshipError(f"the load balancer refused the new certificate for {cert_file}: {reason}")
 
     def states(self) -> dict[str, ServerState]:
-        return server_states(self.socket_path)
+        """The balancer's view of every app server; empty when HAProxy is not answering."""
+        try:
+            return parse_stat(self._send("show stat", 5))
+        except OSError:
+            return {}
 
     def wait_drained(self, server: str, timeout: float) -> None:
         """Wait until no request is in flight on the server; past the timeout the server is restarted anyway."""
@@ -113,14 +151,6 @@ class Balancer:
             return state is not None and state.status == status, f"the balancer sees it {state.status if state else 'not listed'}"
 
         wait_until(f"{server} as {status} in the load balancer", seen, timeout)
-
-
-def server_states(socket_path: Path) -> dict[str, ServerState]:
-    """The balancer's view of every app server; empty when HAProxy is not answering."""
-    try:
-        return parse_stat(runtime_command(socket_path, "show stat"))
-    except OSError:
-        return {}
 
 
 def https_probe(address: str, port: int, host_name: str, path: str, certificate: bytes, timeout: float = 5) -> int | None:

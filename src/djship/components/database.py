@@ -21,6 +21,21 @@ TABLES_QUERY = (
 )
 
 
+# psql variables, not text pasted into SQL: format() quotes them. The role, database and password are djship's
+# own (identifiers validated by the config, passwords URL-safe tokens).
+ENSURE_APP_DATABASE = """\\set role_name '{role}'
+\\set role_password '{password}'
+\\set database '{database}'
+SELECT format(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role_name')
+              THEN 'ALTER ROLE %I LOGIN PASSWORD %L' ELSE 'CREATE ROLE %I LOGIN PASSWORD %L' END,
+              :'role_name', :'role_password') \\gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'database', :'role_name')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'database') \\gexec
+-- pg_hba.conf lets the app's role reach every database; only those it owns should accept it.
+REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC;
+"""
+
+
 class DatabaseServer:
     def __init__(self, plan: Plan, connector: Connector):
         self.plan = plan
@@ -28,7 +43,7 @@ class DatabaseServer:
         self.connector = connector
 
     def initialized(self) -> bool:
-        return (self.db.data_dir / "PG_VERSION").exists()
+        return self.connector.get(self.db.data_dir / "PG_VERSION") is not None
 
     def init_cluster(self, superuser_password: str) -> None:
         owner = self.plan.service_user
@@ -44,7 +59,7 @@ class DatabaseServer:
                 user=owner,
             )
         finally:
-            password_file.unlink(missing_ok=True)
+            self.connector.run(["rm", "-f", str(password_file)])
         if not result.ok:
             raise CommandFailed(f"initdb {self.db.data_dir}", result)
 
@@ -82,18 +97,25 @@ class DatabaseServer:
 
     def ensure_app_database(self, superuser_password: str, app_password: str, database: str) -> None:
         """Create the app's role and its live database, or bring the role's password in line with the secrets
-        file. database is the live one: database.name until a restore switched to another."""
-        with self.administering(), self.admin_connection(superuser_password) as connection:
-            role = sql.Identifier(self.db.user)
-            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.db.user,)).fetchone()
-            verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
-            connection.execute(
-                sql.SQL("{} {} LOGIN PASSWORD {}").format(verb, role, sql.Literal(app_password))
+        file. database is the live one: database.name until a restore switched to another.
+
+        psql runs where the database runs (through the connector), so this works the same on a remote db host,
+        which accepts the superuser from itself only; the password reaches psql in a 0600 file, never in argv."""
+        passfile = self.plan.paths.pgpass
+        self.connector.put(passfile, f"{self.db.address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
+                           mode=0o600)
+        script = ENSURE_APP_DATABASE.format(role=self.db.user, password=app_password, database=database)
+        result = self.connector.run(
+            [self.plan.tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.db.address, "-p",
+             str(self.db.port), "-U", self.db.superuser, "-d", "postgres", "-f", "-"],
+            env={"PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10"}, input=script, timeout=60,
+        )
+        if not result.ok:
+            reason = (result.stderr.strip() or f"exit code {result.returncode}").splitlines()[-1]
+            raise DjshipError(
+                f"PostgreSQL on {self.db.endpoint} refused djship's administration ({reason}); "
+                f"the superuser password is in {self.plan.paths.admin_secrets}"
             )
-            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-                connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role))
-            # pg_hba.conf lets the app's role reach every database; only those it owns should accept it.
-            connection.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
 
     def app_databases(self, superuser_password: str) -> dict[str, int]:
         """The databases the app's role owns, with their size in bytes."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -59,11 +58,10 @@ class Supervisor:
 
     def pid(self) -> int | None:
         """supervisord's pid when it is running and answering, else None."""
-        content = self.connector.get(self.plan.paths.supervisor_pid)
-        if not content or not self.plan.paths.supervisor_conf.exists():
+        if self.connector.get(self.plan.paths.supervisor_pid) is None:
             return None
-        pid = int(content.decode().strip() or 0)
-        return pid if pid and _alive(pid) and self._ctl("pid").ok else None
+        answer = self._ctl("pid")
+        return int(answer.stdout.strip()) if answer.ok and answer.stdout.strip().isdigit() else None
 
     def start_daemon(self) -> None:
         result = self.connector.run(
@@ -132,15 +130,9 @@ class Supervisor:
             return
         self._ctl("shutdown")
         wait_until(
-            f"supervisord (pid {pid}) stopping", lambda: (not _alive(pid), "still running"), 120, f"stop it with kill {pid}"
+            f"supervisord (pid {pid}) stopping", lambda: (not self._alive(pid), "still running"), 120,
+            f"stop it with kill {pid}",
         )
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def _alive(self, pid: int) -> bool:
+        return self.connector.run(["kill", "-0", str(pid)]).ok

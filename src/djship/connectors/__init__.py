@@ -52,6 +52,12 @@ class Connector(Protocol):
 
     def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None: ...
 
+    def symlink(self, link: Path, target: Path) -> None:
+        """Point link at target atomically (a reader sees the old target or the new one, never no link)."""
+
+    def readlink(self, link: Path) -> Path | None:
+        """Where a symlink points, or None when there is no symlink."""
+
 
 C = TypeVar("C")
 R = TypeVar("R")

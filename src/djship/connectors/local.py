@@ -73,3 +73,12 @@ class LocalConnector:
         os.chmod(path, mode)
         if owner:
             shutil.chown(path, *_ids(owner))
+
+    def symlink(self, link: Path, target: Path) -> None:
+        temporary = link.with_name(f".{link.name}.djship-tmp")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        os.replace(temporary, link)
+
+    def readlink(self, link: Path) -> Path | None:
+        return Path(os.readlink(link)) if link.is_symlink() else None

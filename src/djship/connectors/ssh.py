@@ -12,6 +12,7 @@ import shlex
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -177,6 +178,22 @@ class SSHConnector:
             returncode = channel.recv_exit_status()
         return Result(tuple(str(part) for part in argv), returncode, stdout, stderr)
 
+    def stream(self, argv: Sequence[str | Path], on_line: Callable[[str], None]) -> int:
+        """Run argv, handing each line of its output to on_line as it arrives (e.g. `tail -F`); its exit code."""
+        transport = self._connection().get_transport()
+        channel = transport.open_session(timeout=self.target.connect_timeout)
+        with channel:
+            channel.set_combine_stderr(True)
+            channel.exec_command(remote_command(argv, login_user=self.target.user))
+            pending = b""
+            while data := channel.recv(65536):
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
+            return channel.recv_exit_status()
+
     def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
         data = content.encode() if isinstance(content, str) else content
         sftp = self._sftp_client()
@@ -191,6 +208,7 @@ class SSHConnector:
         temporary = str(remote.with_name(f".{remote.name}.djship-tmp"))
         with sftp.open(temporary, "wb") as handle:
             sftp.chmod(temporary, mode)  # before any byte is written: a secret is never readable by others
+            handle.set_pipelined(True)  # no round trip per 32 KB block (wheels are megabytes)
             handle.write(data)
         if owner:
             self._checked(["chown", f"{owner}:", temporary], f"chown {owner} {temporary}")
@@ -214,6 +232,17 @@ class SSHConnector:
             if owner:
                 script += ' && chown -- "$2": "$1"'
         self._checked(["sh", "-c", script, "makedirs", str(path), owner or ""], f"mkdir {path}")
+
+    def symlink(self, link: Path, target: Path) -> None:
+        temporary = PurePosixPath(link).with_name(f".{PurePosixPath(link).name}.djship-tmp")
+        script = 'ln -sfn -- "$1" "$2" && mv -Tf -- "$2" "$3"'
+        self._checked(["sh", "-c", script, "symlink", str(target), str(temporary), str(link)], f"ln -s {target} {link}")
+
+    def readlink(self, link: Path) -> Path | None:
+        try:
+            return Path(self._sftp_client().readlink(str(PurePosixPath(link))))
+        except OSError:
+            return None
 
     def _checked(self, argv: list[str], what: str) -> Result:
         result = self.run(argv)

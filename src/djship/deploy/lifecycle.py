@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import pwd
 import secrets
 import shutil
 import socket
@@ -24,7 +23,7 @@ from djship.connectors import CommandFailed, Connector
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live
 from djship.deploy.lock import exclusive
-from djship.deploy.release import Release, ReleaseBuilder, current_release
+from djship.deploy.release import Release, ReleaseBuilder, current_release, list_releases, prune_releases
 from djship.errors import DjshipError
 from djship.plan import RENEWAL_PROGRAM, AppServer, Plan, build_plan
 from djship.progress import Reporter
@@ -51,8 +50,8 @@ def load_plan(project_dir: Path) -> Plan:
     config = load_config(project_dir)
     if config.remote:
         raise DjshipError(
-            "djship.toml lists remote hosts ([servers]); running the system on them is not built yet: "
-            "`djship hosts` checks and prepares them; remove [servers] and [hosts] to run on this machine"
+            "djship.toml lists remote hosts ([servers]); on real hosts djship runs up, deploy, rollback, releases, "
+            "status, logs, down and hosts so far; this command works on the one-machine target only"
         )
     return build_plan(config, project_dir, find_tools(), running_as_root=os.geteuid() == 0)
 
@@ -91,14 +90,9 @@ def read_secrets(plan: Plan, connector: Connector) -> Secrets:
     return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
 
 
-def _ensure_service_user(plan: Plan, connector: Connector) -> None:
-    if plan.service_user is None:
+def ensure_service_user(plan: Plan, connector: Connector) -> None:
+    if plan.service_user is None or connector.run(["id", "-u", plan.service_user]).ok:
         return
-    try:
-        pwd.getpwnam(plan.service_user)
-        return
-    except KeyError:
-        pass
     result = connector.run([
         "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
         "--shell", "/usr/sbin/nologin", plan.service_user,
@@ -117,12 +111,12 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
     connector.makedirs(paths.balancer, mode=0o700, owner=owner)
     connector.makedirs(paths.media, mode=0o755, owner=owner)
     live = read_live(plan, connector)
-    for server in plan.app_servers:
+    for server in plan.servers_here:
         connector.makedirs(server.dir, mode=0o700, owner=owner)
         connector.makedirs(server.nginx_temp, mode=0o700, owner=owner)
-        if not server.media_link.is_symlink():  # nginx's /media/ alias must exist before nginx (re)starts
+        if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
             point_server(server, connector, live)
-        if not server.access_log.exists():
+        if connector.get(server.access_log) is None:
             connector.put(server.access_log, "", owner=owner)
     if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:
         raise DjshipError(
@@ -174,14 +168,50 @@ def write_system_files(plan: Plan, connector: Connector) -> list[render.ConfigFi
 def point_server(server: AppServer, connector: Connector, live: Live) -> None:
     """The database and media directory the server's gunicorn uses from its next start."""
     connector.put(server.live_file, live.to_json(), mode=0o644)
-    link_atomically(server.media_link, live.media)
+    connector.symlink(server.media_link, live.media)
 
 
-def link_atomically(link: Path, target: Path) -> None:
-    temporary = link.with_name(f".{link.name}.djship-tmp")
-    temporary.unlink(missing_ok=True)
-    temporary.symlink_to(target)
-    os.replace(temporary, link)
+def others_in_rotation(balancers: list[balancer.Balancer], leaving: set[str]) -> list[str]:
+    """The app servers, other than those leaving, that every balancer is sending requests to."""
+    views = [instance.states() for instance in balancers]
+    names = set.intersection(*({name for name, state in view.items() if state.status == "UP"} for view in views))
+    return sorted(names - leaving)
+
+
+@contextmanager
+def out_of_rotation(
+    balancers: list[balancer.Balancer], servers: tuple[AppServer, ...], plan: Plan, reporter: Reporter
+) -> Iterator[None]:
+    """Drain these servers in every balancer and wait for their requests in flight; afterwards put them back into
+    rotation and wait until the balancers see them UP. Refuses when no other server would be left serving."""
+    names = ", ".join(server.name for server in servers)
+    if not others_in_rotation(balancers, {server.name for server in servers}):
+        raise DjshipError(
+            f"taking {names} out would leave no app server in rotation; "
+            + ("run `djship scale 2` first" if len(plan.app_servers) == 1 else "lower deploy.batch_size, "
+               "or run `djship up` to bring every server back into rotation")
+        )
+
+    def set_state(state: str) -> None:
+        for instance in balancers:
+            for server in servers:
+                instance.set_state(server.name, state)
+
+    with reporter.step(f"Draining {names} (no new requests; waiting for those in flight)"):
+        set_state("drain")
+        for instance in balancers:
+            for server in servers:
+                instance.wait_drained(server.name, plan.balancer_timeout)
+    try:
+        yield
+    except BaseException:
+        set_state("ready")  # the balancers' own health checks decide whether they serve
+        raise
+    with reporter.step(f"Putting {names} back into rotation"):
+        set_state("ready")
+        for instance in balancers:
+            for server in servers:
+                instance.wait_status(server.name, "UP", ROTATION_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -230,7 +260,7 @@ class LocalSystem:
     def _start(self) -> UpResult:
         plan, connector = self.plan, self.connector
         with self.reporter.step(f"Preparing the state directory {plan.paths.state}"):
-            _ensure_service_user(plan, connector)
+            ensure_service_user(plan, connector)
             prepare_state_dir(plan, connector)
             secrets_ = ensure_secrets(plan, connector)
         with self.reporter.step(_CERTIFICATE_STEP[plan.tls.mode]):
@@ -254,7 +284,7 @@ class LocalSystem:
             release = builder.build()
             with self.reporter.step("Migrating the database (once, before any app server starts)"):
                 builder.migrate(release)
-            link_atomically(plan.paths.current, release.dir)
+            self.connector.symlink(plan.paths.current, release.dir)
         else:
             self.reporter.note(f"Using release {release.id}")
         for server in plan.app_servers:
@@ -347,34 +377,74 @@ class LocalSystem:
 
     def start_app_server(self, server: AppServer, release: Release) -> None:
         with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
-            link_atomically(server.release_link, release.dir)
+            self.connector.symlink(server.release_link, release.dir)
             point_server(server, self.connector, read_live(self.plan, self.connector))
             self.supervisor.start(*server.programs)
             self.wait_healthy(server, release)
 
     def wait_healthy(self, server: AppServer, release: Release) -> None:
         """Until the server answers its health check, through nginx and gunicorn, from this release."""
-
-        errors = []
-
-        def answered() -> tuple[bool, str]:
-            healthy, seen = appserver.health(self.plan, server)
-            # 502/503 mean "still starting"; a 500 is the application's own answer, so a few in a row settle it.
-            errors[:] = [*errors, seen][-3:] if seen.startswith("HTTP 500") else []
-            if len(errors) == 3:
-                raise DjshipError(
-                    f"app server {server.name} on release {release.id} answers its health check with {seen}; "
-                    f"see {self.plan.paths.logs / (server.name + '-gunicorn.log')}"
-                )
-            return healthy and seen.endswith(f"ok {release.id}"), seen
-
-        wait_until(
-            f"app server {server.name} on release {release.id}", answered, self.plan.health_timeout,
-            f"see {self.plan.paths.logs / (server.name + '-gunicorn.log')}",
+        appserver.wait_healthy(
+            self.plan, server, release.id, lambda: appserver.health(self.plan, server),
+            str(self.plan.paths.logs / f"{server.name}-gunicorn.log"),
         )
 
+    # What deploy, rollback and restore need of a system (see rolling.Rollout); a remote target has the same.
+
+    def live_release(self) -> Release:
+        """The release in service; refuses when the system is not running."""
+        release = current_release(self.plan)
+        statuses = self.supervisor.status() if self.supervisor.pid() else {}
+        if release is None or statuses.get("haproxy") is None or statuses["haproxy"].state != "RUNNING":
+            raise DjshipError("the system is not running; start it with `djship up` first")
+        return release
+
+    def current(self) -> Release | None:
+        """The release new app servers start on (also when nothing runs)."""
+        return current_release(self.plan)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.plan.paths.deploy_lock
+
+    def build_release(self) -> Release:
+        return ReleaseBuilder(self.plan, self.connector, self.reporter).build()
+
+    def migrate(self, release: Release) -> None:
+        ReleaseBuilder(self.plan, self.connector, self.reporter).migrate(release)
+
+    def discard_release(self, release: Release) -> None:
+        shutil.rmtree(release.dir, ignore_errors=True)
+
+    def releases(self) -> list[Release]:
+        return list_releases(self.plan)
+
+    def release_of(self, server: AppServer) -> Release | None:
+        return Release.at(server.release_link.resolve()) if server.release_link.is_symlink() else None
+
+    def run_release(self, server: AppServer, release: Release) -> None:
+        """nginx follows the release link by itself (static files); only gunicorn restarts, on the live database
+        (so a restore killed half-way is undone server by server, not left half-done)."""
+        self.connector.symlink(server.release_link, release.dir)
+        point_server(server, self.connector, read_live(self.plan, self.connector))
+        self.restart_app(server, release)
+
+    def restart_app(self, server: AppServer, release: Release) -> None:
+        """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
+        gunicorn, _ = server.programs
+        self.supervisor.restart(gunicorn)
+        self.wait_healthy(server, release)
+
+    def set_current(self, release: Release) -> None:
+        self.connector.symlink(self.plan.paths.current, release.dir)
+
+    def prune_releases(self) -> list[str]:
+        """Delete the oldest releases beyond keep_releases, never one in use; return their ids."""
+        in_use = {server.release_link.resolve() for server in self.plan.app_servers} | {self.plan.paths.current.resolve()}
+        return prune_releases(self.plan, in_use)
+
     def _balancer_ready(self) -> tuple[bool, str]:
-        states = balancer.server_states(self.plan.paths.haproxy_socket)
+        states = self.balancer.states()
         down = [name for name in (s.name for s in self.plan.app_servers) if states.get(name, None) is None
                 or states[name].status != "UP"]
         if down:
@@ -394,37 +464,10 @@ class LocalSystem:
             )
 
     def others_in_rotation(self, leaving: set[str]) -> list[str]:
-        """The app servers, other than those leaving, that the balancer is sending requests to."""
-        states = balancer.server_states(self.plan.paths.haproxy_socket)
-        return [name for name, state in states.items() if state.status == "UP" and name not in leaving]
+        return others_in_rotation([self.balancer], leaving)
 
-    @contextmanager
-    def out_of_rotation(self, servers: tuple[AppServer, ...]) -> Iterator[None]:
-        """Drain these servers and wait for their requests in flight; afterwards put them back into rotation and
-        wait until the balancer sees them UP. Refuses when no other server would be left serving."""
-        names = ", ".join(server.name for server in servers)
-        if not self.others_in_rotation({server.name for server in servers}):
-            raise DjshipError(
-                f"taking {names} out would leave no app server in rotation; "
-                + ("run `djship scale 2` first" if len(self.plan.app_servers) == 1 else "lower deploy.batch_size, "
-                   "or run `djship up` to bring every server back into rotation")
-            )
-        with self.reporter.step(f"Draining {names} (no new requests; waiting for those in flight)"):
-            for server in servers:
-                self.balancer.set_state(server.name, "drain")
-            for server in servers:
-                self.balancer.wait_drained(server.name, self.plan.balancer_timeout)
-        try:
-            yield
-        except BaseException:
-            for server in servers:  # the balancer's own health checks decide whether they serve
-                self.balancer.set_state(server.name, "ready")
-            raise
-        with self.reporter.step(f"Putting {names} back into rotation"):
-            for server in servers:
-                self.balancer.set_state(server.name, "ready")
-            for server in servers:
-                self.balancer.wait_status(server.name, "UP", ROTATION_TIMEOUT)
+    def out_of_rotation(self, servers: tuple[AppServer, ...]):
+        return out_of_rotation([self.balancer], servers, self.plan, self.reporter)
 
     def _configured_server_names(self) -> set[str]:
         """The app servers the running supervisord knows, whatever djship.toml says now."""
@@ -462,7 +505,7 @@ class LocalSystem:
         statuses = self.supervisor.status()
         not_running = {name for name in self.program_names if statuses.get(name) is None or statuses[name].state != "RUNNING"}
         out_of_rotation = [
-            name for name, state in balancer.server_states(plan.paths.haproxy_socket).items()
+            name for name, state in self.balancer.states().items()
             if state.status.startswith(("DRAIN", "MAINT"))
         ]
         certificate_due = plan.tls.mode == "acme" and not acme_certificate_is_current(
@@ -569,7 +612,7 @@ class LocalSystem:
         plan = self.plan
         running = self.supervisor.pid() is not None
         processes = self.supervisor.status() if running else {}
-        servers = balancer.server_states(plan.paths.haproxy_socket) if running else {}
+        servers = self.balancer.states() if running else {}
         release = current_release(plan)
 
         def entry(name: str, role: str, address: str, health: str, server: str | None = None) -> dict:

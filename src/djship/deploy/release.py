@@ -133,16 +133,19 @@ def _uv() -> str | None:
 
 
 class ReleaseBuilder:
-    def __init__(self, plan: Plan, connector: Connector, reporter: Reporter):
+    def __init__(self, plan: Plan, connector: Connector, reporter: Reporter, log_dir: Path | None = None):
+        """log_dir: where the output of every step goes, on this machine (default: the plan's logs directory)."""
         self.plan = plan
         self.connector = connector
         self.reporter = reporter
+        self.log_dir = log_dir or plan.paths.logs
 
     def _log(self, release_id: str) -> Path:
-        return self.plan.paths.logs / f"release-{release_id}.log"
+        return self.log_dir / f"release-{release_id}.log"
 
     def _run(self, release_id: str, what: str, argv: list[str], **kwargs) -> Result:
         result = self.connector.run(argv, **kwargs)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         with self._log(release_id).open("a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(result.argv)}\n{result.stdout}{result.stderr}\n[exit {result.returncode}]\n\n")
         if not result.ok:
@@ -161,7 +164,7 @@ class ReleaseBuilder:
                 shutil.copytree(plan.project_dir, release.app, ignore=_ignore(plan), symlinks=True)
             venv = self._ensure_venv(release.id)
             release.venv.symlink_to(venv)
-            self._write_settings(release)
+            self.write_settings(release)
             self.connector.makedirs(release.static, owner=plan.service_user)
             with self.reporter.step("Checking the project (manage.py check --deploy)"):
                 self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what="manage.py check --deploy")
@@ -235,7 +238,7 @@ class ReleaseBuilder:
         (venv / COMPLETE_MARKER).write_text("")
         return venv
 
-    def _write_settings(self, release: Release) -> None:
+    def write_settings(self, release: Release) -> None:
         package = release.dir / "djship_production"
         runtime = importlib.resources.files("djship.runtime")
         self.connector.put(package / "__init__.py", "")

@@ -7,18 +7,20 @@ whose new release does not pass its health check goes back to the release it ran
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from djship.config import CONFIG_FILE, parse_config, with_values
-from djship.deploy.lifecycle import LocalSystem, link_atomically, point_server
-from djship.deploy.live import read_live
+from djship.deploy.lifecycle import LocalSystem
 from djship.deploy.lock import exclusive
-from djship.deploy.release import Release, ReleaseBuilder, current_release, list_releases, prune_releases
+from djship.deploy.release import Release
 from djship.errors import DjshipError
 from djship.plan import AppServer, build_plan
+
+if TYPE_CHECKING:
+    from djship.deploy.remote import RemoteSystem
+
 
 def _batches(servers: tuple[AppServer, ...], size: int) -> list[tuple[AppServer, ...]]:
     return [servers[start : start + size] for start in range(0, len(servers), size)]
@@ -29,45 +31,40 @@ def _names(servers: tuple[AppServer, ...]) -> str:
 
 
 class Rollout:
-    def __init__(self, system: LocalSystem):
+    """Deploy, rollback and the rolling switch, for any system that offers what LocalSystem does (the one-machine
+    target) or RemoteSystem (hosts over SSH): the same steps, whatever the connector."""
+
+    def __init__(self, system: LocalSystem | RemoteSystem):
         self.system = system
         self.plan = system.plan
         self.reporter = system.reporter
 
-    def _live_release(self) -> Release:
-        release = current_release(self.plan)
-        statuses = self.system.supervisor.status() if self.system.supervisor.pid() else {}
-        if release is None or statuses.get("haproxy") is None or statuses["haproxy"].state != "RUNNING":
-            raise DjshipError("the system is not running; start it with `djship up` first")
-        return release
-
     @contextmanager
     def locked(self, operation: str) -> Iterator[Release]:
         """Refuse at once when nothing runs, then hold the deploy lock; yields the live release."""
-        self._live_release()
-        with exclusive(self.plan.paths.deploy_lock, operation):
-            yield self._live_release()
+        self.system.live_release()
+        with exclusive(self.system.lock_file, operation):
+            yield self.system.live_release()
 
     def deploy(self) -> Release:
         with self.locked("deploy") as live:
-            builder = ReleaseBuilder(self.plan, self.system.connector, self.reporter)
             try:
-                release = builder.build()
+                release = self.system.build_release()
             except DjshipError as error:
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
             try:
                 with self.reporter.step("Migrating the database (once, under an advisory lock)"):
-                    builder.migrate(release)
+                    self.system.migrate(release)
                 self._switch(release)
             except DjshipError as error:
-                shutil.rmtree(release.dir, ignore_errors=True)
+                self.system.discard_release(release)
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
             self._prune()
             return release
 
     def rollback(self, release_id: str | None) -> Release:
         with self.locked("rollback") as live:
-            releases = list_releases(self.plan)
+            releases = self.system.releases()
             if release_id is None:
                 older = [release for release in releases if release.id < live.id]
                 if not older:
@@ -79,7 +76,7 @@ class Rollout:
                     known = ", ".join(release.id for release in releases)
                     raise DjshipError(f"no release {release_id!r}; `djship releases` lists them: {known}")
                 target = matches[0]
-            if target.id == live.id and all(s.release_link.resolve() == live.dir for s in self.plan.app_servers):
+            if target.id == live.id and all(self.system.release_of(s) == live for s in self.plan.app_servers):
                 raise DjshipError(f"release {live.id} is already live")
             try:
                 self._switch(target)
@@ -88,26 +85,13 @@ class Rollout:
             return target
 
     def _switch(self, target: Release) -> None:
-        previous = {server.name: Release.at(server.release_link.resolve()) for server in self.plan.app_servers}
+        previous = {server.name: self.system.release_of(server) or target for server in self.plan.app_servers}
         self.roll(
             f"release {target.id}",
-            lambda server: self._run_on(server, target),
-            lambda server: self._run_on(server, previous[server.name]),
+            lambda server: self.system.run_release(server, target),
+            lambda server: self.system.run_release(server, previous[server.name]),
         )
-        link_atomically(self.plan.paths.current, target.dir)
-
-    def _run_on(self, server: AppServer, release: Release) -> None:
-        """nginx follows the release link by itself (static files); only gunicorn restarts, on the live database
-        (so a restore killed half-way is undone server by server, not left half-done)."""
-        link_atomically(server.release_link, release.dir)
-        point_server(server, self.system.connector, read_live(self.plan, self.system.connector))
-        self.restart_app(server, release)
-
-    def restart_app(self, server: AppServer, release: Release) -> None:
-        """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
-        gunicorn, _ = server.programs
-        self.system.supervisor.restart(gunicorn)
-        self.system.wait_healthy(server, release)
+        self.system.set_current(target)
 
     def roll(self, what: str, apply: Callable[[AppServer], None], revert: Callable[[AppServer], None]) -> None:
         """Apply a change to every app server, a batch at a time: drain -> apply (which restarts and health-checks)
@@ -148,8 +132,7 @@ class Rollout:
             raise DjshipError(failure)
 
     def _prune(self) -> None:
-        in_use = {server.release_link.resolve() for server in self.plan.app_servers} | {self.plan.paths.current.resolve()}
-        removed = prune_releases(self.plan, in_use)
+        removed = self.system.prune_releases()
         if removed:
             self.reporter.note(f"Removed old releases {', '.join(removed)} (keeping {self.plan.keep_releases})")
 
@@ -177,19 +160,19 @@ class Rollout:
             return before
 
 
-def release_table(system: LocalSystem) -> list[dict]:
-    plan = system.plan
-    live = current_release(plan)
-    servers_on: dict[Path, list[str]] = {}
-    for server in plan.app_servers:
-        if server.release_link.is_symlink():
-            servers_on.setdefault(server.release_link.resolve(), []).append(server.name)
+def release_table(system: LocalSystem | RemoteSystem) -> list[dict]:
+    live = system.current()
+    servers_on: dict[str, list[str]] = {}
+    for server in system.plan.app_servers:
+        release = system.release_of(server)
+        if release is not None:
+            servers_on.setdefault(release.id, []).append(server.name)
     return [
         {
             "id": release.id,
-            "live": live is not None and release.dir == live.dir,
-            "servers": servers_on.get(release.dir, []),
+            "live": live is not None and release.id == live.id,
+            "servers": servers_on.get(release.id, []),
             "path": str(release.dir),
         }
-        for release in list_releases(plan)
+        for release in system.releases()
     ]

@@ -392,7 +392,7 @@ def gather(system: LocalSystem, form_path: str | None = None) -> Facts:
         raise DjshipError("not running; `djship up` first")
     facts = Facts(media_dir=str(read_live(plan, system.connector).media))
     facts.processes = {name: status.state for name, status in system.supervisor.status().items()}
-    facts.balancer = {name: state.status for name, state in balancer.server_states(plan.paths.haproxy_socket).items()}
+    facts.balancer = {name: state.status for name, state in balancer.Balancer(plan.paths.haproxy_socket).states().items()}
     _database(system, facts)
     if (text := system.connector.get(plan.paths.haproxy_conf)) is not None:
         facts.haproxy_timeouts = parse_haproxy_timeouts(text.decode())

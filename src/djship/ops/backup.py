@@ -295,7 +295,7 @@ class Backups:
     def _switch_server(self, server: AppServer, live: Live, rollout: Rollout) -> None:
         """Point the server at this database and media directory; gunicorn reads them when it restarts."""
         point_server(server, self.connector, live)
-        rollout.restart_app(server, Release.at(server.release_link.resolve()))
+        rollout.system.restart_app(server, Release.at(server.release_link.resolve()))
 
     def _remove(self, target: Live, password: str) -> None:
         if target.database in self.database.app_databases(password):

@@ -63,18 +63,19 @@ def pg_hba_conf(plan: Plan) -> str:
 
 
 def programs(plan: Plan) -> list[Program]:
-    """Every supervised process, in the order they are started (the reverse of the order they are stopped)."""
+    """Every supervised process of the plan's host, in the order they are started (the reverse of the order they
+    are stopped)."""
     quote = shlex.quote
-    result = [
-        Program(
+    result = []
+    if plan.holds("db"):
+        result.append(Program(
             name="postgres",
             command=f"{quote(plan.tools.pg('postgres'))} -D {quote(str(plan.database.data_dir))}",
             stopsignal="INT",
             stopwaitsecs=60,
             user=plan.service_user,
-        )
-    ]
-    for server in plan.app_servers:
+        ))
+    for server in plan.servers_here:
         gunicorn, nginx = server.programs
         result.append(
             Program(
@@ -98,15 +99,14 @@ def programs(plan: Plan) -> list[Program]:
                 user=plan.service_user,
             )
         )
-    result.append(
-        Program(
+    if plan.holds("lb"):
+        result.append(Program(
             name="haproxy",
             command=f"{quote(plan.tools.haproxy)} -W -db -f {quote(str(plan.paths.haproxy_conf))}",
             stopsignal="USR1",
             stopwaitsecs=plan.balancer_timeout + 5,
-            user=plan.service_user,
-        )
-    )
+            user=None if plan.balancer_starts_as_root else plan.service_user,
+        ))
     if plan.backup.schedule:
         # As the user running djship: a backup reads the superuser password and writes the backup directory.
         result.append(
@@ -147,16 +147,16 @@ class ConfigFile:
 
 
 def system_files(plan: Plan) -> list[ConfigFile]:
-    """Every config file of the running system that does not depend on a release."""
-    files = [
-        ConfigFile(plan.paths.supervisor_conf, supervisord_conf(plan), ()),
-        ConfigFile(plan.paths.haproxy_conf, haproxy_cfg(plan), ("haproxy",)),
-        ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)),
-        ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)),
-    ]
-    if plan.tls.mode == "acme":  # empty: entries live in HAProxy's memory only while an order runs
-        files.append(ConfigFile(plan.paths.challenge_map, "", ()))
-    for server in plan.app_servers:
+    """Every config file of the plan's host that does not depend on a release."""
+    files = [ConfigFile(plan.paths.supervisor_conf, supervisord_conf(plan), ())]
+    if plan.holds("lb"):
+        files.append(ConfigFile(plan.paths.haproxy_conf, haproxy_cfg(plan), ("haproxy",)))
+        if plan.tls.mode == "acme":  # empty: entries live in HAProxy's memory only while an order runs
+            files.append(ConfigFile(plan.paths.challenge_map, "", ()))
+    if plan.holds("db"):
+        files.append(ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)))
+        files.append(ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)))
+    for server in plan.servers_here:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))

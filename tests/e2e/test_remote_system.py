@@ -1,0 +1,246 @@
+"""The example project on real hosts: 1 lb + 3 app + 1 db, each a network namespace with its own sshd.
+
+Only loopback and those hosts' addresses (10.247.x.y, in namespaces the fixture makes and deletes) are contacted.
+Every process djship starts on a host lives in that host's namespace; the harness kills them all by PID on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from djship.components.probe import Response, request
+from tests.e2e.conftest import EXAMPLE, RequestLoop, run_djship, searchable_directory
+from tests.e2e.hosts import NetnsHosts, netns_hosts
+
+pytestmark = pytest.mark.e2e
+
+ROLES = {"lb1": "lb", "app1": "app", "app2": "app", "app3": "app", "db1": "db"}
+DATABASE_PORT = 15432
+
+
+def write_config(project: Path, hosts: NetnsHosts, apps: list[str]) -> None:
+    lines = [
+        "[project]",
+        'settings_module = "board.settings"',
+        'wsgi_application = "board.wsgi.application"',
+        "",
+        "[app]",
+        "workers = 2",
+        "",
+        "[servers]",
+        'lb = ["lb1"]',
+        f"app = {json.dumps(apps)}",
+        'db = "db1"',
+        "",
+        "[ssh]",
+        f'key = "{hosts.client_key}"',
+        f'known_hosts = "{hosts.known_hosts}"',
+    ]
+    for name in ["lb1", *apps, "db1"]:
+        lines += ["", f"[hosts.{name}]", f'address = "{hosts[name].address}"', f'root = "{hosts[name].root}"']
+    (project / "djship.toml").write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Fleet:
+    project: Path
+    hosts: NetnsHosts
+
+    @property
+    def lb(self) -> str:
+        return self.hosts["lb1"].address
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.lb}"
+
+    def session(self) -> None:
+        """The request loop's session: none, as FleetLoop connects to the balancer host itself."""
+
+    def programs_on(self, host: str) -> list[str]:
+        commands = []
+        for pid in self.hosts[host].pids():
+            try:
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+        return commands
+
+    @property
+    def ca(self) -> Path:
+        return self.project / ".djship" / "tls" / "ca.crt"
+
+    def djship(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_djship(self.project, *args, check=check, timeout=900)
+
+    def get(self, path: str = "/api/posts/") -> Response | str:
+        """Through the balancer host, the certificate verified against djship's CA for the site's name."""
+        return request(self.lb, 443, "localhost", "GET", path, tls_name="localhost", ca_file=self.ca, timeout=30)
+
+    def servers_answering(self, count: int = 30) -> Counter[str]:
+        seen: Counter[str] = Counter()
+        for _ in range(count):
+            answer = self.get()
+            assert isinstance(answer, Response) and answer.status == 200, answer
+            seen[answer.header("X-Djship-Server")] += 1
+        return seen
+
+    def status(self) -> dict:
+        return json.loads(self.djship("status", "--json").stdout)
+
+    def in_namespace(self, host: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        prefix = ["ip", "netns", "exec", self.hosts[host].namespace]
+        if env:
+            prefix += ["env", *(f"{key}={value}" for key, value in env.items())]
+        return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=60)
+
+
+class FleetLoop(RequestLoop):
+    """The tests' request loop, through the balancer host."""
+
+    def __init__(self, fleet: Fleet, threads: int = 4):
+        self.fleet = fleet
+        super().__init__(fleet, threads=threads)  # type: ignore[arg-type]
+
+    def _get(self, session) -> tuple[str | None, str | None]:
+        answer = self.fleet.get()
+        if isinstance(answer, str):
+            return answer, None
+        if answer.status != 200:
+            return f"HTTP {answer.status}", None
+        return None, answer.header("X-Djship-Release") or "?"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    with netns_hosts(list(ROLES)) as hosts, searchable_directory() as directory:
+        project = directory / "board"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
+        write_config(project, hosts, ["app1", "app2", "app3"])
+        made = Fleet(project, hosts)
+        try:
+            made.djship("up")
+            yield made
+        finally:
+            run_djship(project, "down", check=False, timeout=300)
+
+
+def test_the_site_answers_over_https_through_the_balancer_host_from_every_app_host(fleet: Fleet):
+    assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}
+    static = fleet.get("/static/css/board.css")
+    assert isinstance(static, Response) and static.status == 200
+    assert fleet.get("/").header("Strict-Transport-Security")
+
+
+def test_status_names_every_host_and_component(fleet: Fleet):
+    report = fleet.status()
+    by_name = {component["name"]: component for component in report["components"]}
+    assert by_name["haproxy"]["host"] == "lb1" and by_name["postgres"]["host"] == "db1"
+    for app in ("app1", "app2", "app3"):
+        for program in (f"{app}-nginx", f"{app}-gunicorn"):
+            assert by_name[program]["host"] == app
+            assert (by_name[program]["state"], by_name[program]["health"]) == ("RUNNING", "up")
+    assert by_name["postgres"]["health"] == "accepting"
+    assert [host["name"] for host in report["hosts"]] == list(ROLES)
+
+
+def test_logs_come_from_every_host_prefixed(fleet: Fleet):
+    output = fleet.djship("logs", "-n", "5").stdout
+    prefixes = {line.split(" ", 1)[0] for line in output.splitlines() if " | " in line}
+    assert prefixes >= set(ROLES)
+
+
+def test_the_database_accepts_the_app_hosts_only(fleet: Fleet):
+    secrets = json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_text())
+    psql = shutil.which("psql") or "psql"
+    db = fleet.hosts["db1"].address
+    argv = [psql, "-X", "-h", db, "-p", str(DATABASE_PORT), "-U", "board", "-d", "board", "-tAc", "SELECT 1"]
+    env = {"PGPASSWORD": secrets["database_password"], "PGCONNECT_TIMEOUT": "5"}
+    from_app = fleet.in_namespace("app2", *argv, env=env)
+    assert from_app.returncode == 0 and from_app.stdout.strip() == "1", from_app.stderr
+    from_lb = fleet.in_namespace("lb1", *argv, env=env)
+    assert from_lb.returncode != 0
+    assert f'no pg_hba.conf entry for host "{fleet.lb}"' in from_lb.stderr
+
+
+def test_app_servers_accept_requests_from_the_balancer_only(fleet: Fleet):
+    probe = ["python3", "-c", "import sys, urllib.request, urllib.error\n"
+             "ask = urllib.request.Request(sys.argv[1], headers={'Host': 'localhost', 'X-Forwarded-Proto': 'https'})\n"
+             "try:\n    print(urllib.request.urlopen(ask, timeout=5).status)\n"
+             "except urllib.error.HTTPError as error:\n    print(error.code)",
+             f"http://{fleet.hosts['app1'].address}:8000/-/djship/health"]
+    assert fleet.in_namespace("db1", *probe).stdout.strip() == "403"
+    assert fleet.in_namespace("app2", *probe).stdout.strip() == "403"
+    assert fleet.in_namespace("lb1", *probe).stdout.strip() == "200"
+
+
+def test_secrets_reach_each_host_0600(fleet: Fleet):
+    for name in ("app1", "app2", "app3"):
+        secrets = fleet.hosts[name].root / "secrets" / "app.json"
+        assert secrets.stat().st_mode & 0o777 == 0o600
+    assert (fleet.hosts["db1"].root / "secrets" / "admin.json").stat().st_mode & 0o777 == 0o600
+    assert not (fleet.hosts["lb1"].root / "secrets" / "app.json").exists()
+
+
+def test_rolling_deploy_across_hosts_fails_no_request(fleet: Fleet):
+    before = fleet.status()["release"]
+    views = fleet.project / "posts" / "views.py"
+    original = views.read_text()
+    views.write_text(original + "\n# deployed by the remote e2e test\n")
+    try:
+        with FleetLoop(fleet) as load:
+            fleet.djship("deploy")
+            load.wait_for(load.served + 30)
+    finally:
+        views.write_text(original)
+    after = fleet.status()["release"]
+    assert after != before
+    assert load.failures == []
+    assert set(load.releases) >= {before, after}
+    releases = {host: (fleet.hosts[host].root / "servers" / host / "release").resolve().name for host in ("app1", "app2", "app3")}
+    assert set(releases.values()) == {after}
+
+
+def test_rollback_across_hosts_fails_no_request(fleet: Fleet):
+    before = fleet.status()["release"]
+    with FleetLoop(fleet) as load:
+        fleet.djship("rollback")
+        load.wait_for(load.served + 30)
+    assert load.failures == []
+    assert fleet.status()["release"] != before
+
+
+def test_a_killed_app_host_fails_no_request_and_rejoins_after_up(fleet: Fleet):
+    with FleetLoop(fleet) as load:
+        fleet.hosts["app2"].kill()
+        load.wait_for(load.served + 100)
+    assert load.failures == []
+    assert "app2" not in fleet.servers_answering(20)
+    fleet.hosts.start_sshd(fleet.hosts["app2"])
+    fleet.djship("up")
+    deadline = time.monotonic() + 30
+    while "app2" not in fleet.servers_answering(12):
+        assert time.monotonic() < deadline, "app2 did not rejoin"
+
+
+def test_removing_and_adding_an_app_host_fails_no_request(fleet: Fleet):
+    with FleetLoop(fleet) as load:
+        write_config(fleet.project, fleet.hosts, ["app1", "app2"])
+        fleet.djship("up")
+        load.wait_for(load.served + 30)
+        assert set(fleet.servers_answering(20)) == {"app1", "app2"}
+        assert not any("supervisord" in command for command in fleet.programs_on("app3"))
+        assert "app3-nginx" not in {component["name"] for component in fleet.status()["components"]}
+        write_config(fleet.project, fleet.hosts, ["app1", "app2", "app3"])
+        fleet.djship("up")
+        load.wait_for(load.served + 30)
+    assert load.failures == []
+    assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}
