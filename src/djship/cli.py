@@ -48,16 +48,21 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _system(on_hosts: bool = False):
-    """The system djship.toml describes. on_hosts: the command also runs on a remote target ([servers])."""
+def _system(on_hosts: bool = False, install: bool = False):
+    """The system djship.toml describes. on_hosts: the command also runs on a remote target ([servers]);
+    install: apt-get what a host lacks first."""
     from djship.config import load_config
     from djship.deploy.lifecycle import LocalSystem, load_plan
 
     project_dir = find_project_dir(Path.cwd())
-    if on_hosts and load_config(project_dir).remote:
+    config = load_config(project_dir)
+    if on_hosts and config.remote:
         from djship.deploy.remote import open_remote
 
-        return open_remote(load_config(project_dir), project_dir, ConsoleReporter())
+        return open_remote(config, project_dir, ConsoleReporter(), install=install)
+    if install:
+        raise DjshipError("--install is for real hosts ([servers] in djship.toml); on this machine "
+                          "`./bootstrap demo` or apt-get installs nginx, haproxy and postgresql")
     return LocalSystem(load_plan(project_dir), ConsoleReporter())
 
 
@@ -118,7 +123,9 @@ def init(directory: Path, force: bool) -> None:
 
 
 @main.command()
-def up() -> None:
+@click.option("--install", is_flag=True,
+              help="Real hosts only: apt-get install what a host lacks for its roles (as root, or through sudo -n).")
+def up(install: bool) -> None:
     """Build and start the whole system, on this machine or on the hosts of [servers], then print the HTTPS URL.
 
     \b
@@ -133,7 +140,7 @@ def up() -> None:
     without failing a request; a host that was down is started again and rejoins.
     """
     started = time.monotonic()
-    system = _system(on_hosts=True)
+    system = _system(on_hosts=True, install=install)
     result = system.up()
     total = time.monotonic() - started
     if result.changed:

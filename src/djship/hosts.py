@@ -137,12 +137,22 @@ def parse_probe(output: str) -> Facts:
     return Facts(root, python, tuple(missing), tools)
 
 
+# Debian starts a package's own service on install; djship runs these programs under its own supervisord (the
+# distribution's nginx would hold port 80, which a balancer on the same host needs).
+DISTRIBUTION_SERVICES = {"nginx": "nginx", "haproxy": "haproxy", "postgresql": "postgresql"}
+
+
 def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:
-    """apt-get, non-interactive; through `sudo -n` (never a password prompt) when the login user is not root."""
+    """apt-get, non-interactive; through `sudo -n` (never a password prompt) when the login user is not root.
+    The services those packages start by themselves are stopped and disabled (djship supervises its own)."""
     script = (
         "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
         + " ".join(shlex.quote(package) for package in packages)
     )
+    services = [DISTRIBUTION_SERVICES[package] for package in packages if package in DISTRIBUTION_SERVICES]
+    if services:
+        script += (" && { ! command -v systemctl >/dev/null || systemctl disable --now "
+                   + " ".join(services) + " >/dev/null 2>&1 || true; }")
     return ["sh", "-c", script] if as_root else ["sudo", "-n", "sh", "-c", script]
 
 

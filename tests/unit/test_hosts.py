@@ -79,11 +79,18 @@ def test_parse_probe():
     assert parse_probe("uid 1000\nmissing python3\n").python is None
 
 
+def test_install_command_disables_the_services_debian_starts_for_the_packages_it_installed():
+    script = install_command(("nginx", "python3-venv", "postgresql"), as_root=True)[2]
+    assert script.endswith("systemctl disable --now nginx postgresql >/dev/null 2>&1 || true; }")
+    assert "systemctl" not in install_command(("python3-venv",), as_root=True)[2]
+    subprocess.run(["sh", "-n", "-c", script], check=True)  # the shell accepts it
+
+
 def test_install_command_uses_sudo_without_a_prompt_unless_root():
     assert install_command(("nginx",), as_root=True)[:2] == ["sh", "-c"]
     command = install_command(("nginx", "python3-venv"), as_root=False)
     assert command[:4] == ["sudo", "-n", "sh", "-c"]
-    assert command[4].endswith("apt-get install -y -qq --no-install-recommends nginx python3-venv")
+    assert "apt-get install -y -qq --no-install-recommends nginx python3-venv && " in command[4]
 
 
 class FakeHost:

@@ -13,8 +13,8 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -80,11 +80,14 @@ def _host_tools(report: HostReport, host: Host) -> Tools:
     )
 
 
-def open_remote(config: Config, project_dir: Path, reporter: Reporter) -> RemoteSystem:
-    """Reach every host (its SSH host key verified), check it has what its roles need, and plan each one."""
+def open_remote(config: Config, project_dir: Path, reporter: Reporter, install: bool = False) -> RemoteSystem:
+    """Reach every host (its SSH host key verified), check it has what its roles need (with install: apt-get it),
+    and plan each one."""
     hosts = remote_hosts(config, project_dir)
     connectors = {host.name: SSHConnector(host.target) for host in hosts}
-    reports = prepare_hosts(hosts, install=False, connect=lambda host: nullcontext(connectors[host.name]))
+    checking = reporter.step(f"Installing what the {len(hosts)} hosts lack (apt-get)") if install else nullcontext()
+    with checking:  # quiet otherwise: `status --json` prints JSON alone
+        reports = prepare_hosts(hosts, install=install, connect=lambda host: nullcontext(connectors[host.name]))
     require_ready(reports)
     by_name = {report.name: report for report in reports}
     versions = {report.python for report in reports if "app" in report.roles}
@@ -605,10 +608,3 @@ class RemoteSystem:
         return True
 
 
-@contextmanager
-def remote_system(config: Config, project_dir: Path, reporter: Reporter) -> Iterator[RemoteSystem]:
-    system = open_remote(config, project_dir, reporter)
-    try:
-        yield system
-    finally:
-        system.close()
