@@ -48,9 +48,9 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _system(on_hosts: bool = False, install: bool = False):
+def _system(on_hosts: bool = False, install: bool = False, observe_only: bool = False):
     """The system djship.toml describes. on_hosts: the command also runs on a remote target ([servers]);
-    install: apt-get what a host lacks first."""
+    install: apt-get what a host lacks first; observe_only: a host that does not answer is reported, not an error."""
     from djship.config import load_config
     from djship.deploy.lifecycle import LocalSystem, load_plan
 
@@ -59,7 +59,7 @@ def _system(on_hosts: bool = False, install: bool = False):
     if on_hosts and config.remote:
         from djship.deploy.remote import open_remote
 
-        return open_remote(config, project_dir, ConsoleReporter(), install=install)
+        return open_remote(config, project_dir, ConsoleReporter(), install=install, observe_only=observe_only)
     if install:
         raise DjshipError("--install is for real hosts ([servers] in djship.toml); on this machine "
                           "`./bootstrap demo` or apt-get installs nginx, haproxy and postgresql")
@@ -152,10 +152,10 @@ def up(install: bool) -> None:
         console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
 
 
-def _rollout():
+def _rollout(on_hosts: bool = True):
     from djship.deploy.rolling import Rollout
 
-    return Rollout(_system(on_hosts=True))
+    return Rollout(_system(on_hosts=on_hosts))
 
 
 @main.command()
@@ -194,7 +194,7 @@ def scale(servers: int) -> None:
     New servers join the balancer only once healthy; removed ones are drained first.
     """
     started = time.monotonic()
-    before = _rollout().scale(servers)
+    before = _rollout(on_hosts=False).scale(servers)  # on real hosts, servers.app says how many
     if before == servers:
         console.print(f"Already {servers} app servers; nothing changed.")
     else:
@@ -406,9 +406,12 @@ def destroy(yes: bool) -> None:
 
 def _print_status(report: dict) -> None:
     console.print(
-        f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database']}   "
+        f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database'] or '-'}   "
         f"CA {report['ca_path'] or '-'}"
     )
+    for host in report.get("hosts", []):
+        if host["problem"]:
+            errors.print(f"[red]{escape(host['name'])}: {escape(host['problem'])}[/]")
     rows = report["components"]
     on_hosts = any(row.get("host") for row in rows)
     table = _table("ROLE", *(["HOST"] if on_hosts else []), "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
@@ -443,7 +446,7 @@ def _print_status(report: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
 def status(as_json: bool) -> None:
     """Show the topology (balancer -> app servers -> database) with live process states and health."""
-    report = _system(on_hosts=True).status()
+    report = _system(on_hosts=True, observe_only=True).status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -88,8 +88,10 @@ def test_an_unknown_host_key_is_refused_for_every_host(hosts):
         assert f"{name}: the SSH host key of {hosts[name].address}:22 is unknown" in message
 
 
-def test_system_commands_refuse_a_remote_target_instead_of_running_locally(hosts):
+@pytest.mark.parametrize("command", [("backup",), ("doctor",), ("scale", "4"), ("manage", "--", "check")])
+def test_commands_not_built_for_hosts_refuse_a_remote_target_instead_of_running_locally(hosts, command):
     with searchable_directory() as directory:
-        result = run_djship(project_for(directory, hosts), "up", check=False)
-    assert result.returncode == 1
-    assert "lists remote hosts ([servers]); running the system on them is not built yet" in result.stderr
+        result = run_djship(project_for(directory, hosts), *command, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "lists remote hosts ([servers]); on real hosts djship runs up, deploy, rollback" in result.stderr
+    assert result.stderr.strip().endswith("this command works on the one-machine target only")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from djship.components.probe import Response, request
-from tests.e2e.conftest import EXAMPLE, RequestLoop, run_djship, searchable_directory
+from tests.e2e.conftest import DJSHIP, EXAMPLE, RequestLoop, run_djship, searchable_directory
 from tests.e2e.hosts import NetnsHosts, netns_hosts
 
 pytestmark = pytest.mark.e2e
@@ -158,6 +159,26 @@ def test_logs_come_from_every_host_prefixed(fleet: Fleet):
     assert prefixes >= set(ROLES)
 
 
+def test_logs_follow_streams_new_lines_from_the_host(fleet: Fleet):
+    follower = subprocess.Popen([*DJSHIP, "logs", "-f", "-n", "0", "app1-nginx-access"], cwd=fleet.project,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)
+    reader.start()
+    try:
+        time.sleep(3)  # the SSH channel is open and tail is following
+        for _ in range(6):  # round robin over three app hosts: app1 gets some
+            fleet.get("/api/posts/?followed")
+        deadline = time.monotonic() + 30
+        while not any("followed" in line for line in lines):
+            assert time.monotonic() < deadline, f"no followed line in {lines}"
+            time.sleep(0.2)
+        assert all(line.startswith("app1 app1-nginx-access | ") for line in lines if "followed" in line)
+    finally:
+        follower.kill()
+        follower.wait(timeout=10)
+
+
 def test_the_database_accepts_the_app_hosts_only(fleet: Fleet):
     secrets = json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_text())
     psql = shutil.which("psql") or "psql"
@@ -188,6 +209,12 @@ def test_secrets_reach_each_host_0600(fleet: Fleet):
         assert secrets.stat().st_mode & 0o777 == 0o600
     assert (fleet.hosts["db1"].root / "secrets" / "admin.json").stat().st_mode & 0o777 == 0o600
     assert not (fleet.hosts["lb1"].root / "secrets" / "app.json").exists()
+
+
+def test_up_again_changes_nothing_and_says_so(fleet: Fleet):
+    result = fleet.djship("up")
+    assert "Already up and unchanged" in result.stdout
+    assert "Starting" not in result.stdout and "Reloading" not in result.stdout
 
 
 def test_rolling_deploy_across_hosts_fails_no_request(fleet: Fleet):
@@ -224,6 +251,15 @@ def test_a_killed_app_host_fails_no_request_and_rejoins_after_up(fleet: Fleet):
         load.wait_for(load.served + 100)
     assert load.failures == []
     assert "app2" not in fleet.servers_answering(20)
+    report = fleet.status()  # the other hosts still report; the dead one says why
+    problems = {host["name"]: host["problem"] for host in report["hosts"]}
+    assert problems["app2"].startswith(f"app2: cannot reach {fleet.hosts['app2'].address}:22 over SSH")
+    assert {name for name, problem in problems.items() if problem} == {"app2"}
+    states = {component["name"]: component for component in report["components"]}
+    assert states["app2-gunicorn"]["state"] == "UNREACHABLE" and states["app2-nginx"]["health"] == "down"
+    assert states["app1-gunicorn"]["state"] == "RUNNING" and states["haproxy"]["health"] == "up"
+    refused = fleet.djship("deploy", check=False)
+    assert refused.returncode == 1 and "app2: cannot reach" in refused.stderr
     fleet.hosts.start_sshd(fleet.hosts["app2"])
     fleet.djship("up")
     deadline = time.monotonic() + 30
@@ -244,3 +280,26 @@ def test_removing_and_adding_an_app_host_fails_no_request(fleet: Fleet):
         load.wait_for(load.served + 30)
     assert load.failures == []
     assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}
+
+
+def test_down_stops_every_process_on_every_host_and_up_brings_the_same_data_back(fleet: Fleet):
+    secrets = json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_text())
+    psql = [shutil.which("psql") or "psql", "-X", "-h", fleet.hosts["db1"].address, "-p", str(DATABASE_PORT),
+            "-U", "board", "-d", "board", "-tAc"]
+    env = {"PGPASSWORD": secrets["database_password"], "PGCONNECT_TIMEOUT": "5"}
+    inserted = fleet.in_namespace("app1", *psql, "INSERT INTO auth_user (password, is_superuser, username, first_name, "
+                                  "last_name, email, is_staff, is_active, date_joined) VALUES ('!', false, 'kept', '', "
+                                  "'', '', false, true, now())", env=env)
+    assert inserted.returncode == 0, inserted.stderr
+    release = fleet.status()["release"]
+
+    result = fleet.djship("down")
+    assert "Stopping PostgreSQL on db1 (data stays)" in result.stdout
+    for name in ROLES:  # only the harness's sshd is left in each host
+        assert [command for command in fleet.programs_on(name) if "sshd" not in command] == []
+
+    fleet.djship("up")
+    assert fleet.status()["release"] == release
+    assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}
+    kept = fleet.in_namespace("app3", *psql, "SELECT count(*) FROM auth_user WHERE username = 'kept'", env=env)
+    assert kept.stdout.strip() == "1", kept.stderr

@@ -72,23 +72,38 @@ class Side:
         return status is not None and status.state == "RUNNING"
 
 
-def _host_tools(report: HostReport, host: Host) -> Tools:
-    found = report.tools
+def _host_tools(report: HostReport | None, host: Host) -> Tools:
+    """Where the host's programs are; None: not known (the host did not answer)."""
+    found = report.tools if report else {}
     return Tools(
         nginx=found.get("nginx", ""), haproxy=found.get("haproxy", ""), pg_bindir=found.get("pg_bindir", ""),
         mime_types=found.get("mime_types", ""), python=str(Path(str(host.root)) / "venv" / "bin" / "python"),
     )
 
 
-def open_remote(config: Config, project_dir: Path, reporter: Reporter, install: bool = False) -> RemoteSystem:
+def open_remote(config: Config, project_dir: Path, reporter: Reporter, install: bool = False,
+                observe_only: bool = False) -> RemoteSystem:
     """Reach every host (its SSH host key verified), check it has what its roles need (with install: apt-get it),
-    and plan each one."""
+    and plan each one. observe_only (`status`): a host that cannot be reached is reported, not an error."""
     hosts = remote_hosts(config, project_dir)
     connectors = {host.name: SSHConnector(host.target) for host in hosts}
-    checking = reporter.step(f"Installing what the {len(hosts)} hosts lack (apt-get)") if install else nullcontext()
-    with checking:  # quiet otherwise: `status --json` prints JSON alone
-        reports = prepare_hosts(hosts, install=install, connect=lambda host: nullcontext(connectors[host.name]))
-    require_ready(reports)
+    connect = lambda host: nullcontext(connectors[host.name])  # noqa: E731
+    unreachable: dict[str, str] = {}
+    if observe_only:
+        def check(host: Host) -> HostReport | DjshipError:
+            try:
+                return prepare_hosts([host], install=False, connect=connect)[0]
+            except DjshipError as error:
+                return error
+
+        checked = on_each({host.name: host for host in hosts}, check)
+        unreachable = {name: str(result) for name, result in checked.items() if isinstance(result, DjshipError)}
+        reports = [result for result in checked.values() if isinstance(result, HostReport)]
+    else:
+        checking = reporter.step(f"Installing what the {len(hosts)} hosts lack (apt-get)") if install else nullcontext()
+        with checking:  # quiet otherwise: `status --json` prints JSON alone
+            reports = prepare_hosts(hosts, install=install, connect=connect)
+        require_ready(reports)
     by_name = {report.name: report for report in reports}
     versions = {report.python for report in reports if "app" in report.roles}
     if len(versions) > 1:
@@ -96,26 +111,30 @@ def open_remote(config: Config, project_dir: Path, reporter: Reporter, install: 
             f"the app hosts run different Python versions ({', '.join(sorted(versions))}); the release's wheels are "
             "built once for all of them, so give them the same distribution release"
         )
-    specs = [
-        HostSpec(host.name, host.target.address, host.roles, Path(str(host.root)), _host_tools(by_name[host.name], host),
-                 by_name[host.name].root_login)
-        for host in hosts
-    ]
+    facts = {host.name: (_host_tools(by_name[host.name], host), by_name[host.name].root_login,
+                         by_name[host.name].tools.get("python3", "python3"))
+             if host.name in by_name else (_host_tools(None, host), host.target.user == "root", "python3")
+             for host in hosts}
+    specs = [HostSpec(host.name, host.target.address, host.roles, Path(str(host.root)), *facts[host.name][:2])
+             for host in hosts]
     plans = build_host_plans(config, project_dir, specs)
     sides = {
         host.name: Side(host, plans[host.name], connectors[host.name], Supervisor(plans[host.name], connectors[host.name]),
-                        by_name[host.name].tools["python3"])
+                        facts[host.name][2])
         for host in hosts
     }
     control = Paths((project_dir.resolve() / config.state_dir).resolve())
-    return RemoteSystem(sides, control, reporter, versions.pop())
+    return RemoteSystem(sides, control, reporter, versions.pop() if versions else "", unreachable)
 
 
 class RemoteSystem:
     """lb hosts (HAProxy), app hosts (nginx -> gunicorn), one db host (PostgreSQL), each with its own supervisord."""
 
-    def __init__(self, sides: dict[str, Side], control: Paths, reporter: Reporter, app_python: str):
+    def __init__(self, sides: dict[str, Side], control: Paths, reporter: Reporter, app_python: str,
+                 unreachable: dict[str, str] | None = None):
+        """unreachable: hosts that did not answer, with why (only when opened to observe)."""
         self.sides = sides
+        self.unreachable = unreachable or {}
         self.control = control
         self.reporter = reporter
         self.app_python = app_python
@@ -130,8 +149,14 @@ class RemoteSystem:
             for side in self.lb_sides
         ]
         self.local = LocalConnector()
+        self.changes: list[str] = []
         # Secrets and the certificate are made here, once, and copied to the hosts that need them.
         self.control_plan = replace(self.plan, paths=control, service_user=None, host=None)
+
+    def _change(self, title: str):
+        """A step of `up` that changes the running system (so `up` can say when it changed nothing)."""
+        self.changes.append(title)
+        return self.reporter.step(title)
 
     def close(self) -> None:
         for side in self.sides.values():
@@ -160,12 +185,12 @@ class RemoteSystem:
         fresh = release is None
         if fresh:
             release = self._build(wheelhouse)
-            with self.reporter.step("Migrating the database (once, before any app server starts)"):
+            with self._change("Migrating the database (once, before any app server starts)"):
                 self.migrate(release)
         else:
             missing = [server.name for server, side in self._app_items() if not self._installed(side, release.id)]
             if missing:
-                with self.reporter.step(f"Shipping release {release.id} to {', '.join(missing)}"):
+                with self._change(f"Shipping release {release.id} to {', '.join(missing)}"):
                     on_each({name: self.app_sides[name] for name in missing},
                             lambda side: self._install(side, release.id, wheelhouse))
         self.set_current(release)
@@ -176,7 +201,8 @@ class RemoteSystem:
         self._ensure_balancers(changed, removed)
         self._stop_removed_hosts()
         self._record_hosts()
-        return UpResult(plan.url, self.control.ca_cert if plan.tls.mode == "local" else None, release.id, changed=True)
+        ca_cert = self.control.ca_cert if plan.tls.mode == "local" else None
+        return UpResult(plan.url, ca_cert, release.id, changed=bool(self.changes))
 
     def _app_items(self) -> list[tuple[AppServer, Side]]:
         return [(server, self.app_sides[server.name]) for server in self.plan.app_servers]
@@ -236,15 +262,15 @@ class RemoteSystem:
         database = DatabaseServer(side.plan, side.connector)
         endpoint = side.plan.database.endpoint
         if not side.running("postgres"):
-            with self.reporter.step(f"Starting PostgreSQL on {side.name} ({endpoint}, app hosts only)"):
+            with self._change(f"Starting PostgreSQL on {side.name} ({endpoint}, app hosts only)"):
                 side.supervisor.start("postgres")
                 database.wait_ready(READY_TIMEOUT)
         elif "postgresql.conf" in changed:
-            with self.reporter.step(f"Restarting PostgreSQL on {side.name} (its configuration changed)"):
+            with self._change(f"Restarting PostgreSQL on {side.name} (its configuration changed)"):
                 side.supervisor.restart("postgres")
                 database.wait_ready(READY_TIMEOUT)
         elif "pg_hba.conf" in changed:  # which app hosts may connect: a reload, no connection is dropped
-            with self.reporter.step(f"Reloading PostgreSQL's client list on {side.name} (the app hosts changed)"):
+            with self._change(f"Reloading PostgreSQL's client list on {side.name} (the app hosts changed)"):
                 side.supervisor.signal("postgres", "HUP")
         live = read_live(side.plan, side.connector).database
         with self.reporter.step(f"Database {live!r} and role {side.plan.database.user!r}"):
@@ -256,7 +282,7 @@ class RemoteSystem:
         stopped = [name for name in server.programs if statuses.get(name) is None or statuses[name].state != "RUNNING"]
         restart = [name for name in server.programs if name in changed and name not in stopped]
         if stopped:
-            with self.reporter.step(f"Starting {server.name} on {side.name}: nginx + gunicorn on {server.endpoint}"):
+            with self._change(f"Starting {server.name} on {side.name}: nginx + gunicorn on {server.endpoint}"):
                 if side.connector.readlink(server.release_link) is None:
                     side.connector.symlink(server.release_link, self._on(side, release).dir)
                 point_server(server, side.connector, read_live(side.plan, side.connector))
@@ -264,7 +290,7 @@ class RemoteSystem:
                 self.wait_healthy(server, self.release_of(server) or release)
         if restart:
             def apply() -> None:
-                with self.reporter.step(f"Restarting {', '.join(restart)} on {side.name} (configuration changed)"):
+                with self._change(f"Restarting {', '.join(restart)} on {side.name} (configuration changed)"):
                     side.supervisor.restart(*restart)
                     self.wait_healthy(server, self.release_of(server) or release)
 
@@ -277,19 +303,19 @@ class RemoteSystem:
     def _ensure_balancers(self, changed: dict[str, set[str]], removed: list[str]) -> None:
         for side, instance in zip(self.lb_sides, self.balancers):
             if not side.running("haproxy"):
-                with self.reporter.step(f"Starting the load balancer on {side.name} ({self.plan.url})"):
+                with self._change(f"Starting the load balancer on {side.name} ({self.plan.url})"):
                     side.supervisor.start("haproxy")
                     self._wait_balancer(side, instance)
                 continue
             if removed:
-                with self.reporter.step(f"Draining {', '.join(removed)} on {side.name} before removing them"):
+                with self._change(f"Draining {', '.join(removed)} on {side.name} before removing them"):
                     for name in removed:
                         instance.set_state(name, "drain")
                     for name in removed:
                         instance.wait_drained(name, self.plan.balancer_timeout)
                         instance.set_state(name, "maint")
             if "haproxy" in changed[side.name]:
-                with self.reporter.step(f"Reloading the load balancer on {side.name} (no connection is dropped)"):
+                with self._change(f"Reloading the load balancer on {side.name} (no connection is dropped)"):
                     check = side.connector.run([side.plan.tools.haproxy, "-c", "-q", "-f", str(side.plan.paths.haproxy_conf)])
                     if not check.ok:
                         raise CommandFailed(f"haproxy -c on {side.name}", check)
@@ -297,7 +323,7 @@ class RemoteSystem:
                     self._wait_balancer(side, instance)
             resting = [name for name, state in instance.states().items() if state.status.startswith(("DRAIN", "MAINT"))]
             if resting:
-                with self.reporter.step(f"Putting {', '.join(resting)} back into rotation on {side.name}"):
+                with self._change(f"Putting {', '.join(resting)} back into rotation on {side.name}"):
                     for name in resting:
                         instance.set_state(name, "ready")
 
@@ -349,7 +375,7 @@ class RemoteSystem:
                                   "known_hosts": Path(target["known_hosts"])})
             paths = Paths(Path(entry["root"]))
             plan = replace(self.plan, paths=paths, tools=replace(self.plan.tools, python=str(paths.state / "venv/bin/python")))
-            with self.reporter.step(f"Stopping {name} (no longer in djship.toml; its files stay in {paths.state})"):
+            with self._change(f"Stopping {name} (no longer in djship.toml; its files stay in {paths.state})"):
                 with SSHConnector(target) as connector:
                     try:
                         Supervisor(plan, connector).shutdown()
@@ -369,7 +395,7 @@ class RemoteSystem:
         """One release, packed once here and installed on every app host."""
         release_id = _new_release_id(self.control_plan)
         archive = self._archive(release_id)
-        with self.reporter.step(f"Packing the project code as release {release_id}"):
+        with self._change(f"Packing the project code as release {release_id}"):
             archive.parent.mkdir(parents=True, exist_ok=True)
             archive.write_bytes(shipping.pack_code(self.plan.project_dir, self.plan.exclude, self.control.state))
             (archive.parent / "release.json").write_text(json.dumps(
@@ -398,7 +424,11 @@ class RemoteSystem:
         wheels = plan.paths.state / "wheels"
         try:
             shipping.upload_wheelhouse(connector, wheelhouse, wheels)
-            shipping.unpack_code(connector, self._archive(release_id).read_bytes(), release.app)
+            archive = self._archive(release_id)
+            if not archive.is_file():
+                raise DjshipError(f"release {release_id}'s code archive {archive} is gone, so {side.name} cannot get "
+                                  "the release the others run; run `djship deploy` to ship a new one to every app host")
+            shipping.unpack_code(connector, archive.read_bytes(), release.app)
             venv = plan.paths.venvs / wheelhouse.key
             requirements = release.dir / "requirements.txt"  # the file the wheels were built from, wherever it lives
             connector.put(requirements, plan.requirements.read_bytes())
@@ -418,6 +448,8 @@ class RemoteSystem:
     def current(self) -> Release | None:
         """The release the app hosts serve: what `current` points at on the first app host that has one."""
         for side in self._app_sides_by_host().values():
+            if side.name in self.unreachable:
+                continue
             link = side.connector.readlink(side.plan.paths.current)
             if link is not None:
                 return Release(link.name, self.control.releases / link.name)
@@ -496,23 +528,28 @@ class RemoteSystem:
     # -- status, logs, down ------------------------------------------------------------------------------------
 
     def status(self) -> dict:
-        """The same report as on one machine, each component naming its host."""
-        views = on_each(self.sides, lambda side: side.statuses())
-        balancer_view = self.balancers[0].states() if views[self.lb_sides[0].name] else {}
+        """The same report as on one machine, each component naming its host; a host that does not answer is
+        listed with why, its components as UNREACHABLE."""
+        answering = {name: side for name, side in self.sides.items() if name not in self.unreachable}
+        views = on_each(answering, lambda side: side.statuses())
+        balancer_views = {side.name: instance.states() for side, instance in zip(self.lb_sides, self.balancers)
+                          if views.get(side.name)}
+        balancer_view = next(iter(balancer_views.values()), {})
         plan = self.plan
 
         def entry(side: Side, name: str, role: str, address: str, health: str, server: str | None = None) -> dict:
-            process = views[side.name].get(name)
+            process = views.get(side.name, {}).get(name)
+            state = "UNREACHABLE" if side.name in self.unreachable else process.state if process else "STOPPED"
             return {
                 "name": name, "role": role, "server": server, "host": side.name, "address": address,
-                "pid": process.pid if process else None, "state": process.state if process else "STOPPED",
+                "pid": process.pid if process else None, "state": state,
                 "health": health if process and process.state == "RUNNING" else "down",
             }
 
         components = [
             entry(side, "haproxy", "balancer", f"{side.host.target.address}:{plan.https_port}",
-                  "up" if instance.states() else "down")
-            for side, instance in zip(self.lb_sides, self.balancers)
+                  "up" if balancer_views.get(side.name) else "down")
+            for side in self.lb_sides
         ]
         for server, side in self._app_items():
             view = balancer_view.get(server.name)
@@ -521,7 +558,7 @@ class RemoteSystem:
             components.append(entry(side, nginx, "app", server.endpoint, health, server.name))
             components.append(entry(side, gunicorn, "app", f"unix:{server.socket}", health, server.name))
         db = self.db_side
-        ready = bool(views[db.name]) and DatabaseServer(db.plan, db.connector).is_ready()
+        ready = bool(views.get(db.name)) and DatabaseServer(db.plan, db.connector).is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
         release = self.current()
         info = site_info(self.control_plan, self.local)
@@ -530,10 +567,11 @@ class RemoteSystem:
             "ca_path": str(self.control.ca_cert) if plan.local_ca_cert else None,
             "running": any(views.values()),
             "release": release.id if release else None,
-            "database": read_live(db.plan, db.connector).database,
+            "database": read_live(db.plan, db.connector).database if db.name in answering else None,
             "supervisor_pid": None,
             "hosts": [{"name": side.name, "address": side.host.target.address, "roles": list(side.host.roles),
-                       "supervisor": bool(views[side.name])} for side in self.sides.values()],
+                       "supervisor": bool(views.get(side.name)), "problem": self.unreachable.get(side.name)}
+                      for side in self.sides.values()],
             "components": components,
             "tls": {"mode": plan.tls.mode, "certificate": info.to_json() if info else None, "renewal": None},
         }
