@@ -552,7 +552,11 @@ def logs(component: str | None, follow: bool, lines: int) -> None:
 
     system = _system(on_hosts=True)
     if not isinstance(system, LocalSystem):
-        system.tail(component, lines, follow, click.echo)
+        def emit(line: str) -> None:
+            click.echo(line)
+            sys.stdout.flush()  # line by line also into a pipe (`djship logs -f | grep ...`)
+
+        system.tail(component, lines, follow, emit)
         return
     files = [str(path) for path in system.log_files(component) if path.exists()]
     if not files:

@@ -154,7 +154,7 @@ def test_restore_brings_back_exactly_the_backed_up_rows_and_media_without_a_fail
     assert len(live) == 1 and live[0].startswith("board_")
     assert {row["name"] for row in _databases(site)} == {"board", live[0]}, "the old database must be kept"
     assert site.status()["database"] == live[0]
-    assert f"djship drop-database board --yes" in result.stdout
+    assert "djship drop-database board --yes" in result.stdout
     for index in (1, 2):
         assert _from_app_server(site, index, kept_image).content == _png()
         assert _from_app_server(site, index, lost_image).status_code == 404

@@ -160,7 +160,7 @@ def test_logs_come_from_every_host_prefixed(fleet: Fleet):
 
 
 def test_logs_follow_streams_new_lines_from_the_host(fleet: Fleet):
-    follower = subprocess.Popen([*DJSHIP, "logs", "-f", "-n", "0", "app1-nginx-access"], cwd=fleet.project,
+    follower = subprocess.Popen([*DJSHIP, "logs", "-f", "-n", "0", "app1"], cwd=fleet.project,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)

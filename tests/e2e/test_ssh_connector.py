@@ -6,7 +6,6 @@ Only the test hosts' addresses (10.247.x.y, inside namespaces this test makes an
 from __future__ import annotations
 
 import stat
-from pathlib import Path
 
 import pytest
 

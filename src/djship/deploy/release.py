@@ -90,7 +90,7 @@ def current_release(plan: Plan) -> Release | None:
     return Release.at(link.resolve())
 
 
-def _new_release_id(plan: Plan) -> str:
+def new_release_id(plan: Plan) -> str:
     base = time.strftime("%Y%m%d-%H%M%S")
     candidate, suffix = base, 1
     while (plan.paths.releases / candidate).exists():
@@ -156,7 +156,7 @@ class ReleaseBuilder:
 
     def build(self) -> Release:
         plan = self.plan
-        release_id = _new_release_id(plan)
+        release_id = new_release_id(plan)
         release = Release(release_id, plan.paths.releases / release_id)
         self.connector.makedirs(plan.paths.logs)
         try:

@@ -34,7 +34,7 @@ from djship.deploy.lifecycle import (
 )
 from djship.deploy.live import read_live
 from djship.deploy.lock import exclusive
-from djship.deploy.release import COMPLETE_MARKER, RUNTIME_PACKAGES, Release, ReleaseBuilder, _new_release_id
+from djship.deploy.release import RUNTIME_PACKAGES, Release, ReleaseBuilder, new_release_id
 from djship.errors import DjshipError
 from djship.hosts import Host, HostReport, prepare_hosts, remote_hosts, require_ready
 from djship.plan import AppServer, HostSpec, Paths, Plan, build_host_plans
@@ -237,21 +237,26 @@ class RemoteSystem:
         shipping.upload_wheelhouse(connector, wheelhouse, wheels)
         shipping.ensure_venv(connector, side.python, plan.paths.state / "venv", wheels / wheelhouse.key, None,
                              (SUPERVISOR_PACKAGE,))
+        # Files the programs read only when they start: a change restarts them as a changed config file does.
+        read_at_start = []
         connector.makedirs(plan.paths.secrets, mode=0o711)
         if plan.holds("app"):
             app = {"secret_key": secrets_.secret_key, "database_password": secrets_.database_password}
-            connector.put(plan.paths.app_secrets, json.dumps(app, indent=2) + "\n", mode=0o600, owner=plan.service_user)
+            if connector.put(plan.paths.app_secrets, json.dumps(app, indent=2) + "\n", mode=0o600, owner=plan.service_user):
+                gunicorns = tuple(server.programs[0] for server in plan.servers_here)
+                read_at_start.append(render.ConfigFile(plan.paths.app_secrets, "", gunicorns))
         if plan.holds("db"):
             connector.put(plan.paths.admin_secrets,
                           json.dumps({"postgres_password": secrets_.superuser_password}, indent=2) + "\n", mode=0o600)
         if plan.holds("lb"):
             connector.makedirs(plan.paths.tls, mode=0o711)
-            connector.put(plan.paths.site_pem, certificate, mode=0o600, owner=plan.service_user)
+            if connector.put(plan.paths.site_pem, certificate, mode=0o600, owner=plan.service_user):
+                read_at_start.append(render.ConfigFile(plan.paths.site_pem, "", ("haproxy",)))
         if plan.holds("db"):  # initdb wants an empty data directory: before postgresql.conf is written into it
             database = DatabaseServer(plan, connector)
             if not database.initialized():
                 database.init_cluster(secrets_.superuser_password)
-        changed = write_system_files(plan, connector)
+        changed = write_system_files(plan, connector) + read_at_start
         if side.supervisor.pid() is None:
             side.supervisor.start_daemon()
         return changed
@@ -393,7 +398,7 @@ class RemoteSystem:
 
     def _build(self, wheelhouse: shipping.Wheelhouse) -> Release:
         """One release, packed once here and installed on every app host."""
-        release_id = _new_release_id(self.control_plan)
+        release_id = new_release_id(self.control_plan)
         archive = self._archive(release_id)
         with self._change(f"Packing the project code as release {release_id}"):
             archive.parent.mkdir(parents=True, exist_ok=True)
@@ -581,11 +586,14 @@ class RemoteSystem:
         chosen = []
         for side in self.sides.values():
             names = ["supervisord", *(program.name for program in render.programs(side.plan))]
-            if component is None or component == side.name:
+            servers = {server.name for server in side.plan.servers_here}
+            if component is None:
                 picked = names
+            elif component == side.name:  # a host: everything on it, its app servers' access logs too
+                picked = [*names, *(f"{server}-nginx-access" for server in sorted(servers))]
             elif component in names:
                 picked = [component]
-            elif component in {server.name for server in side.plan.servers_here}:
+            elif component in servers:
                 picked = [f"{component}-nginx", f"{component}-nginx-access", f"{component}-gunicorn"]
             else:
                 picked = []
