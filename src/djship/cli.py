@@ -41,6 +41,12 @@ class ConsoleReporter:
         console.print(f"  [dim]{text}[/]")
 
 
+def _echo_line(line: str) -> None:
+    """One line of a remote command's output, flushed at once (also into a pipe: `djship logs -f | grep ...`)."""
+    click.echo(line)
+    sys.stdout.flush()
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
@@ -552,11 +558,7 @@ def logs(component: str | None, follow: bool, lines: int) -> None:
 
     system = _system(on_hosts=True)
     if not isinstance(system, LocalSystem):
-        def emit(line: str) -> None:
-            click.echo(line)
-            sys.stdout.flush()  # line by line also into a pipe (`djship logs -f | grep ...`)
-
-        system.tail(component, lines, follow, emit)
+        system.tail(component, lines, follow, _echo_line)
         return
     files = [str(path) for path in system.log_files(component) if path.exists()]
     if not files:
@@ -572,6 +574,16 @@ def manage(args: tuple[str, ...]) -> None:
     \b
       djship manage -- createsuperuser
       djship manage -- shell -c "from django.contrib.auth.models import User; print(User.objects.count())"
+
+    \b
+    On real hosts it runs on the first app host without a terminal, so a command cannot prompt;
+    e.g. make an admin with
+      djship manage -- shell -c "from django.contrib.auth.models import User; User.objects.create_superuser('admin', 'you@example.com', 'a long password')"
     """
-    argv, env = _system().manage_command(list(args))
+    from djship.deploy.lifecycle import LocalSystem
+
+    system = _system(on_hosts=True)
+    if not isinstance(system, LocalSystem):
+        sys.exit(system.manage(list(args), _echo_line))
+    argv, env = system.manage_command(list(args))
     os.execvpe(argv[0], argv, env)

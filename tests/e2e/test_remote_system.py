@@ -179,6 +179,14 @@ def test_logs_follow_streams_new_lines_from_the_host(fleet: Fleet):
         follower.wait(timeout=10)
 
 
+def test_manage_runs_in_the_live_release_on_an_app_host(fleet: Fleet):
+    result = fleet.djship("manage", "--", "shell", "-c", "from django.conf import settings; "
+                          "print(settings.DATABASES['default']['HOST'], settings.DEBUG)")
+    assert result.stdout.strip().splitlines()[-1].split() == [fleet.hosts["db1"].address, "False"]
+    failed = fleet.djship("manage", "--", "nosuchcommand", check=False)
+    assert failed.returncode == 1 and "Unknown command: 'nosuchcommand'" in failed.stdout
+
+
 def test_the_database_accepts_the_app_hosts_only(fleet: Fleet):
     secrets = json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_text())
     psql = shutil.which("psql") or "psql"

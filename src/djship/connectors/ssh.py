@@ -178,13 +178,17 @@ class SSHConnector:
             returncode = channel.recv_exit_status()
         return Result(tuple(str(part) for part in argv), returncode, stdout, stderr)
 
-    def stream(self, argv: Sequence[str | Path], on_line: Callable[[str], None]) -> int:
-        """Run argv, handing each line of its output to on_line as it arrives (e.g. `tail -F`); its exit code."""
+    def stream(
+        self, argv: Sequence[str | Path], on_line: Callable[[str], None], *, user: str | None = None,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
+    ) -> int:
+        """Run argv, handing each line of its output (stdout and stderr) to on_line as it arrives (e.g. `tail -F`);
+        its exit code."""
         transport = self._connection().get_transport()
         channel = transport.open_session(timeout=self.target.connect_timeout)
         with channel:
             channel.set_combine_stderr(True)
-            channel.exec_command(remote_command(argv, login_user=self.target.user))
+            channel.exec_command(remote_command(argv, login_user=self.target.user, user=user, env=env, cwd=cwd))
             pending = b""
             while data := channel.recv(65536):
                 *lines, pending = (pending + data).split(b"\n")

@@ -51,7 +51,7 @@ def load_plan(project_dir: Path) -> Plan:
     if config.remote:
         raise DjshipError(
             "djship.toml lists remote hosts ([servers]); on real hosts djship runs up, deploy, rollback, releases, "
-            "status, logs, down and hosts so far; this command works on the one-machine target only"
+            "status, logs, manage, down and hosts so far; this command works on the one-machine target only"
         )
     return build_plan(config, project_dir, find_tools(), running_as_root=os.geteuid() == 0)
 

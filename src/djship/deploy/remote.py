@@ -633,6 +633,17 @@ class RemoteSystem:
         while any(reader.is_alive() for reader in readers):  # until Ctrl-C, or every host's SSH is gone
             time.sleep(0.5)
 
+    def manage(self, args: list[str], emit: Callable[[str], None]) -> int:
+        """manage.py ARGS in the live release on the first app host, as the app runs; its output as it comes (no
+        terminal: interactive commands need their --noinput form). Returns its exit code."""
+        release = self.live_release()
+        side = next(iter(self._app_sides_by_host().values()))
+        on_host = self._on(side, release)
+        return side.connector.stream(
+            [str(on_host.python), str(on_host.app / "manage.py"), *args], emit,
+            user=side.plan.service_user, env=on_host.environment(), cwd=on_host.app,
+        )
+
     def down(self) -> bool:
         """Stop every process, balancers first, database last; every file and row stays."""
         running = {name for name, pid in on_each(self.sides, lambda side: side.supervisor.pid()).items() if pid}
