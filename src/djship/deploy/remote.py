@@ -489,8 +489,9 @@ class RemoteSystem:
         """The releases kept here (each one's code archive), oldest first."""
         if not self.control.releases.is_dir():
             return []
+        # Only releases shipped to hosts: those of a one-machine run in the same .djship/ have no code archive.
         return [Release.at(directory) for directory in sorted(self.control.releases.iterdir(), key=lambda p: p.name)
-                if (directory / "release.json").is_file()]
+                if (directory / "release.json").is_file() and self._archive(directory.name).is_file()]
 
     def release_of(self, server: AppServer) -> Release | None:
         link = self.app_sides[server.name].connector.readlink(server.release_link)
