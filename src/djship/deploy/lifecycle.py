@@ -214,6 +214,16 @@ def out_of_rotation(
                 instance.wait_status(server.name, "UP", ROTATION_TIMEOUT)
 
 
+def take_out_for_good(instance: balancer.Balancer, names: list[str], timeout: float) -> None:
+    """Drain app servers that are leaving the system, wait for their requests in flight, then take them out
+    (maintenance) until the balancer's next configuration no longer lists them."""
+    for name in names:
+        instance.set_state(name, "drain")
+    for name in names:
+        instance.wait_drained(name, timeout)
+        instance.set_state(name, "maint")
+
+
 @dataclass(frozen=True)
 class UpResult:
     url: str
@@ -551,11 +561,7 @@ class LocalSystem:
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
             if not self.others_in_rotation(set(names)):
                 raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
-            for name in names:
-                self.balancer.set_state(name, "drain")
-            for name in names:
-                self.balancer.wait_drained(name, self.plan.balancer_timeout)
-                self.balancer.set_state(name, "maint")
+            take_out_for_good(self.balancer, names, self.plan.balancer_timeout)
 
     def _restart_in_rotation(self, server: AppServer, programs: list[str], reconfigured: set[str]) -> None:
         running_on = Release.at(server.release_link.resolve())

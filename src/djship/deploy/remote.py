@@ -30,7 +30,7 @@ from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.deploy import shipping
 from djship.deploy.lifecycle import (
     READY_TIMEOUT, Secrets, UpResult, ensure_secrets, ensure_service_user, others_in_rotation, out_of_rotation,
-    point_server, prepare_state_dir, write_system_files,
+    point_server, prepare_state_dir, take_out_for_good, write_system_files,
 )
 from djship.deploy.live import read_live
 from djship.deploy.lock import exclusive
@@ -314,11 +314,7 @@ class RemoteSystem:
                 continue
             if removed:
                 with self._change(f"Draining {', '.join(removed)} on {side.name} before removing them"):
-                    for name in removed:
-                        instance.set_state(name, "drain")
-                    for name in removed:
-                        instance.wait_drained(name, self.plan.balancer_timeout)
-                        instance.set_state(name, "maint")
+                    take_out_for_good(instance, removed, self.plan.balancer_timeout)
             if "haproxy" in changed[side.name]:
                 with self._change(f"Reloading the load balancer on {side.name} (no connection is dropped)"):
                     check = side.connector.run([side.plan.tools.haproxy, "-c", "-q", "-f", str(side.plan.paths.haproxy_conf)])
