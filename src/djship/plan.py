@@ -171,6 +171,11 @@ class Paths:
         return self.state / "releases"
 
     @property
+    def wheels(self) -> Path:
+        """On a remote host: the wheels shipped from the control machine, one directory per wheelhouse."""
+        return self.state / "wheels"
+
+    @property
     def venvs(self) -> Path:
         return self.state / "venvs"
 

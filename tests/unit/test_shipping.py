@@ -381,8 +381,8 @@ def test_require_python_refuses_a_host_with_another_minor_version():
     with pytest.raises(DjshipError) as caught:
         require_python(FakeHost("3 12"), "/usr/bin/python3", wheelhouse)
     assert str(caught.value) == (
-        "/usr/bin/python3 on 10.0.0.5 is Python 3.12 but the wheels were built for 3.11; "
-        "set project.python to a Python 3.11 on the hosts, or run djship with Python 3.12"
+        "/usr/bin/python3 on 10.0.0.5 is Python 3.12 but the release's wheels were built for 3.11; "
+        "give every app host the same Python 3.11 (the same distribution release)"
     )
 
 

@@ -105,26 +105,23 @@ def open_remote(config: Config, project_dir: Path, reporter: Reporter, install: 
             reports = prepare_hosts(hosts, install=install, connect=connect)
         require_ready(reports)
     by_name = {report.name: report for report in reports}
-    versions = {report.python for report in reports if "app" in report.roles}
-    if len(versions) > 1:
-        raise DjshipError(
-            f"the app hosts run different Python versions ({', '.join(sorted(versions))}); the release's wheels are "
-            "built once for all of them, so give them the same distribution release"
-        )
-    facts = {host.name: (_host_tools(by_name[host.name], host), by_name[host.name].root_login,
-                         by_name[host.name].tools.get("python3", "python3"))
-             if host.name in by_name else (_host_tools(None, host), host.target.user == "root", "python3")
-             for host in hosts}
-    specs = [HostSpec(host.name, host.target.address, host.roles, Path(str(host.root)), *facts[host.name][:2])
-             for host in hosts]
+    specs, pythons = [], {}
+    for host in hosts:
+        report = by_name.get(host.name)  # None: the host did not answer (observe_only)
+        root_login = report.root_login if report else host.target.user == "root"
+        specs.append(HostSpec(host.name, host.target.address, host.roles, Path(str(host.root)),
+                              _host_tools(report, host), root_login))
+        pythons[host.name] = report.tools.get("python3", "python3") if report else "python3"
     plans = build_host_plans(config, project_dir, specs)
     sides = {
         host.name: Side(host, plans[host.name], connectors[host.name], Supervisor(plans[host.name], connectors[host.name]),
-                        facts[host.name][2])
+                        pythons[host.name])
         for host in hosts
     }
     control = Paths((project_dir.resolve() / config.state_dir).resolve())
-    return RemoteSystem(sides, control, reporter, versions.pop() if versions else "", unreachable)
+    # The wheels are built for the first app host's Python; installing checks every other host against them.
+    app_python = next((report.python for report in reports if "app" in report.roles), "")
+    return RemoteSystem(sides, control, reporter, app_python, unreachable)
 
 
 class RemoteSystem:
@@ -233,10 +230,9 @@ class RemoteSystem:
         plan, connector = side.plan, side.connector
         ensure_service_user(plan, connector)
         prepare_state_dir(plan, connector)
-        wheels = plan.paths.state / "wheels"
-        shipping.upload_wheelhouse(connector, wheelhouse, wheels)
-        shipping.ensure_venv(connector, side.python, plan.paths.state / "venv", wheels / wheelhouse.key, None,
-                             (SUPERVISOR_PACKAGE,))
+        shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
+        shipping.ensure_venv(connector, side.python, plan.paths.state / "venv", wheelhouse.on_host(plan.paths.wheels),
+                             None, (SUPERVISOR_PACKAGE,))
         # Files the programs read only when they start: a change restarts them as a changed config file does.
         read_at_start = []
         connector.makedirs(plan.paths.secrets, mode=0o711)
@@ -422,9 +418,9 @@ class RemoteSystem:
         plan, connector = side.plan, side.connector
         release = Release(release_id, plan.paths.releases / release_id)
         builder = ReleaseBuilder(plan, connector, self.reporter, log_dir=self.control.logs / side.name)
-        wheels = plan.paths.state / "wheels"
         try:
-            shipping.upload_wheelhouse(connector, wheelhouse, wheels)
+            shipping.require_python(connector, side.python, wheelhouse)
+            shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
             archive = self._archive(release_id)
             if not archive.is_file():
                 raise DjshipError(f"release {release_id}'s code archive {archive} is gone, so {side.name} cannot get "
@@ -433,7 +429,8 @@ class RemoteSystem:
             venv = plan.paths.venvs / wheelhouse.key
             requirements = release.dir / "requirements.txt"  # the file the wheels were built from, wherever it lives
             connector.put(requirements, plan.requirements.read_bytes())
-            shipping.ensure_venv(connector, side.python, venv, wheels / wheelhouse.key, requirements, RUNTIME_PACKAGES)
+            shipping.ensure_venv(connector, side.python, venv, wheelhouse.on_host(plan.paths.wheels), requirements,
+                                 RUNTIME_PACKAGES)
             connector.symlink(release.venv, venv)
             builder.write_settings(release)
             connector.makedirs(release.static, owner=plan.service_user)
@@ -507,9 +504,8 @@ class RemoteSystem:
 
     def prune_releases(self) -> list[str]:
         releases = self.releases()
-        in_use = {self.release_of(server).id for server in self.plan.app_servers if self.release_of(server)}
-        current = self.current()
-        in_use |= {current.id} if current else set()
+        running = [self.release_of(server) for server in self.plan.app_servers] + [self.current()]
+        in_use = {release.id for release in running if release is not None}
         removable = [release for release in releases[: -self.plan.keep_releases] if release.id not in in_use]
         for release in removable:
             self.discard_release(release)

@@ -201,8 +201,8 @@ def require_python(connector: Connector, python: str, wheelhouse: Wheelhouse) ->
     if version != wheelhouse.python:
         built, found = _dotted(wheelhouse.python), _dotted(version)
         raise DjshipError(
-            f"{python}{_on(connector)} is Python {found} but the wheels were built for {built}; "
-            f"set project.python to a Python {built} on the hosts, or run djship with Python {found}"
+            f"{python}{_on(connector)} is Python {found} but the release's wheels were built for {built}; "
+            f"give every app host the same Python {built} (the same distribution release)"
         )
 
 
