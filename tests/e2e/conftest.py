@@ -30,6 +30,16 @@ EXAMPLE = REPO / "examples" / "board"
 DJSHIP = [sys.executable, "-m", "djship"]
 
 
+# Runs side by side (one per git worktree) set DJSHIP_TEST_OFFSET=1..9: every test port moves up by it and every
+# loopback address from 127.0.x.y to 127.<offset>.x.y, so they never collide.
+OFFSET = int(os.environ.get("DJSHIP_TEST_OFFSET", "0"))
+
+
+def _shift(address: str) -> str:
+    first, _, rest = address.split(".", 2)
+    return f"{first}.{OFFSET}.{rest}"
+
+
 @dataclass(frozen=True)
 class Ports:
     """A loopback layout that does not collide with a developer's own `djship up` on the defaults."""
@@ -39,6 +49,10 @@ class Ports:
     database: int
     app_prefix: str
     database_address: str
+
+    @classmethod
+    def of(cls, https: int, http: int, database: int, app_prefix: str, database_address: str) -> Ports:
+        return cls(https + OFFSET, http + OFFSET, database + OFFSET, _shift(app_prefix), _shift(database_address))
 
     def settings(self) -> dict[str, object]:
         return {
@@ -50,9 +64,9 @@ class Ports:
         }
 
 
-MAIN_PORTS = Ports(https=18443, http=18080, database=25432, app_prefix="127.0.11", database_address="127.0.12.1")
-SPARE_PORTS = Ports(https=19443, http=19080, database=26432, app_prefix="127.0.21", database_address="127.0.22.1")
-DEPLOY_PORTS = Ports(https=20443, http=20080, database=27432, app_prefix="127.0.31", database_address="127.0.32.1")
+MAIN_PORTS = Ports.of(https=18443, http=18080, database=25432, app_prefix="127.0.11", database_address="127.0.12.1")
+SPARE_PORTS = Ports.of(https=19443, http=19080, database=26432, app_prefix="127.0.21", database_address="127.0.22.1")
+DEPLOY_PORTS = Ports.of(https=20443, http=20080, database=27432, app_prefix="127.0.31", database_address="127.0.32.1")
 
 
 def run_djship(project: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from tests.e2e.test_system import _png, _post_form, _sign_up
 
 pytestmark = pytest.mark.e2e
 
-BACKUP_PORTS = Ports(https=22443, http=22080, database=29432, app_prefix="127.0.51", database_address="127.0.52.1")
+BACKUP_PORTS = Ports.of(https=22443, http=22080, database=29432, app_prefix="127.0.51", database_address="127.0.52.1")
 CREATE_POSTS = (
     "from django.contrib.auth.models import User; from posts.models import Post; "
     "author, _ = User.objects.get_or_create(username='backup-test'); "

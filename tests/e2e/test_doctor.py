@@ -22,7 +22,7 @@ from tests.e2e.conftest import Ports, Site, make_project, run_djship, running_si
 
 pytestmark = pytest.mark.e2e
 
-DOCTOR_PORTS = Ports(https=23443, http=23080, database=30432, app_prefix="127.0.61", database_address="127.0.62.1")
+DOCTOR_PORTS = Ports.of(https=23443, http=23080, database=30432, app_prefix="127.0.61", database_address="127.0.62.1")
 # Checks that may warn on the example project: its default cache is Django's LocMemCache, one per worker.
 MAY_WARN = {"cache-sessions"}
 

@@ -32,15 +32,16 @@ from cryptography.x509.oid import NameOID
 from requests.adapters import HTTPAdapter
 
 from djship.config import with_values
-from tests.e2e.conftest import Ports, RequestLoop, Site, alive, kill_process_group, make_project, run_djship, searchable_directory
+from tests.e2e.conftest import OFFSET, Ports, RequestLoop, Site, alive, kill_process_group, make_project, run_djship, searchable_directory
 
 pytestmark = pytest.mark.e2e
 
 DOMAIN = "shop.djship.test"
-TLS_PORTS = Ports(https=21443, http=21080, database=28432, app_prefix="127.0.41", database_address="127.0.42.1")
-PEBBLE_DIRECTORY_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_TLS_ALPN_PORT = 21400, 21500, 21001
-CHALLTESTSRV_DNS_PORT, CHALLTESTSRV_MANAGEMENT_PORT = 21053, 21055
-OCSP_PORT = 21090
+TLS_PORTS = Ports.of(https=21443, http=21080, database=28432, app_prefix="127.0.41", database_address="127.0.42.1")
+PEBBLE_DIRECTORY_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_TLS_ALPN_PORT = (
+    port + OFFSET for port in (21400, 21500, 21001))
+CHALLTESTSRV_DNS_PORT, CHALLTESTSRV_MANAGEMENT_PORT = 21053 + OFFSET, 21055 + OFFSET
+OCSP_PORT = 21090 + OFFSET
 # Short enough that the renewal timer renews during the test (at two thirds: 100 s after issuance).
 CERTIFICATE_LIFETIME = 150
 # Mozilla's "intermediate" list (TLS 1.2) and the TLS 1.3 suites.
