@@ -54,22 +54,16 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _system(on_hosts: bool = False, install: bool = False, observe_only: bool = False):
-    """The system djship.toml describes. on_hosts: the command also runs on a remote target ([servers]);
-    install: apt-get what a host lacks first; observe_only: a host that does not answer is reported, not an error."""
+def _system(install: bool = False, observe_only: bool = False):
+    """The system djship.toml describes, on this machine or on the hosts of [servers]. install: apt-get what a host
+    lacks first; observe_only: a host that does not answer is reported, not an error."""
     from djship.config import load_config
-    from djship.deploy.lifecycle import LocalSystem, load_plan
+    from djship.system import System
+    from djship.topology import open_topology
 
     project_dir = find_project_dir(Path.cwd())
-    config = load_config(project_dir)
-    if on_hosts and config.remote:
-        from djship.deploy.remote import open_remote
-
-        return open_remote(config, project_dir, ConsoleReporter(), install=install, observe_only=observe_only)
-    if install:
-        raise DjshipError("--install is for real hosts ([servers] in djship.toml); on this machine "
-                          "`./bootstrap demo` or apt-get installs nginx, haproxy and postgresql")
-    return LocalSystem(load_plan(project_dir), ConsoleReporter())
+    reporter = ConsoleReporter()
+    return System(open_topology(load_config(project_dir), project_dir, reporter, install, observe_only), reporter)
 
 
 class DjshipGroup(click.Group):
@@ -131,13 +125,18 @@ def init(directory: Path, force: bool) -> None:
 @main.command()
 @click.option("--install", is_flag=True,
               help="Real hosts only: apt-get install what a host lacks for its roles (as root, or through sudo -n).")
-def up(install: bool) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="Print what up would change (files, programs started, restarted or reloaded, app servers added or "
+                   "removed, releases built or shipped) and change nothing.")
+def up(install: bool, dry_run: bool) -> None:
     """Build and start the whole system, on this machine or on the hosts of [servers], then print the HTTPS URL.
 
     \b
-    Order: state dir and secrets -> local CA certificate -> PostgreSQL -> release (code copy,
-    virtualenv, check --deploy, collectstatic, migrate) -> app servers -> load balancer.
-    Run again on a running system it changes nothing (or only what changed in djship.toml);
+    Order: state dir and secrets -> certificate -> PostgreSQL -> release (code, virtualenv,
+    check --deploy, collectstatic, migrate once) -> app servers -> load balancer.
+    Run again it first computes what differs between what runs and djship.toml, then changes
+    only that, without failing a request (app servers restart one at a time out of rotation,
+    HAProxy reloads seamlessly, PostgreSQL reloads when only its client list changed);
     after `djship down` it brings the same release and every database row back.
     \b
     On real hosts ([servers] and [hosts] in djship.toml) each host is checked over SSH first;
@@ -146,7 +145,13 @@ def up(install: bool) -> None:
     without failing a request; a host that was down is started again and rejoins.
     """
     started = time.monotonic()
-    system = _system(on_hosts=True, install=install)
+    system = _system(install=install)
+    if dry_run:
+        lines = system.changes().lines()
+        for line in lines:
+            console.print(escape(line), soft_wrap=True)
+        console.print("Nothing to change." if not lines else f"{len(lines)} changes; nothing was changed (--dry-run)")
+        return
     result = system.up()
     total = time.monotonic() - started
     if result.changed:
@@ -158,10 +163,10 @@ def up(install: bool) -> None:
         console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
 
 
-def _rollout(on_hosts: bool = True):
+def _rollout():
     from djship.deploy.rolling import Rollout
 
-    return Rollout(_system(on_hosts=on_hosts))
+    return Rollout(_system())
 
 
 @main.command()
@@ -195,16 +200,19 @@ def rollback(release: str | None) -> None:
 @main.command()
 @click.argument("servers", type=click.IntRange(1, 250))
 def scale(servers: int) -> None:
-    """Run SERVERS app servers, adding or removing them while the site serves; updates djship.toml.
+    """Run SERVERS app servers on each app host, adding or removing them while the site serves; sets app.servers
+    in djship.toml.
 
-    New servers join the balancer only once healthy; removed ones are drained first.
+    New servers join the balancer only once healthy; removed ones are drained first. (Which hosts
+    are app hosts is servers.app in djship.toml: edit it and run `djship up` to add a host.)
     """
     started = time.monotonic()
-    before = _rollout(on_hosts=False).scale(servers)  # on real hosts, servers.app says how many
+    before = _rollout().scale(servers)
     if before == servers:
-        console.print(f"Already {servers} app servers; nothing changed.")
+        console.print(f"Already {servers} app servers per app host; nothing changed.")
     else:
-        console.print(f"[green]Scaled[/] from {before} to {servers} app servers in {time.monotonic() - started:.1f}s")
+        console.print(f"[green]Scaled[/] from {before} to {servers} app servers per app host in "
+                      f"{time.monotonic() - started:.1f}s")
 
 
 @main.command()
@@ -213,7 +221,7 @@ def releases(as_json: bool) -> None:
     """List the kept releases, oldest first, marking the live one and the servers running each."""
     from djship.deploy.rolling import release_table
 
-    rows = release_table(_system(on_hosts=True))
+    rows = release_table(_system())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -390,7 +398,7 @@ def hosts(install: bool, as_json: bool) -> None:
 def down() -> None:
     """Stop every process (balancer, app servers, PostgreSQL, supervisor). All data is kept."""
     started = time.monotonic()
-    if _system(on_hosts=True).down():
+    if _system().down():
         console.print(f"Down in {time.monotonic() - started:.1f}s; data kept. `djship up` brings it back.")
     else:
         console.print("Nothing is running.")
@@ -401,13 +409,14 @@ def down() -> None:
 def destroy(yes: bool) -> None:
     """Stop everything and DELETE the state directory: database, releases, secrets, certificates, media."""
     system = _system()
+    targets = ", ".join(f"{directory} on {host}" for host, directory in system.destroy_targets())
     if not yes:
         raise DjshipError(
-            f"destroy deletes {system.plan.paths.state} with the database and uploaded media; "
+            f"destroy deletes {targets}, with the database and uploaded media; "
             "re-run with --yes to confirm (or `djship down` to stop and keep everything)"
         )
     system.destroy()
-    console.print(f"Deleted {system.plan.paths.state}.")
+    console.print(f"Deleted {targets}.")
 
 
 def _print_status(report: dict) -> None:
@@ -419,7 +428,7 @@ def _print_status(report: dict) -> None:
         if host["problem"]:
             errors.print(f"[red]{escape(host['name'])}: {escape(host['problem'])}[/]")
     rows = report["components"]
-    on_hosts = any(row.get("host") for row in rows)
+    on_hosts = len(report["hosts"]) > 1
     table = _table("ROLE", *(["HOST"] if on_hosts else []), "COMPONENT", "ADDRESS", "PID", "STATE", "HEALTH")
     apps = [row for row in rows if row["role"] == "app"]
     for row in rows:
@@ -452,7 +461,7 @@ def _print_status(report: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in the README).")
 def status(as_json: bool) -> None:
     """Show the topology (balancer -> app servers -> database) with live process states and health."""
-    report = _system(on_hosts=True, observe_only=True).status()
+    report = _system(observe_only=True).status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -505,7 +514,7 @@ def certs(ctx: click.Context, as_json: bool) -> None:
     from djship.tls.site import certificates
 
     system = _system()
-    rows = certificates(system.plan, system.connector)
+    rows = certificates(system.control_plan, system.local)
     if not rows:
         raise DjshipError("no certificate yet; `djship up` makes or obtains it")
     if as_json:
@@ -552,18 +561,10 @@ def certs_watch() -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written.")
 @click.option("-n", "--lines", default=50, show_default=True, help="Lines to show from the end of each log.")
 def logs(component: str | None, follow: bool, lines: int) -> None:
-    """Show logs: COMPONENT is haproxy, postgres, supervisord, appN (nginx + gunicorn), or appN-nginx /
-    appN-gunicorn. Without COMPONENT, all of them."""
-    from djship.deploy.lifecycle import LocalSystem
-
-    system = _system(on_hosts=True)
-    if not isinstance(system, LocalSystem):
-        system.tail(component, lines, follow, _echo_line)
-        return
-    files = [str(path) for path in system.log_files(component) if path.exists()]
-    if not files:
-        raise DjshipError("no logs yet; they appear once `djship up` has started something")
-    os.execvp("tail", ["tail", "-n", str(lines), *(["-F"] if follow else []), *files])
+    """Show logs: COMPONENT is haproxy, postgres, supervisord, appN (nginx + gunicorn), appN-nginx /
+    appN-gunicorn, or on real hosts a host's name (everything on it). Without COMPONENT, all of them.
+    Every line starts with its host and log."""
+    _system().tail(component, lines, follow, _echo_line)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -576,14 +577,7 @@ def manage(args: tuple[str, ...]) -> None:
       djship manage -- shell -c "from django.contrib.auth.models import User; print(User.objects.count())"
 
     \b
-    On real hosts it runs on the first app host without a terminal, so a command cannot prompt;
-    e.g. make an admin with
-      djship manage -- shell -c "from django.contrib.auth.models import User; User.objects.create_superuser('admin', 'you@example.com', 'a long password')"
+    On real hosts it runs on the first app host, in a terminal when there is one here (so
+    `createsuperuser` can ask for the password over SSH).
     """
-    from djship.deploy.lifecycle import LocalSystem
-
-    system = _system(on_hosts=True)
-    if not isinstance(system, LocalSystem):
-        sys.exit(system.manage(list(args), _echo_line))
-    argv, env = system.manage_command(list(args))
-    os.execvpe(argv[0], argv, env)
+    sys.exit(_system().manage(list(args), _echo_line, terminal=sys.stdin.isatty() and sys.stdout.isatty()))

@@ -92,7 +92,7 @@ class SiteConfig(_Section):
 
 
 class AppConfig(_Section):
-    servers: int = Field(default=2, ge=1, le=250)
+    servers: int | None = Field(default=None, ge=1, le=250)
     workers: int = Field(default=3, ge=1, le=64)
     threads: int = Field(default=1, ge=1, le=64)
     port: int = 8000

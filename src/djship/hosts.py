@@ -43,7 +43,7 @@ REQUIREMENTS = (
 
 
 @dataclass(frozen=True)
-class Host:
+class SSHHost:
     name: str
     roles: tuple[str, ...]
     target: SSHTarget
@@ -56,7 +56,7 @@ def _local_path(value: str, project_dir: Path) -> Path:
     return path if path.is_absolute() else project_dir / path
 
 
-def remote_hosts(config: Config, project_dir: Path) -> list[Host]:
+def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
     """Every host of the remote target, in the order djship.toml lists them."""
     if config.servers is None:
         raise DjshipError(
@@ -77,7 +77,7 @@ def remote_hosts(config: Config, project_dir: Path) -> list[Host]:
             host_key=host.host_key,
         )
         roles = tuple(role for role in ROLES if name in holders[role])
-        hosts.append(Host(name, roles, target, PurePosixPath(host.root)))
+        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root)))
     return hosts
 
 
@@ -189,7 +189,7 @@ def _python_problem(facts: Facts) -> str | None:
     return f"python3 is {have}; djship needs {need} or newer (Debian 12 and Ubuntu 22.04 have it)"
 
 
-def _prepare(host: Host, connector: Connector, install: bool) -> HostReport:
+def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
     probe = ["sh", "-c", probe_script(host.roles)]
     facts = parse_probe(connector.run(probe, timeout=60).stdout)
     installed: tuple[str, ...] = ()
@@ -209,13 +209,13 @@ def _prepare(host: Host, connector: Connector, install: bool) -> HostReport:
 
 
 def prepare_hosts(
-    hosts: list[Host],
+    hosts: list[SSHHost],
     install: bool,
-    connect: Callable[[Host], AbstractContextManager[Connector]] = lambda host: SSHConnector(host.target),
+    connect: Callable[[SSHHost], AbstractContextManager[Connector]] = lambda host: SSHConnector(host.target),
 ) -> list[HostReport]:
     """Reach every host at once (its SSH host key verified) and check, or with install add, what its roles need."""
 
-    def prepare(host: Host) -> HostReport:
+    def prepare(host: SSHHost) -> HostReport:
         with connect(host) as connector:
             return _prepare(host, connector, install)
 

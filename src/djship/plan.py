@@ -32,8 +32,8 @@ class AppServer:
     port: int
     dir: Path
     access_log: Path
-    host: str | None = None
-    """The host it runs on (a name from [hosts]); None on the one-machine target."""
+    host: str
+    """The host of the topology it runs on."""
 
     @property
     def endpoint(self) -> str:
@@ -293,8 +293,8 @@ class Plan:
     paths: Paths
     service_user: str | None
     tools: Tools
-    host: str | None = None
-    """The host this plan is for, on a remote target; None: the one-machine target, which holds every role."""
+    host: str = ""
+    """The host of the topology this plan is for."""
     roles: frozenset[str] = frozenset(ROLES)
 
     def holds(self, role: str) -> bool:
@@ -303,7 +303,7 @@ class Plan:
     @property
     def servers_here(self) -> tuple[AppServer, ...]:
         """The app servers that run on this plan's host."""
-        return tuple(server for server in self.app_servers if self.host is None or server.host == self.host)
+        return tuple(server for server in self.app_servers if server.host == self.host)
 
     @property
     def url(self) -> str:
@@ -344,10 +344,6 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
     return None if path is None else project_dir / Path(path).expanduser()
 
 
-def _app_server(name: str, address: str, port: int, paths: Paths, host: str | None = None) -> AppServer:
-    return AppServer(name, address, port, paths.servers / name, paths.logs / f"{name}-nginx-access.log", host)
-
-
 def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
               admin_clients: tuple[str, ...]) -> Database:
     name = config.database.name or _project_name(config.project.settings_module)
@@ -364,38 +360,26 @@ def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str
     )
 
 
-def build_plan(config: Config, project_dir: Path, tools: Tools, running_as_root: bool) -> Plan:
-    """The plan of the one-machine target: every role here, on loopback addresses."""
-    project_dir = project_dir.resolve()
-    paths = Paths((project_dir / config.state_dir).resolve())
-    app = config.app
-    servers = tuple(
-        _app_server(f"app{i}", f"{app.address_prefix}.{i}", app.port, paths) for i in range(1, app.servers + 1)
-    )
-    database = _database(config, paths, config.database.address, (LOOPBACK_NETWORK,), (LOOPBACK_NETWORK,))
-    return _checked(_assemble(
-        config, project_dir, tools, paths, servers, database,
-        balancer=(config.balancer.bind, config.balancer.https_port, config.balancer.http_port),
-        balancer_sources=(LOOPBACK_NETWORK,),
-        service_user=config.service_user if running_as_root else None,
-    ))
-
-
 @dataclass(frozen=True)
 class HostSpec:
-    """What a host plan needs to know of one remote host."""
+    """What the plans need to know of one host of the topology."""
 
     name: str
     address: str
+    """Where the other hosts reach it."""
     roles: tuple[str, ...]
     root: Path
+    """Its state root: where everything djship makes on it lives."""
     tools: Tools
     login_root: bool
-    """Whether djship logs in as root there (then the services run as service_user; else as the login user)."""
+    """Whether djship acts there as root (then the services run as service_user; else as djship's own user)."""
+    loopback: bool = False
+    """One machine: its components sit on the loopback addresses and ports of [app], [database] and [balancer]
+    (app server i on app.address_prefix.i); else on the host's address, app server i on app.port + i - 1."""
 
 
 # The settings that say where things run on this machine; on real hosts [servers] and [hosts] say it instead.
-_LOCAL_ONLY = {"app": ("servers", "address_prefix"), "database": ("address",), "balancer": ("bind",)}
+_LOCAL_ONLY = {"app": ("address_prefix",), "database": ("address",), "balancer": ("bind",)}
 
 
 def remote_config_problems(config: Config) -> list[str]:
@@ -417,35 +401,61 @@ def _address_rule(address: str) -> str:
     return f"{address}/32" if re.fullmatch(r"[0-9.]+", address) else address
 
 
-def build_host_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dict[str, Plan]:
-    """One plan per remote host: its own paths under its root, its own tools, only the roles it holds; every
-    address and port is the same in all of them (HAProxy's server lines, the database's address and pg_hba)."""
-    problems = remote_config_problems(config)
+def _servers_of(config: Config, host: HostSpec, count: int) -> list[AppServer]:
+    """The app servers of one app host: app1..appN on one machine; on a host, the first named after the host and
+    the others <host>-2, <host>-3 … (so adding one never renames another)."""
+    paths = Paths(host.root)
+    servers = []
+    for index in range(1, count + 1):
+        if host.loopback:
+            name, address, port = f"app{index}", f"{config.app.address_prefix}.{index}", config.app.port
+        else:
+            name, address, port = host.name if index == 1 else f"{host.name}-{index}", host.address, config.app.port + index - 1
+        servers.append(AppServer(name, address, port, paths.servers / name, paths.logs / f"{name}-nginx-access.log",
+                                 host.name))
+    return servers
+
+
+def servers_per_host(config: Config, app_hosts: int) -> int:
+    """app.servers, else 2 where one host holds the app role (so it deploys with no downtime too), else 1 each."""
+    return config.app.servers or (2 if app_hosts == 1 else 1)
+
+
+def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dict[str, Plan]:
+    """One plan per host of the topology: its own paths under its root, its own tools, only the roles it holds;
+    every address and port is the same in all of them (HAProxy's server lines, the database's address, pg_hba)."""
+    one_machine = any(host.loopback for host in hosts)
+    problems = [] if one_machine else remote_config_problems(config)
     if problems:
         raise DjshipError(f"djship.toml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     project_dir = project_dir.resolve()
     app_hosts = [host for host in hosts if "app" in host.roles]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     db_host = next(host for host in hosts if "db" in host.roles)
-    servers = tuple(
-        _app_server(host.name, host.address, config.app.port, Paths(host.root), host.name) for host in app_hosts
-    )
-    database = _database(
-        config, Paths(db_host.root), db_host.address,
-        tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),),
-    )
-    explicit = config.balancer.model_fields_set
-    ports = (
-        config.balancer.https_port if "https_port" in explicit else 443,
-        config.balancer.http_port if "http_port" in explicit else 80,
-    )
+    count = servers_per_host(config, len(app_hosts))
+    servers = tuple(server for host in app_hosts for server in _servers_of(config, host, count))
+    if one_machine:
+        database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
+                             (LOOPBACK_NETWORK,))
+        balancer = (config.balancer.bind, config.balancer.https_port, config.balancer.http_port)
+        sources: tuple[str, ...] = (LOOPBACK_NETWORK,)
+    else:
+        database = _database(
+            config, Paths(db_host.root), db_host.address,
+            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),),
+        )
+        explicit = config.balancer.model_fields_set
+        balancer = (
+            "0.0.0.0",
+            config.balancer.https_port if "https_port" in explicit else 443,
+            config.balancer.http_port if "http_port" in explicit else 80,
+        )
+        sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
     plans = {}
     for host in hosts:
         plan = _assemble(
-            config, project_dir, host.tools, Paths(host.root), servers, database,
-            balancer=("0.0.0.0", *ports),
-            balancer_sources=tuple(_address_rule(lb.address) for lb in lb_hosts),
-            service_user=config.service_user if host.login_root else None,
+            config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
+            balancer_sources=sources, service_user=config.service_user if host.login_root else None,
         )
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles)))
     return plans

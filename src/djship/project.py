@@ -113,7 +113,8 @@ domains = ["localhost"]        # host names the site answers to (ALLOWED_HOSTS, 
 # hsts_seconds = 31536000      # HSTS max-age; default 3600 for localhost, one year for real domains
 
 [app]
-servers = 2                    # app servers, each nginx + gunicorn on its own address
+# servers = 2                  # app servers per app host, each nginx + gunicorn (default: 2 where one host holds
+                               # the app role, so a deploy never stops the site; 1 per host with several)
 workers = 3                    # gunicorn worker processes per app server (sync workers)
 threads = 1                    # threads per worker (more than 1 switches gunicorn to gthread)
 port = 8000                    # nginx port on each app server address
@@ -149,6 +150,26 @@ health_timeout = 60            # seconds a switched server has to pass its healt
 keep = 7                       # days of backups kept: the newest of each day, plus every backup of today
 # dir = "/var/backups/mysite"  # where `djship backup` writes (default .djship/backups, which destroy deletes)
 # schedule = "03:30"           # a daily `djship backup` at this UTC time, run by the supervisor
+
+# Real hosts over SSH instead of this machine: name the hosts and their roles, then `djship up --install`.
+# (Remove app.address_prefix, balancer.bind and database.address above: on hosts, their addresses say it.)
+# One rented server holding every role is servers.lb = ["web1"], servers.app = ["web1"], servers.db = "web1".
+# [servers]
+# lb = ["lb1"]
+# app = ["app1", "app2"]
+# db = "db1"
+#
+# [ssh]
+# key = "~/.ssh/id_ed25519"    # the key djship logs in with (as root, or a user with sudo -n)
+#
+# [hosts.lb1]
+# address = "203.0.113.10"
+# [hosts.app1]
+# address = "203.0.113.11"
+# [hosts.app2]
+# address = "203.0.113.12"
+# [hosts.db1]
+# address = "203.0.113.13"
 '''
 
 

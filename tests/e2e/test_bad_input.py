@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from djship.config import with_values
 from tests.e2e.conftest import SPARE_PORTS, kill_process_group, make_project, run_djship, supervisor_pid_of
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,7 @@ def _assert_one_line_error(result, *fragments: str) -> None:
 def test_malformed_config_names_the_key(workdir):
     project = make_project(workdir, SPARE_PORTS)
     config = project / "djship.toml"
-    config.write_text(config.read_text().replace("servers = 2", "servers = 0"))
+    config.write_text(with_values(config.read_text(), {"app.servers": 0}))
     _assert_one_line_error(run_djship(project, "up", check=False), "app.servers", "greater than or equal to 1")
     config.write_text(config.read_text() + "\n[app\n")
     _assert_one_line_error(run_djship(project, "up", check=False), "not valid TOML", "line")

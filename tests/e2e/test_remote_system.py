@@ -225,6 +225,37 @@ def test_up_again_changes_nothing_and_says_so(fleet: Fleet):
     assert "Starting" not in result.stdout and "Reloading" not in result.stdout
 
 
+def test_up_dry_run_shows_a_config_change_changes_nothing_and_up_then_applies_it(fleet: Fleet):
+    config = fleet.project / "djship.toml"
+    original = config.read_text()
+    config.write_text(original.replace("workers = 2", "workers = 3"))
+    try:
+        before = {path: path.read_bytes() for name in ROLES for path in (fleet.hosts[name].root / "servers").rglob("*.py")}
+        dry = fleet.djship("up", "--dry-run").stdout
+        assert "app1: restart app1-gunicorn out of rotation (configuration changed)" in dry
+        assert "app3: write " in dry and "nothing was changed (--dry-run)" in dry
+        assert {path: path.read_bytes() for path in before} == before
+        with FleetLoop(fleet) as load:
+            applied = fleet.djship("up").stdout
+            load.wait_for(load.served + 30)
+        assert "Restarting app2-gunicorn (configuration changed)" in applied
+        assert load.failures == []
+    finally:
+        config.write_text(original)
+        fleet.djship("up")
+    assert "Nothing to change." in fleet.djship("up", "--dry-run").stdout
+
+
+def test_scale_runs_two_app_servers_per_host_and_back_without_a_failed_request(fleet: Fleet):
+    with FleetLoop(fleet) as load:
+        fleet.djship("scale", "2")
+        assert set(fleet.servers_answering(60)) == {"app1", "app1-2", "app2", "app2-2", "app3", "app3-2"}
+        fleet.djship("scale", "1")
+        load.wait_for(load.served + 30)
+    assert load.failures == []
+    assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}
+
+
 def test_rolling_deploy_across_hosts_fails_no_request(fleet: Fleet):
     before = fleet.status()["release"]
     views = fleet.project / "posts" / "views.py"
@@ -302,7 +333,7 @@ def test_down_stops_every_process_on_every_host_and_up_brings_the_same_data_back
     release = fleet.status()["release"]
 
     result = fleet.djship("down")
-    assert "Stopping PostgreSQL on db1 (data stays)" in result.stdout
+    assert "Stopping PostgreSQL (data stays in" in result.stdout
     for name in ROLES:  # only the harness's sshd is left in each host
         assert [command for command in fleet.programs_on(name) if "sshd" not in command] == []
 
@@ -311,3 +342,15 @@ def test_down_stops_every_process_on_every_host_and_up_brings_the_same_data_back
     assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}
     kept = fleet.in_namespace("app3", *psql, "SELECT count(*) FROM auth_user WHERE username = 'kept'", env=env)
     assert kept.stdout.strip() == "1", kept.stderr
+
+
+def test_destroy_lists_every_host_and_deletes_each_state_root(fleet: Fleet):
+    refused = fleet.djship("destroy", check=False)
+    assert refused.returncode == 1
+    for name in ROLES:
+        assert f"{fleet.hosts[name].root} on {name}" in refused.stderr
+    fleet.djship("destroy", "--yes")
+    for name in ROLES:
+        assert not fleet.hosts[name].root.exists()
+        assert [command for command in fleet.programs_on(name) if "sshd" not in command] == []
+    assert not (fleet.project / ".djship").exists()

@@ -151,7 +151,7 @@ def test_logs_show_each_component(site: Site):
     balancer = site.djship("logs", "haproxy", "-n", "20").stdout
     assert "app_servers/app" in balancer
     app = site.djship("logs", "app2").stdout
-    assert "app2-nginx-access.log" in app and "app2-gunicorn.log" in app
+    assert "local app2-nginx-access | " in app and "local app2-gunicorn | " in app  # each line: host, log
     unknown = site.djship("logs", "app9", check=False)
     assert unknown.returncode == 1 and "no component 'app9'" in unknown.stderr
 

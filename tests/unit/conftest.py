@@ -19,8 +19,9 @@ import pytest
 
 from djship.config import Config
 from djship.errors import DjshipError
-from djship.plan import Plan, build_plan
+from djship.plan import Plan, build_plans
 from djship.tools import Tools, find_tools
+from djship.topology import local_spec
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO / "tests" / "golden"
@@ -68,7 +69,9 @@ def make_plan(make_config) -> Callable[..., Plan]:
         tools: Tools = FAKE_TOOLS,
         **overrides: object,
     ) -> Plan:
-        return build_plan(make_config(**overrides), project_dir, tools, running_as_root)
+        config = make_config(**overrides)
+        spec = local_spec(config, project_dir, tools, running_as_root)
+        return build_plans(config, project_dir, [spec])[spec.name]
 
     return make
 

@@ -36,7 +36,7 @@ def test_minimal_config_gives_documented_defaults():
     assert ".git" in config.project.exclude and ".djship" in config.project.exclude
     assert config.site.domains == ["localhost"]
     assert config.site.hsts_seconds is None
-    assert (config.app.servers, config.app.workers, config.app.threads) == (2, 3, 1)
+    assert (config.app.servers, config.app.workers, config.app.threads) == (None, 3, 1)
     assert (config.app.port, config.app.address_prefix, config.app.timeout) == (8000, "127.0.1", 30)
     assert config.app.max_body_size == "10M"
     assert config.app.health_path == "/-/djship/health"

@@ -6,20 +6,21 @@ import json
 
 import pytest
 
+from tests.unit.conftest import FAKE_TOOLS
+
 from djship.config import parse_config, with_values
 from djship.deploy.lock import exclusive
-from djship.deploy.release import list_releases, prune_releases
 from djship.deploy.rolling import _batches
 from djship.errors import DjshipError
 from djship.project import DjangoProject, render_config
 
 
-def test_scaling_rewrites_only_the_number_of_servers():
+def test_scaling_sets_the_number_of_servers_and_keeps_every_other_line():
     original = render_config(DjangoProject(None, "board.settings", "board.wsgi.application", "requirements.txt"))
     rewritten = with_values(original, {"app.servers": 4})
-    changed = [(a, b) for a, b in zip(original.splitlines(), rewritten.splitlines()) if a != b]
-    assert changed == [(line, line.replace("servers = 2", "servers = 4")) for line in original.splitlines() if line.startswith("servers = 2")]
     assert parse_config(rewritten).app.servers == 4
+    assert set(original.splitlines()) <= set(rewritten.splitlines())
+    assert parse_config(with_values(rewritten, {"app.servers": 3})).app.servers == 3
 
 
 def test_scaling_adds_the_app_section_when_it_is_missing():
@@ -48,19 +49,36 @@ def test_servers_are_switched_in_batches(make_plan, count, size, expected):
     assert [server for batch in batches for server in batch] == list(plan.app_servers)
 
 
-def test_pruning_keeps_the_newest_and_every_release_in_use(make_plan, tmp_path):
-    plan = make_plan(project_dir=tmp_path, deploy={"keep_releases": 2})
+def one_machine(config, project_dir):
+    """The System of a one-machine topology at project_dir (nothing is started)."""
+    from djship.connectors.local import LocalConnector
+    from djship.plan import build_plans
+    from djship.system import System
+    from djship.topology import Host, Topology, control_paths, local_spec
+
+    spec = local_spec(config, project_dir, FAKE_TOOLS, False)
+    plan = build_plans(config, project_dir, [spec])[spec.name]
+    host = Host(spec.name, spec.address, LocalConnector(), plan, "python3", "project")
+    return System(Topology({host.name: host}, control_paths(config, project_dir)), reporter=None)
+
+
+def test_pruning_keeps_the_newest_and_every_release_in_use(make_config, tmp_path):
+    system = one_machine(make_config(deploy={"keep_releases": 2}), tmp_path)
+    plan = system.plan
     for release_id in ("20260101-000001", "20260101-000002", "20260101-000003", "20260101-000004"):
         directory = plan.paths.releases / release_id
         directory.mkdir(parents=True)
         (directory / "release.json").write_text(json.dumps({"id": release_id}))
     (plan.paths.releases / "20260101-000005-incomplete").mkdir()
-    in_use = {plan.paths.releases / "20260101-000001"}
+    app1 = plan.app_servers[0]
+    app1.dir.mkdir(parents=True)
+    app1.release_link.symlink_to(plan.paths.releases / "20260101-000001")
+    plan.paths.current.symlink_to(plan.paths.releases / "20260101-000004")
 
-    removed = prune_releases(plan, in_use)
+    removed = system.prune_releases()
 
     assert removed == ["20260101-000002"]
-    assert [release.id for release in list_releases(plan)] == ["20260101-000001", "20260101-000003", "20260101-000004"]
+    assert [release.id for release in system.releases()] == ["20260101-000001", "20260101-000003", "20260101-000004"]
 
 
 class _FakeSupervisorctl:
@@ -86,14 +104,10 @@ def test_starting_a_server_whose_nginx_already_runs_starts_only_its_gunicorn(mak
         Supervisor(plan, _FakeSupervisorctl(failing, 7)).start("app2-gunicorn", "app2-nginx")
 
 
-def test_reading_secrets_never_makes_new_ones(make_plan, tmp_path):
-    from djship.connectors.local import LocalConnector
-    from djship.deploy.lifecycle import ensure_secrets, read_secrets
-
-    plan = make_plan(project_dir=tmp_path)
-    connector = LocalConnector()
-    with pytest.raises(DjshipError, match=r"no secrets in .*; run `djship up` first"):
-        read_secrets(plan, connector)
-    assert not plan.paths.secrets.exists()
-    made = ensure_secrets(plan, connector)
-    assert read_secrets(plan, connector) == made
+def test_reading_secrets_never_makes_new_ones(make_config, tmp_path):
+    system = one_machine(make_config(), tmp_path)
+    with pytest.raises(DjshipError, match=r"no secrets in .* nor on the hosts; run `djship up` first"):
+        system.secrets()
+    assert not system.plan.paths.secrets.exists()
+    made = system._ensure_secrets()
+    assert system.secrets() == made

@@ -12,7 +12,7 @@ import pytest
 
 from djship import render
 from djship.errors import DjshipError
-from djship.plan import HostSpec, Plan, build_host_plans, remote_config_problems
+from djship.plan import HostSpec, Plan, build_plans, remote_config_problems
 from djship.tls import local_ca
 
 ADDRESSES = {"lb1": "10.0.0.2", "app1": "10.0.0.11", "app2": "10.0.0.12", "db1": "10.0.0.20"}
@@ -26,7 +26,7 @@ def specs(tools, login_root: bool = True, roles: dict[str, tuple[str, ...]] = RO
 
 @pytest.fixture
 def plans(make_config, fake_tools) -> dict[str, Plan]:
-    return build_host_plans(make_config(), Path("/srv/example/board"), specs(fake_tools))
+    return build_plans(make_config(), Path("/srv/example/board"), specs(fake_tools))
 
 
 def test_each_host_has_its_own_root_and_the_same_addresses(plans):
@@ -72,26 +72,26 @@ def test_the_balancer_binds_443_as_root_and_runs_as_the_service_user(plans, make
     assert "bind 0.0.0.0:443 ssl" in haproxy and "user djship" in haproxy
     assert "server app2 10.0.0.12:8000" in haproxy
     assert next(program for program in render.programs(plans["lb1"])).user is None
-    unprivileged = build_host_plans(make_config(balancer={"https_port": 8443, "http_port": 8080}),
+    unprivileged = build_plans(make_config(balancer={"https_port": 8443, "http_port": 8080}),
                                     Path("/srv/example/board"), specs(fake_tools))["lb1"]
     assert "user djship" not in render.haproxy_cfg(unprivileged)
     assert render.programs(unprivileged)[0].user == "djship"
 
 
 def test_without_root_login_the_services_run_as_the_login_user(make_config, fake_tools):
-    plans = build_host_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, login_root=False))
+    plans = build_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, login_root=False))
     assert all(plan.service_user is None for plan in plans.values())
 
 
 def test_one_host_may_hold_several_roles(make_config, fake_tools):
     roles = {"lb1": ("lb", "app"), "app1": ("app",), "app2": ("app",), "db1": ("db",)}
-    plans = build_host_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, roles=roles))
+    plans = build_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, roles=roles))
     assert [program.name for program in render.programs(plans["lb1"])] == ["lb1-gunicorn", "lb1-nginx", "haproxy"]
     assert [server.name for server in plans["app1"].app_servers] == ["lb1", "app1", "app2"]
 
 
 @pytest.mark.parametrize(("overrides", "problem"), [
-    ({"app": {"servers": 3}}, "app.servers: on real hosts [servers] and [hosts] say where things run"),
+    ({"app": {"address_prefix": "127.0.5"}}, "app.address_prefix: on real hosts [servers] and [hosts] say where"),
     ({"database": {"address": "127.0.2.2"}}, "database.address: on real hosts"),
     ({"tls": {"mode": "acme"}, "site": {"domains": ["shop.example.com"]}}, 'tls.mode: "acme" on real hosts is not built yet'),
     ({"backup": {"schedule": "03:30"}}, "backup.schedule: scheduled backups on real hosts are not built yet"),
@@ -100,14 +100,14 @@ def test_what_a_remote_target_refuses_is_named_by_its_key(make_config, fake_tool
     config = make_config(**overrides)
     assert any(line.startswith(problem) for line in remote_config_problems(config))
     with pytest.raises(DjshipError, match=r"^djship.toml: " + problem.split(":")[0]):
-        build_host_plans(config, Path("/srv/example/board"), specs(fake_tools))
+        build_plans(config, Path("/srv/example/board"), specs(fake_tools))
 
 
 def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tools, tmp_path):
     user = pwd.getpwuid(os.getuid()).pw_name
     config = make_config(service_user=user, balancer={"https_port": 18999, "http_port": 18998})
     loopback = {name: address.replace("10.0.0.", "127.0.91.") for name, address in ADDRESSES.items()}  # nginx -t binds
-    plans = build_host_plans(config, tmp_path, specs(real_tools, root=tmp_path, addresses=loopback))
+    plans = build_plans(config, tmp_path, specs(real_tools, root=tmp_path, addresses=loopback))
     for plan in plans.values():
         for config_file in render.system_files(plan):
             config_file.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,3 +123,17 @@ def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tool
     lb.paths.site_pem.write_bytes(local_ca.issue_site_certificate(local_ca.new_authority("unit"), lb.domains))
     haproxy = subprocess.run([real_tools.haproxy, "-c", "-f", str(lb.paths.haproxy_conf)], capture_output=True, text=True)
     assert haproxy.returncode == 0, haproxy.stdout + haproxy.stderr
+
+
+def test_app_servers_per_app_host_keep_their_names_and_ports_as_they_grow(make_config, fake_tools):
+    one = {"web1": ("lb", "app", "db")}
+    single = build_plans(make_config(), Path("/srv/example/board"),
+                         specs(fake_tools, roles=one, addresses={"web1": "10.0.0.5"}))["web1"]
+    assert [(s.name, s.endpoint) for s in single.app_servers] == [("web1", "10.0.0.5:8000"), ("web1-2", "10.0.0.5:8001")]
+    three = build_plans(make_config(app={"servers": 3}), Path("/srv/example/board"), specs(fake_tools))["app1"]
+    assert [s.name for s in three.app_servers] == ["app1", "app1-2", "app1-3", "app2", "app2-2", "app2-3"]
+    assert {s.port for s in three.app_servers if s.host == "app2"} == {8000, 8001, 8002}
+
+
+def test_several_app_hosts_run_one_app_server_each_by_default(plans):
+    assert [server.host for server in plans["lb1"].app_servers] == ["app1", "app2"]

@@ -12,7 +12,7 @@ from djship.config import parse_config
 from djship.connectors import Result
 from djship.errors import DjshipError
 from djship.hosts import (
-    Host,
+    SSHHost,
     install_command,
     parse_probe,
     prepare_hosts,
@@ -114,7 +114,7 @@ class FakeHost:
         return Result(tuple(argv), 0, "\n".join(lines) + "\n", "")
 
 
-def app_host(name: str = "app1") -> Host:
+def app_host(name: str = "app1") -> SSHHost:
     return remote_hosts(parse_config(REMOTE), Path("/tmp"))[1 if name == "app1" else 2]
 
 

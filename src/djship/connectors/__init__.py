@@ -58,6 +58,21 @@ class Connector(Protocol):
     def readlink(self, link: Path) -> Path | None:
         """Where a symlink points, or None when there is no symlink."""
 
+    def listdir(self, path: Path) -> list[str] | None:
+        """The names in a directory, sorted, or None when it does not exist."""
+
+    def stream(
+        self, argv: Sequence[str | Path], on_line: Callable[[str], None], *, user: str | None = None,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
+    ) -> int:
+        """Run argv, handing each line of its output (stdout and stderr) to on_line as it comes; its exit code."""
+
+    def interactive(self, argv: Sequence[str | Path], *, user: str | None = None, env: dict[str, str] | None = None,
+                    cwd: Path | None = None) -> int:
+        """Run argv in a terminal wired to this one (interactive commands work); its exit code."""
+
+    def close(self) -> None: ...
+
 
 C = TypeVar("C")
 R = TypeVar("R")

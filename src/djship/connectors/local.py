@@ -7,6 +7,7 @@ import pwd
 import shutil
 import subprocess
 from pathlib import Path
+from collections.abc import Callable
 from typing import Sequence
 
 from djship.connectors import Result
@@ -48,7 +49,8 @@ class LocalConnector:
 
     def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
         data = content.encode() if isinstance(content, str) else content
-        changed = self.get(path) != data or (path.stat().st_mode & 0o7777) != mode
+        changed = self.get(path) != data or (path.stat().st_mode & 0o7777) != mode or (
+            owner is not None and path.stat().st_uid != _ids(owner)[0])
         if not changed:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,3 +84,34 @@ class LocalConnector:
 
     def readlink(self, link: Path) -> Path | None:
         return Path(os.readlink(link)) if link.is_symlink() else None
+
+    def listdir(self, path: Path) -> list[str] | None:
+        try:
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def stream(
+        self, argv: Sequence[str | Path], on_line: Callable[[str], None], *, user: str | None = None,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
+    ) -> int:
+        argv = [str(part) for part in argv]
+        if user and user != pwd.getpwuid(os.getuid()).pw_name:
+            argv = ["runuser", "-u", user, "--", *argv]
+        process = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        with process:
+            for line in process.stdout:
+                on_line(line.rstrip("\n"))
+        return process.returncode
+
+    def interactive(self, argv: Sequence[str | Path], *, user: str | None = None, env: dict[str, str] | None = None,
+                    cwd: Path | None = None) -> int:
+        """Run argv on this terminal (its input, output and signals); its exit code."""
+        argv = [str(part) for part in argv]
+        if user and user != pwd.getpwuid(os.getuid()).pw_name:
+            argv = ["runuser", "-u", user, "--", *argv]
+        return subprocess.run(argv, cwd=cwd, env={**os.environ, **(env or {})}).returncode
+
+    def close(self) -> None:
+        """Nothing to close: there is no connection to this machine."""

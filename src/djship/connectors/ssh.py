@@ -10,6 +10,8 @@ import base64
 import select
 import shlex
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -203,7 +205,9 @@ class SSHConnector:
         sftp = self._sftp_client()
         remote = PurePosixPath(path)
         try:
-            unchanged = (sftp.stat(str(remote)).st_mode & 0o7777) == mode and self.get(path) == data
+            seen = sftp.stat(str(remote))
+            unchanged = (seen.st_mode & 0o7777) == mode and self.get(path) == data and (
+                owner is None or str(seen.st_uid) == self._checked(["id", "-u", owner], f"id -u {owner}").stdout.strip())
         except FileNotFoundError:
             unchanged = False
         if unchanged:
@@ -245,6 +249,32 @@ class SSHConnector:
     def readlink(self, link: Path) -> Path | None:
         try:
             return Path(self._sftp_client().readlink(str(PurePosixPath(link))))
+        except OSError:
+            return None
+
+    def interactive(self, argv: Sequence[str | Path], *, user: str | None = None, env: dict[str, str] | None = None,
+                    cwd: Path | None = None) -> int:
+        """Run argv on the host in a terminal of its own, wired to this one (OpenSSH's `ssh -t`), with the same key
+        and host-key check as every other connection; its exit code."""
+        target = self.target
+        with tempfile.NamedTemporaryFile("w", suffix=".known_hosts") as pinned:
+            known_hosts = target.known_hosts.expanduser()
+            if target.host_key:
+                pinned.write(f"{target.endpoint} {target.host_key}\n")
+                pinned.flush()
+                known_hosts = Path(pinned.name)
+            ssh = ["ssh", "-t", "-p", str(target.port), "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                   "-o", f"UserKnownHostsFile={known_hosts}", "-o", f"ConnectTimeout={int(target.connect_timeout)}",
+                   *(["-i", str(target.key_file)] if target.key_file else []), "-l", target.user, target.address, "--",
+                   remote_command(argv, login_user=target.user, user=user, env=env, cwd=cwd)]
+            try:
+                return subprocess.run(ssh).returncode
+            except FileNotFoundError:
+                raise DjshipError("ssh is not installed here; install it with: apt-get install -y openssh-client") from None
+
+    def listdir(self, path: Path) -> list[str] | None:
+        try:
+            return sorted(self._sftp_client().listdir(str(PurePosixPath(path))))
         except OSError:
             return None
 

@@ -63,37 +63,10 @@ class Release:
         }
 
 
-def list_releases(plan: Plan) -> list[Release]:
-    """Every complete release, oldest first (ids sort by time)."""
-    if not plan.paths.releases.is_dir():
-        return []
-    return [
-        Release.at(directory)
-        for directory in sorted(plan.paths.releases.iterdir(), key=lambda path: path.name)
-        if (directory / "release.json").is_file()
-    ]
-
-
-def prune_releases(plan: Plan, in_use: set[Path]) -> list[str]:
-    """Delete the oldest releases beyond keep_releases, never one an app server runs; return their ids."""
-    releases = list_releases(plan)
-    removable = [release for release in releases[: -plan.keep_releases] if release.dir not in in_use]
-    for release in removable:
-        shutil.rmtree(release.dir)
-    return [release.id for release in removable]
-
-
-def current_release(plan: Plan) -> Release | None:
-    link = plan.paths.current
-    if not link.is_symlink() or not link.resolve().is_dir():
-        return None
-    return Release.at(link.resolve())
-
-
-def new_release_id(plan: Plan) -> str:
+def new_release_id(releases: Path) -> str:
     base = time.strftime("%Y%m%d-%H%M%S")
     candidate, suffix = base, 1
-    while (plan.paths.releases / candidate).exists():
+    while (releases / candidate).exists():
         suffix += 1
         candidate = f"{base}-{suffix}"
     return candidate
@@ -154,9 +127,9 @@ class ReleaseBuilder:
             raise DjshipError(f"{what} failed: {reason} (full output in {self._log(release_id)})")
         return result
 
-    def build(self) -> Release:
+    def build(self, release_id: str) -> Release:
+        """The release from the project directory itself, its requirements installed online."""
         plan = self.plan
-        release_id = new_release_id(plan)
         release = Release(release_id, plan.paths.releases / release_id)
         self.connector.makedirs(plan.paths.logs)
         try:
@@ -164,19 +137,22 @@ class ReleaseBuilder:
                 shutil.copytree(plan.project_dir, release.app, ignore=_ignore(plan), symlinks=True)
             venv = self._ensure_venv(release.id)
             release.venv.symlink_to(venv)
-            self.write_settings(release)
-            self.connector.makedirs(release.static, owner=plan.service_user)
-            with self.reporter.step("Checking the project (manage.py check --deploy)"):
-                self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what="manage.py check --deploy")
-            with self.reporter.step("Collecting static files"):
-                self.manage(release, "collectstatic", "--noinput", what="collectstatic")
+            self.finish(release)
         except BaseException:
             shutil.rmtree(release.dir, ignore_errors=True)
             raise
-        (release.dir / "release.json").write_text(
-            json.dumps({"id": release.id, "created": time.time(), "source": str(plan.project_dir)}) + "\n"
-        )
         return release
+
+    def finish(self, release: Release, where: str = "") -> None:
+        """Settings, check --deploy, collectstatic, then release.json: the release is complete."""
+        self.write_settings(release)
+        self.connector.makedirs(release.static, owner=self.plan.service_user)
+        with self.reporter.step(f"Checking the project (manage.py check --deploy){where}"):
+            self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what=f"manage.py check --deploy{where}")
+        with self.reporter.step(f"Collecting static files{where}"):
+            self.manage(release, "collectstatic", "--noinput", what=f"collectstatic{where}")
+        self.connector.put(release.dir / "release.json", json.dumps(
+            {"id": release.id, "created": time.time(), "source": str(self.plan.project_dir)}) + "\n")
 
     def manage(self, release: Release, *args: str, what: str) -> Result:
         return self._python(release, str(release.app / "manage.py"), *args, what=what)

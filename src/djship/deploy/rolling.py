@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from djship.config import CONFIG_FILE, parse_config, with_values
-from djship.deploy.lifecycle import LocalSystem
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release
 from djship.errors import DjshipError
-from djship.plan import AppServer, build_plan
-
-if TYPE_CHECKING:
-    from djship.deploy.remote import RemoteSystem
+from djship.plan import AppServer
+from djship.system import System
+from djship.topology import open_topology
 
 
 def _batches(servers: tuple[AppServer, ...], size: int) -> list[tuple[AppServer, ...]]:
@@ -31,10 +28,9 @@ def _names(servers: tuple[AppServer, ...]) -> str:
 
 
 class Rollout:
-    """Deploy, rollback and the rolling switch, for any system that offers what LocalSystem does (the one-machine
-    target) or RemoteSystem (hosts over SSH): the same steps, whatever the connector."""
+    """Deploy, rollback, scale and the rolling switch: the same steps on one machine and on many hosts."""
 
-    def __init__(self, system: LocalSystem | RemoteSystem):
+    def __init__(self, system: System):
         self.system = system
         self.plan = system.plan
         self.reporter = system.reporter
@@ -76,7 +72,8 @@ class Rollout:
                     known = ", ".join(release.id for release in releases)
                     raise DjshipError(f"no release {release_id!r}; `djship releases` lists them: {known}")
                 target = matches[0]
-            if target.id == live.id and all(self.system.release_of(s) == live for s in self.plan.app_servers):
+            if target.id == live.id and all(getattr(self.system.release_of(s), "id", None) == live.id
+                                            for s in self.plan.app_servers):
                 raise DjshipError(f"release {live.id} is already live")
             try:
                 self._switch(target)
@@ -137,30 +134,31 @@ class Rollout:
             self.reporter.note(f"Removed old releases {', '.join(removed)} (keeping {self.plan.keep_releases})")
 
     def scale(self, count: int) -> int:
-        """Add or remove app servers while serving (through `up`'s reconciliation); returns how many there were."""
+        """Run COUNT app servers on each app host, adding or removing them while serving (through `up`'s
+        convergence); returns how many there were per host."""
         with self.locked("scale"):
             config_path = self.plan.project_dir / CONFIG_FILE
             original = config_path.read_text(encoding="utf-8")
             text = with_values(original, {"app.servers": count})
-            new_plan = build_plan(
-                parse_config(text, str(config_path)), self.plan.project_dir, self.plan.tools,
-                running_as_root=self.plan.service_user is not None,
-            )
-            before = len(self.plan.app_servers)
+            before = len(self.plan.servers_here) or len(self.plan.app_servers)
             if count == before:
                 return before
+            scaled = System(open_topology(parse_config(text, str(config_path)), self.plan.project_dir, self.reporter),
+                            self.reporter)
             config_path.write_text(text, encoding="utf-8")
             try:
-                LocalSystem(new_plan, self.reporter, self.system.connector).reconcile()
+                scaled.converge()
             except DjshipError:
-                with self.reporter.step(f"Going back to {before} app servers"):
+                with self.reporter.step(f"Going back to {before} app servers per host"):
                     config_path.write_text(original, encoding="utf-8")
-                    self.system.reconcile()
+                    self.system.converge()
                 raise
+            finally:
+                scaled.close()
             return before
 
 
-def release_table(system: LocalSystem | RemoteSystem) -> list[dict]:
+def release_table(system: System) -> list[dict]:
     live = system.current()
     servers_on: dict[str, list[str]] = {}
     for server in system.plan.app_servers:

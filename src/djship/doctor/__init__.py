@@ -12,10 +12,10 @@ from djship.doctor.checks import CheckResult, evaluate
 from djship.doctor.facts import gather
 
 if TYPE_CHECKING:
-    from djship.deploy.lifecycle import LocalSystem
+    from djship.system import System
 
 
-def diagnose(system: LocalSystem, form_path: str | None = None) -> list[CheckResult]:
+def diagnose(system: System, form_path: str | None = None) -> list[CheckResult]:
     """Every check against the running system; DjshipError when it is not running."""
     return evaluate(system.plan, gather(system, form_path))
 

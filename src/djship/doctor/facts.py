@@ -25,11 +25,11 @@ from cryptography.exceptions import InvalidSignature
 
 from djship.components import appserver, balancer
 from djship.components.probe import Response, describe_error, request
-from djship.deploy.lifecycle import LocalSystem, read_secrets
 from djship.deploy.live import read_live
-from djship.deploy.release import Release, current_release
+from djship.deploy.release import Release
 from djship.errors import DjshipError
 from djship.plan import MEDIA_URL, AppServer, Plan
+from djship.system import System
 
 # Pages tried, in order, for the CSRF round trip when --form-path is not given: the first that answers 200 and sets
 # the csrftoken cookie is used. Django's auth views and the admin's login page both render a CSRF-protected form.
@@ -205,9 +205,9 @@ def _status(answer: Response | str) -> int | str:
     return answer.status if isinstance(answer, Response) else answer
 
 
-def release_settings(system: LocalSystem, release: Release) -> dict:
+def release_settings(system: System, release: Release) -> dict:
     """The effective Django settings of a release, run with its Python and the production settings."""
-    result = system.connector.run(
+    result = system.db_host.connector.run(
         [str(release.python), "-c", SETTINGS_SCRIPT], user=system.plan.service_user, env=release.environment(),
         cwd=release.app, timeout=60,
     )
@@ -218,8 +218,8 @@ def release_settings(system: LocalSystem, release: Release) -> dict:
     return json.loads(lines[-1])
 
 
-def _server_facts(system: LocalSystem, server: AppServer, settings_by_release: dict[str, dict | str]) -> ServerFacts:
-    plan, connector = system.plan, system.connector
+def _server_facts(system: System, server: AppServer, settings_by_release: dict[str, dict | str]) -> ServerFacts:
+    plan, connector = system.plan, system.db_host.connector
     facts = ServerFacts(server.name)
     _, facts.health = appserver.health(plan, server)
     facts.socket_exists = server.socket.is_socket()
@@ -270,13 +270,13 @@ def _static_paths(home: Response | str, release: Release | None) -> list[str]:
     return paths[:MAX_STATIC_PROBES]
 
 
-def _media_probe(system: LocalSystem, facts: Facts) -> None:
+def _media_probe(system: System, facts: Facts) -> None:
     """Write a file into the live media directory, fetch it from every app server's nginx, delete it."""
     plan = system.plan
     name = f"djship-doctor-{secrets.token_hex(6)}.txt"
     probe = Path(facts.media_dir) / name
     try:
-        system.connector.put(probe, "djship doctor probe\n", owner=plan.service_user)
+        system.db_host.connector.put(probe, "djship doctor probe\n", owner=plan.service_user)
     except OSError as error:
         for server_facts in facts.servers:
             server_facts.media_probe = f"cannot write {probe}: {error.strerror}"
@@ -375,26 +375,28 @@ def _certificate(plan: Plan) -> CertificateFacts:
     return facts
 
 
-def _database(system: LocalSystem, facts: Facts) -> None:
+def _database(system: System, facts: Facts) -> None:
     facts.database_ready = system.database.is_ready()
     if not facts.database_ready:
         return
     try:
-        facts.database = system.database.observe(read_secrets(system.plan, system.connector).superuser_password)
+        facts.database = system.database.observe(system.secrets().superuser_password)
         facts.clock_skew["postgres"] = facts.database["now"] - facts.database.pop("local_time")
     except (DjshipError, KeyError, ValueError, OSError) as error:
         facts.database_error = str(error)
 
 
-def gather(system: LocalSystem, form_path: str | None = None) -> Facts:
+def gather(system: System, form_path: str | None = None) -> Facts:
     plan = system.plan
-    if system.supervisor.pid() is None:
+    if not system.topology.one_machine:
+        raise DjshipError("the doctor examines the one-machine target so far; on real hosts it is not built yet")
+    if system.db_host.supervisor.pid() is None:
         raise DjshipError("not running; `djship up` first")
-    facts = Facts(media_dir=str(read_live(plan, system.connector).media))
-    facts.processes = {name: status.state for name, status in system.supervisor.status().items()}
+    facts = Facts(media_dir=str(read_live(plan, system.db_host.connector).media))
+    facts.processes = {name: status.state for name, status in system.db_host.supervisor.status().items()}
     facts.balancer = {name: state.status for name, state in balancer.Balancer(plan.paths.haproxy_socket).states().items()}
     _database(system, facts)
-    if (text := system.connector.get(plan.paths.haproxy_conf)) is not None:
+    if (text := system.db_host.connector.get(plan.paths.haproxy_conf)) is not None:
         facts.haproxy_timeouts = parse_haproxy_timeouts(text.decode())
         facts.haproxy_sets_forwarded_proto = sets_forwarded_proto(text.decode())
     settings_by_release: dict[str, dict | str] = {}
@@ -405,7 +407,7 @@ def gather(system: LocalSystem, form_path: str | None = None) -> Facts:
     if isinstance(home, Response) and (date := home.header("Date")):
         # HTTP dates have one-second resolution; the app server's clock, as Django's response carries it.
         facts.clock_skew["app servers (HTTP Date)"] = email.utils.parsedate_to_datetime(date).timestamp() - time.time()
-    static_paths = _static_paths(home, current_release(plan))
+    static_paths = _static_paths(home, system.current())
     for path in static_paths:
         facts.static_via_balancer[path] = _status(_https(plan, "GET", path))
         for server, server_facts in zip(plan.app_servers, facts.servers):
@@ -414,10 +416,12 @@ def gather(system: LocalSystem, form_path: str | None = None) -> Facts:
     facts.redirects = _redirect_chain(plan)
     facts.csrf = _csrf_round_trip(plan, form_path)
     facts.certificate = _certificate(plan)
-    try:
-        argv, env = system.manage_command(["check", "--deploy", "--fail-level", "WARNING"])
-        result = system.connector.run(argv, env=env, cwd=current_release(plan).app, timeout=120)
+    release = system.current()
+    if release is None:
+        facts.check_deploy = (False, "there is no live release; `djship up` first")
+    else:
+        result = system.db_host.connector.run(
+            [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
+            user=plan.service_user, env=release.environment(), cwd=release.app, timeout=120)
         facts.check_deploy = (result.ok, (result.stderr.strip() or result.stdout.strip()))
-    except DjshipError as error:
-        facts.check_deploy = (False, str(error))
     return facts

@@ -19,15 +19,15 @@ import psycopg
 
 from djship import __version__
 from djship.connectors import CommandFailed, Result
-from djship.deploy.lifecycle import LocalSystem, point_server, read_secrets
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.lock import exclusive
-from djship.deploy.release import Release, ReleaseBuilder, current_release
+from djship.deploy.release import Release
 from djship.deploy.rolling import Rollout
 from djship.errors import DjshipError
 from djship.ops import archive
 from djship.ops.archive import DUMP, MANIFEST, MEDIA, FileEntry, Manifest
 from djship.plan import AppServer
+from djship.system import System, point_server
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,13 @@ class RestoreResult:
 
 
 class Backups:
-    def __init__(self, system: LocalSystem):
+    def __init__(self, system: System):
+        if not system.topology.one_machine:
+            raise DjshipError("backup, backups, restore, databases and drop-database work on the one-machine target "
+                              "so far; on real hosts they are not built yet")
         self.system = system
-        self.plan = system.plan
-        self.connector = system.connector
+        self.plan = system.db_host.plan
+        self.connector = system.db_host.connector
         self.reporter = system.reporter
         self.database = system.database
 
@@ -71,10 +74,10 @@ class Backups:
         return result
 
     def _superuser_password(self) -> str:
-        return read_secrets(self.plan, self.connector).superuser_password
+        return self.system.secrets().superuser_password
 
     def _require_database(self) -> None:
-        if self.system.supervisor.pid() is None or not self.database.is_ready():
+        if self.system.db_host.supervisor.pid() is None or not self.database.is_ready():
             raise DjshipError("the system is not running; start it with `djship up` first")
 
     # --- backup -----------------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ class Backups:
         plan, connector = self.plan, self.connector
         password = self._superuser_password()
         live = read_live(plan, connector)
-        release = current_release(plan)
+        release = self.system.current()
         connector.makedirs(plan.backup.dir, mode=0o700)
         name = self._new_name()
         partial = plan.backup.dir / f".{name}.partial"
@@ -219,7 +222,7 @@ class Backups:
         """Releases built before restore existed name their database in the settings; they cannot switch."""
         marker = b"DJSHIP_LIVE_FILE"
         for server in self.plan.app_servers:
-            release = Release.at(server.release_link.resolve())
+            release = self.system.release_of(server)
             settings = self.connector.get(release.dir / "djship_production" / "settings.py") or b""
             if marker not in settings:
                 raise DjshipError(
@@ -288,14 +291,14 @@ class Backups:
         with self.reporter.step(f"Migrating {target.database} to release {release.id} (once, under the advisory lock)"):
             self.connector.put(self.plan.paths.restoring, target.to_json(), mode=0o644)
             try:
-                ReleaseBuilder(self.plan, self.connector, self.reporter).migrate(release, self.plan.paths.restoring)
+                self.system.migrate(release, self.plan.paths.restoring)
             finally:
                 self.connector.run(archive.remove_argv(self.plan.paths.restoring))
 
     def _switch_server(self, server: AppServer, live: Live, rollout: Rollout) -> None:
         """Point the server at this database and media directory; gunicorn reads them when it restarts."""
         point_server(server, self.connector, live)
-        rollout.system.restart_app(server, Release.at(server.release_link.resolve()))
+        rollout.system.restart_app(server, rollout.system.release_of(server))
 
     def _remove(self, target: Live, password: str) -> None:
         if target.database in self.database.app_databases(password):

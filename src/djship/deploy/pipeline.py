@@ -1,0 +1,148 @@
+"""One release pipeline with two sources: a release is built once and installed on every app host at once.
+
+A host that installs from "project" (the control machine's own host) copies the project and installs the
+requirements online (uv); a host that installs from "wheels" gets the code archive packed once here and the wheels
+built once here, and installs offline (pip --no-index). Either way each app host ends with the same
+releases/<id>/ (code, virtualenv, settings, static files) and a release.json that says it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from functools import cached_property
+from pathlib import Path
+
+from djship.connectors import on_each
+from djship.connectors.local import LocalConnector
+from djship.deploy import shipping
+from djship.deploy.release import RUNTIME_PACKAGES, Release, ReleaseBuilder, new_release_id
+from djship.errors import DjshipError
+from djship.progress import Reporter
+from djship.topology import Host, Topology
+
+SUPERVISOR_PACKAGE = "supervisor>=4.2"
+WHEEL_PACKAGES = (*RUNTIME_PACKAGES, SUPERVISOR_PACKAGE)
+
+
+class Pipeline:
+    def __init__(self, topology: Topology, reporter: Reporter):
+        self.topology = topology
+        self.control = topology.control
+        self.reporter = reporter
+        self.app_hosts = {host.name: host for host in topology.holding("app") if host.name not in topology.unreachable}
+        self.plan = next(iter(topology.holding("app"))).plan
+
+    @property
+    def offline(self) -> bool:
+        """Whether any host installs from the wheels built here."""
+        return any(host.installs == "wheels" for host in self.topology.hosts.values())
+
+    @cached_property
+    def wheelhouse(self) -> shipping.Wheelhouse:
+        with self.reporter.step(f"Wheels for {self.plan.requirements.name} and djship's runtime (built here, once)"):
+            return shipping.build_wheelhouse(
+                self.plan.requirements, WHEEL_PACKAGES, self._build_python(), self.control.state / "wheelhouse",
+                LocalConnector(), self.control.logs / "wheels.log",
+            )
+
+    def _build_python(self) -> str:
+        """A Python on this machine of the app hosts' version: the wheels it builds are the ones they install."""
+        version = ".".join(map(str, sys.version_info[:2]))
+        wanted = self.topology.app_python
+        if version == wanted:
+            return sys.executable
+        candidate = shutil.which(f"python{wanted}")
+        if candidate:
+            return candidate
+        raise DjshipError(
+            f"the app hosts run Python {wanted} but djship runs on Python {version} here, and there is no "
+            f"python{wanted} on this machine to build their wheels with; install python{wanted} here"
+        )
+
+    def prepare_supervisor(self, host: Host) -> None:
+        """The supervisor's virtualenv on a host that installs from wheels (elsewhere djship's own Python runs it)."""
+        if host.installs == "wheels":
+            plan = host.plan
+            shipping.upload_wheelhouse(host.connector, self.wheelhouse, plan.paths.wheels)
+            shipping.ensure_venv(host.connector, host.python, plan.paths.state / "venv",
+                                 self.wheelhouse.on_host(plan.paths.wheels), None, (SUPERVISOR_PACKAGE,))
+
+    def on(self, host: Host, release_id: str) -> Release:
+        """The release as it lies on that host."""
+        return Release(release_id, host.plan.paths.releases / release_id)
+
+    def _archive(self, release_id: str) -> Path:
+        return self.control.releases / release_id / "code.tar.gz"
+
+    def build(self) -> Release:
+        """A new release, installed on every app host; on failure nothing of it is left anywhere."""
+        release_id = new_release_id(self.control.releases)
+        if self.offline:
+            archive = self._archive(release_id)
+            with self.reporter.step(f"Packing the project code as release {release_id}"):
+                archive.parent.mkdir(parents=True, exist_ok=True)
+                archive.write_bytes(shipping.pack_code(self.plan.project_dir, self.plan.exclude, self.control.state))
+                (archive.parent / "release.json").write_text(json.dumps(
+                    {"id": release_id, "created": time.time(), "wheelhouse": self.wheelhouse.key}) + "\n")
+        try:
+            self.ship(release_id, list(self.app_hosts.values()))
+        except BaseException:
+            self.discard(release_id)
+            raise
+        return Release(release_id, self.control.releases / release_id)
+
+    def ship(self, release_id: str, hosts: list[Host]) -> None:
+        if len(hosts) > 1:
+            with self.reporter.step(f"Installing release {release_id} on {len(hosts)} app hosts at once"):
+                on_each({host.name: host for host in hosts}, lambda host: self._install(host, release_id))
+        else:
+            on_each({host.name: host for host in hosts}, lambda host: self._install(host, release_id))
+
+    def installed(self, host: Host, release_id: str) -> bool:
+        return host.connector.get(self.on(host, release_id).dir / "release.json") is not None
+
+    def _install(self, host: Host, release_id: str) -> None:
+        if self.installed(host, release_id):
+            return
+        if host.installs == "project":
+            ReleaseBuilder(host.plan, host.connector, self.reporter).build(release_id)
+        else:
+            self._install_wheels(host, release_id)
+
+    def _install_wheels(self, host: Host, release_id: str) -> None:
+        plan, connector = host.plan, host.connector
+        release = self.on(host, release_id)
+        builder = ReleaseBuilder(plan, connector, self.reporter, log_dir=self.control.logs / host.name)
+        wheelhouse = self.wheelhouse
+        try:
+            shipping.require_python(connector, host.python, wheelhouse)
+            shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
+            archive = self._archive(release_id)
+            if not archive.is_file():
+                raise DjshipError(f"release {release_id}'s code archive {archive} is gone, so {host.name} cannot get "
+                                  "the release the others run; run `djship deploy` to ship a new one to every app host")
+            shipping.unpack_code(connector, archive.read_bytes(), release.app)
+            venv = plan.paths.venvs / wheelhouse.key
+            requirements = release.dir / "requirements.txt"  # the file the wheels were built from, wherever it lives
+            connector.put(requirements, plan.requirements.read_bytes())
+            shipping.ensure_venv(connector, host.python, venv, wheelhouse.on_host(plan.paths.wheels), requirements,
+                                 RUNTIME_PACKAGES)
+            connector.symlink(release.venv, venv)
+            builder.finish(release, where=f" on {host.name}")
+        except BaseException:
+            connector.run(["rm", "-rf", "--", str(release.dir)])
+            raise
+
+    def discard(self, release_id: str) -> None:
+        on_each(self.app_hosts, lambda host: host.connector.run(["rm", "-rf", "--", str(self.on(host, release_id).dir)]))
+        shutil.rmtree(self.control.releases / release_id, ignore_errors=True)
+
+    def listed(self) -> list[str]:
+        """The ids of the releases complete on the first app host that answers, oldest first."""
+        for host in self.app_hosts.values():
+            names = host.connector.listdir(host.plan.paths.releases) or []
+            return [name for name in names if self.installed(host, name)]
+        return []

@@ -1,0 +1,885 @@
+"""One system over a topology of hosts: `up` (decide, then act), `down`, status, logs, manage, certificates, and what
+deploy, rollback, scale and restore (deploy/rolling.py) need of it.
+
+One machine is a topology of one host that holds every role; real hosts are the same topology over SSH. Nothing
+here asks where a host is: every file and process goes through the host's connector.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from djship import render
+from djship.changes import Changes, Observed, diff
+from djship.components import appserver
+from djship.components.balancer import Balancer, https_probe, remote_sender
+from djship.components.database import DatabaseServer
+from djship.connectors import CommandFailed, Connector, on_each
+from djship.connectors.local import LocalConnector
+from djship.deploy.live import Live, read_live
+from djship.deploy.lock import exclusive
+from djship.deploy.pipeline import Pipeline
+from djship.deploy.release import Release, ReleaseBuilder
+from djship.errors import DjshipError
+from djship.plan import RENEWAL_PROGRAM, AppServer, Plan
+from djship.progress import Reporter
+from djship.tls import renewal
+from djship.tls.certificates import leaf_der
+from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, fetch_staple, install, \
+    obtain_acme, site_info, staple_due, validated_files, write_staple
+from djship.topology import Host, Topology
+from djship.waiting import wait_until
+
+READY_TIMEOUT = 60
+ROTATION_TIMEOUT = 30
+# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
+STAPLE_RETRY = 3600
+# Run with the host's Python: prints each "address:port" of argv that another socket already holds.
+PORT_PROBE = """
+import errno, socket, sys
+for endpoint in sys.argv[1:]:
+    address, port = endpoint.rsplit(":", 1)
+    probe = socket.socket()
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((address, int(port)))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            print(endpoint)
+    finally:
+        probe.close()
+"""
+
+
+@dataclass(frozen=True)
+class Secrets:
+    secret_key: str
+    database_password: str
+    superuser_password: str
+
+    def app_json(self) -> str:
+        return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
+
+    def admin_json(self) -> str:
+        return json.dumps({"postgres_password": self.superuser_password}, indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class UpResult:
+    url: str
+    ca_cert: Path | None
+    """The CA to trust in local mode; None when the certificate comes from an ACME CA or the user's files."""
+    release: str
+    changed: bool
+
+
+def _json(connector: Connector, path: Path) -> dict | None:
+    content = connector.get(path)
+    return json.loads(content) if content else None
+
+
+def ensure_service_user(plan: Plan, connector: Connector) -> None:
+    if plan.service_user is None or connector.run(["id", "-u", plan.service_user]).ok:
+        return
+    result = connector.run([
+        "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+        "--shell", "/usr/sbin/nologin", plan.service_user,
+    ])
+    if not result.ok:
+        raise DjshipError(f"cannot create the service user {plan.service_user}: {result.stderr.strip()}")
+
+
+def point_server(server: AppServer, connector: Connector, live: Live) -> None:
+    """The database and media directory the server's gunicorn uses from its next start."""
+    connector.put(server.live_file, live.to_json(), mode=0o644)
+    connector.symlink(server.media_link, live.media)
+
+
+def prepare_state_dir(plan: Plan, connector: Connector) -> None:
+    owner = plan.service_user
+    paths = plan.paths
+    connector.makedirs(paths.state, mode=0o755)
+    for directory in (paths.logs, paths.releases, paths.venvs, paths.servers):
+        connector.makedirs(directory)
+    connector.makedirs(paths.supervisor, mode=0o700)
+    connector.makedirs(paths.balancer, mode=0o700, owner=owner)
+    connector.makedirs(paths.media, mode=0o755, owner=owner)
+    connector.makedirs(paths.secrets, mode=0o711)
+    live = read_live(plan, connector)
+    for server in plan.servers_here:
+        connector.makedirs(server.dir, mode=0o700, owner=owner)
+        connector.makedirs(server.nginx_temp, mode=0o700, owner=owner)
+        if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
+            point_server(server, connector, live)
+        if connector.get(server.access_log) is None:
+            connector.put(server.access_log, "", owner=owner)
+    if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:
+        raise DjshipError(
+            f"the service user {owner} cannot reach {paths.state} (a parent directory is not searchable by others, "
+            "e.g. /root); move the project, or set state_dir in djship.toml to a directory such as /srv/djship/site"
+        )
+
+
+def others_in_rotation(balancers: list[Balancer], leaving: set[str]) -> list[str]:
+    """The app servers, other than those leaving, that every balancer is sending requests to."""
+    views = [instance.states() for instance in balancers]
+    names = set.intersection(*({name for name, state in view.items() if state.status == "UP"} for view in views))
+    return sorted(names - leaving)
+
+
+def take_out_for_good(instance: Balancer, names: list[str], timeout: float) -> None:
+    """Drain app servers that are leaving the system, wait for their requests in flight, then take them out
+    (maintenance) until the balancer's next configuration no longer lists them."""
+    for name in names:
+        instance.set_state(name, "drain")
+    for name in names:
+        instance.wait_drained(name, timeout)
+        instance.set_state(name, "maint")
+
+
+class System:
+    """The hosts of the topology, each with its own supervisord: lb hosts (HAProxy), app hosts (N x nginx ->
+    gunicorn), the db host (PostgreSQL)."""
+
+    def __init__(self, topology: Topology, reporter: Reporter):
+        self.topology = topology
+        self.reporter = reporter
+        self.control = topology.control
+        self.hosts = topology.hosts
+        self.lb_hosts = topology.holding("lb")
+        self.db_host = topology.holding("db")[0]
+        self.plan = topology.holding("app")[0].plan
+        """The plan every host shares (app servers, addresses, ports, timeouts), as the first app host has it."""
+        self.pipeline = Pipeline(topology, reporter)
+        self.balancers = [
+            Balancer(host.plan.paths.haproxy_socket,
+                     remote_sender(host.connector, host.plan.tools.python, host.plan.paths.haproxy_socket))
+            for host in self.lb_hosts
+        ]
+        self.local = LocalConnector()
+        # Secrets and the certificate are made on the control machine, once, and copied to the hosts that need them.
+        self.control_plan = replace(self.plan, paths=self.control, service_user=None)
+
+    def host_of(self, server: AppServer) -> Host:
+        return self.hosts[server.host]
+
+    @property
+    def app_hosts(self) -> dict[str, Host]:
+        return {host.name: host for host in self.topology.holding("app")}
+
+    @property
+    def database(self) -> DatabaseServer:
+        return DatabaseServer(self.db_host.plan, self.db_host.connector)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.control.deploy_lock
+
+    def close(self) -> None:
+        self.topology.close()
+
+    # -- secrets and certificate (made here once, read back from the hosts when .djship/ was lost) ---------------
+
+    def read_secrets(self) -> Secrets | None:
+        """The system's secrets: kept here, else read back from the hosts that hold them; None before the first up."""
+        app = _json(self.local, self.control.app_secrets)
+        admin = _json(self.local, self.control.admin_secrets)
+        for host in self.app_hosts.values():
+            if app is None and host.name not in self.topology.unreachable:
+                app = _json(host.connector, host.plan.paths.app_secrets)
+        if admin is None and self.db_host.name not in self.topology.unreachable:
+            admin = _json(self.db_host.connector, self.db_host.plan.paths.admin_secrets)
+        if app is None or admin is None:
+            return None
+        return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
+
+    def secrets(self) -> Secrets:
+        """The secrets of a system that has been up; never makes new ones (that is `up`'s job)."""
+        found = self.read_secrets()
+        if found is None:
+            raise DjshipError(f"no secrets in {self.control.secrets} nor on the hosts; run `djship up` first")
+        return found
+
+    def _ensure_secrets(self) -> Secrets:
+        """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
+        found = self.read_secrets() or Secrets(secrets.token_urlsafe(50), secrets.token_urlsafe(24),
+                                               secrets.token_urlsafe(24))
+        self.local.makedirs(self.control.secrets, mode=0o711)
+        self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
+        self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
+        return found
+
+    def _preflight(self) -> None:
+        """What can be refused before anything starts or changes."""
+        if self.plan.tls.mode == "files":
+            validated_files(self.control_plan, self.local)
+        bundle = self.plan.tls.acme_ca_bundle
+        if self.plan.tls.mode == "acme" and bundle is not None and not bundle.is_file():
+            raise DjshipError(f"tls.acme_ca_bundle: {bundle} is not a file; point it at the PEM CA bundle that "
+                              "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
+
+    # -- up: observe, decide, act --------------------------------------------------------------------------------
+
+    def _desired(self, secrets_: Secrets | None, certificate: bytes | None) -> dict[str, list[render.ConfigFile]]:
+        """Every file each host must hold, with the programs that read it when they start."""
+        desired = {}
+        for host in self.hosts.values():
+            plan = host.plan
+            files = render.system_files(plan)
+            if secrets_ and host.holds("app"):
+                gunicorns = tuple(server.programs[0] for server in plan.servers_here)
+                files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), gunicorns))
+            if secrets_ and host.holds("db"):
+                files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+            if certificate and host.holds("lb"):
+                files.append(render.ConfigFile(plan.paths.site_pem, certificate.decode(), ("haproxy",)))
+            desired[host.name] = files
+        return desired
+
+    def _observe(self, desired: dict[str, list[render.ConfigFile]]) -> dict[str, Observed]:
+        def observe(host: Host) -> Observed:
+            running = host.supervisor.pid() is not None
+            balancer = next((b for h, b in zip(self.lb_hosts, self.balancers) if h.name == host.name), None)
+            return Observed(
+                supervisor=running,
+                statuses={name: status.state for name, status in (host.supervisor.status() if running else {}).items()},
+                contents={file.path: host.connector.get(file.path) for file in desired[host.name]},
+                balancer={name: state.status for name, state in balancer.states().items()} if balancer and running else {},
+                releases=tuple(host.connector.listdir(host.plan.paths.releases) or ()) if host.holds("app") else (),
+                current=host.connector.readlink(host.plan.paths.current) if host.holds("app") else None,
+            )
+
+        return on_each(self.hosts, observe)
+
+    def changes(self) -> Changes:
+        """What `up` would change, computed from what runs and what djship.toml asks; changes nothing."""
+        self._preflight()
+        secrets_ = self.read_secrets()
+        certificate = self.local.get(self.control.site_pem)
+        desired = self._desired(secrets_, certificate)
+        return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
+
+    def up(self) -> UpResult:
+        self._preflight()
+        self.control.state.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.control.deploy_lock, "up"):
+            return self.converge()
+
+    def converge(self) -> UpResult:
+        """Bring any state (nothing, running, half-started, a changed config) to what djship.toml says, without
+        failing a request: the differences first, then only what they name."""
+        with self.reporter.step(f"Secrets and certificate in {self.control.state}"):
+            self.control.logs.mkdir(parents=True, exist_ok=True)
+            secrets_ = self._ensure_secrets()
+            certificate_changed = ensure_certificate(self.control_plan, self.local) | self.refresh_staple()
+            certificate = self.local.get(self.control.site_pem)
+        desired = self._desired(secrets_, certificate)
+        changes = diff(self.hosts, desired, self._observe(desired), False, certificate_changed)
+        started: list[Host] = []
+        try:
+            release = self._apply(changes, desired, secrets_, started)
+        except BaseException:
+            if started and len(started) == len(self.hosts):  # a first start that failed: stop what it started
+                self.reporter.note("Stopping what this run started (nothing is deleted)")
+                on_each({host.name: host for host in started}, lambda host: host.supervisor.shutdown())
+            raise
+        self.topology.record()
+        ca_cert = self.control.ca_cert if self.plan.tls.mode == "local" else None
+        return UpResult(self.plan.url, ca_cert, release.id, changed=not changes.empty)
+
+    def _apply(self, changes: Changes, desired: dict[str, list[render.ConfigFile]], secrets_: Secrets,
+               started: list[Host]) -> Release:
+        self._check_ports(changes)
+        if changes.removed and changes.balancers_running:
+            self._take_out_for_good(changes.removed)
+        with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
+            reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
+                                                                            started))
+        self._database(secrets_, changes)
+        release = self._release(changes)
+        for server in self.plan.app_servers:
+            self._ensure_app_server(server, release, changes, reconfigured[server.host])
+        self._ensure_balancers(changes)
+        self._ensure_extras(changes, reconfigured)
+        for name in changes.removed:
+            for host in self.app_hosts.values():
+                host.connector.run(["rm", "-rf", "--", str(host.plan.paths.servers / name)])
+        self._stop_departed()
+        return release
+
+    def _hosts_phrase(self) -> str:
+        return "this machine" if len(self.hosts) == 1 else f"{len(self.hosts)} hosts"
+
+    def _check_ports(self, changes: Changes) -> None:
+        """Refuse before anything starts when a port a starting program needs is taken by another program."""
+
+        def check(host: Host) -> None:
+            endpoints = changes.endpoints_to_bind(host)
+            if not endpoints:
+                return
+            busy = host.connector.run([host.python, "-c", PORT_PROBE, *(f"{a}:{p}" for a, p, _ in endpoints)]).stdout.split()
+            for address, port, key in endpoints:
+                if f"{address}:{port}" in busy:
+                    raise DjshipError(f"port {port} on {address} is already in use by another program; stop that "
+                                      f"program or change {key} in djship.toml")
+
+        on_each(self.hosts, check)
+
+    def _prepare(self, host: Host, files: list[render.ConfigFile], secrets_: Secrets, changes: Changes,
+                 started: list[Host]) -> set[str]:
+        """Everything a host needs before its programs start; returns the programs whose supervisor settings
+        changed (they take effect at their next restart)."""
+        plan, connector = host.plan, host.connector
+        ensure_service_user(plan, connector)
+        prepare_state_dir(plan, connector)
+        self.pipeline.prepare_supervisor(host)
+        if host.holds("db"):  # initdb wants an empty data directory: before postgresql.conf is written into it
+            database = DatabaseServer(plan, connector)
+            if not database.initialized():
+                with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
+                    database.init_cluster(secrets_.superuser_password)
+        for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
+            owner = plan.service_user if file.path.is_relative_to(plan.database.data_dir) or \
+                file.path == plan.paths.app_secrets or file.path == plan.paths.site_pem else None
+            mode = 0o600 if file.path.parent == plan.paths.secrets or file.path == plan.paths.site_pem else 0o644
+            connector.put(file.path, file.text, mode=mode, owner=owner)
+        if host.name in changes.supervisor_start:
+            with self.reporter.step(f"Starting the supervisor (supervisord) on {host.name}"):
+                host.supervisor.start_daemon()
+            started.append(host)
+            return set()
+        if host.name in changes.supervisor_reread:
+            with self.reporter.step(f"Applying the supervisor's new configuration on {host.name}"):
+                return host.supervisor.reload_config()
+        return set()
+
+    def _database(self, secrets_: Secrets, changes: Changes) -> None:
+        host, database = self.db_host, self.database
+        endpoint = host.plan.database.endpoint
+        action = changes.postgres
+        if action == "start":
+            with self.reporter.step(f"Starting PostgreSQL on {endpoint}"):
+                host.supervisor.start("postgres")
+                database.wait_ready(READY_TIMEOUT)
+        elif action == "restart":
+            with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
+                host.supervisor.restart("postgres")
+                database.wait_ready(READY_TIMEOUT)
+        elif action == "reload":  # which clients may connect: a reload, no connection is dropped
+            with self.reporter.step("Reloading PostgreSQL's client list (pg_hba.conf changed)"):
+                host.supervisor.signal("postgres", "HUP")
+        live = read_live(host.plan, host.connector).database
+        with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
+            database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
+
+    def _release(self, changes: Changes) -> Release:
+        """The release the app servers start on: the live one (shipped to hosts that lack it), else a new one."""
+        if changes.release is None:
+            release = self.pipeline.build()
+            with self.reporter.step("Migrating the database (once, before any app server starts)"):
+                self.migrate(release)
+        else:
+            release = Release(changes.release, self.control.releases / changes.release)
+            missing = [self.hosts[name] for name in changes.ship]
+            if missing:
+                with self.reporter.step(f"Shipping release {release.id} to {', '.join(h.name for h in missing)}"):
+                    self.pipeline.ship(release.id, missing)
+            else:
+                self.reporter.note(f"Using release {release.id}")
+        self.set_current(release)
+        return release
+
+    def _ensure_app_server(self, server: AppServer, release: Release, changes: Changes, reconfigured: set[str]) -> None:
+        host = self.host_of(server)
+        stopped = [name for name in server.programs if name in changes.start.get(host.name, ())]
+        restart = [name for name in server.programs if name not in stopped
+                   and (name in changes.restart.get(host.name, ()) or name in reconfigured)]
+        if stopped:
+            with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
+                if host.connector.readlink(server.release_link) is None:
+                    host.connector.symlink(server.release_link, self.pipeline.on(host, release.id).dir)
+                point_server(server, host.connector, read_live(host.plan, host.connector))
+                host.supervisor.start(*server.programs)
+                self.wait_healthy(server, self.release_of(server) or release)
+        if restart:
+            running_on = self.release_of(server) or release
+
+            def apply() -> None:
+                with self.reporter.step(f"Restarting {', '.join(restart)} (configuration changed)"):
+                    host.supervisor.restart(*restart, reconfigure=reconfigured)
+                    self.wait_healthy(server, running_on)
+
+            if changes.balancers_running and others_in_rotation(self.balancers, {server.name}):
+                with self.out_of_rotation((server,)):
+                    apply()
+            else:
+                self.reporter.note(f"{server.name} is the only app server in rotation: it restarts while serving")
+                apply()
+
+    def _ensure_balancers(self, changes: Changes) -> None:
+        for host, instance in zip(self.lb_hosts, self.balancers):
+            action = changes.haproxy.get(host.name)
+            if action == "start":
+                with self.reporter.step(f"Starting the load balancer (HAProxy) on {self._where(host)}"):
+                    host.supervisor.start("haproxy")
+                    self._wait_balancer(host, instance)
+                continue
+            if action == "reload":
+                self._reload_balancer(host, instance)
+            resting = [name for name, state in instance.states().items()
+                       if state.status.startswith(("DRAIN", "MAINT")) and name not in changes.removed]
+            if resting:
+                with self.reporter.step(f"Putting {', '.join(resting)} back into rotation"):
+                    for name in resting:
+                        instance.set_state(name, "ready")
+
+    def _where(self, host: Host) -> str:
+        return self.plan.url if len(self.lb_hosts) == 1 else f"{host.name} ({self.plan.url})"
+
+    def _reload_balancer(self, host: Host, instance: Balancer) -> None:
+        """A new HAProxy worker takes over the listening sockets; the old one finishes its requests."""
+        with self.reporter.step("Reloading the load balancer (no connection is dropped)"):
+            check = host.connector.run([host.plan.tools.haproxy, "-c", "-q", "-f", str(host.plan.paths.haproxy_conf)])
+            if not check.ok:
+                raise CommandFailed(f"haproxy -c {host.plan.paths.haproxy_conf}", check)
+            host.supervisor.signal("haproxy", "USR2")
+            self._wait_balancer(host, instance)
+
+    def _balancer_ready(self, host: Host, instance: Balancer) -> tuple[bool, str]:
+        states = instance.states()
+        down = [server.name for server in self.plan.app_servers
+                if server.name not in states or states[server.name].status != "UP"]
+        if down:
+            return False, f"waiting for health checks of {', '.join(down)}"
+        bundle = self.local.get(self.control.site_pem)
+        status = https_probe(host.address, self.plan.https_port, self.plan.domains[0], self.plan.health_path,
+                             leaf_der(bundle) if bundle else b"")
+        return status == 200, f"HTTPS health check through {host.address} answered {status}"
+
+    def _wait_balancer(self, host: Host, instance: Balancer) -> None:
+        wait_until(f"the load balancer on {host.name}", lambda: self._balancer_ready(host, instance), READY_TIMEOUT,
+                   f"see `djship logs {host.name if len(self.hosts) > 1 else 'haproxy'}`")
+
+    def _wait_balancers(self) -> None:
+        for host, instance in zip(self.lb_hosts, self.balancers):
+            self._wait_balancer(host, instance)
+
+    def _ensure_extras(self, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
+        """The renewal timer and the backup scheduler, where the plan has them."""
+        for host in self.hosts.values():
+            for program in (RENEWAL_PROGRAM, render.BACKUP_SCHEDULER):
+                if program not in {p.name for p in render.programs(host.plan)}:
+                    continue
+                if program == RENEWAL_PROGRAM:
+                    self._ensure_renewal(host, changes, reconfigured[host.name])
+                elif program in changes.start.get(host.name, ()):
+                    with self.reporter.step(f"Starting the daily backup at {host.plan.backup.schedule} UTC"):
+                        host.supervisor.start(program)
+                elif program in changes.restart.get(host.name, ()):
+                    with self.reporter.step(f"Restarting {program} (its schedule changed)"):
+                        host.supervisor.restart(program, reconfigure=reconfigured[host.name])
+
+    def _ensure_renewal(self, host: Host, changes: Changes, reconfigured: set[str]) -> None:
+        try:
+            self._ensure_acme_certificate()
+        finally:  # also after a failed order: the timer retries it with back-off
+            if RENEWAL_PROGRAM in changes.start.get(host.name, ()):
+                with self.reporter.step("Starting the certificate renewal timer"):
+                    host.supervisor.start(RENEWAL_PROGRAM)
+            elif not changes.empty:
+                # The timer read djship.toml when it started: restart it so it renews for what the file says now.
+                with self.reporter.step("Restarting the certificate renewal timer"):
+                    host.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
+
+    def _take_out_for_good(self, names: tuple[str, ...]) -> None:
+        with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
+            if not others_in_rotation(self.balancers, set(names)):
+                raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
+            for instance in self.balancers:
+                take_out_for_good(instance, list(names), self.plan.balancer_timeout)
+
+    def _stop_departed(self) -> None:
+        """Stop the supervisord of every host brought up before that djship.toml no longer lists (the balancers
+        no longer send it anything); its files stay."""
+        for name, state, supervisor in self.topology.departed():
+            with self.reporter.step(f"Stopping {name} (no longer in djship.toml; its files stay in {state})"):
+                try:
+                    supervisor.shutdown()
+                except DjshipError as error:
+                    self.reporter.note(f"could not stop {name}: {error}; stop it yourself")
+                finally:
+                    supervisor.connector.close()
+
+    # -- certificates -------------------------------------------------------------------------------------------
+
+    @property
+    def balancer_hosts(self) -> list[BalancerHost]:
+        return [BalancerHost(host.connector, instance) for host, instance in zip(self.lb_hosts, self.balancers)]
+
+    def _ensure_acme_certificate(self) -> bool:
+        """Obtain and install an ACME certificate unless the served one is current; returns whether it did."""
+        plan = self.control_plan
+        if acme_certificate_is_current(plan, self.local, site_info(plan, self.local)):
+            return False
+        with self.reporter.step(f"Certificate for {', '.join(plan.domains)} from {plan.tls.acme_directory}"):
+            self.renew_certificate()
+        return True
+
+    def renew_certificate(self) -> None:
+        """A new ACME certificate, installed into every balancer without a reload; recorded for `djship status`."""
+        plan = self.control_plan
+
+        def renew() -> str:
+            bundle = obtain_acme(plan, self.local, self.balancer_hosts)
+            install(plan, self.balancer_hosts, bundle, self._staple_for(bundle))
+            self._wait_balancers()
+            return site_info(plan, self.local).serial
+
+        renewal.attempt(plan, self.local, renew)
+
+    def renew(self, force: bool) -> bool:
+        """`djship certs renew`: renew now if due (or always with force); returns whether it renewed."""
+        mode = self.plan.tls.mode
+        if mode != "acme":
+            raise DjshipError(
+                f"tls.mode is {mode!r}: only ACME certificates are renewed by djship "
+                + ("(the local CA's are reissued by `djship up`)" if mode == "local" else
+                   "(point tls.cert_file and tls.key_file at the new files and run `djship up`)")
+            )
+        if not all(host.running("haproxy") for host in self.lb_hosts):
+            raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
+        if not force and acme_certificate_is_current(self.control_plan, self.local, site_info(self.control_plan, self.local)):
+            return False
+        self.renew_certificate()
+        return True
+
+    def _staple_for(self, bundle: bytes) -> bytes | None:
+        return fetch_staple(self.control_plan, self.local, bundle, self.reporter.note)
+
+    def refresh_staple(self) -> bool:
+        """Fetch site.pem.ocsp for HAProxy's next start or reload when it is missing or half expired; returns
+        whether it changed."""
+        plan = self.control_plan
+        if not staple_due(plan, self.local):
+            return False
+        return write_staple(plan, self.local, self._staple_for(self.local.get(plan.paths.site_pem)))
+
+    def watch_renewals(self, log: Callable[[str], None]) -> None:
+        """The renewal timer's loop (the supervised program `renewal`); never returns."""
+        plan = self.control_plan
+
+        def site() -> tuple:
+            info = site_info(plan, self.local)
+            return info, acme_certificate_is_current(plan, self.local, info)
+
+        last_staple_attempt = [-STAPLE_RETRY]
+
+        def refresh_live_staple() -> None:
+            if not staple_due(plan, self.local) or time.monotonic() - last_staple_attempt[0] < STAPLE_RETRY:
+                return
+            last_staple_attempt[0] = time.monotonic()
+            bundle = self.local.get(plan.paths.site_pem)
+            staple = self._staple_for(bundle)
+            if staple != self.local.get(plan.paths.site_ocsp):
+                install(plan, self.balancer_hosts, bundle, staple)
+                log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
+
+        renewal.watch(plan, self.local, site, self.renew_certificate, log, maintain=refresh_live_staple)
+
+    # -- what deploy, rollback, scale and restore need (deploy/rolling.py) ------------------------------------
+
+    def current(self) -> Release | None:
+        """The release new app servers start on: what `current` points at on the first app host that has one."""
+        for host in self.app_hosts.values():
+            if host.name in self.topology.unreachable:
+                continue
+            link = host.connector.readlink(host.plan.paths.current)
+            if link is not None:
+                return self.pipeline.on(host, link.name)
+        return None
+
+    def live_release(self) -> Release:
+        """The release in service; refuses when the system is not running."""
+        release = self.current()
+        if release is None or not all(host.running("haproxy") for host in self.lb_hosts):
+            raise DjshipError("the system is not running; start it with `djship up` first")
+        return release
+
+    def build_release(self) -> Release:
+        return self.pipeline.build()
+
+    def migrate(self, release: Release, live_file: Path | None = None) -> None:
+        """Once, from the first app host, under PostgreSQL's advisory lock."""
+        host = next(iter(self.app_hosts.values()))
+        log_dir = None if host.installs == "project" else self.control.logs / host.name
+        ReleaseBuilder(host.plan, host.connector, self.reporter, log_dir=log_dir).migrate(
+            self.pipeline.on(host, release.id), live_file)
+
+    def discard_release(self, release: Release) -> None:
+        self.pipeline.discard(release.id)
+
+    def releases(self) -> list[Release]:
+        host = next(iter(self.app_hosts.values()))
+        return [self.pipeline.on(host, release_id) for release_id in self.pipeline.listed()]
+
+    def release_of(self, server: AppServer) -> Release | None:
+        host = self.host_of(server)
+        link = host.connector.readlink(server.release_link)
+        return None if link is None else self.pipeline.on(host, link.name)
+
+    def run_release(self, server: AppServer, release: Release) -> None:
+        """nginx follows the release link by itself (static files); only gunicorn restarts, on the live database
+        (so a restore killed half-way is undone server by server, not left half-done)."""
+        host = self.host_of(server)
+        host.connector.symlink(server.release_link, self.pipeline.on(host, release.id).dir)
+        point_server(server, host.connector, read_live(host.plan, host.connector))
+        self.restart_app(server, release)
+
+    def restart_app(self, server: AppServer, release: Release) -> None:
+        """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
+        gunicorn, _ = server.programs
+        self.host_of(server).supervisor.restart(gunicorn)
+        self.wait_healthy(server, release)
+
+    def set_current(self, release: Release) -> None:
+        on_each(self.app_hosts, lambda host: host.connector.symlink(host.plan.paths.current,
+                                                                    self.pipeline.on(host, release.id).dir))
+
+    def prune_releases(self) -> list[str]:
+        """Delete the oldest releases beyond keep_releases, never one in use; return their ids."""
+        ids = self.pipeline.listed()
+        running = [self.release_of(server) for server in self.plan.app_servers] + [self.current()]
+        in_use = {release.id for release in running if release is not None}
+        removable = [release_id for release_id in ids[: -self.plan.keep_releases] if release_id not in in_use]
+        for release_id in removable:
+            self.pipeline.discard(release_id)
+        return removable
+
+    def wait_healthy(self, server: AppServer, release: Release) -> None:
+        """Health-checked from a balancer host: the only place an app server accepts requests from."""
+        lb = self.lb_hosts[0]
+        appserver.wait_healthy(
+            self.plan, server, release.id,
+            lambda: appserver.health_from(lb.connector, lb.plan.tools.python, self.plan, server),
+            f"`djship logs {server.name}`",
+        )
+
+    def others_in_rotation(self, leaving: set[str]) -> list[str]:
+        return others_in_rotation(self.balancers, leaving)
+
+    @contextmanager
+    def out_of_rotation(self, servers: tuple[AppServer, ...]) -> Iterator[None]:
+        """Drain these servers in every balancer and wait for their requests in flight; afterwards put them back into
+        rotation and wait until the balancers see them UP. Refuses when no other server would be left serving."""
+        names = ", ".join(server.name for server in servers)
+        if not self.others_in_rotation({server.name for server in servers}):
+            raise DjshipError(
+                f"taking {names} out would leave no app server in rotation; "
+                + ("run `djship scale 2` first" if len(self.plan.app_servers) == 1 else "lower deploy.batch_size, "
+                   "or run `djship up` to bring every server back into rotation")
+            )
+
+        def set_state(state: str) -> None:
+            for instance in self.balancers:
+                for server in servers:
+                    instance.set_state(server.name, state)
+
+        with self.reporter.step(f"Draining {names} (no new requests; waiting for those in flight)"):
+            set_state("drain")
+            for instance in self.balancers:
+                for server in servers:
+                    instance.wait_drained(server.name, self.plan.balancer_timeout)
+        try:
+            yield
+        except BaseException:
+            set_state("ready")  # the balancers' own health checks decide whether they serve
+            raise
+        with self.reporter.step(f"Putting {names} back into rotation"):
+            set_state("ready")
+            for instance in self.balancers:
+                for server in servers:
+                    instance.wait_status(server.name, "UP", ROTATION_TIMEOUT)
+
+    # -- status, logs, manage, down, destroy ----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """The topology with live states; a host that does not answer is listed with why, its components as
+        UNREACHABLE. The schema is documented in the README (`djship status --json`)."""
+        unreachable = self.topology.unreachable
+        answering = {name: host for name, host in self.hosts.items() if name not in unreachable}
+        views = on_each(answering, lambda host: host.statuses())
+        balancer_views = {host.name: instance.states() for host, instance in zip(self.lb_hosts, self.balancers)
+                          if views.get(host.name)}
+        balancer_view = next(iter(balancer_views.values()), {})
+        plan = self.plan
+
+        def entry(host: Host, name: str, role: str, address: str, health: str, server: str | None = None) -> dict:
+            process = views.get(host.name, {}).get(name)
+            state = "UNREACHABLE" if host.name in unreachable else process.state if process else "STOPPED"
+            return {
+                "name": name, "role": role, "server": server, "host": host.name, "address": address,
+                "pid": process.pid if process else None, "state": state,
+                "health": health if process and process.state == "RUNNING" else "down",
+            }
+
+        components = [
+            entry(host, "haproxy", "balancer", f"{host.address}:{plan.https_port}",
+                  "up" if balancer_views.get(host.name) else "down")
+            for host in self.lb_hosts
+        ]
+        for server in plan.app_servers:
+            host = self.host_of(server)
+            view = balancer_view.get(server.name)
+            health = view.status.lower() if view else "unknown"
+            gunicorn, nginx = server.programs
+            components.append(entry(host, nginx, "app", server.endpoint, health, server.name))
+            components.append(entry(host, gunicorn, "app", f"unix:{server.socket}", health, server.name))
+        db = self.db_host
+        ready = bool(views.get(db.name)) and self.database.is_ready()
+        components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
+        for host in answering.values():
+            if host.plan.backup.schedule and host.holds("db"):
+                components.append(entry(host, render.BACKUP_SCHEDULER, "backup",
+                                        f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}", "scheduled"))
+        release = self.current()
+        supervisors = on_each(answering, lambda host: host.supervisor.pid())
+        return {
+            "url": plan.url,
+            "ca_path": str(self.control.ca_cert) if plan.local_ca_cert else None,
+            "running": any(views.values()),
+            "release": release.id if release else None,
+            "database": read_live(db.plan, db.connector).database if db.name in answering else None,
+            "supervisor_pid": supervisors.get(db.name) if len(self.hosts) == 1 else None,
+            "hosts": [{"name": host.name, "address": host.address, "roles": sorted(host.plan.roles),
+                       "supervisor": supervisors.get(host.name), "problem": unreachable.get(host.name)}
+                      for host in self.hosts.values()],
+            "components": components,
+            "tls": self._tls_status(views),
+        }
+
+    def _tls_status(self, views: dict) -> dict:
+        info = site_info(self.control_plan, self.local)
+        report = {"mode": self.plan.tls.mode, "certificate": info.to_json() if info else None, "renewal": None}
+        if self.plan.tls.mode == "acme":
+            process = views.get(self.lb_hosts[0].name, {}).get(RENEWAL_PROGRAM)
+            report["renewal"] = {
+                "pid": process.pid if process else None,
+                "state": process.state if process else "STOPPED",
+                **asdict(renewal.load(self.control_plan, self.local)),
+            }
+        return report
+
+    def log_files(self, component: str | None) -> list[tuple[Host, Path]]:
+        """(host, log file) for a component, an app server, a host name, or everything."""
+        chosen = []
+        for host in self.hosts.values():
+            names = ["supervisord", *(program.name for program in render.programs(host.plan))]
+            servers = {server.name for server in host.plan.servers_here}
+            if component is None:
+                picked = names
+            elif component == host.name and len(self.hosts) > 1:  # a host: everything on it, access logs too
+                picked = [*names, *(f"{server}-nginx-access" for server in sorted(servers))]
+            elif component in names:
+                picked = [component]
+            elif component in servers:
+                picked = [f"{component}-nginx", f"{component}-nginx-access", f"{component}-gunicorn"]
+            else:
+                picked = []
+            chosen += [(host, host.plan.paths.logs / f"{name}.log") for name in picked]
+        if not chosen:
+            known = sorted({*(self.hosts if len(self.hosts) > 1 else ()),
+                            *(server.name for server in self.plan.app_servers),
+                            *(program.name for host in self.hosts.values() for program in render.programs(host.plan))})
+            raise DjshipError(f"no component {component!r}; choose one of: {', '.join(known)}")
+        return chosen
+
+    def tail(self, component: str | None, lines: int, follow: bool, emit: Callable[[str], None]) -> None:
+        """The last lines of each log, every line prefixed with its host and file; with follow, new lines as they
+        come, from every host at once, until interrupted."""
+        by_host: dict[str, list[Path]] = {}
+        for host, path in self.log_files(component):
+            by_host.setdefault(host.name, []).append(path)
+
+        def read(host: Host) -> None:
+            argv = ["tail", "-q" if len(by_host[host.name]) == 1 else "-v", "-n", str(lines),
+                    *(["-F"] if follow else []), *map(str, by_host[host.name])]
+            current = [Path(by_host[host.name][0]).stem]
+
+            def line(text: str) -> None:
+                if text.startswith("==> ") and text.endswith(" <=="):
+                    current[0] = Path(text[4:-4]).stem
+                elif text.strip() and not text.startswith("tail: "):
+                    emit(f"{host.name} {current[0]} | {text}")
+
+            host.connector.stream(argv, line)
+
+        targets = {name: self.hosts[name] for name in by_host}
+        if not follow:
+            on_each(targets, read)
+            return
+        readers = [threading.Thread(target=read, args=(host,), daemon=True) for host in targets.values()]
+        for reader in readers:
+            reader.start()
+        while any(reader.is_alive() for reader in readers):  # until Ctrl-C, or every host's connection is gone
+            time.sleep(0.5)
+
+    def manage(self, args: list[str], emit: Callable[[str], None], terminal: bool = False) -> int:
+        """manage.py ARGS in the live release on the first app host, as the app runs: in a terminal when there is
+        one (interactive commands work), else its output as it comes. Returns its exit code."""
+        release = self.live_release()
+        if not self.database.is_ready():
+            raise DjshipError("the database is not running; start it with `djship up` first")
+        host = next(iter(self.app_hosts.values()))
+        argv = [str(release.python), str(release.app / "manage.py"), *args]
+        options = {"user": host.plan.service_user, "env": release.environment(), "cwd": release.app}
+        if terminal:
+            return host.connector.interactive(argv, **options)
+        return host.connector.stream(argv, emit, **options)
+
+    def down(self) -> bool:
+        """Stop every process, balancers first, database last; every file and row stays. Returns whether anything
+        ran."""
+        running = {name for name, pid in on_each(self.hosts, lambda host: host.supervisor.pid()).items() if pid}
+        if not running:
+            return False
+
+        def stop(role: str, programs: Callable[[Host], list[str]], title: str) -> None:
+            targets = {name: host for name, host in self.hosts.items() if name in running and host.holds(role)}
+            if targets:
+                with self.reporter.step(title):
+                    on_each(targets, lambda host: host.supervisor.stop(*programs(host)))
+
+        if self.plan.tls.mode == "acme":
+            stop("lb", lambda host: [RENEWAL_PROGRAM], "Stopping the certificate renewal timer")
+        stop("lb", lambda host: ["haproxy"], "Stopping the load balancer")
+        stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
+             "Stopping the app servers")
+        stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")
+        with self.reporter.step(f"Stopping the supervisor on {self._hosts_phrase()}"):
+            on_each({name: self.hosts[name] for name in running}, lambda host: host.supervisor.shutdown())
+        return True
+
+    def destroy_targets(self) -> list[tuple[str, Path]]:
+        """(host, directory) that `destroy` deletes: every host's state root, and .djship/ here."""
+        targets = [(host.name, host.plan.paths.state) for host in self.hosts.values()]
+        if all(state != self.control.state for _, state in targets):
+            targets.append(("this machine", self.control.state))
+        return targets
+
+    def destroy(self) -> None:
+        targets = self.destroy_targets()
+        if not any(host.connector.get(host.plan.paths.supervisor_conf) is not None for host in self.hosts.values()) \
+                and not self.control.state.exists():
+            raise DjshipError(f"nothing to destroy: {self.control.state} does not exist")
+        self.down()
+        for name, state in targets:
+            connector = self.hosts[name].connector if name in self.hosts else self.local
+            with self.reporter.step(f"Deleting {state} on {name} (database, releases, secrets, certificates)"):
+                connector.run(["rm", "-rf", "--", str(state)])
