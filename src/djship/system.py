@@ -297,6 +297,7 @@ class System:
     def _apply(self, changes: Changes, desired: dict[str, list[render.ConfigFile]], secrets_: Secrets,
                started: list[Host]) -> Release:
         self._check_ports(changes)
+        self.pipeline.prepare()
         if changes.removed and changes.balancers_running:
             self._take_out_for_good(changes.removed)
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):

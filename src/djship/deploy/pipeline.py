@@ -62,6 +62,11 @@ class Pipeline:
             f"python{wanted} on this machine to build their wheels with; install python{wanted} here"
         )
 
+    def prepare(self) -> None:
+        """Build here, once, what the hosts install from (the wheels), before they all ask for it at once."""
+        if self.offline:
+            self.wheelhouse  # noqa: B018 (cached: built now, not in every host's thread)
+
     def prepare_supervisor(self, host: Host) -> None:
         """The supervisor's virtualenv on a host that installs from wheels (elsewhere djship's own Python runs it)."""
         if host.installs == "wheels":

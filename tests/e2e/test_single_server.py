@@ -1,0 +1,97 @@
+"""One rented server holding every role, over SSH (the commonest first production): a network namespace with its
+own sshd. It runs two app servers by default, so a deploy keeps one in rotation and fails no request.
+
+Only that host's address (10.247.x.y, in a namespace the fixture makes and deletes) is contacted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from djship.components.probe import Response, request
+from tests.e2e.conftest import EXAMPLE, RequestLoop, run_djship, searchable_directory
+from tests.e2e.hosts import NetnsHosts, netns_hosts
+
+pytestmark = pytest.mark.e2e
+
+
+def write_config(project: Path, hosts: NetnsHosts) -> None:
+    web = hosts["web1"]
+    (project / "djship.toml").write_text("\n".join([
+        "[project]", 'settings_module = "board.settings"', 'wsgi_application = "board.wsgi.application"', "",
+        "[app]", "workers = 2", "",
+        "[servers]", 'lb = ["web1"]', 'app = ["web1"]', 'db = "web1"', "",
+        "[ssh]", f'key = "{hosts.client_key}"', f'known_hosts = "{hosts.known_hosts}"', "",
+        "[hosts.web1]", f'address = "{web.address}"', f'root = "{web.root}"', "",
+    ]))
+
+
+class Server:
+    def __init__(self, project: Path, hosts: NetnsHosts):
+        self.project, self.hosts = project, hosts
+        self.address = hosts["web1"].address
+
+    def djship(self, *args: str, check: bool = True):
+        return run_djship(self.project, *args, check=check, timeout=900)
+
+    def get(self, path: str = "/api/posts/") -> Response | str:
+        return request(self.address, 443, "localhost", "GET", path, tls_name="localhost",
+                       ca_file=self.project / ".djship" / "tls" / "ca.crt", timeout=30)
+
+    def session(self) -> None:
+        """The request loop's session: none, as ServerLoop connects to the host itself."""
+
+
+class ServerLoop(RequestLoop):
+    def __init__(self, server: Server):
+        self.server = server
+        super().__init__(server, threads=4)  # type: ignore[arg-type]
+
+    def _get(self, session) -> tuple[str | None, str | None]:
+        answer = self.server.get()
+        if isinstance(answer, str):
+            return answer, None
+        if answer.status != 200:
+            return f"HTTP {answer.status}", None
+        return None, answer.header("X-Djship-Release") or "?"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with netns_hosts(["web1"]) as hosts, searchable_directory() as directory:
+        project = directory / "board"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
+        write_config(project, hosts)
+        made = Server(project, hosts)
+        try:
+            made.djship("up")
+            yield made
+        finally:
+            run_djship(project, "down", check=False, timeout=300)
+
+
+def test_one_server_runs_two_app_servers_behind_its_own_balancer(server: Server):
+    seen: Counter[str] = Counter()
+    for _ in range(20):
+        answer = server.get()
+        assert isinstance(answer, Response) and answer.status == 200, answer
+        seen[answer.header("X-Djship-Server")] += 1
+    assert set(seen) == {"web1", "web1-2"}
+
+
+def test_a_deploy_on_one_server_fails_no_request(server: Server):
+    views = server.project / "posts" / "views.py"
+    original = views.read_text()
+    views.write_text(original + "\n# deployed by the single-server e2e test\n")
+    try:
+        with ServerLoop(server) as load:
+            server.djship("deploy")
+            load.wait_for(load.served + 30)
+    finally:
+        views.write_text(original)
+    assert load.failures == []
+    assert len(load.releases) == 2
