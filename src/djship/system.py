@@ -144,6 +144,14 @@ def take_out_for_good(instance: Balancer, names: list[str], timeout: float) -> N
         instance.set_state(name, "maint")
 
 
+def _access(plan: Plan, path: Path) -> dict:
+    """Mode and owner of a file djship writes on a host: secrets and keys 0600, readable by the service user only
+    when that user's program reads them (the app its secrets, HAProxy the site certificate, PostgreSQL its data)."""
+    private = path.parent == plan.paths.secrets or path in (plan.paths.site_pem, plan.paths.ca_key)
+    service = path.is_relative_to(plan.database.data_dir) or path in (plan.paths.app_secrets, plan.paths.site_pem)
+    return {"mode": 0o600 if private else 0o644, "owner": plan.service_user if service else None}
+
+
 class System:
     """The hosts of the topology, each with its own supervisord: lb hosts (HAProxy), app hosts (N x nginx ->
     gunicorn), the db host (PostgreSQL)."""
@@ -207,6 +215,20 @@ class System:
             raise DjshipError(f"no secrets in {self.control.secrets} nor on the hosts; run `djship up` first")
         return found
 
+    def recover(self) -> None:
+        """Read back from the hosts what the control machine keeps, when it is missing here (.djship/ lost with a
+        laptop, a fresh clone): the CA and the site certificate from a balancer host. Nothing that a host still
+        holds is made anew; the secrets are read back by read_secrets, the releases listed from the app hosts."""
+        for host in self.lb_hosts:
+            if host.name in self.topology.unreachable:
+                continue
+            for path, mode in ((self.control.ca_cert, 0o644), (self.control.ca_key, 0o600),
+                               (self.control.site_pem, 0o600)):
+                kept = host.connector.get(host.plan.paths.state / path.relative_to(self.control.state))
+                if kept is not None and self.local.get(path) is None:
+                    self.local.makedirs(path.parent, mode=0o711)
+                    self.local.put(path, kept, mode=mode)
+
     def _ensure_secrets(self) -> Secrets:
         """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
         found = self.read_secrets() or Secrets(secrets.token_urlsafe(50), secrets.token_urlsafe(24),
@@ -240,6 +262,10 @@ class System:
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
             if certificate and host.holds("lb"):
                 files.append(render.ConfigFile(plan.paths.site_pem, certificate.decode(), ("haproxy",)))
+                # Copies kept for a control machine that lost .djship/ (see recover).
+                files += [render.ConfigFile(plan.paths.state / path.relative_to(self.control.state), content.decode(), ())
+                          for path in (self.control.ca_cert, self.control.ca_key)
+                          if (content := self.local.get(path)) is not None]
             desired[host.name] = files
         return desired
 
@@ -277,6 +303,7 @@ class System:
         failing a request: the differences first, then only what they name."""
         with self.reporter.step(f"Secrets and certificate in {self.control.state}"):
             self.control.logs.mkdir(parents=True, exist_ok=True)
+            self.recover()
             secrets_ = self._ensure_secrets()
             certificate_changed = ensure_certificate(self.control_plan, self.local) | self.refresh_staple()
             certificate = self.local.get(self.control.site_pem)
@@ -305,8 +332,9 @@ class System:
                                                                             started))
         self._database(secrets_, changes)
         release = self._release(changes)
+        self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
-            self._ensure_app_server(server, release, changes, reconfigured[server.host])
+            self._restart_if_changed(server, release, changes, reconfigured[server.host])
         self._ensure_balancers(changes)
         self._ensure_extras(changes, reconfigured)
         for name in changes.removed:
@@ -347,10 +375,7 @@ class System:
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
-            owner = plan.service_user if file.path.is_relative_to(plan.database.data_dir) or \
-                file.path == plan.paths.app_secrets or file.path == plan.paths.site_pem else None
-            mode = 0o600 if file.path.parent == plan.paths.secrets or file.path == plan.paths.site_pem else 0o644
-            connector.put(file.path, file.text, mode=mode, owner=owner)
+            connector.put(file.path, file.text, **_access(plan, file.path))
         if host.name in changes.supervisor_start:
             with self.reporter.step(f"Starting the supervisor (supervisord) on {host.name}"):
                 host.supervisor.start_daemon()
@@ -397,32 +422,51 @@ class System:
         self.set_current(release)
         return release
 
-    def _ensure_app_server(self, server: AppServer, release: Release, changes: Changes, reconfigured: set[str]) -> None:
-        host = self.host_of(server)
-        stopped = [name for name in server.programs if name in changes.start.get(host.name, ())]
-        restart = [name for name in server.programs if name not in stopped
-                   and (name in changes.restart.get(host.name, ()) or name in reconfigured)]
-        if stopped:
-            with self.reporter.step(f"Starting app server {server.name}: nginx + gunicorn on {server.endpoint}"):
+    def _start_app_servers(self, changes: Changes, release: Release) -> None:
+        """Start every stopped app server at once (each host its own, all hosts together), then wait until each
+        answers its health check; nothing sends them requests before the balancer sees them healthy."""
+        stopped: dict[str, list[AppServer]] = {}
+        for server in self.plan.app_servers:
+            if set(server.programs) & set(changes.start.get(server.host, ())):
+                stopped.setdefault(server.host, []).append(server)
+
+        def start(host: Host) -> None:
+            servers = stopped[host.name]
+            for server in servers:
                 if host.connector.readlink(server.release_link) is None:
                     host.connector.symlink(server.release_link, self.pipeline.on(host, release.id).dir)
                 point_server(server, host.connector, read_live(host.plan, host.connector))
-                host.supervisor.start(*server.programs)
+            host.supervisor.start(*(name for server in servers for name in server.programs))
+            for server in servers:
                 self.wait_healthy(server, self.release_of(server) or release)
-        if restart:
-            running_on = self.release_of(server) or release
 
-            def apply() -> None:
-                with self.reporter.step(f"Restarting {', '.join(restart)} (configuration changed)"):
-                    host.supervisor.restart(*restart, reconfigure=reconfigured)
-                    self.wait_healthy(server, running_on)
+        if stopped:
+            names = ", ".join(server.name for servers in stopped.values() for server in servers)
+            with self.reporter.step(f"Starting app servers {names} (nginx + gunicorn), all at once"):
+                on_each({name: self.hosts[name] for name in stopped}, start)
 
-            if changes.balancers_running and others_in_rotation(self.balancers, {server.name}):
-                with self.out_of_rotation((server,)):
-                    apply()
-            else:
-                self.reporter.note(f"{server.name} is the only app server in rotation: it restarts while serving")
+    def _restart_if_changed(self, server: AppServer, release: Release, changes: Changes, reconfigured: set[str]) -> None:
+        """Restart what reads a changed file or changed supervisor settings, out of rotation when another server
+        serves meanwhile."""
+        host = self.host_of(server)
+        started = set(changes.start.get(host.name, ()))
+        restart = [name for name in server.programs if name not in started
+                   and (name in changes.restart.get(host.name, ()) or name in reconfigured)]
+        if not restart:
+            return
+        running_on = self.release_of(server) or release
+
+        def apply() -> None:
+            with self.reporter.step(f"Restarting {', '.join(restart)} (configuration changed)"):
+                host.supervisor.restart(*restart, reconfigure=reconfigured)
+                self.wait_healthy(server, running_on)
+
+        if changes.balancers_running and others_in_rotation(self.balancers, {server.name}):
+            with self.out_of_rotation((server,)):
                 apply()
+        else:
+            self.reporter.note(f"{server.name} is the only app server in rotation: it restarts while serving")
+            apply()
 
     def _ensure_balancers(self, changes: Changes) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
@@ -713,6 +757,7 @@ class System:
     def status(self) -> dict:
         """The topology with live states; a host that does not answer is listed with why, its components as
         UNREACHABLE. The schema is documented in the README (`djship status --json`)."""
+        self.recover()
         unreachable = self.topology.unreachable
         answering = {name: host for name, host in self.hosts.items() if name not in unreachable}
         views = on_each(answering, lambda host: host.statuses())

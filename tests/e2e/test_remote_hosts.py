@@ -93,4 +93,4 @@ def test_commands_not_built_for_hosts_refuse_a_remote_target_instead_of_running_
     with searchable_directory() as directory:
         result = run_djship(project_for(directory, hosts), *command, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert what in result.stderr and result.stderr.strip().endswith("on real hosts it is not built yet")
+    assert what in result.stderr and result.stderr.strip().endswith("not built yet")

@@ -160,8 +160,9 @@ def test_logs_come_from_every_host_prefixed(fleet: Fleet):
 
 
 def test_logs_follow_streams_new_lines_from_the_host(fleet: Fleet):
+    errors = fleet.project / "logs-follow.err"
     follower = subprocess.Popen([*DJSHIP, "logs", "-f", "-n", "0", "app1"], cwd=fleet.project,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.PIPE, stderr=errors.open("w"), text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)
     reader.start()
@@ -171,7 +172,7 @@ def test_logs_follow_streams_new_lines_from_the_host(fleet: Fleet):
             fleet.get("/api/posts/?followed")
         deadline = time.monotonic() + 30
         while not any("followed" in line for line in lines):
-            assert time.monotonic() < deadline, f"no followed line in {lines}"
+            assert time.monotonic() < deadline, f"no followed line in {lines}; stderr: {errors.read_text()}"
             time.sleep(0.2)
         assert all(line.startswith("app1 app1-nginx-access | ") for line in lines if "followed" in line)
     finally:
@@ -282,6 +283,31 @@ def test_rollback_across_hosts_fails_no_request(fleet: Fleet):
         load.wait_for(load.served + 30)
     assert load.failures == []
     assert fleet.status()["release"] != before
+
+
+def test_a_control_machine_that_lost_its_state_reads_it_back_from_the_hosts(fleet: Fleet):
+    secrets = (fleet.hosts["app1"].root / "secrets" / "app.json").read_bytes()
+    ca = fleet.ca.read_bytes()
+    live = fleet.status()["release"]
+    shutil.rmtree(fleet.project / ".djship")  # the laptop is lost; a fresh clone has the same djship.toml and key
+    report = fleet.status()
+    assert report["release"] == live and report["tls"]["certificate"] is not None
+    assert fleet.ca.read_bytes() == ca
+    views = fleet.project / "posts" / "views.py"
+    original = views.read_text()
+    views.write_text(original + "\n# deployed from a fresh clone\n")
+    try:
+        with FleetLoop(fleet) as load:
+            fleet.djship("deploy")
+            load.wait_for(load.served + 30)
+    finally:
+        views.write_text(original)
+    assert load.failures == []
+    assert fleet.status()["release"] != live
+    assert "Already up and unchanged" in fleet.djship("up").stdout
+    for name in ("app1", "app2", "app3"):  # no secret was made anew
+        assert (fleet.hosts[name].root / "secrets" / "app.json").read_bytes() == secrets
+    assert json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_bytes()) == json.loads(secrets)
 
 
 def test_a_killed_app_host_fails_no_request_and_rejoins_after_up(fleet: Fleet):

@@ -34,6 +34,7 @@ class Server:
     def __init__(self, project: Path, hosts: NetnsHosts):
         self.project, self.hosts = project, hosts
         self.address = hosts["web1"].address
+        self.url = f"https://{self.address}"
 
     def djship(self, *args: str, check: bool = True):
         return run_djship(self.project, *args, check=check, timeout=900)

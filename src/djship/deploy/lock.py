@@ -21,6 +21,7 @@ def exclusive(
     path: Path, operation: str, busy: str = "another deploy, rollback, scale or up is running"
 ) -> Iterator[None]:
     """Hold the lock at path for operation; refuse with busy (and who holds it) when another process has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

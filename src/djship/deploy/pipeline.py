@@ -126,7 +126,7 @@ class Pipeline:
             shipping.require_python(connector, host.python, wheelhouse)
             shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
             archive = self._archive(release_id)
-            if not archive.is_file():
+            if not archive.is_file() and not self._archive_from_hosts(release_id):
                 raise DjshipError(f"release {release_id}'s code archive {archive} is gone, so {host.name} cannot get "
                                   "the release the others run; run `djship deploy` to ship a new one to every app host")
             shipping.unpack_code(connector, archive.read_bytes(), release.app)
@@ -140,6 +140,22 @@ class Pipeline:
         except BaseException:
             connector.run(["rm", "-rf", "--", str(release.dir)])
             raise
+
+    def _archive_from_hosts(self, release_id: str) -> bool:
+        """Pack a release's code again from an app host that has it (this machine lost its archive); whether it could."""
+        for host in self.app_hosts.values():
+            if not self.installed(host, release_id):
+                continue
+            packed = host.plan.paths.state / f".code-{release_id}.tar.gz"
+            made = host.connector.run(["tar", "-czf", str(packed), "-C", str(self.on(host, release_id).app), "."])
+            content = host.connector.get(packed) if made.ok else None
+            host.connector.run(["rm", "-f", "--", str(packed)])
+            if content:
+                archive = self._archive(release_id)
+                archive.parent.mkdir(parents=True, exist_ok=True)
+                archive.write_bytes(content)
+                return True
+        return False
 
     def discard(self, release_id: str) -> None:
         on_each(self.app_hosts, lambda host: host.connector.run(["rm", "-rf", "--", str(self.on(host, release_id).dir)]))
