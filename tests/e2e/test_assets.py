@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -190,13 +191,22 @@ def test_hashed_names_are_immutable_and_others_are_revalidated(assets_site: Site
     for path in (_linked_css(assets_site), admin_css):
         response = session.get(assets_site.url + path)
         assert response.status_code == 200 and response.headers["Cache-Control"] == IMMUTABLE, (path, response.headers)
+    for path in ("/", _linked_css(assets_site)):  # what a browser asks for: brotli wins over gzip
+        response = session.get(assets_site.url + path, headers={"Accept-Encoding": "gzip, deflate, br"})
+        assert response.headers.get("Content-Encoding") == "br", (path, response.headers)
     for path in ("/static/css/board.css", "/static/admin/css/base.css", "/static/js/board.js"):
         response = session.get(assets_site.url + path)
         assert response.status_code == 200 and response.headers["Cache-Control"] == "no-cache", (path, response.headers)
         assert "ETag" in response.headers and "Last-Modified" in response.headers
 
 
-@pytest.mark.parametrize("encoding", ["gzip"])
+def _decoded(encoding: str, body: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    return subprocess.run(["brotli", "-d", "-c"], input=body, capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize("encoding", ["br", "gzip"])
 def test_css_js_html_and_json_are_compressed_and_decompress_to_the_same_body(assets_site: Site, encoding: str):
     _use_manifest_storage(assets_site)
     static = _live_static(assets_site)
@@ -208,13 +218,13 @@ def test_css_js_html_and_json_are_compressed_and_decompress_to_the_same_body(ass
             packed = _direct(assets_site, server, path, **{"Accept-Encoding": encoding})
             assert packed.status_code == 200 and packed.headers.get("Content-Encoding") == encoding, packed.headers
             assert packed.headers["Vary"] == "Accept-Encoding"
-            assert gzip.decompress(packed.raw.read(decode_content=False)) == (static / path.removeprefix("/static/")).read_bytes()
+            assert _decoded(encoding, packed.raw.read(decode_content=False)) == (static / path.removeprefix("/static/")).read_bytes()
             plain = _direct(assets_site, server, path, **{"Accept-Encoding": "identity"})
             assert "Content-Encoding" not in plain.headers
             assert plain.raw.read() == (static / path.removeprefix("/static/")).read_bytes()
     for path, kind in (("/", "text/html"), ("/api/posts/", "application/json")):
         packed = session.get(assets_site.url + path, headers={"Accept-Encoding": encoding}, stream=True)
         assert packed.headers["Content-Type"].startswith(kind) and packed.headers.get("Content-Encoding") == encoding
-        body = gzip.decompress(packed.raw.read(decode_content=False))
+        body = _decoded(encoding, packed.raw.read(decode_content=False))
         plain = session.get(assets_site.url + path, headers={"Accept-Encoding": "identity"})
         assert "Content-Encoding" not in plain.headers and body == plain.content, path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from djship.connectors.local import LocalConnector
 from djship.deploy import static
 from djship.errors import DjshipError
 
+ENCODINGS = ("", ".gz", ".br")
 CSS_V1 = "body { background: #f5f6f8; }\n" * 40
 CSS_V2 = "body { background: #000000; }\n" * 40
 
@@ -36,6 +38,10 @@ def _tree(top: Path) -> set[str]:
     return {str(path.relative_to(top)) for path in top.rglob("*") if path.is_file()}
 
 
+def _unbrotli(path: Path) -> bytes:
+    return subprocess.run(["brotli", "-d", "-c", "--", str(path)], capture_output=True, check=True).stdout
+
+
 def test_the_store_holds_every_release_s_hashed_names_and_the_newest_unhashed_ones(tmp_path):
     old = _release(tmp_path / "releases", "20260101-000001", {"css/board.css": CSS_V1, "css/board.aaaaaaaaaaaa.css": CSS_V1})
     new = _release(tmp_path / "releases", "20260101-000002", {"css/board.css": CSS_V2, "css/board.bbbbbbbbbbbb.css": CSS_V2})
@@ -43,10 +49,7 @@ def test_the_store_holds_every_release_s_hashed_names_and_the_newest_unhashed_on
     store = _publish(tmp_path)
 
     assert _tree(store) == {
-        "css/board.css", "css/board.css.gz",
-        "css/board.aaaaaaaaaaaa.css", "css/board.aaaaaaaaaaaa.css.gz",
-        "css/board.bbbbbbbbbbbb.css", "css/board.bbbbbbbbbbbb.css.gz",
-    }
+        f"css/board{name}.css{encoding}" for name in ("", ".aaaaaaaaaaaa", ".bbbbbbbbbbbb") for encoding in ENCODINGS}
     assert os.path.samefile(store / "css/board.aaaaaaaaaaaa.css", old / "css/board.aaaaaaaaaaaa.css")
     assert os.path.samefile(store / "css/board.css", new / "css/board.css")
     assert os.path.samefile(store / "css/board.css.gz", new / "css/board.css.gz")
@@ -64,8 +67,8 @@ def test_files_of_a_release_that_is_gone_leave_the_store_at_the_next_build(tmp_p
     _release(tmp_path / "releases", "20260101-000003", {"css/board.cccccccccccc.css": CSS_V1})
     store = _publish(tmp_path)
 
-    assert _tree(store) == {"css/board.bbbbbbbbbbbb.css", "css/board.bbbbbbbbbbbb.css.gz",
-                            "css/board.cccccccccccc.css", "css/board.cccccccccccc.css.gz"}
+    assert _tree(store) == {
+        f"css/board.{name}.css{encoding}" for name in ("bbbbbbbbbbbb", "cccccccccccc") for encoding in ENCODINGS}
     assert not (store / "img").exists()
 
 
@@ -82,14 +85,18 @@ def test_text_files_are_compressed_once_with_the_original_s_mtime_and_others_are
     static.compress(root)
 
     assert gzip.decompress((root / "app.js.gz").read_bytes()) == (root / "app.js").read_bytes()
-    assert (root / "app.js.gz").stat().st_mtime == 1_700_000_000
-    assert not (root / "logo.png.gz").exists()
-    assert not (root / "tiny.css.gz").exists()  # gzip would make it bigger
+    assert _unbrotli(root / "app.js.br") == (root / "app.js").read_bytes()
+    assert (root / "app.js.gz").stat().st_mtime == (root / "app.js.br").stat().st_mtime == 1_700_000_000
+    assert not (root / "logo.png.gz").exists() and not (root / "logo.png.br").exists()
+    assert not (root / "tiny.css.gz").exists()  # either would make it bigger
+    assert _tree(root) == {"app.js", "app.js.gz", "app.js.br", "logo.png", "tiny.css", "given.css",
+                           "given.css.gz", "given.css.br"}
     assert (root / "given.css.gz").read_bytes() == b"compressed by the project"
 
 
 def test_a_file_s_gz_comes_from_the_same_release_as_the_file(tmp_path):
-    old = _release(tmp_path / "releases", "20260101-000001", {"x.css": CSS_V1, "x.css.gz": gzip.compress(CSS_V1.encode())})
+    old = _release(tmp_path / "releases", "20260101-000001", {"x.css": CSS_V1, "x.css.gz": gzip.compress(CSS_V1.encode()),
+                                                            "x.css.br": b"br"})
     new = _release(tmp_path / "releases", "20260101-000002", {"x.css": "a{}"})
 
     assert static.wanted([old, new]) == {Path("x.css"): new / "x.css"}

@@ -4,11 +4,11 @@ A page names the static files of the release that rendered it. During a deploy o
 CSS can come from app servers on different releases, and a tab opened before a deploy may load an old hashed
 file later, so each app server's nginx serves its live release's static files first and then this store:
 
-shared/static/<name>       a hard link to <name> in the newest kept release that has it (and to its .gz)
+shared/static/<name>       a hard link to <name> in the newest kept release that has it (and to its .gz, .br)
 
 `publish` runs once per release build, after collectstatic. On the host, under the release's own Python (stdlib
 only: djship itself is not installed on app hosts), it pre-compresses the text files of every release (gzip -9,
-read by nginx's gzip_static) and makes the store hold exactly the files of the releases still on disk, so
+and brotli -q 11 where the brotli program is installed, for nginx's gzip_static and brotli_static) and makes the store hold exactly the files of the releases still on disk, so
 files of pruned releases leave it at the next build.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ COMPRESSIBLE = frozenset({
     ".css", ".js", ".mjs", ".map", ".json", ".svg", ".txt", ".html", ".xml", ".webmanifest", ".ico", ".ttf",
     ".otf", ".eot", ".wasm",
 })
+ENCODINGS = (".gz", ".br")
 TEMPORARY = ".djship-tmp"
 
 
@@ -53,43 +56,57 @@ def _files(top: Path) -> list[Path]:
     )
 
 
+def _gzip(source: Path, target: Path) -> None:
+    target.write_bytes(gzip.compress(source.read_bytes(), 9, mtime=0))
+
+
+def _brotli(program: str):
+    def packer(source: Path, target: Path) -> None:
+        subprocess.run([program, "-f", "-q", "11", "-o", str(target), "--", str(source)], check=True,
+                       capture_output=True)
+
+    return packer
+
+
 def compress(static: Path) -> None:
-    """Write name.gz beside each text file that lacks one, when it is smaller (with the original's mtime, so both
-    answers carry the same Last-Modified)."""
+    """Write name.gz (and name.br where the brotli program is installed) beside each text file that lacks them,
+    when smaller, with the original's mtime so every encoding carries the same Last-Modified."""
+    brotli = shutil.which("brotli")
+    packers = {".gz": _gzip, **({".br": _brotli(brotli)} if brotli else {})}
     for relative in _files(static):
         path = static / relative
-        packed_path = path.with_name(path.name + ".gz")
-        if path.suffix.lower() not in COMPRESSIBLE or packed_path.exists():
+        if path.suffix.lower() not in COMPRESSIBLE:
             continue
-        data = path.read_bytes()
-        packed = gzip.compress(data, 9, mtime=0)
-        if len(packed) >= len(data):
-            continue
-        temporary = packed_path.with_name(packed_path.name + TEMPORARY)
-        temporary.write_bytes(packed)
-        stat = path.stat()
-        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        os.replace(temporary, packed_path)
+        for suffix, packer in packers.items():
+            packed = path.with_name(path.name + suffix)
+            if packed.exists():
+                continue
+            temporary = packed.with_name(packed.name + TEMPORARY)
+            packer(path, temporary)
+            stat = path.stat()
+            if temporary.stat().st_size >= stat.st_size:
+                temporary.unlink()
+                continue
+            os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            os.replace(temporary, packed)
 
 
 def wanted(statics: list[Path]) -> dict[Path, Path]:
     """What the store holds: each name from the newest release that has it (statics oldest first), and a file's
-    .gz from the same release as the file, so the two never disagree."""
+    .gz and .br from the same release as the file, so they never disagree."""
     chosen: dict[Path, Path] = {}
     for static in statics:
         names = set(_files(static))
         for relative in names:
-            if relative.suffix == ".gz" and relative.with_suffix("") in names:
+            if relative.suffix in ENCODINGS and relative.with_suffix("") in names:
                 continue
             chosen[relative] = static / relative
-            chosen.pop(_packed(relative), None)
-            if _packed(relative) in names:
-                chosen[_packed(relative)] = static / _packed(relative)
+            for suffix in ENCODINGS:
+                packed = relative.with_name(relative.name + suffix)
+                chosen.pop(packed, None)
+                if packed in names:
+                    chosen[packed] = static / packed
     return chosen
-
-
-def _packed(relative: Path) -> Path:
-    return relative.with_name(relative.name + ".gz")
 
 
 def merge(statics: list[Path], store: Path) -> None:
