@@ -256,9 +256,11 @@ def _check_page(driver, site_url: str, path: str, first_load: bool = False) -> N
     css = [r for r in resources if urlsplit(r["name"]).path.endswith("/board.css")]
     assert css, f"the browser did not fetch board.css for {path}: {resources}"
     assert all(r["status"] in (None, 0, 200, 304) for r in css), f"board.css answered with an error: {css}"
-    assert css[0]["body"] > 0, f"board.css arrived empty on {path}: {css}"
+    # An unhashed name is revalidated on every page (no-cache), so the browser always asks the server; after the
+    # first page the answer is a 304 with no body to count, and the rules read above show what arrived.
+    assert css[0]["size"] > 0, f"the browser used board.css from its cache without asking the server on {path}: {css}"
     if first_load:  # a fresh profile has nothing cached: the bytes came over the wire
-        assert css[0]["size"] > 0, f"board.css was not transferred on the first page: {css}"
+        assert css[0]["body"] > 0, f"board.css arrived empty on the first page: {css}"
     for resource in resources:
         assert resource["name"].startswith(site_url + "/"), f"the page fetched something off-site: {resource}"
 
