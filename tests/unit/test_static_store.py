@@ -82,7 +82,7 @@ def test_text_files_are_compressed_once_with_the_original_s_mtime_and_others_are
     })
     os.utime(root / "app.js", (1_700_000_000, 1_700_000_000))
 
-    static.compress(root)
+    static.compress(root, tmp_path / "store")
 
     assert gzip.decompress((root / "app.js.gz").read_bytes()) == (root / "app.js").read_bytes()
     assert _unbrotli(root / "app.js.br") == (root / "app.js").read_bytes()
@@ -92,6 +92,21 @@ def test_text_files_are_compressed_once_with_the_original_s_mtime_and_others_are
     assert _tree(root) == {"app.js", "app.js.gz", "app.js.br", "logo.png", "tiny.css", "given.css",
                            "given.css.gz", "given.css.br"}
     assert (root / "given.css.gz").read_bytes() == b"compressed by the project"
+
+
+def test_an_unchanged_file_takes_the_store_s_compressed_copies_instead_of_compressing_again(tmp_path):
+    old = _release(tmp_path / "releases", "20260101-000001", {"board.css": CSS_V1, "app.css": CSS_V1})
+    store = _publish(tmp_path)
+    (old / "board.css.br").write_bytes(b"compressed for the first release")  # the store's copy is the same file
+    new = _release(tmp_path / "releases", "20260101-000002", {"board.css": CSS_V1, "app.css": CSS_V2})
+    os.utime(new / "board.css", (1_700_000_000, 1_700_000_000))
+
+    _publish(tmp_path)
+
+    assert (new / "board.css.br").read_bytes() == b"compressed for the first release"
+    assert (new / "board.css.br").stat().st_mtime == 1_700_000_000 and not os.path.samefile(new / "board.css.br", old / "board.css.br")
+    assert _unbrotli(new / "app.css.br") == CSS_V2.encode()
+    assert os.path.samefile(store / "board.css.br", new / "board.css.br")
 
 
 def test_a_file_s_gz_comes_from_the_same_release_as_the_file(tmp_path):

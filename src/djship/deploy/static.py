@@ -8,8 +8,8 @@ shared/static/<name>       a hard link to <name> in the newest kept release that
 
 `publish` runs once per release build, after collectstatic. On the host, under the release's own Python (stdlib
 only: djship itself is not installed on app hosts), it pre-compresses the text files of every release (gzip -9,
-and brotli -q 11 where the brotli program is installed, for nginx's gzip_static and brotli_static) and makes the store hold exactly the files of the releases still on disk, so
-files of pruned releases leave it at the next build.
+and brotli -q 11 where the brotli program is installed, for nginx's gzip_static and brotli_static) and makes the
+store hold exactly the files of the releases still on disk, so files of pruned releases leave it at the next build.
 """
 
 from __future__ import annotations
@@ -68,27 +68,41 @@ def _brotli(program: str):
     return packer
 
 
-def compress(static: Path) -> None:
+def _same(one: Path, other: Path) -> bool:
+    return other.is_file() and one.stat().st_size == other.stat().st_size and one.read_bytes() == other.read_bytes()
+
+
+def compress(static: Path, store: Path) -> None:
     """Write name.gz (and name.br where the brotli program is installed) beside each text file that lacks them,
-    when smaller, with the original's mtime so every encoding carries the same Last-Modified."""
+    when smaller, with the original's mtime so every encoding carries the same Last-Modified. A file the store
+    already has with the same content gets copies of the store's (brotli -q 11 takes seconds for the admin's)."""
     brotli = shutil.which("brotli")
     packers = {".gz": _gzip, **({".br": _brotli(brotli)} if brotli else {})}
     for relative in _files(static):
         path = static / relative
         if path.suffix.lower() not in COMPRESSIBLE:
             continue
+        unchanged = _same(path, store / relative)
         for suffix, packer in packers.items():
-            packed = path.with_name(path.name + suffix)
+            packed = static / _encoded(relative, suffix)
             if packed.exists():
                 continue
             temporary = packed.with_name(packed.name + TEMPORARY)
-            packer(path, temporary)
+            earlier = store / _encoded(relative, suffix)
+            if unchanged and earlier.is_file():
+                shutil.copyfile(earlier, temporary)
+            else:
+                packer(path, temporary)
             stat = path.stat()
             if temporary.stat().st_size >= stat.st_size:
                 temporary.unlink()
                 continue
             os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             os.replace(temporary, packed)
+
+
+def _encoded(relative: Path, suffix: str) -> Path:
+    return relative.with_name(relative.name + suffix)
 
 
 def wanted(statics: list[Path]) -> dict[Path, Path]:
@@ -102,7 +116,7 @@ def wanted(statics: list[Path]) -> dict[Path, Path]:
                 continue
             chosen[relative] = static / relative
             for suffix in ENCODINGS:
-                packed = relative.with_name(relative.name + suffix)
+                packed = _encoded(relative, suffix)
                 chosen.pop(packed, None)
                 if packed in names:
                     chosen[packed] = static / packed
@@ -132,7 +146,7 @@ def merge(statics: list[Path], store: Path) -> None:
 def main(releases: Path, store: Path) -> None:
     statics = sorted(path for path in releases.glob("*/static") if path.is_dir())
     for static in statics:
-        compress(static)
+        compress(static, store)
     merge(statics, store)
 
 
