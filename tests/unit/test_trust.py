@@ -124,10 +124,14 @@ def test_trust_then_remove_with_real_certutil(ca, tmp_path):
         f"{ca.nickname!r} was not trusted anywhere on this machine; nothing changed"]
 
 
-def test_trust_is_refused_when_the_certificate_is_not_djship_s(make_plan, tmp_path):
-    with pytest.raises(DjshipError, match=r"^tls.mode is 'acme': the certificate comes from an ACME CA, so there is "
-                                          r"no djship CA to trust$"):
-        trust.local_ca(make_plan(project_dir=tmp_path, site={"domains": ["shop.example.com"]}, tls={"mode": "acme"}))
+@pytest.mark.parametrize(("tls", "source"), [
+    ({"mode": "acme"}, "an ACME CA"),
+    ({"mode": "files", "cert_file": "site.crt", "key_file": "site.key"}, r"your own files \(tls.cert_file\)"),
+])
+def test_trust_is_refused_when_the_certificate_is_not_djship_s(make_plan, tmp_path, tls, source):
+    with pytest.raises(DjshipError, match=rf"^tls.mode is '{tls['mode']}': the certificate comes from {source}, so "
+                                          r"there is no djship CA to trust$"):
+        trust.local_ca(make_plan(project_dir=tmp_path, site={"domains": ["shop.example.com"]}, tls=tls))
 
 
 def test_trust_before_up_says_there_is_no_ca_yet(make_plan, tmp_path):
