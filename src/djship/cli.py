@@ -568,7 +568,7 @@ def trust_(remove: bool) -> None:
     from djship.connectors.local import LocalConnector
     from djship.tls import trust
 
-    ca = trust.local_ca(_system().plan)
+    ca = trust.local_ca(_system().control_plan)
     change = trust.untrust if remove else trust.trust
     for line in change(ca, Path.home(), LocalConnector(), os.geteuid() == 0):
         console.print(escape(line), soft_wrap=True)
