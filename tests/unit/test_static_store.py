@@ -82,7 +82,7 @@ def test_text_files_are_compressed_once_with_the_original_s_mtime_and_others_are
     })
     os.utime(root / "app.js", (1_700_000_000, 1_700_000_000))
 
-    static.compress(root, tmp_path / "store")
+    static.prepare(root, tmp_path / "store")
 
     assert gzip.decompress((root / "app.js.gz").read_bytes()) == (root / "app.js").read_bytes()
     assert _unbrotli(root / "app.js.br") == (root / "app.js").read_bytes()
@@ -99,14 +99,29 @@ def test_an_unchanged_file_takes_the_store_s_compressed_copies_instead_of_compre
     store = _publish(tmp_path)
     (old / "board.css.br").write_bytes(b"compressed for the first release")  # the store's copy is the same file
     new = _release(tmp_path / "releases", "20260101-000002", {"board.css": CSS_V1, "app.css": CSS_V2})
-    os.utime(new / "board.css", (1_700_000_000, 1_700_000_000))
 
     _publish(tmp_path)
 
     assert (new / "board.css.br").read_bytes() == b"compressed for the first release"
-    assert (new / "board.css.br").stat().st_mtime == 1_700_000_000 and not os.path.samefile(new / "board.css.br", old / "board.css.br")
+    assert not os.path.samefile(new / "board.css.br", old / "board.css.br")
     assert _unbrotli(new / "app.css.br") == CSS_V2.encode()
     assert os.path.samefile(store / "board.css.br", new / "board.css.br")
+
+
+def test_an_unchanged_file_keeps_its_mtime_across_releases_so_its_validators_do_too(tmp_path):
+    old = _release(tmp_path / "releases", "20260101-000001", {"board.css": CSS_V1, "logo.png": b"\x89PNG", "app.css": CSS_V1})
+    for name in ("board.css", "logo.png", "app.css"):
+        os.utime(old / name, (1_600_000_000, 1_600_000_000))
+    _publish(tmp_path)
+    new = _release(tmp_path / "releases", "20260101-000002", {"board.css": CSS_V1, "logo.png": b"\x89PNG", "app.css": CSS_V2})
+    for name in ("board.css", "logo.png", "app.css"):
+        os.utime(new / name, (1_700_000_000, 1_700_000_000))
+
+    _publish(tmp_path)
+
+    assert [(new / name).stat().st_mtime for name in ("board.css", "board.css.gz", "board.css.br", "logo.png")] == [
+        1_600_000_000] * 4
+    assert (new / "app.css").stat().st_mtime == (new / "app.css.gz").stat().st_mtime == 1_700_000_000
 
 
 def test_a_file_s_gz_comes_from_the_same_release_as_the_file(tmp_path):

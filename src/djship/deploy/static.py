@@ -69,20 +69,26 @@ def _brotli(program: str):
 
 
 def _same(one: Path, other: Path) -> bool:
-    return other.is_file() and one.stat().st_size == other.stat().st_size and one.read_bytes() == other.read_bytes()
+    return other.is_file() and (os.path.samefile(one, other) or (
+        one.stat().st_size == other.stat().st_size and one.read_bytes() == other.read_bytes()))
 
 
-def compress(static: Path, store: Path) -> None:
-    """Write name.gz (and name.br where the brotli program is installed) beside each text file that lacks them,
-    when smaller, with the original's mtime so every encoding carries the same Last-Modified. A file the store
-    already has with the same content gets copies of the store's (brotli -q 11 takes seconds for the admin's)."""
+def prepare(static: Path, store: Path) -> None:
+    """For a file the store already has with the same content: take the store's mtime, so its Last-Modified and
+    ETag stay the same across releases and a browser's revalidation after a deploy is a 304.
+    Then write name.gz (and name.br where the brotli program is installed) beside each text file that lacks them,
+    when smaller, with the original's mtime so every encoding carries the same Last-Modified; an unchanged file
+    gets copies of the store's (brotli -q 11 takes seconds for the admin's files)."""
     brotli = shutil.which("brotli")
     packers = {".gz": _gzip, **({".br": _brotli(brotli)} if brotli else {})}
     for relative in _files(static):
         path = static / relative
+        unchanged = _same(path, store / relative)
+        if unchanged:
+            earlier = (store / relative).stat()
+            os.utime(path, ns=(earlier.st_atime_ns, earlier.st_mtime_ns))
         if path.suffix.lower() not in COMPRESSIBLE:
             continue
-        unchanged = _same(path, store / relative)
         for suffix, packer in packers.items():
             packed = static / _encoded(relative, suffix)
             if packed.exists():
@@ -146,7 +152,7 @@ def merge(statics: list[Path], store: Path) -> None:
 def main(releases: Path, store: Path) -> None:
     statics = sorted(path for path in releases.glob("*/static") if path.is_dir())
     for static in statics:
-        compress(static, store)
+        prepare(static, store)
     merge(statics, store)
 
 
