@@ -80,12 +80,15 @@ def test_nss_commands(ca):
 
 
 def test_chromium_s_database_and_every_firefox_profile(tmp_path):
-    for profile in (".mozilla/firefox/abc.default-release", "snap/firefox/common/.mozilla/firefox/x.default"):
+    assert trust.nss_databases(tmp_path) == [(tmp_path / ".pki/nssdb", "Chromium")]
+    for profile in (".mozilla/firefox/abc.default-release", "snap/firefox/common/.mozilla/firefox/x.default",
+                    "snap/chromium/current/.pki/nssdb"):
         (tmp_path / profile).mkdir(parents=True)
         (tmp_path / profile / "cert9.db").touch()
     (tmp_path / ".mozilla/firefox/no-database").mkdir()
     assert trust.nss_databases(tmp_path) == [
         (tmp_path / ".pki/nssdb", "Chromium"),
+        (tmp_path / "snap/chromium/current/.pki/nssdb", "Chromium snap"),
         (tmp_path / ".mozilla/firefox/abc.default-release", "Firefox profile abc.default-release"),
         (tmp_path / "snap/firefox/common/.mozilla/firefox/x.default", "Firefox profile x.default"),
     ]

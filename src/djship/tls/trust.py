@@ -2,7 +2,7 @@
 
 system store   /usr/local/share/ca-certificates/djship-<fingerprint>.crt, then update-ca-certificates
                (OpenSSL and GnuTLS programs: curl, wget, Python's ssl, git)
-NSS databases  ~/.pki/nssdb (Chromium, created when missing) and every Firefox profile's cert9.db, with
+NSS databases  ~/.pki/nssdb (Chromium, created when missing), the Chromium snap's and every Firefox profile's, with
                certutil from libnss3-tools; the CA is trusted to issue site certificates only (-t C,,)
 
 The builders return argv lists and are tested by exact value; `trust` and `untrust` run them and return one line
@@ -25,6 +25,7 @@ from djship.plan import Plan
 
 SYSTEM_STORE = Path("/usr/local/share/ca-certificates")
 CERTUTIL = "certutil"
+CHROMIUM_SNAP = "snap/chromium/current/.pki/nssdb"
 FIREFOX_PROFILES = (".mozilla/firefox", "snap/firefox/common/.mozilla/firefox")
 
 
@@ -90,11 +91,17 @@ def nss_delete(database: Path, ca: LocalCA) -> list[str]:
 
 
 def nss_databases(home: Path) -> list[tuple[Path, str]]:
-    """(directory, what reads it): Chromium's, whether it exists yet or not, then every Firefox profile's."""
+    """(directory, what reads it): Chromium's, whether it exists yet or not, the snap's (Ubuntu's Chromium) when it
+    exists, then every Firefox profile's."""
+    snap = home / CHROMIUM_SNAP
     profiles = sorted(
         database.parent for directory in FIREFOX_PROFILES for database in (home / directory).glob("*/cert9.db")
     )
-    return [(home / ".pki" / "nssdb", "Chromium"), *((profile, f"Firefox profile {profile.name}") for profile in profiles)]
+    return [
+        (home / ".pki" / "nssdb", "Chromium"),
+        *([(snap, "Chromium snap")] if (snap / "cert9.db").exists() else []),
+        *((profile, f"Firefox profile {profile.name}") for profile in profiles),
+    ]
 
 
 def _run(connector: Connector, argv: list[str]) -> None:
