@@ -161,6 +161,10 @@ def up(install: bool, dry_run: bool) -> None:
     console.print(f"  site     [bold]{result.url}[/]")
     if result.ca_cert:
         console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
+        from djship.tls.trust import trusted
+
+        if not trusted(result.ca_cert):
+            console.print("  trust    [bold]djship trust[/]   (this machine's browsers and system store then trust the CA)")
 
 
 def _rollout():
@@ -554,6 +558,22 @@ def certs_watch() -> None:
         sys.stdout.flush()
 
     _system().watch_renewals(log)
+
+
+@main.command(name="trust")
+@click.option("--remove", is_flag=True, help="Take the CA out of every store `djship trust` put it in.")
+def trust_(remove: bool) -> None:
+    """Trust djship's local CA on this machine, like mkcert: the system store (update-ca-certificates; needs root,
+    else sudo) and your NSS databases (Chromium's ~/.pki/nssdb, every Firefox profile). Local TLS mode only."""
+    from djship.connectors.local import LocalConnector
+    from djship.tls import trust
+
+    ca = trust.local_ca(_system().control_plan)
+    change = trust.untrust if remove else trust.trust
+    for line in change(ca, Path.home(), LocalConnector(), os.geteuid() == 0):
+        console.print(escape(line), soft_wrap=True)
+    if not remove:
+        console.print("Restart a running browser to see it. Undo with: [bold]djship trust --remove[/]")
 
 
 @main.command()

@@ -184,6 +184,11 @@ class Paths:
         return self.state / "shared"
 
     @property
+    def shared_static(self) -> Path:
+        """The static files of every kept release, each app server's fallback (see deploy/static.py)."""
+        return self.shared / "static"
+
+    @property
     def media(self) -> Path:
         """The media directory until a restore makes another one live (see `live`)."""
         return self.shared / "media"

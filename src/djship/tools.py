@@ -10,6 +10,9 @@ from pathlib import Path
 
 from djship.errors import DjshipError
 
+# Debian's libnginx-mod-http-brotli-filter and -static; brotli is used only when both are installed.
+BROTLI_MODULES = ("/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so",
+                  "/usr/lib/nginx/modules/ngx_http_brotli_static_module.so")
 MIME_TYPES_CANDIDATES = ("/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types", "/opt/homebrew/etc/nginx/mime.types")
 
 
@@ -20,6 +23,8 @@ class Tools:
     pg_bindir: str
     mime_types: str
     python: str
+    brotli_modules: tuple[str, ...] = ()
+    """The nginx brotli modules to load (compression on the fly and brotli_static), when installed."""
 
     def pg(self, program: str) -> str:
         return str(Path(self.pg_bindir) / program)
@@ -47,4 +52,6 @@ def find_tools() -> Tools:
         raise DjshipError(
             f"missing {', '.join(missing)}; install with: sudo apt-get install -y {' '.join(missing)}"
         )
-    return Tools(nginx=nginx, haproxy=haproxy, pg_bindir=pg_bindir, mime_types=mime_types, python=sys.executable)
+    brotli_modules = BROTLI_MODULES if all(Path(module).is_file() for module in BROTLI_MODULES) else ()
+    return Tools(nginx=nginx, haproxy=haproxy, pg_bindir=pg_bindir, mime_types=mime_types, python=sys.executable,
+                 brotli_modules=brotli_modules)

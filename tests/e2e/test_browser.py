@@ -1,8 +1,9 @@
-"""A real headless Chromium drives the deployed board over HTTPS with djship's CA trusted.
+"""A real headless Chromium drives the deployed board over HTTPS with djship's CA trusted by `djship trust`.
 
-The CA certificate is imported into a throwaway NSS database in a temporary HOME, the way a user would trust
-it; no flag that weakens certificate checks is given, so a page only loads if HAProxy's certificate chains to
-djship's CA and names localhost. The browser signs up, logs out, logs in, writes a post and finds it on the
+`djship trust` runs with a temporary HOME, so it creates the NSS database Chromium reads there, and it adds the CA
+to this machine's system store (which the test checks and restores, also when it fails). No flag that weakens
+certificate checks is given, so a page only loads if HAProxy's certificate chains to djship's CA and names
+localhost; no page may log a console error. `djship trust --remove` then takes the CA out of both stores. The browser signs up, logs out, logs in, writes a post and finds it on the
 home page, and checks on every page that the stylesheet (served by nginx from the collected static files)
 arrived and applies. All name resolution other than localhost is blocked, so the browser only ever talks to
 the site under test.
@@ -14,6 +15,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -29,12 +32,14 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.conftest import alive
+from djship.tls.trust import LocalCA
+from tests.e2e.conftest import DJSHIP, alive
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CERTUTIL = "/usr/bin/certutil"
-CA_NICKNAME = "djship-test-ca"
+SYSTEM_STORE = Path("/usr/local/share/ca-certificates")
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # what update-ca-certificates writes, OpenSSL's default
 WAIT = 30  # seconds for a page or an element
 
 # What examples/board/static/css/board.css sets, as Chromium computes it.
@@ -79,23 +84,38 @@ def _require_tools() -> None:
                     + "; install with: apt-get install chromium chromium-driver libnss3-tools")
 
 
-def _certutil(*args: str, home: Path) -> str:
-    result = subprocess.run([CERTUTIL, *args], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "HOME": str(home)})
-    if result.returncode != 0:
-        raise AssertionError(f"certutil {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+def _certutil_listing(home: Path) -> str:
+    result = subprocess.run([CERTUTIL, "-d", f"sql:{home / '.pki' / 'nssdb'}", "-L"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, f"certutil -L exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
-def _trust_ca(home: Path, ca: str) -> None:
-    """A fresh NSS database in HOME/.pki/nssdb (where Chromium on Linux reads user trust) that trusts the CA."""
-    assert Path(ca).is_file(), f"djship's CA certificate is not at {ca}"
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    _certutil("-d", f"sql:{nssdb}", "-N", "--empty-password", home=home)
-    _certutil("-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", CA_NICKNAME, "-i", ca, home=home)
-    listing = _certutil("-d", f"sql:{nssdb}", "-L", home=home)
-    assert CA_NICKNAME in listing, f"the CA is not in the NSS database after import:\n{listing}"
+def _djship_trust(site, home: Path, *args: str) -> str:
+    result = subprocess.run([*DJSHIP, "trust", *args], cwd=site.project, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HOME": str(home), "COLUMNS": "200"})
+    assert result.returncode == 0, f"djship trust {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _system_store_verifies(site) -> bool:
+    """Whether OpenSSL's system bundle alone verifies the site (what curl and Python do by default)."""
+    context = ssl.create_default_context(cafile=SYSTEM_BUNDLE)
+    try:
+        with socket.create_connection(("localhost", site.ports.https), timeout=10) as connection:
+            with context.wrap_socket(connection, server_hostname="localhost"):
+                return True
+    except ssl.SSLCertVerificationError:
+        return False
+
+
+def _restore_system_store(before: set[Path]) -> None:
+    """Whatever the test left in the system store goes, whether or not `djship trust --remove` worked."""
+    left = set(SYSTEM_STORE.iterdir()) - before
+    for path in left:
+        path.unlink()
+    if left:
+        subprocess.run(["update-ca-certificates", "--fresh"], capture_output=True, timeout=120, check=True)
 
 
 # ---- processes -------------------------------------------------------------------------------------------
@@ -200,7 +220,10 @@ def _main_submit(driver):
 
 
 def _check_page(driver, site_url: str, path: str, first_load: bool = False) -> None:
-    """The page came over trusted HTTPS from the site under test, and board.css arrived and applies."""
+    """The page came over trusted HTTPS from the site under test, board.css arrived and applies, and the console
+    shows no error."""
+    console_errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not console_errors, f"console errors on {path}: {console_errors}"
     title = driver.title
     source = driver.page_source
     assert title != "Privacy error" and "NET::ERR_CERT" not in source and "ERR_CERT_" not in source, (
@@ -233,9 +256,11 @@ def _check_page(driver, site_url: str, path: str, first_load: bool = False) -> N
     css = [r for r in resources if urlsplit(r["name"]).path.endswith("/board.css")]
     assert css, f"the browser did not fetch board.css for {path}: {resources}"
     assert all(r["status"] in (None, 0, 200, 304) for r in css), f"board.css answered with an error: {css}"
-    assert css[0]["body"] > 0, f"board.css arrived empty on {path}: {css}"
+    # An unhashed name is revalidated on every page (no-cache), so the browser always asks the server; after the
+    # first page the answer is a 304 with no body to count, and the rules read above show what arrived.
+    assert css[0]["size"] > 0, f"the browser used board.css from its cache without asking the server on {path}: {css}"
     if first_load:  # a fresh profile has nothing cached: the bytes came over the wire
-        assert css[0]["size"] > 0, f"board.css was not transferred on the first page: {css}"
+        assert css[0]["body"] > 0, f"board.css arrived empty on the first page: {css}"
     for resource in resources:
         assert resource["name"].startswith(site_url + "/"), f"the page fetched something off-site: {resource}"
 
@@ -243,19 +268,45 @@ def _check_page(driver, site_url: str, path: str, first_load: bool = False) -> N
 # ---- the test --------------------------------------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_browser_signs_up_logs_in_and_posts_over_trusted_https(site, tmp_path):
+def test_browser_signs_up_logs_in_and_posts_over_https_trusted_by_djship_trust(site, tmp_path):
     _require_tools()
+    ca = LocalCA.load(Path(site.ca))
+    before = set(SYSTEM_STORE.iterdir())
+    home = Path(tempfile.mkdtemp(prefix="djship-home-", dir="/tmp"))
+    try:
+        assert not _system_store_verifies(site), "the system store trusts the site before `djship trust`"
+        lines = _djship_trust(site, home).splitlines()
+        assert lines[:2] == [
+            f"system store: added {ca.system_file} (curl, wget, Python and other OpenSSL programs trust it)",
+            f"NSS database {home}/.pki/nssdb (Chromium): created, added {ca.nickname!r}",
+        ], lines
+        assert ca.nickname in _certutil_listing(home)
+        assert _system_store_verifies(site), "the system store does not trust the site after `djship trust`"
+
+        _browse(site, tmp_path, home)
+
+        lines = _djship_trust(site, home, "--remove").splitlines()
+        assert lines == [f"system store: removed {ca.system_file}",
+                         f"NSS database {home}/.pki/nssdb (Chromium): removed {ca.nickname!r}"], lines
+        assert ca.nickname not in _certutil_listing(home)
+        assert set(SYSTEM_STORE.iterdir()) == before
+        assert not _system_store_verifies(site), "the system store still trusts the site after `djship trust --remove`"
+    finally:
+        _restore_system_store(before)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _browse(site, tmp_path: Path, home: Path) -> None:
+    """Sign up, log out, log in, write a post and find it, in a headless Chromium whose HOME is `home`."""
     started = time.monotonic()
 
     # Short, in /tmp: Chromium puts Unix sockets under TMPDIR, and pytest's tmp_path can exceed their 108-byte limit
     # (Chromium then exits before chromedriver can talk to it).
     root = Path(tempfile.mkdtemp(prefix="djship-chromium-", dir="/tmp"))
     try:
-        home = root / "home"
         profile = root / "profile"
-        for directory in (home, profile, root / "cache", root / "config", root / "tmp"):
+        for directory in (profile, root / "cache", root / "config", root / "tmp"):
             directory.mkdir(parents=True, exist_ok=True)
-        _trust_ca(home, site.ca)
 
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
@@ -263,6 +314,7 @@ def test_browser_signs_up_logs_in_and_posts_over_trusted_https(site, tmp_path):
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={profile}")
         options.accept_insecure_certs = False
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         for flag in options.arguments:
             assert not any(part in flag for part in FORBIDDEN_FLAG_PARTS), f"certificate checks weakened by {flag}"
 

@@ -160,13 +160,20 @@ def test_hand_edited_nginx_timeout_and_body_size_are_named(site: Site):
 
 
 def test_a_missing_static_file_is_a_404(site: Site):
-    collected = _state(site) / "current" / "static" / "css" / "board.css"
-    aside = collected.with_name("board.css.doctor-test")
-    collected.rename(aside)
+    # Gone from the release and from the store of every kept release's files (shared/static) that nginx falls back
+    # to, with its pre-compressed copies: as if collectstatic had never found it.
+    collected = [directory / "css" / f"board.css{encoding}"
+                 for directory in (_state(site) / "current" / "static", _state(site) / "shared" / "static")
+                 for encoding in ("", ".gz", ".br")]
+    moved = {path: path.with_name(path.name + ".doctor-test") for path in collected if path.exists()}
+    assert len(moved) >= 2, collected
+    for path, aside in moved.items():
+        path.rename(aside)
     try:
         code, checks = doctor(site)
     finally:
-        aside.rename(collected)
+        for path, aside in moved.items():
+            aside.rename(path)
     assert code == 1
     check = checks["static-files"]
     assert check["status"] == "fail"

@@ -169,7 +169,7 @@ def test_a_static_file_missing_on_one_server_is_a_404(plan, facts):
 def test_nginx_serving_static_from_elsewhere_is_named(plan, facts):
     server = plan.app_servers[0]
     facts.servers[0].nginx = parse_nginx_conf(
-        render.nginx_conf(plan, server).replace(f"{server.release_link}/static/", "/var/www/static/"))
+        render.nginx_conf(plan, server).replace(f"root {server.release_link};", "root /var/www;"))
     _assert_names(_result(plan, facts, "static-files"), FAIL, "serves /static/ from /var/www/static/")
 
 
@@ -419,7 +419,7 @@ def test_parse_nginx_conf_reads_what_djship_renders(plan):
     parsed = parse_nginx_conf(render.nginx_conf(plan, server))
     assert parsed.client_max_body_size == "10M"
     assert parsed.proxy_read_timeout == plan.nginx_timeout
-    assert parsed.static_alias == f"{server.release_link}/static/"
+    assert parsed.static_dir == f"{server.release_link}/static/"
     assert parsed.media_alias == f"{server.media_link}/"
     assert parsed.upstream_socket == str(server.socket)
 

@@ -16,6 +16,7 @@ temporary state directory; they fail (they never skip) when nginx, HAProxy or Po
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import os
 import pwd
 import re
@@ -31,6 +32,7 @@ from supervisor.options import ServerOptions
 from djship import render
 from djship.plan import Plan
 from djship.tls import local_ca
+from djship.tools import BROTLI_MODULES
 
 UPDATE_GOLDEN = os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1"
 RELEASE_ID = "20260101-000000"
@@ -116,6 +118,34 @@ def test_timeouts_in_every_config_agree_with_the_plan(plan):
     assert f"timeout server {plan.balancer_timeout}s" in haproxy["defaults"]
     assert f"timeout client {plan.balancer_timeout}s" in haproxy["defaults"]
     assert f"hard-stop-after {plan.balancer_timeout}s" in haproxy["global"]
+
+
+def test_nginx_loads_and_uses_brotli_only_when_both_modules_are_installed(make_plan, fake_tools):
+    without = render.nginx_conf(plan := make_plan(), plan.app_servers[0])
+    assert "brotli" not in without and without.count("gzip_static on;") == 2
+
+    tools = dataclasses.replace(fake_tools, brotli_modules=BROTLI_MODULES)
+    text = render.nginx_conf(plan := make_plan(tools=tools), plan.app_servers[0])
+    head = text[:text.index("daemon off;")]
+    assert [line for line in head.splitlines() if line.startswith("load_module")] == [
+        f"load_module {module};" for module in BROTLI_MODULES]
+    assert "    brotli on;\n" in text and f"    brotli_types {render.COMPRESSED_TYPES};\n" in text
+    assert text.count("brotli_static on;") == 2
+
+
+def test_static_files_fall_back_to_the_kept_releases_and_are_cached_by_name(plan):
+    text = render.nginx_conf(plan, server := plan.app_servers[0])
+    static = text[text.index("location /static/ {"):text.index("location /media/ {")]
+    assert f"root {server.release_link};" in static and "try_files $uri @kept_static;" in static
+    assert f"root {plan.paths.shared_static.parent};" in static and plan.paths.shared_static.name == "static"
+    assert static.count("add_header Cache-Control $static_cache_control;") == 2
+    cache_map = re.search(r'map \$uri \$static_cache_control \{\n\s+"~(.+)" "public, max-age=31536000, immutable";'
+                          r'\n\s+default "no-cache";', text)
+    pattern = re.compile(cache_map.group(1))
+    assert pattern.search("/static/css/board.0123456789ab.css") and pattern.search("/static/admin/js/x.f00dfeedbeef.js")
+    for unhashed in ("/static/css/board.css", "/static/css/board.0123456789ab.css/x", "/static/a.0123456789.css",
+                     "/static/css/board.0123456789AB.css"):
+        assert not pattern.search(unhashed), unhashed
 
 
 def test_every_app_server_is_in_the_balancer_backend(plan):

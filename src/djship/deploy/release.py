@@ -21,6 +21,7 @@ from pathlib import Path
 
 from djship import render
 from djship.connectors import Connector, Result
+from djship.deploy import static
 from djship.errors import DjshipError
 from djship.plan import Plan
 from djship.progress import Reporter
@@ -151,6 +152,8 @@ class ReleaseBuilder:
             self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what=f"manage.py check --deploy{where}")
         with self.reporter.step(f"Collecting static files{where}"):
             self.manage(release, "collectstatic", "--noinput", what=f"collectstatic{where}")
+            static.publish(self.connector, release.python, self.plan.paths.releases, self.plan.paths.shared_static,
+                           self.plan.service_user)
         self.connector.put(release.dir / "release.json", json.dumps(
             {"id": release.id, "created": time.time(), "source": str(self.plan.project_dir)}) + "\n")
 

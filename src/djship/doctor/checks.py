@@ -125,8 +125,8 @@ def static_files(plan: Plan, facts: Facts) -> Verdict:
     problems = []
     for server, seen in zip(plan.app_servers, facts.servers):
         expected = f"{server.release_link}/static/"
-        if seen.nginx and seen.nginx.static_alias != expected:
-            problems.append(f"{server.name}'s nginx serves /static/ from {seen.nginx.static_alias}, not {expected}")
+        if seen.nginx and seen.nginx.static_dir != expected:
+            problems.append(f"{server.name}'s nginx serves /static/ from {seen.nginx.static_dir}, not {expected}")
         if seen.settings and seen.release and not seen.settings["STATIC_ROOT"].rstrip("/").endswith(f"/{seen.release}/static"):
             problems.append(f"{server.name}: STATIC_ROOT is {seen.settings['STATIC_ROOT']}, outside its release")
         problems += [f"{server.name}'s nginx answers {status} for {path}" for path, status in _bad(seen.static).items()]

@@ -71,7 +71,8 @@ class NginxConf:
 
     client_max_body_size: str | None
     proxy_read_timeout: int | None
-    static_alias: str | None
+    static_dir: str | None
+    """Where /static/ is served from: the location's root joined with the URL (or its alias)."""
     media_alias: str | None
     upstream_socket: str | None
 
@@ -81,12 +82,18 @@ def _match(pattern: str, text: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _static_dir(text: str, static_url: str) -> str | None:
+    location = rf"location\s+{re.escape(static_url)}\s*\{{[^}}]*?"
+    root = _match(location + r"\broot\s+(\S+?)\s*;", text)
+    return f"{root.rstrip('/')}{static_url}" if root else _match(location + r"\balias\s+(\S+?)\s*;", text)
+
+
 def parse_nginx_conf(text: str, static_url: str = "/static/", media_url: str = MEDIA_URL) -> NginxConf:
     timeout = _match(r"^\s*proxy_read_timeout\s+(\d+)s?\s*;", text)
     return NginxConf(
         client_max_body_size=_match(r"^\s*client_max_body_size\s+(\S+)\s*;", text),
         proxy_read_timeout=int(timeout) if timeout else None,
-        static_alias=_match(rf"location\s+{re.escape(static_url)}\s*\{{[^}}]*?\balias\s+(\S+?)\s*;", text),
+        static_dir=_static_dir(text, static_url),
         media_alias=_match(rf"location\s+{re.escape(media_url)}\s*\{{[^}}]*?\balias\s+(\S+?)\s*;", text),
         upstream_socket=_match(r"^\s*server\s+unix:(\S+?)[\s;]", text),
     )

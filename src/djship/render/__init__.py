@@ -39,10 +39,14 @@ class Program:
 
 
 BACKUP_SCHEDULER = "backup-scheduler"
+# What nginx compresses on the fly (text/html always); static files are pre-compressed by deploy/static.py.
+COMPRESSED_TYPES = ("text/css text/plain text/xml text/javascript application/javascript application/json "
+                    "application/xml application/rss+xml application/atom+xml application/manifest+json image/svg+xml")
 
 
 def nginx_conf(plan: Plan, server: AppServer) -> str:
-    return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL)
+    return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL,
+                   compressed_types=COMPRESSED_TYPES)
 
 
 def gunicorn_conf(plan: Plan, server: AppServer) -> str:
