@@ -22,9 +22,8 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -296,13 +295,6 @@ def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, short
 # Everything a path may hold that some syntax must quote: a space, both quotes' kin, braces, brackets, # and ;
 # (not after a space), % (supervisord's expansions) and non-ASCII.
 AWKWARD_NAME = 'my "site" {x}#1;[/y] 50% é'
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A temporary directory short enough for unix socket paths under it (pytest's own are too deep)."""
-    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
-        yield Path(directory)
 
 
 @pytest.fixture(params=["local", "acme"])
