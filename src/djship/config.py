@@ -7,7 +7,7 @@ import pwd
 import re
 import tomllib
 import unicodedata
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import tomlkit
@@ -108,8 +108,9 @@ def _rendered_path(value: str | None) -> str | None:
     return value
 
 
-def _not_system_dir(path: PurePosixPath | Path) -> None:
-    if str(path) in SYSTEM_DIRS or (isinstance(path, Path) and str(path) in _home_dirs()):
+def _not_system_dir(path: str, homes: frozenset[str] = frozenset()) -> None:
+    """path is absolute and normalized; homes: the home directories of this machine's users."""
+    if path in SYSTEM_DIRS or path in homes:
         raise ValueError(f"{path} is a system directory; choose a directory of its own, e.g. /srv/djship/mysite")
 
 
@@ -337,7 +338,7 @@ class HostConfig(_Section):
         _rendered_path(value)
         if not value.startswith("/"):
             raise ValueError("must be an absolute path on that host, e.g. /srv/djship")
-        _not_system_dir(PurePosixPath(os.path.normpath(value)))
+        _not_system_dir("/" + os.path.normpath(value).lstrip("/"))
         return value
 
     _check_user = field_validator("ssh_user")(_login_name)
@@ -550,7 +551,7 @@ def placement_problems(config: Config, project_dir: Path) -> list[str]:
             problems.append(f"{key}: {path} {problem}")
             continue
         try:
-            _not_system_dir(path)
+            _not_system_dir(str(path), _home_dirs())
         except ValueError as error:
             problems.append(f"{key}: {error}")
             continue

@@ -292,7 +292,7 @@ def test_host_root_with_a_carriage_return_is_refused():
     assert config_error(text).startswith("djship.toml: hosts.app2.root: contains the control character '\\r'")
 
 
-@pytest.mark.parametrize("root", ["/", "/tmp", "/var/lib", "/opt/../etc", "/var/lib/../.."])
+@pytest.mark.parametrize("root", ["/", "/tmp", "/var/lib", "/opt/../etc", "/var/lib/../..", "//tmp"])
 def test_host_root_that_is_a_system_directory_is_refused(root):
     message = config_error(REMOTE.replace('root = "/opt/djship"', f'root = "{root}"'))
 
