@@ -41,3 +41,16 @@ def test_status_prints_paths_that_look_like_markup(django_project, short_tmp, mo
     assert result.exit_code == 0, result.output
     assert f"CA {project}/.djship/tls/ca.crt" in result.output
     assert f"unix:{project}/.djship/servers/app1/gunicorn.sock" in result.output
+
+
+def test_restore_of_a_path_under_an_unknown_users_home_is_one_line(django_project, short_tmp, monkeypatch):
+    project = in_awkward_dir(django_project, short_tmp)
+    monkeypatch.chdir(short_tmp)
+    assert CliRunner().invoke(main, ["init", str(project)]).exit_code == 0
+
+    result = CliRunner().invoke(main, ["-C", str(project), "restore", "~nosuchuser/backup", "--yes"])
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.output.strip().splitlines()[-1] == (
+        "error: no backup '~nosuchuser/backup': there is no user 'nosuchuser'; write the backup directory's path out"
+    )
