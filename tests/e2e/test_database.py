@@ -22,7 +22,7 @@ from tests.e2e.conftest import Ports
 
 pytestmark = pytest.mark.e2e
 
-PORTS = Ports.of(https=21443, http=21080, database=28432, app_prefix="127.0.41", database_address="127.0.42.1")
+PORTS = Ports.of(https=24443, http=24080, database=31432, app_prefix="127.0.71", database_address="127.0.72.1")
 
 
 def test_a_hostile_password_and_database_name_stay_values(workdir: Path):
