@@ -526,9 +526,14 @@ def load_config(project_dir: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise DjshipError(f"cannot read {path}: {error.strerror}") from None
-    config = parse_config(text, str(path))
-    _refuse(str(path), placement_problems(config, project_dir))
+    config = parse_config(text, _shown(path))
+    _refuse(_shown(path), placement_problems(config, project_dir))
     return config
+
+
+def _shown(path: Path) -> str:
+    """A path for a one-line message: as it is, or quoted with escapes when it holds a line break or the like."""
+    return str(path) if str(path).isprintable() else repr(str(path))
 
 
 def placement_problems(config: Config, project_dir: Path) -> list[str]:
@@ -538,8 +543,8 @@ def placement_problems(config: Config, project_dir: Path) -> list[str]:
     project_dir = project_dir.resolve()
     problem = path_problem(str(project_dir))
     if problem:
-        return [f"project: the project directory {project_dir} {problem.split(';')[0]}; move the project to a "
-                "directory without it"]
+        return [f"project: the project directory {_shown(project_dir)} {problem.split(';')[0]}; move the project "
+                "to a directory without it"]
     state = (project_dir / config.state_dir).resolve()
     places = [("state_dir", state)]
     if config.backup.dir is not None:

@@ -347,6 +347,18 @@ def test_a_project_directory_nginx_cannot_hold_is_refused(tmp_path):
         load_config(project)
 
 
+def test_a_project_directory_with_a_newline_is_named_on_one_line(tmp_path):
+    project = write_project(tmp_path / "a\nb", "")
+
+    with pytest.raises(DjshipError) as caught:
+        load_config(project)
+
+    assert str(caught.value) == (
+        f"{str(project / CONFIG_FILE)!r}: project: the project directory {str(project)!r} contains the control "
+        "character '\\n'; move the project to a directory without it"
+    )
+
+
 def test_state_and_backup_dirs_beside_the_project_are_accepted_its_parent_refused(tmp_path):
     project = write_project(tmp_path / "my site [/x]", "")
     (project / CONFIG_FILE).write_text(config_with('state_dir = "../state"\n') + '[backup]\ndir = "../backups"\n')

@@ -30,7 +30,9 @@ def _open_directory(path: Path) -> int:
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENOTDIR):
             what = "a symlink" if path.is_symlink() else "not a directory"
-            raise DjshipError(f"{path} is {what}, where djship keeps a directory; remove it and run djship again") from None
+            raise DjshipError(
+                f"{path} is {what}, where djship keeps a directory; remove it and run djship again"
+            ) from None
         raise
 
 

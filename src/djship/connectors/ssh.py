@@ -259,8 +259,10 @@ class SSHConnector:
         try:
             kind, message = sftp._request(CMD_OPEN, path, flags, attributes)
         except OSError as error:
-            raise DjshipError(f"cannot create {path} on {self.target.address} ({error}); if it appeared while djship "
-                              "was writing, something else writes in that directory: stop it and run djship again") from None
+            raise DjshipError(
+                f"cannot create {path} on {self.target.address} ({error}); if it appeared while djship was writing, "
+                "something else writes in that directory: stop it and run djship again"
+            ) from None
         if kind != CMD_HANDLE:
             raise DjshipError(f"cannot create {path} on {self.target.address}: the SFTP server sent no file handle")
         return paramiko.SFTPFile(sftp, message.get_binary(), "wb")
