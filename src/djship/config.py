@@ -79,12 +79,21 @@ def _local_file(value: str | None) -> str | None:
     return value
 
 
-def path_problem(path: str) -> str | None:
-    """Why path cannot be written into every file djship renders (nginx, HAProxy, supervisord, gunicorn, Python),
-    or None. Everything else is quoted for each syntax."""
+def line_problem(path: str) -> str | None:
+    """Why path cannot be a value on a line of supervisord.conf (or anywhere a line break ends it), or None."""
     bad = next((char for char in path if unicodedata.category(char) == "Cc"), None)
     if bad is not None:
         return f"contains the control character {bad!r}; remove it"
+    if re.search(r"\s[;#]", path):
+        return "contains a space followed by ; or #, which supervisord reads as a comment; choose another path"
+    if path != path.strip():
+        return "starts or ends with a space; remove it"
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """Why path cannot be written into every file djship renders (nginx, HAProxy, supervisord, gunicorn, Python),
+    or None. Everything else is quoted for each syntax."""
     for char, reason in (
         ("$", "nginx reads as a variable"),
         ("\\", "HAProxy cannot quote in a map file name"),
@@ -92,12 +101,8 @@ def path_problem(path: str) -> str | None:
         (",", "HAProxy and gunicorn read as a list separator"),
     ):
         if char in path:
-            return f"contains {char!r}, which {reason}; choose a path without it"
-    if re.search(r"\s[;#]", path):
-        return "contains a space followed by ; or #, which supervisord reads as a comment; choose another path"
-    if path != path.strip():
-        return "starts or ends with a space; remove it"
-    return None
+            return line_problem(path) or f"contains {char!r}, which {reason}; choose a path without it"
+    return line_problem(path)
 
 
 def _rendered_path(value: str | None) -> str | None:
@@ -541,7 +546,7 @@ def placement_problems(config: Config, project_dir: Path) -> list[str]:
     system directory, never one that holds the project (destroy deletes the state directory), and never a path
     the rendered files cannot hold."""
     project_dir = project_dir.resolve()
-    problem = path_problem(str(project_dir))
+    problem = line_problem(str(project_dir))  # supervisord's backup and renewal programs run in it
     if problem:
         return [f"project: the project directory {_shown(project_dir)} {problem.split(';')[0]}; move the project "
                 "to a directory without it"]

@@ -339,12 +339,14 @@ def test_the_home_directory_is_never_a_state_dir(tmp_path):
         load_config(project)
 
 
-def test_a_project_directory_nginx_cannot_hold_is_refused(tmp_path):
+def test_a_state_dir_nginx_cannot_hold_is_refused_and_one_elsewhere_accepted(tmp_path):
     project = write_project(tmp_path / "a$b", "")
 
-    with pytest.raises(DjshipError, match=r"project: the project directory .*a\$b contains '\$', which nginx reads as "
-                                          r"a variable; move the project to a directory without it$"):
+    with pytest.raises(DjshipError, match=r"state_dir: .*a\$b/\.djship contains '\$', which nginx reads as a variable; "
+                                          r"choose a path without it$"):
         load_config(project)
+    (project / CONFIG_FILE).write_text(config_with(f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n"))
+    assert load_config(project).state_dir == str(tmp_path / "state")
 
 
 def test_a_project_directory_with_a_newline_is_named_on_one_line(tmp_path):

@@ -259,19 +259,21 @@ components = st.one_of(
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=components)
-@example(name='x";include /etc/passwd;"')
-@example(name='x"); import os; os.system("id"); ("')
-@example(name="a b")
-@example(name="%(here)s {x}#1 é")
-def test_accepted_paths_make_files_the_real_nginx_haproxy_and_supervisor_accept(name, real_tools, fake_tools):
+@given(name=components, project_name=components.filter(lambda name: "\x00" not in name))  # a name on disk
+@example(name='x";include /etc/passwd;"', project_name="board")
+@example(name='x"); import os; os.system("id"); ("', project_name="it's $HOME, a,b")
+@example(name="a b", project_name="a b")
+@example(name="%(here)s {x}#1 é", project_name="%(here)s")
+def test_accepted_paths_make_files_the_real_nginx_haproxy_and_supervisor_accept(
+    name, project_name, real_tools, fake_tools
+):
     with tempfile.TemporaryDirectory(dir="/tmp") as directory:
-        project = Path(directory) / "board"
-        project.mkdir()
+        project = Path(directory) / "project" / project_name
+        project.mkdir(parents=True)
         state = Path(directory) / name
         document = {"project": dict(PROJECT), "state_dir": str(state), "tls": {"mode": "acme"},
                     "site": {"domains": ["shop.example.com"]}, "app": {"servers": 1},
-                    "service_user": "nobody"}
+                    "backup": {"schedule": "03:30"}, "service_user": "nobody"}
         (project / CONFIG_FILE).write_text(tomlkit.dumps(document), encoding="utf-8")
         try:
             config = load_config(project)
@@ -301,6 +303,11 @@ def test_accepted_paths_make_files_the_real_nginx_haproxy_and_supervisor_accept(
             program.name for program in render.programs(plan))
         assert options.logfile == str(plan.paths.logs / "supervisord.log")
         assert options.server_configs[0]["file"] == str(plan.paths.supervisor_socket)
+        processes = {group.name: group.process_configs[0] for group in options.process_group_configs}
+        for program in render.programs(plan):
+            assert shlex.split(processes[program.name].command) == shlex.split(program.command)
+            assert processes[program.name].directory == program.directory
+        assert processes[render.BACKUP_SCHEDULER].directory == str(plan.project_dir)
 
 
 def run(*command) -> subprocess.CompletedProcess:
