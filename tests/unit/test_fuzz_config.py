@@ -208,7 +208,7 @@ def project_dir():
 # ---- every config: djship's own error, or files that say exactly what djship meant ----------------------------
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=documents(), running_as_root=st.booleans())
 @example(document=with_path("state_dir", INJECTIONS[0]), running_as_root=True)
 @example(document=with_path("state_dir", INJECTIONS[1]), running_as_root=True)
@@ -236,7 +236,7 @@ def test_any_config_is_refused_by_djship_or_renders_only_what_djship_meant(
         render_everything(plan, fake_tools)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
 @example(text='[project]\nsettings_module = "a.b"\nwsgi_application = "a.w.app"\nstate_dir = "/srv/x\\u0000"\n')
 @example(text='[project]\nsettings_module = "a.b"\nwsgi_application = "a.w.app"\n[tls]\ncert_file = "~nobody_x/c"\n')
