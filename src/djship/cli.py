@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from djship import __version__
 from djship.config import find_project_dir
@@ -29,16 +30,16 @@ class ConsoleReporter:
     @contextmanager
     def step(self, title: str):
         started = time.monotonic()
-        console.print(f"[bold]•[/] {title} …")
+        console.print(f"[bold]•[/] {escape(title)} …")
         try:
             yield
         except BaseException:
-            console.print(f"  [red]✗[/] {title} [dim]({time.monotonic() - started:.1f}s)[/]")
+            console.print(f"  [red]✗[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
             raise
         console.print(f"  [green]✓[/] [dim]{time.monotonic() - started:.1f}s[/]")
 
     def note(self, text: str) -> None:
-        console.print(f"  [dim]{text}[/]")
+        console.print(f"  [dim]{escape(text)}[/]")
 
 
 def _echo_line(line: str) -> None:
@@ -52,6 +53,11 @@ def _table(*columns: str) -> Table:
     for column in columns:
         table.add_column(column)
     return table
+
+
+def _add_row(table: Table, *cells: str | Text) -> None:
+    """A table row whose text is shown as it is: names, paths and messages never become rich markup."""
+    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
 
 
 def _system(install: bool = False, observe_only: bool = False):
@@ -115,10 +121,10 @@ def init(directory: Path, force: bool) -> None:
 
     project = discover(directory)
     path = write_config(project, force)
-    console.print(f"Wrote {path}")
-    console.print(f"  settings      {project.settings_module}")
-    console.print(f"  WSGI app      {project.wsgi_application}")
-    console.print(f"  requirements  {project.requirements}")
+    console.print(f"Wrote {path}", markup=False)
+    console.print(f"  settings      {project.settings_module}", markup=False)
+    console.print(f"  WSGI app      {project.wsgi_application}", markup=False)
+    console.print(f"  requirements  {project.requirements}", markup=False)
     console.print("Next: [bold]djship up[/]  (state lives in .djship/ beside manage.py; add it to .gitignore)")
 
 
@@ -155,12 +161,13 @@ def up(install: bool, dry_run: bool) -> None:
     result = system.up()
     total = time.monotonic() - started
     if result.changed:
-        console.print(f"[green]Up[/] in {total:.1f}s: release {result.release}")
+        console.print(f"[green]Up[/] in {total:.1f}s: release {escape(result.release)}")
     else:
-        console.print(f"Already up and unchanged: release {result.release}; nothing was changed ({total:.1f}s)")
-    console.print(f"  site     [bold]{result.url}[/]")
+        console.print(f"Already up and unchanged: release {result.release}; nothing was changed ({total:.1f}s)",
+                      markup=False)
+    console.print(f"  site     [bold]{escape(result.url)}[/]")
     if result.ca_cert:
-        console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})")
+        console.print(f"  CA cert  {result.ca_cert}   (curl --cacert {result.ca_cert} {result.url})", markup=False)
         from djship.tls.trust import trusted
 
         if not trusted(result.ca_cert):
@@ -186,7 +193,7 @@ def deploy() -> None:
     """
     started = time.monotonic()
     release = _rollout().deploy()
-    console.print(f"[green]Deployed[/] release {release.id} in {time.monotonic() - started:.1f}s")
+    console.print(f"[green]Deployed[/] release {escape(release.id)} in {time.monotonic() - started:.1f}s")
 
 
 @main.command()
@@ -198,7 +205,7 @@ def rollback(release: str | None) -> None:
     """
     started = time.monotonic()
     target = _rollout().rollback(release)
-    console.print(f"[green]Rolled back[/] to release {target.id} in {time.monotonic() - started:.1f}s")
+    console.print(f"[green]Rolled back[/] to release {escape(target.id)} in {time.monotonic() - started:.1f}s")
 
 
 @main.command()
@@ -231,7 +238,7 @@ def releases(as_json: bool) -> None:
         return
     table = _table("", "RELEASE", "SERVERS")
     for row in rows:
-        table.add_row("*" if row["live"] else "", row["id"], ", ".join(row["servers"]) or "-")
+        _add_row(table, "*" if row["live"] else "", row["id"], ", ".join(row["servers"]) or "-")
     console.print(table)
 
 
@@ -256,12 +263,12 @@ def backup() -> None:
     result = _backups().backup()
     taken = result.backup
     console.print(
-        f"[green]Backed up[/] database {taken.manifest.database} and media as {taken.name} "
+        f"[green]Backed up[/] database {escape(taken.manifest.database)} and media as {escape(taken.name)} "
         f"({human_size(taken.manifest.size)}, {sum(taken.manifest.rows.values())} rows) in {time.monotonic() - started:.1f}s"
     )
-    console.print(f"  {taken.path}")
+    console.print(f"  {taken.path}", markup=False)
     if result.pruned:
-        console.print(f"  removed old backups {', '.join(result.pruned)}")
+        console.print(f"  removed old backups {', '.join(result.pruned)}", markup=False)
 
 
 @main.command(name="backups")
@@ -296,7 +303,7 @@ def backups_(as_json: bool) -> None:
     table = _table("BACKUP", "AGE", "SIZE", "DATABASE", "ROWS", "NOTE")
     for row in rows:
         size = human_size(row["size"]) if row["size"] is not None else "-"
-        table.add_row(row["name"], human_age(row["age_seconds"]), size, row["database"] or "-",
+        _add_row(table, row["name"], human_age(row["age_seconds"]), size, row["database"] or "-",
                       str(row["rows"] if row["rows"] is not None else "-"), row["note"])
     console.print(table)
 
@@ -328,13 +335,14 @@ def restore(backup_name: str, yes: bool) -> None:
         raise DjshipError("restore cancelled; nothing was changed")
     result = backups.restore(verified)
     console.print(
-        f"[green]Restored[/] {verified.name} in {time.monotonic() - started:.1f}s: the site now uses database "
-        f"{result.database} and media {result.media}"
+        f"[green]Restored[/] {escape(verified.name)} in {time.monotonic() - started:.1f}s: the site now uses database "
+        f"{escape(result.database)} and media {escape(str(result.media))}"
     )
-    console.print(f"  safety backup of what was live: {result.safety_backup}")
+    console.print(f"  safety backup of what was live: {result.safety_backup}", markup=False)
     console.print(
         f"  the previous database {result.previous.database} and media {result.previous.media} are kept; "
-        f"remove them with `djship drop-database {result.previous.database} --yes` and `rm -r {result.previous.media}`"
+        f"remove them with `djship drop-database {result.previous.database} --yes` and `rm -r {result.previous.media}`",
+        markup=False,
     )
 
 
@@ -350,7 +358,7 @@ def databases(as_json: bool) -> None:
         return
     table = _table("", "DATABASE", "SIZE")
     for row in rows:
-        table.add_row("*" if row["live"] else "", row["name"], human_size(row["size"]))
+        _add_row(table, "*" if row["live"] else "", row["name"], human_size(row["size"]))
     console.print(table)
 
 
@@ -362,7 +370,7 @@ def drop_database(name: str, yes: bool) -> None:
     if not yes:
         raise DjshipError(f"drop-database deletes {name} and every row in it; re-run with --yes to confirm")
     _backups().drop_database(name)
-    console.print(f"Dropped database {name}.")
+    console.print(f"Dropped database {name}.", markup=False)
 
 
 @main.command()
@@ -388,9 +396,9 @@ def hosts(install: bool, as_json: bool) -> None:
         table = _table("HOST", "ADDRESS", "ROLES", "PYTHON", "INSTALLED", "MISSING")
         for report in reports:
             missing = " ".join(report.missing) or ("-" if report.ready else "")
-            table.add_row(
-                report.name, report.address, ",".join(report.roles), report.python or "-",
-                " ".join(report.installed) or "-", f"[red]{missing}[/]" if not report.ready else missing,
+            _add_row(
+                table, report.name, report.address, ",".join(report.roles), report.python or "-",
+                " ".join(report.installed) or "-", Text(missing, style="red") if not report.ready else missing,
             )
         console.print(table)
     require_ready(reports)
@@ -420,13 +428,13 @@ def destroy(yes: bool) -> None:
             "re-run with --yes to confirm (or `djship down` to stop and keep everything)"
         )
     system.destroy()
-    console.print(f"Deleted {targets}.")
+    console.print(f"Deleted {targets}.", markup=False)
 
 
 def _print_status(report: dict) -> None:
     console.print(
-        f"site [bold]{report['url']}[/]   release {report['release'] or '-'}   database {report['database'] or '-'}   "
-        f"CA {report['ca_path'] or '-'}"
+        f"site [bold]{escape(report['url'])}[/]   release {escape(report['release'] or '-')}   database "
+        f"{escape(report['database'] or '-')}   CA {escape(str(report['ca_path'] or '-'))}"
     )
     for host in report.get("hosts", []):
         if host["problem"]:
@@ -440,9 +448,9 @@ def _print_status(report: dict) -> None:
         if row["role"] == "app":
             prefix = "└─ " if row is apps[-1] else "├─ "
         colour = "green" if row["state"] == "RUNNING" else "red"
-        table.add_row(
-            row["role"], *([row["host"]] if on_hosts else []), prefix + row["name"], row["address"], str(row["pid"] or "-"),
-            f"[{colour}]{row['state']}[/]", row["health"],
+        _add_row(
+            table, row["role"], *([row["host"]] if on_hosts else []), prefix + row["name"], row["address"],
+            str(row["pid"] or "-"), Text(row["state"], style=colour), row["health"],
         )
     console.print(table)
     tls = report["tls"]
@@ -451,13 +459,14 @@ def _print_status(report: dict) -> None:
         f"{', '.join(certificate['names'])}, issued by {certificate['issuer']}, {certificate['days_left']:.1f} days left"
         if certificate else "none yet"
     )
-    console.print(line)
+    console.print(line, markup=False)
     renewing = tls["renewal"]
     if renewing:
         console.print(
-            f"renewal timer {renewing['state']}: next attempt {renewing['next_attempt'] or '-'}, last success "
-            f"{renewing['last_success'] or '-'}"
-            + (f", [red]{renewing['failures']} failure(s), last error: {renewing['last_error']}[/]" if renewing["failures"] else "")
+            escape(f"renewal timer {renewing['state']}: next attempt {renewing['next_attempt'] or '-'}, last success "
+                   f"{renewing['last_success'] or '-'}")
+            + (f", [red]{renewing['failures']} failure(s), last error: {escape(renewing['last_error'])}[/]"
+               if renewing["failures"] else "")
         )
 
 
@@ -526,12 +535,12 @@ def certs(ctx: click.Context, as_json: bool) -> None:
     else:
         table = _table("CERTIFICATE", "ISSUER", "NAMES", "NOT AFTER (UTC)", "DAYS LEFT")
         for row in rows:
-            table.add_row(row["name"], row["issuer"], ", ".join(row["names"]) or "-", row["not_after"][:16],
-                          f"{row['days_left']:.1f}")
+            _add_row(table, row["name"], row["issuer"], ", ".join(row["names"]) or "-", row["not_after"][:16],
+                     f"{row['days_left']:.1f}")
         console.print(table)
     expiring = [row for row in rows if row["days_left"] < WARN_DAYS]
     for row in expiring:
-        errors.print(f"[yellow]warning:[/] the {row['name']} certificate ({row['path']}) expires in "
+        errors.print(f"[yellow]warning:[/] the {escape(row['name'])} certificate ({escape(row['path'])}) expires in "
                      f"{row['days_left']:.1f} days", soft_wrap=True)
     if expiring:
         sys.exit(2)

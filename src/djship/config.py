@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +25,20 @@ _IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3
 _LOGIN_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOST_LABEL = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}$")
+# Names PostgreSQL gives a meaning of its own: pg_hba.conf keywords, roles it reserves, its own databases.
+POSTGRES_RESERVED = frozenset({
+    "all", "public", "postgres", "replication", "samerole", "samegroup", "sameuser", "none", "current_role",
+    "current_user", "session_user", "template0", "template1",
+})
+# Directories a state or backup directory must never be: destroy deletes the state directory, backup chmods its
+# directory to 0700.
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/dev/shm", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/run/user", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin",
+    "/usr/lib", "/usr/local", "/usr/local/bin", "/usr/sbin", "/usr/share", "/var", "/var/backups", "/var/cache",
+    "/var/lib", "/var/lock", "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp",
+    "/var/www",
+})
 # Linux's default ephemeral range: an outgoing client socket may take a listening port from it.
 EPHEMERAL_PORTS = range(32768, 61000)
 
@@ -42,6 +59,70 @@ def _login_name(value: str | None) -> str | None:
     return value
 
 
+def _no_control_characters(value: str | None) -> str | None:
+    bad = next((char for char in value or "" if unicodedata.category(char) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}; remove it")
+    return value
+
+
+def _local_file(value: str | None) -> str | None:
+    """A path djship itself opens on this machine: ~ and ~user expand."""
+    if value is None:
+        return value
+    _no_control_characters(value)
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        user = value[1:].split("/", 1)[0]
+        raise ValueError(f"{value!r} starts with ~{user}, but there is no user {user!r}; write the path out") from None
+    return value
+
+
+def line_problem(path: str) -> str | None:
+    """Why path cannot be a value on a line of supervisord.conf (or anywhere a line break ends it), or None."""
+    bad = next((char for char in path if unicodedata.category(char) == "Cc"), None)
+    if bad is not None:
+        return f"contains the control character {bad!r}; remove it"
+    if re.search(r"\s[;#]", path):
+        return "contains a space followed by ; or #, which supervisord reads as a comment; choose another path"
+    if path != path.strip():
+        return "starts or ends with a space; remove it"
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """Why path cannot be written into every file djship renders (nginx, HAProxy, supervisord, gunicorn, Python),
+    or None. Everything else is quoted for each syntax."""
+    for char, reason in (
+        ("$", "nginx reads as a variable"),
+        ("\\", "HAProxy cannot quote in a map file name"),
+        ("'", "HAProxy cannot quote in a map file name"),
+        (",", "HAProxy and gunicorn read as a list separator"),
+    ):
+        if char in path:
+            return line_problem(path) or f"contains {char!r}, which {reason}; choose a path without it"
+    return line_problem(path)
+
+
+def _rendered_path(value: str | None) -> str | None:
+    if value is not None:
+        problem = path_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+def _not_system_dir(path: str, homes: frozenset[str] = frozenset()) -> None:
+    """path is absolute and normalized; homes: the home directories of this machine's users."""
+    if path in SYSTEM_DIRS or path in homes:
+        raise ValueError(f"{path} is a system directory; choose a directory of its own, e.g. /srv/djship/mysite")
+
+
+def _home_dirs() -> frozenset[str]:
+    return frozenset({entry.pw_dir for entry in pwd.getpwall()} | {os.path.expanduser("~")})
+
+
 def _loopback(value: str) -> str:
     if not _IPV4.fullmatch(value) or not value.startswith("127."):
         raise ValueError("must be an IPv4 loopback address (127.x.y.z) on the local target")
@@ -60,6 +141,8 @@ class ProjectConfig(_Section):
             "db.sqlite3", "media", ".pytest_cache", ".mypy_cache",
         ]
     )
+
+    _check_paths = field_validator("manage_py", "requirements", "python")(_no_control_characters)
 
     @field_validator("settings_module")
     @classmethod
@@ -164,9 +247,22 @@ class DatabaseConfig(_Section):
     @field_validator("name", "user")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be a lower-case SQL identifier (letters, digits, _; at most 63)")
+        if value is not None:
+            if not _IDENTIFIER.fullmatch(value):
+                raise ValueError("must be a lower-case SQL identifier (letters, digits, _; at most 63)")
+            _not_reserved(value)
         return value
+
+
+def _not_reserved(name: str) -> None:
+    if name in POSTGRES_RESERVED or name.startswith("pg_"):
+        raise ValueError(f"{name!r} is reserved by PostgreSQL; choose another name, e.g. the project's")
+
+
+def default_database_name(settings_module: str) -> str:
+    """The database and role name when database.name is not set: the project package's name."""
+    name = re.sub(r"[^a-z0-9_]", "_", settings_module.split(".")[0].lower())
+    return (name if name[:1].isalpha() else f"app_{name}")[:63]
 
 
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -179,6 +275,8 @@ class TlsConfig(_Section):
     acme_ca_bundle: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+
+    _check_files = field_validator("acme_ca_bundle", "cert_file", "key_file")(_local_file)
 
     @field_validator("acme_directory")
     @classmethod
@@ -221,6 +319,7 @@ class SshConfig(_Section):
     known_hosts: str = "~/.ssh/known_hosts"
 
     _check_user = field_validator("user")(_login_name)
+    _check_files = field_validator("key", "known_hosts")(_local_file)
 
 
 class HostConfig(_Section):
@@ -241,11 +340,14 @@ class HostConfig(_Section):
     @field_validator("root")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/") or "\n" in value:
+        _rendered_path(value)
+        if not value.startswith("/"):
             raise ValueError("must be an absolute path on that host, e.g. /srv/djship")
+        _not_system_dir("/" + os.path.normpath(value).lstrip("/"))
         return value
 
     _check_user = field_validator("ssh_user")(_login_name)
+    _check_key = field_validator("ssh_key")(_local_file)
 
     @field_validator("host_key")
     @classmethod
@@ -275,7 +377,7 @@ class BackupConfig(_Section):
             raise ValueError(
                 "must be a directory on this machine (relative to the project or absolute); remote hosts come later"
             )
-        return value
+        return _rendered_path(value)
 
     @field_validator("schedule")
     @classmethod
@@ -299,6 +401,20 @@ class Config(_Section):
     servers: ServersConfig | None = None
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     ssh: SshConfig = Field(default_factory=SshConfig)
+
+    _check_state_dir = field_validator("state_dir")(_rendered_path)
+
+    @field_validator("service_user")
+    @classmethod
+    def _unprivileged(cls, value: str) -> str:
+        _login_name(value)
+        try:
+            root = pwd.getpwnam(value).pw_uid == 0
+        except KeyError:
+            root = False
+        if value == "root" or root:
+            raise ValueError(f"{value!r} is root; services never run as root, use an unprivileged user such as djship")
+        return value
 
     @property
     def remote(self) -> bool:
@@ -336,7 +452,7 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
         config = Config.model_validate(data)
     except ValidationError as error:
         _refuse(source, [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()])
-    _refuse(source, _topology_problems(config))
+    _refuse(source, _database_problems(config) + _topology_problems(config))
     return config
 
 
@@ -344,6 +460,18 @@ def _refuse(source: str, problems: list[str]) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DjshipError(f"{source}: {problems[0]}{more}") from None
+
+
+def _database_problems(config: Config) -> list[str]:
+    if config.database.name is not None:
+        return []
+    name = default_database_name(config.project.settings_module)
+    try:
+        _not_reserved(name)
+    except ValueError:
+        return [f"database.name: the default {name!r} (the name of project.settings_module's package) is reserved by "
+                "PostgreSQL; set database.name to another name"]
+    return []
 
 
 def _topology_problems(config: Config) -> list[str]:
@@ -403,4 +531,43 @@ def load_config(project_dir: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise DjshipError(f"cannot read {path}: {error.strerror}") from None
-    return parse_config(text, str(path))
+    config = parse_config(text, _shown(path))
+    _refuse(_shown(path), placement_problems(config, project_dir))
+    return config
+
+
+def _shown(path: Path) -> str:
+    """A path for a one-line message: as it is, or quoted with escapes when it holds a line break or the like."""
+    return str(path) if str(path).isprintable() else repr(str(path))
+
+
+def placement_problems(config: Config, project_dir: Path) -> list[str]:
+    """Where the project, its state directory and its backup directory are, as the plan resolves them: never a
+    system directory, never one that holds the project (destroy deletes the state directory), and never a path
+    the rendered files cannot hold."""
+    project_dir = project_dir.resolve()
+    problem = line_problem(str(project_dir))  # supervisord's backup and renewal programs run in it
+    if problem:
+        return [f"project: the project directory {_shown(project_dir)} {problem.split(';')[0]}; move the project "
+                "to a directory without it"]
+    state = (project_dir / config.state_dir).resolve()
+    places = [("state_dir", state)]
+    if config.backup.dir is not None:
+        places.append(("backup.dir", (project_dir / config.backup.dir).resolve()))
+    problems = []
+    for key, path in places:
+        problem = path_problem(str(path))
+        if problem:
+            problems.append(f"{key}: {path} {problem}")
+            continue
+        try:
+            _not_system_dir(str(path), _home_dirs())
+        except ValueError as error:
+            problems.append(f"{key}: {error}")
+            continue
+        if project_dir.is_relative_to(path):
+            problems.append(f"{key}: {path} holds the project itself; choose a directory inside the project (the "
+                            "default) or beside it")
+        elif key == "backup.dir" and state.is_relative_to(path):
+            problems.append(f"backup.dir: {path} holds the state directory {state}; choose a directory of its own")
+    return problems

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from djship.config import Config
+from djship.config import Config, default_database_name
 from djship.errors import DjshipError
 from djship.tools import Tools
 
@@ -339,11 +339,6 @@ class Plan:
         return len(self.app_servers) * self.workers * self.threads + CONNECTION_HEADROOM
 
 
-def _project_name(settings_module: str) -> str:
-    name = re.sub(r"[^a-z0-9_]", "_", settings_module.split(".")[0].lower())
-    return (name if name[:1].isalpha() else f"app_{name}")[:63]
-
-
 def _in_project(project_dir: Path, path: str | None) -> Path | None:
     """A path from djship.toml: absolute, or relative to the project directory."""
     return None if path is None else project_dir / Path(path).expanduser()
@@ -351,7 +346,7 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
 
 def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
               admin_clients: tuple[str, ...]) -> Database:
-    name = config.database.name or _project_name(config.project.settings_module)
+    name = config.database.name or default_database_name(config.project.settings_module)
     return Database(
         address=address,
         port=config.database.port,

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomlkit
+
 from djship.config import CONFIG_FILE
 from djship.errors import DjshipError
 
@@ -95,6 +97,11 @@ def discover(directory: Path) -> DjangoProject:
     )
 
 
+def _toml_string(value: str) -> str:
+    """value as a TOML string, escaped by tomlkit: text read from the project never becomes TOML of its own."""
+    return tomlkit.string(value).as_string()
+
+
 def render_config(project: DjangoProject) -> str:
     """The commented djship.toml that `djship init` writes; every value shown is the default unless found."""
     return f'''# djship.toml: how djship runs this Django project in production.
@@ -103,9 +110,9 @@ def render_config(project: DjangoProject) -> str:
 
 [project]
 # Found by djship init; change them if they are wrong.
-settings_module = "{project.settings_module}"     # your settings; djship imports it and overrides production values
-wsgi_application = "{project.wsgi_application}"  # the WSGI callable gunicorn serves
-requirements = "{project.requirements}"          # installed into each release's virtualenv (plus gunicorn, psycopg)
+settings_module = {_toml_string(project.settings_module)}     # your settings; djship imports it and overrides production values
+wsgi_application = {_toml_string(project.wsgi_application)}  # the WSGI callable gunicorn serves
+requirements = {_toml_string(project.requirements)}          # installed into each release's virtualenv (plus gunicorn, psycopg)
 # python = "python3.12"       # interpreter for the release virtualenv (default: the one running djship)
 
 [site]

@@ -31,6 +31,25 @@ def test_malformed_config_names_the_key(workdir):
     assert not (project / ".djship").exists()
 
 
+@pytest.mark.parametrize(("values", "fragments"), [
+    ({"state_dir": ".."}, ("state_dir: ", "holds the project itself")),
+    ({"backup.dir": "/tmp"}, ("backup.dir: /tmp is a system directory",)),
+    ({"state_dir": "x\u0000y"}, ("state_dir: contains the control character '\\x00'",)),
+    ({"state_dir": "x\n[program:pwn]\ncommand=/bin/id"}, ("state_dir: contains the control character '\\n'",)),
+    ({"tls.mode": "files", "tls.cert_file": "~nosuchuser/site.crt", "tls.key_file": "site.key"},
+     ("tls.cert_file: ", "no user 'nosuchuser'")),
+    ({"database.user": "all"}, ("database.user: 'all' is reserved by PostgreSQL",)),
+    ({"service_user": "root"}, ("service_user: 'root' is root",)),
+])
+def test_a_value_that_would_become_code_is_one_line_and_nothing_starts(workdir, values, fragments):
+    project = make_project(workdir, SPARE_PORTS)
+    config = project / "djship.toml"
+    config.write_text(with_values(config.read_text(), values))
+    for command in (["up"], ["status"], ["destroy", "--yes"]):
+        _assert_one_line_error(run_djship(project, *command, check=False), *fragments)
+    assert not (project / ".djship").exists() and (project / "manage.py").exists()
+
+
 def test_init_outside_a_django_project(workdir):
     _assert_one_line_error(run_djship(workdir, "init", check=False), "not a Django project")
 

@@ -253,7 +253,7 @@ def test_max_connections_lowered_below_the_budget_is_named(site: Site):
 
 def test_nginx_serving_media_from_elsewhere_on_one_server_is_named(site: Site):
     server = _state(site) / "servers" / "app2"
-    with edited(site, server / "nginx.conf", f"alias {server}/media/;", "alias /var/empty/;", "app2-nginx", "HUP"):
+    with edited(site, server / "nginx.conf", f'alias "{server}/media/";', "alias /var/empty/;", "app2-nginx", "HUP"):
         code, checks = until(site, "media", "fail")
     assert code == 1
     check = checks["media"]

@@ -5,6 +5,7 @@ Only the test hosts' addresses (10.247.x.y, inside namespaces this test makes an
 
 from __future__ import annotations
 
+import shutil
 import stat
 
 import pytest
@@ -82,6 +83,63 @@ def test_makedirs_sets_mode_and_owner(hosts):
         host.makedirs(path, mode=0o700, owner="nobody")
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
     assert path.owner() == "nobody"
+
+
+@pytest.fixture
+def outside(hosts):
+    """A root-only file outside the directories djship writes into, the target of every planted link."""
+    path = hosts["app1"].root / "outside" / "shadow"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("root's secret\n")
+    path.chmod(0o600)
+    yield path
+    shutil.rmtree(path.parent)
+
+
+def unchanged(path, before, content) -> bool:
+    after = path.lstat()
+    return (path.read_bytes(), after.st_mode, after.st_uid) == (content, before.st_mode, before.st_uid)
+
+
+def test_put_never_writes_through_a_link_planted_as_its_temporary_file(hosts, outside):
+    before, content = outside.stat(), outside.read_bytes()
+    target = hosts["app1"].root / "servers" / "app1" / "gunicorn.conf.py"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (target.parent / ".gunicorn.conf.py.djship-tmp").symlink_to(outside)
+    with connect(hosts, "app1") as host:
+        assert host.put(target, "workers = 3\n", mode=0o644, owner="nobody") is True
+    assert unchanged(outside, before, content)
+    assert target.read_text() == "workers = 3\n" and not target.is_symlink()
+    assert (stat.S_IMODE(target.stat().st_mode), target.owner()) == (0o644, "nobody")
+    assert sorted(path.name for path in target.parent.iterdir()) == ["gunicorn.conf.py"]
+
+
+def test_put_creates_its_temporary_file_private_from_the_first_moment(hosts):
+    """A reader that opens the temporary file while it is being written finds nothing: it is 0600 from creation."""
+    target = hosts["app1"].root / "secrets" / "admin.json"
+    with connect(hosts, "app1") as host:
+        handle = host._create_private(str(target.with_name(".admin.json.djship-tmp")))
+        try:
+            assert stat.S_IMODE(target.with_name(".admin.json.djship-tmp").stat().st_mode) == 0o600
+        finally:
+            handle.close()
+            target.with_name(".admin.json.djship-tmp").unlink()
+
+
+def test_makedirs_never_chmods_or_chowns_through_a_link(hosts, outside):
+    directory = outside.parent
+    directory.chmod(0o700)
+    before = directory.stat()
+    planted = hosts["app1"].root / "nginx-temp"
+    planted.symlink_to(directory)
+    try:
+        with connect(hosts, "app1") as host, pytest.raises(DjshipError, match=r"nginx-temp is a symlink or not a "
+                                                                               r"directory, where djship keeps a directory"):
+            host.makedirs(planted, mode=0o755, owner="nobody")
+    finally:
+        planted.unlink()
+    after = directory.stat()
+    assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
 
 
 def test_unknown_host_key_is_refused(hosts, tmp_path):

@@ -11,8 +11,9 @@ keyword arguments (state_dir, service_user) are top-level keys.
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,13 @@ def make_plan(make_config) -> Callable[..., Plan]:
 def golden_plan(make_plan) -> Plan:
     """The plan every golden file is rendered from: 2 app servers, as root, at a fixed project directory."""
     return make_plan(running_as_root=True, app={"servers": 2})
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory short enough for unix socket paths under it (pytest's own are too deep)."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        yield Path(directory)
 
 
 @pytest.fixture(scope="session")

@@ -209,7 +209,7 @@ def test_every_app_server_serves_media_and_reads_its_database_through_its_own_fi
     """A restore switches one server at a time: each server's own media link and live file, never a shared one."""
     plan = make_plan(app={"servers": 2})
     for server in plan.app_servers:
-        assert f"alias {server.dir}/media/;" in render.nginx_conf(plan, server)
+        assert f'alias "{server.dir}/media/";' in render.nginx_conf(plan, server)
         assert f'"DJSHIP_LIVE_FILE={server.dir}/live.json"' in render.gunicorn_conf(plan, server)
     settings = render.production_settings(plan, "20260101-000000", plan.paths.releases / "20260101-000000")
     assert f'(os.environ.get("DJSHIP_LIVE_FILE"), "{plan.paths.live}")' in settings

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from djship.config import CONFIG_FILE, find_project_dir, parse_config
+from djship.config import CONFIG_FILE, find_project_dir, load_config, parse_config
 from djship.errors import DjshipError
 
 MINIMAL = """\
@@ -225,3 +226,146 @@ def test_hosts_without_servers_ask_for_roles():
     assert message == (
         "djship.toml: hosts: [servers] is missing; say which hosts are lb, app and db (e.g. servers.app = ['web1'])"
     )
+
+
+# ---- values that reach rendered files or commands -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('state_dir = "/srv/x\\n[program:pwn]\\ncommand=/bin/id\\nuser=root\\n"\n',
+         "state_dir: contains the control character '\\n'; remove it"),
+        ('state_dir = "/srv/a\\u0000b"\n', "state_dir: contains the control character '\\x00'; remove it"),
+        ('state_dir = "/srv/a\\u007fb"\n', "state_dir: contains the control character '\\x7f'; remove it"),
+        ('state_dir = "/srv/$x"\n', "state_dir: contains '$', which nginx reads as a variable; choose a path without it"),
+        ('state_dir = "/srv/a,b"\n', "state_dir: contains ',', which HAProxy and gunicorn read as a list separator"),
+        ('state_dir = "/srv/a\'b"\n', "state_dir: contains \"'\", which HAProxy cannot quote in a map file name"),
+        ('state_dir = "/srv/a ;include /etc/x;"\n',
+         "state_dir: contains a space followed by ; or #, which supervisord reads as a comment"),
+        ('state_dir = "/srv/x "\n', "state_dir: starts or ends with a space; remove it"),
+        ('[backup]\ndir = "/srv/b\\u0000"\n', "backup.dir: contains the control character '\\x00'"),
+        ('[tls]\nmode = "files"\ncert_file = "~nosuchuser/site.crt"\nkey_file = "site.key"\n',
+         "tls.cert_file: '~nosuchuser/site.crt' starts with ~nosuchuser, but there is no user 'nosuchuser'; "
+         "write the path out"),
+        ('[tls]\nkey_file = "~nosuchuser"\n', "tls.key_file: '~nosuchuser' starts with ~nosuchuser"),
+        ('[tls]\nacme_ca_bundle = "~nosuchuser/ca.pem"\n', "tls.acme_ca_bundle: '~nosuchuser/ca.pem' starts with"),
+        ('[ssh]\nkey = "~nosuchuser/.ssh/id"\n', "ssh.key: '~nosuchuser/.ssh/id' starts with ~nosuchuser"),
+        ('[ssh]\nknown_hosts = "~nosuchuser/kh"\n', "ssh.known_hosts: '~nosuchuser/kh' starts with ~nosuchuser"),
+        ('[tls]\ncert_file = "a\\u0000b"\n', "tls.cert_file: contains the control character '\\x00'"),
+        ('[project]\nrequirements = "r\\u0000.txt"\n', "project.requirements: contains the control character"),
+        ('service_user = "root"\n',
+         "service_user: 'root' is root; services never run as root, use an unprivileged user such as djship"),
+        ('service_user = "web\\nuser = root"\n', "service_user: 'web\\nuser = root' is not a user name"),
+        ('[database]\nuser = "all"\n',
+         "database.user: 'all' is reserved by PostgreSQL; choose another name, e.g. the project's"),
+        ('[database]\nuser = "postgres"\n', "database.user: 'postgres' is reserved by PostgreSQL"),
+        ('[database]\nname = "pg_monitor"\n', "database.name: 'pg_monitor' is reserved by PostgreSQL"),
+        ('[database]\nname = "template1"\n', "database.name: 'template1' is reserved by PostgreSQL"),
+        ('[database]\nuser = "replication"\n', "database.user: 'replication' is reserved by PostgreSQL"),
+    ],
+)
+def test_a_value_that_would_become_code_is_refused_by_its_key_path(extra, expected):
+    assert config_error(config_with(extra)).startswith(f"djship.toml: {expected}")
+
+
+def config_with(extra: str) -> str:
+    """MINIMAL with extra: top-level keys before it, sections after it ([project] keys join MINIMAL's, its last)."""
+    if extra.startswith("[project]\n"):
+        return MINIMAL + extra.removeprefix("[project]\n")
+    return MINIMAL + extra if extra.startswith("[") else extra + MINIMAL
+
+
+def test_the_default_database_name_is_refused_when_postgresql_reserves_it():
+    text = MINIMAL.replace("mysite.settings", "postgres.settings").replace("mysite.wsgi", "postgres.wsgi")
+
+    assert config_error(text) == (
+        "djship.toml: database.name: the default 'postgres' (the name of project.settings_module's package) is "
+        "reserved by PostgreSQL; set database.name to another name"
+    )
+    assert parse_config(text + '[database]\nname = "shop"\n').database.name == "shop"
+
+
+def test_host_root_with_a_carriage_return_is_refused():
+    text = REMOTE.replace('root = "/opt/djship"', 'root = "/opt/x\\r[program:pwn]\\rcommand=/bin/id"')
+
+    assert config_error(text).startswith("djship.toml: hosts.app2.root: contains the control character '\\r'")
+
+
+@pytest.mark.parametrize("root", ["/", "/tmp", "/var/lib", "/opt/../etc", "/var/lib/../..", "//tmp"])
+def test_host_root_that_is_a_system_directory_is_refused(root):
+    message = config_error(REMOTE.replace('root = "/opt/djship"', f'root = "{root}"'))
+
+    assert message.startswith("djship.toml: hosts.app2.root: ") and "is a system directory" in message
+
+
+def write_project(directory: Path, extra: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(config_with(extra))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('state_dir = ".."\n', "state_dir: {parent} holds the project itself"),
+        ('state_dir = "."\n', "state_dir: {project} holds the project itself"),
+        ('state_dir = "sub/../.."\n', "state_dir: {parent} holds the project itself"),
+        ('state_dir = "{parent}"\n', "state_dir: {parent} holds the project itself"),
+        ('state_dir = "/tmp"\n', "state_dir: /tmp is a system directory; choose a directory of its own"),
+        ('state_dir = "/"\n', "state_dir: / is a system directory"),
+        ('state_dir = "/var/../etc"\n', "state_dir: /etc is a system directory"),
+        ('state_dir = "/root"\n', "state_dir: /root is a system directory"),
+        ('[backup]\ndir = "/tmp"\n', "backup.dir: /tmp is a system directory"),
+        ('[backup]\ndir = "/home"\n', "backup.dir: /home is a system directory"),
+        ('[backup]\ndir = ".."\n', "backup.dir: {parent} holds the project itself"),
+        ('[backup]\ndir = ".djship"\n', "backup.dir: {project}/.djship holds the state directory"),
+    ],
+)
+def test_a_state_or_backup_dir_that_holds_the_project_or_the_system_is_refused(tmp_path, extra, expected):
+    project = write_project(tmp_path / "site", extra.format(parent=tmp_path))
+
+    with pytest.raises(DjshipError) as caught:
+        load_config(project)
+    assert str(caught.value).startswith(
+        f"{project / CONFIG_FILE}: " + expected.format(parent=tmp_path, project=project)
+    )
+
+
+def test_the_home_directory_is_never_a_state_dir(tmp_path):
+    project = write_project(tmp_path / "site", f"state_dir = {json.dumps(str(Path.home()))}\n")
+
+    with pytest.raises(DjshipError, match=r"state_dir: .* is a system directory"):
+        load_config(project)
+
+
+def test_a_state_dir_nginx_cannot_hold_is_refused_and_one_elsewhere_accepted(tmp_path):
+    project = write_project(tmp_path / "a$b", "")
+
+    with pytest.raises(DjshipError, match=r"state_dir: .*a\$b/\.djship contains '\$', which nginx reads as a variable; "
+                                          r"choose a path without it$"):
+        load_config(project)
+    (project / CONFIG_FILE).write_text(config_with(f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n"))
+    assert load_config(project).state_dir == str(tmp_path / "state")
+
+
+def test_a_project_directory_with_a_newline_is_named_on_one_line(tmp_path):
+    project = write_project(tmp_path / "a\nb", "")
+
+    with pytest.raises(DjshipError) as caught:
+        load_config(project)
+
+    assert str(caught.value) == (
+        f"{str(project / CONFIG_FILE)!r}: project: the project directory {str(project)!r} contains the control "
+        "character '\\n'; move the project to a directory without it"
+    )
+
+
+def test_state_and_backup_dirs_beside_the_project_are_accepted_its_parent_refused(tmp_path):
+    project = write_project(tmp_path / "my site [/x]", "")
+    (project / CONFIG_FILE).write_text(config_with('state_dir = "../state"\n') + '[backup]\ndir = "../backups"\n')
+    assert load_config(project).state_dir == "../state"
+
+    (project / CONFIG_FILE).write_text(config_with('state_dir = "../state/.."\n'))
+    with pytest.raises(DjshipError, match=r"state_dir: .* holds the project itself"):
+        load_config(project)

@@ -1,13 +1,18 @@
-"""The pure parts of the connectors: the remote command line, and the fan-out over hosts."""
+"""The connectors: the remote command line, the fan-out over hosts, and the local connector's writes, which never
+follow a link that a less-privileged user planted."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import stat
 import threading
 from pathlib import Path
 
 import pytest
 
 from djship.connectors import on_each
+from djship.connectors.local import LocalConnector
 from djship.connectors.ssh import SSHTarget, remote_command
 from djship.errors import DjshipError
 
@@ -59,3 +64,88 @@ def test_on_each_names_every_failed_host():
     with pytest.raises(DjshipError) as raised:
         on_each({"app1": 1, "app2": 2, "app3": 3}, action)
     assert str(raised.value) == "app1: odd 1; app3: odd 3"
+
+
+# ---- the local connector never writes through a link a less-privileged user planted -------------------------
+
+# As root a planted link could also hand the outside file to another owner; as a user only its content and mode show.
+OWNER = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A private file outside the directory djship writes into, the target of every planted link."""
+    path = tmp_path / "outside" / "shadow"
+    path.parent.mkdir()
+    path.write_text("root's secret\n")
+    path.chmod(0o600)
+    return path
+
+
+def unchanged(path: Path, before: os.stat_result, content: bytes) -> bool:
+    after = path.lstat()
+    return (path.read_bytes(), after.st_mode, after.st_uid, after.st_gid) == (
+        content, before.st_mode, before.st_uid, before.st_gid
+    )
+
+
+def test_put_never_writes_through_a_link_planted_as_its_temporary_file(tmp_path, outside):
+    before, content = outside.stat(), outside.read_bytes()
+    target = tmp_path / "servers" / "app1" / "gunicorn.conf.py"
+    target.parent.mkdir(parents=True)
+    (target.parent / ".gunicorn.conf.py.djship-tmp").symlink_to(outside)
+
+    assert LocalConnector().put(target, "workers = 3\n", mode=0o644, owner=OWNER) is True
+
+    assert unchanged(outside, before, content)
+    assert target.read_text() == "workers = 3\n" and not target.is_symlink()
+    assert (stat.S_IMODE(target.stat().st_mode), pwd.getpwuid(target.stat().st_uid).pw_name) == (0o644, OWNER)
+    assert sorted(path.name for path in target.parent.iterdir()) == ["gunicorn.conf.py"]
+    target.unlink()
+    target.symlink_to(outside)  # a link as the file itself is replaced, its target left alone
+    assert LocalConnector().put(target, "workers = 3\n", mode=0o644) is True
+    assert unchanged(outside, before, content) and not target.is_symlink()
+
+
+def test_put_refuses_a_link_planted_as_its_directory(tmp_path, outside):
+    before, content = outside.stat(), outside.read_bytes()
+    server = tmp_path / "servers" / "app1"
+    server.parent.mkdir()
+    server.symlink_to(outside.parent)
+
+    with pytest.raises(DjshipError) as caught:
+        LocalConnector().put(server / "shadow", "pwned\n", mode=0o644)
+
+    assert str(caught.value) == (
+        f"{server} is a symlink, where djship keeps a directory; remove it and run djship again"
+    )
+    assert unchanged(outside, before, content)
+    assert sorted(path.name for path in outside.parent.iterdir()) == ["shadow"]
+
+
+def test_makedirs_never_chmods_or_chowns_through_a_link(tmp_path, outside):
+    directory = outside.parent
+    directory.chmod(0o700)
+    before = directory.stat()
+    planted = tmp_path / "nginx-temp"
+    planted.symlink_to(directory)
+
+    with pytest.raises(DjshipError, match=r"nginx-temp is a symlink, where djship keeps a directory; remove it"):
+        LocalConnector().makedirs(planted, mode=0o755, owner=OWNER)
+
+    after = directory.stat()
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    planted.unlink()
+    LocalConnector().makedirs(planted, mode=0o750, owner=OWNER)
+    assert (stat.S_IMODE(planted.stat().st_mode), pwd.getpwuid(planted.stat().st_uid).pw_name) == (0o750, OWNER)
+
+
+def test_symlink_never_creates_its_link_through_a_linked_directory(tmp_path, outside):
+    server = tmp_path / "servers" / "app1"
+    server.parent.mkdir()
+    server.symlink_to(outside.parent)
+
+    with pytest.raises(DjshipError, match=r"app1 is a symlink, where djship keeps a directory"):
+        LocalConnector().symlink(server / "release", tmp_path / "releases" / "r1")
+
+    assert sorted(path.name for path in outside.parent.iterdir()) == ["shadow"]

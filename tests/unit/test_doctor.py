@@ -169,7 +169,7 @@ def test_a_static_file_missing_on_one_server_is_a_404(plan, facts):
 def test_nginx_serving_static_from_elsewhere_is_named(plan, facts):
     server = plan.app_servers[0]
     facts.servers[0].nginx = parse_nginx_conf(
-        render.nginx_conf(plan, server).replace(f"root {server.release_link};", "root /var/www;"))
+        render.nginx_conf(plan, server).replace(f'root "{server.release_link}";', "root /var/www;"))
     _assert_names(_result(plan, facts, "static-files"), FAIL, "serves /static/ from /var/www/static/")
 
 

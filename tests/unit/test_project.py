@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,15 @@ def test_discover_on_the_example_project():
     assert project.settings_module == "board.settings"
     assert project.wsgi_application == "board.wsgi.application"
     assert project.requirements == "requirements.txt"
+
+
+def test_a_wsgi_application_with_quotes_and_newlines_cannot_add_keys(django_project: Path):
+    settings = django_project / "mysite" / "settings.py"
+    hostile = 'x"\npython = "/tmp/evil'
+    settings.write_text(settings.read_text().replace('"mysite.wsgi.application"', repr(hostile)))
+    project = discover(django_project)
+
+    document = tomllib.loads(render_config(project))
+
+    assert document["project"]["wsgi_application"] == hostile
+    assert set(document["project"]) == {"settings_module", "wsgi_application", "requirements"}

@@ -18,8 +18,8 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
-import pwd
 import re
+import shlex
 import subprocess
 import sys
 import types
@@ -30,6 +30,7 @@ import pytest
 from supervisor.options import ServerOptions
 
 from djship import render
+from djship.doctor.facts import parse_nginx_conf
 from djship.plan import Plan
 from djship.tls import local_ca
 from djship.tools import BROTLI_MODULES
@@ -128,7 +129,7 @@ def test_nginx_loads_and_uses_brotli_only_when_both_modules_are_installed(make_p
     text = render.nginx_conf(plan := make_plan(tools=tools), plan.app_servers[0])
     head = text[:text.index("daemon off;")]
     assert [line for line in head.splitlines() if line.startswith("load_module")] == [
-        f"load_module {module};" for module in BROTLI_MODULES]
+        f'load_module "{module}";' for module in BROTLI_MODULES]
     assert "    brotli on;\n" in text and f"    brotli_types {render.COMPRESSED_TYPES};\n" in text
     assert text.count("brotli_static on;") == 2
 
@@ -136,8 +137,8 @@ def test_nginx_loads_and_uses_brotli_only_when_both_modules_are_installed(make_p
 def test_static_files_fall_back_to_the_kept_releases_and_are_cached_by_name(plan):
     text = render.nginx_conf(plan, server := plan.app_servers[0])
     static = text[text.index("location /static/ {"):text.index("location /media/ {")]
-    assert f"root {server.release_link};" in static and "try_files $uri @kept_static;" in static
-    assert f"root {plan.paths.shared_static.parent};" in static and plan.paths.shared_static.name == "static"
+    assert f'root "{server.release_link}";' in static and "try_files $uri @kept_static;" in static
+    assert f'root "{plan.paths.shared_static.parent}";' in static and plan.paths.shared_static.name == "static"
     assert static.count("add_header Cache-Control $static_cache_control;") == 2
     cache_map = re.search(r'map \$uri \$static_cache_control \{\n\s+"~(.+)" "public, max-age=31536000, immutable";'
                           r'\n\s+default "no-cache";', text)
@@ -205,7 +206,7 @@ def test_balancer_tls_policy_is_mozilla_intermediate_with_h2_and_hsts(plan):
 
     assert " ssl-min-ver TLSv1.2 " in f"{options} "
     assert all("GCM" in cipher or "CHACHA20" in cipher for cipher in ciphers.split(":")), ciphers
-    assert https[0].endswith(f"ssl crt {plan.paths.site_pem} alpn h2,http/1.1")
+    assert https[0].endswith(f"ssl crt '{plan.paths.site_pem}' alpn h2,http/1.1")
     assert 'http-response set-header Strict-Transport-Security "max-age=3600; includeSubDomains; preload"' in https
     assert "http-response del-header Server" in https
 
@@ -220,7 +221,7 @@ def test_acme_challenges_are_answered_on_http_and_everything_else_redirected(mak
     assert http.index(next(line for line in http if line.startswith("http-request return status 200"))) < http.index(
         next(line for line in http if line.startswith("http-request redirect"))
     )
-    assert f"%[path,map({challenge_map})]" in " ".join(http)
+    assert f"%[path,map('{challenge_map}')]" in " ".join(http)
     assert http[-1].startswith("http-request redirect location https://") and http[-1].endswith("code 301")
     assert not any("acme" in line for line in local["frontend http"])
 
@@ -255,9 +256,9 @@ def test_gunicorn_uses_sync_workers_with_one_thread(make_plan):
     assert gunicorn_settings(make_plan(app={"threads": 1}))["worker_class"] == "sync"
 
 
-def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, tmp_path, monkeypatch):
+def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, short_tmp, monkeypatch):
     """Run the generated settings module against a stand-in project settings module and a real secrets file."""
-    plan = make_plan(project_dir=tmp_path, project={"settings_module": "unitsite.settings"})
+    plan = make_plan(project_dir=short_tmp / AWKWARD_NAME, project={"settings_module": "unitsite.settings"})
     plan.paths.secrets.mkdir(parents=True)
     plan.paths.app_secrets.write_text('{"secret_key": "from-the-file", "database_password": "pw"}')
     project_settings = types.ModuleType("unitsite.settings")
@@ -279,6 +280,7 @@ def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, tmp_p
     assert settings["CSRF_TRUSTED_ORIGINS"] == ["https://localhost:8443"]
     assert settings["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
     assert settings["STATIC_ROOT"] == f"{release_dir}/static"
+    assert settings["MEDIA_ROOT"] == str(plan.paths.media)
     # The release header wraps everything; the health check runs through the project's whole middleware stack.
     assert settings["MIDDLEWARE"] == [
         "djship_production.middleware.ReleaseHeaderMiddleware",
@@ -290,15 +292,22 @@ def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, tmp_p
 # ---- the real programs accept the rendered files --------------------------------------------------------------
 
 
+# Everything a path may hold that some syntax must quote: a space, both quotes' kin, braces, brackets, # and ;
+# (not after a space), % (supervisord's expansions) and non-ASCII.
+AWKWARD_NAME = 'my "site" {x}#1;[/y] 50% é'
+
+
 @pytest.fixture(params=["local", "acme"])
-def rendered(make_plan, real_tools, tmp_path, request) -> Plan:
+def rendered(make_plan, real_tools, short_tmp, request) -> Plan:
     """Every system file of a plan rendered to its place under tmp_path, with the directories the programs need;
     once per tls.mode that renders differently."""
+    project_dir = short_tmp / AWKWARD_NAME
+    project_dir.mkdir(parents=True)
     plan = make_plan(
-        project_dir=tmp_path,
+        project_dir=project_dir,
         tools=real_tools,
         running_as_root=True,
-        service_user=pwd.getpwuid(os.getuid()).pw_name,
+        service_user="nobody",  # exists on every Debian machine; services never run as root
         app={"servers": 2},
         tls={"mode": request.param},
         site={"domains": ["shop.example.com"] if request.param == "acme" else ["localhost"]},
@@ -345,3 +354,25 @@ def test_supervisor_parses_its_config(rendered, capsys):
         "app1-gunicorn", "app1-nginx", "app2-gunicorn", "app2-nginx", "haproxy", "postgres", *renewal,
     ]
     assert options.logfile == str(rendered.paths.logs / "supervisord.log")
+    processes = {group.name: group.process_configs[0] for group in options.process_group_configs}
+    gunicorn = processes["app1-gunicorn"]
+    server = rendered.app_servers[0]
+    assert shlex.split(gunicorn.command) == [
+        str(server.release_link / "venv/bin/gunicorn"), "-c", str(server.gunicorn_conf)
+    ]
+    assert gunicorn.directory == str(server.dir)
+    assert gunicorn.stdout_logfile == str(rendered.paths.logs / "app1-gunicorn.log")
+
+
+def test_gunicorn_conf_and_the_doctor_read_back_awkward_paths_exactly(rendered):
+    server = rendered.app_servers[0]
+    namespace: dict[str, object] = {}
+    exec(compile(server.gunicorn_conf.read_text(), "gunicorn.conf.py", "exec"), namespace)
+    nginx = parse_nginx_conf(server.nginx_conf.read_text())
+
+    assert namespace["chdir"] == str(server.release_link / "app")
+    assert namespace["bind"] == [f"unix:{server.socket}"]
+    assert namespace["raw_env"][1] == f"DJSHIP_LIVE_FILE={server.live_file}"
+    assert (nginx.static_dir, nginx.media_alias, nginx.upstream_socket) == (
+        f"{server.release_link}/static/", f"{server.media_link}/", str(server.socket)
+    )

@@ -350,7 +350,7 @@ def test_ensure_venv_installs_offline_chowns_and_writes_the_marker_last():
         ["rm", "-rf", "--", str(venv)],
         create,
         install,
-        ["chown", "-R", "--", "djship:", str(venv)],
+        ["chown", "-R", "-h", "--", "djship:", str(venv)],
         ["put", str(venv / COMPLETE_MARKER)],
     ]
     host.commands.clear()

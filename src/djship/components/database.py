@@ -21,11 +21,12 @@ TABLES_QUERY = (
 )
 
 
-# psql variables, not text pasted into SQL: format() quotes them. The role, database and password are djship's
-# own (identifiers validated by the config, passwords URL-safe tokens).
-ENSURE_APP_DATABASE = """\\set role_name '{role}'
-\\set role_password '{password}'
-\\set database '{database}'
+# The values reach SQL only as psql variables, which format() quotes (%I, %L). They may come from files a
+# less-privileged user can write (the live database name, the app's secrets file), so each is one quoted \set
+# argument (psql_argument) that nothing in it can end.
+ENSURE_APP_DATABASE = """\\set role_name {role}
+\\set role_password {password}
+\\set database {database}
 SELECT format(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role_name')
               THEN 'ALTER ROLE %I LOGIN PASSWORD %L' ELSE 'CREATE ROLE %I LOGIN PASSWORD %L' END,
               :'role_name', :'role_password') \\gexec
@@ -34,6 +35,17 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'database', :'role_name')
 -- pg_hba.conf lets the app's role reach every database; only those it owns should accept it.
 REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC;
 """
+
+
+def psql_argument(value: str) -> str:
+    """value as one single-quoted argument of a psql meta-command: ' doubled, backslash and every control character
+    written as an escape, so it stays inside its quotes and on its line."""
+    escaped = "".join(
+        "''" if char == "'" else "\\\\" if char == "\\" else f"\\{ord(char):03o}" if ord(char) < 0x20 or char == "\x7f"
+        else char
+        for char in value
+    )
+    return f"'{escaped}'"
 
 
 class DatabaseServer:
@@ -104,7 +116,9 @@ class DatabaseServer:
         passfile = self.plan.paths.pgpass
         self.connector.put(passfile, f"{self.db.address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
                            mode=0o600)
-        script = ENSURE_APP_DATABASE.format(role=self.db.user, password=app_password, database=database)
+        script = ENSURE_APP_DATABASE.format(
+            role=psql_argument(self.db.user), password=psql_argument(app_password), database=psql_argument(database)
+        )
         result = self.connector.run(
             [self.plan.tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.db.address, "-p",
              str(self.db.port), "-U", self.db.superuser, "-d", "postgres", "-f", "-"],

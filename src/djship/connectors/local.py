@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
-import shutil
+import stat
 import subprocess
 from pathlib import Path
 from collections.abc import Callable
@@ -20,6 +21,19 @@ def _ids(owner: str) -> tuple[int, int]:
     except KeyError:
         raise DjshipError(f"user {owner!r} does not exist") from None
     return entry.pw_uid, entry.pw_gid
+
+
+def _open_directory(path: Path) -> int:
+    """path opened as a directory, refusing a link in its place (one planted by a less-privileged user)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            what = "a symlink" if path.is_symlink() else "not a directory"
+            raise DjshipError(
+                f"{path} is {what}, where djship keeps a directory; remove it and run djship again"
+            ) from None
+        raise
 
 
 class LocalConnector:
@@ -48,21 +62,45 @@ class LocalConnector:
         return Result(tuple(argv), completed.returncode, completed.stdout, completed.stderr)
 
     def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
+        """Never through a link: the temporary file is created anew (O_EXCL|O_NOFOLLOW) in a directory opened without
+        following a link, its mode and owner are set on the open file, and rename replaces whatever path was."""
         data = content.encode() if isinstance(content, str) else content
-        changed = self.get(path) != data or (path.stat().st_mode & 0o7777) != mode or (
-            owner is not None and path.stat().st_uid != _ids(owner)[0])
-        if not changed:
-            return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.djship-tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, mode)
-        if owner:
-            os.chown(temporary, *_ids(owner))
-        os.replace(temporary, path)
+        directory = _open_directory(path.parent)
+        try:
+            if self._unchanged(directory, path.name, data, mode, owner):
+                return False
+            temporary = f".{path.name}.djship-tmp"
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=directory)
+            except FileExistsError:
+                raise DjshipError(f"{path.parent / temporary} appeared while djship was writing {path}; something "
+                                  "else writes in that directory, stop it and run djship again") from None
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if owner:
+                    os.fchown(handle.fileno(), *_ids(owner))
+                os.fchmod(handle.fileno(), mode)
+            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        finally:
+            os.close(directory)
         return True
+
+    @staticmethod
+    def _unchanged(directory: int, name: str, data: bytes, mode: int, owner: str | None) -> bool:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory)
+        except OSError:  # missing, or a link (ELOOP): either way it is written anew
+            return False
+        with os.fdopen(fd, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            return (stat.S_ISREG(status.st_mode) and (status.st_mode & 0o7777) == mode
+                    and (owner is None or status.st_uid == _ids(owner)[0]) and handle.read() == data)
 
     def get(self, path: Path) -> bytes | None:
         try:
@@ -71,16 +109,28 @@ class LocalConnector:
             return None
 
     def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None:
+        """mkdir -p; then the mode (and owner) of the last directory, set on it opened without following a link."""
         path.mkdir(parents=True, exist_ok=True, mode=mode)
-        os.chmod(path, mode)
-        if owner:
-            shutil.chown(path, *_ids(owner))
+        directory = _open_directory(path)
+        try:
+            os.fchmod(directory, mode)
+            if owner:
+                os.fchown(directory, *_ids(owner))
+        finally:
+            os.close(directory)
 
     def symlink(self, link: Path, target: Path) -> None:
-        temporary = link.with_name(f".{link.name}.djship-tmp")
-        temporary.unlink(missing_ok=True)
-        temporary.symlink_to(target)
-        os.replace(temporary, link)
+        directory = _open_directory(link.parent)
+        try:
+            temporary = f".{link.name}.djship-tmp"
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            os.symlink(target, temporary, dir_fd=directory)
+            os.replace(temporary, link.name, src_dir_fd=directory, dst_dir_fd=directory)
+        finally:
+            os.close(directory)
 
     def readlink(self, link: Path) -> Path | None:
         return Path(os.readlink(link)) if link.is_symlink() else None

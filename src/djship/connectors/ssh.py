@@ -10,6 +10,7 @@ import base64
 import select
 import shlex
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -20,11 +21,27 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import paramiko
+from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
 
 from djship.connectors import Result
 from djship.errors import DjshipError
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+# makedirs on the host: chmod and chown act on the directory opened with O_NOFOLLOW, never through a link in its
+# place (which chmod and chown on a path would follow).
+_MAKEDIRS = """
+import os, pwd, sys
+path, mode, owner = sys.argv[1], int(sys.argv[2], 8), sys.argv[3]
+os.makedirs(path, exist_ok=True)
+try:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+except NotADirectoryError:
+    sys.exit(f"{path} is a symlink or not a directory, where djship keeps a directory; remove it and run djship again")
+os.fchmod(fd, mode)
+if owner:
+    entry = pwd.getpwnam(owner)
+    os.fchown(fd, entry.pw_uid, entry.pw_gid)
+"""
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class SSHConnector:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        self._owners: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> SSHConnector:
         return self
@@ -201,27 +219,61 @@ class SSHConnector:
             return channel.recv_exit_status()
 
     def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
+        """As the local connector: the temporary file is created anew with mode 0600 (never through a link, never
+        readable by others for a moment), its owner and mode are set on the open handle, then it is renamed."""
         data = content.encode() if isinstance(content, str) else content
         sftp = self._sftp_client()
         remote = PurePosixPath(path)
         try:
-            seen = sftp.stat(str(remote))
-            unchanged = (seen.st_mode & 0o7777) == mode and self.get(path) == data and (
-                owner is None or str(seen.st_uid) == self._checked(["id", "-u", owner], f"id -u {owner}").stdout.strip())
+            status = sftp.lstat(str(remote))
+            unchanged = stat.S_ISREG(status.st_mode) and (status.st_mode & 0o7777) == mode and (
+                owner is None or status.st_uid == self._ids(owner)[0]) and self.get(path) == data
         except FileNotFoundError:
             unchanged = False
         if unchanged:
             return False
         self.makedirs(Path(remote.parent), keep_mode=True)
         temporary = str(remote.with_name(f".{remote.name}.djship-tmp"))
-        with sftp.open(temporary, "wb") as handle:
-            sftp.chmod(temporary, mode)  # before any byte is written: a secret is never readable by others
+        try:
+            sftp.remove(temporary)  # unlink: a planted link goes, its target stays as it was
+        except FileNotFoundError:
+            pass
+        ids = self._ids(owner) if owner else None
+        with self._create_private(temporary) as handle:
             handle.set_pipelined(True)  # no round trip per 32 KB block (wheels are megabytes)
             handle.write(data)
-        if owner:
-            self._checked(["chown", f"{owner}:", temporary], f"chown {owner} {temporary}")
+            if ids:
+                handle.chown(*ids)
+            handle.chmod(mode)
         sftp.posix_rename(temporary, str(remote))
         return True
+
+    def _create_private(self, path: str) -> paramiko.SFTPFile:
+        """path opened for writing, created by this call (O_CREAT|O_EXCL: never an existing file or link) with mode
+        0600. paramiko's open() sends no mode, so the server would create it 0666 & umask, readable by others until
+        a chmod."""
+        attributes = paramiko.SFTPAttributes()
+        attributes.st_mode = 0o600
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+        sftp = self._sftp_client()
+        try:
+            kind, message = sftp._request(CMD_OPEN, path, flags, attributes)
+        except OSError as error:
+            raise DjshipError(
+                f"cannot create {path} on {self.target.address} ({error}); if it appeared while djship was writing, "
+                "something else writes in that directory: stop it and run djship again"
+            ) from None
+        if kind != CMD_HANDLE:
+            raise DjshipError(f"cannot create {path} on {self.target.address}: the SFTP server sent no file handle")
+        return paramiko.SFTPFile(sftp, message.get_binary(), "wb")
+
+    def _ids(self, owner: str) -> tuple[int, int]:
+        """The uid and gid of owner on the host (chown on an SFTP handle takes numbers)."""
+        if owner not in self._owners:
+            found = self._checked(["id", "-u", "--", owner], f"looking up the user {owner}").stdout.strip()
+            group = self._checked(["id", "-g", "--", owner], f"looking up the user {owner}").stdout.strip()
+            self._owners[owner] = (int(found), int(group))
+        return self._owners[owner]
 
     def get(self, path: Path) -> bytes | None:
         sftp = self._sftp_client()
@@ -233,13 +285,12 @@ class SSHConnector:
             return None
 
     def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None, keep_mode: bool = False) -> None:
-        """mkdir -p; then, unless keep_mode, the mode (and owner) of the last directory, as the local connector."""
-        script = 'mkdir -p -- "$1"'
-        if not keep_mode:
-            script += f' && chmod {mode:o} -- "$1"'
-            if owner:
-                script += ' && chown -- "$2": "$1"'
-        self._checked(["sh", "-c", script, "makedirs", str(path), owner or ""], f"mkdir {path}")
+        """mkdir -p; then, unless keep_mode, the mode (and owner) of the last directory, set on it opened without
+        following a link, as the local connector."""
+        if keep_mode:
+            self._checked(["mkdir", "-p", "--", str(path)], f"mkdir {path}")
+            return
+        self._checked(["python3", "-c", _MAKEDIRS, str(path), f"{mode:o}", owner or ""], f"mkdir {path}")
 
     def symlink(self, link: Path, target: Path) -> None:
         temporary = PurePosixPath(link).with_name(f".{PurePosixPath(link).name}.djship-tmp")

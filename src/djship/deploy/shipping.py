@@ -247,7 +247,7 @@ def unpack_code(connector: Connector, archive: bytes, destination: Path, owner: 
             f"unpacking the code into {destination}{where}",
         )
         if owner:
-            chown = ["chown", "-R", "--", f"{owner}:", str(destination)]
+            chown = ["chown", "-R", "-h", "--", f"{owner}:", str(destination)]
             _checked(connector, chown, f"chown {owner} {destination}{where}")
     except BaseException:
         _quietly(connector, ["rm", "-rf", "--", str(destination)])
@@ -280,7 +280,7 @@ def ensure_venv(
         _checked(connector, create, f"creating the virtualenv {venv}{where}")
         _checked(connector, install, f"installing the requirements from {wheel_dir} into {venv}{where}")
         if owner:
-            _checked(connector, ["chown", "-R", "--", f"{owner}:", str(venv)], f"chown {owner} {venv}{where}")
+            _checked(connector, ["chown", "-R", "-h", "--", f"{owner}:", str(venv)], f"chown {owner} {venv}{where}")
         connector.put(marker, "", mode=0o644)
     except BaseException:
         _quietly(connector, ["rm", "-rf", "--", str(venv)])

@@ -82,20 +82,34 @@ def _match(pattern: str, text: str) -> str | None:
     return found.group(1) if found else None
 
 
+# One nginx word: a double-quoted string (as djship writes paths) or a bare word.
+_NGINX_WORD = r'("(?:[^"\\]|\\.)*"|[^\s;"]+)'
+
+
+def _nginx_word(pattern: str, text: str) -> str | None:
+    word = _match(pattern, text)
+    if word is None or not word.startswith('"'):
+        return word
+    return re.sub(r"\\(.)", r"\1", word[1:-1])
+
+
 def _static_dir(text: str, static_url: str) -> str | None:
     location = rf"location\s+{re.escape(static_url)}\s*\{{[^}}]*?"
-    root = _match(location + r"\broot\s+(\S+?)\s*;", text)
-    return f"{root.rstrip('/')}{static_url}" if root else _match(location + r"\balias\s+(\S+?)\s*;", text)
+    root = _nginx_word(location + rf"\broot\s+{_NGINX_WORD}\s*;", text)
+    if root:
+        return f"{root.rstrip('/')}{static_url}"
+    return _nginx_word(location + rf"\balias\s+{_NGINX_WORD}\s*;", text)
 
 
 def parse_nginx_conf(text: str, static_url: str = "/static/", media_url: str = MEDIA_URL) -> NginxConf:
     timeout = _match(r"^\s*proxy_read_timeout\s+(\d+)s?\s*;", text)
+    upstream = _nginx_word(r'^\s*server\s+("unix:(?:[^"\\]|\\.)*"|unix:[^\s;"]+)', text)
     return NginxConf(
         client_max_body_size=_match(r"^\s*client_max_body_size\s+(\S+)\s*;", text),
         proxy_read_timeout=int(timeout) if timeout else None,
         static_dir=_static_dir(text, static_url),
-        media_alias=_match(rf"location\s+{re.escape(media_url)}\s*\{{[^}}]*?\balias\s+(\S+?)\s*;", text),
-        upstream_socket=_match(r"^\s*server\s+unix:(\S+?)[\s;]", text),
+        media_alias=_nginx_word(rf"location\s+{re.escape(media_url)}\s*\{{[^}}]*?\balias\s+{_NGINX_WORD}\s*;", text),
+        upstream_socket=upstream.removeprefix("unix:") if upstream else None,
     )
 
 

@@ -191,7 +191,11 @@ class Backups:
         """A backup by name (in the backup directory) or by the path of its directory."""
         path = self.plan.backup.dir / reference
         if "/" in reference or not path.is_dir():
-            path = Path(reference).expanduser().resolve()
+            try:
+                path = Path(reference).expanduser().resolve()
+            except RuntimeError:  # ~user of a user that does not exist
+                raise DjshipError(f"no backup {reference!r}: there is no user {reference[1:].split('/')[0]!r}; "
+                                  "write the backup directory's path out") from None
         if not path.is_dir():
             known = ", ".join(backup.name for backup in self.list()) or "none yet; `djship backup` takes one"
             raise DjshipError(f"no backup {reference!r}; `djship backups` lists them ({known})")

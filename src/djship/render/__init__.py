@@ -20,6 +20,47 @@ _environment = jinja2.Environment(
 )
 
 
+# Every value a template writes is quoted for the syntax it lands in. What no syntax can quote (control characters,
+# $, \, ', a comma, a space before ; or #) never reaches a template: the config refuses it (config.path_problem).
+def nginx_string(value: object) -> str:
+    """An nginx double-quoted string: backslash and double quote escaped."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def haproxy_string(value: object) -> str:
+    """An HAProxy strongly quoted word: nothing inside single quotes is interpreted; a single quote ends it, so it
+    is closed, escaped and reopened, which HAProxy concatenates."""
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
+def haproxy_weak(value: object) -> str:
+    """An HAProxy double-quoted word, for text that itself holds single-quoted sample arguments."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def haproxy_argument(value: object) -> str:
+    """A single-quoted argument of a sample converter, e.g. map('<file>')."""
+    return "'" + str(value) + "'"
+
+
+def supervisor_value(value: object) -> str:
+    """A supervisord value: % starts an expansion such as %(here)s, so it is doubled."""
+    return str(value).replace("%", "%%")
+
+
+def python_string(value: object) -> str:
+    """A Python string literal in double quotes, whatever the text holds."""
+    return '"' + "".join(
+        "\\" + char if char in '"\\' else char if char.isprintable() else repr(char)[1:-1] for char in str(value)
+    ) + '"'
+
+
+_environment.filters.update(
+    nginx=nginx_string, haproxy=haproxy_string, haproxy_weak=haproxy_weak, haproxy_argument=haproxy_argument,
+    supervisor=supervisor_value, python=python_string,
+)
+
+
 def _render(template: str, **values: object) -> str:
     return _environment.get_template(template).render(**values)
 

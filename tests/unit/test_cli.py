@@ -1,0 +1,56 @@
+"""The command line prints text from files and users as it is: never as rich markup, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from djship.cli import main
+
+
+def in_awkward_dir(django_project: Path, directory: Path) -> Path:
+    """The startproject tree moved under a directory whose name looks like rich markup."""
+    project = directory / "old [/x] [bold]" / "mysite"
+    project.parent.mkdir(parents=True)
+    shutil.move(django_project, project)
+    return project
+
+
+def test_init_prints_paths_and_values_that_look_like_markup(django_project, short_tmp, monkeypatch):
+    project = in_awkward_dir(django_project, short_tmp)
+    settings = project / "mysite" / "settings.py"
+    settings.write_text(settings.read_text().replace("mysite.wsgi.application", "mysite.wsgi.app[/x]"))
+    monkeypatch.chdir(short_tmp)
+
+    result = CliRunner().invoke(main, ["init", str(project)])
+
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {project}/djship.toml" in result.output
+    assert "WSGI app      mysite.wsgi.app[/x]" in result.output
+
+
+def test_status_prints_paths_that_look_like_markup(django_project, short_tmp, monkeypatch):
+    project = in_awkward_dir(django_project, short_tmp)
+    monkeypatch.chdir(short_tmp)
+    assert CliRunner().invoke(main, ["init", str(project)]).exit_code == 0
+
+    result = CliRunner().invoke(main, ["-C", str(project), "status"])
+
+    assert result.exit_code == 0, result.output
+    assert f"CA {project}/.djship/tls/ca.crt" in result.output
+    assert f"unix:{project}/.djship/servers/app1/gunicorn.sock" in result.output
+
+
+def test_restore_of_a_path_under_an_unknown_users_home_is_one_line(django_project, short_tmp, monkeypatch):
+    project = in_awkward_dir(django_project, short_tmp)
+    monkeypatch.chdir(short_tmp)
+    assert CliRunner().invoke(main, ["init", str(project)]).exit_code == 0
+
+    result = CliRunner().invoke(main, ["-C", str(project), "restore", "~nosuchuser/backup", "--yes"])
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.output.strip().splitlines()[-1] == (
+        "error: no backup '~nosuchuser/backup': there is no user 'nosuchuser'; write the backup directory's path out"
+    )
