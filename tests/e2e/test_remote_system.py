@@ -187,6 +187,13 @@ def test_manage_runs_in_the_live_release_on_an_app_host(fleet: Fleet):
     assert failed.returncode == 1 and "Unknown command: 'nosuchcommand'" in failed.stdout
 
 
+def test_manage_in_a_terminal_gets_one_on_the_host_too(fleet: Fleet):
+    command = f"{' '.join(DJSHIP)} manage -- shell -c 'import sys; print(sys.stdin.isatty(), 4242 * 2)'"
+    result = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=fleet.project, capture_output=True, stdin=subprocess.DEVNULL,
+                            text=True, timeout=120)  # script(1) gives djship a terminal, as a person's shell would
+    assert result.returncode == 0 and "True 8484" in result.stdout, result.stdout + result.stderr
+
+
 def test_the_database_accepts_the_app_hosts_only(fleet: Fleet):
     secrets = json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_text())
     psql = shutil.which("psql") or "psql"

@@ -314,8 +314,8 @@ class SSHConnector:
                 pinned.write(f"{target.endpoint} {target.host_key}\n")
                 pinned.flush()
                 known_hosts = Path(pinned.name)
-            ssh = ["ssh", "-t", "-p", str(target.port), "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-                   "-o", f"UserKnownHostsFile={known_hosts}", "-o", f"ConnectTimeout={int(target.connect_timeout)}",
+            ssh = ["ssh", "-q", "-t", "-p", str(target.port), "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                   "-o", f'UserKnownHostsFile="{known_hosts}"', "-o", f"ConnectTimeout={int(target.connect_timeout)}",
                    *(["-i", str(target.key_file)] if target.key_file else []), "-l", target.user, target.address, "--",
                    remote_command(argv, login_user=target.user, user=user, env=env, cwd=cwd)]
             try:
