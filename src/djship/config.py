@@ -209,13 +209,27 @@ class AppConfig(_Section):
         return value
 
 
+def _any_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port between 1 and 65535 (ports below 1024 need djship to run as root)")
+    return value
+
+
+def _bind(value: str) -> str:
+    if not _IPV4.fullmatch(value):
+        raise ValueError('must be an IPv4 address: a loopback one (127.x.y.z, this machine only) or "0.0.0.0" '
+                         "(every address, for a public server: then 80 and 443 as ports, djship as root)")
+    return value
+
+
 class BalancerConfig(_Section):
     bind: str = "127.0.0.1"
+    """On one machine: where the site listens; "0.0.0.0" with ports 443/80 makes one rented server public."""
     https_port: int = 8443
     http_port: int = 8080
 
-    _check_ports = field_validator("https_port", "http_port")(_port)
-    _check_bind = field_validator("bind")(_loopback)
+    _check_ports = field_validator("https_port", "http_port")(_any_port)
+    _check_bind = field_validator("bind")(_bind)
 
     @model_validator(mode="after")
     def _distinct(self) -> BalancerConfig:

@@ -513,6 +513,7 @@ def _assemble(
 
 
 def _checked(plan: Plan) -> Plan:
+    _check_privileged_ports(plan)
     _check_budget(plan)
     _check_socket_paths(plan)
     _check_acme_domains(plan)
@@ -525,6 +526,16 @@ def _check_acme_domains(plan: Plan) -> None:
         raise DjshipError(
             f"site.domains: an ACME CA issues no certificate for {', '.join(local)}; list the domain names that "
             'resolve to this machine, or use tls.mode = "local"'
+        )
+
+
+def _check_privileged_ports(plan: Plan) -> None:
+    low = [port for port in (plan.https_port, plan.http_port) if port < 1024]
+    if low and plan.holds("lb") and plan.service_user is None:
+        raise DjshipError(
+            f"balancer: port {low[0]} is below 1024, which only root may bind; run djship as root on this machine, "
+            "log in to the lb hosts as root (ssh.user), or set balancer.https_port and balancer.http_port to 1024 "
+            "or more"
         )
 
 

@@ -69,8 +69,9 @@ def test_minimal_config_gives_documented_defaults():
             "djship.toml: balancer: https_port and http_port must differ",
         ),
         (
-            '[balancer]\nbind = "0.0.0.0"\n',
-            "djship.toml: balancer.bind: must be an IPv4 loopback address (127.x.y.z) on the local target",
+            '[balancer]\nbind = "example.com"\n',
+            'djship.toml: balancer.bind: must be an IPv4 address: a loopback one (127.x.y.z, this machine only) or '
+            '"0.0.0.0" (every address, for a public server: then 80 and 443 as ports, djship as root)',
         ),
         ('[tls]\nmode = "letsencrypt"\n', "djship.toml: tls.mode: Input should be 'local', 'acme' or 'files'"),
         (

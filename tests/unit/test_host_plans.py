@@ -77,8 +77,18 @@ def test_the_balancer_binds_443_as_root_and_runs_as_the_service_user(plans, make
 
 
 def test_without_root_login_the_services_run_as_the_login_user(make_config, fake_tools):
-    plans = build_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, login_root=False))
+    config = make_config(balancer={"https_port": 8443, "http_port": 8080})
+    plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools, login_root=False))
     assert all(plan.service_user is None for plan in plans.values())
+    with pytest.raises(DjshipError, match=r"^balancer: port 443 is below 1024, which only root may bind"):
+        build_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, login_root=False))
+
+
+def test_one_rented_server_may_serve_the_public_ports_itself_as_root(make_plan):
+    plan = make_plan(running_as_root=True, balancer={"bind": "0.0.0.0", "https_port": 443, "http_port": 80})
+    assert (plan.balancer_bind, plan.url, plan.balancer_starts_as_root) == ("0.0.0.0", "https://localhost/", True)
+    with pytest.raises(DjshipError, match=r"^balancer: port 443 is below 1024"):
+        make_plan(running_as_root=False, balancer={"https_port": 443, "http_port": 80})
 
 
 def test_one_host_may_hold_several_roles(make_config, fake_tools):
