@@ -138,6 +138,18 @@ def supervisord_conf(plan: Plan) -> str:
     return _render("supervisord.conf.j2", plan=plan, programs=programs(plan))
 
 
+def supervisord_boot_conf(plan: Plan, name: str, command: str) -> str:
+    return _render("supervisord-boot.conf.j2", plan=plan, name=name, command=command)
+
+
+def systemd_unit(plan: Plan, command: str, stop_timeout: int) -> str:
+    return _render("djship.service.j2", plan=plan, command=command, stop_timeout=stop_timeout)
+
+
+def boot_script(plan: Plan, command: str, reason: str) -> str:
+    return _render("boot.sh.j2", plan=plan, command=command, reason=reason)
+
+
 @dataclass(frozen=True)
 class ConfigFile:
     path: Path
