@@ -40,6 +40,21 @@ class Program:
 
 BACKUP_SCHEDULER = "backup-scheduler"
 
+# The postgres program: `postgres -D DATA` (exec'd, so normally nothing stands between the supervisor and the
+# postmaster). When the postmaster of DATA survived a supervisor that died, a new postgres could not start (the data
+# directory is locked) and stopping the survivor would fail requests, so the program waits on the survivor instead and
+# hands it the stop signal; once it is gone, the program's next start runs postgres itself. $1 postgres, $2 DATA.
+_POSTGRES_RUN = (
+    'data=$2; pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null); '
+    'adopted() { [ -n "$pid" ] && grep -qzxF -- "$data" "/proc/$pid/cmdline" 2>/dev/null; }; '
+    'if adopted; then '
+    'trap "stopping=1; kill -INT $pid" INT TERM; '
+    'while adopted; do sleep 1 & wait $!; done; '
+    '[ -z "$stopping" ] || exit 0; '
+    'fi; '
+    'exec "$1" -D "$data"'
+)
+
 
 def nginx_conf(plan: Plan, server: AppServer) -> str:
     return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL)
@@ -70,7 +85,10 @@ def programs(plan: Plan) -> list[Program]:
     if plan.holds("db"):
         result.append(Program(
             name="postgres",
-            command=f"{quote(plan.tools.pg('postgres'))} -D {quote(str(plan.database.data_dir))}",
+            command=(
+                f"/bin/sh -c {quote(_POSTGRES_RUN)} postgres {quote(plan.tools.pg('postgres'))} "
+                f"{quote(str(plan.database.data_dir))}"
+            ),
             stopsignal="INT",
             stopwaitsecs=60,
             user=plan.service_user,
