@@ -432,6 +432,10 @@ def _print_status(report: dict) -> None:
             f"[{colour}]{row['state']}[/]", row["health"],
         )
     console.print(table)
+    if any(row["state"] == "UNSUPERVISED" for row in rows):
+        errors.print("[red]the supervisor is not running: nothing restarts these processes; `djship up` takes them back[/]")
+    if (report.get("boot") or {}).get("note"):
+        errors.print(f"[yellow]{escape(report['boot']['note'])}[/]")
     tls = report["tls"]
     certificate = tls["certificate"]
     line = f"certificate ({tls['mode']}): " + (

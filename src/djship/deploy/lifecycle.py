@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from djship import render
-from djship.components import appserver, balancer
+from djship.components import appserver, balancer, boot, orphans
 from djship.components.database import DatabaseServer
 from djship.components.supervisor import Supervisor
 from djship.config import load_config
@@ -255,17 +255,37 @@ class LocalSystem:
         if self.plan.tls.mode == "acme" and bundle is not None and not bundle.is_file():
             raise DjshipError(f"tls.acme_ca_bundle: {bundle} is not a file; point it at the PEM CA bundle that "
                               "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
-        if self.supervisor.pid() is not None:
+        found = orphans.orphans(self.connector, self.plan) if self.supervisor.pid() is None else []
+        if found or self.supervisor.pid() is not None:
             with exclusive(self.plan.paths.deploy_lock, "up"):
-                return self.reconcile()
+                if found:
+                    self._adopt(found)
+                return self._registered(self.reconcile())
         check_ports_free(listening_endpoints(self.plan))
         try:
-            return self._start()
+            started = self._start()
         except BaseException:
             if self.supervisor.pid() is not None:
                 self.reporter.note("Stopping what this run started (nothing is deleted)")
                 self.supervisor.shutdown()
             raise
+        return self._registered(started)
+
+    def _registered(self, result: UpResult) -> UpResult:
+        """With the init system, so that it comes back after a reboot or a supervisor crash."""
+        registered = boot.register(self.connector, self.plan)
+        if result.changed:
+            self.reporter.note(registered)
+        return result
+
+    def _adopt(self, found: list[orphans.Orphan]) -> None:
+        orphans.adopt(
+            self.connector, self.plan, self.supervisor, self.balancer, found,
+            lambda server: self.wait_healthy(server, self.release_of(server)),
+            lambda: wait_until("the load balancer", self._balancer_ready, READY_TIMEOUT,
+                               f"see {self.plan.paths.logs / 'haproxy.log'}"),
+            self.reporter,
+        )
 
     def _start(self) -> UpResult:
         plan, connector = self.plan, self.connector
@@ -591,8 +611,13 @@ class LocalSystem:
 
     def down(self) -> bool:
         """Stop everything in reverse order; every file and every row stays. Returns whether anything ran."""
+        boot.unregister(self.connector, self.plan)
         if self.supervisor.pid() is None:
-            return False
+            found = orphans.orphans(self.connector, self.plan)
+            if found:
+                with self.reporter.step(f"Stopping what a supervisor that died left running ({len(found)} programs)"):
+                    orphans.stop_all(self.connector, self.plan, found)
+            return bool(found)
         if self.plan.tls.mode == "acme":
             with self.reporter.step("Stopping the certificate renewal timer"):
                 self.supervisor.stop(RENEWAL_PROGRAM)
@@ -617,8 +642,8 @@ class LocalSystem:
         """The topology with live states; the schema is documented in the README (`djship status --json`)."""
         plan = self.plan
         running = self.supervisor.pid() is not None
-        processes = self.supervisor.status() if running else {}
-        servers = self.balancer.states() if running else {}
+        processes = self.supervisor.status() if running else orphans.as_statuses(orphans.orphans(self.connector, plan))
+        servers = self.balancer.states() if processes else {}
         release = current_release(plan)
 
         def entry(name: str, role: str, address: str, health: str, server: str | None = None) -> dict:
@@ -630,7 +655,7 @@ class LocalSystem:
                 "address": address,
                 "pid": process.pid if process else None,
                 "state": process.state if process else "STOPPED",
-                "health": health if process and process.state == "RUNNING" else "down",
+                "health": health if process and process.state in ("RUNNING", orphans.UNSUPERVISED) else "down",
             }
 
         components = [
@@ -642,7 +667,7 @@ class LocalSystem:
             gunicorn, nginx = server.programs
             components.append(entry(nginx, "app", server.endpoint, health, server.name))
             components.append(entry(gunicorn, "app", f"unix:{server.socket}", health, server.name))
-        db_health = "accepting" if running and self.database.is_ready() else "down"
+        db_health = "accepting" if "postgres" in processes and self.database.is_ready() else "down"
         components.append(entry("postgres", "database", plan.database.endpoint, db_health))
         if plan.backup.schedule:
             components.append(
@@ -657,6 +682,7 @@ class LocalSystem:
             "supervisor_pid": self.supervisor.pid() if running else None,
             "components": components,
             "tls": self._tls_status(processes),
+            "boot": boot.registration(self.connector, plan).to_json(),
         }
 
     def _tls_status(self, processes: dict) -> dict:
