@@ -90,6 +90,7 @@ def test_up_takes_back_what_a_killed_supervisor_left_running_without_a_failed_re
 
     assert load.failures == [], f"{len(load.failures)} of {load.served + len(load.failures)} failed: {load.failures[:5]}"
     assert "already in use" not in up.stdout + up.stderr
+    assert "predecessor left running" in up.stdout and "unchanged" not in up.stdout
     assert after["running"] is True and after["supervisor_pid"] not in (None, before["supervisor_pid"])
     assert {c["name"]: c["state"] for c in after["components"]} == dict.fromkeys(pids, "RUNNING")
     assert all(not alive(pids[name]) for name in pids if name != "postgres"), "an orphan was left running"

@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from djship import render
@@ -260,7 +260,8 @@ class LocalSystem:
             with exclusive(self.plan.paths.deploy_lock, "up"):
                 if found:
                     self._adopt(found)
-                return self._registered(self.reconcile())
+                result = self.reconcile()
+                return self._registered(replace(result, changed=True) if found else result)
         check_ports_free(listening_endpoints(self.plan))
         try:
             started = self._start()
