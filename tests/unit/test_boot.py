@@ -243,3 +243,15 @@ def test_the_supervisor_starts_by_itself_without_systemd(golden_plan, monkeypatc
     assert host.commands[0] == ["rm", "-f", str(boot.marker_path(golden_plan))]
     assert host.commands[-1] == [
         "/usr/bin/python3", "-m", "supervisor.supervisord", "-c", str(golden_plan.paths.supervisor_conf)]
+
+
+def test_systemd_reads_paths_with_percent_and_dollar_signs_literally(make_plan, tmp_path):
+    plan = make_plan(state_dir="/srv/50%off/$site")
+    unit = tmp_path / boot.unit_name(plan)
+    unit.write_text(boot.systemd_unit(plan))
+    settings = _unit_settings(unit.read_text())
+
+    assert settings["ExecStart"].endswith("-c '/srv/50%%off/$$site/supervisor/boot.conf'")
+    assert settings["RequiresMountsFor"] == "/srv/50%%off/$site"
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert (result.returncode, result.stdout + result.stderr) == (0, ""), result.stdout + result.stderr

@@ -161,7 +161,11 @@ def supervisord_boot_conf(plan: Plan, name: str, command: str) -> str:
 
 
 def systemd_unit(plan: Plan, command: str, stop_timeout: int) -> str:
-    return _render("djship.service.j2", plan=plan, command=command, stop_timeout=stop_timeout)
+    """command: ExecStart's, quoted for a shell (systemd reads quotes the same way)."""
+    # systemd expands %-specifiers in every value, and $VARIABLES in ExecStart.
+    state = str(plan.paths.state).replace("%", "%%")
+    return _render("djship.service.j2", state=state, command=command.replace("%", "%%").replace("$", "$$"),
+                   stop_timeout=stop_timeout)
 
 
 def boot_script(plan: Plan, command: str, reason: str) -> str:
