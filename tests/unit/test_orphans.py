@@ -248,3 +248,17 @@ def test_adopt_keeps_the_database_replaces_app_servers_one_at_a_time_and_the_bal
         "healthy app2", "ready app2", "UP app2",
         "start haproxy", "balancer ready", "USR1 haproxy",
     ]
+
+
+def test_adopt_restarts_an_app_server_in_place_when_no_other_serves(make_plan):
+    plan = make_plan(app={"servers": 1})
+    found = [orphan for orphan in _everything(plan) if orphan.program.startswith("app1-")]
+    host = FakeHost(found, plan.paths.supervisor_socket)
+    events = host.events
+    balancer = FakeBalancer(events, ["app1"])
+
+    orphans.adopt(host, plan, FakeSupervisor(events), balancer, found,
+                  lambda server: events.append(f"healthy {server.name}"), lambda: events.append("balancer ready"), Quiet())
+
+    assert events == ["supervisord", "QUIT app1-nginx", "TERM app1-gunicorn", "start app1-gunicorn app1-nginx",
+                      "healthy app1"]

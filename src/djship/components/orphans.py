@@ -149,9 +149,10 @@ def adopt(
     reporter: Reporter,
 ) -> None:
     """Start a supervisor and put every orphan back under it, in the order that fails no request: the database is
-    kept, app servers are replaced one at a time through the surviving balancer, the balancer is replaced last.
-    wait_healthy(server) returns once the server answers its health check; wait_balancer_ready() once the balancer
-    serves over HTTPS with every app server up."""
+    kept, app servers are replaced one at a time out of rotation, the balancer is replaced last.
+    balancer: the one sending requests to this host's app servers (this host's own, surviving or not, or an lb
+    host's); wait_healthy(server) returns once the server answers its health check; wait_balancer_ready() once this
+    host's balancer serves over HTTPS with every app server up."""
     programs = {program.name: program for program in render.programs(plan)}
     by_program: dict[str, list[Orphan]] = {}
     for orphan in found:
@@ -166,8 +167,7 @@ def adopt(
     for server in plan.servers_here:
         server_orphans = [orphan for name in server.programs for orphan in by_program.pop(name, [])]
         if server_orphans:
-            _replace_app_server(connector, plan, supervisor, balancer if balancer_orphans else None, server,
-                                server_orphans, wait_healthy, reporter)
+            _replace_app_server(connector, plan, supervisor, balancer, server, server_orphans, wait_healthy, reporter)
     if balancer_orphans:
         with reporter.step("Starting a supervised load balancer beside the one left running, which then finishes"):
             supervisor.start("haproxy")
@@ -205,15 +205,14 @@ def _replace_app_server(
     connector: Connector,
     plan: Plan,
     supervisor: Supervisor,
-    balancer: balancer_.Balancer | None,
+    balancer: balancer_.Balancer,
     server: AppServer,
     found: list[Orphan],
     wait_healthy: Callable[[AppServer], None],
     reporter: Reporter,
 ) -> None:
     programs = {program.name: program for program in render.programs(plan)}
-    serving = balancer is not None and any(
-        state.status == "UP" for name, state in balancer.states().items() if name != server.name)
+    serving = any(state.status == "UP" for name, state in balancer.states().items() if name != server.name)
     with reporter.step(f"Replacing {server.name} under the supervisor"
                        + (" (drained first; the others serve)" if serving else "")):
         if serving:
