@@ -142,6 +142,7 @@ def test_the_registered_boot_command_brings_the_system_back_with_no_djship_comma
     with RequestLoop(site) as load:
         load.wait_for(200)
     assert load.failures == []
+    assert "unchanged" in site.djship("up").stdout  # djship takes the booted system as its own
 
 
 def test_down_stops_what_a_killed_supervisor_left_running(site):
