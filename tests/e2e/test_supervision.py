@@ -98,6 +98,25 @@ def test_up_takes_back_what_a_killed_supervisor_left_running_without_a_failed_re
     print(f"supervisor killed and taken back under load: {load.served} served, {len(load.failures)} failed")
 
 
+def test_a_second_kill_after_an_adoption_keeps_the_same_postmaster(site):
+    postmaster = _postmaster(site)
+    before = site.status()
+    assert next(c for c in before["components"] if c["name"] == "postgres")["pid"] != postmaster  # its waiter
+
+    with RequestLoop(site) as load:
+        os.kill(before["supervisor_pid"], signal.SIGKILL)
+        _wait_gone(before["supervisor_pid"])
+        orphaned = {c["name"]: (c["state"], c["pid"]) for c in site.status()["components"]}
+        assert orphaned["postgres"] == ("UNSUPERVISED", postmaster)
+        site.djship("up")
+        load.wait_for(load.served + 100)
+
+    assert load.failures == [], f"{len(load.failures)} of {load.served + len(load.failures)} failed: {load.failures[:5]}"
+    assert {c["name"]: c["state"] for c in site.status()["components"]} == dict.fromkeys(orphaned, "RUNNING")
+    assert _postmaster(site) == postmaster
+    print(f"second kill, taken back under load: {load.served} served, {len(load.failures)} failed")
+
+
 def test_the_registered_boot_command_brings_the_system_back_with_no_djship_command(site):
     state = site.project / ".djship"
     registration = site.status()["boot"]

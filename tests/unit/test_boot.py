@@ -220,6 +220,17 @@ def test_unregister_leaves_nothing_to_start_at_boot(golden_plan, systemd):
     assert boot.registration(host, golden_plan).starts_at_boot is False
 
 
+def test_uninstall_leaves_no_unit_naming_a_deleted_state_root(golden_plan):
+    host = FakeHost(systemd=True)
+    boot.register(host, golden_plan)
+    host.commands.clear()
+
+    boot.uninstall(host, golden_plan)
+
+    assert boot.UNIT_DIR / boot.unit_name(golden_plan) not in host.files
+    assert host.systemctl == [["disable", boot.unit_name(golden_plan)], ["daemon-reload"]]
+
+
 def test_the_supervisor_starts_through_systemd_once_its_unit_is_installed(golden_plan, monkeypatch):
     host = FakeHost(systemd=True)
     boot.register(host, golden_plan)

@@ -62,8 +62,8 @@ def test_nginx_titles_name_each_app_servers_config(golden_plan):
     }
 
 
-def test_statuses_say_unsupervised_with_the_pid():
-    found = [orphans.Orphan(200, "postgres", ("postgres",))]
+def test_statuses_say_unsupervised_with_the_pid_of_the_postmaster_not_of_a_waiter():
+    found = [orphans.Orphan(200, "postgres", ("postgres", "-D", "/x")), orphans.Orphan(300, "postgres", ("/bin/sh", "-c"))]
 
     status = orphans.as_statuses(found)["postgres"]
 
@@ -151,7 +151,8 @@ def test_the_postgres_program_waits_on_a_surviving_postmaster_and_hands_it_the_s
 
 
 class FakeHost:
-    """Runs the scan by answering with the orphans still alive; `kill -s SIG -- -PGID` ends one (and is recorded)."""
+    """Runs the scan by answering with the orphans still alive; `kill -s SIG -- -PGID` ends one (and is recorded);
+    keeps what is put."""
 
     def __init__(self, found: list[orphans.Orphan], socket: Path):
         self.socket = socket
@@ -173,9 +174,6 @@ class FakeHost:
     def put(self, path, content, **_) -> bool:
         self.files[path] = content.encode() if isinstance(content, str) else content
         return True
-
-    def get(self, path):
-        return self.files.get(path)
 
 
 def _everything(plan) -> list[orphans.Orphan]:
@@ -230,7 +228,6 @@ class Quiet:
 def test_adopt_keeps_the_database_replaces_app_servers_one_at_a_time_and_the_balancer_last(golden_plan):
     found = _everything(golden_plan)
     host = FakeHost(found, golden_plan.paths.supervisor_socket)
-    host.files[golden_plan.database.data_dir / "postmaster.pid"] = b"100\n/srv/example/board/.djship/postgres/data\n"
     events = host.events
     supervisor = FakeSupervisor(events)
     balancer = FakeBalancer(events, ["app1", "app2"])
@@ -241,7 +238,7 @@ def test_adopt_keeps_the_database_replaces_app_servers_one_at_a_time_and_the_bal
     assert host.files[golden_plan.paths.supervisor_conf] == render.supervisord_conf(golden_plan).encode()
     assert events == [
         "supervisord",
-        "start postgres",  # the postmaster (pid 100) keeps running: never signalled
+        "start postgres",  # the postmaster keeps running: never signalled
         "drain app1", "drained app1", "QUIT app1-nginx", "TERM app1-gunicorn", "start app1-gunicorn app1-nginx",
         "healthy app1", "ready app1", "UP app1",
         "drain app2", "drained app2", "QUIT app2-nginx", "TERM app2-gunicorn", "start app2-gunicorn app2-nginx",
@@ -262,3 +259,31 @@ def test_adopt_restarts_an_app_server_in_place_when_no_other_serves(make_plan):
 
     assert events == ["supervisord", "QUIT app1-nginx", "TERM app1-gunicorn", "start app1-gunicorn app1-nginx",
                       "healthy app1"]
+
+
+def test_adopt_drains_and_stops_an_app_server_djship_toml_no_longer_has(make_plan):
+    plan = make_plan(app={"servers": 1})
+    found = [*_everything(plan), orphans.Orphan(300, "app2-nginx", ("nginx",)), orphans.Orphan(301, "app2-gunicorn", ("g",))]
+    host = FakeHost(found, plan.paths.supervisor_socket)
+    events = host.events
+    balancer = FakeBalancer(events, ["app1", "app2"])
+
+    orphans.adopt(host, plan, FakeSupervisor(events), balancer, found,
+                  lambda server: events.append(f"healthy {server.name}"), lambda: events.append("balancer ready"), Quiet())
+
+    assert events[events.index("UP app1") + 1:] == [
+        "drain app2", "drained app2", "QUIT app2-nginx", "TERM app2-gunicorn",
+        "start haproxy", "balancer ready", "USR1 haproxy",
+    ]
+
+
+def test_adopt_ends_a_waiter_left_from_an_earlier_adoption_but_never_the_postmaster(golden_plan):
+    postmaster = orphans.Orphan(100, "postgres", ("/usr/lib/postgresql/15/bin/postgres", "-D", "/x/data"))
+    waiter = orphans.Orphan(200, "postgres", ("/bin/sh", "-c", "data=$2; ...", "postgres"))
+    host = FakeHost([postmaster, waiter], golden_plan.paths.supervisor_socket)
+
+    orphans.adopt(host, golden_plan, FakeSupervisor(host.events), FakeBalancer(host.events, []), [postmaster, waiter],
+                  lambda server: None, lambda: None, Quiet())
+
+    assert host.events == ["supervisord", "KILL postgres", "start postgres"]
+    assert list(host.alive) == [100]

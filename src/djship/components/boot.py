@@ -108,6 +108,14 @@ def unregister(connector: Connector, plan: Plan) -> None:
         _systemctl(connector, "disable", unit_name(plan))
 
 
+def uninstall(connector: Connector, plan: Plan) -> None:
+    """Before the state root is deleted (`destroy`): no unit is left naming it."""
+    if systemd_unit_installed(connector, plan):
+        _systemctl(connector, "disable", unit_name(plan))
+        connector.run(["rm", "-f", str(UNIT_DIR / unit_name(plan))])
+        _systemctl(connector, "daemon-reload")
+
+
 def disarm(connector: Connector, plan: Plan) -> None:
     """Before djship starts a supervisor itself, it, not the boot program, starts each component (in its own way)."""
     connector.run(["rm", "-f", str(marker_path(plan))])

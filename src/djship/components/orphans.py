@@ -15,6 +15,7 @@ the survivor (both bind with SO_REUSEPORT) and the survivor finishes its connect
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from djship.progress import Reporter
 from djship.waiting import wait_until
 
 UNSUPERVISED = "UNSUPERVISED"
+_APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
 
 # Runs on the host with its Python's standard library only (argv: the state root): one JSON line per process that a
 # supervisor started or that names the state root in its command line (pid, process group, state, SUPERVISOR_*
@@ -106,7 +108,9 @@ def orphans(connector: Connector, plan: Plan) -> list[Orphan]:
 
 def as_statuses(found: list[Orphan]) -> dict[str, ProcessStatus]:
     """The orphans as `status` shows them, beside what a supervisor would say of its programs."""
-    return {orphan.program: ProcessStatus(orphan.program, UNSUPERVISED, orphan.pid, "no supervisor") for orphan in found}
+    # Shells waiting on a postmaster (left from an earlier adoption) first, so the postmaster's own entry wins.
+    ordered = sorted(found, key=lambda orphan: orphan.argv[:1] != ("/bin/sh",))
+    return {orphan.program: ProcessStatus(orphan.program, UNSUPERVISED, orphan.pid, "no supervisor") for orphan in ordered}
 
 
 def _signal_group(connector: Connector, orphan: Orphan, signal_name: str) -> None:
@@ -128,14 +132,21 @@ def stop(connector: Connector, plan: Plan, orphan: Orphan, signal_name: str, tim
         wait_until(f"{orphan.program} (pid {orphan.pid}) stopping", lambda: _gone(connector, plan, orphan), 10)
 
 
+def _stopping(programs: dict[str, render.Program], name: str) -> tuple[str, int]:
+    """A program's stop signal and timeout; for one djship.toml no longer has (app3-nginx), another app server's."""
+    kind = name.rsplit("-", 1)[-1]
+    program = programs.get(name) or next((other for other in programs.values() if other.name.endswith(f"-{kind}")
+                                          and _APP_PROGRAM.match(other.name)), None)
+    return (program.stopsignal, program.stopwaitsecs) if program else ("TERM", 10)
+
+
 def stop_all(connector: Connector, plan: Plan, found: list[Orphan]) -> None:
     """`down` without a supervisor: the balancer first, the database last, each with its own stop signal."""
     programs = render.programs(plan)
     order = {program.name: index for index, program in enumerate(programs)}
     settings = {program.name: program for program in programs}
     for orphan in sorted(found, key=lambda orphan: -order.get(orphan.program, len(order))):
-        program = settings.get(orphan.program)
-        stop(connector, plan, orphan, program.stopsignal if program else "TERM", program.stopwaitsecs if program else 10)
+        stop(connector, plan, orphan, *_stopping(settings, orphan.program))
 
 
 def adopt(
@@ -168,6 +179,14 @@ def adopt(
         server_orphans = [orphan for name in server.programs for orphan in by_program.pop(name, [])]
         if server_orphans:
             _replace_app_server(connector, plan, supervisor, balancer, server, server_orphans, wait_healthy, reporter)
+    for name in sorted({match["server"] for program in by_program if (match := _APP_PROGRAM.match(program))}):
+        with reporter.step(f"Stopping {name}, which djship.toml no longer has (drained first)"):
+            if name in balancer.states():
+                balancer.set_state(name, "drain")
+                balancer.wait_drained(name, plan.balancer_timeout)
+            for program in (f"{name}-nginx", f"{name}-gunicorn"):
+                for orphan in by_program.pop(program, []):
+                    stop(connector, plan, orphan, *_stopping(programs, program))
     if balancer_orphans:
         with reporter.step("Starting a supervised load balancer beside the one left running, which then finishes"):
             supervisor.start("haproxy")
@@ -175,29 +194,27 @@ def adopt(
             for orphan in balancer_orphans:
                 stop(connector, plan, orphan, "USR1", programs["haproxy"].stopwaitsecs)
     for name, rest in sorted(by_program.items()):
-        with reporter.step(f"Replacing {name} (pid {', '.join(str(orphan.pid) for orphan in rest)})"):
-            program = programs.get(name)
+        with reporter.step(f"{'Replacing' if name in programs else 'Stopping'} {name} "
+                           f"(pid {', '.join(str(orphan.pid) for orphan in rest)})"):
             for orphan in rest:
-                stop(connector, plan, orphan, program.stopsignal if program else "TERM",
-                     program.stopwaitsecs if program else 10)
-            if program:
+                stop(connector, plan, orphan, *_stopping(programs, name))
+            if name in programs:
                 supervisor.start(name)
 
 
 def _adopt_database(
     connector: Connector, plan: Plan, supervisor: Supervisor, found: list[Orphan], reporter: Reporter
 ) -> None:
-    postmaster = (connector.get(plan.database.data_dir / "postmaster.pid") or b"").split(b"\n", 1)[0].strip()
-    keeping = [orphan for orphan in found if str(orphan.pid) == postmaster.decode()]
+    # A postgres program left from an earlier adoption is the shell that only waits on the postmaster: end it, never
+    # the postmaster (SIGKILL runs no trap that would pass a stop signal on).
+    waiters = [orphan for orphan in found if orphan.argv[:1] == ("/bin/sh",)]
+    postmasters = [orphan for orphan in found if orphan not in waiters]
     with reporter.step(
-        f"Supervising PostgreSQL (pid {keeping[0].pid}) without restarting it; its log resumes at its next restart"
-        if keeping else "Starting PostgreSQL"
+        f"Supervising PostgreSQL (pid {postmasters[0].pid}) without restarting it; its log resumes at its next restart"
+        if postmasters else "Starting PostgreSQL"
     ):
-        # A postgres program left over from an earlier adoption only waits on the postmaster: end it, never the
-        # postmaster (SIGKILL runs no trap that would pass a stop signal on).
-        for orphan in found:
-            if orphan not in keeping:
-                stop(connector, plan, orphan, "KILL", 10)
+        for orphan in waiters:
+            stop(connector, plan, orphan, "KILL", 10)
         supervisor.start("postgres")
 
 

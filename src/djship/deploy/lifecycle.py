@@ -636,6 +636,7 @@ class LocalSystem:
         if not self.plan.paths.state.exists():
             raise DjshipError(f"nothing to destroy: {self.plan.paths.state} does not exist")
         self.down()
+        boot.uninstall(self.connector, self.plan)
         with self.reporter.step(f"Deleting {self.plan.paths.state} (database, releases, secrets, certificates)"):
             shutil.rmtree(self.plan.paths.state)
 
