@@ -23,7 +23,7 @@ from djship.connectors import Result
 from djship.connectors.local import LocalConnector
 
 SOCKET = "/srv/example/board/.djship/supervisor/supervisor.sock"
-NGINX_TITLE = {"app1-nginx": " -c /srv/example/board/.djship/servers/app1/nginx.conf "}
+SERVERS = "/srv/example/board/.djship/servers"
 
 
 def _line(pid: int, pgrp: int, env: dict[str, str], argv: list[str], state: str = "S") -> str:
@@ -45,21 +45,17 @@ def test_the_parser_finds_one_leader_per_program_of_this_state_root():
                              "/srv/example/board/.djship/servers/app1/nginx.conf -p /srv/example/board/.djship/servers/app1 "
                              "-e stderr"]),
         _line(601, 600, {}, ["nginx: worker process"]),
+        _line(610, 610, {}, ["nginx: master process /usr/sbin/nginx -c /srv/example/board/.djship/servers/app3/nginx.conf"]),
+        _line(620, 620, {}, ["nginx: master process /usr/sbin/nginx -c /srv/example/board/.djship/servers/app1/nginx.conf.old"]),
         _line(700, 700, {}, ["vim", "/srv/example/board/.djship/servers/app1/nginx.conf"]),  # names it, is not it
         "a line that is not JSON",
     ])
 
-    found = orphans.parse_scan(output, SOCKET, NGINX_TITLE)
+    found = orphans.parse_scan(output, SOCKET, SERVERS)
 
-    assert [(orphan.pid, orphan.program) for orphan in found] == [(200, "postgres"), (300, "haproxy"), (600, "app1-nginx")]
+    assert [(orphan.pid, orphan.program) for orphan in found] == [
+        (200, "postgres"), (300, "haproxy"), (600, "app1-nginx"), (610, "app3-nginx")]
     assert found[0].argv == ("/usr/lib/postgresql/15/bin/postgres", "-D", "/x/data")
-
-
-def test_nginx_titles_name_each_app_servers_config(golden_plan):
-    assert orphans.titles(golden_plan) == {
-        "app1-nginx": " -c /srv/example/board/.djship/servers/app1/nginx.conf ",
-        "app2-nginx": " -c /srv/example/board/.djship/servers/app2/nginx.conf ",
-    }
 
 
 def test_statuses_say_unsupervised_with_the_pid_of_the_postmaster_not_of_a_waiter():

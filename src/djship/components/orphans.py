@@ -66,11 +66,13 @@ class Orphan:
     argv: tuple[str, ...]
 
 
-def parse_scan(output: str, supervisor_socket: str, titles: dict[str, str]) -> list[Orphan]:
+def parse_scan(output: str, supervisor_socket: str, servers_dir: str) -> list[Orphan]:
     """The programs of the supervisor at supervisor_socket among SCAN's lines, one per process group, by pid.
 
-    titles: for programs that overwrite their environment (nginx), the text their process title holds instead."""
+    servers_dir: where the app servers' nginx.conf files are, which nginx's title names
+    (`nginx: master process /usr/sbin/nginx -c <servers_dir>/app1/nginx.conf ...`)."""
     url = f"unix://{supervisor_socket}"
+    nginx_title = re.compile(rf" -c {re.escape(servers_dir)}/(?P<server>app\d+)/nginx\.conf ")
     found = []
     for line in output.splitlines():
         try:
@@ -83,18 +85,13 @@ def parse_scan(output: str, supervisor_socket: str, titles: dict[str, str]) -> l
         if env.get("SUPERVISOR_SERVER_URL") == url and "SUPERVISOR_PROCESS_NAME" in env:
             program = env["SUPERVISOR_PROCESS_NAME"]
         elif "SUPERVISOR_SERVER_URL" not in env:
-            title = " ".join(process["argv"])
-            program = next((name for name, text in titles.items() if text in title), None)
+            title = nginx_title.search(" ".join(process["argv"]) + " ")
+            program = f"{title['server']}-nginx" if title else None
         else:
             continue
         if program:
             found.append(Orphan(process["pid"], program, tuple(process["argv"])))
     return sorted(found, key=lambda orphan: orphan.pid)
-
-
-def titles(plan: Plan) -> dict[str, str]:
-    """nginx's title names its config file (`nginx: master process /usr/sbin/nginx -c .../nginx.conf ...`)."""
-    return {server.programs[1]: f" -c {server.nginx_conf} " for server in plan.servers_here}
 
 
 def orphans(connector: Connector, plan: Plan) -> list[Orphan]:
@@ -103,7 +100,7 @@ def orphans(connector: Connector, plan: Plan) -> list[Orphan]:
     result = connector.run([plan.tools.python, "-c", SCAN, str(plan.paths.state)], timeout=30)
     if not result.ok:
         raise CommandFailed("looking for djship's processes in /proc", result)
-    return parse_scan(result.stdout, str(plan.paths.supervisor_socket), titles(plan))
+    return parse_scan(result.stdout, str(plan.paths.supervisor_socket), str(plan.paths.servers))
 
 
 def as_statuses(found: list[Orphan]) -> dict[str, ProcessStatus]:
