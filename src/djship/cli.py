@@ -453,6 +453,12 @@ def _print_status(report: dict) -> None:
             str(row["pid"] or "-"), Text(row["state"], style=colour), row["health"],
         )
     console.print(table)
+    if any(row["state"] == "UNSUPERVISED" for row in rows):
+        errors.print("[red]the supervisor is not running: nothing restarts these processes; `djship up` takes them back[/]")
+    for host in report["hosts"]:
+        if (host["boot"] or {}).get("note"):
+            where = f"{host['name']}: " if len(report["hosts"]) > 1 else ""
+            errors.print(f"[yellow]{escape(where + host['boot']['note'])}[/]")
     tls = report["tls"]
     certificate = tls["certificate"]
     line = f"certificate ({tls['mode']}): " + (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from djship import render
 from djship.changes import Changes, Observed, diff
-from djship.components import appserver
+from djship.components import appserver, boot, orphans
 from djship.components.balancer import Balancer, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -307,6 +307,7 @@ class System:
             secrets_ = self._ensure_secrets()
             certificate_changed = ensure_certificate(self.control_plan, self.local) | self.refresh_staple()
             certificate = self.local.get(self.control.site_pem)
+        adopted = self._adopt()
         desired = self._desired(secrets_, certificate)
         changes = diff(self.hosts, desired, self._observe(desired), False, certificate_changed)
         started: list[Host] = []
@@ -318,8 +319,31 @@ class System:
                 on_each({host.name: host for host in started}, lambda host: host.supervisor.shutdown())
             raise
         self.topology.record()
+        registered = on_each(self.hosts, lambda host: boot.register(host.connector, host.plan))
+        changed = adopted or not changes.empty
+        if changed:
+            for line in dict.fromkeys(registered.values()):
+                self.reporter.note(line)
         ca_cert = self.control.ca_cert if self.plan.tls.mode == "local" else None
-        return UpResult(self.plan.url, ca_cert, release.id, changed=not changes.empty)
+        return UpResult(self.plan.url, ca_cert, release.id, changed=changed)
+
+    def _adopt(self) -> bool:
+        """Put back under a new supervisor what a dead one left running (the OOM killer, `kill -9`), without a
+        failed request: database hosts first, then app hosts, then balancers. Returns whether it found any."""
+        found = {name: orphans.orphans(host.connector, host.plan) for name, host in self.hosts.items()
+                 if host.supervisor.pid() is None}
+        order = sorted((name for name in found if found[name]), key=lambda name: (
+            not self.hosts[name].holds("db"), not self.hosts[name].holds("app")))
+        for name in order:
+            host = self.hosts[name]
+            lb = next(((h, b) for h, b in zip(self.lb_hosts, self.balancers) if h.name == name),
+                      (self.lb_hosts[0], self.balancers[0]))
+            orphans.adopt(
+                host.connector, host.plan, host.supervisor, lb[1], found[name],
+                lambda server: self.wait_healthy(server, self.release_of(server)),
+                lambda: self._wait_balancer(*lb), self.reporter,
+            )
+        return bool(order)
 
     def _apply(self, changes: Changes, desired: dict[str, list[render.ConfigFile]], secrets_: Secrets,
                started: list[Host]) -> Release:
@@ -772,7 +796,7 @@ class System:
             return {
                 "name": name, "role": role, "server": server, "host": host.name, "address": address,
                 "pid": process.pid if process else None, "state": state,
-                "health": health if process and process.state == "RUNNING" else "down",
+                "health": health if process and process.state in ("RUNNING", orphans.UNSUPERVISED) else "down",
             }
 
         components = [
@@ -804,7 +828,9 @@ class System:
             "database": read_live(db.plan, db.connector).database if db.name in answering else None,
             "supervisor_pid": supervisors.get(db.name) if len(self.hosts) == 1 else None,
             "hosts": [{"name": host.name, "address": host.address, "roles": sorted(host.plan.roles),
-                       "supervisor": supervisors.get(host.name), "problem": unreachable.get(host.name)}
+                       "supervisor": supervisors.get(host.name), "problem": unreachable.get(host.name),
+                       "boot": boot.registration(host.connector, host.plan).to_json() if host.name in answering
+                       else None}
                       for host in self.hosts.values()],
             "components": components,
             "tls": self._tls_status(views),
@@ -892,9 +918,11 @@ class System:
     def down(self) -> bool:
         """Stop every process, balancers first, database last; every file and row stays. Returns whether anything
         ran."""
+        on_each(self.hosts, lambda host: boot.unregister(host.connector, host.plan))
         running = {name for name, pid in on_each(self.hosts, lambda host: host.supervisor.pid()).items() if pid}
+        left = self._stop_orphans(running)
         if not running:
-            return False
+            return left
 
         def stop(role: str, programs: Callable[[Host], list[str]], title: str) -> None:
             targets = {name: host for name, host in self.hosts.items() if name in running and host.holds(role)}
@@ -912,6 +940,19 @@ class System:
             on_each({name: self.hosts[name] for name in running}, lambda host: host.supervisor.shutdown())
         return True
 
+    def _stop_orphans(self, running: set[str]) -> bool:
+        """On hosts whose supervisor is gone, stop what it left running: balancers first, the database last."""
+        found = {name: orphans.orphans(host.connector, host.plan) for name, host in self.hosts.items()
+                 if name not in running}
+        order = sorted((name for name in found if found[name]), key=lambda name: (
+            not self.hosts[name].holds("lb"), self.hosts[name].holds("db")))
+        for name in order:
+            host = self.hosts[name]
+            with self.reporter.step(f"Stopping what a supervisor that died left running on {name} "
+                                    f"({len(found[name])} programs)"):
+                orphans.stop_all(host.connector, host.plan, found[name])
+        return bool(order)
+
     def destroy_targets(self) -> list[tuple[str, Path]]:
         """(host, directory) that `destroy` deletes: every host's state root, and .djship/ here."""
         targets = [(host.name, host.plan.paths.state) for host in self.hosts.values()]
@@ -925,6 +966,7 @@ class System:
                 and not self.control.state.exists():
             raise DjshipError(f"nothing to destroy: {self.control.state} does not exist")
         self.down()
+        on_each(self.hosts, lambda host: boot.uninstall(host.connector, host.plan))
         for name, state in targets:
             connector = self.hosts[name].connector if name in self.hosts else self.local
             with self.reporter.step(f"Deleting {state} on {name} (database, releases, secrets, certificates)"):

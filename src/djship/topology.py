@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+from djship.components import orphans
 from djship.components.supervisor import ProcessStatus, Supervisor
 from djship.config import Config
 from djship.connectors import Connector, on_each
@@ -53,7 +54,10 @@ class Host:
         return Supervisor(self.plan, self.connector)
 
     def statuses(self) -> dict[str, ProcessStatus]:
-        return self.supervisor.status() if self.supervisor.pid() is not None else {}
+        """Each program's state; when no supervisor answers, what a dead one left running (UNSUPERVISED)."""
+        if self.supervisor.pid() is not None:
+            return self.supervisor.status()
+        return orphans.as_statuses(orphans.orphans(self.connector, self.plan))
 
     def running(self, program: str) -> bool:
         status = self.statuses().get(program)

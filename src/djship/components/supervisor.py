@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from djship.components import boot
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
@@ -64,9 +65,15 @@ class Supervisor:
         return int(answer.stdout.strip()) if answer.ok and answer.stdout.strip().isdigit() else None
 
     def start_daemon(self) -> None:
-        result = self.connector.run(
-            [self.plan.tools.python, "-m", "supervisor.supervisord", "-c", str(self.plan.paths.supervisor_conf)]
-        )
+        """Start supervisord with no program running: djship starts each in its own way. Where the init system
+        supervises it (boot.register), through the init system, so that it is restarted when it dies."""
+        boot.disarm(self.connector, self.plan)
+        if boot.systemd_unit_installed(self.connector, self.plan):
+            result = self.connector.run(["systemctl", "start", boot.unit_name(self.plan)])
+        else:
+            result = self.connector.run(
+                [self.plan.tools.python, "-m", "supervisor.supervisord", "-c", str(self.plan.paths.supervisor_conf)]
+            )
         if not result.ok:
             raise CommandFailed("starting supervisord", result, self.plan.paths.logs / "supervisord.log")
         wait_until(

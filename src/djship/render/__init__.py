@@ -84,6 +84,21 @@ BACKUP_SCHEDULER = "backup-scheduler"
 COMPRESSED_TYPES = ("text/css text/plain text/xml text/javascript application/javascript application/json "
                     "application/xml application/rss+xml application/atom+xml application/manifest+json image/svg+xml")
 
+# The postgres program: `postgres -D DATA` (exec'd, so normally nothing stands between the supervisor and the
+# postmaster). When the postmaster of DATA survived a supervisor that died, a new postgres could not start (the data
+# directory is locked) and stopping the survivor would fail requests, so the program waits on the survivor instead and
+# hands it the stop signal; once it is gone, the program's next start runs postgres itself. $1 postgres, $2 DATA.
+_POSTGRES_RUN = (
+    'data=$2; pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null); '
+    'adopted() { [ -n "$pid" ] && grep -qzxF -- "$data" "/proc/$pid/cmdline" 2>/dev/null; }; '
+    'if adopted; then '
+    'trap "stopping=1; kill -INT $pid" INT TERM; '
+    'while adopted; do sleep 1 & wait $!; done; '
+    '[ -z "$stopping" ] || exit 0; '
+    'fi; '
+    'exec "$1" -D "$data"'
+)
+
 
 def nginx_conf(plan: Plan, server: AppServer) -> str:
     return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL,
@@ -115,7 +130,10 @@ def programs(plan: Plan) -> list[Program]:
     if plan.holds("db"):
         result.append(Program(
             name="postgres",
-            command=f"{quote(plan.tools.pg('postgres'))} -D {quote(str(plan.database.data_dir))}",
+            command=(
+                f"/bin/sh -c {quote(_POSTGRES_RUN)} postgres {quote(plan.tools.pg('postgres'))} "
+                f"{quote(str(plan.database.data_dir))}"
+            ),
             stopsignal="INT",
             stopwaitsecs=60,
             user=plan.service_user,
@@ -181,6 +199,22 @@ def programs(plan: Plan) -> list[Program]:
 
 def supervisord_conf(plan: Plan) -> str:
     return _render("supervisord.conf.j2", plan=plan, programs=programs(plan))
+
+
+def supervisord_boot_conf(plan: Plan, name: str, command: str) -> str:
+    return _render("supervisord-boot.conf.j2", plan=plan, name=name, command=command)
+
+
+def systemd_unit(plan: Plan, command: str, stop_timeout: int) -> str:
+    """command: ExecStart's, quoted for a shell (systemd reads quotes the same way)."""
+    # systemd expands %-specifiers in every value, and $VARIABLES in ExecStart.
+    state = str(plan.paths.state).replace("%", "%%")
+    return _render("djship.service.j2", state=state, command=command.replace("%", "%%").replace("$", "$$"),
+                   stop_timeout=stop_timeout)
+
+
+def boot_script(plan: Plan, command: str, reason: str) -> str:
+    return _render("boot.sh.j2", plan=plan, command=command, reason=reason)
 
 
 @dataclass(frozen=True)
