@@ -22,6 +22,16 @@ def _ids(owner: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def _copy_private(source: Path, target: Path) -> None:
+    try:
+        with source.open("rb") as reader, os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                                                    "wb") as writer:
+            os.fchmod(writer.fileno(), 0o600)
+            shutil.copyfileobj(reader, writer, 1 << 20)
+    except OSError as error:
+        raise DjshipError(f"cannot copy {source} to {target}: {error.strerror or error}") from None
+
+
 class LocalConnector:
     def run(
         self,
@@ -75,6 +85,12 @@ class LocalConnector:
         os.chmod(path, mode)
         if owner:
             shutil.chown(path, *_ids(owner))
+
+    def download(self, remote: Path, local: Path) -> None:
+        _copy_private(remote, local)
+
+    def upload(self, local: Path, remote: Path) -> None:
+        _copy_private(local, remote)
 
     def symlink(self, link: Path, target: Path) -> None:
         temporary = link.with_name(f".{link.name}.djship-tmp")
