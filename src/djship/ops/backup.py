@@ -4,10 +4,10 @@ backup:  on the db host, one psql session counts every table's rows and runs pg_
          app host archives the media. Both files are streamed to backup.dir on this machine (the control machine)
          and checked against the checksums taken where they were made; a manifest lists them. The directory appears
          under its final name only when complete, and old backups are pruned (see archive.expired).
-restore: every checksum is verified here first; the dump is streamed to the db host (and its table of contents read
-         there), the media to every app host, each copy checked again. Then, under the deploy lock: a safety backup,
-         a new database (<name>_<time>) restored on the db host and its row counts checked against the manifest,
-         the media in a new directory on every app host, and app server by app server (drain -> restart gunicorn on
+restore: every checksum is verified here first. Then, under the deploy lock: the dump streamed to the db host (its
+         table of contents read there) and the media to every app host, each copy checked again; a safety backup; a
+         new database (<name>_<time>) restored on the db host and its row counts checked against the manifest; the
+         media in a new directory on every app host; and app server by app server (drain -> restart gunicorn on
          the new database and media -> health check -> rotation) the switch. The old database is kept.
 """
 
