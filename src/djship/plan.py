@@ -204,11 +204,6 @@ class Paths:
         return self.state / "restoring.json"
 
     @property
-    def backups(self) -> Path:
-        """The default backup directory (backup.dir changes it)."""
-        return self.state / "backups"
-
-    @property
     def backup_lock(self) -> Path:
         return self.state / "backup.lock"
 
@@ -501,7 +496,8 @@ def _assemble(
         batch_size=config.deploy.batch_size,
         keep_releases=config.deploy.keep_releases,
         backup=BackupPlan(
-            dir=(project_dir / config.backup.dir).resolve() if config.backup.dir else paths.backups,
+            # On the control machine, whatever the host: backups are kept off the db host (.djship/backups).
+            dir=(project_dir / (config.backup.dir or Path(config.state_dir) / "backups")).resolve(),
             keep=config.backup.keep,
             schedule=config.backup.schedule,
         ),

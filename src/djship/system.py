@@ -823,7 +823,7 @@ class System:
         return {
             "url": plan.url,
             "ca_path": str(self.control.ca_cert) if plan.local_ca_cert else None,
-            "running": any(views.values()),
+            "running": any(supervisors.values()),
             "release": release.id if release else None,
             "database": read_live(db.plan, db.connector).database if db.name in answering else None,
             "supervisor_pid": supervisors.get(db.name) if len(self.hosts) == 1 else None,

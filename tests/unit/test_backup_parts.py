@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from djship import render
+from djship.components.database import COUNT_ROWS, DUMP_SESSION, admin_psql_command, parse_row_counts
 from djship.config import parse_config
+from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, parse_live
 from djship.errors import DjshipError
 from djship.ops import archive
@@ -45,13 +47,47 @@ def test_a_restore_creates_a_database_named_after_the_app_and_the_time():
     assert len(archive.restored_database_name("x" * 63, when)) <= 63
 
 
-def test_pg_dump_dumps_the_counted_snapshot_with_no_password_on_the_command_line(make_plan):
+def test_the_superuser_psql_reads_its_script_from_stdin_its_connection_and_password_file_from_the_environment(
+        make_plan):
     db = make_plan().database
-    argv = archive.pg_dump_argv("/usr/lib/postgresql/15/bin/pg_dump", db, "board", "00000003-1", Path("/b/database.dump"))
+    argv, env = admin_psql_command("/usr/lib/postgresql/15/bin/psql", db, "board", Path("/s/secrets/pgpass"),
+                                   {"database": "board_20261125213005", "role": "board"})
     assert argv == [
-        "/usr/lib/postgresql/15/bin/pg_dump", "--host", "127.0.2.1", "--port", "15432", "--username", "postgres",
-        "--no-password", "--format=custom", "--snapshot=00000003-1", "--file=/b/database.dump", "board",
+        "/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1",
+        "--set=database=board_20261125213005", "--set=role=board", "-f", "-",
     ]
+    assert env == {"PGHOST": "127.0.2.1", "PGPORT": "15432", "PGUSER": "postgres", "PGDATABASE": "board",
+                   "PGPASSFILE": "/s/secrets/pgpass", "PGCONNECT_TIMEOUT": "10"}
+
+
+def test_the_rows_are_counted_and_pg_dump_runs_in_one_read_only_snapshot_whose_failure_fails_the_script():
+    lines = DUMP_SESSION.splitlines()
+    assert lines[0] == "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
+    assert lines[1] == COUNT_ROWS.strip() and lines[1].endswith("\\gexec")
+    assert lines[2] == (
+        "\\copy (SELECT pg_export_snapshot()) TO PROGRAM 'read -r snapshot && exec \"$DJSHIP_PG_DUMP\" --no-password "
+        "--format=custom --snapshot=\"$snapshot\" --file=\"$DJSHIP_DUMP\"'"
+    )
+    assert lines[3:] == ["ROLLBACK;"]
+
+
+def test_row_counts_are_read_per_table_whatever_its_name():
+    output = '{"public.posts_post" : 3}\n{"public.we|ird\\"t" : 0}\n\n'
+    assert parse_row_counts(output) == {"public.posts_post": 3, 'public.we|ird"t': 0}
+    assert parse_row_counts("") == {}
+
+
+def test_a_local_download_and_upload_copy_the_file_private(tmp_path):
+    source = tmp_path / "database.dump"
+    source.write_bytes(b"PGDMP" + bytes(range(256)) * 5000)
+    source.chmod(0o644)
+    connector = LocalConnector()
+    connector.download(source, tmp_path / "here")
+    connector.upload(tmp_path / "here", tmp_path / "there")
+    for copy in (tmp_path / "here", tmp_path / "there"):
+        assert copy.read_bytes() == source.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(DjshipError, match="cannot copy .*/missing to .*/x: No such file or directory"):
+        connector.download(tmp_path / "missing", tmp_path / "x")
 
 
 def test_pg_restore_makes_the_app_role_own_everything_all_or_nothing(make_plan):

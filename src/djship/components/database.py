@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
-from djship.plan import Plan
+from djship.plan import Database, Plan
 from djship.waiting import wait_until
-
-# Every table of the app, as schema-qualified identifiers; system schemas are not the app's data.
-TABLES_QUERY = (
-    "SELECT schemaname, tablename FROM pg_tables "
-    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY schemaname, tablename"
-)
 
 
 # The values reach SQL only as psql variables, which format() quotes (%I, %L). They may come from files a
@@ -46,6 +41,53 @@ def psql_argument(value: str) -> str:
         for char in value
     )
     return f"'{escaped}'"
+# One statement per table of the app (system schemas are not its data), each printing {"schema.table": rows}.
+COUNT_ROWS = (
+    "SELECT format('SELECT json_build_object(%L, count(*)) FROM %I.%I', schemaname || '.' || tablename, schemaname, "
+    "tablename) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
+    "ORDER BY schemaname, tablename \\gexec\n"
+)
+
+# The row counts and pg_dump in one REPEATABLE READ transaction, which stays open until pg_dump exits: pg_dump
+# imports its exported snapshot, so the counts describe exactly the dump. \copy TO PROGRAM (unlike \!) fails the
+# script when pg_dump fails; pg_dump finds the database and password in the environment psql runs in.
+DUMP_SESSION = (
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+    + COUNT_ROWS
+    + "\\copy (SELECT pg_export_snapshot()) TO PROGRAM 'read -r snapshot && exec \"$DJSHIP_PG_DUMP\" --no-password "
+    "--format=custom --snapshot=\"$snapshot\" --file=\"$DJSHIP_DUMP\"'\n"
+    "ROLLBACK;\n"
+)
+
+APP_DATABASES = (
+    "SELECT coalesce(json_object_agg(datname, pg_database_size(datname) ORDER BY datname), '{}') FROM pg_database "
+    "WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = :'role')\n"
+)
+CREATE_DATABASE = (
+    "SELECT format('CREATE DATABASE %I OWNER %I TEMPLATE template0 ENCODING %L', :'database', :'role', 'UTF8') "
+    "\\gexec\n"
+)
+DROP_DATABASE = "SELECT format('DROP DATABASE %I WITH (FORCE)', :'database') \\gexec\n"
+
+
+def admin_psql_command(psql: str, db: Database, database: str, passfile: Path,
+                       variables: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """psql as the superuser, reading its script from stdin, variables set (-v); the connection is in libpq's
+    environment, so a program psql starts (pg_dump) reaches the same database, and the password in PGPASSFILE."""
+    settings = [f"--set={name}={value}" for name, value in variables.items()]
+    argv = [psql, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", *settings, "-f", "-"]
+    env = {"PGHOST": db.address, "PGPORT": str(db.port), "PGUSER": db.superuser, "PGDATABASE": database,
+           "PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10"}
+    return argv, env
+
+
+def parse_row_counts(output: str) -> dict[str, int]:
+    """COUNT_ROWS's output ({"schema.table" : rows} per line) as {"schema.table": rows}."""
+    counts = {}
+    for line in output.splitlines():
+        if line.startswith("{"):
+            counts.update({str(table): int(rows) for table, rows in json.loads(line).items()})
+    return counts
 
 
 class DatabaseServer:
@@ -131,37 +173,6 @@ class DatabaseServer:
                 f"the superuser password is in {self.plan.paths.admin_secrets}"
             )
 
-    def app_databases(self, superuser_password: str) -> dict[str, int]:
-        """The databases the app's role owns, with their size in bytes."""
-        with self.administering(), self.admin_connection(superuser_password) as connection:
-            rows = connection.execute(
-                "SELECT datname, pg_database_size(datname) FROM pg_database "
-                "WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s) ORDER BY datname",
-                (self.db.user,),
-            ).fetchall()
-        return {name: size for name, size in rows}
-
-    def create_database(self, superuser_password: str, name: str) -> None:
-        """A new, empty database owned by the app's role."""
-        with self.administering(), self.admin_connection(superuser_password) as connection:
-            connection.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(
-                    sql.Identifier(name), sql.Identifier(self.db.user)
-                )
-            )
-
-    def drop_database(self, superuser_password: str, name: str) -> None:
-        with self.administering(), self.admin_connection(superuser_password) as connection:
-            connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    def row_counts(self, connection: psycopg.Connection) -> dict[str, int]:
-        """Rows per table ("schema.table") as this connection's transaction sees them."""
-        counts = {}
-        for schema, table in connection.execute(TABLES_QUERY).fetchall():
-            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-            counts[f"{schema}.{table}"] = connection.execute(query).fetchone()[0]
-        return counts
-
     def observe(self, superuser_password: str) -> dict:
         """What PostgreSQL reports about itself: max_connections, the connections open now (pg_stat_activity's
         client backends), its clock (now(), UNIX time) and this machine's clock at the same moment (local_time)."""
@@ -174,3 +185,56 @@ class DatabaseServer:
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
             ).fetchone()[0]
         return {"max_connections": maximum, "connections": open_now, "now": now, "local_time": local_time}
+
+    # -- administration from the db host itself (the only place the superuser may connect from) ----------------
+
+    def passfile(self, superuser_password: str) -> Path:
+        """Where psql, pg_dump and pg_restore on the db host read the superuser's password (PGPASSFILE), 0600."""
+        passfile = self.plan.paths.pgpass
+        self.connector.put(passfile, f"{self.db.address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
+                           mode=0o600)
+        return passfile
+
+    def admin_psql(self, superuser_password: str, what: str, script: str, database: str = "postgres",
+                   variables: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                   timeout: float | None = 60) -> str:
+        """Run a psql script as the superuser on the db host; its output."""
+        argv, psql_env = admin_psql_command(self.plan.tools.pg("psql"), self.db, database,
+                                            self.passfile(superuser_password), variables or {})
+        result = self.connector.run(argv, env={**psql_env, **(env or {})}, input=script, timeout=timeout)
+        if not result.ok:
+            raise CommandFailed(f"{what} on PostgreSQL {self.db.endpoint}", result)
+        return result.stdout
+
+    def app_databases(self, superuser_password: str) -> dict[str, int]:
+        """The databases the app's role owns, with their size in bytes."""
+        output = self.admin_psql(superuser_password, "listing the app's databases", APP_DATABASES,
+                                 variables={"role": self.db.user})
+        return {str(name): int(size) for name, size in json.loads(output).items()}
+
+    def create_database(self, superuser_password: str, name: str) -> None:
+        """A new, empty database owned by the app's role."""
+        self.admin_psql(superuser_password, f"creating database {name}", CREATE_DATABASE,
+                        variables={"database": name, "role": self.db.user})
+
+    def drop_database(self, superuser_password: str, name: str) -> None:
+        self.admin_psql(superuser_password, f"dropping database {name}", DROP_DATABASE, variables={"database": name})
+
+    def row_counts(self, superuser_password: str, database: str) -> dict[str, int]:
+        """Rows per table ("schema.table") of database."""
+        return parse_row_counts(self.admin_psql(superuser_password, f"counting the rows of {database}", COUNT_ROWS,
+                                                database))
+
+    def dump(self, superuser_password: str, database: str, output: Path) -> dict[str, int]:
+        """pg_dump of database into output (custom format) on the db host, and the row count of every table in
+        the dump's own snapshot."""
+        try:
+            return parse_row_counts(self.admin_psql(
+                superuser_password, f"pg_dump of {database}", DUMP_SESSION, database,
+                env={"DJSHIP_PG_DUMP": self.plan.tools.pg("pg_dump"), "DJSHIP_DUMP": str(output)}, timeout=None,
+            ))
+        except CommandFailed as failed:  # psql's last line only says that pg_dump exited 1; pg_dump's says why
+            why = [line for line in failed.result.stderr.splitlines() if line.startswith("pg_dump: error:")]
+            if not why:
+                raise
+            raise DjshipError(f"pg_dump of {database} failed: {why[-1].removeprefix('pg_dump: error: ')}") from None

@@ -1,4 +1,4 @@
-"""How djship acts on a host: one small interface (run, put, get), implemented locally and over SSH."""
+"""How djship acts on a host: one small interface (run, put, get, download, upload), implemented locally and over SSH."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ class Connector(Protocol):
         """A file's content, or None when it does not exist."""
 
     def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None: ...
+
+    def download(self, remote: Path, local: Path) -> None:
+        """Copy a file of the host to this machine, streamed (never whole in memory); the copy is 0600."""
+
+    def upload(self, local: Path, remote: Path) -> None:
+        """Copy a file of this machine to the host, streamed (never whole in memory); the copy is 0600."""
 
     def symlink(self, link: Path, target: Path) -> None:
         """Point link at target atomically (a reader sees the old target or the new one, never no link)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -34,6 +35,14 @@ def _open_directory(path: Path) -> int:
                 f"{path} is {what}, where djship keeps a directory; remove it and run djship again"
             ) from None
         raise
+def _copy_private(source: Path, target: Path) -> None:
+    try:
+        with source.open("rb") as reader, os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+                                                    "wb") as writer:
+            os.fchmod(writer.fileno(), 0o600)
+            shutil.copyfileobj(reader, writer, 1 << 20)
+    except OSError as error:
+        raise DjshipError(f"cannot copy {source} to {target}: {error.strerror or error}") from None
 
 
 class LocalConnector:
@@ -118,6 +127,12 @@ class LocalConnector:
                 os.fchown(directory, *_ids(owner))
         finally:
             os.close(directory)
+
+    def download(self, remote: Path, local: Path) -> None:
+        _copy_private(remote, local)
+
+    def upload(self, local: Path, remote: Path) -> None:
+        _copy_private(local, remote)
 
     def symlink(self, link: Path, target: Path) -> None:
         directory = _open_directory(link.parent)

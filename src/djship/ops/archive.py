@@ -7,7 +7,7 @@ A backup is one directory, named by the UTC time it was taken (e.g. 20261125T203
     manifest.json   created, database, release, djship version, sha256 and size of each file, and the row
                     count of every table in the dump's snapshot (what a restore is verified against)
 
-Nothing here touches the machine: the command lines are run through a connector by djship.ops.backup.
+Nothing here touches a machine: the command lines are run through a host's connector by djship.ops.backup.
 """
 
 from __future__ import annotations
@@ -48,13 +48,8 @@ def restored_database_name(database: str, now: datetime) -> str:
 
 
 def _connection(tool: str, db: Database) -> list[str]:
-    # The password comes from the environment (PGPASSWORD), never from the command line.
+    # The password comes from the file PGPASSFILE names, never from the command line.
     return [tool, "--host", db.address, "--port", str(db.port), "--username", db.superuser, "--no-password"]
-
-
-def pg_dump_argv(tool: str, db: Database, database: str, snapshot: str, output: Path) -> list[str]:
-    """A custom-format dump of database as it was in an exported snapshot (the one the row counts come from)."""
-    return [*_connection(tool, db), "--format=custom", f"--snapshot={snapshot}", f"--file={output}", database]
 
 
 def pg_restore_argv(tool: str, db: Database, database: str, dump: Path) -> list[str]:

@@ -1,11 +1,13 @@
-"""Backups of the live database and media, and restoring one without failing a request.
+"""Backups of the live database and media, and restoring one without failing a request, on any topology.
 
-backup:  one PostgreSQL snapshot gives both the row counts and the dump (pg_dump --snapshot), then the media
-         directory is archived; the files get sha256 checksums in a manifest, the directory appears under its
-         final name only when complete, and old backups are pruned (see archive.expired).
-restore: every checksum and the dump's table of contents are verified before anything changes; then, under the
-         deploy lock: a safety backup, a new database (<name>_<time>) restored and its row counts checked against
-         the manifest, the media in a new directory, and app server by app server (drain -> restart gunicorn on
+backup:  on the db host, one psql session counts every table's rows and runs pg_dump in the same snapshot; the first
+         app host archives the media. Both files are streamed to backup.dir on this machine (the control machine)
+         and checked against the checksums taken where they were made; a manifest lists them. The directory appears
+         under its final name only when complete, and old backups are pruned (see archive.expired).
+restore: every checksum is verified here first. Then, under the deploy lock: the dump streamed to the db host (its
+         table of contents read there) and the media to every app host, each copy checked again; a safety backup; a
+         new database (<name>_<time>) restored on the db host and its row counts checked against the manifest; the
+         media in a new directory on every app host; and app server by app server (drain -> restart gunicorn on
          the new database and media -> health check -> rotation) the switch. The old database is kept.
 """
 
@@ -15,10 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg
-
 from djship import __version__
-from djship.connectors import CommandFailed, Result
+from djship.connectors import CommandFailed, Connector, Result, on_each
+from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release
@@ -28,6 +29,12 @@ from djship.ops import archive
 from djship.ops.archive import DUMP, MANIFEST, MEDIA, FileEntry, Manifest
 from djship.plan import AppServer
 from djship.system import System, point_server
+from djship.topology import Host
+
+# Under a host's state root: the files a backup makes there before they are streamed here, and those a restore
+# streams there. Each kind is removed whole when its operation starts, under its own lock.
+BACKUP_STAGING = "backup-staging"
+RESTORE_STAGING = "restore-staging"
 
 
 @dataclass(frozen=True)
@@ -56,122 +63,150 @@ class RestoreResult:
     safety_backup: str
 
 
+def _run(connector: Connector, what: str, argv: list[str], env: dict[str, str] | None = None) -> Result:
+    result = connector.run(argv, env=env)
+    if not result.ok:
+        raise CommandFailed(what, result)
+    return result
+
+
+def _entries(connector: Connector, files: list[Path]) -> dict[str, FileEntry]:
+    """sha256 and size of each file that exists, by file name."""
+    # sha256sum and stat exit non-zero when a file is missing; the ones they could read are still listed.
+    digests = archive.parse_sha256sum(connector.run(archive.sha256sum_argv(files)).stdout)
+    sizes = archive.parse_stat_sizes(connector.run(archive.stat_sizes_argv(files)).stdout)
+    return {name: FileEntry(digest, sizes[name]) for name, digest in digests.items() if name in sizes}
+
+
 class Backups:
     def __init__(self, system: System):
-        if not system.topology.one_machine:
-            raise DjshipError("backup, backups, restore, databases and drop-database work on the one-machine target "
-                              "so far; on real hosts they are not built yet")
         self.system = system
-        self.plan = system.db_host.plan
-        self.connector = system.db_host.connector
         self.reporter = system.reporter
+        self.db = system.db_host
         self.database = system.database
+        self.media_host = next(iter(system.app_hosts.values()))
+        """Where the media are archived from (each app host has the same media until a restore; see restore)."""
+        self.local = LocalConnector()
+        plan = self.db.plan
+        # The plan's default backup.dir lies under a host's own root; the backups are kept on this machine.
+        self.dir = plan.backup.dir
+        self.keep = plan.backup.keep
 
-    def _run(self, what: str, argv: list[str], env: dict[str, str] | None = None) -> Result:
-        result = self.connector.run(argv, env=env)
-        if not result.ok:
-            raise CommandFailed(what, result)
-        return result
+    @property
+    def live_hosts(self) -> dict[str, Host]:
+        """The hosts that keep a live.json: the app hosts (their servers' gunicorns read it) and the db host."""
+        return {**self.system.app_hosts, self.db.name: self.db}
 
     def _superuser_password(self) -> str:
         return self.system.secrets().superuser_password
 
     def _require_database(self) -> None:
-        if self.system.db_host.supervisor.pid() is None or not self.database.is_ready():
+        if self.db.supervisor.pid() is None or not self.database.is_ready():
             raise DjshipError("the system is not running; start it with `djship up` first")
+
+    @staticmethod
+    def _staging(host: Host, kind: str) -> Path:
+        return host.plan.paths.state / kind
+
+    def _clear_staging(self, hosts: dict[str, Host], kind: str) -> None:
+        on_each(hosts, lambda host: _run(host.connector, f"removing {kind} on {host.name}",
+                                         archive.remove_argv(self._staging(host, kind))))
 
     # --- backup -----------------------------------------------------------------------------------------------
 
     def backup(self, note: str = "", protect: frozenset[str] = frozenset()) -> BackupResult:
         """Back up the live database and media; prune old backups, never one named in protect."""
         self._require_database()
-        with exclusive(self.plan.paths.backup_lock, "backup", busy="another backup is running"):
+        self.system.control.state.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.system.control.backup_lock, "backup", busy="another backup is running"):
             self._remove_unfinished()
             backup = self._take(note)
             return BackupResult(backup, self.prune(protect | {backup.name}))
 
+    def _sources(self) -> dict[str, Host]:
+        return {self.db.name: self.db, self.media_host.name: self.media_host}
+
     def _remove_unfinished(self) -> None:
-        """Partial backups left by a backup that was killed (none can be running: the backup lock is held)."""
-        if self.plan.backup.dir.is_dir():
-            for path in self.plan.backup.dir.glob(".*.partial"):
-                self._run(f"removing the unfinished backup {path.name}", archive.remove_argv(path))
+        """What a backup that was killed left (none can be running: the backup lock is held)."""
+        if self.dir.is_dir():
+            for path in self.dir.glob(".*.partial"):
+                _run(self.local, f"removing the unfinished backup {path.name}", archive.remove_argv(path))
+        self._clear_staging(self._sources(), BACKUP_STAGING)
 
     def _new_name(self) -> str:
         base = archive.backup_name(datetime.now(timezone.utc))
         name, suffix = base, 1
-        while (self.plan.backup.dir / name).exists():
+        while (self.dir / name).exists():
             suffix += 1
             name = f"{base}-{suffix}"
         return name
 
     def _take(self, note: str) -> Backup:
-        plan, connector = self.plan, self.connector
+        db, media_host = self.db, self.media_host
         password = self._superuser_password()
-        live = read_live(plan, connector)
+        database = read_live(db.plan, db.connector).database
+        media = read_live(media_host.plan, media_host.connector).media
         release = self.system.current()
-        connector.makedirs(plan.backup.dir, mode=0o700)
+        self.local.makedirs(self.dir, mode=0o700)
         name = self._new_name()
-        partial = plan.backup.dir / f".{name}.partial"
-        final = plan.backup.dir / name
-        connector.makedirs(partial, mode=0o700)
+        partial, final = self.dir / f".{name}.partial", self.dir / name
+        self.local.makedirs(partial, mode=0o700)
+        sources = {DUMP: (db, self._staging(db, BACKUP_STAGING) / DUMP),
+                   MEDIA: (media_host, self._staging(media_host, BACKUP_STAGING) / MEDIA)}
         try:
-            with self.reporter.step(f"Dumping database {live.database} (pg_dump, one consistent snapshot)"):
-                rows = self._dump(password, live.database, partial / DUMP)
-            with self.reporter.step(f"Archiving media {live.media}"):
-                connector.makedirs(live.media, mode=0o755, owner=plan.service_user)
-                self._run("archiving the media directory", archive.tar_create_argv(live.media, partial / MEDIA))
-            files = [partial / DUMP, partial / MEDIA]
-            self._run("restricting the backup files", ["chmod", "0600", *map(str, files)])
-            digests = self._checksums(files)
-            sizes = archive.parse_stat_sizes(self._run("sizing the backup", archive.stat_sizes_argv(files)).stdout)
+            on_each(self._sources(),
+                    lambda host: host.connector.makedirs(self._staging(host, BACKUP_STAGING), mode=0o700))
+            with self.reporter.step(f"Dumping database {database}{self._on(db)} (pg_dump, one consistent snapshot)"):
+                rows = self.database.dump(password, database, sources[DUMP][1])
+            with self.reporter.step(f"Archiving media {media}{self._on(media_host)}"):
+                media_host.connector.makedirs(media, mode=0o755, owner=media_host.plan.service_user)
+                _run(media_host.connector, "archiving the media directory",
+                     archive.tar_create_argv(media, sources[MEDIA][1]))
+            with self.reporter.step(f"Streaming the backup to {partial.parent}"):
+                files = {file: self._fetch(host, path, partial / file) for file, (host, path) in sources.items()}
             manifest = Manifest(
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                database=live.database,
+                database=database,
                 release=release.id if release else None,
                 djship=__version__,
-                files={path.name: FileEntry(digests[path.name], sizes[path.name]) for path in files},
+                files=files,
                 rows=rows,
                 note=note,
             )
-            connector.put(partial / MANIFEST, manifest.to_json(), mode=0o600)
-            self._run("completing the backup", archive.rename_argv(partial, final))
+            self.local.put(partial / MANIFEST, manifest.to_json(), mode=0o600)
+            _run(self.local, "completing the backup", archive.rename_argv(partial, final))
         except BaseException:
-            connector.run(archive.remove_argv(partial))
+            self.local.run(archive.remove_argv(partial))
             raise
+        finally:
+            self._clear_staging(self._sources(), BACKUP_STAGING)
         return Backup(name, final, manifest)
 
-    def _dump(self, password: str, database: str, output: Path) -> dict[str, int]:
-        """Dump the database and count its rows in one snapshot, so the counts describe exactly the dump."""
-        with self.database.administering(), self.database.admin_connection(password, database, autocommit=False) as connection:
-            connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            connection.read_only = True
-            snapshot = connection.execute("SELECT pg_export_snapshot()").fetchone()[0]
-            rows = self.database.row_counts(connection)
-            self._run(
-                f"pg_dump of {database}",
-                archive.pg_dump_argv(self.plan.tools.pg("pg_dump"), self.plan.database, database, snapshot, output),
-                env={"PGPASSWORD": password},
-            )
-            connection.rollback()
-        return rows
+    def _on(self, host: Host) -> str:
+        return "" if len(self.system.hosts) == 1 else f" on {host.name}"
 
-    def _checksums(self, files: list[Path]) -> dict[str, str]:
-        # sha256sum exits non-zero when a file is missing; the ones it could read are still listed.
-        return archive.parse_sha256sum(self.connector.run(archive.sha256sum_argv(files)).stdout)
+    def _fetch(self, host: Host, remote: Path, local: Path) -> FileEntry:
+        """Stream a file of the host here; its checksum and size as taken on the host, checked on the copy."""
+        made = _entries(host.connector, [remote]).get(remote.name)
+        if made is None:
+            raise DjshipError(f"{remote} is missing{self._on(host)}")
+        host.connector.download(remote, local)
+        if _entries(self.local, [local]).get(local.name) != made:
+            raise DjshipError(f"{remote.name} changed on its way from {host.name} to {local}; nothing was kept")
+        return made
 
     # --- listing and retention ----------------------------------------------------------------------------------
 
     def list(self) -> list[Backup]:
         """Every complete backup in the backup directory, oldest first."""
-        directory = self.plan.backup.dir
-        if not directory.is_dir():
+        if not self.dir.is_dir():
             return []
         backups = []
-        for path in sorted(directory.iterdir(), key=lambda entry: entry.name):
+        for path in sorted(self.dir.iterdir(), key=lambda entry: entry.name):
             if archive.backup_time(path.name) is None or not path.is_dir():
                 continue
             try:
-                manifest = archive.parse_manifest(self.connector.get(path / MANIFEST), path / MANIFEST)
+                manifest = archive.parse_manifest(self.local.get(path / MANIFEST), path / MANIFEST)
             except DjshipError:
                 manifest = None
             backups.append(Backup(path.name, path, manifest))
@@ -180,16 +215,16 @@ class Backups:
     def prune(self, protect: frozenset[str] = frozenset()) -> list[str]:
         names = [backup.name for backup in self.list()]
         today = datetime.now(timezone.utc).date()
-        removed = [name for name in archive.expired(names, self.plan.backup.keep, today) if name not in protect]
+        removed = [name for name in archive.expired(names, self.keep, today) if name not in protect]
         for name in removed:
-            self._run(f"removing backup {name}", archive.remove_argv(self.plan.backup.dir / name))
+            _run(self.local, f"removing backup {name}", archive.remove_argv(self.dir / name))
         return removed
 
     # --- restore ------------------------------------------------------------------------------------------------
 
     def find(self, reference: str) -> Backup:
         """A backup by name (in the backup directory) or by the path of its directory."""
-        path = self.plan.backup.dir / reference
+        path = self.dir / reference
         if "/" in reference or not path.is_dir():
             try:
                 path = Path(reference).expanduser().resolve()
@@ -199,36 +234,59 @@ class Backups:
         if not path.is_dir():
             known = ", ".join(backup.name for backup in self.list()) or "none yet; `djship backup` takes one"
             raise DjshipError(f"no backup {reference!r}; `djship backups` lists them ({known})")
-        manifest = archive.parse_manifest(self.connector.get(path / MANIFEST), path / MANIFEST)
+        manifest = archive.parse_manifest(self.local.get(path / MANIFEST), path / MANIFEST)
         return Backup(path.name, path, manifest)
 
     def verify(self, reference: str) -> Backup:
-        """The backup, after every file's checksum and the dump's table of contents are checked; nothing changes."""
+        """The backup, after every file's checksum is checked here; nothing changes."""
         backup = self.find(reference)
-        manifest = backup.manifest
-        digests = self._checksums([backup.path / name for name in sorted(manifest.files)])
-        problems = archive.checksum_problems(manifest, digests)
+        entries = _entries(self.local, [backup.path / name for name in sorted(backup.manifest.files)])
+        problems = archive.checksum_problems(backup.manifest, {name: entry.sha256 for name, entry in entries.items()})
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DjshipError(
                 f"backup {backup.name} is damaged: {problems[0]}{more}; nothing was changed. "
                 "Restore another backup (`djship backups` lists them)"
             )
-        toc = self.connector.run(archive.pg_restore_list_argv(self.plan.tools.pg("pg_restore"), backup.path / DUMP))
+        return backup
+
+    def _send(self, backup: Backup) -> None:
+        """Stream the dump to the db host and the media to every app host, each copy checked there, and read the
+        dump's table of contents on the db host; nothing of the system changes."""
+        wanted = {name: [DUMP] if name == self.db.name else [] for name in self.live_hosts}
+        for name in self.system.app_hosts:
+            wanted[name].append(MEDIA)
+        self._clear_staging(self.live_hosts, RESTORE_STAGING)
+
+        def send(host: Host) -> None:
+            staging = self._staging(host, RESTORE_STAGING)
+            host.connector.makedirs(staging, mode=0o700)
+            for file in wanted[host.name]:
+                host.connector.upload(backup.path / file, staging / file)
+            copies = _entries(host.connector, [staging / file for file in wanted[host.name]])
+            changed = [file for file in wanted[host.name] if copies.get(file) != backup.manifest.files[file]]
+            if changed:
+                raise DjshipError(f"{changed[0]} of backup {backup.name} changed on its way to {host.name}; "
+                                  "nothing was changed")
+
+        where = "this machine" if len(self.system.hosts) == 1 else ", ".join(self.live_hosts)
+        with self.reporter.step(f"Streaming backup {backup.name} to {where}"):
+            on_each(self.live_hosts, send)
+        dump = self._staging(self.db, RESTORE_STAGING) / DUMP
+        toc = self.db.connector.run(archive.pg_restore_list_argv(self.db.plan.tools.pg("pg_restore"), dump))
         if not toc.ok:
             reason = (toc.stderr.strip().splitlines() or [f"exit code {toc.returncode}"])[-1]
             raise DjshipError(
                 f"backup {backup.name}: {DUMP} is not a readable PostgreSQL dump ({reason}); nothing was changed"
             )
-        return backup
 
     def _check_releases_can_switch(self) -> None:
         """Releases built before restore existed name their database in the settings; they cannot switch."""
         marker = b"DJSHIP_LIVE_FILE"
-        for server in self.plan.app_servers:
+        for server in self.system.plan.app_servers:
             release = self.system.release_of(server)
-            settings = self.connector.get(release.dir / "djship_production" / "settings.py") or b""
-            if marker not in settings:
+            settings = self.system.host_of(server).connector.get(release.dir / "djship_production" / "settings.py")
+            if marker not in (settings or b""):
                 raise DjshipError(
                     f"release {release.id} on {server.name} cannot switch databases (it was built by an older djship); "
                     "run `djship deploy` first, then restore"
@@ -236,93 +294,107 @@ class Backups:
 
     def restore(self, backup: Backup) -> RestoreResult:
         """Restore a verified backup into a new database and media directory and switch every app server to them."""
-        plan, connector = self.plan, self.connector
         rollout = Rollout(self.system)
         with rollout.locked("restore") as release:
             self._check_releases_can_switch()
-            previous = read_live(plan, connector)
-            self.reporter.note(f"Safety backup of database {previous.database} and its media first")
-            safety = self.backup(note=f"safety backup before restoring {backup.name}", protect=frozenset({backup.name}))
-            password = self._superuser_password()
-            now = datetime.now(timezone.utc)
-            target = Live(
-                archive.restored_database_name(plan.database.name, now),
-                plan.paths.shared / f"media-{archive.backup_name(now)}",
-            )
             try:
-                self._restore_data(backup, target, password)
-                self._migrate(release, target)
-            except BaseException:
-                with self.reporter.step("Removing the unfinished restore (the live database was not touched)"):
-                    self._remove(target, password)
-                raise
-
-            def apply(server: AppServer) -> None:
-                self._switch_server(server, target, rollout)
-
-            def revert(server: AppServer) -> None:
-                self._switch_server(server, previous, rollout)
-
-            try:
-                rollout.roll(f"database {target.database}", apply, revert)
-            except DjshipError as error:
-                self._remove(target, password)
-                raise DjshipError(f"{error}; database {previous.database} keeps serving") from None
-            write_live(plan, connector, target)  # what new app servers, `manage`, `status` and backups use
-            return RestoreResult(target.database, target.media, previous, safety.backup.name)
-
-    def _restore_data(self, backup: Backup, target: Live, password: str) -> None:
-        plan = self.plan
-        with self.reporter.step(f"Restoring backup {backup.name} into the new database {target.database} (pg_restore)"):
-            self.database.create_database(password, target.database)
-            self._run(
-                f"pg_restore into {target.database}",
-                archive.pg_restore_argv(plan.tools.pg("pg_restore"), plan.database, target.database, backup.path / DUMP),
-                env={"PGPASSWORD": password},
-            )
-        with self.reporter.step("Verifying the row count of every table against the backup"):
-            with self.database.administering(), self.database.admin_connection(password, target.database) as connection:
-                counts = self.database.row_counts(connection)
-            problems = archive.row_count_problems(backup.manifest.rows, counts)
-            if problems:
-                raise DjshipError(f"the restored database does not match backup {backup.name}: {'; '.join(problems[:3])}")
-        with self.reporter.step(f"Restoring media into {target.media}"):
-            self.connector.makedirs(target.media, mode=0o755, owner=plan.service_user)
-            self._run("extracting the media archive", archive.tar_extract_argv(backup.path / MEDIA, target.media))
-
-    def _migrate(self, release: Release, target: Live) -> None:
-        """Bring the restored database to the live release's migrations (the backup may predate some)."""
-        with self.reporter.step(f"Migrating {target.database} to release {release.id} (once, under the advisory lock)"):
-            self.connector.put(self.plan.paths.restoring, target.to_json(), mode=0o644)
-            try:
-                self.system.migrate(release, self.plan.paths.restoring)
+                return self._restore(backup, rollout, release)
             finally:
-                self.connector.run(archive.remove_argv(self.plan.paths.restoring))
+                self._clear_staging(self.live_hosts, RESTORE_STAGING)
 
-    def _switch_server(self, server: AppServer, live: Live, rollout: Rollout) -> None:
+    def _restore(self, backup: Backup, rollout: Rollout, release: Release) -> RestoreResult:
+        hosts = self.live_hosts
+        previous = {name: read_live(host.plan, host.connector) for name, host in hosts.items()}
+        self._send(backup)
+        self.reporter.note(f"Safety backup of database {previous[self.db.name].database} and its media first")
+        safety = self.backup(note=f"safety backup before restoring {backup.name}", protect=frozenset({backup.name}))
+        password = self._superuser_password()
+        now = datetime.now(timezone.utc)
+        database = archive.restored_database_name(self.db.plan.database.name, now)
+        targets = {name: Live(database, host.plan.paths.shared / f"media-{archive.backup_name(now)}")
+                   for name, host in hosts.items()}
+        try:
+            self._restore_data(backup, targets, password)
+            self._migrate(release, targets)
+        except BaseException:
+            with self.reporter.step("Removing the unfinished restore (the live database was not touched)"):
+                self._remove(targets, password)
+            raise
+        try:
+            rollout.roll(f"database {database}", lambda server: self._switch_server(server, targets[server.host]),
+                         lambda server: self._switch_server(server, previous[server.host]))
+        except DjshipError as error:
+            self._remove(targets, password)
+            raise DjshipError(f"{error}; database {previous[self.db.name].database} keeps serving") from None
+        for name, host in hosts.items():  # what new app servers, `manage`, `status` and backups use
+            write_live(host.plan, host.connector, targets[name])
+        return RestoreResult(database, targets[self.media_host.name].media, previous[self.media_host.name],
+                             safety.backup.name)
+
+    def _restore_data(self, backup: Backup, targets: dict[str, Live], password: str) -> None:
+        db, database = self.db, targets[self.db.name].database
+        with self.reporter.step(f"Restoring backup {backup.name} into the new database {database}{self._on(db)} "
+                                "(pg_restore)"):
+            self.database.create_database(password, database)
+            _run(db.connector, f"pg_restore into {database}",
+                 archive.pg_restore_argv(db.plan.tools.pg("pg_restore"), db.plan.database, database,
+                                         self._staging(db, RESTORE_STAGING) / DUMP),
+                 env={"PGPASSFILE": str(self.database.passfile(password))})
+        with self.reporter.step("Verifying the row count of every table against the backup"):
+            problems = archive.row_count_problems(backup.manifest.rows, self.database.row_counts(password, database))
+            if problems:
+                raise DjshipError(f"the restored database does not match backup {backup.name}: "
+                                  f"{'; '.join(problems[:3])}")
+
+        def extract(host: Host) -> None:
+            media = targets[host.name].media
+            host.connector.makedirs(media, mode=0o755, owner=host.plan.service_user)
+            _run(host.connector, f"extracting the media archive on {host.name}",
+                 archive.tar_extract_argv(self._staging(host, RESTORE_STAGING) / MEDIA, media))
+
+        with self.reporter.step(f"Restoring media into {targets[self.media_host.name].media}"
+                                + ("" if len(self.system.app_hosts) == 1 else " on every app host")):
+            on_each(self.system.app_hosts, extract)
+
+    def _migrate(self, release: Release, targets: dict[str, Live]) -> None:
+        """Bring the restored database to the live release's migrations (the backup may predate some); migrate runs
+        on the first app host."""
+        host = self.media_host
+        target = targets[host.name]
+        with self.reporter.step(f"Migrating {target.database} to release {release.id} (once, under the advisory lock)"):
+            host.connector.put(host.plan.paths.restoring, target.to_json(), mode=0o644)
+            try:
+                self.system.migrate(release, host.plan.paths.restoring)
+            finally:
+                host.connector.run(archive.remove_argv(host.plan.paths.restoring))
+
+    def _switch_server(self, server: AppServer, live: Live) -> None:
         """Point the server at this database and media directory; gunicorn reads them when it restarts."""
-        point_server(server, self.connector, live)
-        rollout.system.restart_app(server, rollout.system.release_of(server))
+        point_server(server, self.system.host_of(server).connector, live)
+        self.system.restart_app(server, self.system.release_of(server))
 
-    def _remove(self, target: Live, password: str) -> None:
-        if target.database in self.database.app_databases(password):
-            self.database.drop_database(password, target.database)
-        self.connector.run(archive.remove_argv(target.media))
+    def _remove(self, targets: dict[str, Live], password: str) -> None:
+        database = targets[self.db.name].database
+        if database in self.database.app_databases(password):
+            self.database.drop_database(password, database)
+        on_each(self.system.app_hosts, lambda host: host.connector.run(archive.remove_argv(targets[host.name].media)))
 
     # --- databases ----------------------------------------------------------------------------------------------
+
+    def _live_database(self) -> str:
+        return read_live(self.db.plan, self.db.connector).database
 
     def databases(self) -> list[dict]:
         """The app's databases: the live one and those earlier restores left behind."""
         self._require_database()
-        live = read_live(self.plan, self.connector).database
+        live = self._live_database()
         sizes = self.database.app_databases(self._superuser_password())
         return [{"name": name, "live": name == live, "size": size} for name, size in sizes.items()]
 
     def drop_database(self, name: str) -> None:
         self._require_database()
         password = self._superuser_password()
-        live = read_live(self.plan, self.connector).database
-        if name == live:
+        if name == self._live_database():
             raise DjshipError(f"{name} is the live database; djship never drops it")
         names = self.database.app_databases(password)
         if name not in names:
