@@ -325,7 +325,7 @@ def restore(backup_name: str, yes: bool) -> None:
                           "(there is no terminal to ask on)")
     started = time.monotonic()
     backups = _backups()
-    with backups.reporter.step(f"Verifying backup {backup_name} (checksums, dump contents)"):
+    with backups.reporter.step(f"Verifying backup {backup_name} (checksums)"):
         verified = backups.verify(backup_name)
     manifest = verified.manifest
     if not yes and not click.confirm(
