@@ -120,6 +120,21 @@ class FleetLoop(RequestLoop):
         return None, answer.header("X-Djship-Release") or "?"
 
 
+def deploy_under_load(target, note: str) -> FleetLoop:
+    """`djship deploy` of a one-line code change while 4 threads of requests run through target's balancer; the
+    request loop, for its counts."""
+    views = target.project / "posts" / "views.py"
+    original = views.read_text()
+    views.write_text(original + f"\n# {note}\n")
+    try:
+        with FleetLoop(target) as load:
+            target.djship("deploy")
+            load.wait_for(load.served + 30)
+    finally:
+        views.write_text(original)
+    return load
+
+
 @pytest.fixture(scope="module")
 def fleet():
     with netns_hosts(list(ROLES)) as hosts, searchable_directory() as directory:
@@ -265,15 +280,7 @@ def test_scale_runs_two_app_servers_per_host_and_back_without_a_failed_request(f
 
 def test_rolling_deploy_across_hosts_fails_no_request(fleet: Fleet):
     before = fleet.status()["release"]
-    views = fleet.project / "posts" / "views.py"
-    original = views.read_text()
-    views.write_text(original + "\n# deployed by the remote e2e test\n")
-    try:
-        with FleetLoop(fleet) as load:
-            fleet.djship("deploy")
-            load.wait_for(load.served + 30)
-    finally:
-        views.write_text(original)
+    load = deploy_under_load(fleet, "deployed by the remote e2e test")
     after = fleet.status()["release"]
     assert after != before
     assert load.failures == []
@@ -299,16 +306,7 @@ def test_a_control_machine_that_lost_its_state_reads_it_back_from_the_hosts(flee
     report = fleet.status()
     assert report["release"] == live and report["tls"]["certificate"] is not None
     assert fleet.ca.read_bytes() == ca
-    views = fleet.project / "posts" / "views.py"
-    original = views.read_text()
-    views.write_text(original + "\n# deployed from a fresh clone\n")
-    try:
-        with FleetLoop(fleet) as load:
-            fleet.djship("deploy")
-            load.wait_for(load.served + 30)
-    finally:
-        views.write_text(original)
-    assert load.failures == []
+    assert deploy_under_load(fleet, "deployed from a fresh clone").failures == []
     assert fleet.status()["release"] != live
     assert "Already up and unchanged" in fleet.djship("up").stdout
     for name in ("app1", "app2", "app3"):  # no secret was made anew

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from djship.components.probe import Response, request
-from tests.e2e.conftest import EXAMPLE, RequestLoop, run_djship, searchable_directory
+from tests.e2e.conftest import EXAMPLE, run_djship, searchable_directory
 from tests.e2e.hosts import NetnsHosts, netns_hosts
+from tests.e2e.test_remote_system import deploy_under_load
 
 pytestmark = pytest.mark.e2e
 
@@ -44,21 +45,7 @@ class Server:
                        ca_file=self.project / ".djship" / "tls" / "ca.crt", timeout=30)
 
     def session(self) -> None:
-        """The request loop's session: none, as ServerLoop connects to the host itself."""
-
-
-class ServerLoop(RequestLoop):
-    def __init__(self, server: Server):
-        self.server = server
-        super().__init__(server, threads=4)  # type: ignore[arg-type]
-
-    def _get(self, session) -> tuple[str | None, str | None]:
-        answer = self.server.get()
-        if isinstance(answer, str):
-            return answer, None
-        if answer.status != 200:
-            return f"HTTP {answer.status}", None
-        return None, answer.header("X-Djship-Release") or "?"
+        """The request loop's session: none, as the loop connects to the host itself."""
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +72,6 @@ def test_one_server_runs_two_app_servers_behind_its_own_balancer(server: Server)
 
 
 def test_a_deploy_on_one_server_fails_no_request(server: Server):
-    views = server.project / "posts" / "views.py"
-    original = views.read_text()
-    views.write_text(original + "\n# deployed by the single-server e2e test\n")
-    try:
-        with ServerLoop(server) as load:
-            server.djship("deploy")
-            load.wait_for(load.served + 30)
-    finally:
-        views.write_text(original)
+    load = deploy_under_load(server, "deployed by the single-server e2e test")
     assert load.failures == []
     assert len(load.releases) == 2
