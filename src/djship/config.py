@@ -377,6 +377,17 @@ class ServersConfig(_Section):
     lb: list[str] = Field(min_length=1)
     app: list[str] = Field(min_length=1)
     db: str
+    media: str | None = None
+    """The host that holds the uploads every app host mounts; default: the db host when there are several app
+    hosts (see media_host)."""
+
+
+def media_host(servers: ServersConfig) -> str | None:
+    """The host holding the uploads: servers.media, else the db host once several app hosts must share them; one app
+    host keeps them in its own directory."""
+    if servers.media is not None:
+        return servers.media
+    return servers.db if len(servers.app) > 1 else None
 
 
 class BackupConfig(_Section):
@@ -505,9 +516,17 @@ def _topology_problems(config: Config) -> list[str]:
                 problems.append(f"{where}: no host {name!r}; define it as [hosts.{name}] with its address")
             elif name in names[:index]:
                 problems.append(f"{where}: lists {name!r} twice")
-    used = {name for names in roles.values() for name in names}
+    media = media_host(config.servers)
+    if config.servers.media is not None and media not in config.hosts:
+        problems.append(f"servers.media: no host {media!r}; define it as [hosts.{media}] with its address")
+    elif media in config.servers.app:
+        held = f"{media!r} holds the app role" if config.servers.media is not None else \
+            f"the app hosts share their uploads through the db host by default, but {media!r} holds the app role"
+        problems.append(f"servers.media: {held}; name a host without the app role (every app host mounts the uploads "
+                        "from it)")
+    used = {name for names in roles.values() for name in names} | {media}
     problems += [
-        f"hosts.{name}: has no role; add it to servers.lb, servers.app or servers.db, or remove it"
+        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db or servers.media, or remove it"
         for name in config.hosts if name not in used
     ]
     seen: dict[str, str] = {}

@@ -12,12 +12,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from djship.config import Config
+from djship.config import Config, media_host
 from djship.connectors import Connector, on_each
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 
-ROLES = ("lb", "app", "db")
+ROLES = ("lb", "app", "db", "media")
 MIN_PYTHON = (3, 10)
 INSTALL_TIMEOUT = 900
 
@@ -30,6 +30,8 @@ class Requirement:
     """A shell test that succeeds when it is present."""
     roles: frozenset[str]
     """The roles that need it; every host when empty."""
+    mounts: bool = False
+    """Needed only where the app hosts mount the uploads of a media host."""
 
 
 REQUIREMENTS = (
@@ -39,6 +41,7 @@ REQUIREMENTS = (
     Requirement("haproxy", "command -v haproxy || test -x /usr/sbin/haproxy", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
+    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),
 )
 
 
@@ -49,6 +52,8 @@ class SSHHost:
     target: SSHTarget
     root: PurePosixPath
     """Where everything djship makes on this host lives."""
+    media: bool = False
+    """Whether a media host holds the uploads (then every app host mounts them)."""
 
 
 def _local_path(value: str, project_dir: Path) -> Path:
@@ -63,7 +68,9 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             "djship.toml lists no remote hosts ([servers] and [hosts]); this project runs on this machine "
             "(see the README, \"From one machine to real hosts\")"
         )
-    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db}}
+    media = media_host(config.servers)
+    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
+               "media": {media} if media else set()}
     ssh = config.ssh
     hosts = []
     for name, host in config.hosts.items():
@@ -77,12 +84,13 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             host_key=host.host_key,
         )
         roles = tuple(role for role in ROLES if name in holders[role])
-        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root)))
+        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None))
     return hosts
 
 
-def requirements_for(roles: tuple[str, ...]) -> list[Requirement]:
-    return [requirement for requirement in REQUIREMENTS if not requirement.roles or requirement.roles & set(roles)]
+def requirements_for(roles: tuple[str, ...], media: bool = False) -> list[Requirement]:
+    return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
+            and (media or not requirement.mounts)]
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
@@ -98,14 +106,14 @@ _TOOL_PROBES = {
 _FIND_PYTHON = 'PYTHON=$(ls /usr/bin/python3 2>/dev/null || command -v python3)'
 
 
-def probe_script(roles: tuple[str, ...]) -> str:
+def probe_script(roles: tuple[str, ...], media: bool = False) -> str:
     lines = [_FIND_PYTHON, "echo uid $(id -u)",
              '"$PYTHON" -c \'import sys; print("python", *sys.version_info[:2])\' 2>/dev/null']
     lines += [f"echo tool {name} $({probe} 2>/dev/null)" for name, probe in _TOOL_PROBES.items()]
     lines += [
         f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
         f"else echo missing {requirement.package}; fi"
-        for requirement in requirements_for(roles)
+        for requirement in requirements_for(roles, media)
     ]
     return "\n".join(lines) + "\n"
 
@@ -190,7 +198,7 @@ def _python_problem(facts: Facts) -> str | None:
 
 
 def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
-    probe = ["sh", "-c", probe_script(host.roles)]
+    probe = ["sh", "-c", probe_script(host.roles, host.media)]
     facts = parse_probe(connector.run(probe, timeout=60).stdout)
     installed: tuple[str, ...] = ()
     if facts.missing and install:

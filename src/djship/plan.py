@@ -23,6 +23,9 @@ RENEWAL_PROGRAM = "renewal"
 # On the local target every component talks over loopback.
 LOOPBACK_NETWORK = "127.0.0.0/8"
 ROLES = ("lb", "app", "db")
+# The supervised sshfs that mounts the media host's uploads on an app host, and the media host's SFTP-only user.
+MEDIA_PROGRAM = "media-mount"
+MEDIA_USER = "djship-media"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,28 @@ class Database:
 
 
 @dataclass(frozen=True)
+class MediaStore:
+    """The one directory of uploads on the media host, which every app host mounts over SFTP at its own `shared`."""
+
+    host: str
+    address: str
+    ssh_port: int
+    export: Path
+    """The media host's `shared` directory (the media directory and those restores make beside it)."""
+    clients: tuple[str, ...]
+    """The app hosts' addresses, the only ones its key is accepted from; empty when one is a host name."""
+    user: str = MEDIA_USER
+
+    @property
+    def source(self) -> str:
+        return f"{self.user}@{self.address}:{self.export}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.address if self.ssh_port == 22 else f"[{self.address}]:{self.ssh_port}"
+
+
+@dataclass(frozen=True)
 class Tls:
     """Where the site certificate comes from: djship's local CA, an ACME directory, or the user's own files."""
 
@@ -161,6 +186,25 @@ class Paths:
     def pgpass(self) -> Path:
         """The superuser's password as psql reads it (PGPASSFILE), beside the database it administers."""
         return self.secrets / "pgpass"
+
+    @property
+    def media_key(self) -> Path:
+        """The private key an app host mounts the media host's uploads with."""
+        return self.secrets / "media_ed25519"
+
+    @property
+    def media_known_hosts(self) -> Path:
+        """The media host's SSH host key, as djship verified it: the app hosts' sshfs trusts only it."""
+        return self.secrets / "media_known_hosts"
+
+    @property
+    def media_home(self) -> Path:
+        """On the media host: the home of its SFTP user (root-owned), holding the app hosts' key."""
+        return self.state / "media-access"
+
+    @property
+    def media_authorized_keys(self) -> Path:
+        return self.media_home / ".ssh" / "authorized_keys"
 
     @property
     def logs(self) -> Path:
@@ -296,6 +340,8 @@ class Plan:
     host: str = ""
     """The host of the topology this plan is for."""
     roles: frozenset[str] = frozenset(ROLES)
+    media: MediaStore | None = None
+    """Where the uploads live when a media host holds them; None: in this host's own `shared` directory."""
 
     def holds(self, role: str) -> bool:
         return role in self.roles
@@ -446,14 +492,29 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config.balancer.http_port if "http_port" in explicit else 80,
         )
         sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
+    media = _media_store(config, hosts, app_hosts)
     plans = {}
     for host in hosts:
         plan = _assemble(
             config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
             balancer_sources=sources, service_user=config.service_user if host.login_root else None,
         )
-        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles)))
+        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media))
     return plans
+
+
+def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec]) -> MediaStore | None:
+    holder = next((host for host in hosts if "media" in host.roles), None)
+    if holder is None:
+        return None
+    if not holder.login_root:
+        raise DjshipError(f"servers.media: djship logs in to {holder.name} as another user than root; the media host "
+                          f"needs root (djship makes its user {MEDIA_USER} and the directory it owns)")
+    ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
+    # sshd matches from= against the connecting address (host names only with UseDNS, off by default).
+    addresses = tuple(host.address for host in app_hosts)
+    clients = addresses if all(re.fullmatch(r"[0-9.]+", address) for address in addresses) else ()
+    return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).shared, clients)
 
 
 def _assemble(

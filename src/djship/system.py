@@ -18,7 +18,7 @@ from pathlib import Path
 
 from djship import render
 from djship.changes import Changes, Observed, diff
-from djship.components import appserver, boot, orphans
+from djship.components import appserver, boot, media, orphans
 from djship.components.balancer import Balancer, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -110,7 +110,7 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
         connector.makedirs(directory)
     connector.makedirs(paths.supervisor, mode=0o700)
     connector.makedirs(paths.balancer, mode=0o700, owner=owner)
-    connector.makedirs(paths.media, mode=0o755, owner=owner)
+    media.prepare_media_dir(plan, connector)
     connector.makedirs(paths.secrets, mode=0o711)
     live = read_live(plan, connector)
     for server in plan.servers_here:
@@ -249,7 +249,8 @@ class System:
 
     # -- up: observe, decide, act --------------------------------------------------------------------------------
 
-    def _desired(self, secrets_: Secrets | None, certificate: bytes | None) -> dict[str, list[render.ConfigFile]]:
+    def _desired(self, secrets_: Secrets | None, certificate: bytes | None,
+                 media_access: media.Access | None) -> dict[str, list[render.ConfigFile]]:
         """Every file each host must hold, with the programs that read it when they start."""
         desired = {}
         for host in self.hosts.values():
@@ -266,7 +267,7 @@ class System:
                 files += [render.ConfigFile(plan.paths.state / path.relative_to(self.control.state), content.decode(), ())
                           for path in (self.control.ca_cert, self.control.ca_key)
                           if (content := self.local.get(path)) is not None]
-            desired[host.name] = files
+            desired[host.name] = files + media.desired_files(plan, media_access)
         return desired
 
     def _observe(self, desired: dict[str, list[render.ConfigFile]]) -> dict[str, Observed]:
@@ -289,7 +290,7 @@ class System:
         self._preflight()
         secrets_ = self.read_secrets()
         certificate = self.local.get(self.control.site_pem)
-        desired = self._desired(secrets_, certificate)
+        desired = self._desired(secrets_, certificate, media.read_access(self.topology))
         return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
 
     def up(self) -> UpResult:
@@ -307,8 +308,9 @@ class System:
             secrets_ = self._ensure_secrets()
             certificate_changed = ensure_certificate(self.control_plan, self.local) | self.refresh_staple()
             certificate = self.local.get(self.control.site_pem)
+            media_access = media.ensure_access(self.topology)
         adopted = self._adopt()
-        desired = self._desired(secrets_, certificate)
+        desired = self._desired(secrets_, certificate, media_access)
         changes = diff(self.hosts, desired, self._observe(desired), False, certificate_changed)
         started: list[Host] = []
         try:
@@ -354,6 +356,7 @@ class System:
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
                                                                             started))
+        media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
         release = self._release(changes)
         self._start_app_servers(changes, release)

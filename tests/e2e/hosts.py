@@ -106,7 +106,8 @@ def _sshd_config(directory: Path, address: str, authorized_keys: Path) -> str:
         "Port 22",
         f"HostKey {directory / 'ssh_host_ed25519_key'}",
         f"PidFile {directory / 'sshd.pid'}",
-        f"AuthorizedKeysFile {authorized_keys}",
+        # The harness's key for root; a user's own file for the users djship makes (the media host's SFTP user).
+        f"AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from djship.config import CONFIG_FILE, find_project_dir, load_config, parse_config
+from djship.config import CONFIG_FILE, find_project_dir, load_config, media_host, parse_config
 from djship.errors import DjshipError
 
 MINIMAL = """\
@@ -212,14 +212,30 @@ def test_remote_target_with_ssh_defaults():
         (('ssh_port = 2222', "ssh_port = 0"), "hosts.app2.ssh_port: Input should be greater than or equal to 1"),
         (('[hosts.db1]', '[hosts.db1]\nhost_key = "AAAA"'), "hosts.db1.host_key: must be an SSH public key"),
         (('[hosts.db1]', '[hosts.spare]\naddress = "10.0.0.30"\n[hosts.db1]'),
-         "hosts.spare: has no role; add it to servers.lb, servers.app or servers.db, or remove it"),
+         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db or servers.media, or remove it"),
         (('[hosts.db1]', '[hosts.Spare]\naddress = "10.0.0.30"\n[hosts.db1]'), "hosts.Spare: not a host name"),
+        (('db = "db1"', 'db = "db1"\nmedia = "files1"'),
+         "servers.media: no host 'files1'; define it as [hosts.files1] with its address"),
+        (('db = "db1"', 'db = "db1"\nmedia = "app2"'),
+         "servers.media: 'app2' holds the app role; name a host without the app role (every app host mounts the "
+         "uploads from it)"),
+        (('db = "db1"', 'db = "app1"'),
+         "servers.media: the app hosts share their uploads through the db host by default, but 'app1' holds the app "
+         "role; name a host without the app role"),
     ],
 )
 def test_remote_target_errors_name_the_key(change, expected):
     old, new = change
     assert old in REMOTE
     assert config_error(REMOTE.replace(old, new, 1)).startswith(f"djship.toml: {expected}")
+
+
+def test_the_media_host_is_the_db_host_for_several_app_hosts_none_for_one_or_the_one_named():
+    assert media_host(parse_config(REMOTE).servers) == "db1"
+    one_app_host = REMOTE.replace('app = ["app1", "app2"]', 'app = ["app1"]').replace('lb = ["lb1"]', 'lb = ["lb1", "app2"]')
+    assert media_host(parse_config(one_app_host).servers) is None
+    files = REMOTE.replace('db = "db1"', 'db = "db1"\nmedia = "files1"') + '[hosts.files1]\naddress = "10.0.0.30"\n'
+    assert media_host(parse_config(files).servers) == "files1"
 
 
 def test_hosts_without_servers_ask_for_roles():

@@ -168,6 +168,11 @@ class SSHConnector:
             raise DjshipError(f"cannot reach {where} over SSH ({reason}); is the host up and sshd running?") from None
         return client
 
+    def host_key(self) -> str:
+        """The host's SSH public key as verified when djship logged in, "ssh-ed25519 AAAA..."."""
+        key = self._connection().get_transport().get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+
     def _sftp_client(self) -> paramiko.SFTPClient:
         client = self._connection()
         with self._lock:

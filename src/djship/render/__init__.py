@@ -8,7 +8,8 @@ from pathlib import Path
 
 import jinja2
 
-from djship.plan import MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, Plan
+from djship.plan import MEDIA_PROGRAM, MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, \
+    MediaStore, Plan
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -122,11 +123,47 @@ def pg_hba_conf(plan: Plan) -> str:
     return _render("pg_hba.conf.j2", db=plan.database)
 
 
+# How an app host's sshfs reaches the media host: its one key and the media host's verified host key only, never a
+# prompt; a connection that stops answering is given up after 15 s and made anew on the next file access.
+_SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3", "ConnectTimeout=5", "BatchMode=yes",
+                  "IdentitiesOnly=yes", "StrictHostKeyChecking=yes", "GlobalKnownHostsFile=/dev/null")
+
+
+def media_mount_command(plan: Plan, media: MediaStore) -> str:
+    """sshfs in the foreground, mounting the media host's uploads at this host's `shared` directory. A mount left
+    behind by a killed sshfs is lazily unmounted first (a dead FUSE mount cannot be mounted over)."""
+    quote = shlex.quote
+    mount = quote(str(plan.paths.shared))
+    options = ",".join((*_SSHFS_OPTIONS, f"Port={media.ssh_port}", f"IdentityFile={plan.paths.media_key}",
+                        f"UserKnownHostsFile={plan.paths.media_known_hosts}"))
+    script = f"fusermount3 -u -z {mount} 2>/dev/null; exec sshfs -f -o {quote(options)}"
+    if plan.service_user:
+        # Mounted by root for the service user: files show as its own and the kernel checks their modes, so no
+        # other local user may write the uploads.
+        user = quote(plan.service_user)
+        script += f" -o allow_other,default_permissions,uid=$(id -u {user}),gid=$(id -g {user})"
+    script += f" {quote(media.source)} {mount}"
+    return f"/bin/sh -c {quote(script)}"
+
+
+def media_authorized_keys(media: MediaStore, public_key: str) -> str:
+    """The media host's SFTP user accepts the app hosts' key for SFTP only (no shell, no forwarding), from them only."""
+    source = f',from="{",".join(media.clients)}"' if media.clients else ""
+    return f'restrict,command="internal-sftp"{source} {public_key} djship-media\n'
+
+
+def media_known_hosts(media: MediaStore, host_key: str) -> str:
+    return f"{media.known_hosts_name} {host_key}\n"
+
+
 def programs(plan: Plan) -> list[Program]:
     """Every supervised process of the plan's host, in the order they are started (the reverse of the order they
     are stopped)."""
     quote = shlex.quote
     result = []
+    if plan.media and plan.holds("app"):  # as root (or djship's login user): FUSE mounts need it
+        result.append(Program(name=MEDIA_PROGRAM, command=media_mount_command(plan, plan.media), stopsignal="TERM",
+                              stopwaitsecs=10))
     if plan.holds("db"):
         result.append(Program(
             name="postgres",

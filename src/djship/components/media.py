@@ -1,0 +1,162 @@
+"""Uploads shared by every app host: one directory on the media host, mounted by each app host over SFTP (sshfs).
+
+The media host keeps the uploads in its `shared` directory, owned by an SFTP-only system user (MEDIA_USER) whose
+one authorized key, made once on the control machine, may do SFTP and nothing else, from the app hosts only. Each app
+host mounts that directory at its own `shared` with sshfs, a program under its supervisord started before its app
+servers, verifying the media host's SSH host key as djship itself verified it. Until the mount is up the directory
+beneath it is root's: an app server cannot write an upload where the other hosts would never see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from djship import render
+from djship.connectors import Connector, on_each
+from djship.connectors.local import LocalConnector
+from djship.errors import DjshipError
+from djship.plan import MEDIA_PROGRAM, MEDIA_USER, Paths, Plan
+from djship.progress import Reporter
+from djship.waiting import wait_until
+
+if TYPE_CHECKING:
+    from djship.changes import Changes
+    from djship.topology import Host, Topology
+
+MOUNT_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the app hosts need to mount the media host's uploads."""
+
+    private_key: str
+    """OpenSSH private key, installed on each app host (0600, root)."""
+    host_key: str
+    """The media host's SSH host key, "ssh-ed25519 AAAA...", as djship verified it when it logged in."""
+
+    @property
+    def public_key(self) -> str:
+        key = serialization.load_ssh_private_key(self.private_key.encode(), password=None)
+        return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def new_private_key() -> str:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+
+
+def _kept_key(topology: Topology) -> str | None:
+    """The key kept here, else the copy an app host holds (the control machine's .djship/ may be lost)."""
+    kept = LocalConnector().get(topology.control.media_key)
+    for host in topology.holding("app"):
+        if kept is None and host.name not in topology.unreachable:
+            kept = host.connector.get(host.plan.paths.media_key)
+    return kept.decode() if kept else None
+
+
+def read_access(topology: Topology) -> Access | None:
+    """The access as it is; None without a media host, or before the first `up` made the key."""
+    holders = topology.holding("media")
+    key = _kept_key(topology) if holders else None
+    if key is None:
+        return None
+    return Access(key, holders[0].connector.host_key())
+
+
+def ensure_access(topology: Topology) -> Access | None:
+    """The access, the key made here once (a new key would only make every app host remount); None without a media
+    host."""
+    holders = topology.holding("media")
+    if not holders:
+        return None
+    access = Access(_kept_key(topology) or new_private_key(), holders[0].connector.host_key())
+    local = LocalConnector()
+    local.makedirs(topology.control.secrets, mode=0o711)
+    local.put(topology.control.media_key, access.private_key, mode=0o600)
+    return access
+
+
+def desired_files(plan: Plan, access: Access | None) -> list[render.ConfigFile]:
+    """The media host's authorized key; on an app host, the key and the known media host key sshfs reads."""
+    if plan.media is None or access is None:
+        return []
+    files = []
+    if plan.holds("media"):
+        files.append(render.ConfigFile(plan.paths.media_authorized_keys,
+                                       render.media_authorized_keys(plan.media, access.public_key), ()))
+    if plan.holds("app"):
+        files.append(render.ConfigFile(plan.paths.media_key, access.private_key, (MEDIA_PROGRAM,)))
+        files.append(render.ConfigFile(plan.paths.media_known_hosts, render.media_known_hosts(plan.media, access.host_key),
+                                       (MEDIA_PROGRAM,)))
+    return files
+
+
+def prepare_media_dir(plan: Plan, connector: Connector) -> None:
+    """The media directory: the host's own (one app host), the one the media host holds for every app host, or, on
+    an app host that mounts it, the mount point, root's until the mount covers it."""
+    paths = plan.paths
+    if plan.media is None:
+        connector.makedirs(paths.media, mode=0o755, owner=plan.service_user)
+    elif plan.holds("media"):
+        _ensure_media_user(plan, connector)
+        connector.makedirs(paths.media_authorized_keys.parent, mode=0o755)
+        connector.makedirs(paths.shared, mode=0o755, owner=MEDIA_USER)
+        connector.makedirs(paths.media, mode=0o755, owner=MEDIA_USER)
+    elif not _mounted(paths, connector):
+        connector.makedirs(paths.shared, mode=0o755)
+
+
+def _ensure_media_user(plan: Plan, connector: Connector) -> None:
+    """A system user that logs in with the app hosts' key only: no password ("*", not locked "!", which sshd refuses
+    without PAM), no shell, its home (root's) holding the authorized key."""
+    home = str(plan.paths.media_home)
+    entry = connector.run(["getent", "passwd", MEDIA_USER])
+    if entry.ok:
+        argv = ["usermod", "--home", home, "--password", "*", MEDIA_USER]
+        if entry.stdout.strip().split(":")[5] == home:
+            return
+    else:
+        argv = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
+                "--shell", "/usr/sbin/nologin", MEDIA_USER]
+    result = connector.run(argv)
+    if not result.ok:
+        raise DjshipError(f"cannot make the media host's user {MEDIA_USER}: {result.stderr.strip()}")
+
+
+def _mounted(paths: Paths, connector: Connector) -> bool:
+    return connector.run(["mountpoint", "-q", str(paths.shared)]).ok
+
+
+def mount(hosts: Mapping[str, Host], changes: Changes, reconfigured: Mapping[str, set[str]], reporter: Reporter) -> None:
+    """Start (or, with a new key, host key or command, restart) each app host's mount and wait until the uploads are
+    there: before any app server starts."""
+    due = {}
+    for name, host in hosts.items():
+        if MEDIA_PROGRAM in changes.start.get(name, ()):
+            due[name] = "start"
+        elif MEDIA_PROGRAM in changes.restart.get(name, ()) or MEDIA_PROGRAM in reconfigured.get(name, set()):
+            due[name] = "restart"
+    if not due:
+        return
+
+    def ensure(host: Host) -> None:
+        if due[host.name] == "start":
+            host.supervisor.start(MEDIA_PROGRAM)
+        else:
+            host.supervisor.restart(MEDIA_PROGRAM, reconfigure=reconfigured.get(host.name, set()))
+        paths = host.plan.paths
+        wait_until(f"the uploads mounted at {paths.shared} on {host.name}",
+                   lambda: (_mounted(paths, host.connector) and host.connector.run(["test", "-d", str(paths.media)]).ok,
+                            "not mounted yet"),
+                   MOUNT_TIMEOUT, f"see `djship logs {MEDIA_PROGRAM}`")
+
+    source = next(iter(hosts.values())).plan.media
+    with reporter.step(f"Mounting the uploads of {source.host} on {', '.join(due)} (sshfs)"):
+        on_each({name: hosts[name] for name in due}, ensure)

@@ -1,0 +1,132 @@
+"""Uploads shared by every app host: the media host in the plans, the supervised sshfs, the keys (all pure)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from supervisor.options import ServerOptions
+
+from djship import render
+from djship.components import media
+from djship.errors import DjshipError
+from djship.plan import MEDIA_PROGRAM, HostSpec, build_plans
+from tests.unit.test_host_plans import ADDRESSES
+
+UPDATE_GOLDEN = os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1"
+ROLES = {"lb1": ("lb",), "app1": ("app",), "app2": ("app",), "db1": ("db", "media")}
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfTheMediaHost"
+
+
+def plans_for(make_config, tools, roles=ROLES, addresses=ADDRESSES, login_root=True, **config):
+    config.setdefault("hosts", {name: {"address": addresses[name]} for name in roles})
+    specs = [HostSpec(name, addresses[name], roles[name], Path("/srv") / name, tools, login_root) for name in roles]
+    return build_plans(make_config(**config), Path("/srv/example/board"), specs)
+
+
+@pytest.fixture
+def plans(make_config, fake_tools):
+    return plans_for(make_config, fake_tools)
+
+
+def test_every_plan_knows_the_media_host_and_only_app_hosts_mount_it(plans):
+    store = plans["app1"].media
+    assert store == plans["lb1"].media == plans["db1"].media
+    assert (store.host, store.source, store.clients) == ("db1", "djship-media@10.0.0.20:/srv/db1/shared",
+                                                         ("10.0.0.11", "10.0.0.12"))
+    programs = {name: [program.name for program in render.programs(plan)] for name, plan in plans.items()}
+    assert programs == {"lb1": ["haproxy"], "app1": [MEDIA_PROGRAM, "app1-gunicorn", "app1-nginx"],
+                        "app2": [MEDIA_PROGRAM, "app2-gunicorn", "app2-nginx"], "db1": ["postgres"]}
+    # The app servers use the mounted directory exactly as they used their own.
+    assert plans["app2"].paths.media == Path("/srv/app2/shared/media")
+
+
+def test_without_a_media_host_nothing_mounts(make_config, fake_tools):
+    roles = {**ROLES, "db1": ("db",)}
+    plans = plans_for(make_config, fake_tools, roles=roles)
+    assert all(plan.media is None for plan in plans.values())
+    assert MEDIA_PROGRAM not in {program.name for program in render.programs(plans["app1"])}
+    assert media.desired_files(plans["app1"], media.Access(media.new_private_key(), HOST_KEY)) == []
+
+
+def test_the_media_host_needs_root(make_config, fake_tools):
+    with pytest.raises(DjshipError, match="^servers.media: djship logs in to db1 as another user than root"):
+        plans_for(make_config, fake_tools, login_root=False)
+
+
+def test_the_mount_uses_the_media_hosts_ssh_port(make_config, fake_tools):
+    plans = plans_for(make_config, fake_tools, hosts={name: {"address": ADDRESSES[name]} for name in ROLES} |
+                      {"db1": {"address": ADDRESSES["db1"], "ssh_port": 2222}})
+    assert ",Port=2222," in render.media_mount_command(plans["app1"], plans["app1"].media)
+    assert render.media_known_hosts(plans["app1"].media, HOST_KEY) == f"[10.0.0.20]:2222 {HOST_KEY}\n"
+
+
+def test_the_key_is_accepted_for_sftp_only_from_the_app_hosts(plans):
+    access = media.Access(media.new_private_key(), HOST_KEY)
+    assert access.public_key.startswith("ssh-ed25519 ")
+    line = render.media_authorized_keys(plans["db1"].media, access.public_key)
+    assert line == f'restrict,command="internal-sftp",from="10.0.0.11,10.0.0.12" {access.public_key} djship-media\n'
+
+
+def test_a_host_name_among_the_app_hosts_drops_the_address_restriction(make_config, fake_tools):
+    addresses = {**ADDRESSES, "app2": "app2.internal.example"}
+    plans = plans_for(make_config, fake_tools, addresses=addresses)
+    assert plans["db1"].media.clients == ()
+    assert render.media_authorized_keys(plans["db1"].media, "ssh-ed25519 AAAA").startswith(
+        'restrict,command="internal-sftp" ssh-ed25519 AAAA')
+
+
+def test_each_host_gets_only_its_side_of_the_access(plans):
+    access = media.Access(media.new_private_key(), HOST_KEY)
+    files = {name: {file.path: file for file in media.desired_files(plan, access)} for name, plan in plans.items()}
+    assert files["lb1"] == {}
+    assert set(files["db1"]) == {Path("/srv/db1/media-access/.ssh/authorized_keys")}
+    app1 = files["app1"]
+    assert set(app1) == {Path("/srv/app1/secrets/media_ed25519"), Path("/srv/app1/secrets/media_known_hosts")}
+    assert all(file.programs == (MEDIA_PROGRAM,) for file in app1.values())
+    assert app1[Path("/srv/app1/secrets/media_known_hosts")].text == f"10.0.0.20 {HOST_KEY}\n"
+
+
+def test_the_mount_command_is_one_shell_script_with_the_host_key_checked(plans):
+    command = render.media_mount_command(plans["app1"], plans["app1"].media)
+    sh, flag, script = shlex.split(command)
+    assert (sh, flag) == ("/bin/sh", "-c")
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+    assert script.startswith("fusermount3 -u -z /srv/app1/shared 2>/dev/null; exec sshfs -f ")
+    assert "StrictHostKeyChecking=yes" in script and "UserKnownHostsFile=/srv/app1/secrets/media_known_hosts" in script
+    assert "uid=$(id -u djship),gid=$(id -g djship)" in script
+    assert script.endswith(" djship-media@10.0.0.20:/srv/db1/shared /srv/app1/shared")
+
+
+def test_without_root_the_mount_is_the_login_users_own(make_config, fake_tools):
+    """Logged in as another user, the services run as that user too: sshfs mounts for itself, no allow_other."""
+    roles = {**ROLES, "db1": ("db",), "lb1": ("lb", "media")}
+    specs = [HostSpec(name, ADDRESSES[name], roles[name], Path("/srv") / name, fake_tools, login_root=name == "lb1")
+             for name in roles]
+    plans = build_plans(make_config(hosts={name: {"address": ADDRESSES[name]} for name in roles}),
+                        Path("/srv/example/board"), specs)
+    script = render.media_mount_command(plans["app1"], plans["app1"].media)
+    assert "allow_other" not in script and "uid=" not in script
+
+
+def test_supervisor_parses_an_app_hosts_config_with_the_mount(plans, tmp_path, capsys, golden_dir):
+    text = render.supervisord_conf(plans["app1"])
+    golden = golden_dir / "supervisord-media.conf"
+    if UPDATE_GOLDEN:
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), "regenerate with DJSHIP_UPDATE_GOLDEN=1 and review the diff"
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(text.replace("/srv/app1/", f"{tmp_path}/"))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "supervisor").mkdir()
+    options = ServerOptions()
+    try:
+        options.realize(args=["-c", str(conf)])
+    except SystemExit:
+        pytest.fail(f"supervisord rejected {conf}:\n{capsys.readouterr().err}")
+    programs = {group.name: group.process_configs[0] for group in options.process_group_configs}
+    assert shlex.split(programs[MEDIA_PROGRAM].command)[:2] == ["/bin/sh", "-c"]
+    assert programs[MEDIA_PROGRAM].uid is None  # root: FUSE mounts with allow_other need it
