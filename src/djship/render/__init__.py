@@ -125,7 +125,7 @@ def pg_hba_conf(plan: Plan) -> str:
 
 # How an app host's sshfs reaches the media host: its one key and the media host's verified host key only, never a
 # prompt; a connection that stops answering is given up after 15 s and made anew on the next file access.
-_SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3", "ConnectTimeout=5", "BatchMode=yes",
+_SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3", "ConnectTimeout=3", "BatchMode=yes",
                   "IdentitiesOnly=yes", "StrictHostKeyChecking=yes", "GlobalKnownHostsFile=/dev/null")
 
 
