@@ -13,7 +13,8 @@ from supervisor.options import ServerOptions
 from djship import render
 from djship.components import media
 from djship.errors import DjshipError
-from djship.plan import MEDIA_PROGRAM, HostSpec, build_plans
+from djship.plan import MEDIA_PROGRAM, HostSpec, Paths, build_plans
+from djship.topology import Host, Topology
 from tests.unit.test_host_plans import ADDRESSES
 
 UPDATE_GOLDEN = os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1"
@@ -50,6 +51,17 @@ def test_without_a_media_host_nothing_mounts(make_config, fake_tools):
     assert all(plan.media is None for plan in plans.values())
     assert MEDIA_PROGRAM not in {program.name for program in render.programs(plans["app1"])}
     assert media.desired_files(plans["app1"], media.Access(media.new_private_key(), HOST_KEY)) == []
+
+
+def test_a_media_host_of_its_own_runs_nothing_but_holds_the_key(make_config, fake_tools):
+    roles = {**ROLES, "db1": ("db",), "files1": ("media",)}
+    plans = plans_for(make_config, fake_tools, roles=roles, addresses={**ADDRESSES, "files1": "10.0.0.30"})
+    assert plans["app1"].media.source == "djship-media@10.0.0.30:/srv/files1/shared"
+    assert render.programs(plans["files1"]) == []
+    access = media.Access(media.new_private_key(), HOST_KEY)
+    assert [file.path for file in media.desired_files(plans["files1"], access)] == [
+        Path("/srv/files1/media-access/.ssh/authorized_keys")]
+    assert media.desired_files(plans["db1"], access) == []
 
 
 def test_the_media_host_needs_root(make_config, fake_tools):
@@ -130,3 +142,38 @@ def test_supervisor_parses_an_app_hosts_config_with_the_mount(plans, tmp_path, c
     programs = {group.name: group.process_configs[0] for group in options.process_group_configs}
     assert shlex.split(programs[MEDIA_PROGRAM].command)[:2] == ["/bin/sh", "-c"]
     assert programs[MEDIA_PROGRAM].uid is None  # root: FUSE mounts with allow_other need it
+
+
+class HostFiles:
+    """A host's connector, as far as the access needs one: the files it holds and its SSH host key."""
+
+    def __init__(self, files: dict[Path, bytes]):
+        self.files = files
+
+    def get(self, path: Path) -> bytes | None:
+        return self.files.get(path)
+
+    def host_key(self) -> str:
+        return HOST_KEY
+
+
+def topology_of(plans, tmp_path, held: dict[Path, bytes]) -> Topology:
+    hosts = {name: Host(name, ADDRESSES[name], HostFiles(held), plan, "python3", "wheels") for name, plan in plans.items()}
+    return Topology(hosts, Paths(tmp_path / ".djship"))
+
+
+def test_the_key_is_made_once_and_kept_here(plans, tmp_path):
+    topology = topology_of(plans, tmp_path, {})
+    assert media.read_access(topology) is None  # `up --dry-run` before the first up makes nothing
+    made = media.ensure_access(topology)
+    kept = tmp_path / ".djship/secrets/media_ed25519"
+    assert kept.read_text() == made.private_key and kept.stat().st_mode & 0o777 == 0o600
+    assert media.ensure_access(topology) == media.read_access(topology) == made
+    assert made.host_key == HOST_KEY
+
+
+def test_a_lost_key_is_read_back_from_an_app_host(plans, tmp_path):
+    key = media.new_private_key()
+    topology = topology_of(plans, tmp_path, {plans["app1"].paths.media_key: key.encode()})
+    assert media.ensure_access(topology).private_key == key
+    assert (tmp_path / ".djship/secrets/media_ed25519").read_text() == key
