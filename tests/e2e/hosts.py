@@ -100,14 +100,16 @@ def _subnet() -> str:
     return f"10.247.{os.getpid() % 250 + 1}"
 
 
-def _sshd_config(directory: Path, address: str, authorized_keys: Path) -> str:
+def _sshd_config(directory: Path, address: str, authorized_keys: Path, root: Path) -> str:
     return "\n".join([
         f"ListenAddress {address}",
         "Port 22",
         f"HostKey {directory / 'ssh_host_ed25519_key'}",
         f"PidFile {directory / 'sshd.pid'}",
-        # The harness's key for root; a user's own file for the users djship makes (the media host's SFTP user).
-        f"AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys",
+        # The harness's key for root; for the media host's SFTP user, the key djship puts in that user's home on this
+        # host. Named by path, not by the home in /etc/passwd: the hosts share that file, so while several fleets
+        # run, the home it names is only one of them.
+        f"AuthorizedKeysFile {authorized_keys} {root / 'media-access/.ssh/authorized_keys'}",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -172,7 +174,7 @@ def netns_hosts(names: list[str]) -> Iterator[NetnsHosts]:
             _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
             _ip("-n", namespace, "link", "set", "eth0", "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
-            (host_dir / "sshd_config").write_text(_sshd_config(host_dir, address, authorized_keys))
+            (host_dir / "sshd_config").write_text(_sshd_config(host_dir, address, authorized_keys, root))
             hosts[name] = host
 
         known_hosts = directory / "known_hosts"

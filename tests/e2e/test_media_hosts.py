@@ -105,8 +105,10 @@ def test_a_file_saved_on_each_app_host_is_served_by_every_app_server_from_the_me
     media = fleet.hosts["db1"].root / "shared" / "media"
     assert sorted(path.name for path in (media / "posts").iterdir()) == [f"from-{host}.png" for host in APPS]
     assert (media / saved[0]).read_bytes() == PNG
-    for host in APPS:  # beneath the mount point: nothing, it was never written on the app host itself
-        assert list((fleet.hosts[host].root / "shared").iterdir()) == []
+    for host in APPS:  # beneath the mount point: nothing, and root's, so an app server cannot write there unmounted
+        beneath = fleet.hosts[host].root / "shared"
+        assert list(beneath.iterdir()) == []
+        assert (beneath.stat().st_uid, beneath.stat().st_mode & 0o777) == (0, 0o755)
     status = fleet.status()
     assert [host["roles"] for host in status["hosts"] if host["name"] == "db1"] == [["db", "media"]]
 

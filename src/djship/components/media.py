@@ -118,13 +118,11 @@ def _ensure_media_user(plan: Plan, connector: Connector) -> None:
     without PAM), no shell, its home (root's) holding the authorized key."""
     home = str(plan.paths.media_home)
     entry = connector.run(["getent", "passwd", MEDIA_USER])
-    if entry.ok:
-        argv = ["usermod", "--home", home, "--password", "*", MEDIA_USER]
-        if entry.stdout.strip().split(":")[5] == home:
-            return
-    else:
-        argv = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
-                "--shell", "/usr/sbin/nologin", MEDIA_USER]
+    if entry.ok and entry.stdout.strip().split(":")[5] == home:
+        return
+    argv = ["usermod", "--home", home, MEDIA_USER] if entry.ok else [
+        "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
+        "--shell", "/usr/sbin/nologin", MEDIA_USER]
     result = connector.run(argv)
     if not result.ok:
         raise DjshipError(f"cannot make the media host's user {MEDIA_USER}: {result.stderr.strip()}")
