@@ -347,6 +347,11 @@ class Plan:
         return role in self.roles
 
     @property
+    def media_owner(self) -> str | None:
+        """Who owns the uploads here: the media host's SFTP user, through which every app host writes them."""
+        return MEDIA_USER if self.holds("media") else self.service_user
+
+    @property
     def servers_here(self) -> tuple[AppServer, ...]:
         """The app servers that run on this plan's host."""
         return tuple(server for server in self.app_servers if server.host == self.host)

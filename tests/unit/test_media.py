@@ -43,6 +43,8 @@ def test_every_plan_knows_the_media_host_and_only_app_hosts_mount_it(plans):
                         "app2": [MEDIA_PROGRAM, "app2-gunicorn", "app2-nginx"], "db1": ["postgres"]}
     # The app servers use the mounted directory exactly as they used their own.
     assert plans["app2"].paths.media == Path("/srv/app2/shared/media")
+    # What a backup or restore makes beside the media directory on the media host, the SFTP user must own.
+    assert (plans["db1"].media_owner, plans["app1"].media_owner) == ("djship-media", "djship")
 
 
 def test_without_a_media_host_nothing_mounts(make_config, fake_tools):

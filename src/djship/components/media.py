@@ -103,12 +103,12 @@ def prepare_media_dir(plan: Plan, connector: Connector) -> None:
     an app host that mounts it, the mount point, root's until the mount covers it."""
     paths = plan.paths
     if plan.media is None:
-        connector.makedirs(paths.media, mode=0o755, owner=plan.service_user)
+        connector.makedirs(paths.media, mode=0o755, owner=plan.media_owner)
     elif plan.holds("media"):
         _ensure_media_user(plan, connector)
         connector.makedirs(paths.media_authorized_keys.parent, mode=0o755)
-        connector.makedirs(paths.shared, mode=0o755, owner=MEDIA_USER)
-        connector.makedirs(paths.media, mode=0o755, owner=MEDIA_USER)
+        connector.makedirs(paths.shared, mode=0o755, owner=plan.media_owner)
+        connector.makedirs(paths.media, mode=0o755, owner=plan.media_owner)
     elif not _mounted(paths, connector):
         connector.makedirs(paths.shared, mode=0o755)
 
