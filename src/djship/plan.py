@@ -99,13 +99,13 @@ class Database:
 
 @dataclass(frozen=True)
 class MediaStore:
-    """The one directory of uploads on the media host, which every app host mounts over SFTP at its own `shared`."""
+    """The one directory of uploads on the media host, which every app host mounts over SFTP at its own `uploads`."""
 
     host: str
     address: str
     ssh_port: int
     export: Path
-    """The media host's `shared` directory (the media directory and those restores make beside it)."""
+    """The media host's `uploads` directory (the media directory and those restores make beside it)."""
     clients: tuple[str, ...]
     """The app hosts' addresses, the only ones its key is accepted from; empty when one is a host name."""
     user: str = MEDIA_USER
@@ -234,8 +234,13 @@ class Paths:
 
     @property
     def media(self) -> Path:
-        """The media directory until a restore makes another one live (see `live`)."""
+        """Without a media host: the media directory until a restore makes another one live (see `live`)."""
         return self.shared / "media"
+
+    @property
+    def uploads(self) -> Path:
+        """With a media host: the directory it holds and every app host mounts, where the media directories are."""
+        return self.state / "uploads"
 
     @property
     def live(self) -> Path:
@@ -341,10 +346,20 @@ class Plan:
     """The host of the topology this plan is for."""
     roles: frozenset[str] = frozenset(ROLES)
     media: MediaStore | None = None
-    """Where the uploads live when a media host holds them; None: in this host's own `shared` directory."""
+    """The media host holding the uploads; None: they are in this host's own `shared` directory."""
 
     def holds(self, role: str) -> bool:
         return role in self.roles
+
+    @property
+    def media_dirs(self) -> Path:
+        """Where the media directories are: the live one and those restores make beside it."""
+        return self.paths.uploads if self.media else self.paths.shared
+
+    @property
+    def media_dir(self) -> Path:
+        """The media directory until a restore makes another one live."""
+        return self.media_dirs / "media"
 
     @property
     def media_owner(self) -> str | None:
@@ -519,7 +534,7 @@ def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec
     # sshd matches from= against the connecting address (host names only with UseDNS, off by default).
     addresses = tuple(host.address for host in app_hosts)
     clients = addresses if all(re.fullmatch(r"[0-9.]+", address) for address in addresses) else ()
-    return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).shared, clients)
+    return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).uploads, clients)
 
 
 def _assemble(

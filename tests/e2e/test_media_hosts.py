@@ -102,11 +102,11 @@ def saved(fleet: Fleet) -> list[str]:
 
 def test_a_file_saved_on_each_app_host_is_served_by_every_app_server_from_the_media_host(fleet: Fleet, saved):
     assert_served_everywhere(fleet, saved)
-    media = fleet.hosts["db1"].root / "shared" / "media"
+    media = fleet.hosts["db1"].root / "uploads" / "media"
     assert sorted(path.name for path in (media / "posts").iterdir()) == [f"from-{host}.png" for host in APPS]
     assert (media / saved[0]).read_bytes() == PNG
     for host in APPS:  # beneath the mount point: nothing, and root's, so an app server cannot write there unmounted
-        beneath = fleet.hosts[host].root / "shared"
+        beneath = fleet.hosts[host].root / "uploads"
         assert list(beneath.iterdir()) == []
         assert (beneath.stat().st_uid, beneath.stat().st_mode & 0o777) == (0, 0o755)
     status = fleet.status()

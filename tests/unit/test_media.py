@@ -36,13 +36,14 @@ def plans(make_config, fake_tools):
 def test_every_plan_knows_the_media_host_and_only_app_hosts_mount_it(plans):
     store = plans["app1"].media
     assert store == plans["lb1"].media == plans["db1"].media
-    assert (store.host, store.source, store.clients) == ("db1", "djship-media@10.0.0.20:/srv/db1/shared",
+    assert (store.host, store.source, store.clients) == ("db1", "djship-media@10.0.0.20:/srv/db1/uploads",
                                                          ("10.0.0.11", "10.0.0.12"))
     programs = {name: [program.name for program in render.programs(plan)] for name, plan in plans.items()}
     assert programs == {"lb1": ["haproxy"], "app1": [MEDIA_PROGRAM, "app1-gunicorn", "app1-nginx"],
                         "app2": [MEDIA_PROGRAM, "app2-gunicorn", "app2-nginx"], "db1": ["postgres"]}
-    # The app servers use the mounted directory exactly as they used their own.
-    assert plans["app2"].paths.media == Path("/srv/app2/shared/media")
+    # The app servers use the mounted directory; a host's own `shared` (its static store) stays its own.
+    assert plans["app2"].media_dir == Path("/srv/app2/uploads/media")
+    assert plans["app2"].media_dirs == Path("/srv/app2/uploads") != plans["app2"].paths.shared_static.parent
     # What a backup or restore makes beside the media directory on the media host, the SFTP user must own.
     assert (plans["db1"].media_owner, plans["app1"].media_owner) == ("djship-media", "djship")
 
@@ -52,13 +53,14 @@ def test_without_a_media_host_nothing_mounts(make_config, fake_tools):
     plans = plans_for(make_config, fake_tools, roles=roles)
     assert all(plan.media is None for plan in plans.values())
     assert MEDIA_PROGRAM not in {program.name for program in render.programs(plans["app1"])}
+    assert plans["app1"].media_dir == plans["app1"].paths.media == Path("/srv/app1/shared/media")
     assert media.desired_files(plans["app1"], media.Access(media.new_private_key(), HOST_KEY)) == []
 
 
 def test_a_media_host_of_its_own_runs_nothing_but_holds_the_key(make_config, fake_tools):
     roles = {**ROLES, "db1": ("db",), "files1": ("media",)}
     plans = plans_for(make_config, fake_tools, roles=roles, addresses={**ADDRESSES, "files1": "10.0.0.30"})
-    assert plans["app1"].media.source == "djship-media@10.0.0.30:/srv/files1/shared"
+    assert plans["app1"].media.source == "djship-media@10.0.0.30:/srv/files1/uploads"
     assert render.programs(plans["files1"]) == []
     access = media.Access(media.new_private_key(), HOST_KEY)
     assert [file.path for file in media.desired_files(plans["files1"], access)] == [
@@ -109,10 +111,10 @@ def test_the_mount_command_is_one_shell_script_with_the_host_key_checked(plans):
     sh, flag, script = shlex.split(command)
     assert (sh, flag) == ("/bin/sh", "-c")
     assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
-    assert script.startswith("fusermount3 -u -z /srv/app1/shared 2>/dev/null; exec sshfs -f ")
+    assert script.startswith("fusermount3 -u -z /srv/app1/uploads 2>/dev/null; exec sshfs -f ")
     assert "StrictHostKeyChecking=yes" in script and "UserKnownHostsFile=/srv/app1/secrets/media_known_hosts" in script
     assert "uid=$(id -u djship),gid=$(id -g djship)" in script
-    assert script.endswith(" djship-media@10.0.0.20:/srv/db1/shared /srv/app1/shared")
+    assert script.endswith(" djship-media@10.0.0.20:/srv/db1/uploads /srv/app1/uploads")
 
 
 def test_without_root_the_mount_is_the_login_users_own(make_config, fake_tools):

@@ -1,8 +1,8 @@
 """Uploads shared by every app host: one directory on the media host, mounted by each app host over SFTP (sshfs).
 
-The media host keeps the uploads in its `shared` directory, owned by an SFTP-only system user (MEDIA_USER) whose
+The media host keeps the uploads in its `uploads` directory, owned by an SFTP-only system user (MEDIA_USER) whose
 one authorized key, made once on the control machine, may do SFTP and nothing else, from the app hosts only. Each app
-host mounts that directory at its own `shared` with sshfs, a program under its supervisord started before its app
+host mounts that directory at its own `uploads` with sshfs, a program under its supervisord started before its app
 servers, verifying the media host's SSH host key as djship itself verified it. Until the mount is up the directory
 beneath it is root's: an app server cannot write an upload where the other hosts would never see it.
 """
@@ -103,14 +103,14 @@ def prepare_media_dir(plan: Plan, connector: Connector) -> None:
     an app host that mounts it, the mount point, root's until the mount covers it."""
     paths = plan.paths
     if plan.media is None:
-        connector.makedirs(paths.media, mode=0o755, owner=plan.media_owner)
+        connector.makedirs(plan.media_dir, mode=0o755, owner=plan.media_owner)
     elif plan.holds("media"):
         _ensure_media_user(plan, connector)
         connector.makedirs(paths.media_authorized_keys.parent, mode=0o755)
-        connector.makedirs(paths.shared, mode=0o755, owner=plan.media_owner)
-        connector.makedirs(paths.media, mode=0o755, owner=plan.media_owner)
+        connector.makedirs(paths.uploads, mode=0o755, owner=plan.media_owner)
+        connector.makedirs(plan.media_dir, mode=0o755, owner=plan.media_owner)
     elif not _mounted(paths, connector):
-        connector.makedirs(paths.shared, mode=0o755)
+        connector.makedirs(paths.uploads, mode=0o755)
 
 
 def _ensure_media_user(plan: Plan, connector: Connector) -> None:
@@ -129,7 +129,7 @@ def _ensure_media_user(plan: Plan, connector: Connector) -> None:
 
 
 def _mounted(paths: Paths, connector: Connector) -> bool:
-    return connector.run(["mountpoint", "-q", str(paths.shared)]).ok
+    return connector.run(["mountpoint", "-q", str(paths.uploads)]).ok
 
 
 def mount(hosts: Mapping[str, Host], changes: Changes, reconfigured: Mapping[str, set[str]], reporter: Reporter) -> None:
@@ -149,10 +149,10 @@ def mount(hosts: Mapping[str, Host], changes: Changes, reconfigured: Mapping[str
             host.supervisor.start(MEDIA_PROGRAM)
         else:
             host.supervisor.restart(MEDIA_PROGRAM, reconfigure=reconfigured.get(host.name, set()))
-        paths = host.plan.paths
-        wait_until(f"the uploads mounted at {paths.shared} on {host.name}",
-                   lambda: (_mounted(paths, host.connector) and host.connector.run(["test", "-d", str(paths.media)]).ok,
-                            "not mounted yet"),
+        plan = host.plan
+        wait_until(f"the uploads mounted at {plan.paths.uploads} on {host.name}",
+                   lambda: (_mounted(plan.paths, host.connector)
+                            and host.connector.run(["test", "-d", str(plan.media_dir)]).ok, "not mounted yet"),
                    MOUNT_TIMEOUT, f"see `djship logs {MEDIA_PROGRAM}`")
 
     source = next(iter(hosts.values())).plan.media

@@ -28,7 +28,7 @@ class Live:
 
 def parse_live(plan: Plan, content: bytes | None) -> Live:
     if content is None:
-        return Live(plan.database.name, plan.paths.media)
+        return Live(plan.database.name, plan.media_dir)
     try:
         data = json.loads(content)
         return Live(str(data["database"]), Path(data["media"]))

@@ -130,10 +130,10 @@ _SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3",
 
 
 def media_mount_command(plan: Plan, media: MediaStore) -> str:
-    """sshfs in the foreground, mounting the media host's uploads at this host's `shared` directory. A mount left
+    """sshfs in the foreground, mounting the media host's uploads at this host's `uploads` directory. A mount left
     behind by a killed sshfs is lazily unmounted first (a dead FUSE mount cannot be mounted over)."""
     quote = shlex.quote
-    mount = quote(str(plan.paths.shared))
+    mount = quote(str(plan.paths.uploads))
     options = ",".join((*_SSHFS_OPTIONS, f"Port={media.ssh_port}", f"IdentityFile={plan.paths.media_key}",
                         f"UserKnownHostsFile={plan.paths.media_known_hosts}"))
     script = f"fusermount3 -u -z {mount} 2>/dev/null; exec sshfs -f -o {quote(options)}"
