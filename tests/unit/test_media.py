@@ -48,6 +48,12 @@ def test_every_plan_knows_the_media_host_and_only_app_hosts_mount_it(plans):
     assert (plans["db1"].media_owner, plans["app1"].media_owner) == ("djship-media", "djship")
 
 
+def test_django_saves_into_the_mounted_media_directory_also_outside_an_app_server(plans):
+    """`djship manage` and the app servers alike: before any restore there is no live.json to name it."""
+    settings = render.production_settings(plans["app1"], "r1", Path("/srv/app1/releases/r1"))
+    assert "'media': '/srv/app1/uploads/media'}" in settings.replace('"', "'")
+
+
 def test_without_a_media_host_nothing_mounts(make_config, fake_tools):
     roles = {**ROLES, "db1": ("db",)}
     plans = plans_for(make_config, fake_tools, roles=roles)
