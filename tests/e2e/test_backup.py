@@ -264,10 +264,13 @@ def test_restore_brings_back_exactly_the_backed_up_rows_and_media_without_a_fail
     for server, response in _from_every_server(target, kept_image).items():
         assert response.status == 200 and response.body == _png(), f"{kept_image} is missing on {server}"
     assert {response.status for response in _from_every_server(target, lost_image).values()} == {404}
-    for server in SERVERS:  # each app host's own live.json names the restored database and its own new media
+    # Each app host's own live.json names the restored database and the new media: its own on one machine, on the
+    # hosts the one beside the live media on the db host, which every app host mounts at its uploads.
+    media_dirs = "shared" if target.site else "uploads"
+    for server in SERVERS:
         root = target.root_of(server)
         host_live = json.loads((root / "live.json").read_text())
-        assert host_live["database"] == live[0] and Path(host_live["media"]).parent.resolve() == (root / "shared").resolve()
+        assert host_live["database"] == live[0] and Path(host_live["media"]).parent.resolve() == (root / media_dirs).resolve()
         assert (root / "servers" / server / "media").resolve() == Path(host_live["media"]).resolve()
     safety = [row for row in _backups(target) if row["name"] != backup["name"]]
     assert len(safety) == 1 and safety[0]["note"] == f"safety backup before restoring {backup['name']}"

@@ -2,7 +2,8 @@
 
 Each app host mounts the db host's media directory with a supervised sshfs. The hosts share this machine's file
 system but not its mounts (each host's sshd runs in a mount namespace of its own), so a file saved on app1 reaches
-app2 only through the mount: the test checks that it is absent beneath each app host's mount point.
+app2 only through the mount: the test checks that it is absent beneath each app host's mount point. A restore
+puts the backed-up media once on the media host, and every app host serves them.
 """
 
 from __future__ import annotations
@@ -150,3 +151,25 @@ def test_the_uploads_survive_a_deploy_without_a_failed_request(fleet: Fleet, sav
         views.write_text(original)
     assert load.failures == []
     assert_served_everywhere(fleet, [*saved, save_on(fleet, "app3", "posts/after-deploy.png")])
+
+
+def test_a_restore_brings_back_the_backed_up_media_on_every_app_host(fleet: Fleet, saved):
+    posts = fleet.hosts["db1"].root / "uploads" / "media" / "posts"
+    backed_up = sorted(f"posts/{path.name}" for path in posts.iterdir())
+    fleet.djship("backup")
+    [backup] = json.loads(fleet.djship("backups", "--json").stdout)
+    lost = save_on(fleet, "app2", "posts/after-backup.png")
+    with FleetLoop(fleet) as load:
+        fleet.djship("restore", backup["name"], "--yes")
+        load.wait_for(load.served + 30)
+    assert load.failures == []
+    restored = Path(json.loads((fleet.hosts["db1"].root / "live.json").read_text())["media"])
+    assert restored.parent == fleet.hosts["db1"].root / "uploads"  # once, on the media host, beside the old media
+    assert sorted(f"posts/{path.name}" for path in (restored / "posts").iterdir()) == backed_up
+    for host in APPS:  # each app host's servers use it through the mount
+        live = json.loads((fleet.hosts[host].root / "live.json").read_text())["media"]
+        assert live == str(fleet.hosts[host].root / "uploads" / restored.name)
+        assert not (fleet.hosts[host].root / "uploads" / restored.name).exists()
+    assert_served_everywhere(fleet, backed_up)
+    assert {fetched(fleet, server, f"/media/{lost}")[0] for server in APPS} == {404}
+    assert_served_everywhere(fleet, [save_on(fleet, "app1", "posts/after-restore.png")])

@@ -1,13 +1,13 @@
 """Backups of the live database and media, and restoring one without failing a request, on any topology.
 
-backup:  on the db host, one psql session counts every table's rows and runs pg_dump in the same snapshot; the first
-         app host archives the media. Both files are streamed to backup.dir on this machine (the control machine)
+backup:  on the db host, one psql session counts every table's rows and runs pg_dump in the same snapshot; the media
+         host (else the first app host) archives the media. Both files are streamed to backup.dir on this machine (the control machine)
          and checked against the checksums taken where they were made; a manifest lists them. The directory appears
          under its final name only when complete, and old backups are pruned (see archive.expired).
 restore: every checksum is verified here first. Then, under the deploy lock: the dump streamed to the db host (its
-         table of contents read there) and the media to every app host, each copy checked again; a safety backup; a
-         new database (<name>_<time>) restored on the db host and its row counts checked against the manifest; the
-         media in a new directory on every app host; and app server by app server (drain -> restart gunicorn on
+         table of contents read there) and the media to the media host (else to every app host), each copy checked
+         again; a safety backup; a new database (<name>_<time>) restored on the db host and its row counts checked
+         against the manifest; the media in a new directory there, beside the live one; and app server by app server (drain -> restart gunicorn on
          the new database and media -> health check -> rotation) the switch. The old database is kept.
 """
 
@@ -84,8 +84,12 @@ class Backups:
         self.reporter = system.reporter
         self.db = system.db_host
         self.database = system.database
-        self.media_host = next(iter(system.app_hosts.values()))
-        """Where the media are archived from (each app host has the same media until a restore; see restore)."""
+        self.first_app_host = next(iter(system.app_hosts.values()))
+        """The first app host: restore's migrate runs there."""
+        self.media_keepers = {host.name: host for host in system.topology.holding("media")} or system.app_hosts
+        """Where the media directories are: the media host every app host mounts them from, else every app host
+        (each has the same media until a restore; see restore)."""
+        self.media_source = next(iter(self.media_keepers.values()))
         self.local = LocalConnector()
         plan = self.db.plan
         # The plan's default backup.dir lies under a host's own root; the backups are kept on this machine.
@@ -94,8 +98,9 @@ class Backups:
 
     @property
     def live_hosts(self) -> dict[str, Host]:
-        """The hosts that keep a live.json: the app hosts (their servers' gunicorns read it) and the db host."""
-        return {**self.system.app_hosts, self.db.name: self.db}
+        """The hosts that keep a live.json: the app hosts (their servers' gunicorns read it), the db host and the media
+        host."""
+        return {**self.system.app_hosts, self.db.name: self.db, **self.media_keepers}
 
     def _superuser_password(self) -> str:
         return self.system.secrets().superuser_password
@@ -124,7 +129,7 @@ class Backups:
             return BackupResult(backup, self.prune(protect | {backup.name}))
 
     def _sources(self) -> dict[str, Host]:
-        return {self.db.name: self.db, self.media_host.name: self.media_host}
+        return {self.db.name: self.db, self.media_source.name: self.media_source}
 
     def _remove_unfinished(self) -> None:
         """What a backup that was killed left (none can be running: the backup lock is held)."""
@@ -142,7 +147,7 @@ class Backups:
         return name
 
     def _take(self, note: str) -> Backup:
-        db, media_host = self.db, self.media_host
+        db, media_host = self.db, self.media_source
         password = self._superuser_password()
         database = read_live(db.plan, db.connector).database
         media = read_live(media_host.plan, media_host.connector).media
@@ -159,7 +164,7 @@ class Backups:
             with self.reporter.step(f"Dumping database {database}{self._on(db)} (pg_dump, one consistent snapshot)"):
                 rows = self.database.dump(password, database, sources[DUMP][1])
             with self.reporter.step(f"Archiving media {media}{self._on(media_host)}"):
-                media_host.connector.makedirs(media, mode=0o755, owner=media_host.plan.service_user)
+                media_host.connector.makedirs(media, mode=0o755, owner=media_host.plan.media_owner)
                 _run(media_host.connector, "archiving the media directory",
                      archive.tar_create_argv(media, sources[MEDIA][1]))
             with self.reporter.step(f"Streaming the backup to {partial.parent}"):
@@ -254,7 +259,7 @@ class Backups:
         """Stream the dump to the db host and the media to every app host, each copy checked there, and read the
         dump's table of contents on the db host; nothing of the system changes."""
         wanted = {name: [DUMP] if name == self.db.name else [] for name in self.live_hosts}
-        for name in self.system.app_hosts:
+        for name in self.media_keepers:
             wanted[name].append(MEDIA)
         self._clear_staging(self.live_hosts, RESTORE_STAGING)
 
@@ -311,7 +316,7 @@ class Backups:
         password = self._superuser_password()
         now = datetime.now(timezone.utc)
         database = archive.restored_database_name(self.db.plan.database.name, now)
-        targets = {name: Live(database, host.plan.paths.shared / f"media-{archive.backup_name(now)}")
+        targets = {name: Live(database, host.plan.media_dirs / f"media-{archive.backup_name(now)}")
                    for name, host in hosts.items()}
         try:
             self._restore_data(backup, targets, password)
@@ -328,7 +333,7 @@ class Backups:
             raise DjshipError(f"{error}; database {previous[self.db.name].database} keeps serving") from None
         for name, host in hosts.items():  # what new app servers, `manage`, `status` and backups use
             write_live(host.plan, host.connector, targets[name])
-        return RestoreResult(database, targets[self.media_host.name].media, previous[self.media_host.name],
+        return RestoreResult(database, targets[self.media_source.name].media, previous[self.media_source.name],
                              safety.backup.name)
 
     def _restore_data(self, backup: Backup, targets: dict[str, Live], password: str) -> None:
@@ -348,18 +353,19 @@ class Backups:
 
         def extract(host: Host) -> None:
             media = targets[host.name].media
-            host.connector.makedirs(media, mode=0o755, owner=host.plan.service_user)
+            host.connector.makedirs(media, mode=0o755, owner=host.plan.media_owner)
             _run(host.connector, f"extracting the media archive on {host.name}",
                  archive.tar_extract_argv(self._staging(host, RESTORE_STAGING) / MEDIA, media))
 
-        with self.reporter.step(f"Restoring media into {targets[self.media_host.name].media}"
-                                + ("" if len(self.system.app_hosts) == 1 else " on every app host")):
-            on_each(self.system.app_hosts, extract)
+        source = self.media_source
+        with self.reporter.step(f"Restoring media into {targets[source.name].media}"
+                                + (self._on(source) if len(self.media_keepers) == 1 else " on every app host")):
+            on_each(self.media_keepers, extract)
 
     def _migrate(self, release: Release, targets: dict[str, Live]) -> None:
         """Bring the restored database to the live release's migrations (the backup may predate some); migrate runs
         on the first app host."""
-        host = self.media_host
+        host = self.first_app_host
         target = targets[host.name]
         with self.reporter.step(f"Migrating {target.database} to release {release.id} (once, under the advisory lock)"):
             host.connector.put(host.plan.paths.restoring, target.to_json(), mode=0o644)
@@ -377,7 +383,7 @@ class Backups:
         database = targets[self.db.name].database
         if database in self.database.app_databases(password):
             self.database.drop_database(password, database)
-        on_each(self.system.app_hosts, lambda host: host.connector.run(archive.remove_argv(targets[host.name].media)))
+        on_each(self.media_keepers, lambda host: host.connector.run(archive.remove_argv(targets[host.name].media)))
 
     # --- databases ----------------------------------------------------------------------------------------------
 
