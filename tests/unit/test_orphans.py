@@ -102,6 +102,12 @@ def test_the_scan_finds_them_in_proc(make_plan, fake_tools, tmp_path, spawned):
     assert theirs.pid not in [orphan.pid for orphan in found]
 
 
+def test_a_host_without_djship_s_python_yet_has_none(make_plan, fake_tools, tmp_path):
+    """A host's first `up`: its supervisor's virtualenv (whose Python runs the scan) does not exist yet."""
+    plan = make_plan(state_dir=str(tmp_path), tools=dataclasses.replace(fake_tools, python=str(tmp_path / "venv/bin/python")))
+    assert orphans.orphans(LocalConnector(), plan) == []
+
+
 def _postgres_program(plan) -> list[str]:
     program = next(program for program in render.programs(plan) if program.name == "postgres")
     return shlex.split(program.command)

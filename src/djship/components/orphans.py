@@ -97,6 +97,8 @@ def parse_scan(output: str, supervisor_socket: str, servers_dir: str) -> list[Or
 def orphans(connector: Connector, plan: Plan) -> list[Orphan]:
     """djship's processes of this state root that run while no supervisor of it answers (call it only then: the
     programs of a live supervisor look the same)."""
+    if not connector.run(["test", "-x", plan.tools.python]).ok:
+        return []  # a host's first `up`: no supervisor was ever installed, so none left anything running
     result = connector.run([plan.tools.python, "-c", SCAN, str(plan.paths.state)], timeout=30)
     if not result.ok:
         raise CommandFailed("looking for djship's processes in /proc", result)
