@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import (
     FORWARDED, PAGES, Deployment, Measurement, Target, bare_gunicorn, copy_example, destroy, djship, expect_200,
-    machine, process, require_wrk, seed, wrk,
+    machine, median, process, require_wrk, seed, wrk,
 )
 
 HTTPS_PORT, HTTP_PORT = 25443, 25080
@@ -91,8 +91,10 @@ def variant_cfg(rendered: str, variant: Variant, port: int, socket: Path, endpoi
     return re.sub(r"    server (\S+) \S+(?: maxconn \d+)?", server, text)
 
 
-def second_nginx(stack: ExitStack, deployment: Deployment, workdir: Path, workers: str) -> dict[str, str]:
-    """Beside each app server's nginx, another on NGINX_PORT with WORKERS worker processes; their endpoints."""
+def second_nginx(stack: ExitStack, deployment: Deployment, workdir: Path, workers: str, serving: set[int]
+                 ) -> dict[str, str]:
+    """Beside each app server's nginx, another on NGINX_PORT with WORKERS worker processes (their PIDs added to
+    SERVING); their endpoints."""
     endpoints = {}
     for conf in sorted((deployment.project / ".djship" / "servers").glob("*/nginx.conf")):
         name = conf.parent.name
@@ -105,8 +107,9 @@ def second_nginx(stack: ExitStack, deployment: Deployment, workdir: Path, worker
         text = re.sub(r"worker_processes \w+;", f"worker_processes {workers};", text)
         text = re.sub(r"pid \S+;", f"pid {run}/nginx.pid;", text)
         (run / "nginx.conf").write_text(text)
-        stack.enter_context(process(["nginx", "-c", str(run / "nginx.conf"), "-p", str(conf.parent), "-e", "stderr"],
-                                    NGINX_PORT, user=deployment.user, host=address))
+        serving.add(stack.enter_context(process(
+            ["nginx", "-c", str(run / "nginx.conf"), "-p", str(conf.parent), "-e", "stderr"], NGINX_PORT,
+            user=deployment.user, host=address)).pid)
         endpoints[name] = f"{address}:{NGINX_PORT}"
     return endpoints
 
@@ -118,24 +121,27 @@ class Paired:
     measured: Measurement
     rate_ratio: float
     p99_ratio: float
+    capacity_ratio: float
+    """Bare gunicorn's CPU time per request over this configuration's: its throughput ratio on an idle machine."""
 
 
 def measure_paired(baseline: Target, targets: dict[str, Target], repeat: int, duration: int, connections: int,
-                   ca: Path) -> dict[str, Paired]:
+                   ca: Path, serving: set[int]) -> dict[str, Paired]:
     for target in (baseline, *targets.values()):
         expect_200(target.base + DB_PAGE, target.headers, ca)
     runs: dict[str, list[tuple[Measurement, Measurement]]] = {}
     for round_number in range(1, repeat + 1):
         print(f"Round {round_number} of {repeat}: {len(targets)} pairs of {duration}s loads", flush=True)
         for name, target in targets.items():
-            before = wrk(baseline.base + DB_PAGE, duration, connections, baseline.headers)
-            runs.setdefault(name, []).append((before, wrk(target.base + DB_PAGE, duration, connections, target.headers)))
+            before = wrk(baseline.base + DB_PAGE, duration, connections, baseline.headers, serving)
+            runs.setdefault(name, []).append(
+                (before, wrk(target.base + DB_PAGE, duration, connections, target.headers, serving)))
     return {
         name: Paired(
-            Measurement(*(statistics.median(getattr(m, field) for _, m in pairs)
-                          for field in ("requests_per_second", "p50_ms", "p99_ms"))),
+            median([m for _, m in pairs]),
             statistics.median(m.requests_per_second / b.requests_per_second for b, m in pairs),
             statistics.median(m.p99_ms / b.p99_ms for b, m in pairs),
+            statistics.median(b.cpu_ms / m.cpu_ms for b, m in pairs),
         )
         for name, pairs in runs.items()
     }
@@ -143,14 +149,16 @@ def measure_paired(baseline: Target, targets: dict[str, Target], repeat: int, du
 
 def table(results: dict[str, Paired]) -> str:
     lines = [
-        "| configuration (db page) | req/s | p50 ms | p99 ms | req/s ÷ gunicorn's | p99 ÷ gunicorn's |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration (db page) | req/s | p50 ms | p99 ms | CPU ms/req | req/s ÷ gunicorn's | p99 ÷ gunicorn's "
+        "| capacity ÷ gunicorn's |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, paired in results.items():
         measured = paired.measured
         lines.append(
             f"| {name} | {measured.requests_per_second:,.0f} | {measured.p50_ms:.1f} | {measured.p99_ms:.1f} "
-            f"| {paired.rate_ratio:.2f}x | {paired.p99_ratio:.2f}x |"
+            f"| {measured.cpu_ms:.2f} | {paired.rate_ratio:.2f}x | {paired.p99_ratio:.2f}x "
+            f"| {paired.capacity_ratio:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -179,20 +187,22 @@ def main() -> None:
         baseline = Target(f"http://127.0.0.1:{GUNICORN_PORT}", FORWARDED)
         targets = {"djship as deployed": Target(f"https://localhost:{HTTPS_PORT}", {})}
         with ExitStack() as stack:
-            stack.enter_context(process(bare_gunicorn(deployment, GUNICORN_PORT), GUNICORN_PORT, deployment.env(),
-                                        deployment.release / "app", deployment.user))
+            serving = {deployment.supervisord, stack.enter_context(process(
+                bare_gunicorn(deployment, GUNICORN_PORT), GUNICORN_PORT, deployment.env(), deployment.release / "app",
+                deployment.user)).pid}
             nginx: dict[str, dict[str, str]] = {}
             for number, variant in enumerate(variants(slots)):
                 port = FIRST_VARIANT_PORT + number
                 if variant.nginx_workers and variant.nginx_workers not in nginx:
-                    nginx[variant.nginx_workers] = second_nginx(stack, deployment, workdir, variant.nginx_workers)
+                    nginx[variant.nginx_workers] = second_nginx(
+                        stack, deployment, workdir, variant.nginx_workers, serving)
                 endpoints = nginx[variant.nginx_workers] if variant.nginx_workers else own
                 cfg = workdir / f"haproxy-{number}.cfg"
                 cfg.write_text(variant_cfg(rendered, variant, port, workdir / f"haproxy-{number}.sock", endpoints))
-                stack.enter_context(process(["haproxy", "-db", "-f", str(cfg)], port))
+                serving.add(stack.enter_context(process(["haproxy", "-db", "-f", str(cfg)], port)).pid)
                 targets[variant.name] = Target(f"https://localhost:{port}", {})
             results = measure_paired(baseline, targets, options.repeat, options.duration, options.connections,
-                                     deployment.ca)
+                                     deployment.ca, serving)
     finally:
         destroy(deployment)
         shutil.rmtree(workdir, ignore_errors=True)

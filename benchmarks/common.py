@@ -26,6 +26,7 @@ DJSHIP = [sys.executable, "-m", "djship"]
 PAGES = {"db page": "/api/posts/", "plain page": "/accounts/login/", "static file": "/static/admin/css/base.css"}
 # What a TLS-terminating proxy tells Django; sent by hand to servers that are reached without one.
 FORWARDED = {"Host": "localhost", "X-Forwarded-Proto": "https"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SEED = """
 from django.contrib.auth.models import User
 from posts.models import Comment, Post
@@ -42,6 +43,9 @@ class Measurement:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float
+    """CPU time (user + system) the serving processes spent per request, wrk's own left out. On a machine shared
+    with other work, throughput and latency follow whatever else runs; this follows only the stack."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ class Deployment:
     def site_pem(self) -> Path:
         """djship's site certificate and key in one file, as HAProxy and nginx both read it."""
         return self.project / ".djship" / "tls" / "site.pem"
+
+    @property
+    def supervisord(self) -> int:
+        """djship's supervisor: every process of the deployed system (PostgreSQL too) runs below it."""
+        return int((self.project / ".djship" / "supervisor" / "supervisord.pid").read_text())
 
     @property
     def user(self) -> str | None:
@@ -128,16 +137,46 @@ def _milliseconds(output: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
-def wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> Measurement:
+def cpu_seconds(roots: set[int]) -> float:
+    """CPU time (user + system) used so far by the processes ROOTS and every process below them."""
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the command's closing parenthesis: state, ppid, ..., utime (12th), stime (13th).
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total, pending, seen = 0.0, list(roots), set()
+    while pending:
+        pid = pending.pop()
+        if pid not in seen:
+            seen.add(pid)
+            total += used.get(pid, 0.0)
+            pending.extend(children.get(pid, ()))
+    return total
+
+
+def wrk(url: str, duration: int, connections: int, headers: dict[str, str], serving: set[int]) -> Measurement:
+    """SERVING: the processes (with all below them) that answer URL, whose CPU time is counted.
+
+    A response slower than wrk's default 2 s timeout would be left out of the latencies; on a busy shared machine
+    that happens, so wrk waits 10 s and any timeout fails the benchmark."""
     header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    cpu_before = cpu_seconds(serving)
     output = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *header_args, url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency", *header_args, url],
         capture_output=True, text=True, check=True,
     ).stdout
     if "Non-2xx or 3xx responses" in output or "Socket errors" in output:
         sys.exit(f"wrk saw errors from {url}:\n{output}")
+    cpu_ms = 1000 * (cpu_seconds(serving) - cpu_before) / int(re.search(r"(\d+) requests in", output).group(1))
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    return Measurement(rate, _milliseconds(output, "50"), _milliseconds(output, "99"))
+    return Measurement(rate, _milliseconds(output, "50"), _milliseconds(output, "99"), cpu_ms)
 
 
 def require_wrk() -> None:
@@ -189,6 +228,11 @@ def machine(connections: int, duration: int, repeat: int) -> str:
             f"rounds; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
+def median(measurements: list[Measurement]) -> Measurement:
+    return Measurement(*(statistics.median(getattr(m, field) for m in measurements)
+                         for field in ("requests_per_second", "p50_ms", "p99_ms", "cpu_ms")))
+
+
 @dataclass(frozen=True)
 class Target:
     base: str
@@ -197,9 +241,9 @@ class Target:
 
 
 def measure(cases: list[tuple[str, str]], targets: dict[str, Target], repeat: int, duration: int, connections: int,
-            ca: Path) -> dict[tuple[str, str], Measurement]:
+            ca: Path, serving: set[int]) -> dict[tuple[str, str], Measurement]:
     """Each (page, target) case loaded REPEAT times, round after round, so a slow minute of a shared machine does
-    not land on one target only; the medians."""
+    not land on one target only; the medians. SERVING: the processes below which every target runs."""
     for page, target in cases:
         expect_200(targets[target].base + PAGES[page], targets[target].headers, ca)
     runs: dict[tuple[str, str], list[Measurement]] = {}
@@ -207,10 +251,9 @@ def measure(cases: list[tuple[str, str]], targets: dict[str, Target], repeat: in
         print(f"Round {round_number} of {repeat}: {len(cases)} loads of {duration}s", flush=True)
         for page, target in cases:
             runs.setdefault((page, target), []).append(
-                wrk(targets[target].base + PAGES[page], duration, connections, targets[target].headers)
+                wrk(targets[target].base + PAGES[page], duration, connections, targets[target].headers, serving)
             )
     return {
-        case: Measurement(*(statistics.median(getattr(m, field) for m in measured)
-                            for field in ("requests_per_second", "p50_ms", "p99_ms")))
+        case: median(measured)
         for case, measured in runs.items()
     }

@@ -36,8 +36,9 @@ loopback (ports 26001-26031), and every process started here is stopped here, by
   runserver     manage.py runserver --noreload --insecure (static files via django.contrib.staticfiles)
   gunicorn      the baseline: bare gunicorn, 6 sync workers on TCP, no nginx, no TLS (cannot serve static files)
 
-Printed for each page and stack: req/s, p50, p99, and djship's ratio to it (req/s: djship / stack, higher is
-better for djship; p99: stack / djship, higher is better for djship), with the machine it ran on.
+Printed for each page and stack: req/s, p50, p99, the CPU time its processes spent per request (wrk's own left
+out), and djship's ratios to it (req/s: djship / stack; p99: stack / djship; capacity, the req/s it could serve
+with the cores to itself: stack's CPU per request / djship's; above 1 favours djship), with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ def install_whitenoise(directory: Path) -> None:
 
 def table(results: dict[tuple[str, str], Measurement]) -> str:
     lines = [
-        "| page | stack | req/s | p50 ms | p99 ms | djship req/s ÷ this | this p99 ÷ djship p99 |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| page | stack | req/s | p50 ms | p99 ms | CPU ms/req | djship req/s ÷ this | this p99 ÷ djship p99 "
+        "| djship capacity ÷ this |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for page in PAGES:
         ours = results[(page, "djship")]
@@ -197,13 +199,19 @@ def table(results: dict[tuple[str, str], Measurement]) -> str:
             theirs = results[(page, stack)]
             lines.append(
                 f"| {page} | {stack} | {theirs.requests_per_second:,.0f} | {theirs.p50_ms:.1f} | {theirs.p99_ms:.1f} "
-                f"| {ours.requests_per_second / theirs.requests_per_second:.2f}x "
-                f"| {theirs.p99_ms / ours.p99_ms:.2f}x |"
+                f"| {theirs.cpu_ms:.2f} | {ours.requests_per_second / theirs.requests_per_second:.2f}x "
+                f"| {theirs.p99_ms / ours.p99_ms:.2f}x | {theirs.cpu_ms / ours.cpu_ms:.2f}x |"
             )
     return "\n".join(lines)
 
 
-def start_peers(stack: ExitStack, deployment: Deployment, workdir: Path) -> None:
+def start_peers(stack: ExitStack, deployment: Deployment, workdir: Path) -> set[int]:
+    """Every peer's processes started; their PIDs."""
+    started: set[int] = set()
+
+    def start(*args, **kwargs) -> None:
+        started.add(stack.enter_context(process(*args, **kwargs)).pid)
+
     user = deployment.user
     static = deployment.release / "static"
     pem = deployment.site_pem
@@ -216,21 +224,20 @@ def start_peers(stack: ExitStack, deployment: Deployment, workdir: Path) -> None
     app = {"cwd": deployment.release / "app", "user": user}
     gunicorn = deployment.venv_bin("gunicorn")
 
-    stack.enter_context(process(bare_gunicorn(deployment, GUNICORN_PORT), GUNICORN_PORT, deployment.env(), **app))
-    stack.enter_context(process(
+    start(bare_gunicorn(deployment, GUNICORN_PORT), GUNICORN_PORT, deployment.env(), **app)
+    start(
         [deployment.venv_bin("python"), "manage.py", "runserver", "--noreload", "--insecure",
-         f"127.0.0.1:{RUNSERVER_PORT}"], RUNSERVER_PORT, deployment.env(), **app))
+         f"127.0.0.1:{RUNSERVER_PORT}"], RUNSERVER_PORT, deployment.env(), **app)
 
-    stack.enter_context(process(
+    start(
         [gunicorn, "board.wsgi:application", "--bind", f"127.0.0.1:{BEANSTALK_APP}", "--workers", "1",
-         "--threads", "15", "--no-control-socket"], BEANSTALK_APP, deployment.env(default_age, modules), **app))
+         "--threads", "15", "--no-control-socket"], BEANSTALK_APP, deployment.env(default_age, modules), **app)
     beanstalk = workdir / "beanstalk"
     beanstalk.mkdir()
-    stack.enter_context(process(["nginx", "-c", str(beanstalk_nginx(beanstalk, user, static)), "-e", "stderr"],
-                                BEANSTALK_NGINX))
-    stack.enter_context(process(
+    start(["nginx", "-c", str(beanstalk_nginx(beanstalk, user, static)), "-e", "stderr"], BEANSTALK_NGINX)
+    start(
         ["haproxy", "-db", "-f", str(haproxy_tls(beanstalk / "haproxy.cfg", BEANSTALK_TLS,
-                                                 f"127.0.0.1:{BEANSTALK_NGINX}", pem))], BEANSTALK_TLS))
+                                                 f"127.0.0.1:{BEANSTALK_NGINX}", pem))], BEANSTALK_TLS)
 
     tutorial = workdir / "tutorial"
     tutorial.mkdir()
@@ -239,20 +246,21 @@ def start_peers(stack: ExitStack, deployment: Deployment, workdir: Path) -> None
     if user:
         shutil.chown(sockets, user)
     socket = sockets / "gunicorn.sock"
-    stack.enter_context(process(
+    start(
         [gunicorn, "--access-logfile", "-", "--workers", "3", "--bind", f"unix:{socket}", "--no-control-socket",
-         "board.wsgi:application"], socket, deployment.env(default_age, modules), **app))
-    stack.enter_context(process(
-        ["nginx", "-c", str(tutorial_nginx(tutorial, user, static, socket, pem)), "-e", "stderr"], TUTORIAL_TLS))
+         "board.wsgi:application"], socket, deployment.env(default_age, modules), **app)
+    start(
+        ["nginx", "-c", str(tutorial_nginx(tutorial, user, static, socket, pem)), "-e", "stderr"], TUTORIAL_TLS)
 
-    stack.enter_context(process(
+    start(
         [gunicorn, "board.wsgi:application", "--bind", f"127.0.0.1:{COOKIECUTTER_APP}", "--no-control-socket"],
-        COOKIECUTTER_APP, {**deployment.env(cookiecutter, modules, packages), "WEB_CONCURRENCY": "4"}, **app))
+        COOKIECUTTER_APP, {**deployment.env(cookiecutter, modules, packages), "WEB_CONCURRENCY": "4"}, **app)
     cookie = workdir / "cookiecutter"
     cookie.mkdir()
-    stack.enter_context(process(
+    start(
         ["haproxy", "-db", "-f", str(haproxy_tls(cookie / "haproxy.cfg", COOKIECUTTER_TLS,
-                                                 f"127.0.0.1:{COOKIECUTTER_APP}", pem))], COOKIECUTTER_TLS))
+                                                 f"127.0.0.1:{COOKIECUTTER_APP}", pem))], COOKIECUTTER_TLS)
+    return started
 
 
 def main() -> None:
@@ -279,10 +287,11 @@ def main() -> None:
             "gunicorn": Target(f"http://127.0.0.1:{GUNICORN_PORT}", FORWARDED),
         }
         with ExitStack() as stack:
-            start_peers(stack, deployment, workdir)
+            serving = {deployment.supervisord, *start_peers(stack, deployment, workdir)}
             cases = [(page, target) for page in PAGES for target in STACKS
                      if not (target == "gunicorn" and page == "static file")]
-            results = measure(cases, targets, options.repeat, options.duration, options.connections, deployment.ca)
+            results = measure(cases, targets, options.repeat, options.duration, options.connections, deployment.ca,
+                              serving)
     finally:
         destroy(deployment)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -99,11 +99,13 @@ def main() -> None:
         runserver = [deployment.venv_bin("python"), "manage.py", "runserver", "--noreload", "--insecure",
                      f"127.0.0.1:{RUNSERVER_PORT}"]
         app = {"env": deployment.env(), "cwd": deployment.release / "app", "user": deployment.user}
-        with process(bare_gunicorn(deployment, GUNICORN_PORT), GUNICORN_PORT, **app), \
-                process(runserver, RUNSERVER_PORT, **app):
+        with process(bare_gunicorn(deployment, GUNICORN_PORT), GUNICORN_PORT, **app) as gunicorn, \
+                process(runserver, RUNSERVER_PORT, **app) as development:
             cases = [(page, target) for page in PAGES for target in targets
                      if not (target == "gunicorn" and page == "static file")]
-            results = measure(cases, targets, options.repeat, options.duration, options.connections, deployment.ca)
+            serving = {deployment.supervisord, gunicorn.pid, development.pid}
+            results = measure(cases, targets, options.repeat, options.duration, options.connections, deployment.ca,
+                              serving)
 
         template = project / "templates" / "posts" / "home.html"
         template.write_text(template.read_text() + "\n")
