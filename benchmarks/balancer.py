@@ -9,9 +9,10 @@ database. Then, beside that stack, each variant below runs as an HAProxy of its 
 
 The db page of each configuration (and of djship as deployed) is loaded with wrk right after the same load on bare
 gunicorn (6 sync workers, the baseline), pair after pair, round after round: on a machine shared with other work
-the ratio within a pair cancels most of the drift that separates two rounds. Shown: the medians of each
-configuration's figures and of its ratios to its paired baseline. Every process started here is stopped here,
-by PID.
+the ratio within a pair cancels most of the drift that separates two rounds. Then its static file (admin's
+base.css, served by nginx), compared with the old configuration's (round-robin, no limit) of the same round.
+Shown: the medians of each configuration's figures and of its ratios. Every process started here is stopped
+here, by PID.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ SETTINGS = {
 GUNICORN_PORT = 26001
 FIRST_VARIANT_PORT = 26040
 NGINX_PORT = 26090
-DB_PAGE = PAGES["db page"]
+DB_PAGE, STATIC_FILE = PAGES["db page"], PAGES["static file"]
+BEFORE = "roundrobin, no limit (before)"
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,9 @@ def variants(slots: int) -> list[Variant]:
         Variant(f"roundrobin, maxconn {slots}", maxconn=slots),
         Variant(f"leastconn, maxconn {slots}", balance="leastconn", maxconn=slots),
         Variant(f"leastconn, maxconn {slots + 1}", balance="leastconn", maxconn=slots + 1),
-        Variant(f"leastconn, maxconn {2 * slots}", balance="leastconn", maxconn=2 * slots),
-        Variant(f"leastconn, maxconn {slots}, http-reuse never", balance="leastconn", maxconn=slots,
-                http_reuse="never"),
-        Variant(f"leastconn, maxconn {slots}, http-reuse always", balance="leastconn", maxconn=slots,
-                http_reuse="always"),
-        Variant(f"leastconn, maxconn {slots}, nginx worker_processes auto", balance="leastconn", maxconn=slots,
-                nginx_workers="auto"),
+        Variant("leastconn, http-reuse never", balance="leastconn", http_reuse="never"),
+        Variant("leastconn, http-reuse always", balance="leastconn", http_reuse="always"),
+        Variant("leastconn, nginx worker_processes auto", balance="leastconn", nginx_workers="auto"),
     ]
 
 
@@ -115,50 +113,62 @@ def second_nginx(stack: ExitStack, deployment: Deployment, workdir: Path, worker
 
 
 @dataclass
-class Paired:
-    """A configuration's medians, and the medians of its ratios to the baseline load just before each of its own."""
+class Result:
+    """A configuration's medians on the db page and the static file, and the medians of its ratios: on the db page
+    to the bare-gunicorn load just before its own, on the static file (which bare gunicorn cannot serve) to the old
+    configuration's (round-robin, no limit) in the same round."""
 
-    measured: Measurement
+    db_page: Measurement
+    static_file: Measurement
     rate_ratio: float
     p99_ratio: float
     capacity_ratio: float
     """Bare gunicorn's CPU time per request over this configuration's: its throughput ratio on an idle machine."""
+    static_ratio: float
 
 
 def measure_paired(baseline: Target, targets: dict[str, Target], repeat: int, duration: int, connections: int,
-                   ca: Path, serving: set[int]) -> dict[str, Paired]:
-    for target in (baseline, *targets.values()):
+                   ca: Path, serving: set[int]) -> dict[str, Result]:
+    expect_200(baseline.base + DB_PAGE, baseline.headers, ca)
+    for target in targets.values():
         expect_200(target.base + DB_PAGE, target.headers, ca)
-    runs: dict[str, list[tuple[Measurement, Measurement]]] = {}
+        expect_200(target.base + STATIC_FILE, target.headers, ca)
+    pairs: dict[str, list[tuple[Measurement, Measurement]]] = {}
+    static: dict[str, list[Measurement]] = {}
     for round_number in range(1, repeat + 1):
-        print(f"Round {round_number} of {repeat}: {len(targets)} pairs of {duration}s loads", flush=True)
+        print(f"Round {round_number} of {repeat}: {len(targets)} x 3 loads of {duration}s", flush=True)
         for name, target in targets.items():
             before = wrk(baseline.base + DB_PAGE, duration, connections, baseline.headers, serving)
-            runs.setdefault(name, []).append(
+            pairs.setdefault(name, []).append(
                 (before, wrk(target.base + DB_PAGE, duration, connections, target.headers, serving)))
+            static.setdefault(name, []).append(
+                wrk(target.base + STATIC_FILE, duration, connections, target.headers, serving))
     return {
-        name: Paired(
-            median([m for _, m in pairs]),
-            statistics.median(m.requests_per_second / b.requests_per_second for b, m in pairs),
-            statistics.median(m.p99_ms / b.p99_ms for b, m in pairs),
-            statistics.median(b.cpu_ms / m.cpu_ms for b, m in pairs),
+        name: Result(
+            median([m for _, m in runs]),
+            median(static[name]),
+            statistics.median(m.requests_per_second / b.requests_per_second for b, m in runs),
+            statistics.median(m.p99_ms / b.p99_ms for b, m in runs),
+            statistics.median(b.cpu_ms / m.cpu_ms for b, m in runs),
+            statistics.median(m.requests_per_second / b.requests_per_second
+                              for m, b in zip(static[name], static[BEFORE])),
         )
-        for name, pairs in runs.items()
+        for name, runs in pairs.items()
     }
 
 
-def table(results: dict[str, Paired]) -> str:
+def table(results: dict[str, Result]) -> str:
     lines = [
-        "| configuration (db page) | req/s | p50 ms | p99 ms | CPU ms/req | req/s ÷ gunicorn's | p99 ÷ gunicorn's "
-        "| capacity ÷ gunicorn's |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | db page req/s | p50 ms | p99 ms | CPU ms/req | req/s ÷ gunicorn's | p99 ÷ gunicorn's "
+        "| capacity ÷ gunicorn's | static req/s | static ÷ before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, paired in results.items():
-        measured = paired.measured
+    for name, result in results.items():
+        db = result.db_page
         lines.append(
-            f"| {name} | {measured.requests_per_second:,.0f} | {measured.p50_ms:.1f} | {measured.p99_ms:.1f} "
-            f"| {measured.cpu_ms:.2f} | {paired.rate_ratio:.2f}x | {paired.p99_ratio:.2f}x "
-            f"| {paired.capacity_ratio:.2f}x |"
+            f"| {name} | {db.requests_per_second:,.0f} | {db.p50_ms:.1f} | {db.p99_ms:.1f} | {db.cpu_ms:.2f} "
+            f"| {result.rate_ratio:.2f}x | {result.p99_ratio:.2f}x | {result.capacity_ratio:.2f}x "
+            f"| {result.static_file.requests_per_second:,.0f} | {result.static_ratio:.2f}x |"
         )
     return "\n".join(lines)
 

@@ -44,8 +44,8 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     cpu_ms: float
-    """CPU time (user + system) the serving processes spent per request, wrk's own left out. On a machine shared
-    with other work, throughput and latency follow whatever else runs; this follows only the stack."""
+    """CPU time (user + system) the serving processes spent per request, wrk's own left out. Other work on a shared
+    machine moves it less than throughput and latency, but still moves it (caches, context switches)."""
 
 
 @dataclass(frozen=True)

@@ -330,12 +330,6 @@ class Plan:
         return self.domains[0]
 
     @property
-    def server_maxconn(self) -> int:
-        """Requests the balancer has one app server work on at once: what its gunicorn works on at once. The rest
-        wait in HAProxy's queue for the first server that frees up, instead of behind a busy server's requests."""
-        return self.workers * self.threads
-
-    @property
     def connections_needed(self) -> int:
         return len(self.app_servers) * self.workers * self.threads + CONNECTION_HEADROOM
 

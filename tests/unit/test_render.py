@@ -126,15 +126,10 @@ def test_every_app_server_is_in_the_balancer_backend(plan):
     assert any(line.startswith("default-server check ") for line in backend)
 
 
-def test_balancer_queues_what_no_app_server_can_work_on_yet(plan):
-    sections = haproxy_sections(render.haproxy_cfg(plan))
-    backend = sections["backend app_servers"]
-    default_server = next(line for line in backend if line.startswith("default-server ")).split()
+def test_balancer_sends_each_request_to_the_least_busy_app_server(plan):
+    backend = haproxy_sections(render.haproxy_cfg(plan))["backend app_servers"]
 
-    assert plan.server_maxconn == plan.workers * plan.threads == 8
-    assert default_server[default_server.index("maxconn") + 1] == "8"
-    assert "balance leastconn" in backend
-    assert any(line.startswith("timeout queue ") for line in sections["defaults"])
+    assert [line for line in backend if line.startswith("balance ")] == ["balance leastconn"]
 
 
 def test_balancer_retries_only_get_on_another_server(plan):
