@@ -126,12 +126,6 @@ def test_every_app_server_is_in_the_balancer_backend(plan):
     assert any(line.startswith("default-server check ") for line in backend)
 
 
-def test_balancer_sends_each_request_to_the_least_busy_app_server(plan):
-    backend = haproxy_sections(render.haproxy_cfg(plan))["backend app_servers"]
-
-    assert [line for line in backend if line.startswith("balance ")] == ["balance leastconn"]
-
-
 def test_balancer_retries_only_get_on_another_server(plan):
     sections = haproxy_sections(render.haproxy_cfg(plan))
 
