@@ -1,16 +1,20 @@
 """`djship doctor` against a real running system: healthy it passes; each test breaks one thing for real (a stopped
 gunicorn, a socket nginx cannot open, hand-edited nginx.conf and haproxy.cfg, a missing static file, a certificate
-about to expire, a project setting deployed, djship.toml changed without `djship up`), sees the doctor name it, and
-puts it back."""
+about to expire, a project setting deployed, djship.toml changed without `djship up`, another SECRET_KEY on one host),
+sees the doctor name it, and puts it back. The scenarios that make sense on both run on one machine and on netns
+hosts (1 lb + 3 app + 1 db) through the `target` fixture."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,9 @@ import requests
 
 from djship.config import with_values
 from djship.tls import local_ca
-from tests.e2e.conftest import Ports, Site, make_project, run_djship, running_site
+from tests.e2e.conftest import EXAMPLE, Ports, Site, make_project, run_djship, running_site, searchable_directory
+from tests.e2e.hosts import netns_hosts
+from tests.e2e.test_remote_system import ROLES, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -33,23 +39,77 @@ def site() -> Site:
         yield running
 
 
+@dataclass
+class Target:
+    """A running system and how a test reaches into its hosts (netns hosts share this machine's file system, so a
+    host's files are edited in place; its programs are driven by supervisorctl inside its namespace)."""
+
+    djship: Callable[..., subprocess.CompletedProcess]
+    roots: dict[str, Path]
+    """Host -> its state root."""
+    namespaces: dict[str, list[str]]
+    """Host -> the command prefix that runs a program on it."""
+    servers: dict[str, str]
+    """App server -> its host."""
+    may_warn: set[str]
+
+    def where(self, server: str) -> str:
+        """How the doctor names the host of a server's programs: only when there are several hosts."""
+        return f"{self.servers[server]}: " if len(self.roots) > 1 else ""
+
+    def supervisorctl(self, host: str, *args: str) -> None:
+        conf = self.roots[host] / "supervisor" / "supervisord.conf"
+        subprocess.run([*self.namespaces[host], sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args],
+                       check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def one_machine(site: Site) -> Target:
+    return Target(site.djship, {"local": _state(site)}, {"local": []}, {"app1": "local", "app2": "local"}, MAY_WARN)
+
+
+@pytest.fixture(scope="module")
+def on_hosts() -> Target:
+    """The example on 1 lb + 3 app + 1 db netns hosts. Each app host keeps its own uploads, so media warns."""
+    with netns_hosts(list(ROLES)) as hosts, searchable_directory() as directory:
+        project = directory / "board"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
+        write_config(project, hosts, ["app1", "app2", "app3"])
+
+        def djship(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+            return run_djship(project, *args, check=check, timeout=900)
+
+        try:
+            djship("up")
+            yield Target(djship, {name: hosts[name].root for name in ROLES},
+                         {name: ["ip", "netns", "exec", hosts[name].namespace] for name in ROLES},
+                         {name: name for name in ("app1", "app2", "app3")}, MAY_WARN | {"media"})
+        finally:
+            run_djship(project, "down", check=False, timeout=300)
+
+
+@pytest.fixture(scope="module", params=["one machine", "netns hosts"])
+def target(request) -> Target:
+    return request.getfixturevalue({"one machine": "one_machine", "netns hosts": "on_hosts"}[request.param])
+
+
 def _state(site: Site) -> Path:
     return site.project / ".djship"
 
 
-def doctor(site: Site, *args: str) -> tuple[int, dict[str, dict]]:
-    result = site.djship("doctor", "--json", *args, check=False)
-    assert result.returncode in (0, 1), result.stderr
+def doctor(system: Site | Target, *args: str) -> tuple[int, dict[str, dict]]:
+    result = system.djship("doctor", "--json", *args, check=False)
+    assert result.returncode in (0, 1) and result.stdout, result.stderr
     document = json.loads(result.stdout)
     assert document["ok"] is (result.returncode == 0)
     return result.returncode, {check["id"]: check for check in document["checks"]}
 
 
-def wait_clean(site: Site, timeout: float = 90) -> dict[str, dict]:
+def wait_clean(system: Site | Target, timeout: float = 90) -> dict[str, dict]:
     """Until the doctor finds nothing failing (after a breakage is put back, the balancer needs a few checks)."""
     deadline = time.monotonic() + timeout
     while True:
-        code, checks = doctor(site)
+        code, checks = doctor(system)
         if code == 0:
             return checks
         failing = {key: check["cause"] for key, check in checks.items() if check["status"] == "fail"}
@@ -90,40 +150,62 @@ def edited(site: Site, path: Path, old: str, new: str, program: str, reload_sign
 
 
 @pytest.fixture(autouse=True)
-def _clean_afterwards(site: Site):
+def _clean_afterwards(request):
     """Every breakage is put back by its test; the next test starts only once the doctor finds nothing failing."""
+    used = next((name for name in ("target", "on_hosts", "site") if name in request.fixturenames), None)
+    system = request.getfixturevalue(used) if used else None
     yield
-    wait_clean(site)
+    if system is not None:
+        wait_clean(system)
 
 
-def test_a_healthy_system_passes(site: Site):
-    result = site.djship("doctor")
+def test_a_healthy_system_passes(target: Target):
+    result = target.djship("doctor")
     lines = result.stdout.splitlines()
     assert any(line.startswith("✓ CSRF: Origin checking failed — a form POST to /accounts/login/") for line in lines), lines
     assert lines[-1].endswith("0 failed"), lines
-    code, checks = doctor(site)
+    code, checks = doctor(target)
     assert code == 0
     assert len(checks) == 14
-    not_passing = {key: check for key, check in checks.items() if check["status"] != "pass" and key not in MAY_WARN}
+    not_passing = {key: check for key, check in checks.items() if check["status"] != "pass" and key not in target.may_warn}
     assert not not_passing
     assert "/static/css/board.css" in checks["static-files"]["cause"]
     assert "days left" in checks["certificate"]["cause"]
+    assert f"one SECRET_KEY on all {len(target.servers)} app servers" in checks["secret-key"]["cause"]
+    assert all(f"{host} " in checks["clock-skew"]["cause"] for host in target.roots), checks["clock-skew"]
 
 
-def test_a_stopped_gunicorn_is_named_and_djship_up_fixes_it(site: Site):
-    supervisorctl(site, "stop", "app2-gunicorn")
-    code, checks = doctor(site)
+def test_a_stopped_gunicorn_is_named_and_djship_up_fixes_it(target: Target):
+    target.supervisorctl(target.servers["app2"], "stop", "app2-gunicorn")
+    code, checks = doctor(target)
     assert code == 1
     assert checks["components"]["status"] == "fail"
-    assert "app2-gunicorn is STOPPED" in checks["components"]["cause"]
+    assert f"{target.where('app2')}app2-gunicorn is STOPPED" in checks["components"]["cause"], checks["components"]
     assert "app2" in checks["gunicorn-socket"]["cause"]
     assert "app1" not in checks["gunicorn-socket"]["cause"]
     assert "`djship up`" in checks["components"]["fix"]
-    human = site.djship("doctor", check=False)
+    human = target.djship("doctor", check=False)
     assert human.returncode == 1
     line = next(line for line in human.stdout.splitlines() if "Component up/healthy" in line)
     assert line.startswith("✗ Component up/healthy — ") and "app2-gunicorn is STOPPED" in line and "; fix: " in line
-    site.up()  # the fix the doctor names
+    target.djship("up")  # the fix the doctor names
+
+
+def test_another_secret_key_on_one_host_is_named_and_passes_once_put_back(on_hosts: Target):
+    secrets_file = on_hosts.roots["app3"] / "secrets" / "app.json"
+    original = secrets_file.read_text()
+    secrets_file.write_text(json.dumps({**json.loads(original), "secret_key": "another-key-on-app3-only"}))
+    on_hosts.supervisorctl("app3", "restart", "app3-gunicorn")
+    try:
+        code, checks = doctor(on_hosts)
+    finally:
+        secrets_file.write_text(original)
+        on_hosts.supervisorctl("app3", "restart", "app3-gunicorn")
+    assert code == 1
+    check = checks["secret-key"]
+    assert check["status"] == "fail"
+    assert "app3 uses another SECRET_KEY than the one djship keeps, which app1, app2 use" in check["cause"], check
+    assert "logged out at random" in check["cause"]
 
 
 def test_a_socket_nginx_cannot_open_is_a_502(site: Site):
