@@ -258,10 +258,15 @@ def _server_facts(system: System, server: AppServer) -> ServerFacts:
     facts.socket_exists = connector.run(["test", "-S", str(server.socket)]).ok
     # The release's Python: the service user can run it (djship's own may live where that user cannot reach).
     python = server.release_link / "venv" / "bin" / "python"
-    reach = connector.run([str(python), "-c", CONNECT_SCRIPT, str(server.socket)], user=plan.service_user, timeout=10)
-    if not reach.ok:
-        lines = reach.stderr.strip().splitlines()
-        facts.socket_error = lines[-1] if lines else f"exit {reach.returncode}"
+    try:
+        reach = connector.run([str(python), "-c", CONNECT_SCRIPT, str(server.socket)], user=plan.service_user,
+                              timeout=30)
+    except DjshipError as error:
+        facts.socket_error = str(error)
+    else:
+        if not reach.ok:
+            lines = reach.stderr.strip().splitlines()
+            facts.socket_error = lines[-1] if lines else f"exit {reach.returncode}"
     if (text := connector.get(server.nginx_conf)) is not None:
         facts.nginx = parse_nginx_conf(text.decode())
         if facts.nginx.media_alias:
@@ -300,29 +305,19 @@ def _static_paths(home: Response | str, host: Host, release: Release | None) -> 
     return paths[:MAX_STATIC_PROBES]
 
 
-def _write_media_probes(system: System) -> dict[str, str]:
-    """One file written into each app host's live media directory: host -> its path under /media/, or why it could
-    not be written."""
+def _write_media_probes(system: System) -> dict[str, Path | str]:
+    """One file written into each app host's live media directory: host -> that file, or why it could not be
+    written."""
 
-    def write(host: Host) -> str:
-        name = f"djship-doctor-{secrets.token_hex(6)}.txt"
-        probe = read_live(host.plan, host.connector).media / name
+    def write(host: Host) -> Path | str:
+        probe = read_live(host.plan, host.connector).media / f"djship-doctor-{secrets.token_hex(6)}.txt"
         try:
             host.connector.put(probe, "djship doctor probe\n", owner=host.plan.service_user)
         except (OSError, DjshipError) as error:
             return f"cannot write {probe}: {getattr(error, 'strerror', None) or error}"
-        return f"{MEDIA_URL}{name}"
+        return probe
 
     return on_each(system.app_hosts, write)
-
-
-def _remove_media_probes(system: System, probes: dict[str, str]) -> None:
-    def remove(host: Host) -> None:
-        if probes[host.name].startswith(MEDIA_URL):
-            name = probes[host.name].removeprefix(MEDIA_URL)
-            host.connector.run(["rm", "-f", "--", str(read_live(host.plan, host.connector).media / name)])
-
-    on_each(system.app_hosts, remove)
 
 
 def _through_servers(system: System, facts: Facts, static_paths: list[str]) -> None:
@@ -330,21 +325,30 @@ def _through_servers(system: System, facts: Facts, static_paths: list[str]) -> N
     from a balancer host (the only place the app servers accept requests from)."""
     lb = system.lb_hosts[0]
     probes = _write_media_probes(system)
-    media = [path for path in probes.values() if path.startswith(MEDIA_URL)]
-    paths = [system.plan.health_path, *static_paths, *media]
+    media = {host: f"{MEDIA_URL}{probe.name}" for host, probe in probes.items() if isinstance(probe, Path)}
+    paths = [system.plan.health_path, *static_paths, *media.values()]
+
+    def remove(host: Host) -> None:
+        if host.name in media:
+            host.connector.run(["rm", "-f", "--", str(probes[host.name])])
+
+    def through(server: AppServer) -> list[tuple[int, str]]:
+        try:
+            return appserver.probe_from(lb.connector, lb.plan.tools.python, system.plan, server, paths)
+        except DjshipError as error:
+            return [(0, str(error))] * len(paths)
+
     try:
-        answers = on_each({server.name: server for server in system.plan.app_servers},
-                          lambda server: appserver.probe_from(lb.connector, lb.plan.tools.python, system.plan, server,
-                                                              paths))
+        answers = on_each({server.name: server for server in system.plan.app_servers}, through)
     finally:
-        _remove_media_probes(system, probes)
+        on_each(system.app_hosts, remove)
     for seen in facts.servers:
         seen_by_path = {path: status or text for path, (status, text) in zip(paths, answers[seen.name])}
         status, text = answers[seen.name][0]
         seen.health = f"HTTP {status} {text}".strip() if status else text
         seen.static = {path: seen_by_path[path] for path in static_paths}
         for host, probe in probes.items():
-            seen_there = seen_by_path.get(probe, probe)
+            seen_there = seen_by_path[media[host]] if host in media else str(probe)
             if host == seen.host:
                 seen.media_probe = seen_there
             else:
@@ -457,12 +461,11 @@ def _processes(host: Host) -> dict[str, str] | None:
 def _clock_skew(host: Host) -> float | None:
     """The host's clock minus this machine's: the least it can be, given how long the question took."""
     asked = time.time()
-    result = host.connector.run(["date", "+%s.%N"], timeout=30)
-    answered = time.time()
     try:
-        theirs = float(result.stdout.strip())
-    except ValueError:
+        theirs = float(host.connector.run(["date", "+%s.%N"], timeout=30).stdout.strip())
+    except (DjshipError, ValueError):
         return None
+    answered = time.time()
     skew = theirs - (asked + answered) / 2
     return math.copysign(max(0.0, abs(skew) - (answered - asked) / 2), skew)
 
@@ -472,6 +475,18 @@ def _live_release(system: System) -> tuple[Host, Release | None]:
     host = next(iter(system.app_hosts.values()))
     link = host.connector.readlink(host.plan.paths.current)
     return host, None if link is None else system.pipeline.on(host, link.name)
+
+
+def _check_deploy(host: Host, release: Release | None) -> tuple[bool, str]:
+    if release is None:
+        return (False, "there is no live release; `djship up` first")
+    try:
+        result = host.connector.run(
+            [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
+            user=host.plan.service_user, env=release.environment(), cwd=release.app, timeout=120)
+    except DjshipError as error:
+        return (False, str(error))
+    return (result.ok, (result.stderr.strip() or result.stdout.strip()))
 
 
 def gather(system: System, form_path: str | None = None) -> Facts:
@@ -507,13 +522,7 @@ def gather(system: System, form_path: str | None = None) -> Facts:
     facts.redirects = _redirect_chain(web)
     facts.csrf = _csrf_round_trip(web, form_path)
     facts.certificate = _certificate(web)
-    if release is None:
-        facts.check_deploy = (False, "there is no live release; `djship up` first")
-    else:
-        result = app_host.connector.run(
-            [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-            user=app_host.plan.service_user, env=release.environment(), cwd=release.app, timeout=120)
-        facts.check_deploy = (result.ok, (result.stderr.strip() or result.stdout.strip()))
+    facts.check_deploy = _check_deploy(app_host, release)
     skews = on_each(system.hosts, _clock_skew)
     facts.clock_skew = {name: skew for name, skew in skews.items() if skew is not None}
     return facts
