@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from djship import render
 from djship.doctor.facts import MAX_REDIRECTS, Facts, ServerFacts
 from djship.plan import CONNECTION_HEADROOM, SUPERUSER_RESERVED, Plan
 
