@@ -49,7 +49,7 @@ def _settings(plan) -> dict:
         "SESSION_FILE_PATH": "/tmp",
         "SECRET_KEY_SHA256": KEY_HASH,
         "CONN_MAX_AGE": 60,
-        "MEDIA_ROOT": str(plan.paths.media),
+        "MEDIA_ROOT": str(plan.media_dir),
         "STATIC_ROOT": str(plan.paths.releases / RELEASE / "static"),
     }
 
@@ -65,7 +65,7 @@ def healthy(plans: dict[str, Plan]) -> Facts:
             name=server.name, host=server.host, release=RELEASE, health=f"HTTP 200 ok {RELEASE}", socket_exists=True,
             socket_error=None, nginx=parse_nginx_conf(render.nginx_conf(plan, server)),
             gunicorn=parse_gunicorn_conf(render.gunicorn_conf(plan, server)), static={STATIC: 200},
-            media_dir=str(plans[server.host].paths.media), media_served=str(plans[server.host].paths.media),
+            media_dir=str(plans[server.host].media_dir), media_served=str(plans[server.host].media_dir),
             media_probe=200, media_elsewhere={host: 200 for host in app_hosts if host != server.host},
             settings=_settings(plans[server.host]),
         )
@@ -102,11 +102,12 @@ def facts(plan) -> Facts:
 
 @pytest.fixture
 def host_plans(make_config, fake_tools) -> dict[str, Plan]:
-    """1 lb + 3 app + 1 db hosts, each with its own root."""
-    roles = {"lb1": ("lb",), "app1": ("app",), "app2": ("app",), "app3": ("app",), "db1": ("db",)}
+    """1 lb + 3 app + 1 db hosts, each with its own root; the db host holds the uploads, as by default."""
+    roles = {"lb1": ("lb",), "app1": ("app",), "app2": ("app",), "app3": ("app",), "db1": ("db", "media")}
     specs = [HostSpec(name, f"10.0.0.{number}", host_roles, Path("/srv") / name, fake_tools, True)
              for number, (name, host_roles) in enumerate(roles.items(), start=10)]
-    return build_plans(make_config(), Path("/srv/example/board"), specs)
+    hosts = {spec.name: {"address": spec.address, "root": str(spec.root)} for spec in specs}
+    return build_plans(make_config(hosts=hosts), Path("/srv/example/board"), specs)
 
 
 @pytest.fixture
@@ -169,12 +170,12 @@ def test_a_host_whose_supervisor_is_not_running_is_named(on_hosts):
     plan, facts = on_hosts
     facts.processes["app3"] = None
     _assert_names(_result(plan, facts, "components"), FAIL,
-                  "app3: supervisord is not running, so none of app3-gunicorn, app3-nginx is")
+                  "app3: supervisord is not running, so none of media-mount, app3-gunicorn, app3-nginx is")
 
 
 def test_every_host_and_every_balancer_counts(on_hosts):
     plan, facts = on_hosts
-    assert _result(plan, facts, "components").cause.startswith("8 processes running on 5 hosts, 3 app servers UP")
+    assert _result(plan, facts, "components").cause.startswith("11 processes running on 5 hosts, 3 app servers UP")
     facts.balancer["lb2"] = {"app1": "UP", "app2": "UP", "app3": "MAINT"}
     facts.processes["lb2"] = {"haproxy": "RUNNING"}
     _assert_names(_result(plan, facts, "components"), FAIL, "the balancer on lb2 sees app3 MAINT")
@@ -451,21 +452,31 @@ def test_media_after_a_restore_is_the_directory_live_json_names(plan, facts):
     assert _result(plan, facts, "media").status == PASS
 
 
-def test_uploads_kept_on_each_app_host_apart_are_a_warning(on_hosts):
+def test_an_app_host_that_does_not_see_the_media_hosts_uploads_is_named(on_hosts):
     plan, facts = on_hosts
     assert _result(plan, facts, "media").cause.endswith("also one written on every other app host")
     for seen in facts.servers:
+        if seen.host != "app2":
+            seen.media_elsewhere["app2"] = 404
+    _assert_names(_result(plan, facts, "media"), FAIL, "a file written on app2 is not served by app1, app3",
+                  "the media host db1", "media-mount runs on every app host")
+
+
+def test_uploads_kept_on_each_app_host_apart_are_a_warning(on_hosts):
+    plan, facts = on_hosts
+    plan = dataclasses.replace(plan, media=None)
+    for seen in facts.servers:
         seen.media_elsewhere = {host: 404 for host in seen.media_elsewhere}
     _assert_names(_result(plan, facts, "media"), WARN, "a file written on app1 is not served by app2, app3",
-                  "an upload exists on the host that received it only", "django-storages")
+                  "an upload exists on the host that received it only", "servers.media")
 
 
 def test_media_on_hosts_is_judged_against_each_hosts_own_directory(on_hosts, host_plans):
     plan, facts = on_hosts
     assert _result(plan, facts, "media").status == PASS
-    facts.servers[2].settings["MEDIA_ROOT"] = str(host_plans["app1"].paths.media)
+    facts.servers[2].settings["MEDIA_ROOT"] = str(host_plans["app1"].media_dir)
     _assert_names(_result(plan, facts, "media"), FAIL,
-                  f"app3: MEDIA_ROOT is {host_plans['app1'].paths.media}, not the shared {host_plans['app3'].paths.media}")
+                  f"app3: MEDIA_ROOT is {host_plans['app1'].media_dir}, not the shared {host_plans['app3'].media_dir}")
 
 
 # Certificate expiry

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from djship.doctor.facts import MAX_REDIRECTS, Facts, ServerFacts
-from djship.plan import CONNECTION_HEADROOM, SUPERUSER_RESERVED, Plan
+from djship.plan import CONNECTION_HEADROOM, MEDIA_PROGRAM, SUPERUSER_RESERVED, Plan
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 CERT_WARN_DAYS = 14
@@ -372,11 +372,16 @@ def media(plan: Plan, facts: Facts) -> Verdict:
             if status != 200:
                 apart.setdefault(host, []).append(seen.name)
     if apart:
-        return (WARN,
-            "; ".join(f"a file written on {host} is not served by {', '.join(names)}" for host, names in apart.items())
-            + ": each app host keeps its own media directory, so an upload exists on the host that received it only",
-            "if the project accepts uploads, store them where every app host reads them (e.g. django-storages with "
-            "S3 in your settings), then `djship deploy`")
+        unseen = "; ".join(f"a file written on {host} is not served by {', '.join(names)}" for host, names in apart.items())
+        if plan.media is None:
+            return (WARN,
+                f"{unseen}: each app host keeps its own media directory, so an upload exists on the host that "
+                "received it only", "give the app hosts a media host (servers.media in djship.toml), then `djship up`")
+        return (FAIL,
+            f"{unseen}: not every app host sees the uploads on the media host {plan.media.host}, so an upload exists "
+            "on some app hosts only",
+            f"`djship status` shows whether {MEDIA_PROGRAM} runs on every app host; `djship up` mounts the media "
+            "host's uploads again")
     directories = {seen.media_dir for seen in facts.servers}
     where = directories.pop() if len(directories) == 1 else "its host's media directory"
     return (PASS, f"every app server saves uploads to {where} and serves a file written there at /media/"

@@ -311,10 +311,15 @@ def _write_media_probes(system: System) -> dict[str, Path | str]:
 
     def write(host: Host) -> Path | str:
         probe = read_live(host.plan, host.connector).media / f"djship-doctor-{secrets.token_hex(6)}.txt"
+        # As the app writes an upload: as the service user (into a media host's mount, the SFTP user owns it).
         try:
-            host.connector.put(probe, "djship doctor probe\n", owner=host.plan.service_user)
-        except (OSError, DjshipError) as error:
-            return f"cannot write {probe}: {getattr(error, 'strerror', None) or error}"
+            written = host.connector.run(["tee", str(probe)], user=host.plan.service_user,
+                                         input="djship doctor probe\n", timeout=30)
+        except DjshipError as error:
+            return f"cannot write {probe}: {error}"
+        if not written.ok:
+            reason = (written.stderr.strip() or f"exit code {written.returncode}").splitlines()[-1]
+            return f"cannot write {probe}: {reason}"
         return probe
 
     return on_each(system.app_hosts, write)
@@ -330,7 +335,7 @@ def _through_servers(system: System, facts: Facts, static_paths: list[str]) -> N
 
     def remove(host: Host) -> None:
         if host.name in media:
-            host.connector.run(["rm", "-f", "--", str(probes[host.name])])
+            host.connector.run(["rm", "-f", "--", str(probes[host.name])], user=host.plan.service_user)
 
     def through(server: AppServer) -> list[tuple[int, str]]:
         try:
