@@ -1,24 +1,34 @@
 """The doctor's checks on observed facts: a healthy system passes every check, and each test breaks one thing on
-purpose and sees the doctor name it (with the cause and the fix). Also the parsers of the files on disk."""
+purpose and sees the doctor name it (with the cause and the fix), on one machine and on hosts. Also the parsers of
+the files on disk, and the probe that fetches through an app server from a balancer host."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import http.server
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from djship import render
+from djship.components import appserver
+from djship.connectors.local import LocalConnector
 from djship.doctor import report
 from djship.doctor.checks import CHECKS, FAIL, PASS, WARN, evaluate
 from djship.doctor.facts import (
     MAX_REDIRECTS, CertificateFacts, CsrfFacts, Facts, ServerFacts, parse_gunicorn_conf, parse_haproxy_timeouts,
     parse_nginx_conf, sets_forwarded_proto,
 )
+from djship.plan import HostSpec, Plan, build_plans
 
 RELEASE = "20261125-120000"
 STATIC = "/static/css/board.css"
 SHARED_CACHE = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "cache"}}
 LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
+KEY_HASH = "0123456789abcdef"
 
 
 @pytest.fixture
@@ -37,33 +47,41 @@ def _settings(plan) -> dict:
         "SESSION_ENGINE": "django.contrib.sessions.backends.db",
         "SESSION_CACHE_ALIAS": "default",
         "SESSION_FILE_PATH": "/tmp",
-        "SECRET_KEY_SHA256": "0123456789abcdef",
+        "SECRET_KEY_SHA256": KEY_HASH,
         "CONN_MAX_AGE": 60,
-        "MEDIA_ROOT": str(plan.paths.media),
+        "MEDIA_ROOT": str(plan.media_dir),
         "STATIC_ROOT": str(plan.paths.releases / RELEASE / "static"),
     }
 
 
-@pytest.fixture
-def facts(plan) -> Facts:
-    """What the doctor observes on a healthy system rendered from this plan by djship's own renderers."""
+def healthy(plans: dict[str, Plan]) -> Facts:
+    """What the doctor observes on a healthy system of these hosts (name -> plan), rendered by djship's own
+    renderers; checks judge it against the first app host's plan, as System.plan is."""
+    plan = next(plan for plan in plans.values() if plan.holds("app"))
+    lb = next(plan for plan in plans.values() if plan.holds("lb"))
+    app_hosts = [name for name, host_plan in plans.items() if host_plan.holds("app")]
     servers = [
         ServerFacts(
-            name=server.name, release=RELEASE, health=f"HTTP 200 ok {RELEASE}", socket_exists=True, socket_error=None,
-            nginx=parse_nginx_conf(render.nginx_conf(plan, server)),
-            gunicorn=parse_gunicorn_conf(render.gunicorn_conf(plan, server)),
-            static={STATIC: 200}, media_served=str(plan.paths.media), media_probe=200, settings=_settings(plan),
+            name=server.name, host=server.host, release=RELEASE, health=f"HTTP 200 ok {RELEASE}", socket_exists=True,
+            socket_error=None, nginx=parse_nginx_conf(render.nginx_conf(plan, server)),
+            gunicorn=parse_gunicorn_conf(render.gunicorn_conf(plan, server)), static={STATIC: 200},
+            media_dir=str(plans[server.host].media_dir), media_served=str(plans[server.host].media_dir),
+            media_probe=200, media_elsewhere={host: 200 for host in app_hosts if host != server.host},
+            settings=_settings(plans[server.host]),
         )
         for server in plan.app_servers
     ]
     return Facts(
-        processes={program.name: "RUNNING" for program in render.programs(plan)},
-        balancer={server.name: "UP" for server in plan.app_servers},
+        programs={name: tuple(program.name for program in render.programs(host_plan))
+                  for name, host_plan in plans.items()},
+        processes={name: {program.name: "RUNNING" for program in render.programs(host_plan)}
+                   for name, host_plan in plans.items()},
+        balancer={name: {server.name: "UP" for server in plan.app_servers}
+                  for name, host_plan in plans.items() if host_plan.holds("lb")},
         database_ready=True,
-        database={"max_connections": 100, "connections": 8, "now": 0.0},
-        media_dir=str(plan.paths.media),
-        haproxy_timeouts=parse_haproxy_timeouts(render.haproxy_cfg(plan)),
-        haproxy_sets_forwarded_proto=sets_forwarded_proto(render.haproxy_cfg(plan)),
+        database={"max_connections": 100, "connections": 8},
+        haproxy_timeouts=parse_haproxy_timeouts(render.haproxy_cfg(lb)),
+        haproxy_sets_forwarded_proto=sets_forwarded_proto(render.haproxy_cfg(lb)),
         servers=servers,
         hosts={domain: 200 for domain in plan.domains},
         redirects=[(f"http://localhost:{plan.http_port}/", 301), (f"https://localhost:{plan.https_port}/", 200)],
@@ -72,8 +90,29 @@ def facts(plan) -> Facts:
                        post_status=200),
         certificate=CertificateFacts(days_left=396.5, names=tuple(plan.domains), issued_by_ca=True),
         check_deploy=(True, "System check identified no issues (0 silenced)."),
-        clock_skew={"postgres": 0.01, "app servers (HTTP Date)": -0.4},
+        clock_skew={name: 0.01 for name in plans},
+        secret_key_sha256=KEY_HASH,
     )
+
+
+@pytest.fixture
+def facts(plan) -> Facts:
+    return healthy({plan.host: plan})
+
+
+@pytest.fixture
+def host_plans(make_config, fake_tools) -> dict[str, Plan]:
+    """1 lb + 3 app + 1 db hosts, each with its own root; the db host holds the uploads, as by default."""
+    roles = {"lb1": ("lb",), "app1": ("app",), "app2": ("app",), "app3": ("app",), "db1": ("db", "media")}
+    specs = [HostSpec(name, f"10.0.0.{number}", host_roles, Path("/srv") / name, fake_tools, True)
+             for number, (name, host_roles) in enumerate(roles.items(), start=10)]
+    hosts = {spec.name: {"address": spec.address, "root": str(spec.root)} for spec in specs}
+    return build_plans(make_config(hosts=hosts), Path("/srv/example/board"), specs)
+
+
+@pytest.fixture
+def on_hosts(host_plans) -> tuple[Plan, Facts]:
+    return host_plans["app1"], healthy(host_plans)
 
 
 def _result(plan, facts, check_id):
@@ -101,9 +140,9 @@ def test_a_healthy_system_passes_every_check(plan, facts):
 
 
 def test_report_is_not_ok_with_one_failure_and_ok_with_warnings(plan, facts):
-    facts.clock_skew["postgres"] = 5.0
+    facts.clock_skew["local"] = 5.0
     assert report(evaluate(plan, facts))["ok"] is True
-    facts.processes["haproxy"] = "FATAL"
+    facts.processes["local"]["haproxy"] = "FATAL"
     document = report(evaluate(plan, facts))
     assert document["ok"] is False
     assert document["summary"]["fail"] >= 1 and document["summary"]["warn"] == 1
@@ -112,21 +151,45 @@ def test_report_is_not_ok_with_one_failure_and_ok_with_warnings(plan, facts):
 # Component up/healthy
 
 def test_a_stopped_gunicorn_is_named(plan, facts):
-    facts.processes["app2-gunicorn"] = "STOPPED"
-    facts.balancer["app2"] = "DOWN"
+    facts.processes["local"]["app2-gunicorn"] = "STOPPED"
+    facts.balancer["local"]["app2"] = "DOWN"
     _assert_names(_result(plan, facts, "components"), FAIL, "app2-gunicorn is STOPPED", "balancer sees app2 DOWN",
                   "djship logs")
 
 
+def test_a_stopped_gunicorn_on_one_host_names_the_host_and_the_server(on_hosts):
+    plan, facts = on_hosts
+    facts.processes["app2"]["app2-gunicorn"] = "STOPPED"
+    facts.balancer["lb1"]["app2"] = "DOWN"
+    result = _result(plan, facts, "components")
+    _assert_names(result, FAIL, "app2: app2-gunicorn is STOPPED", "the balancer sees app2 DOWN")
+    assert "app1" not in result.cause and "app3" not in result.cause
+
+
+def test_a_host_whose_supervisor_is_not_running_is_named(on_hosts):
+    plan, facts = on_hosts
+    facts.processes["app3"] = None
+    _assert_names(_result(plan, facts, "components"), FAIL,
+                  "app3: supervisord is not running, so none of media-mount, app3-gunicorn, app3-nginx is")
+
+
+def test_every_host_and_every_balancer_counts(on_hosts):
+    plan, facts = on_hosts
+    assert _result(plan, facts, "components").cause.startswith("11 processes running on 5 hosts, 3 app servers UP")
+    facts.balancer["lb2"] = {"app1": "UP", "app2": "UP", "app3": "MAINT"}
+    facts.processes["lb2"] = {"haproxy": "RUNNING"}
+    _assert_names(_result(plan, facts, "components"), FAIL, "the balancer on lb2 sees app3 MAINT")
+
+
 def test_a_missing_program_and_a_database_that_does_not_accept_are_named(plan, facts):
-    del facts.processes["app1-nginx"]
+    del facts.processes["local"]["app1-nginx"]
     facts.database_ready = False
     _assert_names(_result(plan, facts, "components"), FAIL, "app1-nginx is not configured",
                   f"PostgreSQL on {plan.database.endpoint} is not accepting")
 
 
 def test_a_drained_server_is_not_healthy(plan, facts):
-    facts.balancer["app1"] = "DRAIN"
+    facts.balancer["local"]["app1"] = "DRAIN"
     _assert_names(_result(plan, facts, "components"), FAIL, "balancer sees app1 DRAIN")
 
 
@@ -318,8 +381,23 @@ def test_an_unreachable_database_fails_the_budget_check(plan, facts):
 
 def test_a_secret_key_per_server_is_named(plan, facts):
     facts.servers[1].settings["SECRET_KEY_SHA256"] = "fedcba9876543210"
-    _assert_names(_result(plan, facts, "secret-key"), FAIL, "2 different SECRET_KEYs", "app1; app2",
-                  str(plan.paths.app_secrets))
+    _assert_names(_result(plan, facts, "secret-key"), FAIL,
+                  "app2 uses another SECRET_KEY than the one djship keeps, which app1 uses", "logged out at random",
+                  "secrets/app.json on each app host", "`djship up` puts back")
+
+
+def test_the_one_server_with_another_secret_key_on_hosts_is_named(on_hosts):
+    plan, facts = on_hosts
+    facts.servers[2].settings["SECRET_KEY_SHA256"] = "fedcba9876543210"
+    result = _result(plan, facts, "secret-key")
+    _assert_names(result, FAIL, "app3 uses another SECRET_KEY than the one djship keeps, which app1, app2 use")
+
+
+def test_servers_that_all_depart_from_djships_key_are_grouped(on_hosts):
+    plan, facts = on_hosts
+    for seen, key in zip(facts.servers, ("aaaa", "bbbb", "bbbb")):
+        seen.settings["SECRET_KEY_SHA256"] = key
+    _assert_names(_result(plan, facts, "secret-key"), FAIL, "2 different SECRET_KEYs (app1; app2, app3)")
 
 
 # Cache/sessions across servers
@@ -366,11 +444,39 @@ def test_nginx_media_alias_elsewhere_is_named(plan, facts):
 
 def test_media_after_a_restore_is_the_directory_live_json_names(plan, facts):
     restored = str(plan.paths.shared / "media-20261125T200000Z")
-    facts.media_dir = restored
+    for seen in facts.servers:
+        seen.media_dir = restored
     assert _result(plan, facts, "media").status == FAIL  # servers still on the old directory
     for seen in facts.servers:
         seen.settings["MEDIA_ROOT"], seen.media_served = restored, restored
     assert _result(plan, facts, "media").status == PASS
+
+
+def test_an_app_host_that_does_not_see_the_media_hosts_uploads_is_named(on_hosts):
+    plan, facts = on_hosts
+    assert _result(plan, facts, "media").cause.endswith("also one written on every other app host")
+    for seen in facts.servers:
+        if seen.host != "app2":
+            seen.media_elsewhere["app2"] = 404
+    _assert_names(_result(plan, facts, "media"), FAIL, "a file written on app2 is not served by app1, app3",
+                  "the media host db1", "media-mount runs on every app host")
+
+
+def test_uploads_kept_on_each_app_host_apart_are_a_warning(on_hosts):
+    plan, facts = on_hosts
+    plan = dataclasses.replace(plan, media=None)
+    for seen in facts.servers:
+        seen.media_elsewhere = {host: 404 for host in seen.media_elsewhere}
+    _assert_names(_result(plan, facts, "media"), WARN, "a file written on app1 is not served by app2, app3",
+                  "an upload exists on the host that received it only", "servers.media")
+
+
+def test_media_on_hosts_is_judged_against_each_hosts_own_directory(on_hosts, host_plans):
+    plan, facts = on_hosts
+    assert _result(plan, facts, "media").status == PASS
+    facts.servers[2].settings["MEDIA_ROOT"] = str(host_plans["app1"].media_dir)
+    _assert_names(_result(plan, facts, "media"), FAIL,
+                  f"app3: MEDIA_ROOT is {host_plans['app1'].media_dir}, not the shared {host_plans['app3'].media_dir}")
 
 
 # Certificate expiry
@@ -408,8 +514,15 @@ def test_check_deploy_warnings_are_named(plan, facts):
 
 @pytest.mark.parametrize(("skew", "status"), [(0.5, PASS), (-5, WARN), (300, FAIL)])
 def test_clock_skew(plan, facts, skew, status):
-    facts.clock_skew["postgres"] = skew
-    _assert_names(_result(plan, facts, "clock-skew"), status, f"postgres {skew:+.1f}s")
+    facts.clock_skew["local"] = skew
+    _assert_names(_result(plan, facts, "clock-skew"), status, f"local {skew:+.1f}s")
+
+
+def test_clocks_of_two_hosts_that_differ_from_each_other_fail(on_hosts):
+    plan, facts = on_hosts
+    facts.clock_skew["app1"], facts.clock_skew["db1"] = 40.0, -40.0
+    _assert_names(_result(plan, facts, "clock-skew"), FAIL, "differ by up to 80s", "app1 +40.0s", "db1 -40.0s",
+                  "NTP")
 
 
 # Parsers of the files on disk
@@ -440,3 +553,33 @@ def test_sets_forwarded_proto_reads_the_balancer_config(plan):
     assert sets_forwarded_proto(rendered)
     assert not sets_forwarded_proto(rendered.replace("http-request set-header X-Forwarded-Proto https", ""))
     assert not sets_forwarded_proto("    # http-request set-header X-Forwarded-Proto https\n")
+
+
+# Probing app servers from a balancer host
+
+def test_probe_from_fetches_every_path_in_one_run_and_keeps_one_line_each(plan):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"body {\n  color: red;\n}\n" if self.path == STATIC else b"not here"
+            self.send_response(200 if self.path == STATIC else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        app = dataclasses.replace(plan.app_servers[0], address="127.0.0.1", port=server.server_address[1])
+        answers = appserver.probe_from(LocalConnector(), sys.executable, plan, app, [STATIC, "/media/gone.txt"])
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(timeout=10)
+    assert answers == [(200, "body { color: red; }"), (404, "not here")]
+    closed = dataclasses.replace(app, port=server.server_address[1])
+    assert appserver.probe_from(LocalConnector(), sys.executable, plan, closed, [STATIC], timeout=2) == [
+        (0, "Connection refused")]

@@ -4,51 +4,54 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from djship.components.probe import request
 from djship.connectors import Connector
 from djship.errors import DjshipError
 from djship.plan import AppServer, Plan
 from djship.waiting import wait_until
 
 # The health check as it runs on a balancer host (its Python's standard library only): argv address port host
-# path timeout; prints "<status> <start of the body>", or "0 <reason>" when no answer came.
+# path timeout [more paths]; prints one line per path, "<status> <start of the body>", or "0 <reason>" when no answer
+# came.
 REMOTE_PROBE = """
 import http.client, sys
-address, port, host, path, timeout = sys.argv[1:6]
-connection = http.client.HTTPConnection(address, int(port), timeout=float(timeout))
-try:
-    connection.request("GET", path, headers={"Host": host, "X-Forwarded-Proto": "https"})
-    answer = connection.getresponse()
-    print(answer.status, answer.read(200).decode(errors="replace").strip())
-except (OSError, http.client.HTTPException) as error:
-    print(0, getattr(error, "strerror", None) or str(error) or type(error).__name__)
+address, port, host, first, timeout = sys.argv[1:6]
+for path in [first, *sys.argv[6:]]:
+    connection = http.client.HTTPConnection(address, int(port), timeout=float(timeout))
+    try:
+        connection.request("GET", path, headers={"Host": host, "X-Forwarded-Proto": "https"})
+        answer = connection.getresponse()
+        print(answer.status, " ".join(answer.read(200).decode(errors="replace").split()))
+    except (OSError, http.client.HTTPException) as error:
+        print(0, " ".join((getattr(error, "strerror", None) or str(error) or type(error).__name__).split()))
+    finally:
+        connection.close()
 """
 
 
-def health(plan: Plan, server: AppServer, timeout: float = 5) -> tuple[bool, str]:
-    """GET the health path through this server's nginx and gunicorn; (healthy, what was seen)."""
-    answer = request(
-        server.address, server.port, plan.health_host, "GET", plan.health_path,
-        headers={"X-Forwarded-Proto": "https"}, timeout=timeout,
+def probe_from(connector: Connector, python: str, plan: Plan, server: AppServer, paths: list[str],
+               timeout: float = 5) -> list[tuple[int, str]]:
+    """GET each path through this server's nginx as the balancer sends it, from the host of that connector (a
+    balancer's: the only one an app server lets in). (status, start of the body) per path; (0, why) when no answer
+    came."""
+    result = connector.run(
+        [python, "-c", REMOTE_PROBE, server.address, str(server.port), plan.health_host, paths[0], str(timeout),
+         *paths[1:]],
+        timeout=timeout * len(paths) + 15,
     )
-    if isinstance(answer, str):
-        return False, answer
-    body = answer.body[:200].decode(errors="replace").strip()
-    return answer.status == 200, f"HTTP {answer.status} {body}".strip()
+    lines = result.stdout.strip().splitlines()
+    answers = [line.partition(" ") for line in lines]
+    if not result.ok or len(answers) != len(paths) or not all(status.isdigit() for status, _, _ in answers):
+        reason = (result.stderr.strip() or f"exit code {result.returncode}").splitlines()[-1]
+        return [(0, reason)] * len(paths)
+    return [(int(status), text) for status, _, text in answers]
 
 
 def health_from(connector: Connector, python: str, plan: Plan, server: AppServer, timeout: float = 5) -> tuple[bool, str]:
-    """The same health check, made from another host (a balancer's: the only one an app server lets in)."""
-    result = connector.run(
-        [python, "-c", REMOTE_PROBE, server.address, str(server.port), plan.health_host, plan.health_path, str(timeout)],
-        timeout=timeout + 15,
-    )
-    status, _, seen = result.stdout.strip().partition(" ")
-    if not result.ok or not status.isdigit():
-        return False, (result.stderr.strip() or f"exit code {result.returncode}").splitlines()[-1]
-    if status == "0":
+    """The health check through nginx and gunicorn, made from a balancer's host; (healthy, what was seen)."""
+    status, seen = probe_from(connector, python, plan, server, [plan.health_path], timeout)[0]
+    if status == 0:
         return False, seen
-    return status == "200", f"HTTP {status} {seen}".strip()
+    return status == 200, f"HTTP {status} {seen}".strip()
 
 
 def wait_healthy(plan: Plan, server: AppServer, release_id: str, probe: Callable[[], tuple[bool, str]], log: str) -> None:

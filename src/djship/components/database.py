@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import psycopg
 
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
@@ -68,6 +63,10 @@ CREATE_DATABASE = (
     "\\gexec\n"
 )
 DROP_DATABASE = "SELECT format('DROP DATABASE %I WITH (FORCE)', :'database') \\gexec\n"
+OBSERVE = (
+    "SELECT json_build_object('max_connections', current_setting('max_connections')::int, 'connections', "
+    "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'))\n"
+)
 
 
 def admin_psql_command(psql: str, db: Database, database: str, passfile: Path,
@@ -129,26 +128,6 @@ class DatabaseServer:
         )
         return result.ok
 
-    def admin_connection(
-        self, superuser_password: str, database: str = "postgres", autocommit: bool = True
-    ) -> psycopg.Connection:
-        return psycopg.connect(
-            host=self.db.address, port=self.db.port, user=self.db.superuser, password=superuser_password,
-            dbname=database, autocommit=autocommit, connect_timeout=10,
-        )
-
-    @contextmanager
-    def administering(self) -> Iterator[None]:
-        """Turn PostgreSQL's refusals into one line naming where the superuser password is."""
-        try:
-            yield
-        except psycopg.Error as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DjshipError(
-                f"PostgreSQL on {self.db.endpoint} refused djship's administration ({reason}); "
-                f"the superuser password is in {self.plan.paths.admin_secrets}"
-            ) from None
-
     def ensure_app_database(self, superuser_password: str, app_password: str, database: str) -> None:
         """Create the app's role and its live database, or bring the role's password in line with the secrets
         file. database is the live one: database.name until a restore switched to another.
@@ -174,17 +153,9 @@ class DatabaseServer:
             )
 
     def observe(self, superuser_password: str) -> dict:
-        """What PostgreSQL reports about itself: max_connections, the connections open now (pg_stat_activity's
-        client backends), its clock (now(), UNIX time) and this machine's clock at the same moment (local_time)."""
-        with self.administering(), self.admin_connection(superuser_password) as connection:
-            started = time.time()
-            now = connection.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
-            local_time = (started + time.time()) / 2
-            maximum = int(connection.execute("SHOW max_connections").fetchone()[0])
-            open_now = connection.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-            ).fetchone()[0]
-        return {"max_connections": maximum, "connections": open_now, "now": now, "local_time": local_time}
+        """What PostgreSQL reports about itself: max_connections and the connections open now (pg_stat_activity's
+        client backends)."""
+        return json.loads(self.admin_psql(superuser_password, "asking for max_connections", OBSERVE))
 
     # -- administration from the db host itself (the only place the superuser may connect from) ----------------
 

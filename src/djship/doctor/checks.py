@@ -7,14 +7,13 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from djship import render
 from djship.doctor.facts import MAX_REDIRECTS, Facts, ServerFacts
-from djship.plan import CONNECTION_HEADROOM, SUPERUSER_RESERVED, Plan
+from djship.plan import CONNECTION_HEADROOM, MEDIA_PROGRAM, SUPERUSER_RESERVED, Plan
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 CERT_WARN_DAYS = 14
 CERT_FAIL_DAYS = 3
-CLOCK_WARN_SECONDS = 2  # HTTP dates have one-second resolution
+CLOCK_WARN_SECONDS = 2
 CLOCK_FAIL_SECONDS = 60
 CONNECTIONS_WARN_SHARE = 0.8
 # Cache backends that keep their data inside one process (so: one per worker, one per server).
@@ -76,20 +75,30 @@ def check(check_id: str, name: str, *, needs_settings: bool = False):
 
 @check("components", "Component up/healthy")
 def components(plan: Plan, facts: Facts) -> Verdict:
-    expected = [program.name for program in render.programs(plan)]
-    problems = [f"{program} is {facts.processes.get(program, 'not configured')}"
-                for program in expected if facts.processes.get(program) != "RUNNING"]
-    if facts.processes.get("haproxy") == "RUNNING":
-        problems += [f"the balancer sees {server.name} {facts.balancer.get(server.name, 'not listed')}"
-                     for server in plan.app_servers if facts.balancer.get(server.name) != "UP"]
+    problems = []
+    on = (lambda host: f"{host}: ") if len(facts.programs) > 1 else (lambda host: "")
+    for host, wanted in facts.programs.items():
+        running = facts.processes.get(host)
+        if running is None:
+            problems.append(f"{on(host)}supervisord is not running, so none of {', '.join(wanted)} is")
+            continue
+        problems += [f"{on(host)}{program} is {running.get(program, 'not configured')}"
+                     for program in wanted if running.get(program) != "RUNNING"]
+    for host, view in facts.balancer.items():
+        if (facts.processes.get(host) or {}).get("haproxy") != "RUNNING":
+            continue
+        balancer = f"the balancer on {host}" if len(facts.balancer) > 1 else "the balancer"
+        problems += [f"{balancer} sees {server.name} {view.get(server.name, 'not listed')}"
+                     for server in plan.app_servers if view.get(server.name) != "UP"]
     if not facts.database_ready:
         problems.append(f"PostgreSQL on {plan.database.endpoint} is not accepting connections")
     if problems:
         return (FAIL, "; ".join(problems),
             "see `djship logs COMPONENT` for why; `djship up` starts what is stopped")
+    hosts = f" on {len(facts.programs)} hosts" if len(facts.programs) > 1 else ""
     return (PASS,
-        f"{len(expected)} processes running, {len(plan.app_servers)} app servers UP in the balancer, "
-        "PostgreSQL accepting")
+        f"{sum(map(len, facts.programs.values()))} processes running{hosts}, {len(plan.app_servers)} app servers UP "
+        "in the balancer, PostgreSQL accepting")
 
 
 @check("gunicorn-socket", "502 Bad Gateway: gunicorn socket")
@@ -290,12 +299,20 @@ def secret_key(plan: Plan, facts: Facts) -> Verdict:
     for seen in facts.servers:
         keys.setdefault(seen.settings["SECRET_KEY_SHA256"], []).append(seen.name)
     if len(keys) > 1:
-        groups = "; ".join(", ".join(names) for names in keys.values())
-        return (FAIL,
-            f"the app servers use {len(keys)} different SECRET_KEYs ({groups}): sessions, CSRF tokens "
-            "and password-reset links made on one server are rejected by another",
-            f"every server must read the one key in {plan.paths.app_secrets}; remove a SECRET_KEY "
-            "set per server (environment, local settings) and `djship deploy`")
+        harm = ("sessions, CSRF tokens and password-reset links made on one server are rejected by another, so users "
+                "are logged out at random")
+        kept = keys.pop(facts.secret_key_sha256, None)
+        if kept:
+            odd = [name for names in keys.values() for name in names]
+            cause = (f"{', '.join(odd)} {'uses' if len(odd) == 1 else 'use'} another SECRET_KEY than the one djship "
+                     f"keeps, which {', '.join(kept)} {'uses' if len(kept) == 1 else 'use'}: {harm}")
+        else:
+            groups = "; ".join(", ".join(names) for names in keys.values())
+            cause = f"the app servers use {len(keys)} different SECRET_KEYs ({groups}): {harm}"
+        return (FAIL, cause,
+            f"every server must load the one key djship keeps ({plan.paths.app_secrets.relative_to(plan.paths.state)} "
+            "on each app host): `djship up` puts back a secrets file changed on a host and restarts its servers; "
+            "a SECRET_KEY set per server (environment, local settings) must go, then `djship deploy`")
     return (PASS, f"one SECRET_KEY on all {len(facts.servers)} app servers")
 
 
@@ -334,9 +351,9 @@ def cache_and_sessions(plan: Plan, facts: Facts) -> Verdict:
 
 @check("media", "Uploads on one server only", needs_settings=True)
 def media(plan: Plan, facts: Facts) -> Verdict:
-    shared = facts.media_dir
     problems = []
     for seen in facts.servers:
+        shared = seen.media_dir
         if seen.settings["MEDIA_ROOT"].rstrip("/") != shared:
             problems.append(f"{seen.name}: MEDIA_ROOT is {seen.settings['MEDIA_ROOT']}, not the shared {shared}")
         if seen.media_served is None or seen.media_served.rstrip("/") != seen.settings["MEDIA_ROOT"].rstrip("/"):
@@ -346,10 +363,29 @@ def media(plan: Plan, facts: Facts) -> Verdict:
             problems.append(f"{seen.name}: a file just written to {shared} answers {seen.media_probe} at /media/")
     if problems:
         return (FAIL, "; ".join(problems),
-            f"uploads must go to the one shared directory {shared} that every server's nginx serves; "
-            "remove a MEDIA_ROOT override set after djship's settings and `djship up`")
-    return (PASS, f"every app server saves uploads to {shared} and serves a file written "
-        "there at /media/")
+            "uploads must go to the live media directory of the server's host (.djship/shared/media, or the one "
+            "live.json names after a restore), which its nginx serves; remove a MEDIA_ROOT override set after "
+            "djship's settings and `djship up`")
+    apart: dict[str, list[str]] = {}
+    for seen in facts.servers:
+        for host, status in seen.media_elsewhere.items():
+            if status != 200:
+                apart.setdefault(host, []).append(seen.name)
+    if apart:
+        unseen = "; ".join(f"a file written on {host} is not served by {', '.join(names)}" for host, names in apart.items())
+        if plan.media is None:
+            return (WARN,
+                f"{unseen}: each app host keeps its own media directory, so an upload exists on the host that "
+                "received it only", "give the app hosts a media host (servers.media in djship.toml), then `djship up`")
+        return (FAIL,
+            f"{unseen}: not every app host sees the uploads on the media host {plan.media.host}, so an upload exists "
+            "on some app hosts only",
+            f"`djship status` shows whether {MEDIA_PROGRAM} runs on every app host; `djship up` mounts the media "
+            "host's uploads again")
+    directories = {seen.media_dir for seen in facts.servers}
+    where = directories.pop() if len(directories) == 1 else "its host's media directory"
+    return (PASS, f"every app server saves uploads to {where} and serves a file written there at /media/"
+            + (", also one written on every other app host" if any(s.media_elsewhere for s in facts.servers) else ""))
 
 
 @check("certificate", "Certificate expiry")
@@ -399,15 +435,17 @@ def check_deploy(plan: Plan, facts: Facts) -> Verdict:
 @check("clock-skew", "Clock skew")
 def clock_skew(plan: Plan, facts: Facts) -> Verdict:
     if not facts.clock_skew:
-        return (WARN, "no other clock could be read", "")
-    described = ", ".join(f"{source} {skew:+.1f}s" for source, skew in facts.clock_skew.items())
-    worst = max(abs(skew) for skew in facts.clock_skew.values())
+        return (WARN, "no host's clock could be read", "")
+    described = ", ".join(f"{host} {skew:+.1f}s" for host, skew in facts.clock_skew.items())
+    # Every pair of clocks counts (a token signed on one host, checked on another), this machine's among them.
+    clocks = [0.0, *facts.clock_skew.values()]
+    spread = max(clocks) - min(clocks)
     fix = "run NTP (chrony or systemd-timesyncd) on every host"
-    if worst > CLOCK_FAIL_SECONDS:
-        return (FAIL, f"clocks differ from this machine's: {described} (sessions, "
+    if spread > CLOCK_FAIL_SECONDS:
+        return (FAIL, f"clocks differ by up to {spread:.0f}s: {described} against this machine's (sessions, "
             "signed tokens and certificates expire early or late)", fix)
-    if worst > CLOCK_WARN_SECONDS:
-        return (WARN, f"clocks differ from this machine's: {described}", fix)
+    if spread > CLOCK_WARN_SECONDS:
+        return (WARN, f"clocks differ by up to {spread:.1f}s: {described} against this machine's", fix)
     return (PASS, f"clocks agree with this machine's: {described}")
 
 

@@ -1,5 +1,7 @@
-"""What `djship doctor` observes on the running system: the config files actually on disk, the processes, the
-balancer's view, the live release's effective Django settings, PostgreSQL, and real HTTP(S) requests.
+"""What `djship doctor` observes on the running system, on each host through its connector: the config files
+actually there, each host's supervisor, the balancer's view, each app server's effective Django settings, its socket
+and what it answers to a balancer host, PostgreSQL as psql on the db host sees it, each host's clock; and real
+HTTP(S) requests from this machine through the balancer, as a browser sends them.
 
 Nothing here judges; checks.py does. Every probe records what it saw (or the error it got) instead of raising,
 so one broken part never hides the others.
@@ -8,28 +10,31 @@ so one broken part never hides the others.
 from __future__ import annotations
 
 import ast
-import email.utils
+import hashlib
 import json
-import os
+import math
 import re
 import secrets
 import socket
 import ssl
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from djship.components import appserver, balancer
+from djship import render
+from djship.components import appserver
 from djship.components.probe import Response, describe_error, request
+from djship.connectors import on_each
 from djship.deploy.live import read_live
 from djship.deploy.release import Release
 from djship.errors import DjshipError
 from djship.plan import MEDIA_URL, AppServer, Plan
 from djship.system import System
+from djship.topology import Host
 
 # Pages tried, in order, for the CSRF round trip when --form-path is not given: the first that answers 200 and sets
 # the csrftoken cookie is used. Django's auth views and the admin's login page both render a CSRF-protected form.
@@ -37,8 +42,8 @@ DEFAULT_FORM_PATHS = ("/accounts/login/", "/admin/login/")
 MAX_REDIRECTS = 10
 MAX_STATIC_PROBES = 5
 
-# Run with the release's Python and production settings; prints the settings the doctor judges, as JSON.
-# The SECRET_KEY itself never leaves the process: only a short hash of it, to compare servers.
+# Run with the release's Python and production settings, as a server's gunicorn loads them; prints the settings the
+# doctor judges, as JSON. The SECRET_KEY itself never leaves the process: only a short hash of it, to compare servers.
 SETTINGS_SCRIPT = """
 import hashlib, json
 from django.conf import settings
@@ -143,20 +148,28 @@ def sets_forwarded_proto(haproxy_cfg: str) -> bool:
 @dataclass
 class ServerFacts:
     name: str
+    host: str = ""
+    """The host of the topology it runs on."""
     release: str | None = None
     health: str = ""
-    """What a GET of the health path through this server's nginx answered ("HTTP 200 ok …" or the error)."""
+    """What a GET of the health path through this server's nginx, from a balancer host, answered ("HTTP 200 ok …"
+    or the error)."""
     socket_exists: bool = False
     socket_error: str | None = None
     """None when the service user (as nginx runs) can connect to gunicorn's socket, else why not."""
     nginx: NginxConf | None = None
     gunicorn: dict[str, object] = field(default_factory=dict)
     static: dict[str, int | str] = field(default_factory=dict)
-    """Static URL -> HTTP status (or error) when fetched directly from this server's nginx."""
+    """Static URL -> HTTP status (or error) when fetched through this server's nginx from a balancer host."""
+    media_dir: str = ""
+    """The live media directory on its host (live.json names it after a restore): where its uploads must go."""
     media_served: str | None = None
     """The directory nginx's /media/ alias resolves to (a link that a restore switches with the database)."""
     media_probe: int | str | None = None
-    """HTTP status of a file just written to the live media directory, fetched from this server's nginx."""
+    """HTTP status of a file just written to its host's live media directory, fetched through this server's nginx."""
+    media_elsewhere: dict[str, int | str] = field(default_factory=dict)
+    """Each other app host -> the HTTP status, through this server, of a file just written to that host's media
+    directory (200 everywhere when the app hosts share their uploads)."""
     settings: dict | None = None
     settings_error: str | None = None
 
@@ -181,16 +194,17 @@ class CertificateFacts:
 
 @dataclass
 class Facts:
-    processes: dict[str, str] = field(default_factory=dict)
-    """Supervised program -> its state (RUNNING, STOPPED, FATAL, …)."""
-    balancer: dict[str, str] = field(default_factory=dict)
-    """App server -> HAProxy's status for it (UP, DOWN, DRAIN, MAINT, …)."""
+    programs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Host -> the programs its plan runs (what djship.toml asks of it)."""
+    processes: dict[str, dict[str, str] | None] = field(default_factory=dict)
+    """Host -> each program its supervisor runs -> its state (RUNNING, STOPPED, FATAL, …); None when the host's
+    supervisor itself is not running."""
+    balancer: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Lb host -> app server -> HAProxy's status for it (UP, DOWN, DRAIN, MAINT, …)."""
     database_ready: bool = False
     database: dict | None = None
-    """max_connections, connections (pg_stat_activity rows) and now (UNIX time) as PostgreSQL reports them."""
+    """max_connections and connections (pg_stat_activity rows) as PostgreSQL reports them."""
     database_error: str | None = None
-    media_dir: str = ""
-    """The live media directory (live.json names it after a restore): where every server must save uploads."""
     haproxy_timeouts: dict[str, int] = field(default_factory=dict)
     haproxy_sets_forwarded_proto: bool | None = None
     """Whether haproxy.cfg on disk sets X-Forwarded-Proto https (None: the file could not be read)."""
@@ -204,7 +218,10 @@ class Facts:
     certificate: CertificateFacts = field(default_factory=CertificateFacts)
     check_deploy: tuple[bool, str] | None = None
     clock_skew: dict[str, float] = field(default_factory=dict)
-    """Host (or service) -> its clock minus this machine's, in seconds. More hosts, more entries."""
+    """Host -> its clock minus this machine's, in seconds, at least (the time a question takes to reach the host
+    and come back is given to the host's favour)."""
+    secret_key_sha256: str = ""
+    """The same short hash of the SECRET_KEY djship keeps (secrets/app.json), to tell which server departs from it."""
 
 
 def _https(plan: Plan, method: str, path: str, domain: str | None = None, **kwargs) -> Response | str:
@@ -215,22 +232,16 @@ def _https(plan: Plan, method: str, path: str, domain: str | None = None, **kwar
     )
 
 
-def _direct(plan: Plan, server: AppServer, path: str) -> Response | str:
-    """A GET straight to one app server's nginx, as the balancer sends it."""
-    return request(
-        server.address, server.port, plan.health_host, "GET", path, headers={"X-Forwarded-Proto": "https"}, timeout=5,
-    )
-
-
 def _status(answer: Response | str) -> int | str:
     return answer.status if isinstance(answer, Response) else answer
 
 
-def release_settings(system: System, release: Release) -> dict:
-    """The effective Django settings of a release, run with its Python and the production settings."""
-    result = system.db_host.connector.run(
-        [str(release.python), "-c", SETTINGS_SCRIPT], user=system.plan.service_user, env=release.environment(),
-        cwd=release.app, timeout=60,
+def server_settings(host: Host, server: AppServer, release: Release) -> dict:
+    """The effective Django settings of one app server, as its gunicorn loads them: on its host, with the release's
+    Python, the production settings and the server's own live.json."""
+    result = host.connector.run(
+        [str(release.python), "-c", SETTINGS_SCRIPT], user=host.plan.service_user,
+        env={**release.environment(), "DJSHIP_LIVE_FILE": str(server.live_file)}, cwd=release.app, timeout=60,
     )
     lines = result.stdout.strip().splitlines()
     if not result.ok or not lines:
@@ -239,74 +250,114 @@ def release_settings(system: System, release: Release) -> dict:
     return json.loads(lines[-1])
 
 
-def _server_facts(system: System, server: AppServer, settings_by_release: dict[str, dict | str]) -> ServerFacts:
-    plan, connector = system.plan, system.db_host.connector
-    facts = ServerFacts(server.name)
-    _, facts.health = appserver.health(plan, server)
-    facts.socket_exists = server.socket.is_socket()
+def _server_facts(system: System, server: AppServer) -> ServerFacts:
+    """What the server's own host shows of it: its socket, its config files, its release and settings."""
+    host = system.host_of(server)
+    connector, plan = host.connector, host.plan
+    facts = ServerFacts(server.name, host.name, media_dir=str(read_live(plan, connector).media))
+    facts.socket_exists = connector.run(["test", "-S", str(server.socket)]).ok
     # The release's Python: the service user can run it (djship's own may live where that user cannot reach).
     python = server.release_link / "venv" / "bin" / "python"
-    reach = connector.run([str(python), "-c", CONNECT_SCRIPT, str(server.socket)], user=plan.service_user, timeout=10)
-    if not reach.ok:
-        lines = reach.stderr.strip().splitlines()
-        facts.socket_error = lines[-1] if lines else f"exit {reach.returncode}"
+    try:
+        reach = connector.run([str(python), "-c", CONNECT_SCRIPT, str(server.socket)], user=plan.service_user,
+                              timeout=30)
+    except DjshipError as error:
+        facts.socket_error = str(error)
+    else:
+        if not reach.ok:
+            lines = reach.stderr.strip().splitlines()
+            facts.socket_error = lines[-1] if lines else f"exit {reach.returncode}"
     if (text := connector.get(server.nginx_conf)) is not None:
         facts.nginx = parse_nginx_conf(text.decode())
         if facts.nginx.media_alias:
-            facts.media_served = os.path.realpath(facts.nginx.media_alias)
+            resolved = connector.run(["realpath", "-m", "--", facts.nginx.media_alias])
+            facts.media_served = resolved.stdout.strip() if resolved.ok else facts.nginx.media_alias
     if (text := connector.get(server.gunicorn_conf)) is not None:
         try:
             facts.gunicorn = parse_gunicorn_conf(text.decode())
         except SyntaxError:
             facts.gunicorn = {}
-    if server.release_link.is_symlink() and server.release_link.resolve().is_dir():
-        release = Release.at(server.release_link.resolve())
-        facts.release = release.id
-        if release.id not in settings_by_release:
-            try:
-                settings_by_release[release.id] = release_settings(system, release)
-            except (DjshipError, ValueError) as error:
-                settings_by_release[release.id] = str(error)
-        found = settings_by_release[release.id]
-        if isinstance(found, dict):
-            facts.settings = found
-        else:
-            facts.settings_error = found
-    else:
+    release = system.release_of(server)
+    if release is None:
         facts.settings_error = f"{server.release_link} does not point at a release"
+        return facts
+    facts.release = release.id
+    try:
+        facts.settings = server_settings(host, server, release)
+    except (DjshipError, ValueError) as error:
+        facts.settings_error = str(error)
     return facts
 
 
-def _static_paths(home: Response | str, release: Release | None) -> list[str]:
-    """The static files the home page references; else one collected file, so there is always something to fetch."""
+def _static_paths(home: Response | str, host: Host, release: Release | None) -> list[str]:
+    """The static files the home page references; else one collected file of the live release on that host, so
+    there is always something to fetch."""
     paths: list[str] = []
     if isinstance(home, Response):
         for path in _STATIC_REFERENCE.findall(home.body.decode(errors="replace")):
             if path not in paths:
                 paths.append(path)
-    if not paths and release is not None and release.static.is_dir():
-        collected = sorted(path for path in release.static.rglob("*") if path.is_file())
+    if not paths and release is not None:
+        found = host.connector.run(["find", str(release.static), "-type", "f"])
+        collected = sorted(line for line in found.stdout.splitlines() if line) if found.ok else []
         if collected:
-            paths.append("/static/" + collected[0].relative_to(release.static).as_posix())
+            paths.append("/static/" + Path(collected[0]).relative_to(release.static).as_posix())
     return paths[:MAX_STATIC_PROBES]
 
 
-def _media_probe(system: System, facts: Facts) -> None:
-    """Write a file into the live media directory, fetch it from every app server's nginx, delete it."""
-    plan = system.plan
-    name = f"djship-doctor-{secrets.token_hex(6)}.txt"
-    probe = Path(facts.media_dir) / name
+def _write_media_probes(system: System) -> dict[str, Path | str]:
+    """One file written into each app host's live media directory: host -> that file, or why it could not be
+    written."""
+
+    def write(host: Host) -> Path | str:
+        probe = read_live(host.plan, host.connector).media / f"djship-doctor-{secrets.token_hex(6)}.txt"
+        # As the app writes an upload: as the service user (into a media host's mount, the SFTP user owns it).
+        try:
+            written = host.connector.run(["tee", str(probe)], user=host.plan.service_user,
+                                         input="djship doctor probe\n", timeout=30)
+        except DjshipError as error:
+            return f"cannot write {probe}: {error}"
+        if not written.ok:
+            reason = (written.stderr.strip() or f"exit code {written.returncode}").splitlines()[-1]
+            return f"cannot write {probe}: {reason}"
+        return probe
+
+    return on_each(system.app_hosts, write)
+
+
+def _through_servers(system: System, facts: Facts, static_paths: list[str]) -> None:
+    """The health path, the static files and each app host's media probe, fetched through every app server's nginx
+    from a balancer host (the only place the app servers accept requests from)."""
+    lb = system.lb_hosts[0]
+    probes = _write_media_probes(system)
+    media = {host: f"{MEDIA_URL}{probe.name}" for host, probe in probes.items() if isinstance(probe, Path)}
+    paths = [system.plan.health_path, *static_paths, *media.values()]
+
+    def remove(host: Host) -> None:
+        if host.name in media:
+            host.connector.run(["rm", "-f", "--", str(probes[host.name])], user=host.plan.service_user)
+
+    def through(server: AppServer) -> list[tuple[int, str]]:
+        try:
+            return appserver.probe_from(lb.connector, lb.plan.tools.python, system.plan, server, paths)
+        except DjshipError as error:
+            return [(0, str(error))] * len(paths)
+
     try:
-        system.db_host.connector.put(probe, "djship doctor probe\n", owner=plan.service_user)
-    except OSError as error:
-        for server_facts in facts.servers:
-            server_facts.media_probe = f"cannot write {probe}: {error.strerror}"
-        return
-    try:
-        for server, server_facts in zip(plan.app_servers, facts.servers):
-            server_facts.media_probe = _status(_direct(plan, server, f"{MEDIA_URL}{name}"))
+        answers = on_each({server.name: server for server in system.plan.app_servers}, through)
     finally:
-        probe.unlink(missing_ok=True)
+        on_each(system.app_hosts, remove)
+    for seen in facts.servers:
+        seen_by_path = {path: status or text for path, (status, text) in zip(paths, answers[seen.name])}
+        status, text = answers[seen.name][0]
+        seen.health = f"HTTP {status} {text}".strip() if status else text
+        seen.static = {path: seen_by_path[path] for path in static_paths}
+        for host, probe in probes.items():
+            seen_there = seen_by_path[media[host]] if host in media else str(probe)
+            if host == seen.host:
+                seen.media_probe = seen_there
+            else:
+                seen.media_elsewhere[host] = seen_there
 
 
 def _csrf_round_trip(plan: Plan, form_path: str | None) -> CsrfFacts:
@@ -402,47 +453,81 @@ def _database(system: System, facts: Facts) -> None:
         return
     try:
         facts.database = system.database.observe(system.secrets().superuser_password)
-        facts.clock_skew["postgres"] = facts.database["now"] - facts.database.pop("local_time")
-    except (DjshipError, KeyError, ValueError, OSError) as error:
+    except (DjshipError, ValueError) as error:
         facts.database_error = str(error)
+
+
+def _processes(host: Host) -> dict[str, str] | None:
+    if host.supervisor.pid() is None:
+        return None
+    return {name: status.state for name, status in host.supervisor.status().items()}
+
+
+def _clock_skew(host: Host) -> float | None:
+    """The host's clock minus this machine's: the least it can be, given how long the question took."""
+    asked = time.time()
+    try:
+        theirs = float(host.connector.run(["date", "+%s.%N"], timeout=30).stdout.strip())
+    except (DjshipError, ValueError):
+        return None
+    answered = time.time()
+    skew = theirs - (asked + answered) / 2
+    return math.copysign(max(0.0, abs(skew) - (answered - asked) / 2), skew)
+
+
+def _live_release(system: System) -> tuple[Host, Release | None]:
+    """The first app host and the live release on it (what `current` points at there)."""
+    host = next(iter(system.app_hosts.values()))
+    link = host.connector.readlink(host.plan.paths.current)
+    return host, None if link is None else system.pipeline.on(host, link.name)
+
+
+def _check_deploy(host: Host, release: Release | None) -> tuple[bool, str]:
+    if release is None:
+        return (False, "there is no live release; `djship up` first")
+    try:
+        result = host.connector.run(
+            [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
+            user=host.plan.service_user, env=release.environment(), cwd=release.app, timeout=120)
+    except DjshipError as error:
+        return (False, str(error))
+    return (result.ok, (result.stderr.strip() or result.stdout.strip()))
 
 
 def gather(system: System, form_path: str | None = None) -> Facts:
     plan = system.plan
-    if not system.topology.one_machine:
-        raise DjshipError("the doctor examines the one-machine target so far; on real hosts it is not built yet")
-    if system.db_host.supervisor.pid() is None:
+    processes = on_each(system.hosts, _processes)
+    if all(view is None for view in processes.values()):
         raise DjshipError("not running; `djship up` first")
-    facts = Facts(media_dir=str(read_live(plan, system.db_host.connector).media))
-    facts.processes = {name: status.state for name, status in system.db_host.supervisor.status().items()}
-    facts.balancer = {name: state.status for name, state in balancer.Balancer(plan.paths.haproxy_socket).states().items()}
+    facts = Facts(
+        programs={name: tuple(program.name for program in render.programs(host.plan))
+                  for name, host in system.hosts.items()},
+        processes=processes,
+        balancer={host.name: {name: state.status for name, state in instance.states().items()}
+                  for host, instance in zip(system.lb_hosts, system.balancers)},
+        secret_key_sha256=hashlib.sha256(system.secrets().secret_key.encode()).hexdigest()[:16],
+    )
     _database(system, facts)
-    if (text := system.db_host.connector.get(plan.paths.haproxy_conf)) is not None:
+    lb = system.lb_hosts[0]
+    if (text := lb.connector.get(lb.plan.paths.haproxy_conf)) is not None:
         facts.haproxy_timeouts = parse_haproxy_timeouts(text.decode())
         facts.haproxy_sets_forwarded_proto = sets_forwarded_proto(text.decode())
-    settings_by_release: dict[str, dict | str] = {}
-    facts.servers = [_server_facts(system, server, settings_by_release) for server in plan.app_servers]
+    facts.servers = list(on_each({server.name: server for server in plan.app_servers},
+                                 lambda server: _server_facts(system, server)).values())
+    # Requests from here go where a browser's go: to the first balancer host, trusting the CA kept on this machine.
+    web = replace(system.control_plan, balancer_bind=lb.address)
     for domain in plan.domains:
-        facts.hosts[domain] = _status(_https(plan, "GET", "/", domain))
-    home = _https(plan, "GET", "/")
-    if isinstance(home, Response) and (date := home.header("Date")):
-        # HTTP dates have one-second resolution; the app server's clock, as Django's response carries it.
-        facts.clock_skew["app servers (HTTP Date)"] = email.utils.parsedate_to_datetime(date).timestamp() - time.time()
-    static_paths = _static_paths(home, system.current())
+        facts.hosts[domain] = _status(_https(web, "GET", "/", domain))
+    home = _https(web, "GET", "/")
+    app_host, release = _live_release(system)
+    static_paths = _static_paths(home, app_host, release)
     for path in static_paths:
-        facts.static_via_balancer[path] = _status(_https(plan, "GET", path))
-        for server, server_facts in zip(plan.app_servers, facts.servers):
-            server_facts.static[path] = _status(_direct(plan, server, path))
-    _media_probe(system, facts)
-    facts.redirects = _redirect_chain(plan)
-    facts.csrf = _csrf_round_trip(plan, form_path)
-    facts.certificate = _certificate(plan)
-    release = system.current()
-    if release is None:
-        facts.check_deploy = (False, "there is no live release; `djship up` first")
-    else:
-        result = system.db_host.connector.run(
-            [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-            user=plan.service_user, env=release.environment(), cwd=release.app, timeout=120)
-        facts.check_deploy = (result.ok, (result.stderr.strip() or result.stdout.strip()))
+        facts.static_via_balancer[path] = _status(_https(web, "GET", path))
+    _through_servers(system, facts, static_paths)
+    facts.redirects = _redirect_chain(web)
+    facts.csrf = _csrf_round_trip(web, form_path)
+    facts.certificate = _certificate(web)
+    facts.check_deploy = _check_deploy(app_host, release)
+    skews = on_each(system.hosts, _clock_skew)
+    facts.clock_skew = {name: skew for name, skew in skews.items() if skew is not None}
     return facts
