@@ -86,11 +86,3 @@ def test_an_unknown_host_key_is_refused_for_every_host(hosts):
     assert "lb1" not in message
     for name in ("app1", "app2", "app3", "db1"):
         assert f"{name}: the SSH host key of {hosts[name].address}:22 is unknown" in message
-
-
-@pytest.mark.parametrize(("command", "what"), [(("backup",), "backup, backups, restore")])
-def test_commands_not_built_for_hosts_refuse_a_remote_target_instead_of_running_locally(hosts, command, what):
-    with searchable_directory() as directory:
-        result = run_djship(project_for(directory, hosts), *command, check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert what in result.stderr and result.stderr.strip().endswith("not built yet")
