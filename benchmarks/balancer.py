@@ -17,7 +17,6 @@ here, by PID.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import statistics
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from common import (
     FORWARDED, PAGES, Deployment, Measurement, Target, bare_gunicorn, copy_example, destroy, djship, expect_200,
-    machine, median, process, require_wrk, seed, wrk,
+    machine, median, process, require_wrk, seed, wrk, load_options,
 )
 
 HTTPS_PORT, HTTP_PORT = 25443, 25080
@@ -174,11 +173,7 @@ def table(results: dict[str, Result]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per measurement (default 10)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are shown (default 3)")
-    options = parser.parse_args()
+    options = load_options(__doc__.split("\n\n")[0])
     require_wrk()
     context = machine(options.connections, options.duration, options.repeat)
 

@@ -4,6 +4,8 @@ are stopped by PID."""
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import platform
 import re
@@ -257,3 +259,12 @@ def measure(cases: list[tuple[str, str]], targets: dict[str, Target], repeat: in
         case: median(measured)
         for case, measured in runs.items()
     }
+
+
+def load_options(description: str) -> argparse.Namespace:
+    """What every benchmark's load takes: seconds per measurement, connections, interleaved rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are shown (default 3)")
+    return parser.parse_args()

@@ -43,7 +43,6 @@ with the cores to itself: stack's CPU per request / djship's; above 1 favours dj
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from pathlib import Path
 
 from common import (
     FORWARDED, PAGES, Deployment, Measurement, Target, bare_gunicorn, copy_example, destroy, djship, machine,
-    measure, process, require_wrk, seed,
+    measure, process, require_wrk, seed, load_options,
 )
 
 HTTPS_PORT = 25443
@@ -264,11 +263,7 @@ def start_peers(stack: ExitStack, deployment: Deployment, workdir: Path) -> set[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per measurement (default 10)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are shown (default 3)")
-    options = parser.parse_args()
+    options = load_options(__doc__.split("\n\n")[0])
     require_wrk()
     context = machine(options.connections, options.duration, options.repeat)
 

@@ -23,9 +23,7 @@ static files with DEBUG = False, so the static row compares with runserver. Also
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 
 from common import (
     FORWARDED, PAGES, Measurement, Target, bare_gunicorn, copy_example, destroy, djship, machine, measure, process,
-    require_wrk, seed,
+    require_wrk, seed, load_options,
 )
 
 HTTPS_PORT, HTTP_PORT, DB_PORT = 24443, 24080, 31432
@@ -74,11 +72,7 @@ def table(rows: list[tuple[str, str, Measurement | None, Measurement | None]]) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per measurement (default 10)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are shown (default 3)")
-    options = parser.parse_args()
+    options = load_options(__doc__.split("\n\n")[0])
     require_wrk()
     context = machine(options.connections, options.duration, options.repeat)
 
