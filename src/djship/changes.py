@@ -128,7 +128,7 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
         plan, seen = host.plan, observed[name]
         changed = tuple(
             file for file in desired[name]
-            if seen.contents.get(file.path) != file.text.encode()
+            if seen.contents.get(file.path) != file.data
             or (certificate_changed and file.path == plan.paths.site_pem)
         )
         files[name] = changed

@@ -147,8 +147,9 @@ def take_out_for_good(instance: Balancer, names: list[str], timeout: float) -> N
 def _access(plan: Plan, path: Path) -> dict:
     """Mode and owner of a file djship writes on a host: secrets and keys 0600, readable by the service user only
     when that user's program reads them (the app its secrets, HAProxy the site certificate, PostgreSQL its data)."""
-    private = path.parent == plan.paths.secrets or path in (plan.paths.site_pem, plan.paths.ca_key)
-    service = path.is_relative_to(plan.database.data_dir) or path in (plan.paths.app_secrets, plan.paths.site_pem)
+    private = path.parent == plan.paths.secrets or path in (plan.paths.site_pem, plan.paths.site_ocsp, plan.paths.ca_key)
+    service = path.is_relative_to(plan.database.data_dir) or path in (
+        plan.paths.app_secrets, plan.paths.site_pem, plan.paths.site_ocsp)
     return {"mode": 0o600 if private else 0o644, "owner": plan.service_user if service else None}
 
 
@@ -263,6 +264,9 @@ class System:
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
             if certificate and host.holds("lb"):
                 files.append(render.ConfigFile(plan.paths.site_pem, certificate.decode(), ("haproxy",)))
+                staple = self.local.get(self.control.site_ocsp)
+                if staple is not None:  # HAProxy loads it with site.pem, as its own user
+                    files.append(render.ConfigFile(plan.paths.site_ocsp, staple, ("haproxy",)))
                 # Copies kept for a control machine that lost .djship/ (see recover).
                 files += [render.ConfigFile(plan.paths.state / path.relative_to(self.control.state), content.decode(), ())
                           for path in (self.control.ca_cert, self.control.ca_key)
@@ -314,7 +318,7 @@ class System:
         changes = diff(self.hosts, desired, self._observe(desired), False, certificate_changed)
         started: list[Host] = []
         try:
-            release = self._apply(changes, desired, secrets_, started)
+            release, renewed = self._apply(changes, desired, secrets_, started)
         except BaseException:
             if started and len(started) == len(self.hosts):  # a first start that failed: stop what it started
                 self.reporter.note("Stopping what this run started (nothing is deleted)")
@@ -322,7 +326,7 @@ class System:
             raise
         self.topology.record()
         registered = on_each(self.hosts, lambda host: boot.register(host.connector, host.plan))
-        changed = adopted or not changes.empty
+        changed = adopted or renewed or not changes.empty
         if changed:
             for line in dict.fromkeys(registered.values()):
                 self.reporter.note(line)
@@ -348,7 +352,8 @@ class System:
         return bool(order)
 
     def _apply(self, changes: Changes, desired: dict[str, list[render.ConfigFile]], secrets_: Secrets,
-               started: list[Host]) -> Release:
+               started: list[Host]) -> tuple[Release, bool]:
+        """Apply the changes; returns the release the app servers run and whether an ACME certificate was obtained."""
         self._check_ports(changes)
         self.pipeline.prepare()
         if changes.removed and changes.balancers_running:
@@ -363,12 +368,12 @@ class System:
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
         self._ensure_balancers(changes)
-        self._ensure_extras(changes, reconfigured)
+        renewed = self._ensure_extras(changes, reconfigured)
         for name in changes.removed:
             for host in self.app_hosts.values():
                 host.connector.run(["rm", "-rf", "--", str(host.plan.paths.servers / name)])
         self._stop_departed()
-        return release
+        return release, renewed
 
     def _hosts_phrase(self) -> str:
         return "this machine" if len(self.hosts) == 1 else f"{len(self.hosts)} hosts"
@@ -543,32 +548,37 @@ class System:
         for host, instance in zip(self.lb_hosts, self.balancers):
             self._wait_balancer(host, instance)
 
-    def _ensure_extras(self, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
-        """The renewal timer and the backup scheduler, where the plan has them."""
+    def _ensure_extras(self, changes: Changes, reconfigured: dict[str, set[str]]) -> bool:
+        """The renewal timer and the backup scheduler, where the plan has them; returns whether an ACME certificate
+        was obtained."""
+        renewed = False
         for host in self.hosts.values():
             for program in (RENEWAL_PROGRAM, render.BACKUP_SCHEDULER):
                 if program not in {p.name for p in render.programs(host.plan)}:
                     continue
                 if program == RENEWAL_PROGRAM:
-                    self._ensure_renewal(host, changes, reconfigured[host.name])
+                    renewed = self._ensure_renewal(host, changes, reconfigured[host.name])
                 elif program in changes.start.get(host.name, ()):
                     with self.reporter.step(f"Starting the daily backup at {host.plan.backup.schedule} UTC"):
                         host.supervisor.start(program)
                 elif program in changes.restart.get(host.name, ()):
                     with self.reporter.step(f"Restarting {program} (its schedule changed)"):
                         host.supervisor.restart(program, reconfigure=reconfigured[host.name])
+        return renewed
 
-    def _ensure_renewal(self, host: Host, changes: Changes, reconfigured: set[str]) -> None:
+    def _ensure_renewal(self, host: Host, changes: Changes, reconfigured: set[str]) -> bool:
+        renewed = None  # stays None when the order fails
         try:
-            self._ensure_acme_certificate()
+            renewed = self._ensure_acme_certificate()
         finally:  # also after a failed order: the timer retries it with back-off
             if RENEWAL_PROGRAM in changes.start.get(host.name, ()):
                 with self.reporter.step("Starting the certificate renewal timer"):
                     host.supervisor.start(RENEWAL_PROGRAM)
-            elif not changes.empty:
+            elif renewed is not False or not changes.empty:
                 # The timer read djship.toml when it started: restart it so it renews for what the file says now.
                 with self.reporter.step("Restarting the certificate renewal timer"):
                     host.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
+        return bool(renewed)
 
     def _take_out_for_good(self, names: tuple[str, ...]) -> None:
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):

@@ -257,9 +257,14 @@ def boot_script(plan: Plan, command: str, reason: str) -> str:
 @dataclass(frozen=True)
 class ConfigFile:
     path: Path
-    text: str
+    text: str | bytes
+    """Its content (bytes for a binary file, e.g. an OCSP response)."""
     programs: tuple[str, ...]
     """The supervised programs that read this file and must restart when it changes."""
+
+    @property
+    def data(self) -> bytes:
+        return self.text if isinstance(self.text, bytes) else self.text.encode()
 
 
 def system_files(plan: Plan) -> list[ConfigFile]:
