@@ -156,10 +156,12 @@ def test_the_registered_boot_command_brings_the_system_back_with_no_djship_comma
         time.sleep(0.5)
     expected = dict.fromkeys(["haproxy", "app1-nginx", "app1-gunicorn", "app2-nginx", "app2-gunicorn", "postgres"],
                              "RUNNING")
-    while {c["name"]: c["state"] for c in (report := site.status())["components"]} != expected:
+    report = site.status()
+    while {c["name"]: c["state"] for c in report["components"]} != expected:
         # A program the supervisor just started is STARTING for its first second, while it already answers.
         assert time.monotonic() < deadline, f"not every program RUNNING after boot: {report['components']}"
         time.sleep(0.5)
+        report = site.status()
     assert report["supervisor_pid"] == init.pid  # boot.sh execs supervisord in the foreground, as init expects
     with RequestLoop(site) as load:
         load.wait_for(200)
