@@ -381,11 +381,12 @@ def test_a_restore_whose_row_counts_differ_is_removed_and_never_switched(target:
     assert "the restored database does not match backup tampered: public.posts_post:" in result.stderr
     assert "Removing the unfinished restore" in result.stdout
     assert _databases(target) == databases and target.status()["database"] == live
-    media_dirs = "shared" if target.site else "uploads"  # on the hosts: the media host's, mounted
+    # One machine: beside the live media in shared/ (with the static store); hosts: on the media host (db1), whose
+    # uploads every app host mounts (this test sees the hosts' files, not their mounts).
+    media_dirs = target.roots[target.hosts_of[SERVERS[0]]] / "shared" if target.site else target.roots["db1"] / "uploads"
     for root in target.app_roots:
         live_media = Path(json.loads((root / "live.json").read_text())["media"]).name
-        kept = {path.name for path in (root / media_dirs).iterdir()} - {"static"}  # shared/ holds the static store too
-        assert kept == {live_media, "media"}
+        assert {path.name for path in media_dirs.iterdir()} - {"static"} == {live_media, "media"}
     assert len(_backups(target)) == len(backups) + 1, "the safety backup is taken before the restore starts"
     _nothing_staged(target)
 
