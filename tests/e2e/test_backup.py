@@ -365,6 +365,7 @@ def test_restore_is_refused_while_a_deploy_holds_the_lock(target: Target):
 
 
 def test_a_restore_whose_row_counts_differ_is_removed_and_never_switched(target: Target, workdir):
+    target.djship("backup")
     backups, databases, live = _backups(target), _databases(target), target.status()["database"]
     tampered = workdir / "tampered"
     shutil.copytree(backups[0]["path"], tampered)
@@ -383,9 +384,10 @@ def test_a_restore_whose_row_counts_differ_is_removed_and_never_switched(target:
     assert _databases(target) == databases and target.status()["database"] == live
     # One machine: beside the live media in shared/ (with the static store); hosts: on the media host (db1), whose
     # uploads every app host mounts (this test sees the hosts' files, not their mounts).
-    media_dirs = target.roots[target.hosts_of[SERVERS[0]]] / "shared" if target.site else target.roots["db1"] / "uploads"
+    media_dirs = target.root_of("app1") / "shared" if target.site else target.roots["db1"] / "uploads"
     for root in target.app_roots:
-        live_media = Path(json.loads((root / "live.json").read_text())["media"]).name
+        live_file = root / "live.json"  # absent until a restore switched one: the media then are the plan's
+        live_media = Path(json.loads(live_file.read_text())["media"]).name if live_file.exists() else "media"
         assert {path.name for path in media_dirs.iterdir()} - {"static"} == {live_media, "media"}
     assert len(_backups(target)) == len(backups) + 1, "the safety backup is taken before the restore starts"
     _nothing_staged(target)
