@@ -564,17 +564,6 @@ def certs_renew(force: bool) -> None:
         console.print("Not due yet; nothing renewed (--force renews anyway).")
 
 
-@certs.command("watch", hidden=True)
-def certs_watch() -> None:
-    """The renewal timer run by the supervisor (program `renewal`): renews whenever due, retries with back-off."""
-
-    def log(line: str) -> None:
-        click.echo(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}")
-        sys.stdout.flush()
-
-    _system().watch_renewals(log)
-
-
 @main.command(name="trust")
 @click.option("--remove", is_flag=True, help="Take the CA out of every store `djship trust` put it in.")
 def trust_(remove: bool) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import types
+import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -130,6 +134,9 @@ class Tls:
     """CA bundle that verifies the ACME directory's own HTTPS certificate; None: the system's trust store."""
     cert_file: Path | None
     key_file: Path | None
+    renewer: str = ""
+    """acme: the host whose ACME client orders and renews the certificate (the first lb host) and runs the
+    renewal timer."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,16 @@ class Paths:
     @property
     def renewal_state(self) -> Path:
         return self.tls / "renewal.json"
+
+    @property
+    def acme_ca_bundle(self) -> Path:
+        """The copy of tls.acme_ca_bundle on the renewer, the host whose ACME client asks the directory."""
+        return self.tls / "acme-ca.pem"
+
+    @property
+    def plan_file(self) -> Path:
+        """The host's own plan, which djship's programs on it (djship.agent) run by."""
+        return self.state / "plan.json"
 
     @property
     def secrets(self) -> Path:
@@ -352,6 +369,11 @@ class Plan:
         return role in self.roles
 
     @property
+    def renews(self) -> bool:
+        """Whether this host runs the ACME client and its renewal timer."""
+        return self.tls.mode == "acme" and self.tls.renewer == self.host
+
+    @property
     def media_dirs(self) -> Path:
         """Where the media directories are: the live one and those restores make beside it."""
         return self.paths.uploads if self.media else self.paths.shared
@@ -450,9 +472,6 @@ def remote_config_problems(config: Config) -> list[str]:
         for section, keys in _LOCAL_ONLY.items() for key in keys
         if key in getattr(config, section).model_fields_set
     ]
-    if config.tls.mode == "acme":
-        problems.append('tls.mode: "acme" on real hosts is not built yet; use "files" with a certificate you '
-                        'obtained (e.g. with certbot), or "local"')
     if config.backup.schedule:
         problems.append("backup.schedule: scheduled backups on real hosts are not built yet; remove it")
     return problems
@@ -493,6 +512,10 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     app_hosts = [host for host in hosts if "app" in host.roles]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     db_host = next(host for host in hosts if "db" in host.roles)
+    if config.tls.mode == "acme" and len(lb_hosts) > 1:
+        raise DjshipError('djship.toml: tls.mode: "acme" with several lb hosts is not built yet (the renewal timer '
+                          'on the first one installs its certificates there only); list one lb host in servers.lb, '
+                          'or use "files" with a certificate you obtained (e.g. with certbot)')
     count = servers_per_host(config, len(app_hosts))
     servers = tuple(server for host in app_hosts for server in _servers_of(config, host, count))
     if one_machine:
@@ -519,7 +542,8 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
             balancer_sources=sources, service_user=config.service_user if host.login_root else None,
         )
-        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media))
+        tls = replace(plan.tls, renewer=lb_hosts[0].name)
+        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls))
     return plans
 
 
@@ -635,3 +659,37 @@ def _check_socket_paths(plan: Plan) -> None:
                 f"state_dir is too deep: the unix socket {socket} is longer than {MAX_SOCKET_PATH} bytes; "
                 "set state_dir in djship.toml to a shorter absolute path"
             )
+
+
+# -- the plan as a file: what djship's programs on a host (djship.agent) run by -----------------------------------
+
+
+def plan_to_json(plan: Plan) -> str:
+    return json.dumps(_encode(plan), indent=2, sort_keys=True) + "\n"
+
+
+def plan_from_json(text: str | bytes) -> Plan:
+    return _decode(Plan, json.loads(text))
+
+
+def _encode(value):
+    if dataclasses.is_dataclass(value):
+        return {field.name: _encode(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return [_encode(item) for item in (sorted(value) if isinstance(value, (frozenset, set)) else value)]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _decode(kind, data):
+    """data (from _encode) as a value of the type kind: a plan dataclass, Path, tuple[...], frozenset, X | None."""
+    if data is None:
+        return None
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return _decode(next(argument for argument in arguments if argument is not type(None)), data)
+    if origin in (tuple, frozenset):
+        return origin(_decode(arguments[0], item) for item in data)
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{name: _decode(hints[name], value) for name, value in data.items()})
+    return Path(data) if kind is Path else data

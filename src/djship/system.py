@@ -32,15 +32,16 @@ from djship.plan import RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
 from djship.tls import renewal
 from djship.tls.certificates import leaf_der
-from djship.tls.site import BalancerHost, acme_certificate_is_current, ensure_certificate, fetch_staple, install, \
-    obtain_acme, site_info, staple_due, validated_files, write_staple
+from djship.agent import RENEWED
+from djship.tls.site import acme_certificate_is_current, ensure_certificate, fetch_staple, site_info, staple_due, \
+    validated_files, write_staple
 from djship.topology import Host, Topology
 from djship.waiting import wait_until
 
 READY_TIMEOUT = 60
 ROTATION_TIMEOUT = 30
-# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
-STAPLE_RETRY = 3600
+# Longest an ACME order on the renewer may take, with the installation after it (seconds).
+AGENT_TIMEOUT = 300
 # Run with the host's Python: prints each "address:port" of argv that another socket already holds.
 PORT_PROBE = """
 import errno, socket, sys
@@ -230,6 +231,16 @@ class System:
                     self.local.makedirs(path.parent, mode=0o711)
                     self.local.put(path, kept, mode=mode)
 
+    def _ensure_control_certificate(self) -> bool:
+        """The local CA's or the user's certificate, made or checked here and copied to the lb hosts; whether it
+        changed. An ACME certificate is the renewer's: obtained and kept there (see _ensure_acme_certificate)."""
+        if self.plan.tls.mode == "acme":
+            return False
+        return ensure_certificate(self.control_plan, self.local) | self.refresh_staple()
+
+    def _control_certificate(self) -> bytes | None:
+        return None if self.plan.tls.mode == "acme" else self.local.get(self.control.site_pem)
+
     def _ensure_secrets(self) -> Secrets:
         """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
         found = self.read_secrets() or Secrets(secrets.token_urlsafe(50), secrets.token_urlsafe(24),
@@ -262,6 +273,9 @@ class System:
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), gunicorns))
             if secrets_ and host.holds("db"):
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+            if plan.renews and plan.tls.acme_ca_bundle is not None:
+                files.append(render.ConfigFile(plan.paths.acme_ca_bundle, plan.tls.acme_ca_bundle.read_bytes(),
+                                               (RENEWAL_PROGRAM,)))
             if certificate and host.holds("lb"):
                 files.append(render.ConfigFile(plan.paths.site_pem, certificate.decode(), ("haproxy",)))
                 staple = self.local.get(self.control.site_ocsp)
@@ -293,7 +307,7 @@ class System:
         """What `up` would change, computed from what runs and what djship.toml asks; changes nothing."""
         self._preflight()
         secrets_ = self.read_secrets()
-        certificate = self.local.get(self.control.site_pem)
+        certificate = self._control_certificate()
         desired = self._desired(secrets_, certificate, media.read_access(self.topology))
         return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
 
@@ -310,8 +324,8 @@ class System:
             self.control.logs.mkdir(parents=True, exist_ok=True)
             self.recover()
             secrets_ = self._ensure_secrets()
-            certificate_changed = ensure_certificate(self.control_plan, self.local) | self.refresh_staple()
-            certificate = self.local.get(self.control.site_pem)
+            certificate_changed = self._ensure_control_certificate()
+            certificate = self._control_certificate()
             media_access = media.ensure_access(self.topology)
         adopted = self._adopt()
         desired = self._desired(secrets_, certificate, media_access)
@@ -408,6 +422,8 @@ class System:
                     database.init_cluster(secrets_.superuser_password)
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
+        if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
+            ensure_certificate(plan, connector)
         if host.name in changes.supervisor_start:
             with self.reporter.step(f"Starting the supervisor (supervisord) on {host.name}"):
                 host.supervisor.start_daemon()
@@ -535,7 +551,7 @@ class System:
                 if server.name not in states or states[server.name].status != "UP"]
         if down:
             return False, f"waiting for health checks of {', '.join(down)}"
-        bundle = self.local.get(self.control.site_pem)
+        bundle = host.connector.get(host.plan.paths.site_pem)
         status = https_probe(host.address, self.plan.https_port, self.plan.domains[0], self.plan.health_path,
                              leaf_der(bundle) if bundle else b"")
         return status == 200, f"HTTPS health check through {host.address} answered {status}"
@@ -567,18 +583,15 @@ class System:
         return renewed
 
     def _ensure_renewal(self, host: Host, changes: Changes, reconfigured: set[str]) -> bool:
-        renewed = None  # stays None when the order fails
         try:
-            renewed = self._ensure_acme_certificate()
+            return self._ensure_acme_certificate()
         finally:  # also after a failed order: the timer retries it with back-off
             if RENEWAL_PROGRAM in changes.start.get(host.name, ()):
-                with self.reporter.step("Starting the certificate renewal timer"):
+                with self.reporter.step(f"Starting the certificate renewal timer on {host.name}"):
                     host.supervisor.start(RENEWAL_PROGRAM)
-            elif renewed is not False or not changes.empty:
-                # The timer read djship.toml when it started: restart it so it renews for what the file says now.
-                with self.reporter.step("Restarting the certificate renewal timer"):
+            elif RENEWAL_PROGRAM in changes.restart.get(host.name, ()):
+                with self.reporter.step(f"Restarting the certificate renewal timer on {host.name} (its plan changed)"):
                     host.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
-        return bool(renewed)
 
     def _take_out_for_good(self, names: tuple[str, ...]) -> None:
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
@@ -602,29 +615,29 @@ class System:
     # -- certificates -------------------------------------------------------------------------------------------
 
     @property
-    def balancer_hosts(self) -> list[BalancerHost]:
-        return [BalancerHost(host.connector, instance) for host, instance in zip(self.lb_hosts, self.balancers)]
+    def renewer(self) -> Host:
+        """The lb host whose ACME client orders and renews the certificate (tls.mode = "acme")."""
+        return self.hosts[self.plan.tls.renewer]
+
+    def _agent(self, *args: str) -> str:
+        """Run djship.agent on the renewer; its last line of output, or DjshipError with its error."""
+        host = self.renewer
+        result = host.connector.run(render.agent_argv(host.plan, *args), timeout=AGENT_TIMEOUT)
+        if not result.ok:
+            lines = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
+            raise DjshipError(lines[-1].removeprefix("error: ") + (f" (on {host.name})" if len(self.hosts) > 1 else ""))
+        return result.stdout.strip().splitlines()[-1]
+
+    def _acme_current(self) -> bool:
+        host = self.renewer
+        return acme_certificate_is_current(host.plan, host.connector, site_info(host.plan, host.connector))
 
     def _ensure_acme_certificate(self) -> bool:
         """Obtain and install an ACME certificate unless the served one is current; returns whether it did."""
-        plan = self.control_plan
-        if acme_certificate_is_current(plan, self.local, site_info(plan, self.local)):
+        if self._acme_current():
             return False
-        with self.reporter.step(f"Certificate for {', '.join(plan.domains)} from {plan.tls.acme_directory}"):
-            self.renew_certificate()
-        return True
-
-    def renew_certificate(self) -> None:
-        """A new ACME certificate, installed into every balancer without a reload; recorded for `djship status`."""
-        plan = self.control_plan
-
-        def renew() -> str:
-            bundle = obtain_acme(plan, self.local, self.balancer_hosts)
-            install(plan, self.balancer_hosts, bundle, self._staple_for(bundle))
-            self._wait_balancers()
-            return site_info(plan, self.local).serial
-
-        renewal.attempt(plan, self.local, renew)
+        with self.reporter.step(f"Certificate for {', '.join(self.plan.domains)} from {self.plan.tls.acme_directory}"):
+            return self._agent("renew") == RENEWED
 
     def renew(self, force: bool) -> bool:
         """`djship certs renew`: renew now if due (or always with force); returns whether it renewed."""
@@ -637,10 +650,7 @@ class System:
             )
         if not all(host.running("haproxy") for host in self.lb_hosts):
             raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
-        if not force and acme_certificate_is_current(self.control_plan, self.local, site_info(self.control_plan, self.local)):
-            return False
-        self.renew_certificate()
-        return True
+        return self._agent("renew", *(["--force"] if force else [])) == RENEWED
 
     def _staple_for(self, bundle: bytes) -> bytes | None:
         return fetch_staple(self.control_plan, self.local, bundle, self.reporter.note)
@@ -652,28 +662,6 @@ class System:
         if not staple_due(plan, self.local):
             return False
         return write_staple(plan, self.local, self._staple_for(self.local.get(plan.paths.site_pem)))
-
-    def watch_renewals(self, log: Callable[[str], None]) -> None:
-        """The renewal timer's loop (the supervised program `renewal`); never returns."""
-        plan = self.control_plan
-
-        def site() -> tuple:
-            info = site_info(plan, self.local)
-            return info, acme_certificate_is_current(plan, self.local, info)
-
-        last_staple_attempt = [-STAPLE_RETRY]
-
-        def refresh_live_staple() -> None:
-            if not staple_due(plan, self.local) or time.monotonic() - last_staple_attempt[0] < STAPLE_RETRY:
-                return
-            last_staple_attempt[0] = time.monotonic()
-            bundle = self.local.get(plan.paths.site_pem)
-            staple = self._staple_for(bundle)
-            if staple != self.local.get(plan.paths.site_ocsp):
-                install(plan, self.balancer_hosts, bundle, staple)
-                log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
-
-        renewal.watch(plan, self.local, site, self.renew_certificate, log, maintain=refresh_live_staple)
 
     # -- what deploy, rollback, scale and restore need (deploy/rolling.py) ------------------------------------
 
@@ -850,14 +838,16 @@ class System:
         }
 
     def _tls_status(self, views: dict) -> dict:
-        info = site_info(self.control_plan, self.local)
+        acme = self.plan.tls.mode == "acme"
+        kept = (self.renewer.plan, self.renewer.connector) if acme else (self.control_plan, self.local)
+        info = site_info(*kept)
         report = {"mode": self.plan.tls.mode, "certificate": info.to_json() if info else None, "renewal": None}
-        if self.plan.tls.mode == "acme":
-            process = views.get(self.lb_hosts[0].name, {}).get(RENEWAL_PROGRAM)
+        if acme:
+            process = views.get(self.renewer.name, {}).get(RENEWAL_PROGRAM)
             report["renewal"] = {
                 "pid": process.pid if process else None,
                 "state": process.state if process else "STOPPED",
-                **asdict(renewal.load(self.control_plan, self.local)),
+                **asdict(renewal.load(*kept)),
             }
         return report
 

@@ -82,12 +82,12 @@ def _key_pem(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _api_certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a certificate for 127.0.0.1 for Pebble's own HTTPS API (Debian's pebble ships none)."""
+def _api_certificate(directory: Path, address: str) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for address for Pebble's own HTTPS API (Debian's pebble ships none)."""
     ca_key, key = _key(), _key()
     ca = _certificate("djship test: Pebble API CA", ca_key, None, ca_key, ca=True)
-    names = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
-    certificate = _certificate("127.0.0.1", key, ca, ca_key, extensions=(names,))
+    names = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost")])
+    certificate = _certificate(address, key, ca, ca_key, extensions=(names,))
     paths = directory / "api-ca.pem", directory / "api-cert.pem", directory / "api-key.pem"
     paths[0].write_bytes(_pem_of(ca))
     paths[1].write_bytes(_pem_of(certificate))
@@ -124,22 +124,24 @@ class Pebble:
 
 
 @contextmanager
-def pebble(directory: Path) -> Iterator[Pebble]:
-    api_ca, api_cert, api_key = _api_certificate(directory)
+def pebble(directory: Path, listen: str = "127.0.0.1", balancer: str = "127.0.0.1",
+           http_port: int = TLS_PORTS.http) -> Iterator[Pebble]:
+    """Pebble's API on listen; the test domain resolves to balancer, whose HTTP port validates HTTP-01."""
+    api_ca, api_cert, api_key = _api_certificate(directory, listen)
     config = directory / "pebble-config.json"
     config.write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{PEBBLE_DIRECTORY_PORT}",
-        "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
+        "listenAddress": f"{listen}:{PEBBLE_DIRECTORY_PORT}",
+        "managementListenAddress": f"{listen}:{PEBBLE_MANAGEMENT_PORT}",
         "certificate": str(api_cert),
         "privateKey": str(api_key),
-        "httpPort": TLS_PORTS.http,  # HTTP-01 is validated on the balancer's HTTP port
+        "httpPort": http_port,
         "tlsPort": PEBBLE_TLS_ALPN_PORT,
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
         "certificateValidityPeriod": CERTIFICATE_LIFETIME,
     }}))
     dns = [
-        "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+        "pebble-challtestsrv", "-defaultIPv4", balancer, "-defaultIPv6", "",
         "-dns01", f"127.0.0.1:{CHALLTESTSRV_DNS_PORT}", "-management", f"127.0.0.1:{CHALLTESTSRV_MANAGEMENT_PORT}",
         "-http01", "", "-https01", "", "-tlsalpn01", "",
     ]
@@ -147,7 +149,7 @@ def pebble(directory: Path) -> Iterator[Pebble]:
     with _process(dns, directory / "challtestsrv.log"), _process(
         server, directory / "pebble.log", env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
     ):
-        root_url = f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0"
+        root_url = f"https://{listen}:{PEBBLE_MANAGEMENT_PORT}/roots/0"
 
         def root_served() -> bool:
             try:
@@ -158,7 +160,15 @@ def pebble(directory: Path) -> Iterator[Pebble]:
         _wait_for("Pebble", root_served)
         root = directory / "pebble-root.pem"
         root.write_text(requests.get(root_url, verify=str(api_ca), timeout=5).text)
-        yield Pebble(f"https://127.0.0.1:{PEBBLE_DIRECTORY_PORT}/dir", api_ca, root)
+        yield Pebble(f"https://{listen}:{PEBBLE_DIRECTORY_PORT}/dir", api_ca, root)
+
+
+def served_certificate(address: str, port: int) -> x509.Certificate:
+    """The certificate the balancer at address:port presents for the test domain."""
+    result = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", "-servername", DOMAIN],
+                            input="", capture_output=True, text=True, timeout=30)
+    return x509.load_pem_x509_certificate(re.search(
+        r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", result.stdout, re.S).group(0).encode())
 
 
 class _HostAdapter(HTTPAdapter):
@@ -186,13 +196,7 @@ class DomainSite(Site):
         return session
 
     def served_certificate(self) -> x509.Certificate:
-        result = subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{self.ports.https}", "-servername", DOMAIN],
-            input="", capture_output=True, text=True, timeout=30,
-        )
-        return x509.load_pem_x509_certificate(re.search(
-            r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", result.stdout, re.S
-        ).group(0).encode())
+        return served_certificate("127.0.0.1", self.ports.https)
 
     def certs(self) -> list[dict]:
         result = self.djship("certs", "--json", check=False)

@@ -10,7 +10,7 @@ import pytest
 
 from djship import render
 from djship.errors import DjshipError
-from djship.plan import HostSpec, Plan, build_plans, remote_config_problems
+from djship.plan import HostSpec, Plan, build_plans, plan_from_json, remote_config_problems
 from djship.tls import local_ca
 
 ADDRESSES = {"lb1": "10.0.0.2", "app1": "10.0.0.11", "app2": "10.0.0.12", "db1": "10.0.0.20"}
@@ -101,7 +101,6 @@ def test_one_host_may_hold_several_roles(make_config, fake_tools):
 @pytest.mark.parametrize(("overrides", "problem"), [
     ({"app": {"address_prefix": "127.0.5"}}, "app.address_prefix: on real hosts [servers] and [hosts] say where"),
     ({"database": {"address": "127.0.2.2"}}, "database.address: on real hosts"),
-    ({"tls": {"mode": "acme"}, "site": {"domains": ["shop.example.com"]}}, 'tls.mode: "acme" on real hosts is not built yet'),
     ({"backup": {"schedule": "03:30"}}, "backup.schedule: scheduled backups on real hosts are not built yet"),
 ])
 def test_what_a_remote_target_refuses_is_named_by_its_key(make_config, fake_tools, overrides, problem):
@@ -109,6 +108,25 @@ def test_what_a_remote_target_refuses_is_named_by_its_key(make_config, fake_tool
     assert any(line.startswith(problem) for line in remote_config_problems(config))
     with pytest.raises(DjshipError, match=r"^djship.toml: " + problem.split(":")[0]):
         build_plans(config, Path("/srv/example/board"), specs(fake_tools))
+
+
+def test_with_acme_the_first_lb_host_runs_the_acme_client_by_its_own_plan(make_config, fake_tools):
+    config = make_config(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]})
+    plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools))
+    assert [name for name, plan in plans.items() if plan.renews] == ["lb1"]
+    renewal = render.programs(plans["lb1"])[-1]
+    assert (renewal.name, renewal.user) == ("renewal", None)
+    assert renewal.command == f"{fake_tools.python} -m djship.agent /srv/lb1/plan.json watch"
+    plan_file = next(file for file in render.system_files(plans["lb1"]) if file.path.name == "plan.json")
+    assert plan_file.programs == ("renewal",) and plan_from_json(plan_file.text) == plans["lb1"]
+    assert not any(file.path.name == "plan.json" for file in render.system_files(plans["app1"]))
+
+
+def test_acme_with_several_lb_hosts_is_refused(make_config, fake_tools):
+    config = make_config(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]})
+    roles = {**ROLES, "app1": ("app", "lb")}
+    with pytest.raises(DjshipError, match=r'^djship.toml: tls.mode: "acme" with several lb hosts'):
+        build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles))
 
 
 def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tools, tmp_path):

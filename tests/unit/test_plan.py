@@ -132,3 +132,18 @@ def test_acme_mode_refuses_localhost(make_plan):
         make_plan(tls={"mode": "acme"})
 
     assert make_plan(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]}).tls.mode == "acme"
+
+
+def test_a_plan_written_as_json_reads_back_equal(make_plan, make_config):
+    """djship's programs on a host (the renewal timer, the backup schedule) run by the plan the control machine
+    computed for that host, shipped as plan.json: every field survives."""
+    from djship.plan import HostSpec, build_plans, plan_from_json, plan_to_json
+    from tests.unit.conftest import FAKE_TOOLS
+
+    specs = [HostSpec(name, f"10.0.0.{10 + index}", roles, Path("/srv") / name, FAKE_TOOLS, True)
+             for index, (name, roles) in enumerate({"lb1": ("lb",), "web1": ("app",), "db1": ("db", "media")}.items())]
+    plans = [make_plan(running_as_root=True, app={"servers": 3}, tls={"mode": "local"}),
+             *build_plans(make_config(hosts={"db1": {"address": "10.0.0.12"}}), Path("/srv/example/board"), specs).values()]
+    for plan in plans:
+        assert plan_from_json(plan_to_json(plan)) == plan
+    assert plan_from_json(plan_to_json(plans[-1])).media is not None

@@ -231,7 +231,7 @@ def test_renewal_timer_runs_only_in_acme_mode_as_the_invoking_user(make_plan):
     local = supervisord_sections(make_plan(running_as_root=True))
 
     renewal = acme["program:renewal"]
-    assert renewal["command"].endswith("-m djship -C /srv/example/board certs watch")
+    assert renewal["command"].endswith("-m djship.agent /srv/example/board/.djship/plan.json watch")
     assert "user" not in renewal  # it writes the 0600 certificate and talks to HAProxy's runtime API
     assert "program:renewal" not in local.sections()
 

@@ -9,12 +9,15 @@ releases/<id>/ (code, virtualenv, settings, static files) and a release.json tha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
 from functools import cached_property
+from importlib import metadata
 from pathlib import Path
 
+import djship
 from djship.connectors import on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy import shipping
@@ -25,6 +28,12 @@ from djship.topology import Host, Topology
 
 SUPERVISOR_PACKAGE = "supervisor>=4.2"
 WHEEL_PACKAGES = (*RUNTIME_PACKAGES, SUPERVISOR_PACKAGE)
+# What djship.agent imports, at the versions djship itself requires.
+AGENT_DEPENDENCIES = ("pydantic", "cryptography", "tomlkit", "acme", "josepy")
+AGENT_REQUIREMENTS = "".join(
+    f"{requirement}\n" for requirement in metadata.requires("djship") or ()
+    if re.match(r"[A-Za-z0-9_.-]+", requirement)[0].lower() in AGENT_DEPENDENCIES and ";" not in requirement
+)
 
 
 class Pipeline:
@@ -67,13 +76,32 @@ class Pipeline:
         if self.offline:
             self.wheelhouse  # noqa: B018 (cached: built now, not in every host's thread)
 
+    @cached_property
+    def agent_wheelhouse(self) -> shipping.Wheelhouse:
+        requirements = self.control.state / "agent-requirements.txt"
+        requirements.write_text(AGENT_REQUIREMENTS)
+        with self.reporter.step("Wheels for djship's own program on the hosts (built here, once)"):
+            return shipping.build_wheelhouse(
+                requirements, (), self._build_python(), self.control.state / "wheelhouse", LocalConnector(),
+                self.control.logs / "wheels.log",
+            )
+
     def prepare_supervisor(self, host: Host) -> None:
-        """The supervisor's virtualenv on a host that installs from wheels (elsewhere djship's own Python runs it)."""
-        if host.installs == "wheels":
-            plan = host.plan
-            shipping.upload_wheelhouse(host.connector, self.wheelhouse, plan.paths.wheels)
-            shipping.ensure_venv(host.connector, host.python, plan.paths.state / "venv",
-                                 self.wheelhouse.on_host(plan.paths.wheels), None, (SUPERVISOR_PACKAGE,))
+        """djship's virtualenv on a host that installs from wheels (elsewhere djship's own Python runs it): the
+        supervisor, and djship itself where djship's own program runs (the renewal timer)."""
+        if host.installs != "wheels":
+            return
+        plan, connector = host.plan, host.connector
+        venv = plan.paths.state / "venv"
+        shipping.upload_wheelhouse(connector, self.wheelhouse, plan.paths.wheels)
+        shipping.ensure_venv(connector, host.python, venv, self.wheelhouse.on_host(plan.paths.wheels), None,
+                             (SUPERVISOR_PACKAGE,))
+        if plan.renews:
+            wheelhouse = self.agent_wheelhouse
+            shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
+            shipping.install_into(connector, venv, wheelhouse.on_host(plan.paths.wheels),
+                                  tuple(AGENT_REQUIREMENTS.split()))
+            shipping.ship_package(connector, venv, wheelhouse.python, Path(djship.__file__).parent)
 
     def on(self, host: Host, release_id: str) -> Release:
         """The release as it lies on that host."""

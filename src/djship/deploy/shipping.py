@@ -288,6 +288,33 @@ def ensure_venv(
     return True
 
 
+def install_into(connector: Connector, venv: Path, wheel_dir: Path, packages: tuple[str, ...]) -> bool:
+    """Add packages to a complete venv from wheel_dir alone, unless it has them already; whether it installed."""
+    marker = venv / ".djship-packages"
+    wanted = "\n".join(packages) + "\n"
+    if connector.get(marker) == wanted.encode():
+        return False
+    install = offline_install_command("", venv, wheel_dir, None, packages)[1]  # into the venv that is there
+    _checked(connector, install, f"installing {', '.join(packages)} into {venv}{_on(connector)}")
+    connector.put(marker, wanted, mode=0o644)
+    return True
+
+
+def ship_package(connector: Connector, venv: Path, python: tuple[int, int], package: Path) -> bool:
+    """Copy a pure-Python package (djship itself) into venv's site-packages unless the same files are there;
+    whether it copied. Its source may be an installed package or a checkout, so it travels as files, not a wheel."""
+    archive = pack_code(package, ("__pycache__",), package / "__pycache__")
+    digest = hashlib.sha256(archive).hexdigest()
+    destination = venv / "lib" / f"python{_dotted(python)}" / "site-packages" / package.name
+    marker = destination / COMPLETE_MARKER
+    if connector.get(marker) == digest.encode():
+        return False
+    _checked(connector, ["rm", "-rf", "--", str(destination)], f"removing the old {destination}{_on(connector)}")
+    unpack_code(connector, archive, destination)
+    connector.put(marker, digest, mode=0o644)
+    return True
+
+
 # ---- helpers ------------------------------------------------------------------------------------------------------
 
 

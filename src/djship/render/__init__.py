@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 
 from djship.plan import MEDIA_PROGRAM, MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, \
-    MediaStore, Plan
+    MediaStore, Plan, plan_to_json
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -221,17 +221,23 @@ def programs(plan: Plan) -> list[Program]:
                 stopwaitsecs=10,
             )
         )
-    if plan.tls.mode == "acme":
-        # As the user running djship: it writes the certificate and installs it through HAProxy's runtime API.
-        result.append(
-            Program(
-                name=RENEWAL_PROGRAM,
-                command=f"{quote(plan.tools.python)} -m djship -C {quote(str(plan.project_dir))} certs watch",
-                stopsignal="TERM",
-                stopwaitsecs=10,
-            )
-        )
+    if plan.renews:
+        # As root: it writes the certificate and installs it through HAProxy's runtime API.
+        result.append(Program(name=RENEWAL_PROGRAM, command=shlex.join(agent_argv(plan, "watch")), stopsignal="TERM",
+                              stopwaitsecs=10))
     return result
+
+
+def agent_plan(plan: Plan) -> Plan:
+    """The plan djship.agent runs by: the ACME directory's CA bundle is the copy on the host."""
+    if plan.tls.acme_ca_bundle is None:
+        return plan
+    return replace(plan, tls=replace(plan.tls, acme_ca_bundle=plan.paths.acme_ca_bundle))
+
+
+def agent_argv(plan: Plan, *args: str) -> list[str]:
+    """The command that runs djship.agent on plan's host, with that host's Python (which has djship)."""
+    return [plan.tools.python, "-m", "djship.agent", str(plan.paths.plan_file), *args]
 
 
 def supervisord_conf(plan: Plan) -> str:
@@ -274,6 +280,8 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         files.append(ConfigFile(plan.paths.haproxy_conf, haproxy_cfg(plan), ("haproxy",)))
         if plan.tls.mode == "acme":  # empty: entries live in HAProxy's memory only while an order runs
             files.append(ConfigFile(plan.paths.challenge_map, "", ()))
+    if plan.renews:
+        files.append(ConfigFile(plan.paths.plan_file, plan_to_json(agent_plan(plan)), (RENEWAL_PROGRAM,)))
     if plan.holds("db"):
         files.append(ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)))
         files.append(ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)))

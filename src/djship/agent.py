@@ -1,0 +1,115 @@
+"""djship's own program on a host, run by the plan the control machine computed for that host (its plan.json).
+
+    python -m djship.agent <plan.json> renew [--force]   an ACME certificate now if due (or always), installed
+    python -m djship.agent <plan.json> watch             the renewal timer (the supervised program `renewal`)
+
+It runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its own HAProxy:
+the ACME client lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
+certificate falls due. `djship up` and `djship certs renew` run `renew` there through the host's connector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from djship.components.balancer import Balancer, https_probe
+from djship.connectors import Connector
+from djship.connectors.local import LocalConnector
+from djship.errors import DjshipError
+from djship.plan import Plan, plan_from_json
+from djship.tls import renewal
+from djship.tls.certificates import leaf_der
+from djship.tls.site import BalancerHost, acme_certificate_is_current, fetch_staple, install, obtain_acme, \
+    site_info, staple_due
+from djship.waiting import wait_until
+
+SERVED_TIMEOUT = 30
+# The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
+STAPLE_RETRY = 3600
+RENEWED, CURRENT = "renewed", "current"
+
+
+class Renewer:
+    """The ACME certificate of this host's balancer: obtained, installed without a reload, recorded."""
+
+    def __init__(self, plan: Plan, connector: Connector, log):
+        self.plan, self.connector, self.log = plan, connector, log
+        self.balancer = BalancerHost(connector, Balancer(plan.paths.haproxy_socket))
+        self._last_staple_attempt = -STAPLE_RETRY
+
+    def site(self) -> tuple:
+        """(the served certificate, whether it is the current ACME one)."""
+        info = site_info(self.plan, self.connector)
+        return info, acme_certificate_is_current(self.plan, self.connector, info)
+
+    def renew(self) -> None:
+        plan = self.plan
+
+        def attempt() -> str:
+            bundle = obtain_acme(plan, self.connector, [self.balancer])
+            install(plan, [self.balancer], bundle, fetch_staple(plan, self.connector, bundle, self.log))
+            self._wait_served(bundle)
+            return site_info(plan, self.connector).serial
+
+        renewal.attempt(plan, self.connector, attempt)
+
+    def renew_if_due(self, force: bool) -> bool:
+        if not force and self.site()[1]:
+            return False
+        self.renew()
+        return True
+
+    def watch(self) -> None:
+        renewal.watch(self.plan, self.connector, self.site, self.renew, self.log, maintain=self._refresh_staple)
+
+    def _wait_served(self, bundle: bytes) -> None:
+        """Until a TLS handshake with this balancer presents the new certificate."""
+        plan, leaf = self.plan, leaf_der(bundle)
+        address = "127.0.0.1" if plan.balancer_bind == "0.0.0.0" else plan.balancer_bind
+
+        def served() -> tuple[bool, str]:
+            answered = https_probe(address, plan.https_port, plan.domains[0], plan.health_path, leaf)
+            return answered is not None, f"the balancer on {address}:{plan.https_port} still serves the old certificate"
+
+        wait_until("the new certificate", served, SERVED_TIMEOUT, "see the haproxy log")
+
+    def _refresh_staple(self) -> None:
+        plan, connector = self.plan, self.connector
+        if not staple_due(plan, connector) or time.monotonic() - self._last_staple_attempt < STAPLE_RETRY:
+            return
+        self._last_staple_attempt = time.monotonic()
+        bundle = connector.get(plan.paths.site_pem)
+        staple = fetch_staple(plan, connector, bundle, self.log)
+        if staple != connector.get(plan.paths.site_ocsp):
+            install(plan, [self.balancer], bundle, staple)
+            self.log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
+
+
+def _log(line: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="djship-agent", description=__doc__.split("\n\n")[0])
+    parser.add_argument("plan", type=Path, help="the host's plan.json")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("renew", help="an ACME certificate now if due, installed").add_argument(
+        "--force", action="store_true", help="even if the current one is not due")
+    commands.add_parser("watch", help="renew whenever due, retrying with back-off (never returns)")
+    args = parser.parse_args(argv)
+    try:
+        renewer = Renewer(plan_from_json(args.plan.read_bytes()), LocalConnector(), _log)
+        if args.command == "renew":
+            print(RENEWED if renewer.renew_if_due(args.force) else CURRENT, flush=True)
+        else:
+            renewer.watch()
+    except (DjshipError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
