@@ -6,7 +6,14 @@ Only that host's address (10.247.x.y, in a namespace the fixture makes and delet
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +22,8 @@ import pytest
 from djship.components.probe import Response, request
 from tests.e2e.conftest import EXAMPLE, run_djship, searchable_directory
 from tests.e2e.hosts import NetnsHosts, netns_hosts
-from tests.e2e.test_remote_system import deploy_under_load
+from tests.e2e.test_remote_system import FleetLoop, deploy_under_load
+from tests.e2e.test_supervision import _system_processes, _wait_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +55,12 @@ class Server:
     def session(self) -> None:
         """The request loop's session: none, as the loop connects to the host itself."""
 
+    def status(self) -> dict:
+        return json.loads(self.djship("status", "--json").stdout)
+
+    def states(self) -> dict[str, str]:
+        return {component["name"]: component["state"] for component in self.status()["components"]}
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -75,3 +89,54 @@ def test_a_deploy_on_one_server_fails_no_request(server: Server):
     load = deploy_under_load(server, "deployed by the single-server e2e test")
     assert load.failures == []
     assert len(load.releases) == 2
+
+
+def test_up_takes_back_what_a_killed_supervisor_left_running_on_the_server(server: Server):
+    before = server.status()
+    supervisor = before["hosts"][0]["supervisor"]
+    programs = {component["name"] for component in before["components"]}
+    with FleetLoop(server) as load:  # type: ignore[arg-type]
+        os.kill(supervisor, signal.SIGKILL)
+        _wait_gone(supervisor)
+        load.wait_for(load.served + 50)  # the orphans keep serving
+        assert server.states() == dict.fromkeys(programs, "UNSUPERVISED")
+        up = server.djship("up")
+        load.wait_for(load.served + 50)
+    assert load.failures == [], load.failures[:5]
+    assert "predecessor left running" in up.stdout and "already in use" not in up.stdout + up.stderr
+    after = server.status()
+    assert after["hosts"][0]["supervisor"] not in (None, supervisor)
+    assert {component["name"]: component["state"] for component in after["components"]} == dict.fromkeys(
+        programs, "RUNNING")
+
+
+def test_the_servers_boot_command_brings_it_back_with_no_djship_command(server: Server):
+    host = server.hosts["web1"]
+    registration = server.status()["hosts"][0]["boot"]
+    assert registration["starts_at_boot"] is True and registration["note"].startswith("no init system")
+    programs = set(server.states())
+    # A reboot: every process of the system on the host dies at once (sshd stays: it is how djship reaches it).
+    for _ in range(5):
+        for pid in (processes := _system_processes(host.root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for pid in processes:
+            _wait_gone(pid)
+    assert not _system_processes(host.root) and isinstance(server.get(), str)
+
+    # As the host's init would run it: in the host's network, its own session, no environment but PATH, from /.
+    init = subprocess.Popen(
+        ["ip", "netns", "exec", host.namespace, "/bin/sh", registration["command"]], cwd="/",
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # stopped by `djship down` at the end of the module, else killed with the namespace's processes
+    threading.Thread(target=init.wait, daemon=True).start()  # init reaps what it started
+    deadline = time.monotonic() + 120
+    while server.states() != dict.fromkeys(programs, "RUNNING"):
+        assert time.monotonic() < deadline, f"not every program RUNNING after boot: {server.states()}"
+        time.sleep(1)
+    assert server.status()["hosts"][0]["supervisor"] == init.pid  # ip netns exec and boot.sh exec supervisord
+    with FleetLoop(server) as load:  # type: ignore[arg-type]
+        load.wait_for(100)
+    assert load.failures == []
+    assert "unchanged" in server.djship("up").stdout  # djship takes the booted host as its own

@@ -46,6 +46,7 @@ def test_the_parser_finds_one_leader_per_program_of_this_state_root():
                              "-e stderr"]),
         _line(601, 600, {}, ["nginx: worker process"]),
         _line(610, 610, {}, ["nginx: master process /usr/sbin/nginx -c /srv/example/board/.djship/servers/app3/nginx.conf"]),
+        _line(615, 615, {}, ["nginx: master process /usr/sbin/nginx -c /srv/example/board/.djship/servers/web1-2/nginx.conf"]),
         _line(620, 620, {}, ["nginx: master process /usr/sbin/nginx -c /srv/example/board/.djship/servers/app1/nginx.conf.old"]),
         _line(700, 700, {}, ["vim", "/srv/example/board/.djship/servers/app1/nginx.conf"]),  # names it, is not it
         "a line that is not JSON",
@@ -54,7 +55,7 @@ def test_the_parser_finds_one_leader_per_program_of_this_state_root():
     found = orphans.parse_scan(output, SOCKET, SERVERS)
 
     assert [(orphan.pid, orphan.program) for orphan in found] == [
-        (200, "postgres"), (300, "haproxy"), (600, "app1-nginx"), (610, "app3-nginx")]
+        (200, "postgres"), (300, "haproxy"), (600, "app1-nginx"), (610, "app3-nginx"), (615, "web1-2-nginx")]
     assert found[0].argv == ("/usr/lib/postgresql/15/bin/postgres", "-D", "/x/data")
 
 

@@ -29,7 +29,8 @@ from djship.progress import Reporter
 from djship.waiting import wait_until
 
 UNSUPERVISED = "UNSUPERVISED"
-_APP_PROGRAM = re.compile(r"^(?P<server>app\d+)-(gunicorn|nginx)$")
+# An app server's programs: app1-nginx on one machine, web1-2-gunicorn on a host (servers are named after it).
+_APP_PROGRAM = re.compile(r"^(?P<server>.+)-(gunicorn|nginx)$")
 
 # Runs on the host with its Python's standard library only (argv: the state root): one JSON line per process that a
 # supervisor started or that names the state root in its command line (pid, process group, state, SUPERVISOR_*
@@ -70,9 +71,9 @@ def parse_scan(output: str, supervisor_socket: str, servers_dir: str) -> list[Or
     """The programs of the supervisor at supervisor_socket among SCAN's lines, one per process group, by pid.
 
     servers_dir: where the app servers' nginx.conf files are, which nginx's title names
-    (`nginx: master process /usr/sbin/nginx -c <servers_dir>/app1/nginx.conf ...`)."""
+    (`nginx: master process /usr/sbin/nginx -c <servers_dir>/app1/nginx.conf ...`, web1-2/ on a host)."""
     url = f"unix://{supervisor_socket}"
-    nginx_title = re.compile(rf" -c {re.escape(servers_dir)}/(?P<server>app\d+)/nginx\.conf ")
+    nginx_title = re.compile(rf" -c {re.escape(servers_dir)}/(?P<server>[^/\s]+)/nginx\.conf ")
     found = []
     for line in output.splitlines():
         try:
