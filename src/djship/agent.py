@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from djship.components.balancer import Balancer, https_probe
@@ -35,7 +36,7 @@ RENEWED, CURRENT = "renewed", "current"
 class Renewer:
     """The ACME certificate of this host's balancer: obtained, installed without a reload, recorded."""
 
-    def __init__(self, plan: Plan, connector: Connector, log):
+    def __init__(self, plan: Plan, connector: Connector, log: Callable[[str], None]):
         self.plan, self.connector, self.log = plan, connector, log
         self.balancer = BalancerHost(connector, Balancer(plan.paths.haproxy_socket))
         self._last_staple_attempt = -STAPLE_RETRY

@@ -834,15 +834,15 @@ class System:
                        else None}
                       for host in self.hosts.values()],
             "components": components,
-            "tls": self._tls_status(views),
+            "tls": self._tls_status(views, set(answering)),
         }
 
-    def _tls_status(self, views: dict) -> dict:
+    def _tls_status(self, views: dict, answering: set[str]) -> dict:
         acme = self.plan.tls.mode == "acme"
         kept = (self.renewer.plan, self.renewer.connector) if acme else (self.control_plan, self.local)
-        info = site_info(*kept)
+        info = site_info(*kept) if not acme or self.renewer.name in answering else None
         report = {"mode": self.plan.tls.mode, "certificate": info.to_json() if info else None, "renewal": None}
-        if acme:
+        if acme and self.renewer.name in answering:
             process = views.get(self.renewer.name, {}).get(RENEWAL_PROGRAM)
             report["renewal"] = {
                 "pid": process.pid if process else None,

@@ -411,3 +411,26 @@ def test_a_broken_archive_leaves_no_destination_behind(tmp_path):
     with pytest.raises(DjshipError, match=rf"^unpacking the code into {destination} failed: .*"):
         unpack_code(LocalConnector(), b"not a tar file", destination)
     assert list(destination.parent.iterdir()) == []
+
+
+def test_a_package_is_shipped_into_the_venv_once_and_again_when_it_changed(tmp_path):
+    """djship itself reaches a host's virtualenv as files (it may run from a checkout): copied when its files
+    differ from the copy there, left alone when they are the same."""
+    from djship.deploy.shipping import ship_package
+
+    package = tmp_path / "source" / "tool"
+    (package / "__pycache__").mkdir(parents=True)
+    (package / "__init__.py").write_text("VERSION = 1\n")
+    (package / "__pycache__" / "x.pyc").write_bytes(b"compiled")
+    venv, connector = tmp_path / "venv", LocalConnector()
+    installed = venv / "lib" / "python3.11" / "site-packages" / "tool"
+
+    assert ship_package(connector, venv, (3, 11), package) is True
+    assert (installed / "__init__.py").read_text() == "VERSION = 1\n"
+    assert not (installed / "__pycache__").exists()
+    assert ship_package(connector, venv, (3, 11), package) is False
+
+    (package / "__init__.py").write_text("VERSION = 2\n")
+    (installed / "stale.py").write_text("left from the old copy\n")
+    assert ship_package(connector, venv, (3, 11), package) is True
+    assert (installed / "__init__.py").read_text() == "VERSION = 2\n" and not (installed / "stale.py").exists()
