@@ -50,7 +50,7 @@ def _steps(project: Path) -> dict[str, float]:
 
 def one_machine(workdir: Path) -> dict[str, float]:
     deployment = copy_example(workdir, {"balancer.https_port": 25443, "balancer.http_port": 25080,
-                                        "database.port": 35432, "app.address_prefix": "127.0.81",
+                                        "database.port": 29432, "app.address_prefix": "127.0.81",
                                         "database.address": "127.0.82.1"})
     try:
         return _steps(deployment.project)

@@ -158,10 +158,12 @@ def up(install: bool, dry_run: bool) -> None:
             console.print(escape(line), soft_wrap=True)
         console.print("Nothing to change." if not lines else f"{len(lines)} changes; nothing was changed (--dry-run)")
         return
+    before = system.traffic()
     result = system.up()
     total = time.monotonic() - started
     if result.changed:
         console.print(f"[green]Up[/] in {total:.1f}s: release {escape(result.release)}")
+        _print_traffic(system.traffic_since(before), "the change")
     else:
         console.print(f"Already up and unchanged: release {result.release}; nothing was changed ({total:.1f}s)",
                       markup=False)
@@ -180,6 +182,14 @@ def _rollout():
     return Rollout(_system())
 
 
+def _print_traffic(traffic, during: str) -> None:
+    """The balancers' own count of what they answered while a change ran (nothing when none was running)."""
+    if traffic is None:
+        return
+    line = escape(traffic.line(during))
+    console.print(f"  [red]{line}[/] (see `djship logs haproxy`)" if traffic.failed else f"  {line}")
+
+
 @main.command()
 def deploy() -> None:
     """Ship the project's current code as a new release, one app server at a time, with no failed request.
@@ -192,8 +202,11 @@ def deploy() -> None:
     anywhere never takes traffic: the server goes back to its release and the deploy stops.
     """
     started = time.monotonic()
-    release = _rollout().deploy()
+    rollout = _rollout()
+    before = rollout.system.traffic()
+    release = rollout.deploy()
     console.print(f"[green]Deployed[/] release {escape(release.id)} in {time.monotonic() - started:.1f}s")
+    _print_traffic(rollout.system.traffic_since(before), "the deploy")
 
 
 @main.command()
@@ -204,8 +217,11 @@ def rollback(release: str | None) -> None:
     Migrations are not reversed: the database stays as the newest release left it.
     """
     started = time.monotonic()
-    target = _rollout().rollback(release)
+    rollout = _rollout()
+    before = rollout.system.traffic()
+    target = rollout.rollback(release)
     console.print(f"[green]Rolled back[/] to release {escape(target.id)} in {time.monotonic() - started:.1f}s")
+    _print_traffic(rollout.system.traffic_since(before), "the rollback")
 
 
 @main.command()
@@ -218,12 +234,15 @@ def scale(servers: int) -> None:
     are app hosts is servers.app in djship.toml: edit it and run `djship up` to add a host.)
     """
     started = time.monotonic()
-    before = _rollout().scale(servers)
+    rollout = _rollout()
+    traffic = rollout.system.traffic()
+    before = rollout.scale(servers)
     if before == servers:
         console.print(f"Already {servers} app servers per app host; nothing changed.")
     else:
         console.print(f"[green]Scaled[/] from {before} to {servers} app servers per app host in "
                       f"{time.monotonic() - started:.1f}s")
+        _print_traffic(rollout.system.traffic_since(traffic), "the scale")
 
 
 @main.command()
@@ -333,11 +352,13 @@ def restore(backup_name: str, yes: bool) -> None:
         f"{manifest.created}) and switch the site to it? Writes made after it will no longer be served"
     ):
         raise DjshipError("restore cancelled; nothing was changed")
+    traffic = backups.system.traffic()
     result = backups.restore(verified)
     console.print(
         f"[green]Restored[/] {escape(verified.name)} in {time.monotonic() - started:.1f}s: the site now uses database "
         f"{escape(result.database)} and media {escape(str(result.media))}"
     )
+    _print_traffic(backups.system.traffic_since(traffic), "the restore")
     console.print(f"  safety backup of what was live: {result.safety_backup}", markup=False)
     console.print(
         f"  the previous database {result.previous.database} and media {result.previous.media} are kept; "

@@ -19,7 +19,7 @@ from pathlib import Path
 from djship import render
 from djship.changes import Changes, Observed, diff
 from djship.components import appserver, boot, media, orphans
-from djship.components.balancer import Balancer, https_probe, remote_sender
+from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
 from djship.connectors.local import LocalConnector
@@ -532,6 +532,15 @@ class System:
                 with self.reporter.step(f"Putting {', '.join(resting)} back into rotation"):
                     for name in resting:
                         instance.set_state(name, "ready")
+
+    def traffic(self) -> list[Traffic | None]:
+        """Each balancer's counters of what it answered over HTTPS, None where none answers (see traffic_since)."""
+        return [instance.traffic() for instance in self.balancers]
+
+    def traffic_since(self, earlier: list[Traffic | None]) -> Traffic | None:
+        """What the balancers that answered earlier (from traffic()) answered since, summed; None if none did."""
+        pairs = [(now or Traffic(0, 0, restarted=True), then) for now, then in zip(self.traffic(), earlier) if then]
+        return sum((now.since(then) for now, then in pairs), Traffic(0, 0)) if pairs else None
 
     def _where(self, host: Host) -> str:
         return self.plan.url if len(self.lb_hosts) == 1 else f"{host.name} ({self.plan.url})"

@@ -93,7 +93,14 @@ def test_a_forced_renewal_on_the_host_fails_no_request(server: AcmeServer):
     assert server.served().serial_number != before.serial_number
 
 
+def test_a_deploy_on_the_acme_host_fails_no_request(server: AcmeServer):
+    load = deploy_under_load(server, "deployed by the ACME host e2e test")
+    assert load.failures == []
+    assert len(load.releases) == 2
+
+
 def test_the_renewal_timer_on_the_host_renews_by_itself(server: AcmeServer):
+    """Last: the forced renewal's certificate falls due while the deploy runs (at two thirds of 150 s)."""
     before = server.served()
     deadline = time.monotonic() + CERTIFICATE_LIFETIME + 60
     while server.served().serial_number == before.serial_number:
@@ -102,9 +109,3 @@ def test_the_renewal_timer_on_the_host_renews_by_itself(server: AcmeServer):
     log = (server.state / "logs" / "renewal.log").read_text()
     assert "renewed and installed" in log
     assert server.status()["tls"]["renewal"]["last_error"] is None
-
-
-def test_a_deploy_on_the_acme_host_fails_no_request(server: AcmeServer):
-    load = deploy_under_load(server, "deployed by the ACME host e2e test")
-    assert load.failures == []
-    assert len(load.releases) == 2

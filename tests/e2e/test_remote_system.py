@@ -7,6 +7,7 @@ Every process djship starts on a host lives in that host's namespace; the harnes
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -128,10 +129,17 @@ def deploy_under_load(target, note: str) -> FleetLoop:
     views.write_text(original + f"\n# {note}\n")
     try:
         with FleetLoop(target) as load:
-            target.djship("deploy")
+            served = load.served
+            said = target.djship("deploy").stdout
+            during = load.served - served
             load.wait_for(load.served + 30)
     finally:
         views.write_text(original)
+    # The balancers' own count of what they answered while the deploy ran (after djship's start, which this loop's
+    # count includes): this loop is their only client, so no more than it got, give or take its threads in flight.
+    counted = re.search(r"([\d,]+) requests during the deploy, (\d+) failed", said)
+    assert counted, said
+    assert 0 < int(counted[1].replace(",", "")) <= during + 8 and counted[2] == "0", (said, during)
     return load
 
 

@@ -59,3 +59,29 @@ def test_parse_stat_reads_the_servers_of_the_backend():
 
 def test_parse_stat_of_another_backend_is_empty():
     assert parse_stat(SHOW_STAT, backend="other") == {}
+
+
+def _with_frontend_counters(requests: int, failed: int) -> str:
+    header, *rows = SHOW_STAT.splitlines()
+    columns = header.lstrip("# ").split(",")
+    edited = []
+    for row in rows:
+        cells = row.split(",")
+        if cells[:2] == ["https", "FRONTEND"]:
+            cells[columns.index("req_tot")], cells[columns.index("hrsp_5xx")] = str(requests), str(failed)
+        edited.append(",".join(cells))
+    return "\n".join([header, *edited]) + "\n"
+
+
+def test_the_https_frontends_counters_say_what_a_change_served_and_failed():
+    from djship.components.balancer import Traffic, parse_traffic
+
+    before, after = parse_traffic(_with_frontend_counters(1000, 1)), parse_traffic(_with_frontend_counters(13404, 3))
+    assert (before.requests, before.failed) == (1000, 1)
+    assert after.since(before) == Traffic(12404, 2)
+    assert after.since(before).line("the deploy") == "12,404 requests during the deploy, 2 failed"
+    # A reload starts a new HAProxy worker counting from zero: what it counted is a lower bound.
+    reloaded = Traffic(50, 0).since(before)
+    assert reloaded == Traffic(50, 0, restarted=True)
+    assert reloaded.line("the scale").startswith("at least 50 requests during the scale, 0 failed (the balancer reloaded")
+    assert parse_traffic("# pxname,svname\n") == Traffic(0, 0)

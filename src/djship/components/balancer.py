@@ -17,6 +17,7 @@ from djship.errors import DjshipError
 from djship.waiting import wait_until
 
 BACKEND = "app_servers"
+FRONTEND = "https"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,39 @@ def parse_stat(output: str, backend: str = BACKEND) -> dict[str, ServerState]:
             name=row["svname"], status=row["status"], check=row.get("check_status", ""), sessions=int(row["scur"] or 0)
         )
     return servers
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What a balancer answered over HTTPS, by HAProxy's own counters of its https frontend."""
+
+    requests: int
+    failed: int
+    """5xx answers: from an app server, or HAProxy's own 502/503/504 when none could answer."""
+    restarted: bool = False
+    """A new HAProxy worker (a reload) began counting from zero meanwhile: the figures are a lower bound."""
+
+    def since(self, earlier: Traffic) -> Traffic:
+        if self.requests < earlier.requests or self.failed < earlier.failed:
+            return Traffic(self.requests, self.failed, restarted=True)
+        return Traffic(self.requests - earlier.requests, self.failed - earlier.failed)
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(self.requests + other.requests, self.failed + other.failed, self.restarted or other.restarted)
+
+    def line(self, during: str) -> str:
+        """E.g. "12,404 requests during the deploy, 0 failed"."""
+        counted = f"{'at least ' if self.restarted else ''}{self.requests:,} requests during {during}"
+        reloaded = " (the balancer reloaded, which restarts its counters)" if self.restarted else ""
+        return f"{counted}, {self.failed:,} failed{reloaded}"
+
+
+def parse_traffic(output: str, frontend: str = FRONTEND) -> Traffic:
+    """The https frontend's request and 5xx counters from the CSV of `show stat`; zero when it is not listed."""
+    for row in csv.DictReader(io.StringIO(output.lstrip("# "))):
+        if row.get("pxname") == frontend and row.get("svname") == "FRONTEND":
+            return Traffic(int(row.get("req_tot") or 0), int(row.get("hrsp_5xx") or 0))
+    return Traffic(0, 0)
 
 
 def runtime_command(socket_path: Path, command: str, timeout: float = 5) -> str:
@@ -135,6 +169,13 @@ class Balancer:
             return parse_stat(self._send("show stat", 5))
         except OSError:
             return {}
+
+    def traffic(self) -> Traffic | None:
+        """Its counters since it started; None when HAProxy is not answering."""
+        try:
+            return parse_traffic(self._send("show stat", 5))
+        except OSError:
+            return None
 
     def wait_drained(self, server: str, timeout: float) -> None:
         """Wait until no request is in flight on the server; past the timeout the server is restarted anyway."""
