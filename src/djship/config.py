@@ -319,9 +319,19 @@ class TlsConfig(_Section):
 
 
 class DeployConfig(_Section):
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int | str = 1
+    """App servers switched at a time: a number, or a share of them ("25%", rounded up, never all)."""
     keep_releases: int = Field(default=5, ge=2, le=100)
     health_timeout: int = Field(default=60, ge=5, le=3600)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _count_or_share(cls, value: int | str) -> int | str:
+        if not isinstance(value, (int, str)) or isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError('must be a number of app servers (1 or more) or a share of them, e.g. "25%"')
+        if isinstance(value, str) and not (re.fullmatch(r"[1-9]\d?%|100%", value)):
+            raise ValueError(f'{value!r} is not a share of the app servers; write e.g. "25%" (1% to 100%) or a number')
+        return value
 
 
 class SshConfig(_Section):

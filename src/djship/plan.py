@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -496,6 +497,14 @@ def _servers_of(config: Config, host: HostSpec, count: int) -> list[AppServer]:
     return servers
 
 
+def batch_size(setting: int | str, servers: int) -> int:
+    """deploy.batch_size as a number of servers: a share ("25%") rounded up, but never every server (one stays in
+    rotation) and never none."""
+    if isinstance(setting, int):
+        return setting
+    return max(1, min(math.ceil(servers * int(setting[:-1]) / 100), servers - 1))
+
+
 def servers_per_host(config: Config, app_hosts: int) -> int:
     """app.servers, else 2 where one host holds the app role (so it deploys with no downtime too), else 1 each."""
     return config.app.servers or (2 if app_hosts == 1 else 1)
@@ -598,7 +607,7 @@ def _assemble(
         max_body_size=app.max_body_size,
         health_path=app.health_path,
         health_timeout=config.deploy.health_timeout,
-        batch_size=config.deploy.batch_size,
+        batch_size=batch_size(config.deploy.batch_size, len(servers)),
         keep_releases=config.deploy.keep_releases,
         backup=BackupPlan(
             # On the control machine, whatever the host: backups are kept off the db host (.djship/backups).

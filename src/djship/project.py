@@ -149,7 +149,7 @@ mode = "local"                 # local: djship's own CA (.djship/tls/ca.crt); ac
 # key_file = "certs/privkey.pem"
 
 [deploy]
-batch_size = 1                 # app servers switched to a new release at a time (the rest keep serving)
+batch_size = 1                 # app servers switched to a new release at a time, or a share ("25%"); the rest keep serving
 keep_releases = 5              # releases kept for `djship rollback`
 health_timeout = 60            # seconds a switched server has to pass its health check before it is rolled back
 

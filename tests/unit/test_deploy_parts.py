@@ -40,7 +40,9 @@ def test_a_second_holder_of_the_lock_is_refused_and_told_who_holds_it(tmp_path):
 
 @pytest.mark.parametrize(
     ("count", "size", "expected"),
-    [(4, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 1]), (2, 5, [2])],
+    [(4, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 1]), (2, 5, [2]),
+     # A share is rounded up, and never takes every server out of rotation at once.
+     (8, "25%", [2, 2, 2, 2]), (5, "25%", [2, 2, 1]), (3, "10%", [1, 1, 1]), (4, "100%", [3, 1]), (1, "50%", [1])],
 )
 def test_servers_are_switched_in_batches(make_plan, count, size, expected):
     plan = make_plan(app={"servers": count}, deploy={"batch_size": size})
@@ -111,3 +113,11 @@ def test_reading_secrets_never_makes_new_ones(make_config, tmp_path):
     assert not system.plan.paths.secrets.exists()
     made = system._ensure_secrets()
     assert system.secrets() == made
+
+
+@pytest.mark.parametrize("size", ["0", '"0%"', '"101%"', '"25"', '"a quarter"', "true", "2.5"])
+def test_a_batch_size_that_is_neither_a_count_nor_a_share_is_refused_by_its_key(size):
+    text = ('[project]\nsettings_module = "board.settings"\nwsgi_application = "board.wsgi.application"\n'
+            f"[deploy]\nbatch_size = {size}\n")
+    with pytest.raises(DjshipError, match=r"^djship.toml: deploy\.batch_size: "):
+        parse_config(text, "djship.toml")
