@@ -117,6 +117,10 @@ def _sshd_config(directory: Path, address: str, authorized_keys: Path, root: Pat
         "StrictModes yes",
         "MaxStartups 100",
         "Subsystem sftp internal-sftp",
+        # bash sources ~/.bashrc for a command sshd runs unless it is nested (SHLVL >= 2). The hosts share this
+        # machine's root home, whose .bashrc may do slow work (here: `pyenv init`, a rehash under a lock, 1-5 s per
+        # command); a rented server's root runs its commands without it, and so do these hosts.
+        "SetEnv SHLVL=1",
         "",
     ])
 
