@@ -99,7 +99,7 @@ class DatabaseServer:
         return self.connector.get(self.db.data_dir / "PG_VERSION") is not None
 
     def init_cluster(self, superuser_password: str) -> None:
-        owner = self.plan.service_user
+        owner = self.plan.user_of("db")
         self.connector.makedirs(self.db.data_dir.parent, mode=0o700, owner=owner)
         password_file = self.db.data_dir.parent / "initdb-password"
         self.connector.put(password_file, superuser_password + "\n", mode=0o600, owner=owner)
