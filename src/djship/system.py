@@ -414,6 +414,7 @@ class System:
             if not database.initialized():
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
+            database.check_owner()
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
