@@ -1,10 +1,11 @@
 """A user per component (issue 11), written once and run on both topologies: one machine and netns hosts (lb1, app1,
 db1, each its own sshd and state root; see tests/e2e/hosts.py).
 
-As root, everything the app must not touch is tried as the app's own user (`runuser -u djship-app --`, on the app
-host): the superuser password, the site key, the CA key, pg_hba.conf and the balancer's runtime socket can be neither
-read nor written (EACCES), while the app's own secrets can be read; and the app's database role can neither create a
-role nor connect to another database. The netns hosts share this machine's file system, so the files of the lb and
+As root: every process of each component runs as its own user. Everything the app must not touch is tried as the
+user its gunicorn runs as (`runuser -u djship-app --`, on the app host): the superuser password, the site key, the CA
+key, pg_hba.conf, the balancer's runtime socket and each supervisor's socket can be neither read nor written (EACCES),
+while the app's own secrets can be read; and the app's database role can neither create a role nor connect to
+another database. The netns hosts share this machine's file system, so the files of the lb and
 db hosts are tried at their own paths; the database is reached from the app host's namespace, as the app reaches it.
 """
 
@@ -148,6 +149,8 @@ def test_the_app_user_can_neither_read_nor_write_what_is_not_its_own(system: Sys
         db / "postgres" / "data" / "pg_hba.conf",
         db / "postgres" / "data" / "postgresql.conf",
         lb / "balancer" / "haproxy.sock",  # HAProxy's runtime API, level admin
+        # Each host's supervisord, which starts programs as root.
+        *(root / "supervisor" / "supervisor.sock" for root in sorted(set(system.roots.values()))),
     ]
     own = app / "secrets" / "app.json"
     assert all(path.exists() for path in [*forbidden, own]), [str(p) for p in forbidden if not p.exists()]
