@@ -463,13 +463,10 @@ class Plan:
         site key, PostgreSQL its configuration), every other file root's: the superuser password, the CA key."""
         paths = self.paths
         private = path.parent == paths.secrets or path in (paths.site_pem, paths.site_ocsp, paths.ca_key)
-        owner = "root" if self.users else None
-        if self.users and path.is_relative_to(self.database.data_dir):
-            owner = self.users.db
-        elif self.users and path == paths.app_secrets:
-            owner = self.users.app
-        elif self.users and path in (paths.site_pem, paths.site_ocsp):
-            owner = self.users.lb
+        owner = None
+        if self.users:
+            readers = {paths.app_secrets: self.users.app, paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb}
+            owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
         return FileAccess(0o600 if private else 0o644, owner)
 
     @property
