@@ -422,6 +422,38 @@ class BackupConfig(_Section):
         return value
 
 
+def _unprivileged(value: str) -> str:
+    _login_name(value)
+    try:
+        root = pwd.getpwnam(value).pw_uid == 0
+    except KeyError:
+        root = False
+    if value == "root" or root:
+        raise ValueError(f"{value!r} is root; services never run as root, use an unprivileged user such as djship-app")
+    return value
+
+
+class UsersConfig(_Section):
+    """The system user each component runs as when djship runs as root (created if missing)."""
+
+    app: str = "djship-app"
+    web: str = "djship-web"
+    db: str = "djship-db"
+    lb: str = "djship-lb"
+
+    _check_unprivileged = field_validator("app", "web", "db", "lb")(_unprivileged)
+
+    @model_validator(mode="after")
+    def _one_each(self) -> UsersConfig:
+        names = [self.app, self.web, self.db, self.lb]
+        shared = next((name for name in names if names.count(name) > 1), None)
+        if shared is not None:
+            roles = " and ".join(role for role in ("app", "web", "db", "lb") if getattr(self, role) == shared)
+            raise ValueError(f"{roles} are both {shared!r}; each component runs as a user of its own, so one that is "
+                             "compromised reaches nothing of the others: give each its own name")
+        return self
+
+
 class Config(_Section):
     project: ProjectConfig
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -432,24 +464,12 @@ class Config(_Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     state_dir: str = ".djship"
-    service_user: str = "djship"
+    users: UsersConfig = Field(default_factory=UsersConfig)
     servers: ServersConfig | None = None
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     ssh: SshConfig = Field(default_factory=SshConfig)
 
     _check_state_dir = field_validator("state_dir")(_rendered_path)
-
-    @field_validator("service_user")
-    @classmethod
-    def _unprivileged(cls, value: str) -> str:
-        _login_name(value)
-        try:
-            root = pwd.getpwnam(value).pw_uid == 0
-        except KeyError:
-            root = False
-        if value == "root" or root:
-            raise ValueError(f"{value!r} is root; services never run as root, use an unprivileged user such as djship")
-        return value
 
     @property
     def remote(self) -> bool:
@@ -468,7 +488,16 @@ def _key_path(location: tuple[str | int, ...]) -> str:
     return path or "(top level)"
 
 
+# Keys an earlier djship read, and what took their place.
+_REPLACED = {
+    ("service_user",): "replaced by [users], a user per component (app, web, db, lb); remove service_user, or name "
+                       "the users there",
+}
+
+
 def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden" and tuple(error["loc"]) in _REPLACED:
+        return _REPLACED[tuple(error["loc"])]
     if error["type"] == "extra_forbidden":
         return "unknown key (check the spelling; see `djship init` for the documented keys)"
     if error["type"] == "missing":

@@ -10,6 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from djship.config import Config, default_database_name
 from djship.errors import DjshipError
@@ -53,8 +54,13 @@ class AppServer:
         return self.dir / "release"
 
     @property
+    def socket_dir(self) -> Path:
+        """The one directory gunicorn writes: its socket's, which only nginx's workers may enter besides it."""
+        return self.dir / "socket"
+
+    @property
     def socket(self) -> Path:
-        return self.dir / "gunicorn.sock"
+        return self.socket_dir / "gunicorn.sock"
 
     @property
     def gunicorn_conf(self) -> Path:
@@ -122,6 +128,39 @@ class MediaStore:
     @property
     def known_hosts_name(self) -> str:
         return self.address if self.ssh_port == 22 else f"[{self.address}]:{self.ssh_port}"
+
+
+@dataclass(frozen=True)
+class Users:
+    """Who each component runs as where djship acts as root: a system user each, owning only what that component
+    writes (Plan.directories, Plan.file_access), so one that is compromised reaches nothing of the others."""
+
+    app: str
+    """gunicorn, Django and manage.py: read the release and their own secrets, write the uploads."""
+    web: str
+    """nginx's workers (its master stays root's): read the static files and the uploads, write nginx's temp files."""
+    db: str
+    """PostgreSQL: owns its data directory."""
+    lb: str
+    """HAProxy: the only reader of the site's private key, owns its runtime socket."""
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory of the state root as it must be: its mode, its owner and group (None: djship's own user's)."""
+
+    path: Path
+    mode: int = 0o755
+    owner: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class FileAccess:
+    """Mode and owner (None: djship's own user) of a file djship writes on a host."""
+
+    mode: int
+    owner: str | None
 
 
 @dataclass(frozen=True)
@@ -358,7 +397,8 @@ class Plan:
     backup: BackupPlan
     database: Database
     paths: Paths
-    service_user: str | None
+    users: Users | None
+    """None where djship does not act as root: every component then runs as djship's own user."""
     tools: Tools
     host: str = ""
     """The host of the topology this plan is for."""
@@ -386,8 +426,49 @@ class Plan:
 
     @property
     def media_owner(self) -> str | None:
-        """Who owns the uploads here: the media host's SFTP user, through which every app host writes them."""
-        return MEDIA_USER if self.holds("media") else self.service_user
+        """Who owns the uploads here: the media host's SFTP user, through which every app host writes them, else
+        the app's user."""
+        return MEDIA_USER if self.holds("media") else self.user_of("app")
+
+    def user_of(self, component: Literal["app", "web", "db", "lb"]) -> str | None:
+        """Who a component runs as: its user of [users], or None (djship's own user) where djship is not root."""
+        return getattr(self.users, component) if self.users else None
+
+    @property
+    def users_here(self) -> tuple[str, ...]:
+        """The system users the components of this host run as."""
+        if self.users is None:
+            return ()
+        wanted = {"app": (self.users.app, self.users.web), "db": (self.users.db,), "lb": (self.users.lb,)}
+        return tuple(user for role, users in wanted.items() if self.holds(role) for user in users)
+
+    @property
+    def directories(self) -> tuple[Directory, ...]:
+        """The directories of the state root on this host, parents first, each as it must be: root's, except the
+        few a component writes into (HAProxy's socket directory, gunicorn's socket directory)."""
+        paths = self.paths
+        root = "root" if self.users else None  # named, so a directory an earlier djship gave away comes back
+        directories = [Directory(paths.state, owner=root)]
+        directories += [Directory(path, owner=root) for path in (paths.logs, paths.releases, paths.venvs, paths.servers)]
+        directories += [Directory(paths.supervisor, 0o700, root), Directory(paths.secrets, 0o711, root)]
+        if self.holds("lb"):
+            directories.append(Directory(paths.balancer, 0o700, self.user_of("lb")))
+        for server in self.servers_here:
+            # nginx's master (root's) makes its temp directories inside nginx_temp and gives them to its workers.
+            directories += [Directory(server.dir, owner=root), Directory(server.nginx_temp, owner=root)]
+            directories.append(Directory(server.socket_dir, 0o750, self.user_of("app"), self.user_of("web")))
+        return tuple(directories)
+
+    def file_access(self, path: Path) -> FileAccess:
+        """Secrets and keys 0600, each owned by the one component that reads it (the app its secrets, HAProxy the
+        site key, PostgreSQL its configuration), every other file root's: the superuser password, the CA key."""
+        paths = self.paths
+        private = path.parent == paths.secrets or path in (paths.site_pem, paths.site_ocsp, paths.ca_key)
+        owner = None
+        if self.users:
+            readers = {paths.app_secrets: self.users.app, paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb}
+            owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
+        return FileAccess(0o600 if private else 0o644, owner)
 
     @property
     def servers_here(self) -> tuple[AppServer, ...]:
@@ -401,8 +482,8 @@ class Plan:
     @property
     def balancer_starts_as_root(self) -> bool:
         """HAProxy binds a port below 1024 (443 and 80 on real hosts): it starts as root and its workers then
-        run as the service user."""
-        return self.service_user is not None and min(self.https_port, self.http_port) < 1024
+        run as the balancer's user."""
+        return self.users is not None and min(self.https_port, self.http_port) < 1024
 
     @property
     def local_ca_cert(self) -> Path | None:
@@ -456,7 +537,8 @@ class HostSpec:
     """Its state root: where everything djship makes on it lives."""
     tools: Tools
     login_root: bool
-    """Whether djship acts there as root (then the services run as service_user; else as djship's own user)."""
+    """Whether djship acts there as root (then each component runs as its own user of [users]; else as djship's own
+    user)."""
     loopback: bool = False
     """One machine: its components sit on the loopback addresses and ports of [app], [database] and [balancer]
     (app server i on app.address_prefix.i); else on the host's address, app server i on app.port + i - 1."""
@@ -549,7 +631,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     for host in hosts:
         plan = _assemble(
             config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
-            balancer_sources=sources, service_user=config.service_user if host.login_root else None,
+            balancer_sources=sources, users=Users(**config.users.model_dump()) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name)
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls))
@@ -572,7 +654,7 @@ def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec
 
 def _assemble(
     config: Config, project_dir: Path, tools: Tools, paths: Paths, servers: tuple[AppServer, ...], database: Database,
-    balancer: tuple[str, int, int], balancer_sources: tuple[str, ...], service_user: str | None,
+    balancer: tuple[str, int, int], balancer_sources: tuple[str, ...], users: Users | None,
 ) -> Plan:
     app = config.app
     hsts = config.site.hsts_seconds or (3600 if config.site.domains == ["localhost"] else 31536000)
@@ -617,7 +699,7 @@ def _assemble(
         ),
         database=database,
         paths=paths,
-        service_user=service_user,
+        users=users,
         tools=tools,
     )
 
@@ -641,7 +723,7 @@ def _check_acme_domains(plan: Plan) -> None:
 
 def _check_privileged_ports(plan: Plan) -> None:
     low = [port for port in (plan.https_port, plan.http_port) if port < 1024]
-    if low and plan.holds("lb") and plan.service_user is None:
+    if low and plan.holds("lb") and plan.users is None:
         raise DjshipError(
             f"balancer: port {low[0]} is below 1024, which only root may bind; run djship as root on this machine, "
             "log in to the lb hosts as root (ssh.user), or set balancer.https_port and balancer.http_port to 1024 "

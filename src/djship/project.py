@@ -158,6 +158,14 @@ keep = 7                       # days of backups kept: the newest of each day, p
 # dir = "/var/backups/mysite"  # where `djship backup` writes (default .djship/backups, which destroy deletes)
 # schedule = "03:30"           # a daily `djship backup` at this UTC time, run by the supervisor
 
+# When djship runs as root, each component runs as its own unprivileged system user (created if missing), which
+# owns only what that component writes; these are the defaults.
+# [users]
+# app = "djship-app"           # gunicorn and Django: reads its own secrets only, writes the uploads
+# web = "djship-web"           # nginx's workers: read the static files and uploads, write nginx's temp files
+# db = "djship-db"             # PostgreSQL: owns its data directory
+# lb = "djship-lb"             # HAProxy: the only reader of the site's private key, owns its runtime socket
+
 # Real hosts over SSH instead of this machine: name the hosts and their roles, then `djship up --install`.
 # (Remove app.address_prefix, balancer.bind and database.address above: on hosts, their addresses say it.)
 # One rented server holding every role is servers.lb = ["web1"], servers.app = ["web1"], servers.db = "web1".

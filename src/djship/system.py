@@ -86,15 +86,18 @@ def _json(connector: Connector, path: Path) -> dict | None:
     return json.loads(content) if content else None
 
 
-def ensure_service_user(plan: Plan, connector: Connector) -> None:
-    if plan.service_user is None or connector.run(["id", "-u", plan.service_user]).ok:
-        return
-    result = connector.run([
-        "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-        "--shell", "/usr/sbin/nologin", plan.service_user,
-    ])
-    if not result.ok:
-        raise DjshipError(f"cannot create the service user {plan.service_user}: {result.stderr.strip()}")
+def ensure_users(plan: Plan, connector: Connector) -> None:
+    """The system user of each component of the host, with a group of its name; made once, kept afterwards."""
+    for user in plan.users_here:
+        if connector.run(["id", "-u", user]).ok:
+            continue
+        result = connector.run([
+            "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+            "--shell", "/usr/sbin/nologin", user,
+        ])
+        # Hosts that share /etc/passwd (containers, the tests' network namespaces) may make the same user at once.
+        if not result.ok and not connector.run(["id", "-u", user]).ok:
+            raise DjshipError(f"cannot create the system user {user}: {result.stderr.strip()}")
 
 
 def point_server(server: AppServer, connector: Connector, live: Live) -> None:
@@ -104,28 +107,22 @@ def point_server(server: AppServer, connector: Connector, live: Live) -> None:
 
 
 def prepare_state_dir(plan: Plan, connector: Connector) -> None:
-    owner = plan.service_user
-    paths = plan.paths
-    connector.makedirs(paths.state, mode=0o755)
-    for directory in (paths.logs, paths.releases, paths.venvs, paths.servers):
-        connector.makedirs(directory)
-    connector.makedirs(paths.supervisor, mode=0o700)
-    connector.makedirs(paths.balancer, mode=0o700, owner=owner)
+    for directory in plan.directories:
+        connector.makedirs(directory.path, mode=directory.mode, owner=directory.owner, group=directory.group)
     media.prepare_media_dir(plan, connector)
-    connector.makedirs(paths.secrets, mode=0o711)
     live = read_live(plan, connector)
     for server in plan.servers_here:
-        connector.makedirs(server.dir, mode=0o700, owner=owner)
-        connector.makedirs(server.nginx_temp, mode=0o700, owner=owner)
         if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
             point_server(server, connector, live)
         if connector.get(server.access_log) is None:
-            connector.put(server.access_log, "", owner=owner)
-    if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:
-        raise DjshipError(
-            f"the service user {owner} cannot reach {paths.state} (a parent directory is not searchable by others, "
-            "e.g. /root); move the project, or set state_dir in djship.toml to a directory such as /srv/djship/site"
-        )
+            connector.put(server.access_log, "", **_access(plan, server.access_log))
+    for user in plan.users_here[:1]:  # to the parents of the state root every component's user is one of "others"
+        if not connector.run(["test", "-x", str(plan.paths.state)], user=user).ok:
+            raise DjshipError(
+                f"the system user {user} cannot reach {plan.paths.state} (a parent directory is not searchable by "
+                "others, e.g. /root); move the project, or set state_dir in djship.toml to a directory such as "
+                "/srv/djship/site"
+            )
 
 
 def others_in_rotation(balancers: list[Balancer], leaving: set[str]) -> list[str]:
@@ -146,12 +143,9 @@ def take_out_for_good(instance: Balancer, names: list[str], timeout: float) -> N
 
 
 def _access(plan: Plan, path: Path) -> dict:
-    """Mode and owner of a file djship writes on a host: secrets and keys 0600, readable by the service user only
-    when that user's program reads them (the app its secrets, HAProxy the site certificate, PostgreSQL its data)."""
-    private = path.parent == plan.paths.secrets or path in (plan.paths.site_pem, plan.paths.site_ocsp, plan.paths.ca_key)
-    service = path.is_relative_to(plan.database.data_dir) or path in (
-        plan.paths.app_secrets, plan.paths.site_pem, plan.paths.site_ocsp)
-    return {"mode": 0o600 if private else 0o644, "owner": plan.service_user if service else None}
+    """put()'s mode and owner for a file of the plan's host."""
+    access = plan.file_access(path)
+    return {"mode": access.mode, "owner": access.owner}
 
 
 class System:
@@ -175,7 +169,7 @@ class System:
         ]
         self.local = LocalConnector()
         # Secrets and the certificate are made on the control machine, once, and copied to the hosts that need them.
-        self.control_plan = replace(self.plan, paths=self.control, service_user=None)
+        self.control_plan = replace(self.plan, paths=self.control, users=None)
 
     def host_of(self, server: AppServer) -> Host:
         return self.hosts[server.host]
@@ -412,7 +406,7 @@ class System:
         """Everything a host needs before its programs start; returns the programs whose supervisor settings
         changed (they take effect at their next restart)."""
         plan, connector = host.plan, host.connector
-        ensure_service_user(plan, connector)
+        ensure_users(plan, connector)
         prepare_state_dir(plan, connector)
         self.pipeline.prepare_supervisor(host)
         if host.holds("db"):  # initdb wants an empty data directory: before postgresql.conf is written into it
@@ -420,6 +414,7 @@ class System:
             if not database.initialized():
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
+            database.check_owner()
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -922,7 +917,7 @@ class System:
             raise DjshipError("the database is not running; start it with `djship up` first")
         host = next(iter(self.app_hosts.values()))
         argv = [str(release.python), str(release.app / "manage.py"), *args]
-        options = {"user": host.plan.service_user, "env": release.environment(), "cwd": release.app}
+        options = {"user": host.plan.user_of("app"), "env": release.environment(), "cwd": release.app}
         if terminal:
             return host.connector.interactive(argv, **options)
         return host.connector.stream(argv, emit, **options)

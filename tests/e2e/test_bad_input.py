@@ -39,7 +39,8 @@ def test_malformed_config_names_the_key(workdir):
     ({"tls.mode": "files", "tls.cert_file": "~nosuchuser/site.crt", "tls.key_file": "site.key"},
      ("tls.cert_file: ", "no user 'nosuchuser'")),
     ({"database.user": "all"}, ("database.user: 'all' is reserved by PostgreSQL",)),
-    ({"service_user": "root"}, ("service_user: 'root' is root",)),
+    ({"users.db": "root"}, ("users.db: 'root' is root",)),
+    ({"users.app": "site", "users.web": "site"}, ("users: app and web are both 'site'",)),
 ])
 def test_a_value_that_would_become_code_is_one_line_and_nothing_starts(workdir, values, fragments):
     project = make_project(workdir, SPARE_PORTS)

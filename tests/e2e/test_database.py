@@ -16,6 +16,7 @@ from djship.components.database import DatabaseServer
 from djship.config import Config
 from djship.connectors.local import LocalConnector
 from djship.plan import build_plans
+from djship.system import ensure_users
 from djship.tools import find_tools
 from djship.topology import local_spec
 from tests.e2e.conftest import Ports
@@ -38,10 +39,11 @@ def test_a_hostile_password_and_database_name_stay_values(workdir: Path):
     plan = build_plans(config, workdir, [spec])[spec.name]
     connector = LocalConnector()
     server = DatabaseServer(plan, connector)
+    ensure_users(plan, connector)
     server.init_cluster("superuser secret")
     for name, text in (("postgresql.conf", render.postgresql_conf(plan)), ("pg_hba.conf", render.pg_hba_conf(plan))):
-        connector.put(plan.database.data_dir / name, text, mode=0o600, owner=plan.service_user)
-    user = ["runuser", "-u", plan.service_user, "--"] if plan.service_user else []
+        connector.put(plan.database.data_dir / name, text, mode=0o600, owner=plan.user_of("db"))
+    user = ["runuser", "-u", plan.user_of("db"), "--"] if plan.users else []
     postgres = subprocess.Popen([*user, plan.tools.pg("postgres"), "-D", str(plan.database.data_dir)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

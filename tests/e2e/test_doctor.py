@@ -226,7 +226,7 @@ def test_another_secret_key_on_one_host_is_named_and_passes_once_put_back(on_hos
 
 
 def test_a_socket_nginx_cannot_open_is_a_502(site: Site):
-    socket_path = _state(site) / "servers" / "app1" / "gunicorn.sock"
+    socket_path = _state(site) / "servers" / "app1" / "socket" / "gunicorn.sock"
     mode = socket_path.stat().st_mode & 0o777
     socket_path.chmod(0)
     try:

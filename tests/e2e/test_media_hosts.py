@@ -65,7 +65,7 @@ def save_on(fleet: Fleet, host: str, name: str) -> str:
     with SSHConnector(target) as connector:
         result = connector.run([str(release.python), str(release.app / "manage.py"), "shell", "-c",
                                 SAVE.format(name=name, data=PNG.hex())],
-                               user="djship", env=release.environment(), cwd=release.app, timeout=120)
+                               user="djship-app", env=release.environment(), cwd=release.app, timeout=120)
     assert result.ok, result.stderr
     return result.stdout.strip().splitlines()[-1]
 

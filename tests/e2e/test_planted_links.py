@@ -1,5 +1,10 @@
-"""Links the app's user plants in the directories it owns are never followed by djship (issue 11): the next `up`
-replaces them or refuses them, and the file or directory they point at keeps its content, mode and owner."""
+"""Links a component's user plants in the directories it owns are never followed by djship (issue 11): the next `up`
+replaces them or refuses them, and the file or directory they point at keeps its content, mode and owner.
+
+As root, the directories root writes into are root's, except the data directory (PostgreSQL's user's) and the
+balancer's (HAProxy's user's, for its socket): links are planted there, as those users, and the app's user cannot
+plant anything where root writes the app servers' files. Run as another user, every component runs as that user, who
+plants in the app server's own directory."""
 
 from __future__ import annotations
 
@@ -15,11 +20,17 @@ from tests.e2e.conftest import Ports, running_site, searchable_directory
 pytestmark = pytest.mark.e2e
 
 PLANTED_PORTS = Ports.of(https=25443, http=25080, database=32432, app_prefix="127.0.81", database_address="127.0.82.1")
+AS_ROOT = os.geteuid() == 0
+
+
+def as_user(user: str | None, *argv: str) -> subprocess.CompletedProcess:
+    """argv as user (djship's own when None), as a compromised component would run it."""
+    return subprocess.run([*(["runuser", "-u", user, "--"] if user else []), *argv], capture_output=True, text=True)
 
 
 def plant(link: Path, target: Path, user: str | None) -> None:
-    """ln -s as the app's user (the service user when the tests run as root)."""
-    subprocess.run([*(["runuser", "-u", user, "--"] if user else []), "ln", "-s", str(target), str(link)], check=True)
+    planted = as_user(user, "ln", "-s", str(target), str(link))
+    assert planted.returncode == 0, planted.stderr
 
 
 def snapshot(path: Path) -> tuple:
@@ -27,8 +38,7 @@ def snapshot(path: Path) -> tuple:
     return status.st_mode, status.st_uid, status.st_gid, path.read_bytes() if path.is_file() else sorted(os.listdir(path))
 
 
-def test_up_never_follows_a_link_the_app_user_planted():
-    user = "djship" if os.geteuid() == 0 else None
+def test_up_never_follows_a_link_a_components_user_planted():
     with searchable_directory() as outside_dir, running_site(PLANTED_PORTS) as site:
         secret = outside_dir / "shadow"
         secret.write_text("root's secret\n")
@@ -36,22 +46,38 @@ def test_up_never_follows_a_link_the_app_user_planted():
         private = outside_dir / "private"
         private.mkdir(mode=0o700)
         before = snapshot(secret), snapshot(private)
-        server = site.project / ".djship" / "servers" / "app1"
-        for name in (".gunicorn.conf.py.djship-tmp", ".nginx.conf.djship-tmp", ".live.json.djship-tmp"):
-            plant(server / name, secret, user)
+        state = site.project / ".djship"
+        server = state / "servers" / "app1"
+        data, balancer = state / "postgres" / "data", state / "balancer"
+        # The temporary files djship writes next to each file it rewrites, by who may write in that directory.
+        if AS_ROOT:
+            planted = {data / ".postgresql.conf.djship-tmp": "djship-db", balancer / ".haproxy.cfg.djship-tmp": "djship-lb"}
+        else:
+            planted = {server / f".{name}.djship-tmp": None for name in ("gunicorn.conf.py", "nginx.conf", "live.json")}
+        for link, user in planted.items():
+            plant(link, secret, user)
         config = site.project / "djship.toml"
-        config.write_text(with_values(config.read_text(), {"app.timeout": 40}))
+        config.write_text(with_values(config.read_text(), {"app.timeout": 40, "database.max_connections": 120}))
 
-        site.up()  # rewrites both app servers' nginx.conf and gunicorn.conf.py (live.json stays, its link unused)
+        site.up()  # rewrites nginx.conf, gunicorn.conf.py, haproxy.cfg and postgresql.conf (live.json stays)
 
         assert (snapshot(secret), snapshot(private)) == before
         assert "timeout = 40" in (server / "gunicorn.conf.py").read_text()
-        assert not (server / ".gunicorn.conf.py.djship-tmp").is_symlink() and not (server / "gunicorn.conf.py").is_symlink()
-        assert site.component("app1-gunicorn")["state"] == "RUNNING"
+        assert "max_connections = 120" in (data / "postgresql.conf").read_text()
+        assert "timeout server 50s" in (balancer / "haproxy.cfg").read_text()
+        rewritten = [server / "gunicorn.conf.py", data / "postgresql.conf", balancer / "haproxy.cfg"]
+        assert not any(path.is_symlink() for path in [*rewritten, *(link for link in planted if "live.json" not in str(link))])
+        assert site.component("app1-gunicorn")["state"] == "RUNNING" and site.component("postgres")["state"] == "RUNNING"
 
         temp = server / "nginx-temp"
-        subprocess.run([*(["runuser", "-u", user, "--"] if user else []), "rm", "-rf", str(temp)], check=True)
-        plant(temp, private, user)
+        if AS_ROOT:  # the app servers' directories are root's: neither the app's nor nginx's workers' user plants there
+            for user in ("djship-app", "djship-web"):
+                assert "Permission denied" in as_user(user, "ln", "-s", str(secret), str(server / ".nginx.conf.djship-tmp")).stderr
+                assert "Permission denied" in as_user(user, "rm", "-rf", str(temp)).stderr
+            assert temp.is_dir() and not temp.is_symlink()
+            return
+        as_user(None, "rm", "-rf", str(temp))
+        plant(temp, private, None)
         config.write_text(with_values(config.read_text(), {"app.timeout": 45}))
         result = site.djship("up", check=False)
 

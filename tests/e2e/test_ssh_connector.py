@@ -82,7 +82,10 @@ def test_makedirs_sets_mode_and_owner(hosts):
     with connect(hosts, "app2") as host:
         host.makedirs(path, mode=0o700, owner="nobody")
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    assert path.owner() == "nobody"
+    assert (path.owner(), path.group()) == ("nobody", "nogroup")  # the owner's own group
+    with connect(hosts, "app2") as host:
+        host.makedirs(path, mode=0o750, owner="nobody", group="www-data")  # gunicorn's socket directory: nginx's too
+    assert (stat.S_IMODE(path.stat().st_mode), path.owner(), path.group()) == (0o750, "nobody", "www-data")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ wsgi_app = "board.wsgi:application"
 chdir = "/srv/example/board/.djship/servers/app1/release/app"
 pythonpath = "/srv/example/board/.djship/servers/app1/release/app,/srv/example/board/.djship/servers/app1/release"
 raw_env = ["DJANGO_SETTINGS_MODULE=djship_production.settings", "DJSHIP_LIVE_FILE=/srv/example/board/.djship/servers/app1/live.json"]
-bind = ["unix:/srv/example/board/.djship/servers/app1/gunicorn.sock"]
+bind = ["unix:/srv/example/board/.djship/servers/app1/socket/gunicorn.sock"]
 workers = 3
 threads = 1
 worker_class = "sync"

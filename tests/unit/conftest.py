@@ -6,7 +6,7 @@ The factories are fixtures that return functions, so tests never import this mod
         plan = make_plan(app={"servers": 3}, running_as_root=True)
 
 Keyword arguments that are dicts are merged into that djship.toml section (over the minimal [project]), other
-keyword arguments (state_dir, service_user) are top-level keys.
+keyword arguments (state_dir) are top-level keys.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ FAKE_TOOLS = Tools(
 @pytest.fixture
 def fake_tools() -> Tools:
     return FAKE_TOOLS
+
+
+@pytest.fixture
+def system_users() -> dict[str, str]:
+    """[users] of accounts every Debian machine has, each with a group of its name, for the tests that run the real
+    parsers: supervisord refuses a program whose user does not exist, nginx a `user` without its group."""
+    return {"app": "daemon", "web": "www-data", "db": "bin", "lb": "sys"}
 
 
 @pytest.fixture

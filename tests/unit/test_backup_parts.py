@@ -235,7 +235,8 @@ def test_the_scheduler_is_supervised_only_when_scheduled_and_runs_as_the_invokin
     scheduler = next(p for p in render.programs(plan) if p.name == render.BACKUP_SCHEDULER)
     assert scheduler.command == "/usr/bin/python3 -m djship.ops.schedule --at 03:30 /srv/example/board"
     assert scheduler.user is None
-    assert {p.user for p in render.programs(plan) if p.name != render.BACKUP_SCHEDULER} == {"djship"}
+    assert {p.user for p in render.programs(plan) if p.name != render.BACKUP_SCHEDULER} == {
+        "djship-db", "djship-app", None, "djship-lb"}  # None: nginx's master, whose workers run as djship-web
     conf = render.supervisord_conf(plan)
     section = conf.split("[program:backup-scheduler]")[1]
     assert "user = " not in section and "autostart = false" in section

@@ -82,8 +82,8 @@ def test_systemd_analyze_verify_would_name_a_broken_unit(golden_plan, tmp_path):
     assert "failed to parse kill mode" in (result.stdout + result.stderr).lower()
 
 
-def test_supervisord_accepts_boot_conf_with_every_program_and_the_boot_program(make_plan, tmp_path):
-    plan = make_plan(state_dir=str(tmp_path / "state"), running_as_root=True)
+def test_supervisord_accepts_boot_conf_with_every_program_and_the_boot_program(make_plan, tmp_path, system_users):
+    plan = make_plan(state_dir=str(tmp_path / "state"), running_as_root=True, users=system_users)
     plan.paths.supervisor.mkdir(parents=True)
     plan.paths.logs.mkdir()
     plan.paths.supervisor_conf.write_text(render.supervisord_conf(plan))

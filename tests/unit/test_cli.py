@@ -40,7 +40,7 @@ def test_status_prints_paths_that_look_like_markup(django_project, short_tmp, mo
 
     assert result.exit_code == 0, result.output
     assert f"CA {project}/.djship/tls/ca.crt" in result.output
-    assert f"unix:{project}/.djship/servers/app1/gunicorn.sock" in result.output
+    assert f"unix:{project}/.djship/servers/app1/socket/gunicorn.sock" in result.output
 
 
 def test_restore_of_a_path_under_an_unknown_users_home_is_one_line(django_project, short_tmp, monkeypatch):

@@ -48,7 +48,7 @@ def test_minimal_config_gives_documented_defaults():
     assert config.tls.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
     assert config.tls.acme_ca_bundle is None and config.tls.cert_file is None
     assert config.state_dir == ".djship"
-    assert config.service_user == "djship"
+    assert config.users.model_dump() == {"app": "djship-app", "web": "djship-web", "db": "djship-db", "lb": "djship-lb"}
 
 
 @pytest.mark.parametrize(
@@ -271,9 +271,13 @@ def test_hosts_without_servers_ask_for_roles():
         ('[ssh]\nknown_hosts = "~nosuchuser/kh"\n', "ssh.known_hosts: '~nosuchuser/kh' starts with ~nosuchuser"),
         ('[tls]\ncert_file = "a\\u0000b"\n', "tls.cert_file: contains the control character '\\x00'"),
         ('[project]\nrequirements = "r\\u0000.txt"\n', "project.requirements: contains the control character"),
-        ('service_user = "root"\n',
-         "service_user: 'root' is root; services never run as root, use an unprivileged user such as djship"),
-        ('service_user = "web\\nuser = root"\n', "service_user: 'web\\nuser = root' is not a user name"),
+        ('[users]\ndb = "root"\n',
+         "users.db: 'root' is root; services never run as root, use an unprivileged user such as djship-app"),
+        ('[users]\napp = "web\\nuser = root"\n', "users.app: 'web\\nuser = root' is not a user name"),
+        ('[users]\napp = "site"\ndb = "site"\n', "users: app and db are both 'site'; each component runs as a user of "
+                                                "its own, so one that is compromised reaches nothing of the others"),
+        ('service_user = "web"\n', "service_user: replaced by [users], a user per component (app, web, db, lb); "
+                                   "remove service_user, or name the users there"),
         ('[database]\nuser = "all"\n',
          "database.user: 'all' is reserved by PostgreSQL; choose another name, e.g. the project's"),
         ('[database]\nuser = "postgres"\n', "database.user: 'postgres' is reserved by PostgreSQL"),

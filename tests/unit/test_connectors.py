@@ -140,6 +140,15 @@ def test_makedirs_never_chmods_or_chowns_through_a_link(tmp_path, outside):
     assert (stat.S_IMODE(planted.stat().st_mode), pwd.getpwuid(planted.stat().st_uid).pw_name) == (0o750, OWNER)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a directory to another user and group")
+def test_makedirs_gives_the_directory_to_its_owner_and_group(tmp_path):
+    directory = tmp_path / "socket"
+    LocalConnector().makedirs(directory, mode=0o750, owner="daemon")
+    assert (directory.owner(), directory.group()) == ("daemon", "daemon")  # the owner's own group
+    LocalConnector().makedirs(directory, mode=0o750, owner="daemon", group="www-data")
+    assert (stat.S_IMODE(directory.stat().st_mode), directory.owner(), directory.group()) == (0o750, "daemon", "www-data")
+
+
 def test_symlink_never_creates_its_link_through_a_linked_directory(tmp_path, outside):
     server = tmp_path / "servers" / "app1"
     server.parent.mkdir()

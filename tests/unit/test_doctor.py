@@ -199,7 +199,7 @@ def test_a_socket_nginx_cannot_connect_to_is_a_502(plan, facts):
     facts.servers[1].socket_error = "PermissionError: [Errno 13] Permission denied"
     facts.servers[1].health = "HTTP 502 <html>"
     result = _result(plan, facts, "gunicorn-socket")
-    _assert_names(result, FAIL, "app2", "djship cannot connect", "Permission denied", str(plan.app_servers[1].socket))
+    _assert_names(result, FAIL, "app2", "djship-web cannot connect", "Permission denied", str(plan.app_servers[1].socket))
     assert "app1" not in result.cause
 
 

@@ -80,7 +80,8 @@ paths = st.one_of(
 values = st.one_of(texts, st.integers(-5, 70000), st.booleans(), st.lists(texts, max_size=3))
 # Per key: values djship should accept (or refuse for a reason of their own), beside the fuzzed text and values.
 PLAUSIBLE = {
-    "state_dir": paths, "service_user": st.sampled_from(["djship", "web", "nobody"]),
+    "state_dir": paths, "users.app": st.sampled_from(["djship-app", "web", "nobody"]),
+    "users.db": st.sampled_from(["djship-db", "web", "root"]),
     "project.settings_module": st.sampled_from(["board.settings", "shop.conf.prod"]),
     "project.wsgi_application": st.sampled_from(["board.wsgi.application", "shop.wsgi.app"]),
     "project.requirements": paths, "project.python": paths, "project.manage_py": paths,
@@ -273,7 +274,9 @@ def test_accepted_paths_make_files_the_real_nginx_haproxy_and_supervisor_accept(
         state = Path(directory) / name
         document = {"project": dict(PROJECT), "state_dir": str(state), "tls": {"mode": "acme"},
                     "site": {"domains": ["shop.example.com"]}, "app": {"servers": 1},
-                    "backup": {"schedule": "03:30"}, "service_user": "nobody"}
+                    "backup": {"schedule": "03:30"},
+                    # accounts every Debian machine has: supervisord refuses a program whose user does not exist
+                    "users": {"app": "daemon", "web": "www-data", "db": "bin", "lb": "sys"}}
         (project / CONFIG_FILE).write_text(tomlkit.dumps(document), encoding="utf-8")
         try:
             config = load_config(project)

@@ -12,6 +12,7 @@ from djship import render
 from djship.errors import DjshipError
 from djship.plan import HostSpec, Plan, build_plans, plan_from_json, remote_config_problems
 from djship.tls import local_ca
+from tests.unit.test_render import haproxy_sections
 
 ADDRESSES = {"lb1": "10.0.0.2", "app1": "10.0.0.11", "app2": "10.0.0.12", "db1": "10.0.0.20"}
 ROLES = {"lb1": ("lb",), "app1": ("app",), "app2": ("app",), "db1": ("db",)}
@@ -65,21 +66,23 @@ def test_app_servers_answer_the_balancer_only(plans):
     assert "if ($from_balancer = 0)" in nginx and "listen 10.0.0.11:8000;" in nginx
 
 
-def test_the_balancer_binds_443_as_root_and_runs_as_the_service_user(plans, make_config, fake_tools):
-    haproxy = render.haproxy_cfg(plans["lb1"])
-    assert "bind 0.0.0.0:443 ssl" in haproxy and "user djship" in haproxy
-    assert "server app2 10.0.0.12:8000" in haproxy
+def test_the_balancer_binds_443_as_root_and_runs_as_its_own_user(plans, make_config, fake_tools):
+    assert "bind 0.0.0.0:443 ssl" in render.haproxy_cfg(plans["lb1"])
+    haproxy = haproxy_sections(render.haproxy_cfg(plans["lb1"]))
+    assert [line for line in haproxy["global"] if line.startswith(("user ", "group "))] == [
+        "user djship-lb", "group djship-lb"]
+    assert "server app2 10.0.0.12:8000" in haproxy["backend app_servers"]
     assert next(program for program in render.programs(plans["lb1"])).user is None
     unprivileged = build_plans(make_config(balancer={"https_port": 8443, "http_port": 8080}),
                                     Path("/srv/example/board"), specs(fake_tools))["lb1"]
     assert "user djship" not in render.haproxy_cfg(unprivileged)
-    assert render.programs(unprivileged)[0].user == "djship"
+    assert render.programs(unprivileged)[0].user == "djship-lb"
 
 
 def test_without_root_login_the_services_run_as_the_login_user(make_config, fake_tools):
     config = make_config(balancer={"https_port": 8443, "http_port": 8080})
     plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools, login_root=False))
-    assert all(plan.service_user is None for plan in plans.values())
+    assert all(plan.users is None for plan in plans.values())
     with pytest.raises(DjshipError, match=r"^balancer: port 443 is below 1024, which only root may bind"):
         build_plans(make_config(), Path("/srv/example/board"), specs(fake_tools, login_root=False))
 
@@ -129,8 +132,8 @@ def test_acme_with_several_lb_hosts_is_refused(make_config, fake_tools):
         build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles))
 
 
-def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tools, tmp_path):
-    config = make_config(service_user="nobody", balancer={"https_port": 18999, "http_port": 18998})
+def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tools, tmp_path, system_users):
+    config = make_config(users=system_users, balancer={"https_port": 18999, "http_port": 18998})
     loopback = {name: address.replace("10.0.0.", "127.0.91.") for name, address in ADDRESSES.items()}  # nginx -t binds
     plans = build_plans(config, tmp_path, specs(real_tools, root=tmp_path, addresses=loopback))
     for plan in plans.values():

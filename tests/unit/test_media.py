@@ -45,7 +45,7 @@ def test_every_plan_knows_the_media_host_and_only_app_hosts_mount_it(plans):
     assert plans["app2"].media_dir == Path("/srv/app2/uploads/media")
     assert plans["app2"].media_dirs == Path("/srv/app2/uploads") != plans["app2"].paths.shared_static.parent
     # What a backup or restore makes beside the media directory on the media host, the SFTP user must own.
-    assert (plans["db1"].media_owner, plans["app1"].media_owner) == ("djship-media", "djship")
+    assert (plans["db1"].media_owner, plans["app1"].media_owner) == ("djship-media", "djship-app")
 
 
 def test_django_saves_into_the_mounted_media_directory_also_outside_an_app_server(plans):
@@ -119,7 +119,7 @@ def test_the_mount_command_is_one_shell_script_with_the_host_key_checked(plans):
     assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
     assert script.startswith("fusermount3 -u -z /srv/app1/uploads 2>/dev/null; exec sshfs -f ")
     assert "StrictHostKeyChecking=yes" in script and "UserKnownHostsFile=/srv/app1/secrets/media_known_hosts" in script
-    assert "uid=$(id -u djship),gid=$(id -g djship)" in script
+    assert "uid=$(id -u djship-app),gid=$(id -g djship-app)" in script
     assert script.endswith(" djship-media@10.0.0.20:/srv/db1/uploads /srv/app1/uploads")
 
 
@@ -134,14 +134,16 @@ def test_without_root_the_mount_is_the_login_users_own(make_config, fake_tools):
     assert "allow_other" not in script and "uid=" not in script
 
 
-def test_supervisor_parses_an_app_hosts_config_with_the_mount(plans, tmp_path, capsys, golden_dir):
+def test_supervisor_parses_an_app_hosts_config_with_the_mount(plans, make_config, fake_tools, system_users, tmp_path,
+                                                              capsys, golden_dir):
     text = render.supervisord_conf(plans["app1"])
     golden = golden_dir / "supervisord-media.conf"
     if UPDATE_GOLDEN:
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8"), "regenerate with DJSHIP_UPDATE_GOLDEN=1 and review the diff"
     conf = tmp_path / "supervisord.conf"
-    conf.write_text(text.replace("/srv/app1/", f"{tmp_path}/"))
+    parsed = render.supervisord_conf(plans_for(make_config, fake_tools, users=system_users)["app1"])
+    conf.write_text(parsed.replace("/srv/app1/", f"{tmp_path}/"))
     (tmp_path / "logs").mkdir()
     (tmp_path / "supervisor").mkdir()
     options = ServerOptions()

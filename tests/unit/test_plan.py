@@ -71,13 +71,65 @@ def test_relative_state_dir_is_under_the_project(make_plan):
     assert plan.paths.site_pem == Path("/srv/site/.djship/tls/site.pem")
 
 
-@pytest.mark.parametrize(("running_as_root", "expected"), [(True, "djship"), (False, None)])
-def test_service_user_only_when_running_as_root(make_plan, running_as_root, expected):
-    assert make_plan(running_as_root=running_as_root).service_user == expected
+def test_each_component_runs_as_its_own_user_only_when_running_as_root(make_plan):
+    plan = make_plan(running_as_root=True)
+    assert (plan.users.app, plan.users.web, plan.users.db, plan.users.lb) == (
+        "djship-app", "djship-web", "djship-db", "djship-lb")
+    assert plan.users_here == ("djship-app", "djship-web", "djship-db", "djship-lb")
+    assert make_plan(running_as_root=False).users is None and make_plan(running_as_root=False).users_here == ()
+    assert make_plan(running_as_root=False).user_of("app") is None
 
 
-def test_configured_service_user_is_used_as_root(make_plan):
-    assert make_plan(running_as_root=True, service_user="web").service_user == "web"
+def test_configured_users_are_used_as_root(make_plan):
+    plan = make_plan(running_as_root=True, users={"app": "site", "db": "pg"})
+    assert (plan.user_of("app"), plan.user_of("web"), plan.user_of("db"), plan.user_of("lb")) == (
+        "site", "djship-web", "pg", "djship-lb")
+
+
+def test_every_state_directory_is_roots_but_the_sockets_haproxy_and_gunicorn_make(make_plan):
+    plan = make_plan(running_as_root=True, app={"servers": 1})
+    state = plan.paths.state
+    directories = {str(d.path.relative_to(state)): (oct(d.mode), d.owner, d.group) for d in plan.directories}
+    assert directories == {
+        ".": ("0o755", "root", None), "logs": ("0o755", "root", None), "releases": ("0o755", "root", None),
+        "venvs": ("0o755", "root", None), "servers": ("0o755", "root", None),
+        "supervisor": ("0o700", "root", None), "secrets": ("0o711", "root", None),
+        # HAProxy's runtime socket (level admin): its user's only, so no other user reaches it.
+        "balancer": ("0o700", "djship-lb", None),
+        # Root writes the server's config files and links here: nobody else may replace them.
+        "servers/app1": ("0o755", "root", None),
+        # nginx's root master makes its temp directories in it and gives them to its workers.
+        "servers/app1/nginx-temp": ("0o755", "root", None),
+        # gunicorn makes its socket here; nginx's workers alone may enter to connect to it.
+        "servers/app1/socket": ("0o750", "djship-app", "djship-web"),
+    }
+    assert plan.app_servers[0].socket.parent == plan.app_servers[0].socket_dir
+    unprivileged = make_plan(running_as_root=False, app={"servers": 1})
+    assert {(d.owner, d.group) for d in unprivileged.directories} == {(None, None)}
+
+
+def test_each_secret_and_key_is_readable_by_the_one_component_that_reads_it(make_plan):
+    plan = make_plan(running_as_root=True)
+    paths, data = plan.paths, plan.database.data_dir
+    access = {str(path.relative_to(paths.state)): (oct(plan.file_access(path).mode), plan.file_access(path).owner)
+              for path in (paths.app_secrets, paths.admin_secrets, paths.pgpass, paths.site_pem, paths.site_ocsp,
+                           paths.ca_key, paths.ca_cert, data / "pg_hba.conf", data / "postgresql.conf",
+                           paths.haproxy_conf, plan.app_servers[0].gunicorn_conf, paths.supervisor_conf)}
+    assert access == {
+        "secrets/app.json": ("0o600", "djship-app"),
+        "secrets/admin.json": ("0o600", "root"),  # the superuser password
+        "secrets/pgpass": ("0o600", "root"),
+        "tls/site.pem": ("0o600", "djship-lb"),  # the site key: the balancer's only
+        "tls/site.pem.ocsp": ("0o600", "djship-lb"),
+        "tls/ca.key": ("0o600", "root"),
+        "tls/ca.crt": ("0o644", "root"),
+        "postgres/data/pg_hba.conf": ("0o644", "djship-db"),  # in the data directory, which is djship-db's 0700
+        "postgres/data/postgresql.conf": ("0o644", "djship-db"),
+        "balancer/haproxy.cfg": ("0o644", "root"),
+        "servers/app1/gunicorn.conf.py": ("0o644", "root"),
+        "supervisor/supervisord.conf": ("0o644", "root"),
+    }
+    assert make_plan(running_as_root=False).file_access(paths.app_secrets).owner is None
 
 
 @pytest.mark.parametrize(

@@ -195,7 +195,8 @@ def test_supervisord_has_one_program_per_component_stopped_as_a_group(plan):
     for name in programs:
         section = parser[f"program:{name}"]
         assert (section["stopasgroup"], section["killasgroup"]) == ("true", "true"), name
-        assert section["user"] == "djship", name
+        assert section.get("user") == {"postgres": "djship-db", "haproxy": "djship-lb"}.get(
+            name, None if name.endswith("-nginx") else "djship-app"), name
 
 
 def test_balancer_tls_policy_is_mozilla_intermediate_with_h2_and_hsts(plan):
@@ -298,7 +299,7 @@ AWKWARD_NAME = 'my "site" {x}#1;[/y] 50% é'
 
 
 @pytest.fixture(params=["local", "acme"])
-def rendered(make_plan, real_tools, short_tmp, request) -> Plan:
+def rendered(make_plan, real_tools, short_tmp, system_users, request) -> Plan:
     """Every system file of a plan rendered to its place under tmp_path, with the directories the programs need;
     once per tls.mode that renders differently."""
     project_dir = short_tmp / AWKWARD_NAME
@@ -307,7 +308,7 @@ def rendered(make_plan, real_tools, short_tmp, request) -> Plan:
         project_dir=project_dir,
         tools=real_tools,
         running_as_root=True,
-        service_user="nobody",  # exists on every Debian machine; services never run as root
+        users=system_users,
         app={"servers": 2},
         tls={"mode": request.param},
         site={"domains": ["shop.example.com"] if request.param == "acme" else ["localhost"]},
@@ -376,3 +377,11 @@ def test_gunicorn_conf_and_the_doctor_read_back_awkward_paths_exactly(rendered):
     assert (nginx.static_dir, nginx.media_alias, nginx.upstream_socket) == (
         f"{server.release_link}/static/", f"{server.media_link}/", str(server.socket)
     )
+
+
+def test_nginx_workers_run_as_the_web_user_under_a_root_master_only_as_root(make_plan):
+    as_root = make_plan(running_as_root=True)
+    assert "\nuser djship-web djship-web;\n" in render.nginx_conf(as_root, as_root.app_servers[0])
+    assert "user" not in supervisord_sections(as_root)["program:app1-nginx"]
+    unprivileged = make_plan(running_as_root=False)
+    assert "\nuser " not in render.nginx_conf(unprivileged, unprivileged.app_servers[0])

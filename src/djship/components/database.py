@@ -99,7 +99,7 @@ class DatabaseServer:
         return self.connector.get(self.db.data_dir / "PG_VERSION") is not None
 
     def init_cluster(self, superuser_password: str) -> None:
-        owner = self.plan.service_user
+        owner = self.plan.user_of("db")
         self.connector.makedirs(self.db.data_dir.parent, mode=0o700, owner=owner)
         password_file = self.db.data_dir.parent / "initdb-password"
         self.connector.put(password_file, superuser_password + "\n", mode=0o600, owner=owner)
@@ -115,6 +115,20 @@ class DatabaseServer:
             self.connector.run(["rm", "-f", str(password_file)])
         if not result.ok:
             raise CommandFailed(f"initdb {self.db.data_dir}", result)
+
+    def check_owner(self) -> None:
+        """PostgreSQL refuses a data directory that is not its user's: one an earlier djship made for the one user
+        of every component must be given to the db user by hand (while stopped; a running one would lose its
+        files)."""
+        owner = self.plan.user_of("db")
+        if owner is None:
+            return
+        found = self.connector.run(["stat", "-c", "%U", "--", str(self.db.data_dir)]).stdout.strip()
+        if found != owner:
+            raise DjshipError(
+                f"PostgreSQL's data directory {self.db.data_dir} belongs to {found}, not to its user {owner} (users.db); "
+                f"run `djship down`, then `chown -R {owner}: {self.db.data_dir.parent}` and `djship up`"
+            )
 
     def wait_ready(self, timeout: float = 30) -> None:
         wait_until(

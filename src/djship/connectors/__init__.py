@@ -50,7 +50,8 @@ class Connector(Protocol):
     def get(self, path: Path) -> bytes | None:
         """A file's content, or None when it does not exist."""
 
-    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None: ...
+    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None, group: str | None = None) -> None:
+        """mkdir -p; then the last directory's mode, owner and group (default: the owner's own group)."""
 
     def download(self, remote: Path, local: Path) -> None:
         """Copy a file of the host to this machine, streamed (never whole in memory); the copy is 0600."""

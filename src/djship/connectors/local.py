@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import pwd
 import shutil
@@ -22,6 +23,13 @@ def _ids(owner: str) -> tuple[int, int]:
     except KeyError:
         raise DjshipError(f"user {owner!r} does not exist") from None
     return entry.pw_uid, entry.pw_gid
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise DjshipError(f"group {group!r} does not exist") from None
 
 
 def _open_directory(path: Path) -> int:
@@ -117,14 +125,16 @@ class LocalConnector:
         except FileNotFoundError:
             return None
 
-    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None) -> None:
-        """mkdir -p; then the mode (and owner) of the last directory, set on it opened without following a link."""
+    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None, group: str | None = None) -> None:
+        """mkdir -p; then the mode (and owner, group) of the last directory, set on it opened without following a
+        link."""
         path.mkdir(parents=True, exist_ok=True, mode=mode)
         directory = _open_directory(path)
         try:
             os.fchmod(directory, mode)
             if owner:
-                os.fchown(directory, *_ids(owner))
+                uid, gid = _ids(owner)
+                os.fchown(directory, uid, _group_id(group) if group else gid)
         finally:
             os.close(directory)
 

@@ -32,8 +32,8 @@ DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 # makedirs on the host: chmod and chown act on the directory opened with O_NOFOLLOW, never through a link in its
 # place (which chmod and chown on a path would follow).
 _MAKEDIRS = """
-import os, pwd, sys
-path, mode, owner = sys.argv[1], int(sys.argv[2], 8), sys.argv[3]
+import grp, os, pwd, sys
+path, mode, owner, group = sys.argv[1], int(sys.argv[2], 8), sys.argv[3], sys.argv[4]
 os.makedirs(path, exist_ok=True)
 try:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -42,7 +42,7 @@ except NotADirectoryError:
 os.fchmod(fd, mode)
 if owner:
     entry = pwd.getpwnam(owner)
-    os.fchown(fd, entry.pw_uid, entry.pw_gid)
+    os.fchown(fd, entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid)
 """
 
 
@@ -315,13 +315,14 @@ class SSHConnector:
             raise DjshipError(f"cannot copy {local} to {path} on {self.target.address}: "
                               f"{error.strerror or error}") from None
 
-    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None, keep_mode: bool = False) -> None:
-        """mkdir -p; then, unless keep_mode, the mode (and owner) of the last directory, set on it opened without
-        following a link, as the local connector."""
+    def makedirs(self, path: Path, *, mode: int = 0o755, owner: str | None = None, group: str | None = None,
+                 keep_mode: bool = False) -> None:
+        """mkdir -p; then, unless keep_mode, the mode (and owner, group) of the last directory, set on it opened
+        without following a link, as the local connector."""
         if keep_mode:
             self._checked(["mkdir", "-p", "--", str(path)], f"mkdir {path}")
             return
-        self._checked(["python3", "-c", _MAKEDIRS, str(path), f"{mode:o}", owner or ""], f"mkdir {path}")
+        self._checked(["python3", "-c", _MAKEDIRS, str(path), f"{mode:o}", owner or "", group or ""], f"mkdir {path}")
 
     def symlink(self, link: Path, target: Path) -> None:
         temporary = PurePosixPath(link).with_name(f".{PurePosixPath(link).name}.djship-tmp")

@@ -147,13 +147,13 @@ class ReleaseBuilder:
     def finish(self, release: Release, where: str = "") -> None:
         """Settings, check --deploy, collectstatic, then release.json: the release is complete."""
         self.write_settings(release)
-        self.connector.makedirs(release.static, owner=self.plan.service_user)
+        self.connector.makedirs(release.static, owner=self.plan.user_of("app"))
         with self.reporter.step(f"Checking the project (manage.py check --deploy){where}"):
             self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what=f"manage.py check --deploy{where}")
         with self.reporter.step(f"Collecting static files{where}"):
             self.manage(release, "collectstatic", "--noinput", what=f"collectstatic{where}")
             static.publish(self.connector, release.python, self.plan.paths.releases, self.plan.paths.shared_static,
-                           self.plan.service_user)
+                           self.plan.user_of("app"))
         self.connector.put(release.dir / "release.json", json.dumps(
             {"id": release.id, "created": time.time(), "source": str(self.plan.project_dir)}) + "\n")
 
@@ -171,7 +171,7 @@ class ReleaseBuilder:
     def _python(self, release: Release, *args: str, what: str, environment: dict[str, str] | None = None) -> Result:
         return self._run(
             release.id, what, [str(release.python), *args],
-            user=self.plan.service_user, env={**release.environment(), **(environment or {})}, cwd=release.app,
+            user=self.plan.user_of("app"), env={**release.environment(), **(environment or {})}, cwd=release.app,
         )
 
     def _interpreter(self) -> str:
@@ -180,9 +180,10 @@ class ReleaseBuilder:
         candidates = [plan.python] if plan.python else [getattr(sys, "_base_executable", sys.executable), "/usr/bin/python3"]
         check = "import sys; sys.exit(sys.version_info < (3, 10))"
         for candidate in candidates:
-            if shutil.which(candidate) and self.connector.run([candidate, "-c", check], user=plan.service_user).ok:
+            if shutil.which(candidate) and self.connector.run([candidate, "-c", check], user=plan.user_of("app")).ok:
                 return shutil.which(candidate)
-        who = f"user {plan.service_user}" if plan.service_user else "this user"
+        app_user = plan.user_of("app")
+        who = f"user {app_user}" if app_user else "this user"
         raise DjshipError(
             f"no Python >= 3.10 that {who} can run among {', '.join(candidates)}; "
             "set project.python in djship.toml to one (e.g. /usr/bin/python3)"

@@ -103,7 +103,7 @@ def components(plan: Plan, facts: Facts) -> Verdict:
 
 @check("gunicorn-socket", "502 Bad Gateway: gunicorn socket")
 def gunicorn_socket(plan: Plan, facts: Facts) -> Verdict:
-    user = plan.service_user or "the user djship runs as"
+    user = plan.user_of("web") or "the user djship runs as"
     problems = []
     for server, seen in zip(plan.app_servers, facts.servers):
         found_before = len(problems)
@@ -118,7 +118,7 @@ def gunicorn_socket(plan: Plan, facts: Facts) -> Verdict:
     if problems:
         return (
             FAIL, "; ".join(problems),
-            f"the socket and its directory must be readable and writable by {user}, which nginx runs as; "
+            f"the socket and its directory must be readable and writable by {user}, which nginx's workers run as; "
             "`djship up` restarts a stopped gunicorn, which recreates its socket",
         )
     return (PASS,

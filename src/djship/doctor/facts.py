@@ -64,7 +64,7 @@ print(json.dumps({
     "STATIC_ROOT": str(settings.STATIC_ROOT),
 }))
 """
-# Run as the user nginx runs as: can it connect to gunicorn's socket?
+# Run as the user nginx's workers run as: can it connect to gunicorn's socket?
 CONNECT_SCRIPT = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1])"
 _STATIC_REFERENCE = re.compile(r"""(?:href|src)=["'](/static/[^"'?#]+)""")
 _CSRF_INPUT = re.compile(r"""name=["']csrfmiddlewaretoken["'] value=["']([^"']+)""")
@@ -156,7 +156,7 @@ class ServerFacts:
     or the error)."""
     socket_exists: bool = False
     socket_error: str | None = None
-    """None when the service user (as nginx runs) can connect to gunicorn's socket, else why not."""
+    """None when nginx's workers' user can connect to gunicorn's socket, else why not."""
     nginx: NginxConf | None = None
     gunicorn: dict[str, object] = field(default_factory=dict)
     static: dict[str, int | str] = field(default_factory=dict)
@@ -240,7 +240,7 @@ def server_settings(host: Host, server: AppServer, release: Release) -> dict:
     """The effective Django settings of one app server, as its gunicorn loads them: on its host, with the release's
     Python, the production settings and the server's own live.json."""
     result = host.connector.run(
-        [str(release.python), "-c", SETTINGS_SCRIPT], user=host.plan.service_user,
+        [str(release.python), "-c", SETTINGS_SCRIPT], user=host.plan.user_of("app"),
         env={**release.environment(), "DJSHIP_LIVE_FILE": str(server.live_file)}, cwd=release.app, timeout=60,
     )
     lines = result.stdout.strip().splitlines()
@@ -256,10 +256,11 @@ def _server_facts(system: System, server: AppServer) -> ServerFacts:
     connector, plan = host.connector, host.plan
     facts = ServerFacts(server.name, host.name, media_dir=str(read_live(plan, connector).media))
     facts.socket_exists = connector.run(["test", "-S", str(server.socket)]).ok
-    # The release's Python: the service user can run it (djship's own may live where that user cannot reach).
+    # As nginx's workers connect, with the release's Python: every user can run it (djship's own may live where they
+    # cannot reach).
     python = server.release_link / "venv" / "bin" / "python"
     try:
-        reach = connector.run([str(python), "-c", CONNECT_SCRIPT, str(server.socket)], user=plan.service_user,
+        reach = connector.run([str(python), "-c", CONNECT_SCRIPT, str(server.socket)], user=plan.user_of("web"),
                               timeout=30)
     except DjshipError as error:
         facts.socket_error = str(error)
@@ -313,7 +314,7 @@ def _write_media_probes(system: System) -> dict[str, Path | str]:
         probe = read_live(host.plan, host.connector).media / f"djship-doctor-{secrets.token_hex(6)}.txt"
         # As the app writes an upload: as the service user (into a media host's mount, the SFTP user owns it).
         try:
-            written = host.connector.run(["tee", str(probe)], user=host.plan.service_user,
+            written = host.connector.run(["tee", str(probe)], user=host.plan.user_of("app"),
                                          input="djship doctor probe\n", timeout=30)
         except DjshipError as error:
             return f"cannot write {probe}: {error}"
@@ -335,7 +336,7 @@ def _through_servers(system: System, facts: Facts, static_paths: list[str]) -> N
 
     def remove(host: Host) -> None:
         if host.name in media:
-            host.connector.run(["rm", "-f", "--", str(probes[host.name])], user=host.plan.service_user)
+            host.connector.run(["rm", "-f", "--", str(probes[host.name])], user=host.plan.user_of("app"))
 
     def through(server: AppServer) -> list[tuple[int, str]]:
         try:
@@ -488,7 +489,7 @@ def _check_deploy(host: Host, release: Release | None) -> tuple[bool, str]:
     try:
         result = host.connector.run(
             [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-            user=host.plan.service_user, env=release.environment(), cwd=release.app, timeout=120)
+            user=host.plan.user_of("app"), env=release.environment(), cwd=release.app, timeout=120)
     except DjshipError as error:
         return (False, str(error))
     return (result.ok, (result.stderr.strip() or result.stdout.strip()))

@@ -137,10 +137,10 @@ def media_mount_command(plan: Plan, media: MediaStore) -> str:
     options = ",".join((*_SSHFS_OPTIONS, f"Port={media.ssh_port}", f"IdentityFile={plan.paths.media_key}",
                         f"UserKnownHostsFile={plan.paths.media_known_hosts}"))
     script = f"fusermount3 -u -z {mount} 2>/dev/null; exec sshfs -f -o {quote(options)}"
-    if plan.service_user:
-        # Mounted by root for the service user: files show as its own and the kernel checks their modes, so no
+    if plan.users:
+        # Mounted by root for the app's user: files show as its own and the kernel checks their modes, so no
         # other local user may write the uploads.
-        user = quote(plan.service_user)
+        user = quote(plan.users.app)
         script += f" -o allow_other,default_permissions,uid=$(id -u {user}),gid=$(id -g {user})"
     script += f" {quote(media.source)} {mount}"
     return f"/bin/sh -c {quote(script)}"
@@ -173,7 +173,7 @@ def programs(plan: Plan) -> list[Program]:
             ),
             stopsignal="INT",
             stopwaitsecs=60,
-            user=plan.service_user,
+            user=plan.user_of("db"),
         ))
     for server in plan.servers_here:
         gunicorn, nginx = server.programs
@@ -184,7 +184,7 @@ def programs(plan: Plan) -> list[Program]:
                 directory=str(server.dir),
                 stopsignal="TERM",
                 stopwaitsecs=plan.gunicorn_timeout + 5,
-                user=plan.service_user,
+                user=plan.user_of("app"),
             )
         )
         result.append(
@@ -196,7 +196,8 @@ def programs(plan: Plan) -> list[Program]:
                 ),
                 stopsignal="QUIT",
                 stopwaitsecs=plan.nginx_timeout,
-                user=plan.service_user,
+                # As root, as nginx is built to run: the master reads its config and opens its logs and port, its
+                # workers run as [users].web (nginx.conf's `user`).
             )
         )
     if plan.holds("lb"):
@@ -205,7 +206,7 @@ def programs(plan: Plan) -> list[Program]:
             command=f"{quote(plan.tools.haproxy)} -W -db -f {quote(str(plan.paths.haproxy_conf))}",
             stopsignal="USR1",
             stopwaitsecs=plan.balancer_timeout + 5,
-            user=None if plan.balancer_starts_as_root else plan.service_user,
+            user=None if plan.balancer_starts_as_root else plan.user_of("lb"),
         ))
     if plan.backup.schedule:
         # As the user running djship: a backup reads the superuser password and writes the backup directory.

@@ -30,7 +30,8 @@ def site_info(plan: Plan, connector: Connector) -> CertificateInfo | None:
 
 
 def _write(plan: Plan, connector: Connector, bundle: bytes) -> bool:
-    return connector.put(plan.paths.site_pem, bundle, mode=0o600, owner=plan.service_user)
+    access = plan.file_access(plan.paths.site_pem)
+    return connector.put(plan.paths.site_pem, bundle, mode=access.mode, owner=access.owner)
 
 
 def _ensure_local(plan: Plan, connector: Connector) -> bool:
@@ -115,7 +116,8 @@ def write_staple(plan: Plan, connector: Connector, response: bytes | None) -> bo
     """site.pem.ocsp, which HAProxy loads with site.pem; removed when there is nothing to staple. Returns whether
     it changed."""
     if response is not None:
-        return connector.put(plan.paths.site_ocsp, response, mode=0o600, owner=plan.service_user)
+        access = plan.file_access(plan.paths.site_ocsp)
+        return connector.put(plan.paths.site_ocsp, response, mode=access.mode, owner=access.owner)
     if connector.get(plan.paths.site_ocsp) is None:
         return False
     connector.run(["rm", "-f", str(plan.paths.site_ocsp)])
