@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from djship.config import Config, default_database_name
+from djship.config import Config, default_database_name, is_local_domain
 from djship.errors import DjshipError
 from djship.tools import Tools
 
@@ -18,6 +18,10 @@ CONNECTION_HEADROOM = 10
 SUPERUSER_RESERVED = 3
 # Longest path a unix socket may have on Linux (sun_path is 108 bytes with the final NUL).
 MAX_SOCKET_PATH = 107
+# HSTS max-age for real domains (Mozilla's guidelines: two years); an hour where a domain is localhost, so a browser
+# does not pin HTTPS on localhost for long.
+HSTS_SECONDS = 63072000
+LOCAL_HSTS_SECONDS = 3600
 # The supervised program that renews ACME certificates (tls.mode = "acme").
 RENEWAL_PROGRAM = "renewal"
 # On the local target every component talks over loopback.
@@ -320,6 +324,9 @@ class Plan:
     exclude: tuple[str, ...]
     domains: tuple[str, ...]
     hsts_seconds: int
+    hsts_subdomains: bool
+    """includeSubDomains: never where a domain is localhost (it would pin every *.localhost name too)."""
+    hsts_preload: bool
     tls: Tls
     balancer_bind: str
     balancer_sources: tuple[str, ...]
@@ -390,6 +397,12 @@ class Plan:
     def origins(self) -> tuple[str, ...]:
         port = "" if self.https_port == 443 else f":{self.https_port}"
         return tuple(f"https://{domain}{port}" for domain in self.domains)
+
+    @property
+    def hsts_header(self) -> str:
+        """The Strict-Transport-Security value the balancer sends."""
+        return "; ".join([f"max-age={self.hsts_seconds}", *(["includeSubDomains"] if self.hsts_subdomains else []),
+                          *(["preload"] if self.hsts_preload else [])])
 
     @property
     def health_host(self) -> str:
@@ -542,7 +555,8 @@ def _assemble(
     balancer: tuple[str, int, int], balancer_sources: tuple[str, ...], service_user: str | None,
 ) -> Plan:
     app = config.app
-    hsts = config.site.hsts_seconds or (3600 if config.site.domains == ["localhost"] else 31536000)
+    local_domain = any(is_local_domain(domain) for domain in config.site.domains)
+    hsts = config.site.hsts_seconds or (LOCAL_HSTS_SECONDS if local_domain else HSTS_SECONDS)
     bind, https_port, http_port = balancer
     return Plan(
         project_dir=project_dir,
@@ -553,6 +567,8 @@ def _assemble(
         exclude=tuple(config.project.exclude),
         domains=tuple(config.site.domains),
         hsts_seconds=hsts,
+        hsts_subdomains=not local_domain,
+        hsts_preload=config.site.hsts_preload,
         tls=Tls(
             mode=config.tls.mode,
             acme_directory=config.tls.acme_directory,
@@ -598,7 +614,7 @@ def _checked(plan: Plan) -> Plan:
 
 
 def _check_acme_domains(plan: Plan) -> None:
-    local = [domain for domain in plan.domains if domain == "localhost" or domain.endswith(".localhost")]
+    local = [domain for domain in plan.domains if is_local_domain(domain)]
     if plan.tls.mode == "acme" and local:
         raise DjshipError(
             f"site.domains: an ACME CA issues no certificate for {', '.join(local)}; list the domain names that "

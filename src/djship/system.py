@@ -28,6 +28,7 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
+from djship.logfile import LOG_MODE
 from djship.plan import RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
 from djship.tls import renewal
@@ -119,7 +120,7 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
         if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
             point_server(server, connector, live)
         if connector.get(server.access_log) is None:
-            connector.put(server.access_log, "", owner=owner)
+            connector.put(server.access_log, "", mode=LOG_MODE, owner=owner)
     if owner and not connector.run(["test", "-x", str(paths.state)], user=owner).ok:
         raise DjshipError(
             f"the service user {owner} cannot reach {paths.state} (a parent directory is not searchable by others, "

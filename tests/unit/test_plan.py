@@ -81,11 +81,17 @@ def test_configured_service_user_is_used_as_root(make_plan):
 
 
 @pytest.mark.parametrize(
-    ("domains", "hsts"),
-    [(["localhost"], 3600), (["example.com"], 31536000), (["localhost", "example.com"], 31536000)],
+    ("site", "header"),
+    [
+        ({"domains": ["localhost"]}, "max-age=3600"),
+        ({"domains": ["localhost", "example.com"]}, "max-age=3600"),
+        ({"domains": ["app.localhost"], "hsts_seconds": 86400}, "max-age=86400"),
+        ({"domains": ["example.com"]}, "max-age=63072000; includeSubDomains"),
+        ({"domains": ["example.com"], "hsts_preload": True}, "max-age=63072000; includeSubDomains; preload"),
+    ],
 )
-def test_hsts_is_short_for_localhost_and_a_year_for_real_domains(make_plan, domains, hsts):
-    assert make_plan(site={"domains": domains}).hsts_seconds == hsts
+def test_hsts_is_two_years_for_real_domains_preloaded_only_when_asked_and_never_pins_localhost(make_plan, site, header):
+    assert make_plan(site=site).hsts_header == header
 
 
 def test_configured_hsts_wins(make_plan):
