@@ -41,6 +41,8 @@ class AppServer:
     access_log: Path
     host: str
     """The host of the topology it runs on."""
+    tls: bool = False
+    """Whether the balancers reach it over TLS: a balancer runs on another host, so requests cross the network."""
 
     @property
     def endpoint(self) -> str:
@@ -95,10 +97,21 @@ class Database:
     """Where the app servers connect from (pg_hba.conf: the app's role, from these only)."""
     admin_clients: tuple[str, ...]
     """Where djship administers it from, as the superuser."""
+    tls: bool = False
+    """Whether the app servers connect over TLS (verify-full): an app host is not the db host."""
 
     @property
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
+
+    @property
+    def cert_file(self) -> Path:
+        """The db host's certificate for its address, which PostgreSQL presents (with tls)."""
+        return self.data_dir / "server.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "server.key"
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,16 @@ class Paths:
     @property
     def ca_key(self) -> Path:
         return self.tls / "ca.key"
+
+    @property
+    def host_cert(self) -> Path:
+        """An app host's certificate for its address, signed by ca.crt, which nginx presents to the balancers on
+        other hosts (the CA, then it, in one chain)."""
+        return self.tls / "host.crt"
+
+    @property
+    def host_key(self) -> Path:
+        return self.tls / "host.key"
 
     @property
     def site_pem(self) -> Path:
@@ -409,6 +432,11 @@ class Plan:
         return self.domains[0]
 
     @property
+    def encrypted_links(self) -> bool:
+        """Whether a link between hosts carries requests or queries (then over TLS, verified against ca.crt)."""
+        return self.database.tls or any(server.tls for server in self.app_servers)
+
+    @property
     def connections_needed(self) -> int:
         return len(self.app_servers) * self.workers * self.threads + CONNECTION_HEADROOM
 
@@ -419,7 +447,7 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
 
 
 def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
-              admin_clients: tuple[str, ...]) -> Database:
+              admin_clients: tuple[str, ...], tls: bool) -> Database:
     name = config.database.name or default_database_name(config.project.settings_module)
     return Database(
         address=address,
@@ -431,6 +459,7 @@ def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str
         data_dir=paths.postgres / "data",
         app_clients=app_clients,
         admin_clients=admin_clients,
+        tls=tls,
     )
 
 
@@ -475,7 +504,7 @@ def _address_rule(address: str) -> str:
     return f"{address}/32" if re.fullmatch(r"[0-9.]+", address) else address
 
 
-def _servers_of(config: Config, host: HostSpec, count: int) -> list[AppServer]:
+def _servers_of(config: Config, host: HostSpec, count: int, tls: bool) -> list[AppServer]:
     """The app servers of one app host: app1..appN on one machine; on a host, the first named after the host and
     the others <host>-2, <host>-3 … (so adding one never renames another)."""
     paths = Paths(host.root)
@@ -486,7 +515,7 @@ def _servers_of(config: Config, host: HostSpec, count: int) -> list[AppServer]:
         else:
             name, address, port = host.name if index == 1 else f"{host.name}-{index}", host.address, config.app.port + index - 1
         servers.append(AppServer(name, address, port, paths.servers / name, paths.logs / f"{name}-nginx-access.log",
-                                 host.name))
+                                 host.name, tls))
     return servers
 
 
@@ -507,16 +536,19 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     db_host = next(host for host in hosts if "db" in host.roles)
     count = servers_per_host(config, len(app_hosts))
-    servers = tuple(server for host in app_hosts for server in _servers_of(config, host, count))
+    # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
+    servers = tuple(server for host in app_hosts
+                    for server in _servers_of(config, host, count, tls=any(lb.name != host.name for lb in lb_hosts)))
+    database_tls = any(host.name != db_host.name for host in app_hosts)
     if one_machine:
         database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
-                             (LOOPBACK_NETWORK,))
+                             (LOOPBACK_NETWORK,), database_tls)
         balancer = (config.balancer.bind, config.balancer.https_port, config.balancer.http_port)
         sources: tuple[str, ...] = (LOOPBACK_NETWORK,)
     else:
         database = _database(
             config, Paths(db_host.root), db_host.address,
-            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),),
+            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),), database_tls,
         )
         explicit = config.balancer.model_fields_set
         balancer = (
