@@ -91,7 +91,8 @@ def test_across_hosts_the_app_verifies_postgresql_which_takes_tls_only(plans):
     settings = render.production_settings(plans["app1"], "r1", Path("/srv/app1/releases/r1"))
     postgresql = render.postgresql_conf(plans["db1"])
 
-    assert '"OPTIONS": {"sslmode": "verify-full", "sslrootcert": "/srv/app1/tls/ca.crt"},' in settings
+    assert '"OPTIONS": {"sslmode": "verify-full", "sslrootcert": "/srv/app1/tls/ca.crt",' in settings
+    assert '"sslcert": "/srv/app1/tls/no-client-certificate"},' in settings
     assert ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'",
             "ssl_min_protocol_version = 'TLSv1.3'"] == [line for line in postgresql.splitlines() if line.startswith("ssl")]
     assert plans["db1"].database.cert_file == Path("/srv/db1/postgres/data/server.crt")
