@@ -52,7 +52,7 @@ class Changes:
     restart: dict[str, tuple[str, ...]]
     """Per host, the app programs that run but read a changed file (each restarts out of rotation)."""
     postgres: str | None
-    """"start", "restart" (postgresql.conf changed), "reload" (pg_hba.conf only) or None."""
+    """"start", "restart" (postgresql.conf changed), "reload" (pg_hba.conf or its certificate only) or None."""
     haproxy: dict[str, str]
     """Per lb host: "start" or "reload"."""
     added: tuple[str, ...]
@@ -146,8 +146,10 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
         restart[name] = tuple(program for program in programs if program in touched and program not in SEPARATE)
         if host.holds("db"):
             names = {file.path.name for file in changed}
+            # A reload reads pg_hba.conf and the certificate anew; postgresql.conf's settings need a restart.
+            reloaded = {"pg_hba.conf", plan.database.cert_file.name, plan.database.key_file.name}
             postgres = "start" if "postgres" in stopped else "restart" if "postgresql.conf" in names \
-                else "reload" if "pg_hba.conf" in names else None
+                else "reload" if names & reloaded else None
         if host.holds("lb"):
             action = "start" if "haproxy" in stopped else "reload" if "haproxy" in touched else None
             if action:

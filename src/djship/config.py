@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import tomlkit
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from djship.errors import DjshipError
 
@@ -159,9 +159,19 @@ class ProjectConfig(_Section):
         return value
 
 
+def is_local_domain(domain: str) -> bool:
+    """localhost and its subdomains: names no CA vouches for and no browser should pin HSTS for beyond the site."""
+    return domain == "localhost" or domain.endswith(".localhost")
+
+
+# What the HSTS preload list (hstspreload.org) asks of a site before it accepts it.
+HSTS_PRELOAD_MIN_SECONDS = 31536000
+
+
 class SiteConfig(_Section):
     domains: list[str] = Field(default_factory=lambda: ["localhost"], min_length=1)
     hsts_seconds: int | None = Field(default=None, ge=1)
+    hsts_preload: StrictBool = False
 
     @field_validator("domains")
     @classmethod
@@ -172,6 +182,19 @@ class SiteConfig(_Section):
         if len(set(domains)) != len(domains):
             raise ValueError("lists a domain twice")
         return domains
+
+    @model_validator(mode="after")
+    def _preload_allowed(self) -> SiteConfig:
+        if not self.hsts_preload:
+            return self
+        local = [domain for domain in self.domains if is_local_domain(domain)]
+        if local:
+            raise ValueError(f"hsts_preload = true is for public domains only, and {', '.join(local)} is not one; "
+                             "remove hsts_preload or list only public domains in site.domains")
+        if self.hsts_seconds is not None and self.hsts_seconds < HSTS_PRELOAD_MIN_SECONDS:
+            raise ValueError(f"hsts_preload = true needs hsts_seconds of at least {HSTS_PRELOAD_MIN_SECONDS} (one "
+                             "year, as the preload list asks); raise hsts_seconds or remove hsts_preload")
+        return self
 
 
 class AppConfig(_Section):

@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from djship.config import Config, default_database_name
+from djship.config import Config, default_database_name, is_local_domain
 from djship.errors import DjshipError
+from djship.logfile import LOG_MODE
 from djship.tools import Tools
 
 STATIC_URL = "/static/"
@@ -24,6 +25,10 @@ CONNECTION_HEADROOM = 10
 SUPERUSER_RESERVED = 3
 # Longest path a unix socket may have on Linux (sun_path is 108 bytes with the final NUL).
 MAX_SOCKET_PATH = 107
+# HSTS max-age for real domains (Mozilla's guidelines: two years); an hour where a domain is localhost, so a browser
+# does not pin HTTPS on localhost for long.
+HSTS_SECONDS = 63072000
+LOCAL_HSTS_SECONDS = 3600
 # The supervised program that renews ACME certificates (tls.mode = "acme").
 RENEWAL_PROGRAM = "renewal"
 # On the local target every component talks over loopback.
@@ -43,6 +48,8 @@ class AppServer:
     access_log: Path
     host: str
     """The host of the topology it runs on."""
+    tls: bool = False
+    """Whether the balancers reach it over TLS: a balancer runs on another host, so requests cross the network."""
 
     @property
     def endpoint(self) -> str:
@@ -102,10 +109,21 @@ class Database:
     """Where the app servers connect from (pg_hba.conf: the app's role, from these only)."""
     admin_clients: tuple[str, ...]
     """Where djship administers it from, as the superuser."""
+    tls: bool = False
+    """Whether the app servers connect over TLS (verify-full): an app host is not the db host."""
 
     @property
     def endpoint(self) -> str:
         return f"{self.address}:{self.port}"
+
+    @property
+    def cert_file(self) -> Path:
+        """The db host's certificate for its address, which PostgreSQL presents (with tls)."""
+        return self.data_dir / "server.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "server.key"
 
 
 @dataclass(frozen=True)
@@ -194,6 +212,16 @@ class Paths:
     @property
     def ca_key(self) -> Path:
         return self.tls / "ca.key"
+
+    @property
+    def host_cert(self) -> Path:
+        """An app host's certificate for its address, signed by ca.crt, which nginx presents to the balancers on
+        other hosts (the CA, then it, in one chain)."""
+        return self.tls / "host.crt"
+
+    @property
+    def host_key(self) -> Path:
+        return self.tls / "host.key"
 
     @property
     def site_pem(self) -> Path:
@@ -377,6 +405,9 @@ class Plan:
     exclude: tuple[str, ...]
     domains: tuple[str, ...]
     hsts_seconds: int
+    hsts_subdomains: bool
+    """includeSubDomains: never where a domain is localhost (it would pin every *.localhost name too)."""
+    hsts_preload: bool
     tls: Tls
     balancer_bind: str
     balancer_sources: tuple[str, ...]
@@ -450,7 +481,8 @@ class Plan:
         root = "root" if self.users else None  # named, so a directory an earlier djship gave away comes back
         directories = [Directory(paths.state, owner=root)]
         directories += [Directory(path, owner=root) for path in (paths.logs, paths.releases, paths.venvs, paths.servers)]
-        directories += [Directory(paths.supervisor, 0o700, root), Directory(paths.secrets, 0o711, root)]
+        directories += [Directory(paths.supervisor, 0o700, root), Directory(paths.secrets, 0o711, root),
+                        Directory(paths.tls, 0o711, root)]
         if self.holds("lb"):
             directories.append(Directory(paths.balancer, 0o700, self.user_of("lb")))
         for server in self.servers_here:
@@ -463,12 +495,14 @@ class Plan:
         """Secrets and keys 0600, each owned by the one component that reads it (the app its secrets, HAProxy the
         site key, PostgreSQL its configuration), every other file root's: the superuser password, the CA key."""
         paths = self.paths
-        private = path.parent == paths.secrets or path in (paths.site_pem, paths.site_ocsp, paths.ca_key)
+        private = path.parent == paths.secrets or path in (
+            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, self.database.key_file)
         owner = None
-        if self.users:
+        if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb}
             owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
-        return FileAccess(0o600 if private else 0o644, owner)
+        mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
+        return FileAccess(mode, owner)
 
     @property
     def servers_here(self) -> tuple[AppServer, ...]:
@@ -496,8 +530,19 @@ class Plan:
         return tuple(f"https://{domain}{port}" for domain in self.domains)
 
     @property
+    def hsts_header(self) -> str:
+        """The Strict-Transport-Security value the balancer sends."""
+        return "; ".join([f"max-age={self.hsts_seconds}", *(["includeSubDomains"] if self.hsts_subdomains else []),
+                          *(["preload"] if self.hsts_preload else [])])
+
+    @property
     def health_host(self) -> str:
         return self.domains[0]
+
+    @property
+    def encrypted_links(self) -> bool:
+        """Whether a link between hosts carries requests or queries (then over TLS, verified against ca.crt)."""
+        return self.database.tls or any(server.tls for server in self.app_servers)
 
     @property
     def connections_needed(self) -> int:
@@ -510,7 +555,7 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
 
 
 def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
-              admin_clients: tuple[str, ...]) -> Database:
+              admin_clients: tuple[str, ...], tls: bool) -> Database:
     name = config.database.name or default_database_name(config.project.settings_module)
     return Database(
         address=address,
@@ -522,6 +567,7 @@ def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str
         data_dir=paths.postgres / "data",
         app_clients=app_clients,
         admin_clients=admin_clients,
+        tls=tls,
     )
 
 
@@ -564,7 +610,7 @@ def _address_rule(address: str) -> str:
     return f"{address}/32" if re.fullmatch(r"[0-9.]+", address) else address
 
 
-def _servers_of(config: Config, host: HostSpec, count: int) -> list[AppServer]:
+def _servers_of(config: Config, host: HostSpec, count: int, tls: bool) -> list[AppServer]:
     """The app servers of one app host: app1..appN on one machine; on a host, the first named after the host and
     the others <host>-2, <host>-3 … (so adding one never renames another)."""
     paths = Paths(host.root)
@@ -575,7 +621,7 @@ def _servers_of(config: Config, host: HostSpec, count: int) -> list[AppServer]:
         else:
             name, address, port = host.name if index == 1 else f"{host.name}-{index}", host.address, config.app.port + index - 1
         servers.append(AppServer(name, address, port, paths.servers / name, paths.logs / f"{name}-nginx-access.log",
-                                 host.name))
+                                 host.name, tls))
     return servers
 
 
@@ -608,16 +654,19 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
                           'on the first one installs its certificates there only); list one lb host in servers.lb, '
                           'or use "files" with a certificate you obtained (e.g. with certbot)')
     count = servers_per_host(config, len(app_hosts))
-    servers = tuple(server for host in app_hosts for server in _servers_of(config, host, count))
+    # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
+    servers = tuple(server for host in app_hosts
+                    for server in _servers_of(config, host, count, tls=any(lb.name != host.name for lb in lb_hosts)))
+    database_tls = any(host.name != db_host.name for host in app_hosts)
     if one_machine:
         database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
-                             (LOOPBACK_NETWORK,))
+                             (LOOPBACK_NETWORK,), database_tls)
         balancer = (config.balancer.bind, config.balancer.https_port, config.balancer.http_port)
         sources: tuple[str, ...] = (LOOPBACK_NETWORK,)
     else:
         database = _database(
             config, Paths(db_host.root), db_host.address,
-            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),),
+            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),), database_tls,
         )
         explicit = config.balancer.model_fields_set
         balancer = (
@@ -657,7 +706,8 @@ def _assemble(
     balancer: tuple[str, int, int], balancer_sources: tuple[str, ...], users: Users | None,
 ) -> Plan:
     app = config.app
-    hsts = config.site.hsts_seconds or (3600 if config.site.domains == ["localhost"] else 31536000)
+    local_domain = any(is_local_domain(domain) for domain in config.site.domains)
+    hsts = config.site.hsts_seconds or (LOCAL_HSTS_SECONDS if local_domain else HSTS_SECONDS)
     bind, https_port, http_port = balancer
     return Plan(
         project_dir=project_dir,
@@ -668,6 +718,8 @@ def _assemble(
         exclude=tuple(config.project.exclude),
         domains=tuple(config.site.domains),
         hsts_seconds=hsts,
+        hsts_subdomains=not local_domain,
+        hsts_preload=config.site.hsts_preload,
         tls=Tls(
             mode=config.tls.mode,
             acme_directory=config.tls.acme_directory,
@@ -713,7 +765,7 @@ def _checked(plan: Plan) -> Plan:
 
 
 def _check_acme_domains(plan: Plan) -> None:
-    local = [domain for domain in plan.domains if domain == "localhost" or domain.endswith(".localhost")]
+    local = [domain for domain in plan.domains if is_local_domain(domain)]
     if plan.tls.mode == "acme" and local:
         raise DjshipError(
             f"site.domains: an ACME CA issues no certificate for {', '.join(local)}; list the domain names that "

@@ -117,7 +117,8 @@ requirements = {_toml_string(project.requirements)}          # installed into ea
 
 [site]
 domains = ["localhost"]        # host names the site answers to (ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS, certificate)
-# hsts_seconds = 31536000      # HSTS max-age; default 3600 for localhost, one year for real domains
+# hsts_seconds = 63072000      # HSTS max-age; default 3600 for localhost, two years for real domains
+# hsts_preload = true          # add `preload` to HSTS (public domains only; see hstspreload.org before you do)
 
 [app]
 # servers = 2                  # app servers per app host, each nginx + gunicorn (default: 2 where one host holds

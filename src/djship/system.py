@@ -30,11 +30,12 @@ from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
 from djship.plan import RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
-from djship.tls import renewal
+from djship.tls import local_ca, renewal
 from djship.tls.certificates import leaf_der
 from djship.agent import RENEWED
-from djship.tls.site import acme_certificate_is_current, ensure_certificate, fetch_staple, site_info, staple_due, \
-    validated_files, write_staple
+from djship.tls.local_ca import Authority
+from djship.tls.site import acme_certificate_is_current, ensure_authority, ensure_certificate, fetch_staple, \
+    read_authority, site_info, staple_due, validated_files, write_staple
 from djship.topology import Host, Topology
 from djship.waiting import wait_until
 
@@ -255,8 +256,28 @@ class System:
 
     # -- up: observe, decide, act --------------------------------------------------------------------------------
 
-    def _desired(self, secrets_: Secrets | None, certificate: bytes | None,
-                 media_access: media.Access | None) -> dict[str, list[render.ConfigFile]]:
+    def _link_files(self, host: Host, authority: Authority) -> list[render.ConfigFile]:
+        """The files of the links between hosts on this host: its certificate for its address where it is reached
+        from another host (nginx from the balancers, PostgreSQL from the app servers), and djship's CA where it
+        reaches another host (the app servers the database; the balancers hold the CA already, see recover)."""
+        plan, connector = host.plan, host.connector
+        nginx = tuple(server.programs[1] for server in plan.servers_here if server.tls)
+        presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
+        if host.holds("db") and plan.database.tls:
+            presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
+        files = []
+        if presenting:
+            chain, key = local_ca.host_certificate(authority, host.address, [
+                (connector.get(cert), connector.get(key)) for cert, key, _ in presenting])
+            for cert_path, key_path, programs in presenting:
+                files += [render.ConfigFile(cert_path, chain.decode(), programs),
+                          render.ConfigFile(key_path, key.decode(), programs)]
+        if host.holds("app") and plan.database.tls and not host.holds("lb"):
+            files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
+        return files
+
+    def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
+                 authority: Authority | None) -> dict[str, list[render.ConfigFile]]:
         """Every file each host must hold, with the programs that read it when they start."""
         desired = {}
         for host in self.hosts.values():
@@ -275,10 +296,13 @@ class System:
                 staple = self.local.get(self.control.site_ocsp)
                 if staple is not None:  # HAProxy loads it with site.pem, as its own user
                     files.append(render.ConfigFile(plan.paths.site_ocsp, staple, ("haproxy",)))
+            if host.holds("lb"):
                 # Copies kept for a control machine that lost .djship/ (see recover).
                 files += [render.ConfigFile(plan.paths.state / path.relative_to(self.control.state), content.decode(), ())
                           for path in (self.control.ca_cert, self.control.ca_key)
                           if (content := self.local.get(path)) is not None]
+            if authority is not None:
+                files += self._link_files(host, authority)
             desired[host.name] = files + media.desired_files(plan, media_access)
         return desired
 
@@ -302,7 +326,8 @@ class System:
         self._preflight()
         secrets_ = self.read_secrets()
         certificate = self._control_certificate()
-        desired = self._desired(secrets_, certificate, media.read_access(self.topology))
+        authority = read_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
+        desired = self._desired(secrets_, certificate, media.read_access(self.topology), authority)
         return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
 
     def up(self) -> UpResult:
@@ -320,9 +345,10 @@ class System:
             secrets_ = self._ensure_secrets()
             certificate_changed = self._ensure_control_certificate()
             certificate = self._control_certificate()
+            authority = ensure_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
             media_access = media.ensure_access(self.topology)
         adopted = self._adopt()
-        desired = self._desired(secrets_, certificate, media_access)
+        desired = self._desired(secrets_, certificate, media_access, authority)
         changes = diff(self.hosts, desired, self._observe(desired), False, certificate_changed)
         started: list[Host] = []
         try:
@@ -441,8 +467,8 @@ class System:
             with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
                 host.supervisor.restart("postgres")
                 database.wait_ready(READY_TIMEOUT)
-        elif action == "reload":  # which clients may connect: a reload, no connection is dropped
-            with self.reporter.step("Reloading PostgreSQL's client list (pg_hba.conf changed)"):
+        elif action == "reload":  # which clients may connect, its certificate: a reload, no connection is dropped
+            with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
         live = read_live(host.plan, host.connector).database
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
@@ -741,7 +767,7 @@ class System:
         lb = self.lb_hosts[0]
         appserver.wait_healthy(
             self.plan, server, release.id,
-            lambda: appserver.health_from(lb.connector, lb.plan.tools.python, self.plan, server),
+            lambda: appserver.health_from(lb.connector, lb.plan, self.plan, server),
             f"`djship logs {server.name}`",
         )
 

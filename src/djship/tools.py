@@ -25,6 +25,9 @@ class Tools:
     python: str
     brotli_modules: tuple[str, ...] = ()
     """The nginx brotli modules to load (compression on the fly and brotli_static), when installed."""
+    tls_curves: tuple[str, ...] = ()
+    """The key exchange groups of Mozilla's list that this HAProxy accepts (components/balancer.py probes them);
+    none: HAProxy's own default."""
 
     def pg(self, program: str) -> str:
         return str(Path(self.pg_bindir) / program)

@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from djship.components import orphans
+from djship.components.balancer import accepted_curves
 from djship.components.supervisor import ProcessStatus, Supervisor
 from djship.config import Config
 from djship.connectors import Connector, on_each
@@ -124,6 +125,12 @@ def control_paths(config: Config, project_dir: Path) -> Paths:
     return Paths((project_dir.resolve() / config.state_dir).resolve())
 
 
+def local_tools() -> Tools:
+    """This machine's programs, with the TLS groups its HAProxy accepts."""
+    tools = find_tools()
+    return replace(tools, tls_curves=accepted_curves(LocalConnector(), tools.haproxy))
+
+
 def local_spec(config: Config, project_dir: Path, tools: Tools, login_root: bool) -> HostSpec:
     """This machine as the one host of the topology, holding every role on loopback."""
     bind = config.balancer.bind
@@ -140,19 +147,20 @@ def open_topology(config: Config, project_dir: Path, reporter: Reporter, install
         if install:
             raise DjshipError("--install is for real hosts ([servers] in djship.toml); on this machine "
                               "`./bootstrap demo` or apt-get installs nginx, haproxy and postgresql")
-        spec = local_spec(config, project_dir, find_tools(), os.geteuid() == 0)
+        spec = local_spec(config, project_dir, local_tools(), os.geteuid() == 0)
         plan = build_plans(config, project_dir, [spec])[spec.name]
         host = Host(spec.name, spec.address, LocalConnector(), plan, sys.executable, "project")
         return Topology({host.name: host}, control)
     return _ssh_topology(config, project_dir, control, reporter, install, observe_only)
 
 
-def _host_tools(report: HostReport | None, host: SSHHost) -> Tools:
+def _host_tools(report: HostReport | None, host: SSHHost, tls_curves: tuple[str, ...]) -> Tools:
     """Where the host's programs are; empty when not known (the host did not answer)."""
     found = report.tools if report else {}
     return Tools(
         nginx=found.get("nginx", ""), haproxy=found.get("haproxy", ""), pg_bindir=found.get("pg_bindir", ""),
         mime_types=found.get("mime_types", ""), python=str(Path(str(host.root)) / "venv" / "bin" / "python"),
+        tls_curves=tls_curves,
     )
 
 
@@ -178,12 +186,15 @@ def _ssh_topology(config: Config, project_dir: Path, control: Paths, reporter: R
             reports = prepare_hosts(hosts, install=install, connect=connect)
         require_ready(reports)
     by_name = {report.name: report for report in reports}
+    balancers = {name: (connectors[name], report.tools["haproxy"]) for name, report in by_name.items()
+                 if "lb" in report.roles and report.tools.get("haproxy")}
+    curves = on_each(balancers, lambda balancer: accepted_curves(*balancer))
     specs = []
     for host in hosts:
         report = by_name.get(host.name)
         login_root = report.root_login if report else host.target.user == "root"
         specs.append(HostSpec(host.name, host.target.address, host.roles, Path(str(host.root)),
-                              _host_tools(report, host), login_root))
+                              _host_tools(report, host, curves.get(host.name, ())), login_root))
     plans = build_plans(config, project_dir, specs)
     planned = {
         host.name: Host(host.name, host.target.address, connectors[host.name], plans[host.name],

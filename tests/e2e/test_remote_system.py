@@ -230,15 +230,79 @@ def test_the_database_accepts_the_app_hosts_only(fleet: Fleet):
     assert f'no pg_hba.conf entry for host "{fleet.lb}"' in from_lb.stderr
 
 
+# A GET of argv[1] (the app server's health check, as the balancer sends it) over HTTPS verified against the CA file
+# argv[2]; prints the HTTP status, or the error.
+APP_SERVER_PROBE = (
+    "import ssl, sys, urllib.request, urllib.error\n"
+    "ask = urllib.request.Request(sys.argv[1], headers={'Host': 'localhost', 'X-Forwarded-Proto': 'https'})\n"
+    "try:\n    print(urllib.request.urlopen(ask, timeout=5, context=ssl.create_default_context(cafile=sys.argv[2])).status)\n"
+    "except urllib.error.HTTPError as error:\n    print(error.code)\n"
+    "except OSError as error:\n    print(error)"
+)
+
+
 def test_app_servers_accept_requests_from_the_balancer_only(fleet: Fleet):
-    probe = ["python3", "-c", "import sys, urllib.request, urllib.error\n"
-             "ask = urllib.request.Request(sys.argv[1], headers={'Host': 'localhost', 'X-Forwarded-Proto': 'https'})\n"
-             "try:\n    print(urllib.request.urlopen(ask, timeout=5).status)\n"
-             "except urllib.error.HTTPError as error:\n    print(error.code)",
-             f"http://{fleet.hosts['app1'].address}:8000/-/djship/health"]
+    probe = ["python3", "-c", APP_SERVER_PROBE, f"https://{fleet.hosts['app1'].address}:8000/-/djship/health",
+             str(fleet.ca)]
     assert fleet.in_namespace("db1", *probe).stdout.strip() == "403"
     assert fleet.in_namespace("app2", *probe).stdout.strip() == "403"
     assert fleet.in_namespace("lb1", *probe).stdout.strip() == "200"
+
+
+def test_the_balancer_reaches_every_app_server_over_tls_verified_against_djships_ca(fleet: Fleet):
+    ca = fleet.hosts["lb1"].root / "tls" / "ca.crt"  # the CA HAProxy verifies with, on the lb host
+    assert ca.read_bytes() == fleet.ca.read_bytes()
+    haproxy = (fleet.hosts["lb1"].root / "balancer" / "haproxy.cfg").read_text()
+    for app in ("app1", "app2", "app3"):
+        address = fleet.hosts[app].address
+        assert f"server {app} {address}:8000 ssl verify required ca-file '{ca}' verifyhost {address}\n" in haproxy
+        handshake = fleet.in_namespace("lb1", "openssl", "s_client", "-connect", f"{address}:8000", "-brief",
+                                       "-CAfile", str(ca), "-verify_ip", address, "-verify_return_error")
+        assert handshake.returncode == 0, handshake.stderr
+        assert "Verification: OK" in handshake.stderr and "Protocol version: TLSv1.3" in handshake.stderr, handshake.stderr
+        stranger = fleet.in_namespace("lb1", "openssl", "s_client", "-connect", f"{address}:8000", "-brief",
+                                      "-CAfile", "/etc/ssl/certs/ca-certificates.crt", "-verify_return_error")
+        assert stranger.returncode != 0 and "verify error" in stranger.stderr, stranger.stderr
+    # HAProxy's own health checks, over those verified connections, see every app server UP.
+    states = {c["name"]: c["health"] for c in fleet.status()["components"] if c["name"].endswith("-nginx")}
+    assert states == {"app1-nginx": "up", "app2-nginx": "up", "app3-nginx": "up"}
+
+
+def test_a_plaintext_request_to_an_app_server_is_refused(fleet: Fleet):
+    plain = ["python3", "-c", "import http.client, sys\n"
+             "connection = http.client.HTTPConnection(sys.argv[1], 8000, timeout=5)\n"
+             "connection.request('GET', '/-/djship/health', headers={'Host': 'localhost', 'X-Forwarded-Proto': 'https'})\n"
+             "answer = connection.getresponse()\n"
+             "print(answer.status, answer.read().decode(errors='replace'))",
+             fleet.hosts["app2"].address]
+    answer = fleet.in_namespace("lb1", *plain)  # from the balancer's own host: the address is let in, plain HTTP is not
+    assert answer.stdout.startswith("400 ") and "The plain HTTP request was sent to HTTPS port" in answer.stdout, (
+        answer.stdout + answer.stderr)
+
+
+def test_every_connection_of_the_app_role_to_postgresql_is_encrypted(fleet: Fleet):
+    assert set(fleet.servers_answering()) == {"app1", "app2", "app3"}  # every app server holds a connection now
+    secrets = json.loads((fleet.project / ".djship" / "secrets" / "admin.json").read_text())
+    db = fleet.hosts["db1"].address
+    psql = [shutil.which("psql") or "psql", "-X", "-h", db, "-p", str(DATABASE_PORT), "-U", "postgres", "-d", "board",
+            "-tAc", "SELECT a.client_addr, s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                    "WHERE a.usename = 'board' ORDER BY 1"]
+    seen = fleet.in_namespace("db1", *psql, env={"PGPASSWORD": secrets["postgres_password"], "PGCONNECT_TIMEOUT": "5"})
+    assert seen.returncode == 0, seen.stderr
+    rows = [line.split("|") for line in seen.stdout.split()]
+    assert {address for address, _, _ in rows} == {fleet.hosts[app].address for app in ("app1", "app2", "app3")}, rows
+    assert {(ssl, version) for _, ssl, version in rows} == {("t", "TLSv1.3")}, rows
+
+
+def test_postgresql_refuses_the_app_role_without_tls(fleet: Fleet):
+    secrets = json.loads((fleet.project / ".djship" / "secrets" / "app.json").read_text())
+    argv = [shutil.which("psql") or "psql", "-X", "-h", fleet.hosts["db1"].address, "-p", str(DATABASE_PORT),
+            "-U", "board", "-d", "board", "-tAc", "SELECT 1"]
+    env = {"PGPASSWORD": secrets["database_password"], "PGCONNECT_TIMEOUT": "5"}
+    plain = fleet.in_namespace("app2", *argv, env={**env, "PGSSLMODE": "disable"})
+    assert plain.returncode != 0 and "no encryption" in plain.stderr, plain.stderr
+    verified = fleet.in_namespace("app2", *argv, env={**env, "PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(fleet.ca)})
+    assert verified.returncode == 0 and verified.stdout.strip() == "1", verified.stderr
 
 
 def test_secrets_reach_each_host_0600(fleet: Fleet):

@@ -91,6 +91,15 @@ def test_a_deploy_on_one_server_fails_no_request(server: Server):
     assert len(load.releases) == 2
 
 
+def test_the_links_within_the_one_server_stay_plaintext(server: Server):
+    root = server.hosts["web1"].root
+    haproxy = (root / "balancer" / "haproxy.cfg").read_text()
+    servers = [line.split() for line in haproxy.splitlines() if line.strip().startswith("server ")]
+    assert [words[1:] for words in servers] == [["web1", f"{server.address}:8000"], ["web1-2", f"{server.address}:8001"]]
+    assert "hostssl" not in (root / "postgres" / "data" / "pg_hba.conf").read_text()
+    assert not (root / "tls" / "host.crt").exists()
+
+
 def test_up_takes_back_what_a_killed_supervisor_left_running_on_the_server(server: Server):
     before = server.status()
     supervisor = before["hosts"][0]["supervisor"]

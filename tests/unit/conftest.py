@@ -21,8 +21,8 @@ import pytest
 from djship.config import Config
 from djship.errors import DjshipError
 from djship.plan import Plan, build_plans
-from djship.tools import Tools, find_tools
-from djship.topology import local_spec
+from djship.tools import Tools
+from djship.topology import local_spec, local_tools
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO / "tests" / "golden"
@@ -35,6 +35,7 @@ FAKE_TOOLS = Tools(
     pg_bindir="/usr/lib/postgresql/15/bin",
     mime_types="/etc/nginx/mime.types",
     python="/usr/bin/python3",
+    tls_curves=("X25519", "prime256v1", "secp384r1"),  # what Debian 12's HAProxy accepts (OpenSSL 3.0)
 )
 
 
@@ -99,9 +100,10 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def real_tools() -> Tools:
-    """nginx, HAProxy and PostgreSQL as installed; a missing one fails the test with the command that installs it."""
+    """nginx, HAProxy and PostgreSQL as installed (with the TLS groups HAProxy accepts); a missing one fails the test
+    with the command that installs it."""
     try:
-        return find_tools()
+        return local_tools()
     except DjshipError as error:
         pytest.fail(f"the real-tool tests need the tools djship drives: {error}")
 

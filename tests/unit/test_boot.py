@@ -252,7 +252,8 @@ def test_the_supervisor_starts_by_itself_without_systemd(golden_plan, monkeypatc
     Supervisor(golden_plan, host).start_daemon()
 
     assert host.commands[0] == ["rm", "-f", str(boot.marker_path(golden_plan))]
-    assert host.commands[-1] == [
+    assert host.commands[-1] == [  # under the umask of its log files (0640), which it creates before reading its own
+        "sh", "-c", 'umask 027 && exec "$0" "$@"',
         "/usr/bin/python3", "-m", "supervisor.supervisord", "-c", str(golden_plan.paths.supervisor_conf)]
 
 

@@ -78,6 +78,27 @@ def test_a_changed_pg_hba_reloads_and_a_changed_postgresql_conf_restarts(make_co
     assert diff(hosts, files, seen).postgres == "restart"
 
 
+def test_a_renewed_link_certificate_reloads_postgresql_and_restarts_nginx_out_of_rotation(make_config):
+    hosts = topology(make_config)
+    files = desired(hosts)
+    db, app = hosts["db1"].plan, hosts["app1"].plan
+    files["db1"] += [render.ConfigFile(db.database.cert_file, "new chain", ("postgres",)),
+                     render.ConfigFile(db.database.key_file, "new key", ("postgres",))]
+    files["app1"] += [render.ConfigFile(app.paths.host_cert, "new chain", ("app1-nginx",)),
+                      render.ConfigFile(app.paths.host_key, "new key", ("app1-nginx",))]
+    seen = running(hosts, files)
+    for name in ("db1", "app1"):
+        stale = {path: b"old" if path.name in ("server.crt", "server.key", "host.crt", "host.key") else text
+                 for path, text in seen[name].contents.items()}
+        seen[name] = Observed(True, seen[name].statuses, stale, seen[name].balancer, seen[name].releases,
+                              seen[name].current)
+
+    changes = diff(hosts, files, seen)
+
+    assert changes.postgres == "reload"  # PostgreSQL reads its certificate anew on SIGHUP
+    assert changes.restart == {"lb1": (), "app1": ("app1-nginx",), "app2": (), "db1": ()}
+
+
 def test_a_changed_app_config_restarts_only_that_program_and_reloads_the_balancer_for_its_own(make_config):
     hosts = topology(make_config)
     before = desired(hosts)

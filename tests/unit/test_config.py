@@ -36,7 +36,7 @@ def test_minimal_config_gives_documented_defaults():
     assert config.project.python is None
     assert ".git" in config.project.exclude and ".djship" in config.project.exclude
     assert config.site.domains == ["localhost"]
-    assert config.site.hsts_seconds is None
+    assert config.site.hsts_seconds is None and config.site.hsts_preload is False
     assert (config.app.servers, config.app.workers, config.app.threads) == (None, 3, 1)
     assert (config.app.port, config.app.address_prefix, config.app.timeout) == (8000, "127.0.1", 30)
     assert config.app.max_body_size == "10M"
@@ -87,10 +87,21 @@ def test_minimal_config_gives_documented_defaults():
             '[tls]\nmode = "acme"\nacme_email = "nobody"\n',
             "djship.toml: tls.acme_email: must be an e-mail address (the ACME CA sends expiry warnings there)",
         ),
+        (
+            "[site]\nhsts_preload = true\n",
+            "djship.toml: site: hsts_preload = true is for public domains only, and localhost is not one; remove "
+            "hsts_preload or list only public domains in site.domains",
+        ),
+        (
+            '[site]\ndomains = ["shop.example.com"]\nhsts_preload = true\nhsts_seconds = 86400\n',
+            "djship.toml: site: hsts_preload = true needs hsts_seconds of at least 31536000 (one year, as the preload "
+            "list asks); raise hsts_seconds or remove hsts_preload",
+        ),
+        ('[site]\nhsts_preload = "yes"\n', "djship.toml: site.hsts_preload: Input should be a valid boolean"),
     ],
     ids=[
         "servers-0", "bad-domain", "duplicate-domain", "unknown-key", "same-ports", "public-bind", "tls-mode",
-        "files-without-key", "acme-plain-http", "acme-email",
+        "files-without-key", "acme-plain-http", "acme-email", "preload-localhost", "preload-short", "preload-not-bool",
     ],
 )
 def test_invalid_value_is_named_by_its_key_path(extra, expected):

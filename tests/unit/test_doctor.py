@@ -7,8 +7,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import http.server
+import ssl
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from djship.doctor.facts import (
     MAX_REDIRECTS, CertificateFacts, CsrfFacts, Facts, ServerFacts, parse_gunicorn_conf, parse_haproxy_timeouts,
     parse_nginx_conf, sets_forwarded_proto,
 )
-from djship.plan import HostSpec, Plan, build_plans
+from djship.plan import HostSpec, Paths, Plan, build_plans
+from djship.tls import local_ca
 
 RELEASE = "20261125-120000"
 STATIC = "/static/css/board.css"
@@ -557,29 +560,63 @@ def test_sets_forwarded_proto_reads_the_balancer_config(plan):
 
 # Probing app servers from a balancer host
 
-def test_probe_from_fetches_every_path_in_one_run_and_keeps_one_line_each(plan):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"body {\n  color: red;\n}\n" if self.path == STATIC else b"not here"
-            self.send_response(200 if self.path == STATIC else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+class _Answering(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"body {\n  color: red;\n}\n" if self.path == STATIC else b"not here"
+        self.send_response(200 if self.path == STATIC else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
+    def log_message(self, *args):
+        pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+@contextmanager
+def _app_server(plan, tls_files: tuple[Path, Path] | None = None):
+    """A real HTTP server standing in for an app server's nginx (over TLS with these chain and key files)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
+    if tls_files:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls_files)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
     try:
-        app = dataclasses.replace(plan.app_servers[0], address="127.0.0.1", port=server.server_address[1])
-        answers = appserver.probe_from(LocalConnector(), sys.executable, plan, app, [STATIC, "/media/gone.txt"])
+        yield dataclasses.replace(plan.app_servers[0], address="127.0.0.1", port=server.server_address[1],
+                                  tls=tls_files is not None)
     finally:
         server.shutdown()
         server.server_close()
         serving.join(timeout=10)
+
+
+def _balancer(plan, root: Path):
+    """The plan of a balancer host at root, probing with this machine's Python."""
+    return dataclasses.replace(plan, paths=Paths(root), tools=dataclasses.replace(plan.tools, python=sys.executable))
+
+
+def test_probe_from_fetches_every_path_in_one_run_and_keeps_one_line_each(plan, tmp_path):
+    balancer = _balancer(plan, tmp_path)
+    with _app_server(plan) as app:
+        answers = appserver.probe_from(LocalConnector(), balancer, plan, app, [STATIC, "/media/gone.txt"])
     assert answers == [(200, "body { color: red; }"), (404, "not here")]
-    closed = dataclasses.replace(app, port=server.server_address[1])
-    assert appserver.probe_from(LocalConnector(), sys.executable, plan, closed, [STATIC], timeout=2) == [
+    assert appserver.probe_from(LocalConnector(), balancer, plan, app, [STATIC], timeout=2) == [
         (0, "Connection refused")]
+
+
+def test_probe_from_speaks_tls_to_an_app_server_on_another_host_and_verifies_it_against_djships_ca(plan, tmp_path):
+    balancer = _balancer(plan, tmp_path)
+    authority, stranger = local_ca.new_authority("unit"), local_ca.new_authority("stranger")
+    balancer.paths.tls.mkdir()
+    balancer.paths.ca_cert.write_bytes(authority.cert_pem())
+    for name, issuer in (("ours", authority), ("theirs", stranger)):
+        chain, key = local_ca.issue_host_certificate(issuer, "127.0.0.1")
+        (tmp_path / f"{name}.crt").write_bytes(chain)
+        (tmp_path / f"{name}.key").write_bytes(key)
+
+    with _app_server(plan, (tmp_path / "ours.crt", tmp_path / "ours.key")) as app:
+        assert appserver.probe_from(LocalConnector(), balancer, plan, app, [STATIC]) == [(200, "body { color: red; }")]
+    with _app_server(plan, (tmp_path / "theirs.crt", tmp_path / "theirs.key")) as impostor:
+        [(status, seen)] = appserver.probe_from(LocalConnector(), balancer, plan, impostor, [STATIC])
+    assert status == 0 and "CERTIFICATE_VERIFY_FAILED" in seen, seen

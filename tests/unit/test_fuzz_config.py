@@ -185,9 +185,10 @@ def render_everything(plan: Plan, tools: Tools) -> None:
             check_supervisord(plan, config_file.text)
         if config_file.path.name == "pg_hba.conf":
             rules = [line.split() for line in config_file.text.splitlines() if line and not line.startswith("#")]
+            app_kind = "hostssl" if plan.database.tls else "host"
             assert all(
-                (kind, database, method) == ("host", "all", "scram-sha-256")
-                and user in (plan.database.user, plan.database.superuser)
+                (database, method) == ("all", "scram-sha-256")
+                and (kind, user) in ((app_kind, plan.database.user), ("host", plan.database.superuser))
                 for kind, database, user, _, method in rules
             ), rules
         if config_file.path.name == "gunicorn.conf.py":

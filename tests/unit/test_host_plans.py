@@ -51,19 +51,70 @@ def test_each_host_runs_only_what_its_roles_need(plans):
 
 def test_the_database_accepts_the_app_hosts_and_its_own_administration_only(plans):
     rules = [line.split() for line in render.pg_hba_conf(plans["db1"]).splitlines() if line.startswith("host")]
-    assert rules == [
-        ["host", "all", "board", "10.0.0.11/32", "scram-sha-256"],
-        ["host", "all", "board", "10.0.0.12/32", "scram-sha-256"],
+    assert rules == [  # the app's role over TLS only: it comes from other hosts
+        ["hostssl", "all", "board", "10.0.0.11/32", "scram-sha-256"],
+        ["hostssl", "all", "board", "10.0.0.12/32", "scram-sha-256"],
         ["host", "all", "postgres", "10.0.0.20/32", "scram-sha-256"],
     ]
     assert "listen_addresses = '10.0.0.20'" in render.postgresql_conf(plans["db1"])
+
+
+@pytest.mark.parametrize(("roles", "app_links", "database_link"), [
+    (ROLES, {"app1": True, "app2": True}, True),
+    ({"lb1": ("lb", "app"), "app1": ("app",), "db1": ("db",)}, {"lb1": False, "app1": True}, True),
+    ({"lb1": ("lb",), "app1": ("app", "db")}, {"app1": True, "app1-2": True}, False),
+    ({"web1": ("lb", "app", "db")}, {"web1": False, "web1-2": False}, False),
+])
+def test_links_that_cross_hosts_are_encrypted_and_those_within_a_host_are_not(make_config, fake_tools, roles,
+                                                                               app_links, database_link):
+    addresses = {name: f"10.0.0.{index + 2}" for index, name in enumerate(roles)}
+    plan = next(iter(build_plans(make_config(), Path("/srv/example/board"),
+                                 specs(fake_tools, roles=roles, addresses=addresses)).values()))
+
+    assert {server.name: server.tls for server in plan.app_servers} == app_links
+    assert plan.database.tls is database_link
+    assert plan.encrypted_links is (database_link or any(app_links.values()))
+
+
+def test_one_machine_keeps_its_loopback_links_plaintext(make_plan):
+    plan = make_plan(running_as_root=True)
+
+    assert not plan.encrypted_links
+    assert "OPTIONS" not in render.production_settings(plan, "r1", Path("/srv/r1"))
+    assert "ssl" not in render.postgresql_conf(plan) and "hostssl" not in render.pg_hba_conf(plan)
+    assert " ssl" not in render.nginx_conf(plan, plan.app_servers[0])
+    assert all(line.split()[:3] == ["server", server.name, server.endpoint] and len(line.split()) == 3
+               for line, server in zip((line.strip() for line in render.haproxy_cfg(plan).splitlines()
+                                        if line.strip().startswith("server ")), plan.app_servers))
+
+
+def test_across_hosts_the_app_verifies_postgresql_which_takes_tls_only(plans):
+    settings = render.production_settings(plans["app1"], "r1", Path("/srv/app1/releases/r1"))
+    postgresql = render.postgresql_conf(plans["db1"])
+
+    assert '"OPTIONS": {"sslmode": "verify-full", "sslrootcert": "/srv/app1/tls/ca.crt",' in settings
+    assert '"sslcert": "/srv/app1/tls/no-client-certificate"},' in settings
+    assert ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'",
+            "ssl_min_protocol_version = 'TLSv1.3'"] == [line for line in postgresql.splitlines() if line.startswith("ssl")]
+    assert plans["db1"].database.cert_file == Path("/srv/db1/postgres/data/server.crt")
+
+
+def test_across_hosts_nginx_presents_the_host_certificate_and_the_balancer_verifies_it(plans):
+    nginx = render.nginx_conf(plans["app2"], plans["app2"].app_servers[1])
+    haproxy = render.haproxy_cfg(plans["lb1"])
+
+    assert "listen 10.0.0.12:8000 ssl;" in nginx and "ssl_protocols TLSv1.3;" in nginx
+    assert 'ssl_certificate "/srv/app2/tls/host.crt";' in nginx and 'ssl_certificate_key "/srv/app2/tls/host.key";' in nginx
+    assert [line.strip() for line in haproxy.splitlines() if line.strip().startswith("server ")] == [
+        f"server {name} {address}:8000 ssl verify required ca-file '/srv/lb1/tls/ca.crt' verifyhost {address}"
+        for name, address in (("app1", "10.0.0.11"), ("app2", "10.0.0.12"))]
 
 
 def test_app_servers_answer_the_balancer_only(plans):
     nginx = render.nginx_conf(plans["app1"], plans["app1"].app_servers[0])
     geo = nginx[nginx.index("geo $realip_remote_addr"):nginx.index("}", nginx.index("geo $realip_remote_addr"))]
     assert [line.strip() for line in geo.splitlines()[1:]] == ["default 0;", "10.0.0.2/32 1;", ""]
-    assert "if ($from_balancer = 0)" in nginx and "listen 10.0.0.11:8000;" in nginx
+    assert "if ($from_balancer = 0)" in nginx and "listen 10.0.0.11:8000 ssl;" in nginx
 
 
 def test_the_balancer_binds_443_as_root_and_runs_as_its_own_user(plans, make_config, fake_tools):
@@ -71,7 +122,8 @@ def test_the_balancer_binds_443_as_root_and_runs_as_its_own_user(plans, make_con
     haproxy = haproxy_sections(render.haproxy_cfg(plans["lb1"]))
     assert [line for line in haproxy["global"] if line.startswith(("user ", "group "))] == [
         "user djship-lb", "group djship-lb"]
-    assert "server app2 10.0.0.12:8000" in haproxy["backend app_servers"]
+    assert ("server app2 10.0.0.12:8000 ssl verify required ca-file '/srv/lb1/tls/ca.crt' verifyhost 10.0.0.12"
+            in haproxy["backend app_servers"])
     assert next(program for program in render.programs(plans["lb1"])).user is None
     unprivileged = build_plans(make_config(balancer={"https_port": 8443, "http_port": 8080}),
                                     Path("/srv/example/board"), specs(fake_tools))["lb1"]
@@ -140,6 +192,12 @@ def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tool
         for config_file in render.system_files(plan):
             config_file.path.parent.mkdir(parents=True, exist_ok=True)
             config_file.path.write_text(config_file.text)
+    authority = local_ca.new_authority("unit")
+    app_host = plans["app1"].paths
+    app_host.tls.mkdir(parents=True)
+    chain, key = local_ca.issue_host_certificate(authority, loopback["app1"])
+    app_host.host_cert.write_bytes(chain)
+    app_host.host_key.write_bytes(key)
     app = plans["app1"].servers_here[0]
     app.nginx_temp.mkdir(parents=True)
     (plans["app1"].paths.logs).mkdir(parents=True)
@@ -148,7 +206,8 @@ def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tool
     assert nginx.returncode == 0, nginx.stderr
     lb = plans["lb1"]
     lb.paths.site_pem.parent.mkdir(parents=True)
-    lb.paths.site_pem.write_bytes(local_ca.issue_site_certificate(local_ca.new_authority("unit"), lb.domains))
+    lb.paths.site_pem.write_bytes(local_ca.issue_site_certificate(authority, lb.domains))
+    lb.paths.ca_cert.write_bytes(authority.cert_pem())
     haproxy = subprocess.run([real_tools.haproxy, "-c", "-f", str(lb.paths.haproxy_conf)], capture_output=True, text=True)
     assert haproxy.returncode == 0, haproxy.stdout + haproxy.stderr
 

@@ -93,7 +93,7 @@ def test_every_state_directory_is_roots_but_the_sockets_haproxy_and_gunicorn_mak
     assert directories == {
         ".": ("0o755", "root", None), "logs": ("0o755", "root", None), "releases": ("0o755", "root", None),
         "venvs": ("0o755", "root", None), "servers": ("0o755", "root", None),
-        "supervisor": ("0o700", "root", None), "secrets": ("0o711", "root", None),
+        "supervisor": ("0o700", "root", None), "secrets": ("0o711", "root", None), "tls": ("0o711", "root", None),
         # HAProxy's runtime socket (level admin): its user's only, so no other user reaches it.
         "balancer": ("0o700", "djship-lb", None),
         # Root writes the server's config files and links here: nobody else may replace them.
@@ -133,11 +133,17 @@ def test_each_secret_and_key_is_readable_by_the_one_component_that_reads_it(make
 
 
 @pytest.mark.parametrize(
-    ("domains", "hsts"),
-    [(["localhost"], 3600), (["example.com"], 31536000), (["localhost", "example.com"], 31536000)],
+    ("site", "header"),
+    [
+        ({"domains": ["localhost"]}, "max-age=3600"),
+        ({"domains": ["localhost", "example.com"]}, "max-age=3600"),
+        ({"domains": ["app.localhost"], "hsts_seconds": 86400}, "max-age=86400"),
+        ({"domains": ["example.com"]}, "max-age=63072000; includeSubDomains"),
+        ({"domains": ["example.com"], "hsts_preload": True}, "max-age=63072000; includeSubDomains; preload"),
+    ],
 )
-def test_hsts_is_short_for_localhost_and_a_year_for_real_domains(make_plan, domains, hsts):
-    assert make_plan(site={"domains": domains}).hsts_seconds == hsts
+def test_hsts_is_two_years_for_real_domains_preloaded_only_when_asked_and_never_pins_localhost(make_plan, site, header):
+    assert make_plan(site=site).hsts_header == header
 
 
 def test_configured_hsts_wins(make_plan):

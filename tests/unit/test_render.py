@@ -20,6 +20,7 @@ import dataclasses
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import types
@@ -30,7 +31,9 @@ import pytest
 from supervisor.options import ServerOptions
 
 from djship import render
+from djship.connectors import Result
 from djship.doctor.facts import parse_nginx_conf
+from djship.logfile import append_result
 from djship.plan import Plan
 from djship.tls import local_ca
 from djship.tools import BROTLI_MODULES
@@ -199,17 +202,61 @@ def test_supervisord_has_one_program_per_component_stopped_as_a_group(plan):
             name, None if name.endswith("-nginx") else "djship-app"), name
 
 
+# Mozilla's "intermediate" guidelines 6.0: ECDHE with AEAD ciphers only (no DHE), and its key exchange groups.
+INTERMEDIATE_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
 def test_balancer_tls_policy_is_mozilla_intermediate_with_h2_and_hsts(plan):
     sections = haproxy_sections(render.haproxy_cfg(plan))
-    options = next(line for line in sections["global"] if line.startswith("ssl-default-bind-options "))
-    ciphers = next(line for line in sections["global"] if line.startswith("ssl-default-bind-ciphers ")).split()[1]
+    setting = {line.split()[0]: line.split(maxsplit=1)[1] for line in sections["global"]}
     https = sections["frontend https"]
 
-    assert " ssl-min-ver TLSv1.2 " in f"{options} "
-    assert all("GCM" in cipher or "CHACHA20" in cipher for cipher in ciphers.split(":")), ciphers
+    assert " ssl-min-ver TLSv1.2 " in f" {setting['ssl-default-bind-options']} "
+    assert setting["ssl-default-bind-ciphers"] == INTERMEDIATE_CIPHERS
+    assert "DHE-" not in setting["ssl-default-bind-ciphers"].replace("ECDHE-", "")
+    assert setting["ssl-default-bind-ciphersuites"] == "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    assert setting["ssl-default-bind-curves"] == "X25519:prime256v1:secp384r1"  # as the fake tools' HAProxy accepts
     assert https[0].endswith(f"ssl crt '{plan.paths.site_pem}' alpn h2,http/1.1")
-    assert 'http-response set-header Strict-Transport-Security "max-age=3600; includeSubDomains; preload"' in https
+    assert 'http-response set-header Strict-Transport-Security "max-age=3600"' in https  # localhost: nothing pinned
     assert "http-response del-header Server" in https
+
+
+def test_balancer_offers_only_the_groups_its_haproxy_accepts(make_plan, fake_tools):
+    every = make_plan(tools=dataclasses.replace(fake_tools, tls_curves=("X25519MLKEM768", "X25519", "prime256v1", "secp384r1")))
+    none = make_plan(tools=dataclasses.replace(fake_tools, tls_curves=()))
+
+    assert "ssl-default-bind-curves X25519MLKEM768:X25519:prime256v1:secp384r1" in haproxy_sections(
+        render.haproxy_cfg(every))["global"]
+    assert not any(line.startswith("ssl-default-bind-curves") for line in haproxy_sections(render.haproxy_cfg(none))["global"])
+
+
+@pytest.mark.parametrize(("site", "header", "subdomains", "preload"), [
+    ({"domains": ["shop.example.com"]}, "max-age=63072000; includeSubDomains", True, False),
+    ({"domains": ["shop.example.com"], "hsts_preload": True}, "max-age=63072000; includeSubDomains; preload", True, True),
+    ({"domains": ["localhost"]}, "max-age=3600", False, False),
+])
+def test_hsts_of_the_balancer_and_django_agree(make_plan, site, header, subdomains, preload):
+    plan = make_plan(site=site)
+    settings = render.production_settings(plan, "r1", Path("/srv/r1"))
+
+    assert f'http-response set-header Strict-Transport-Security "{header}"' in haproxy_sections(
+        render.haproxy_cfg(plan))["frontend https"]
+    assert f"SECURE_HSTS_SECONDS = {plan.hsts_seconds}\n" in settings
+    assert f"SECURE_HSTS_INCLUDE_SUBDOMAINS = {subdomains}\n" in settings
+    assert f"SECURE_HSTS_PRELOAD = {preload}\n" in settings
+
+
+def test_http_redirects_to_the_configured_domains_only(make_plan):
+    one = haproxy_sections(render.haproxy_cfg(make_plan(site={"domains": ["shop.example.com"]})))["frontend http"]
+    two = haproxy_sections(render.haproxy_cfg(make_plan(site={"domains": ["shop.example.com", "www.example.com"]})))
+
+    assert one == ["bind 127.0.0.1:8080", "http-request redirect location https://shop.example.com:8443%[capture.req.uri] code 301"]
+    assert two["frontend http"][1:] == [
+        "http-request redirect location https://www.example.com:8443%[capture.req.uri] code 301 "
+        "if { req.hdr(host),field(1,:),lower -m str www.example.com }",
+        "http-request redirect location https://shop.example.com:8443%[capture.req.uri] code 301",
+    ]
 
 
 def test_acme_challenges_are_answered_on_http_and_everything_else_redirected(make_plan):
@@ -235,6 +282,19 @@ def test_renewal_timer_runs_only_in_acme_mode_as_the_invoking_user(make_plan):
     assert renewal["command"].endswith("-m djship.agent /srv/example/board/.djship/plan.json watch")
     assert "user" not in renewal  # it writes the 0600 certificate and talks to HAProxy's runtime API
     assert "program:renewal" not in local.sections()
+
+
+def test_the_supervisor_creates_log_files_0640_and_its_programs_keep_the_usual_umask(make_plan, tmp_path):
+    parser = supervisord_sections(make_plan(running_as_root=True))
+    programs = [name for name in parser.sections() if name.startswith("program:")]
+
+    assert parser["supervisord"]["umask"] == "027"
+    assert programs and {parser[name]["umask"] for name in programs} == {"022"}
+    log = tmp_path / "release-1.log"
+    append_result(log, Result(("true",), 0, "out\n", ""))
+    append_result(log, Result(("false",), 1, "", "err\n"))
+    assert stat.S_IMODE(log.stat().st_mode) == 0o640
+    assert log.read_text() == "$ true\nout\n\n[exit 0]\n\n$ false\nerr\n\n[exit 1]\n\n"
 
 
 def test_supervisord_runs_programs_as_the_invoking_user_when_not_root(make_plan):

@@ -9,14 +9,18 @@ from djship.errors import DjshipError
 from djship.plan import AppServer, Plan
 from djship.waiting import wait_until
 
-# The health check as it runs on a balancer host (its Python's standard library only): argv address port host
-# path timeout [more paths]; prints one line per path, "<status> <start of the body>", or "0 <reason>" when no answer
-# came.
+# The health check as it runs on a balancer host (its Python's standard library only): argv address port host ca
+# path timeout [more paths]; over TLS verified against the CA file ca for the address when ca is not empty. Prints one
+# line per path, "<status> <start of the body>", or "0 <reason>" when no answer came.
 REMOTE_PROBE = """
-import http.client, sys
-address, port, host, first, timeout = sys.argv[1:6]
-for path in [first, *sys.argv[6:]]:
-    connection = http.client.HTTPConnection(address, int(port), timeout=float(timeout))
+import http.client, ssl, sys
+address, port, host, ca, first, timeout = sys.argv[1:7]
+for path in [first, *sys.argv[7:]]:
+    if ca:
+        connection = http.client.HTTPSConnection(address, int(port), timeout=float(timeout),
+                                                 context=ssl.create_default_context(cafile=ca))
+    else:
+        connection = http.client.HTTPConnection(address, int(port), timeout=float(timeout))
     try:
         connection.request("GET", path, headers={"Host": host, "X-Forwarded-Proto": "https"})
         answer = connection.getresponse()
@@ -28,14 +32,15 @@ for path in [first, *sys.argv[6:]]:
 """
 
 
-def probe_from(connector: Connector, python: str, plan: Plan, server: AppServer, paths: list[str],
+def probe_from(connector: Connector, balancer: Plan, plan: Plan, server: AppServer, paths: list[str],
                timeout: float = 5) -> list[tuple[int, str]]:
-    """GET each path through this server's nginx as the balancer sends it, from the host of that connector (a
-    balancer's: the only one an app server lets in). (status, start of the body) per path; (0, why) when no answer
-    came."""
+    """GET each path through this server's nginx as the balancer sends it (over TLS, verified against djship's CA,
+    when the server takes TLS), from the host of that connector: a balancer's, the only one an app server lets in;
+    balancer is that host's plan. (status, start of the body) per path; (0, why) when no answer came."""
+    ca = str(balancer.paths.ca_cert) if server.tls else ""
     result = connector.run(
-        [python, "-c", REMOTE_PROBE, server.address, str(server.port), plan.health_host, paths[0], str(timeout),
-         *paths[1:]],
+        [balancer.tools.python, "-c", REMOTE_PROBE, server.address, str(server.port), plan.health_host, ca, paths[0],
+         str(timeout), *paths[1:]],
         timeout=timeout * len(paths) + 15,
     )
     lines = result.stdout.strip().splitlines()
@@ -46,9 +51,10 @@ def probe_from(connector: Connector, python: str, plan: Plan, server: AppServer,
     return [(int(status), text) for status, _, text in answers]
 
 
-def health_from(connector: Connector, python: str, plan: Plan, server: AppServer, timeout: float = 5) -> tuple[bool, str]:
+def health_from(connector: Connector, balancer: Plan, plan: Plan, server: AppServer, timeout: float = 5
+                ) -> tuple[bool, str]:
     """The health check through nginx and gunicorn, made from a balancer's host; (healthy, what was seen)."""
-    status, seen = probe_from(connector, python, plan, server, [plan.health_path], timeout)[0]
+    status, seen = probe_from(connector, balancer, plan, server, [plan.health_path], timeout)[0]
     if status == 0:
         return False, seen
     return status == 200, f"HTTP {status} {seen}".strip()

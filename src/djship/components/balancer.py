@@ -14,10 +14,36 @@ from pathlib import Path
 from djship.components.probe import Response, request
 from djship.connectors import Connector
 from djship.errors import DjshipError
+from djship.tls import local_ca
 from djship.waiting import wait_until
 
 BACKEND = "app_servers"
 FRONTEND = "https"
+# Mozilla's "intermediate" key exchange groups (guidelines 6.0), in its order: the post-quantum hybrid first.
+INTERMEDIATE_CURVES = ("X25519MLKEM768", "X25519", "prime256v1", "secp384r1")
+# Run on a balancer host with sh: argv the haproxy binary and the groups, a throwaway certificate and key on stdin;
+# prints each group this HAProxy and its OpenSSL accept (`haproxy -c` of a TLS listener offering it alone; all at once).
+CURVES_PROBE = """
+haproxy=$1; shift
+dir=$(mktemp -d) || exit 1
+trap 'rm -rf "$dir"' EXIT
+cat > "$dir/probe.pem"
+for curve in "$@"; do
+    printf 'global\\n    ssl-default-bind-curves %s\\nfrontend probe\\n    mode http\\n    bind 127.0.0.1:1 ssl crt %s\\n' \\
+        "$curve" "$dir/probe.pem" > "$dir/$curve.cfg"
+    { "$haproxy" -c -q -f "$dir/$curve.cfg" >/dev/null 2>&1 && echo "$curve"; } &
+done
+wait
+"""
+
+
+def accepted_curves(connector: Connector, haproxy: str) -> tuple[str, ...]:
+    """The groups of INTERMEDIATE_CURVES that the host's HAProxy accepts, as its OpenSSL has them."""
+    bundle = local_ca.issue_site_certificate(local_ca.new_authority("curve probe"), ("localhost",))
+    result = connector.run(["sh", "-c", CURVES_PROBE, "sh", haproxy, *INTERMEDIATE_CURVES], input=bundle.decode(),
+                           timeout=60)
+    accepted = set(result.stdout.split())
+    return tuple(curve for curve in INTERMEDIATE_CURVES if curve in accepted)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from djship.components import boot
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
+from djship.logfile import SUPERVISOR_UMASK
 from djship.plan import Plan
 from djship.waiting import wait_until
 
@@ -71,8 +72,10 @@ class Supervisor:
         if boot.systemd_unit_installed(self.connector, self.plan):
             result = self.connector.run(["systemctl", "start", boot.unit_name(self.plan)])
         else:
+            # Its own log is created before it takes the umask of its configuration.
             result = self.connector.run(
-                [self.plan.tools.python, "-m", "supervisor.supervisord", "-c", str(self.plan.paths.supervisor_conf)]
+                ["sh", "-c", f'umask {SUPERVISOR_UMASK} && exec "$0" "$@"', self.plan.tools.python, "-m",
+                 "supervisor.supervisord", "-c", str(self.plan.paths.supervisor_conf)]
             )
         if not result.ok:
             raise CommandFailed("starting supervisord", result, self.plan.paths.logs / "supervisord.log")

@@ -23,6 +23,7 @@ from djship import render
 from djship.connectors import Connector, Result
 from djship.deploy import static
 from djship.errors import DjshipError
+from djship.logfile import append_result
 from djship.plan import Plan
 from djship.progress import Reporter
 
@@ -119,9 +120,7 @@ class ReleaseBuilder:
 
     def _run(self, release_id: str, what: str, argv: list[str], **kwargs) -> Result:
         result = self.connector.run(argv, **kwargs)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self._log(release_id).open("a", encoding="utf-8") as log:
-            log.write(f"$ {' '.join(result.argv)}\n{result.stdout}{result.stderr}\n[exit {result.returncode}]\n\n")
+        append_result(self._log(release_id), result)
         if not result.ok:
             lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
             reason = lines[-1] if lines else f"exit code {result.returncode}"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from djship.connectors import Connector, Result
 from djship.errors import DjshipError
+from djship.logfile import append_result
 
 COMPLETE_MARKER = ".djship-complete"
 # On the host pip reads no configuration file (a pip.conf there could add sources or constraints), and with
@@ -173,7 +174,7 @@ def build_wheelhouse(
     partial = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=cache))
     try:
         result = run.run(wheel_command(python, partial, requirements, packages))
-        _append_log(log, result)
+        append_result(log, result)
         if not result.ok:
             raise DjshipError(f"building wheels for {requirements} failed: {_last_line(result)} (full output in {log})")
         try:
@@ -185,11 +186,6 @@ def build_wheelhouse(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return Wheelhouse(final, key, version)
-
-
-def _append_log(log: Path, result: Result) -> None:
-    with log.open("a", encoding="utf-8") as handle:
-        handle.write(f"$ {' '.join(result.argv)}\n{result.stdout}{result.stderr}\n[exit {result.returncode}]\n\n")
 
 
 # ---- acting on a host ---------------------------------------------------------------------------------------------

@@ -340,7 +340,7 @@ def _through_servers(system: System, facts: Facts, static_paths: list[str]) -> N
 
     def through(server: AppServer) -> list[tuple[int, str]]:
         try:
-            return appserver.probe_from(lb.connector, lb.plan.tools.python, system.plan, server, paths)
+            return appserver.probe_from(lb.connector, lb.plan, system.plan, server, paths)
         except DjshipError as error:
             return [(0, str(error))] * len(paths)
 

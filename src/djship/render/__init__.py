@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jinja2
 
+from djship.logfile import SUPERVISOR_UMASK
 from djship.plan import MEDIA_PROGRAM, MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, \
     MediaStore, Plan, plan_to_json
 
@@ -242,7 +243,7 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 
 
 def supervisord_conf(plan: Plan) -> str:
-    return _render("supervisord.conf.j2", plan=plan, programs=programs(plan))
+    return _render("supervisord.conf.j2", plan=plan, programs=programs(plan), supervisor_umask=SUPERVISOR_UMASK)
 
 
 def supervisord_boot_conf(plan: Plan, name: str, command: str) -> str:
@@ -254,11 +255,11 @@ def systemd_unit(plan: Plan, command: str, stop_timeout: int) -> str:
     # systemd expands %-specifiers in every value, and $VARIABLES in ExecStart.
     state = str(plan.paths.state).replace("%", "%%")
     return _render("djship.service.j2", state=state, command=command.replace("%", "%%").replace("$", "$$"),
-                   stop_timeout=stop_timeout)
+                   stop_timeout=stop_timeout, supervisor_umask=SUPERVISOR_UMASK)
 
 
 def boot_script(plan: Plan, command: str, reason: str) -> str:
-    return _render("boot.sh.j2", plan=plan, command=command, reason=reason)
+    return _render("boot.sh.j2", plan=plan, command=command, reason=reason, supervisor_umask=SUPERVISOR_UMASK)
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,10 @@ def system_files(plan: Plan) -> list[ConfigFile]:
 
 
 def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
+    # `check --deploy` warns when HSTS has no includeSubDomains (W005) or no preload (W021): djship leaves them out
+    # on purpose (localhost; preload only when asked for).
+    silenced = [check for check, chosen in (("security.W005", plan.hsts_subdomains), ("security.W021", plan.hsts_preload))
+                if not chosen]
     return _render(
         "settings.py.j2",
         plan=plan,
@@ -301,4 +306,5 @@ def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
         release_dir=release_dir,
         static_url=STATIC_URL,
         media_url=MEDIA_URL,
+        silenced_hsts_checks=silenced,
     )

@@ -84,19 +84,30 @@ def _alt_names(domains: tuple[str, ...]) -> list[x509.GeneralName]:
     return names
 
 
-def issue_site_certificate(authority: Authority, domains: tuple[str, ...]) -> bytes:
-    """A PEM bundle as HAProxy wants it: the certificate, the CA certificate, then the private key."""
+def _host_alt_names(address: str) -> list[x509.GeneralName]:
+    """A host's address as a DNS name, and as an IP address when it is one: HAProxy 2.6's verifyhost compares DNS
+    names only, while OpenSSL, Python and libpq match an IP address against the IP entries."""
+    names: list[x509.GeneralName] = [x509.DNSName(address)]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(address)))
+    except ValueError:
+        pass
+    return names
+
+
+def _issue(authority: Authority, common_name: str, alt_names: list[x509.GeneralName]) -> tuple[bytes, bytes]:
+    """A server certificate signed by the CA: (the certificate then the CA certificate, the private key), PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(authority.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + SITE_LIFETIME)
-        .add_extension(x509.SubjectAlternativeName(_alt_names(domains)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -104,17 +115,43 @@ def issue_site_certificate(authority: Authority, domains: tuple[str, ...]) -> by
         )
         .sign(authority.key, hashes.SHA256())
     )
-    return certificate.public_bytes(serialization.Encoding.PEM) + authority.cert_pem() + _key_pem(key)
+    return certificate.public_bytes(serialization.Encoding.PEM) + authority.cert_pem(), _key_pem(key)
 
 
-def site_certificate_is_current(bundle: bytes, authority: Authority, domains: tuple[str, ...]) -> bool:
-    """Whether the bundle is signed by this CA, names exactly these domains, and is not near expiry."""
-    certificate = x509.load_pem_x509_certificates(bundle)[0]
+def issue_site_certificate(authority: Authority, domains: tuple[str, ...]) -> bytes:
+    """A PEM bundle as HAProxy wants it: the certificate, the CA certificate, then the private key."""
+    chain, key = _issue(authority, domains[0], _alt_names(domains))
+    return chain + key
+
+
+def issue_host_certificate(authority: Authority, address: str) -> tuple[bytes, bytes]:
+    """A host's certificate for its address, for the links between hosts (nginx and PostgreSQL present it):
+    (the certificate then the CA certificate, the private key), PEM."""
+    return _issue(authority, address, _host_alt_names(address))
+
+
+def _is_current(chain: bytes, authority: Authority, alt_names: list[x509.GeneralName]) -> bool:
+    """Whether the chain's certificate is signed by this CA, names exactly these, and is not near expiry."""
+    certificate = x509.load_pem_x509_certificates(chain)[0]
     try:
         certificate.verify_directly_issued_by(authority.certificate)
     except (InvalidSignature, ValueError, TypeError):
         return False
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    if sorted(names.get_values_for_type(x509.DNSName)) != sorted(domains):
+    if sorted(map(str, names)) != sorted(map(str, alt_names)):
         return False
     return certificate.not_valid_after_utc - _now() > RENEW_BEFORE
+
+
+def site_certificate_is_current(bundle: bytes, authority: Authority, domains: tuple[str, ...]) -> bool:
+    """Whether the bundle is signed by this CA, names exactly these domains, and is not near expiry."""
+    return _is_current(bundle, authority, _alt_names(domains))
+
+
+def host_certificate(authority: Authority, address: str, held: list[tuple[bytes | None, bytes | None]]
+                     ) -> tuple[bytes, bytes]:
+    """A host's (chain, key): the first pair it holds that is current for this CA and address, else a new one."""
+    for chain, key in held:
+        if chain and key and _is_current(chain, authority, _host_alt_names(address)):
+            return chain, key
+    return issue_host_certificate(authority, address)

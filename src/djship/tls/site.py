@@ -34,14 +34,26 @@ def _write(plan: Plan, connector: Connector, bundle: bytes) -> bool:
     return connector.put(plan.paths.site_pem, bundle, mode=access.mode, owner=access.owner)
 
 
-def _ensure_local(plan: Plan, connector: Connector) -> bool:
+def read_authority(plan: Plan, connector: Connector) -> local_ca.Authority | None:
+    """djship's CA, when it has been made."""
     cert, key = connector.get(plan.paths.ca_cert), connector.get(plan.paths.ca_key)
-    if cert and key:
-        authority = local_ca.load_authority(cert, key)
-    else:
+    return local_ca.load_authority(cert, key) if cert and key else None
+
+
+def ensure_authority(plan: Plan, connector: Connector) -> local_ca.Authority:
+    """djship's CA: the site certificate's issuer in local mode, and in every mode the issuer of the certificates
+    of the links between hosts. Made once; it lives as long as the state directory."""
+    authority = read_authority(plan, connector)
+    if authority is None:
         authority = local_ca.new_authority(plan.project_dir.name)
+        connector.makedirs(plan.paths.tls, mode=0o711)
         connector.put(plan.paths.ca_key, authority.key_pem(), mode=0o600)
         connector.put(plan.paths.ca_cert, authority.cert_pem(), mode=0o644)
+    return authority
+
+
+def _ensure_local(plan: Plan, connector: Connector) -> bool:
+    authority = ensure_authority(plan, connector)
     bundle = connector.get(plan.paths.site_pem)
     if bundle and local_ca.site_certificate_is_current(bundle, authority, plan.domains):
         return False
