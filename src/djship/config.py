@@ -13,6 +13,7 @@ from typing import Literal
 import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from djship import appenv
 from djship.errors import DjshipError
 
 CONFIG_FILE = "djship.toml"
@@ -426,6 +427,8 @@ class Config(_Section):
     servers: ServersConfig | None = None
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     ssh: SshConfig = Field(default_factory=SshConfig)
+    env: dict[str, str | int | float] = Field(default_factory=dict)
+    """Plain values of the app's environment (secrets are kept by `djship env set`, never in this file)."""
 
     _check_state_dir = field_validator("state_dir")(_rendered_path)
 
@@ -440,6 +443,19 @@ class Config(_Section):
         if value == "root" or root:
             raise ValueError(f"{value!r} is root; services never run as root, use an unprivileged user such as djship")
         return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _environment(cls, values: object) -> object:
+        if not isinstance(values, dict):
+            return values
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError(f"{name} must be a string or a number; quote it: {name} = \"...\"")
+            problem = appenv.name_problem(name) or appenv.value_problem(name, str(value))
+            if problem:
+                raise ValueError(problem)
+        return values
 
     @property
     def remote(self) -> bool:

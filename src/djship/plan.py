@@ -26,6 +26,14 @@ ROLES = ("lb", "app", "db")
 # The supervised sshfs that mounts the media host's uploads on an app host, and the media host's SFTP-only user.
 MEDIA_PROGRAM = "media-mount"
 MEDIA_USER = "djship-media"
+# The whole environment supervisord starts with, on every host: its programs inherit it, so nothing of the shell
+# (or SSH session) that runs djship reaches them. The app adds [env] and its secrets to it (appenv.DJSHIP_SETS).
+PROGRAM_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def in_clean_environment(argv: list[str]) -> list[str]:
+    """argv run with PROGRAM_ENVIRONMENT and nothing else (env -i)."""
+    return ["/usr/bin/env", "-i", *(f"{name}={value}" for name, value in PROGRAM_ENVIRONMENT.items()), *argv]
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,16 @@ class Paths:
     @property
     def admin_secrets(self) -> Path:
         return self.secrets / "admin.json"
+
+    @property
+    def env_secrets(self) -> Path:
+        """The secrets of the app's environment (`djship env set`), in the shell syntax the app's programs source."""
+        return self.secrets / "env"
+
+    @property
+    def env_file(self) -> Path:
+        """The plain values of the app's environment ([env] in djship.toml), in the same syntax."""
+        return self.state / "env"
 
     @property
     def pgpass(self) -> Path:
@@ -347,6 +365,8 @@ class Plan:
     roles: frozenset[str] = frozenset(ROLES)
     media: MediaStore | None = None
     """The media host holding the uploads; None: they are in this host's own `shared` directory."""
+    env: tuple[tuple[str, str], ...] = ()
+    """[env]: the plain values of the app's environment, as (name, value) in the file's order."""
 
     def holds(self, role: str) -> bool:
         return role in self.roles
@@ -586,6 +606,7 @@ def _assemble(
         paths=paths,
         service_user=service_user,
         tools=tools,
+        env=tuple((name, str(value)) for name, value in config.env.items()),
     )
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from djship import render
+from djship import appenv, render
 from djship.changes import Changes, Observed, diff
 from djship.components import appserver, boot, media, orphans
 from djship.components.balancer import Balancer, https_probe, remote_sender
@@ -149,7 +149,7 @@ def _access(plan: Plan, path: Path) -> dict:
     when that user's program reads them (the app its secrets, HAProxy the site certificate, PostgreSQL its data)."""
     private = path.parent == plan.paths.secrets or path in (plan.paths.site_pem, plan.paths.site_ocsp, plan.paths.ca_key)
     service = path.is_relative_to(plan.database.data_dir) or path in (
-        plan.paths.app_secrets, plan.paths.site_pem, plan.paths.site_ocsp)
+        plan.paths.app_secrets, plan.paths.env_secrets, plan.paths.site_pem, plan.paths.site_ocsp)
     return {"mode": 0o600 if private else 0o644, "owner": plan.service_user if service else None}
 
 
@@ -237,7 +237,34 @@ class System:
         self.local.makedirs(self.control.secrets, mode=0o711)
         self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
         self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
+        self.keep_env_secrets(self.env_secrets())
         return found
+
+    # -- the secrets of the app's environment (`djship env`) -----------------------------------------------------
+
+    def env_secrets(self) -> dict[str, str]:
+        """The secrets of the app's environment: kept here, else read back from an app host; {} before any."""
+        kept = self.local.get(self.control.env_secrets)
+        for host in self.app_hosts.values():
+            if kept is None and host.name not in self.topology.unreachable:
+                kept = host.connector.get(host.plan.paths.env_secrets)
+        return appenv.parse_env_file(kept.decode()) if kept else {}
+
+    def keep_env_secrets(self, values: dict[str, str]) -> None:
+        """Here, 0600: what `up` gives every app host."""
+        self.local.makedirs(self.control.secrets, mode=0o711)
+        self.local.put(self.control.env_secrets, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), mode=0o600)
+
+    def give_env_secrets(self, host: Host, values: dict[str, str]) -> None:
+        """To an app host, 0600 and readable by the app's user only; its programs read them when they next start."""
+        path = host.plan.paths.env_secrets
+        host.connector.put(path, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), **_access(host.plan, path))
+
+    def _check_env(self, env_secrets: dict[str, str]) -> None:
+        both = [name for name, _ in self.plan.env if name in env_secrets]
+        if both:
+            raise DjshipError(f"env.{both[0]}: {both[0]} is also a secret of `djship env`; remove it from [env] in "
+                              f"djship.toml, or run `djship env unset {both[0]}`")
 
     def _preflight(self) -> None:
         """What can be refused before anything starts or changes."""
@@ -254,12 +281,16 @@ class System:
                  media_access: media.Access | None) -> dict[str, list[render.ConfigFile]]:
         """Every file each host must hold, with the programs that read it when they start."""
         desired = {}
+        env_secrets = self.env_secrets()
+        self._check_env(env_secrets)
         for host in self.hosts.values():
             plan = host.plan
             files = render.system_files(plan)
             if secrets_ and host.holds("app"):
-                gunicorns = tuple(server.programs[0] for server in plan.servers_here)
-                files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), gunicorns))
+                programs = render.app_programs(plan)
+                files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
+                files.append(render.ConfigFile(plan.paths.env_secrets,
+                                               render.env_file(env_secrets.items(), render.ENV_SECRETS_ORIGIN), programs))
             if secrets_ and host.holds("db"):
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
             if certificate and host.holds("lb"):
@@ -687,12 +718,15 @@ class System:
                 return self.pipeline.on(host, link.name)
         return None
 
+    def serving(self) -> bool:
+        """Whether the system is up: a live release, and every balancer running."""
+        return self.current() is not None and all(host.running("haproxy") for host in self.lb_hosts)
+
     def live_release(self) -> Release:
         """The release in service; refuses when the system is not running."""
-        release = self.current()
-        if release is None or not all(host.running("haproxy") for host in self.lb_hosts):
+        if not self.serving():
             raise DjshipError("the system is not running; start it with `djship up` first")
-        return release
+        return self.current()
 
     def build_release(self) -> Release:
         return self.pipeline.build()
@@ -922,7 +956,7 @@ class System:
         if not self.database.is_ready():
             raise DjshipError("the database is not running; start it with `djship up` first")
         host = next(iter(self.app_hosts.values()))
-        argv = [str(release.python), str(release.app / "manage.py"), *args]
+        argv = render.with_app_environment(host.plan, [str(release.python), str(release.app / "manage.py"), *args])
         options = {"user": host.plan.service_user, "env": release.environment(), "cwd": release.app}
         if terminal:
             return host.connector.interactive(argv, **options)

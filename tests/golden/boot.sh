@@ -3,4 +3,4 @@
 # PostgreSQL, the app servers and the load balancer, in that order). This host has no init system djship can
 # register with (systemd is not the init system): run this from your own boot mechanism, e.g. a `@reboot` line in root's crontab.
 # Rendered by djship from djship.toml; edits are overwritten by the next `djship up`.
-exec /usr/bin/python3 -m supervisor.supervisord -n -c /srv/example/board/.djship/supervisor/boot.conf
+exec /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 /usr/bin/python3 -m supervisor.supervisord -n -c /srv/example/board/.djship/supervisor/boot.conf

@@ -170,7 +170,7 @@ class ReleaseBuilder:
 
     def _python(self, release: Release, *args: str, what: str, environment: dict[str, str] | None = None) -> Result:
         return self._run(
-            release.id, what, [str(release.python), *args],
+            release.id, what, render.with_app_environment(self.plan, [str(release.python), *args]),
             user=self.plan.service_user, env={**release.environment(), **(environment or {})}, cwd=release.app,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,31 @@ _POSTGRES_RUN = (
 )
 
 
+# How every program of the app starts: the plain values ($0) and the secrets ($1) of its environment sourced and
+# exported, then the program exec'd in their place (the supervisor's own environment is clean, see
+# plan.PROGRAM_ENVIRONMENT; the shell's own PWD is not passed on).
+_WITH_APP_ENVIRONMENT = 'unset PWD; set -a; . "$0"; . "$1"; set +a; shift; exec "$@"'
+
+
+def with_app_environment(plan: Plan, argv: list[str]) -> list[str]:
+    """argv run with the app's environment: [env] and the secrets of `djship env` (the files on the plan's host)."""
+    return ["/bin/sh", "-c", _WITH_APP_ENVIRONMENT, str(plan.paths.env_file), str(plan.paths.env_secrets), *argv]
+
+
+def env_file(values: Iterable[tuple[str, str]], origin: str) -> str:
+    """The app's environment as a POSIX shell file, each value quoted (anything but NUL, newlines included);
+    appenv.parse_env_file reads it back."""
+    lines = [f"# {line}" for line in origin.splitlines()]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in values]
+    return "\n".join(lines) + "\n"
+
+
+ENV_FILE_ORIGIN = ("The app's plain environment: [env] of djship.toml, sourced by each of its programs.\n"
+                   "Rendered by djship from djship.toml; edits are overwritten by the next `djship up`.")
+ENV_SECRETS_ORIGIN = ("The secrets of the app's environment, sourced by each of its programs; 0600.\n"
+                      "Kept by djship: change them with `djship env set`, `unset` or `import`, never here.")
+
+
 def nginx_conf(plan: Plan, server: AppServer) -> str:
     return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL,
                    compressed_types=COMPRESSED_TYPES)
@@ -180,7 +206,8 @@ def programs(plan: Plan) -> list[Program]:
         result.append(
             Program(
                 name=gunicorn,
-                command=f"{quote(str(server.release_link / 'venv/bin/gunicorn'))} -c {quote(str(server.gunicorn_conf))}",
+                command=shlex.join(with_app_environment(
+                    plan, [str(server.release_link / "venv/bin/gunicorn"), "-c", str(server.gunicorn_conf)])),
                 directory=str(server.dir),
                 stopsignal="TERM",
                 stopwaitsecs=plan.gunicorn_timeout + 5,
@@ -281,7 +308,14 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
+    if plan.holds("app"):
+        files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
     return files
+
+
+def app_programs(plan: Plan) -> tuple[str, ...]:
+    """The programs of the plan's host that run the app's code, with its environment."""
+    return tuple(server.programs[0] for server in plan.servers_here)
 
 
 def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
