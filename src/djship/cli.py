@@ -637,8 +637,9 @@ def env_() -> None:
       djship env list [--show] [--json]             list (secrets masked unless --show)
     \b
     A change restarts the app servers a batch at a time, drained first and health-checked,
-    like a deploy, so no request fails; --no-restart leaves them running and they take the
-    new values at their next restart (a deploy). Beyond these, the app's environment holds
+    like a deploy, so no request fails, then the processes of [processes] (SIGTERM, then
+    their stop_timeout); --no-restart leaves them running and they take the new values at
+    their next restart (a deploy). Beyond these, the app's environment holds
     only what djship sets (PATH, LANG, DJANGO_SETTINGS_MODULE, DJSHIP_*, SUPERVISOR_*):
     nothing of the shell that runs djship.
     """
@@ -661,8 +662,8 @@ def _print_env_change(change) -> None:
         return
     names = ", ".join(change.names)
     if change.restarted:
-        console.print(f"[green]Changed[/] {escape(names)}; app servers {escape(', '.join(change.restarted))} restarted "
-                      "with it, one batch at a time")
+        console.print(f"[green]Changed[/] {escape(names)}; {escape(', '.join(change.restarted))} restarted with it "
+                      "(the app servers one batch at a time)")
     elif change.serving:
         console.print(f"Changed {escape(names)}; the app servers take it at their next restart (`djship deploy`)")
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +30,16 @@ MEDIA_USER = "djship-media"
 # The whole environment supervisord starts with, on every host: its programs inherit it, so nothing of the shell
 # (or SSH session) that runs djship reaches them. The app adds [env] and its secrets to it (appenv.DJSHIP_SETS).
 PROGRAM_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+# The settings module of every release (its djship_production package).
+SETTINGS_MODULE = "djship_production.settings"
+
+
+def release_environment(release_dir: Path) -> dict[str, str]:
+    """What djship sets for Python code run in a release: the production settings, the project and djship_production
+    importable."""
+    return {"DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "PYTHONPATH": f"{release_dir / 'app'}:{release_dir}"}
 
 
 def in_clean_environment(argv: list[str]) -> list[str]:
@@ -84,6 +95,27 @@ class AppServer:
     @property
     def programs(self) -> tuple[str, str]:
         return (f"{self.name}-gunicorn", f"{self.name}-nginx")
+
+
+@dataclass(frozen=True)
+class Process:
+    """A process type of [processes]: `count` supervised programs on each app host, in the live release."""
+
+    name: str
+    command: str
+    """As djship.toml has it (status shows it)."""
+    count: int
+    stop_timeout: int
+
+    @property
+    def argv(self) -> list[str]:
+        """The command's words, as a shell splits them; it runs without one, in the release's app directory, with the
+        release's virtualenv first on PATH."""
+        return shlex.split(self.command)
+
+    @property
+    def programs(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}-{number}" for number in range(1, self.count + 1))
 
 
 @dataclass(frozen=True)
@@ -367,6 +399,8 @@ class Plan:
     """The media host holding the uploads; None: they are in this host's own `shared` directory."""
     env: tuple[tuple[str, str], ...] = ()
     """[env]: the plain values of the app's environment, as (name, value) in the file's order."""
+    processes: tuple[Process, ...] = ()
+    """[processes]: what runs beside the web on every app host."""
 
     def holds(self, role: str) -> bool:
         return role in self.roles
@@ -385,6 +419,11 @@ class Plan:
     def media_owner(self) -> str | None:
         """Who owns the uploads here: the media host's SFTP user, through which every app host writes them."""
         return MEDIA_USER if self.holds("media") else self.service_user
+
+    @property
+    def processes_here(self) -> tuple[Process, ...]:
+        """The process types that run on this plan's host: every one on an app host."""
+        return self.processes if self.holds("app") else ()
 
     @property
     def servers_here(self) -> tuple[AppServer, ...]:
@@ -515,6 +554,11 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     db_host = next(host for host in hosts if "db" in host.roles)
     count = servers_per_host(config, len(app_hosts))
     servers = tuple(server for host in app_hosts for server in _servers_of(config, host, count))
+    taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
+                 None)
+    if taken:
+        raise DjshipError(f"djship.toml: processes.{taken}: {taken!r} is the name of an app server or a host (`djship "
+                          f"logs {taken}` would mean both); rename the process, e.g. worker")
     if one_machine:
         database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
                              (LOOPBACK_NETWORK,))
@@ -607,6 +651,8 @@ def _assemble(
         service_user=service_user,
         tools=tools,
         env=tuple((name, str(value)) for name, value in config.env.items()),
+        processes=tuple(Process(name, process.command, process.count, process.stop_timeout)
+                        for name, process in config.processes.items()),
     )
 
 

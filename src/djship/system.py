@@ -398,6 +398,7 @@ class System:
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
+        self._ensure_processes(changes, reconfigured)
         self._ensure_balancers(changes)
         renewed = self._ensure_extras(changes, reconfigured)
         for name in changes.removed:
@@ -530,6 +531,33 @@ class System:
         else:
             self.reporter.note(f"{server.name} is the only app server in rotation: it restarts while serving")
             apply()
+
+    def _ensure_processes(self, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
+        """Start the processes of [processes] that are not running; restart those whose settings, command or
+        environment changed (each gets SIGTERM and its stop_timeout)."""
+        def ensure(host: Host) -> None:
+            names = [name for process in host.plan.processes_here for name in process.programs]
+            stopped = [name for name in names if name in changes.start.get(host.name, ())]
+            changed = [name for name in names if name not in stopped
+                       and (name in changes.restart.get(host.name, ()) or name in reconfigured[host.name])]
+            if stopped:
+                with self.reporter.step(f"Starting {', '.join(stopped)} on {host.name}"):
+                    host.supervisor.start(*stopped)
+            if changed:
+                with self.reporter.step(f"Restarting {', '.join(changed)} on {host.name} (configuration changed)"):
+                    host.supervisor.restart(*changed, reconfigure=reconfigured[host.name])
+
+        on_each(self.app_hosts, ensure)
+
+    def restart_processes(self, release: Release) -> None:
+        """After the web switched to release: every process of [processes] restarted on it, gracefully (SIGTERM, then
+        its stop_timeout), on every app host at once."""
+        names = [name for process in self.plan.processes for name in process.programs]
+        if not names:
+            return
+        with self.reporter.step(f"Restarting {', '.join(names)} on release {release.id} (each finishes what it does "
+                                "first)"):
+            on_each(self.app_hosts, lambda host: host.supervisor.restart(*names))
 
     def _ensure_balancers(self, changes: Changes) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
@@ -858,6 +886,9 @@ class System:
             gunicorn, nginx = server.programs
             components.append(entry(host, nginx, "app", server.endpoint, health, server.name))
             components.append(entry(host, gunicorn, "app", f"unix:{server.socket}", health, server.name))
+        for host in self.app_hosts.values():
+            components += [entry(host, name, "process", process.command, "running")
+                           for process in host.plan.processes_here for name in process.programs]
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
@@ -909,12 +940,15 @@ class System:
                 picked = [component]
             elif component in servers:
                 picked = [f"{component}-nginx", f"{component}-nginx-access", f"{component}-gunicorn"]
+            elif component in (processes := {process.name: process.programs for process in host.plan.processes_here}):
+                picked = list(processes[component])
             else:
                 picked = []
             chosen += [(host, host.plan.paths.logs / f"{name}.log") for name in picked]
         if not chosen:
             known = sorted({*(self.hosts if len(self.hosts) > 1 else ()),
                             *(server.name for server in self.plan.app_servers),
+                            *(process.name for process in self.plan.processes),
                             *(program.name for host in self.hosts.values() for program in render.programs(host.plan))})
             raise DjshipError(f"no component {component!r}; choose one of: {', '.join(known)}")
         return chosen
@@ -980,6 +1014,9 @@ class System:
         if self.plan.tls.mode == "acme":
             stop("lb", lambda host: [RENEWAL_PROGRAM], "Stopping the certificate renewal timer")
         stop("lb", lambda host: ["haproxy"], "Stopping the load balancer")
+        if self.plan.processes:
+            stop("app", lambda host: [name for process in host.plan.processes_here for name in process.programs],
+                 "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")
         stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")

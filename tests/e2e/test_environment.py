@@ -26,7 +26,7 @@ from djship.config import with_values
 from tests.e2e.conftest import DJSHIP, EXAMPLE, Ports, Site, make_project, searchable_directory
 from tests.e2e.hosts import netns_hosts
 from tests.e2e.test_backup import ON_HOSTS, ONE_MACHINE, SERVERS, Target
-from tests.e2e.test_remote_system import FleetLoop, write_config
+from tests.e2e.test_remote_system import FleetLoop, deploy_under_load, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +37,8 @@ GREETING = "hello from [env]: it's $HOME, `quoted`"
 LEAK = "DJSHIP_TEST_SHELL_ONLY"
 # What an app process's environment may hold besides [env] and the secrets: djship's and its supervisor's own.
 DJSHIP_SETS = {"PATH", "LANG"}
+# And what djship sets for a process of [processes] (gunicorn sets these inside itself, from its config).
+PROCESS_SETS = {"DJANGO_SETTINGS_MODULE", "PYTHONPATH"}
 
 
 def _up_from_a_shell_with_a_variable(project: Path) -> None:
@@ -45,9 +47,13 @@ def _up_from_a_shell_with_a_variable(project: Path) -> None:
     assert result.returncode == 0, f"djship up exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
 
 
-def _with_greeting(project: Path) -> None:
+def _configured(project: Path) -> None:
+    """[env] and a process type: the example's worker, two per app host."""
     config = project / "djship.toml"
-    config.write_text(with_values(config.read_text(), {"env.BOARD_GREETING": GREETING}))
+    config.write_text(with_values(config.read_text(), {
+        "env.BOARD_GREETING": GREETING,
+        "processes.worker": {"command": "python manage.py worker", "count": 2, "stop_timeout": 20},
+    }))
 
 
 @pytest.fixture(scope="module", params=[ONE_MACHINE, ON_HOSTS])
@@ -55,7 +61,7 @@ def target(request) -> Iterator[Target]:
     if request.param == ONE_MACHINE:
         with searchable_directory() as directory:
             site = Site(make_project(directory, ENV_PORTS), ENV_PORTS)
-            _with_greeting(site.project)
+            _configured(site.project)
             try:
                 _up_from_a_shell_with_a_variable(site.project)
                 made = Target(site.project, {"local": site.project / ".djship"}, site)
@@ -68,7 +74,7 @@ def target(request) -> Iterator[Target]:
         project = directory / "board"
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
         write_config(project, hosts, ["app1", "app2"])
-        _with_greeting(project)
+        _configured(project)
         made = Target(project, {name: hosts[name].root for name in HOSTS})
         try:
             _up_from_a_shell_with_a_variable(project)
@@ -94,18 +100,27 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _processes(target: Target) -> list[dict]:
+    return [c for c in target.status()["components"] if c["role"] == "process"]
+
+
 def _app_processes(target: Target) -> dict[int, dict[str, str]]:
-    """Every gunicorn process (masters and their workers) of the system, with its environment from /proc."""
-    masters = [c["pid"] for c in target.status()["components"] if c["name"].endswith("-gunicorn")]
-    assert len(masters) == len(SERVERS) and all(masters)
-    pids = set(masters)
+    """Every process of the app (each gunicorn with its workers, each process of [processes] with its children),
+    with its environment from /proc."""
+    components = target.status()["components"]
+    tops = [c["pid"] for c in components if c["name"].endswith("-gunicorn") or c["role"] == "process"]
+    assert len(tops) == len(SERVERS) + 2 * len(target.app_roots) and all(tops), components
+    parents = {}
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) in masters:
-                pids.add(int(entry.name))
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError):
             continue
-    assert len(pids) > len(masters), "no gunicorn worker found"
+    pids = set(tops)
+    while grown := {pid for pid, parent in parents.items() if parent in pids} - pids:
+        pids |= grown
+    assert len(pids) > len(tops), "no gunicorn worker found"
     return {pid: dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if item)
             for pid in pids}
 
@@ -130,10 +145,10 @@ def test_the_app_environment_is_env_and_nothing_of_the_shell_that_ran_up(target)
         assert seen == {"greeting": GREETING, "api_key": None}, server
 
     for pid, environment in _app_processes(target).items():
-        assert LEAK not in environment, f"gunicorn {pid} inherited {LEAK} from the shell that ran djship up"
+        assert LEAK not in environment, f"process {pid} inherited {LEAK} from the shell that ran djship up"
         assert environment["BOARD_GREETING"] == GREETING
         others = {name for name in environment if name not in DJSHIP_SETS and not name.startswith("SUPERVISOR_")}
-        assert others == {"BOARD_GREETING"}, f"gunicorn {pid} has more in its environment: {sorted(others)}"
+        assert others <= {"BOARD_GREETING", *PROCESS_SETS}, f"process {pid} has more in its environment: {sorted(others)}"
 
 
 def test_env_set_under_load_fails_no_request_and_every_server_serves_the_secret(target):
@@ -211,3 +226,27 @@ def test_env_unset_removes_the_secret_from_every_server(target):
     result = target.djship("env", "unset", "BOARD_API_KEY", check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: there is no secret BOARD_API_KEY; `djship env list` shows them"
+
+
+def test_a_deploy_restarts_the_processes_on_the_new_release_gracefully(target):
+    before = {(c["host"], c["name"]): c["pid"] for c in _processes(target)}
+    assert len(before) == 2 * len(target.app_roots)
+
+    load = deploy_under_load(target, "the processes follow the web")
+
+    assert load.failures == [], f"{len(load.failures)} of {load.served} requests failed: {load.failures[:5]}"
+    release = target.status()["release"]
+    for process in _processes(target):
+        where = (process["host"], process["name"])
+        assert process["state"] == "RUNNING" and process["pid"] != before[where], process
+        app = target.roots[process["host"]] / "releases" / release / "app"
+        assert os.readlink(f"/proc/{process['pid']}/cwd") == str(app), where
+    for pid, environment in _app_processes(target).items():
+        assert LEAK not in environment and environment["BOARD_GREETING"] == GREETING, pid
+    for root in target.app_roots:
+        for name in ("worker-1", "worker-2"):
+            log = (root / "logs" / f"{name}.log").read_text()
+            assert "SIGTERM, finished the current task, exiting" in log, (root, name)
+            assert f"started on release {release}" in log.rsplit("exiting", 1)[1], (root, name)
+    logs = target.djship("logs", "worker", "-n", "3").stdout
+    assert {line.split(" |")[0].split()[-1] for line in logs.splitlines() if " | " in line} == {"worker-1", "worker-2"}

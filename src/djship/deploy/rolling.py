@@ -36,7 +36,7 @@ class EnvChange:
     names: tuple[str, ...]
     """The secrets set to a new value or removed; empty when every value was already so."""
     restarted: tuple[str, ...]
-    """The app servers restarted with them, a batch at a time."""
+    """The app servers restarted with them, a batch at a time, then the processes of [processes]."""
     serving: bool
     """Whether the system runs (else the secrets reach the hosts with the next `djship up`)."""
 
@@ -69,6 +69,7 @@ class Rollout:
             except DjshipError as error:
                 self.system.discard_release(release)
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
+            self.system.restart_processes(release)
             self._prune()
             return release
 
@@ -93,6 +94,7 @@ class Rollout:
                 self._switch(target)
             except DjshipError as error:
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
+            self.system.restart_processes(target)
             return target
 
     def _switch(self, target: Release) -> None:
@@ -144,8 +146,9 @@ class Rollout:
 
     def change_env(self, values: dict[str, str], removed: tuple[str, ...], restart: bool) -> EnvChange:
         """Set (values) and remove (removed) secrets of the app's environment. On a running system every app host gets
-        them and, unless restart is False, each app server restarts with them a batch at a time, like a deploy; a server
-        that then fails its health check goes back to the previous secrets, and so does every server before it."""
+        them and, unless restart is False, each app server restarts with them a batch at a time, like a deploy (a server
+        that then fails its health check goes back to the previous secrets, and so does every server before it), then
+        the processes of [processes], gracefully."""
         system = self.system
         with exclusive(system.lock_file, "env"):
             before = system.env_secrets()
@@ -172,10 +175,13 @@ class Rollout:
                     return apply
 
                 self.roll("the new environment", use(after), use(before))
+                system.restart_processes(system.current())
             elif serving:
                 on_each(system.app_hosts, lambda host: system.give_env_secrets(host, after))
             system.keep_env_secrets(after)
-            restarted = tuple(server.name for server in self.plan.app_servers) if serving and restart else ()
+            restarted = (*(server.name for server in self.plan.app_servers),
+                         *(name for process in self.plan.processes for name in process.programs))
+            restarted = restarted if serving and restart else ()
             return EnvChange(names, restarted, serving)
 
     def _prune(self) -> None:

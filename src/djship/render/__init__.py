@@ -9,8 +9,8 @@ from pathlib import Path
 
 import jinja2
 
-from djship.plan import MEDIA_PROGRAM, MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, \
-    MediaStore, Plan
+from djship.plan import MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, \
+    AppServer, MediaStore, Plan, Process, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -226,6 +226,8 @@ def programs(plan: Plan) -> list[Program]:
                 user=plan.service_user,
             )
         )
+    for process in plan.processes_here:
+        result += [process_program(plan, process, name) for name in process.programs]
     if plan.holds("lb"):
         result.append(Program(
             name="haproxy",
@@ -259,6 +261,18 @@ def programs(plan: Plan) -> list[Program]:
             )
         )
     return result
+
+
+def process_program(plan: Plan, process: Process, name: str) -> Program:
+    """One of a process type's programs: its command run in the live release (`current`, which a deploy moves before
+    it restarts them), with the release's virtualenv first on PATH, the production settings and the app's
+    environment; stopped with SIGTERM, then SIGKILL after its stop_timeout."""
+    release = plan.paths.current
+    settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
+    # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
+    argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *process.argv]
+    return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
+                   stopsignal="TERM", stopwaitsecs=process.stop_timeout, user=plan.service_user)
 
 
 def supervisord_conf(plan: Plan) -> str:
@@ -314,8 +328,9 @@ def system_files(plan: Plan) -> list[ConfigFile]:
 
 
 def app_programs(plan: Plan) -> tuple[str, ...]:
-    """The programs of the plan's host that run the app's code, with its environment."""
-    return tuple(server.programs[0] for server in plan.servers_here)
+    """The programs of the plan's host that run the app's code, with its environment: gunicorns and processes."""
+    return (*(server.programs[0] for server in plan.servers_here),
+            *(name for process in plan.processes_here for name in process.programs))
 
 
 def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
