@@ -620,7 +620,7 @@ def manage(args: tuple[str, ...]) -> None:
 
 @main.group(name="env")
 def env_() -> None:
-    """The app's environment: what every app server's gunicorn gets, and nothing else.
+    """The app's environment: what every gunicorn and process of the app gets, and nothing else.
 
     \b
     Plain values live in djship.toml, applied by `djship up`:
@@ -639,9 +639,9 @@ def env_() -> None:
     A change restarts the app servers a batch at a time, drained first and health-checked,
     like a deploy, so no request fails, then the processes of [processes] (SIGTERM, then
     their stop_timeout); --no-restart leaves them running and they take the new values at
-    their next restart (a deploy). Beyond these, the app's environment holds
-    only what djship sets (PATH, LANG, DJANGO_SETTINGS_MODULE, DJSHIP_*, SUPERVISOR_*):
-    nothing of the shell that runs djship.
+    their next restart (a deploy). Beyond these, the app's environment holds only
+    what djship sets (PATH, LANG, DJANGO_SETTINGS_MODULE, PYTHONPATH, DJSHIP_*,
+    SUPERVISOR_*): nothing of the shell that runs djship.
     """
 
 
