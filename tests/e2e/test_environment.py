@@ -1,5 +1,7 @@
 """The app's environment, written once and run on both topologies: one machine (https://localhost:26443) and netns hosts
-(1 lb + 2 app + 1 db, each its own sshd and state root; see tests/e2e/hosts.py).
+(1 lb + 1 app host with 2 app servers + 1 db, each its own sshd and state root; see tests/e2e/hosts.py). One app host:
+with two, the db host would hold the uploads under the system user djship-media, whom fleets of other test runs on
+this machine use at the same time (the netns hosts share /etc/passwd), and `up` cannot change that user's home then.
 
 [env] of djship.toml and the secrets of `djship env` reach every gunicorn; nothing of the shell that ran `djship up`
 does; a secret lies in no file but its 0600 one (here and on each app host); a change rolls through the app servers
@@ -25,13 +27,13 @@ from djship.components.probe import Response
 from djship.config import with_values
 from tests.e2e.conftest import DJSHIP, EXAMPLE, Ports, Site, make_project, searchable_directory
 from tests.e2e.hosts import netns_hosts
-from tests.e2e.test_backup import ON_HOSTS, ONE_MACHINE, SERVERS, Target
+from tests.e2e.test_backup import ON_HOSTS, ONE_MACHINE, Target
 from tests.e2e.test_remote_system import FleetLoop, deploy_under_load, write_config
 
 pytestmark = pytest.mark.e2e
 
 ENV_PORTS = Ports.of(https=26443, http=26080, database=23432, app_prefix="127.0.91", database_address="127.0.92.1")
-HOSTS = ["lb1", "app1", "app2", "db1"]
+HOSTS = ["lb1", "app1", "db1"]
 GREETING = "hello from [env]: it's $HOME, `quoted`"
 # Exported in the shell that runs `djship up`: it must reach no process of the app.
 LEAK = "DJSHIP_TEST_SHELL_ONLY"
@@ -73,8 +75,10 @@ def target(request) -> Iterator[Target]:
     with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
         project = directory / "board"
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
-        write_config(project, hosts, ["app1", "app2"])
+        write_config(project, hosts, ["app1"])
         _configured(project)
+        config = project / "djship.toml"
+        config.write_text(with_values(config.read_text(), {"app.servers": 2}))
         made = Target(project, {name: hosts[name].root for name in HOSTS})
         try:
             _up_from_a_shell_with_a_variable(project)
@@ -84,11 +88,22 @@ def target(request) -> Iterator[Target]:
             subprocess.run([*DJSHIP, "down"], cwd=project, capture_output=True, timeout=300)
 
 
+def _servers(target: Target) -> set[str]:
+    return {c["server"] for c in target.status()["components"] if c["role"] == "app"}
+
+
+def _app_roots(target: Target) -> list[Path]:
+    """The state root of each app host."""
+    return sorted({target.roots[c["host"]] for c in target.status()["components"] if c["role"] == "app"})
+
+
 def _environment_by_server(target: Target) -> dict[str, dict]:
     """/api/environment/ through the balancer until every app server has answered: what each one's app sees."""
     seen: dict[str, dict] = {}
+    servers = _servers(target)
+    assert len(servers) == 2, servers
     deadline = time.monotonic() + 60
-    while set(seen) != SERVERS:
+    while set(seen) != servers:
         assert time.monotonic() < deadline, f"only {sorted(seen)} answered"
         answer = target.get("/api/environment/")
         assert isinstance(answer, Response) and answer.status == 200, answer
@@ -109,7 +124,7 @@ def _app_processes(target: Target) -> dict[int, dict[str, str]]:
     with its environment from /proc."""
     components = target.status()["components"]
     tops = [c["pid"] for c in components if c["name"].endswith("-gunicorn") or c["role"] == "process"]
-    assert len(tops) == len(SERVERS) + 2 * len(target.app_roots) and all(tops), components
+    assert len(tops) == len(_servers(target)) + 2 * len(_app_roots(target)) and all(tops), components
     parents = {}
     for entry in Path("/proc").iterdir():
         try:
@@ -137,7 +152,7 @@ def _files_holding(target: Target, value: str) -> list[Path]:
 def _secret_files(target: Target) -> list[Path]:
     """Where a secret belongs: .djship/secrets/env here and <root>/secrets/env on each app host (one file on one
     machine, where they are the same)."""
-    return sorted({target.project / ".djship/secrets/env", *(root / "secrets/env" for root in target.app_roots)})
+    return sorted({target.project / ".djship/secrets/env", *(root / "secrets/env" for root in _app_roots(target))})
 
 
 def test_the_app_environment_is_env_and_nothing_of_the_shell_that_ran_up(target):
@@ -230,7 +245,7 @@ def test_env_unset_removes_the_secret_from_every_server(target):
 
 def test_a_deploy_restarts_the_processes_on_the_new_release_gracefully(target):
     before = {(c["host"], c["name"]): c["pid"] for c in _processes(target)}
-    assert len(before) == 2 * len(target.app_roots)
+    assert len(before) == 2 * len(_app_roots(target))
 
     load = deploy_under_load(target, "the processes follow the web")
 
@@ -243,7 +258,7 @@ def test_a_deploy_restarts_the_processes_on_the_new_release_gracefully(target):
         assert os.readlink(f"/proc/{process['pid']}/cwd") == str(app), where
     for pid, environment in _app_processes(target).items():
         assert LEAK not in environment and environment["BOARD_GREETING"] == GREETING, pid
-    for root in target.app_roots:
+    for root in _app_roots(target):
         for name in ("worker-1", "worker-2"):
             log = (root / "logs" / f"{name}.log").read_text()
             assert "SIGTERM, finished the current task, exiting" in log, (root, name)
