@@ -98,7 +98,8 @@ class Changes:
         for host, programs in self.start.items():
             lines += [f"{host}: start {program}" for program in programs if program not in SEPARATE]
         for host, programs in self.restart.items():
-            lines += [f"{host}: restart {program} out of rotation (configuration changed)" for program in programs]
+            lines += [f"{host}: restart {program}{' out of rotation' if APP_PROGRAM.match(program) else ''} "
+                      "(configuration changed)" for program in programs]
         lines += [f"{host}: {action} the load balancer" for host, action in self.haproxy.items()]
         lines += [f"put {name} back into rotation" for name in self.resting]
         return lines

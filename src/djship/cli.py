@@ -626,3 +626,107 @@ def manage(args: tuple[str, ...]) -> None:
     `createsuperuser` can ask for the password over SSH).
     """
     sys.exit(_system().manage(list(args), _echo_line, terminal=sys.stdin.isatty() and sys.stdout.isatty()))
+
+
+@main.group(name="env")
+def env_() -> None:
+    """The app's environment: what every gunicorn and process of the app gets, and nothing else.
+
+    \b
+    Plain values live in djship.toml, applied by `djship up`:
+      [env]
+      SENTRY_ENVIRONMENT = "production"
+    Secrets are kept by these commands, never in djship.toml, a command line djship runs,
+    a log, a release or `status --json`: 0600 in .djship/secrets/env here and on each host
+    that runs the app (read back from there if .djship/ is lost).
+    \b
+      djship env set STRIPE_SECRET_KEY=sk_live_...   set one or more (KEY alone: the value is
+                                                   read from standard input, or asked for)
+      djship env import .env.production             set every KEY=VALUE of a .env file
+      djship env unset STRIPE_SECRET_KEY            remove
+      djship env list [--show] [--json]             list (secrets masked unless --show)
+    \b
+    A change restarts the app servers a batch at a time, drained first and health-checked,
+    like a deploy, so no request fails, then the processes of [processes] (SIGTERM, then
+    their stop_timeout); --no-restart leaves them running and they take the new values at
+    their next restart (a deploy). Beyond these, the app's environment holds only
+    what djship sets (PATH, LANG, DJANGO_SETTINGS_MODULE, PYTHONPATH, DJSHIP_*,
+    SUPERVISOR_*): nothing of the shell that runs djship.
+    """
+
+
+_NO_RESTART = click.option("--no-restart", is_flag=True,
+                           help="Keep the app servers running as they are; they take the change at their next restart.")
+
+
+def _read_secret(name: str) -> str:
+    """KEY without =VALUE: asked for without echo on a terminal, else all of standard input (less a final newline)."""
+    if sys.stdin.isatty():
+        return click.prompt(name, hide_input=True, prompt_suffix=" (hidden): ")
+    return sys.stdin.read().removesuffix("\n")
+
+
+def _print_env_change(change) -> None:
+    if not change.names:
+        console.print("Nothing to change: every secret already has that value.")
+        return
+    names = ", ".join(change.names)
+    if change.restarted:
+        console.print(f"[green]Changed[/] {escape(names)}; {escape(', '.join(change.restarted))} restarted with it "
+                      "(the app servers one batch at a time)")
+    elif change.serving:
+        console.print(f"Changed {escape(names)}; the app servers take it at their next restart (`djship deploy`)")
+    else:
+        console.print(f"Changed {escape(names)}; the app servers get it with the next `djship up`")
+
+
+@env_.command("set")
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@_NO_RESTART
+def env_set(assignments: tuple[str, ...], no_restart: bool) -> None:
+    """Set secrets of the app's environment: KEY=VALUE, or KEY alone to type the value (hidden) or pipe it in,
+    which keeps it out of your shell history and the process list, e.g. `djship env set TLS_KEY < key.pem`."""
+    from djship.appenv import parse_assignments
+
+    values = parse_assignments(list(assignments), _read_secret)
+    _print_env_change(_rollout().change_env(values, (), restart=not no_restart))
+
+
+@env_.command("unset")
+@click.argument("names", nargs=-1, required=True, metavar="KEY...")
+@_NO_RESTART
+def env_unset(names: tuple[str, ...], no_restart: bool) -> None:
+    """Remove secrets of the app's environment."""
+    _print_env_change(_rollout().change_env({}, names, restart=not no_restart))
+
+
+@env_.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_NO_RESTART
+def env_import(file: Path, no_restart: bool) -> None:
+    """Set every KEY=VALUE of a .env FILE as a secret (read by python-dotenv: `export KEY=...`, quotes, comments and
+    multi-line quoted values; `${OTHER}` is kept as written, not expanded). Secrets the file does not name stay."""
+    from djship.appenv import read_dotenv
+
+    _print_env_change(_rollout().change_env(read_dotenv(file), (), restart=not no_restart))
+
+
+@env_.command("list")
+@click.option("--show", is_flag=True, help="Print the secrets' values too.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a secret's value is null unless --show).")
+def env_list(show: bool, as_json: bool) -> None:
+    """The variables djship gives the app: [env] of djship.toml and the secrets, by name."""
+    from djship.appenv import listing
+
+    system = _system()
+    rows = listing(system.plan.env, system.env_secrets(), show)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = _table("NAME", "VALUE", "FROM")
+    for row in rows:
+        value = row["value"] if row["value"] is not None else "********"
+        _add_row(table, row["name"], value, "secret" if row["secret"] else "djship.toml [env]")
+    console.print(table)
+    if not rows:
+        console.print("No variables: add plain ones to [env] in djship.toml, secrets with `djship env set KEY=VALUE`.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import tomllib
 import unicodedata
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Literal
 import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
+from djship import appenv
 from djship.errors import DjshipError
 
 CONFIG_FILE = "djship.toml"
@@ -357,6 +359,44 @@ class DeployConfig(_Section):
         return value
 
 
+# Names a process may not take: djship's own programs and components (`djship logs NAME` must mean one thing).
+RESERVED_PROCESS_NAMES = frozenset({"haproxy", "postgres", "supervisord", "renewal", "backup-scheduler", "media-mount",
+                                    "boot"})
+_SHELL_OPERATORS = frozenset({"&&", "||", "|", "&", ";", ">", ">>", "<", "2>", "2>&1"})
+_PROCESS_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+class ProcessConfig(_Section):
+    """One process type beside the web, Procfile-style: `command` (split into words like a shell does, then run
+    without one) in the live release, `count` of them on each app host."""
+
+    command: str
+    count: int = Field(default=1, ge=1, le=32)
+    stop_timeout: int = Field(default=10, ge=1, le=3600)
+    """Seconds between SIGTERM and SIGKILL when it stops (supervisord's stopwaitsecs): a task in progress finishes."""
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('is empty; write the command to run, e.g. "celery -A proj worker -l info"')
+        bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+        if bad is not None:
+            raise ValueError(f"contains the control character {bad!r}; write the command on one line")
+        if re.search(r"\s[;#]", value):
+            raise ValueError("holds a space followed by ; or #, which supervisord reads as a comment; remove the "
+                             "space, or put the commands into a script of your project and run that")
+        try:
+            words = shlex.split(value)
+        except ValueError as error:
+            raise ValueError(f"cannot be split into words ({error}); close its quotes") from None
+        shell = next((word for word in words if word in _SHELL_OPERATORS or "$" in word or "`" in word), None)
+        if shell is not None:
+            raise ValueError(f"uses {shell!r}, but a process runs without a shell (so that it gets SIGTERM itself); "
+                             "put the shell part into a script of your project and run that")
+        return value
+
+
 class SshConfig(_Section):
     """How djship logs in to every host, unless the host says otherwise."""
 
@@ -491,8 +531,35 @@ class Config(_Section):
     servers: ServersConfig | None = None
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     ssh: SshConfig = Field(default_factory=SshConfig)
+    processes: dict[str, ProcessConfig] = Field(default_factory=dict)
+    env: dict[str, str | int | float] = Field(default_factory=dict)
+    """Plain values of the app's environment (secrets are kept by `djship env set`, never in this file)."""
 
     _check_state_dir = field_validator("state_dir")(_rendered_path)
+
+    @field_validator("processes")
+    @classmethod
+    def _process_names(cls, processes: dict[str, ProcessConfig]) -> dict[str, ProcessConfig]:
+        for name in processes:
+            if not _PROCESS_NAME.fullmatch(name) or len(name) > 30:
+                raise ValueError(f"{name!r} is not a process name (lower-case letters, digits and single dashes, "
+                                 "starting with a letter, at most 30); rename it, e.g. worker")
+            if name in RESERVED_PROCESS_NAMES or re.fullmatch(r"app\d+", name) or name.endswith(("-gunicorn", "-nginx")):
+                raise ValueError(f"{name!r} is the name of one of djship's own programs; rename it, e.g. worker")
+        return processes
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _environment(cls, values: object) -> object:
+        if not isinstance(values, dict):
+            return values
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError(f"{name} must be a string or a number; quote it: {name} = \"...\"")
+            problem = appenv.name_problem(name) or appenv.value_problem(name, str(value))
+            if problem:
+                raise ValueError(problem)
+        return values
 
     @property
     def remote(self) -> bool:

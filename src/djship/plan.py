@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, replace
@@ -37,6 +38,24 @@ ROLES = ("lb", "app", "db")
 # The supervised sshfs that mounts the media host's uploads on an app host, and the media host's SFTP-only user.
 MEDIA_PROGRAM = "media-mount"
 MEDIA_USER = "djship-media"
+# The whole environment supervisord starts with, on every host: its programs inherit it, so nothing of the shell
+# (or SSH session) that runs djship reaches them. The app adds [env] and its secrets to it (appenv.DJSHIP_SETS).
+PROGRAM_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+# The settings module of every release (its djship_production package).
+SETTINGS_MODULE = "djship_production.settings"
+
+
+def release_environment(release_dir: Path) -> dict[str, str]:
+    """What djship sets for Python code run in a release: the production settings, the project and djship_production
+    importable."""
+    return {"DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "PYTHONPATH": f"{release_dir / 'app'}:{release_dir}"}
+
+
+def in_clean_environment(argv: list[str]) -> list[str]:
+    """argv run with PROGRAM_ENVIRONMENT and nothing else (env -i)."""
+    return ["/usr/bin/env", "-i", *(f"{name}={value}" for name, value in PROGRAM_ENVIRONMENT.items()), *argv]
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,27 @@ class AppServer:
     @property
     def programs(self) -> tuple[str, str]:
         return (f"{self.name}-gunicorn", f"{self.name}-nginx")
+
+
+@dataclass(frozen=True)
+class Process:
+    """A process type of [processes]: `count` supervised programs on each app host, in the live release."""
+
+    name: str
+    command: str
+    """As djship.toml has it (status shows it)."""
+    count: int
+    stop_timeout: int
+
+    @property
+    def argv(self) -> list[str]:
+        """The command's words, as a shell splits them; it runs without one, in the release's app directory, with the
+        release's virtualenv first on PATH."""
+        return shlex.split(self.command)
+
+    @property
+    def programs(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}-{number}" for number in range(1, self.count + 1))
 
 
 @dataclass(frozen=True)
@@ -268,6 +308,16 @@ class Paths:
         return self.secrets / "admin.json"
 
     @property
+    def env_secrets(self) -> Path:
+        """The secrets of the app's environment (`djship env set`), in the shell syntax the app's programs source."""
+        return self.secrets / "env"
+
+    @property
+    def env_file(self) -> Path:
+        """The plain values of the app's environment ([env] in djship.toml), in the same syntax."""
+        return self.state / "env"
+
+    @property
     def pgpass(self) -> Path:
         """The superuser's password as psql reads it (PGPASSFILE), beside the database it administers."""
         return self.secrets / "pgpass"
@@ -436,6 +486,10 @@ class Plan:
     roles: frozenset[str] = frozenset(ROLES)
     media: MediaStore | None = None
     """The media host holding the uploads; None: they are in this host's own `shared` directory."""
+    env: tuple[tuple[str, str], ...] = ()
+    """[env]: the plain values of the app's environment, as (name, value) in the file's order."""
+    processes: tuple[Process, ...] = ()
+    """[processes]: what runs beside the web on every app host."""
 
     def holds(self, role: str) -> bool:
         return role in self.roles
@@ -499,10 +553,16 @@ class Plan:
             paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, self.database.key_file)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
-            readers = {paths.app_secrets: self.users.app, paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb}
+            readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
+                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb}
             owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
         return FileAccess(mode, owner)
+
+    @property
+    def processes_here(self) -> tuple[Process, ...]:
+        """The process types that run on this plan's host: every one on an app host."""
+        return self.processes if self.holds("app") else ()
 
     @property
     def servers_here(self) -> tuple[AppServer, ...]:
@@ -658,6 +718,11 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     servers = tuple(server for host in app_hosts
                     for server in _servers_of(config, host, count, tls=any(lb.name != host.name for lb in lb_hosts)))
     database_tls = any(host.name != db_host.name for host in app_hosts)
+    taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
+                 None)
+    if taken:
+        raise DjshipError(f"djship.toml: processes.{taken}: {taken!r} is the name of an app server or a host (`djship "
+                          f"logs {taken}` would mean both); rename the process, e.g. worker")
     if one_machine:
         database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
                              (LOOPBACK_NETWORK,), database_tls)
@@ -753,6 +818,9 @@ def _assemble(
         paths=paths,
         users=users,
         tools=tools,
+        env=tuple((name, str(value)) for name, value in config.env.items()),
+        processes=tuple(Process(name, process.command, process.count, process.stop_timeout)
+                        for name, process in config.processes.items()),
     )
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from djship import render
+from djship import appenv, render
 from djship.changes import Changes, Observed, diff
 from djship.components import appserver, boot, media, orphans
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
@@ -243,7 +243,34 @@ class System:
         self.local.makedirs(self.control.secrets, mode=0o711)
         self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
         self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
+        self.keep_env_secrets(self.env_secrets())
         return found
+
+    # -- the secrets of the app's environment (`djship env`) -----------------------------------------------------
+
+    def env_secrets(self) -> dict[str, str]:
+        """The secrets of the app's environment: kept here, else read back from an app host; {} before any."""
+        kept = self.local.get(self.control.env_secrets)
+        for host in self.app_hosts.values():
+            if kept is None and host.name not in self.topology.unreachable:
+                kept = host.connector.get(host.plan.paths.env_secrets)
+        return appenv.parse_env_file(kept.decode()) if kept else {}
+
+    def keep_env_secrets(self, values: dict[str, str]) -> None:
+        """Here, 0600: what `up` gives every app host."""
+        self.local.makedirs(self.control.secrets, mode=0o711)
+        self.local.put(self.control.env_secrets, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), mode=0o600)
+
+    def give_env_secrets(self, host: Host, values: dict[str, str]) -> None:
+        """To an app host, 0600 and readable by the app's user only; its programs read them when they next start."""
+        path = host.plan.paths.env_secrets
+        host.connector.put(path, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), **_access(host.plan, path))
+
+    def _check_env(self, env_secrets: dict[str, str]) -> None:
+        both = [name for name, _ in self.plan.env if name in env_secrets]
+        if both:
+            raise DjshipError(f"env.{both[0]}: {both[0]} is also a secret of `djship env`; remove it from [env] in "
+                              f"djship.toml, or run `djship env unset {both[0]}`")
 
     def _preflight(self) -> None:
         """What can be refused before anything starts or changes."""
@@ -280,12 +307,16 @@ class System:
                  authority: Authority | None) -> dict[str, list[render.ConfigFile]]:
         """Every file each host must hold, with the programs that read it when they start."""
         desired = {}
+        env_secrets = self.env_secrets()
+        self._check_env(env_secrets)
         for host in self.hosts.values():
             plan = host.plan
             files = render.system_files(plan)
             if secrets_ and host.holds("app"):
-                gunicorns = tuple(server.programs[0] for server in plan.servers_here)
-                files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), gunicorns))
+                programs = render.app_programs(plan)
+                files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
+                files.append(render.ConfigFile(plan.paths.env_secrets,
+                                               render.env_file(env_secrets.items(), render.ENV_SECRETS_ORIGIN), programs))
             if secrets_ and host.holds("db"):
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
             if plan.renews and plan.tls.acme_ca_bundle is not None:
@@ -401,6 +432,7 @@ class System:
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
+        self._ensure_processes(changes, reconfigured)
         self._ensure_balancers(changes)
         renewed = self._ensure_extras(changes, reconfigured)
         for name in changes.removed:
@@ -536,6 +568,33 @@ class System:
         else:
             self.reporter.note(f"{server.name} is the only app server in rotation: it restarts while serving")
             apply()
+
+    def _ensure_processes(self, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
+        """Start the processes of [processes] that are not running; restart those whose settings, command or
+        environment changed (each gets SIGTERM and its stop_timeout)."""
+        def ensure(host: Host) -> None:
+            names = [name for process in host.plan.processes_here for name in process.programs]
+            stopped = [name for name in names if name in changes.start.get(host.name, ())]
+            changed = [name for name in names if name not in stopped
+                       and (name in changes.restart.get(host.name, ()) or name in reconfigured[host.name])]
+            if stopped:
+                with self.reporter.step(f"Starting {', '.join(stopped)} on {host.name}"):
+                    host.supervisor.start(*stopped)
+            if changed:
+                with self.reporter.step(f"Restarting {', '.join(changed)} on {host.name} (configuration changed)"):
+                    host.supervisor.restart(*changed, reconfigure=reconfigured[host.name])
+
+        on_each(self.app_hosts, ensure)
+
+    def restart_processes(self, release: Release) -> None:
+        """After the web switched to release: every process of [processes] restarted on it, gracefully (SIGTERM, then
+        its stop_timeout), on every app host at once."""
+        names = [name for process in self.plan.processes for name in process.programs]
+        if not names:
+            return
+        with self.reporter.step(f"Restarting {', '.join(names)} on release {release.id} (each finishes what it does "
+                                "first)"):
+            on_each(self.app_hosts, lambda host: host.supervisor.restart(*names))
 
     def _ensure_balancers(self, changes: Changes) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
@@ -705,12 +764,15 @@ class System:
                 return self.pipeline.on(host, link.name)
         return None
 
+    def serving(self) -> bool:
+        """Whether the system is up: a live release, and every balancer running."""
+        return self.current() is not None and all(host.running("haproxy") for host in self.lb_hosts)
+
     def live_release(self) -> Release:
         """The release in service; refuses when the system is not running."""
-        release = self.current()
-        if release is None or not all(host.running("haproxy") for host in self.lb_hosts):
+        if not self.serving():
             raise DjshipError("the system is not running; start it with `djship up` first")
-        return release
+        return self.current()
 
     def build_release(self) -> Release:
         return self.pipeline.build()
@@ -842,6 +904,9 @@ class System:
             gunicorn, nginx = server.programs
             components.append(entry(host, nginx, "app", server.endpoint, health, server.name))
             components.append(entry(host, gunicorn, "app", f"unix:{server.socket}", health, server.name))
+        for host in self.app_hosts.values():
+            components += [entry(host, name, "process", process.command, "running")
+                           for process in host.plan.processes_here for name in process.programs]
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
@@ -895,12 +960,15 @@ class System:
                 picked = [component]
             elif component in servers:
                 picked = [f"{component}-nginx", f"{component}-nginx-access", f"{component}-gunicorn"]
+            elif component in (processes := {process.name: process.programs for process in host.plan.processes_here}):
+                picked = list(processes[component])
             else:
                 picked = []
             chosen += [(host, host.plan.paths.logs / f"{name}.log") for name in picked]
         if not chosen:
             known = sorted({*(self.hosts if len(self.hosts) > 1 else ()),
                             *(server.name for server in self.plan.app_servers),
+                            *(process.name for process in self.plan.processes),
                             *(program.name for host in self.hosts.values() for program in render.programs(host.plan))})
             raise DjshipError(f"no component {component!r}; choose one of: {', '.join(known)}")
         return chosen
@@ -942,7 +1010,7 @@ class System:
         if not self.database.is_ready():
             raise DjshipError("the database is not running; start it with `djship up` first")
         host = next(iter(self.app_hosts.values()))
-        argv = [str(release.python), str(release.app / "manage.py"), *args]
+        argv = render.with_app_environment(host.plan, [str(release.python), str(release.app / "manage.py"), *args])
         options = {"user": host.plan.user_of("app"), "env": release.environment(), "cwd": release.app}
         if terminal:
             return host.connector.interactive(argv, **options)
@@ -966,6 +1034,9 @@ class System:
         if self.plan.tls.mode == "acme":
             stop("lb", lambda host: [RENEWAL_PROGRAM], "Stopping the certificate renewal timer")
         stop("lb", lambda host: ["haproxy"], "Stopping the load balancer")
+        if self.plan.processes:
+            stop("app", lambda host: [name for process in host.plan.processes_here for name in process.programs],
+                 "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")
         stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")

@@ -5,4 +5,4 @@
 # Rendered by djship from djship.toml; edits are overwritten by the next `djship up`.
 # The umask of the log files the supervisor creates in the foreground (0640); its programs set their own.
 umask 027
-exec /usr/bin/python3 -m supervisor.supervisord -n -c /srv/example/board/.djship/supervisor/boot.conf
+exec /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 /usr/bin/python3 -m supervisor.supervisord -n -c /srv/example/board/.djship/supervisor/boot.conf

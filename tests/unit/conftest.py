@@ -109,9 +109,15 @@ def real_tools() -> Tools:
 
 
 @pytest.fixture
-def django_project(tmp_path: Path) -> Path:
-    """A directory laid out as `django-admin startproject mysite` leaves it, plus requirements.txt."""
-    root = tmp_path / "mysite"
+def django_project() -> Iterator[Path]:
+    """A directory laid out as `django-admin startproject mysite` leaves it, plus requirements.txt; under a short
+    path, so the unix sockets its plan puts under .djship/ fit (pytest's tmp_path is too deep for them)."""
+    with tempfile.TemporaryDirectory(prefix="dj-", dir="/tmp") as directory:
+        yield _startproject(Path(directory))
+
+
+def _startproject(directory: Path) -> Path:
+    root = directory / "mysite"
     package = root / "mysite"
     package.mkdir(parents=True)
     (root / "manage.py").write_text(textwrap.dedent('''\

@@ -16,7 +16,10 @@ from djship import render
 from djship.components import boot
 from djship.components.supervisor import Supervisor
 from djship.connectors import Result
+from djship.plan import PROGRAM_ENVIRONMENT
 
+# supervisord starts with this environment and nothing else: its programs inherit it, not the shell's that ran djship.
+CLEAN = ["/usr/bin/env", "-i", *(f"{name}={value}" for name, value in PROGRAM_ENVIRONMENT.items())]
 UPDATE_GOLDEN = os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1"
 GOLDEN = {
     "djship.service": boot.systemd_unit,
@@ -43,7 +46,7 @@ def test_the_unit_runs_supervisord_in_the_foreground_and_takes_its_whole_group_d
     settings = _unit_settings(boot.systemd_unit(golden_plan))
 
     assert shlex.split(settings["ExecStart"]) == [
-        "/usr/bin/python3", "-m", "supervisor.supervisord", "-n", "-c", "/srv/example/board/.djship/supervisor/boot.conf"]
+        *CLEAN, "/usr/bin/python3", "-m", "supervisor.supervisord", "-n", "-c", "/srv/example/board/.djship/supervisor/boot.conf"]
     assert settings["KillMode"] == "control-group"
     assert settings["Restart"] == "on-failure"
     assert settings["After"] == settings["Wants"] == "network-online.target"
@@ -253,7 +256,7 @@ def test_the_supervisor_starts_by_itself_without_systemd(golden_plan, monkeypatc
 
     assert host.commands[0] == ["rm", "-f", str(boot.marker_path(golden_plan))]
     assert host.commands[-1] == [  # under the umask of its log files (0640), which it creates before reading its own
-        "sh", "-c", 'umask 027 && exec "$0" "$@"',
+        *CLEAN, "sh", "-c", 'umask 027 && exec "$0" "$@"',
         "/usr/bin/python3", "-m", "supervisor.supervisord", "-c", str(golden_plan.paths.supervisor_conf)]
 
 

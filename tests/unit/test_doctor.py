@@ -160,6 +160,14 @@ def test_a_stopped_gunicorn_is_named(plan, facts):
                   "djship logs")
 
 
+def test_a_process_of_processes_that_is_not_running_is_named(make_plan):
+    plan = make_plan(running_as_root=True, processes={"worker": {"command": "celery -A board worker", "count": 2}})
+    facts = healthy({plan.host: plan})
+    assert _result(plan, facts, "components").status == PASS
+    facts.processes["local"]["worker-2"] = "FATAL"
+    _assert_names(_result(plan, facts, "components"), FAIL, "worker-2 is FATAL", "djship logs")
+
+
 def test_a_stopped_gunicorn_on_one_host_names_the_host_and_the_server(on_hosts):
     plan, facts = on_hosts
     facts.processes["app2"]["app2-gunicorn"] = "STOPPED"

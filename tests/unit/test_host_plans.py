@@ -45,7 +45,7 @@ def test_each_host_runs_only_what_its_roles_need(plans):
                         "app2": ["app2-gunicorn", "app2-nginx"], "db1": ["postgres"]}
     files = {name: {file.path.name for file in render.system_files(plan)} for name, plan in plans.items()}
     assert files["lb1"] == {"supervisord.conf", "haproxy.cfg"}
-    assert files["app2"] == {"supervisord.conf", "nginx.conf", "gunicorn.conf.py"}
+    assert files["app2"] == {"supervisord.conf", "nginx.conf", "gunicorn.conf.py", "env"}
     assert files["db1"] == {"supervisord.conf", "postgresql.conf", "pg_hba.conf"}
 
 

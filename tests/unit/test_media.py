@@ -141,19 +141,25 @@ def test_supervisor_parses_an_app_hosts_config_with_the_mount(plans, make_config
     if UPDATE_GOLDEN:
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8"), "regenerate with DJSHIP_UPDATE_GOLDEN=1 and review the diff"
-    conf = tmp_path / "supervisord.conf"
     parsed = render.supervisord_conf(plans_for(make_config, fake_tools, users=system_users)["app1"])
-    conf.write_text(parsed.replace("/srv/app1/", f"{tmp_path}/"))
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "supervisor").mkdir()
+    programs = parsed_by_supervisor(parsed.replace("/srv/app1/", f"{tmp_path}/"), tmp_path, capsys)
+    assert shlex.split(programs[MEDIA_PROGRAM].command)[:2] == ["/bin/sh", "-c"]
+    assert programs[MEDIA_PROGRAM].uid is None  # root: FUSE mounts with allow_other need it
+
+
+def parsed_by_supervisor(text: str, root: Path, capsys) -> dict:
+    """supervisord.conf text as supervisor's own parser reads it, with root as the host's state root: each program's
+    settings by name."""
+    conf = root / "supervisord.conf"
+    conf.write_text(text)
+    (root / "logs").mkdir()
+    (root / "supervisor").mkdir()
     options = ServerOptions()
     try:
         options.realize(args=["-c", str(conf)])
     except SystemExit:
         pytest.fail(f"supervisord rejected {conf}:\n{capsys.readouterr().err}")
-    programs = {group.name: group.process_configs[0] for group in options.process_group_configs}
-    assert shlex.split(programs[MEDIA_PROGRAM].command)[:2] == ["/bin/sh", "-c"]
-    assert programs[MEDIA_PROGRAM].uid is None  # root: FUSE mounts with allow_other need it
+    return {group.name: group.process_configs[0] for group in options.process_group_configs}
 
 
 class HostFiles:

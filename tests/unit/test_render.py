@@ -418,7 +418,8 @@ def test_supervisor_parses_its_config(rendered, capsys):
     processes = {group.name: group.process_configs[0] for group in options.process_group_configs}
     gunicorn = processes["app1-gunicorn"]
     server = rendered.app_servers[0]
-    assert shlex.split(gunicorn.command) == [
+    assert shlex.split(gunicorn.command)[3:] == [
+        str(rendered.paths.env_file), str(rendered.paths.env_secrets),
         str(server.release_link / "venv/bin/gunicorn"), "-c", str(server.gunicorn_conf)
     ]
     assert gunicorn.directory == str(server.dir)

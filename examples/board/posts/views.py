@@ -1,3 +1,6 @@
+import hashlib
+import os
+
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
@@ -85,3 +88,17 @@ def api_posts(request):
         for post in posts_with_comment_counts()
     ]
     return JsonResponse({"posts": posts})
+
+
+@require_GET
+def api_environment(request):
+    """What the app's environment gives it: a plain value, and a secret only masked (its last 4 characters and a
+    digest, never the value)."""
+    key = os.environ.get("BOARD_API_KEY")
+    return JsonResponse({
+        "greeting": os.environ.get("BOARD_GREETING"),
+        "api_key": None if key is None else {
+            "masked": "*" * 8 + key[-4:],
+            "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        },
+    })

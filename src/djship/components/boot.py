@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import render
 from djship.connectors import CommandFailed, Connector
-from djship.plan import Plan
+from djship.plan import Plan, in_clean_environment
 
 UNIT_DIR = Path("/etc/systemd/system")
 SYSTEMD_RUNNING = Path("/run/systemd/system")
@@ -53,8 +53,9 @@ def marker_path(plan: Plan) -> Path:
 
 
 def boot_argv(plan: Plan) -> list[str]:
-    """What the init system runs: supervisord in the foreground, with boot.conf."""
-    return [plan.tools.python, "-m", "supervisor.supervisord", "-n", "-c", str(boot_conf_path(plan))]
+    """What the init system runs: supervisord in the foreground, with boot.conf and a clean environment (boot.sh may
+    be run from a shell)."""
+    return in_clean_environment([plan.tools.python, "-m", "supervisor.supervisord", "-n", "-c", str(boot_conf_path(plan))])
 
 
 def boot_conf(plan: Plan) -> str:

@@ -9,7 +9,7 @@ from djship.components import boot
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import Plan
+from djship.plan import Plan, in_clean_environment
 from djship.waiting import wait_until
 
 _STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?P<rest>.*)$")
@@ -67,16 +67,18 @@ class Supervisor:
 
     def start_daemon(self) -> None:
         """Start supervisord with no program running: djship starts each in its own way. Where the init system
-        supervises it (boot.register), through the init system, so that it is restarted when it dies."""
+        supervises it (boot.register), through the init system, so that it is restarted when it dies. Either way
+        with a clean environment, which its programs inherit: nothing of the shell that runs djship."""
         boot.disarm(self.connector, self.plan)
         if boot.systemd_unit_installed(self.connector, self.plan):
             result = self.connector.run(["systemctl", "start", boot.unit_name(self.plan)])
         else:
-            # Its own log is created before it takes the umask of its configuration.
-            result = self.connector.run(
+            # Its own log is created before it takes the umask of its configuration; nothing of djship's own
+            # environment reaches it (nor so its programs).
+            result = self.connector.run(in_clean_environment(
                 ["sh", "-c", f'umask {SUPERVISOR_UMASK} && exec "$0" "$@"', self.plan.tools.python, "-m",
                  "supervisor.supervisord", "-c", str(self.plan.paths.supervisor_conf)]
-            )
+            ))
         if not result.ok:
             raise CommandFailed("starting supervisord", result, self.plan.paths.logs / "supervisord.log")
         wait_until(

@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import importlib.resources
 import json
-import os
 import shutil
 import sys
 import time
@@ -24,11 +23,10 @@ from djship.connectors import Connector, Result
 from djship.deploy import static
 from djship.errors import DjshipError
 from djship.logfile import append_result
-from djship.plan import Plan
+from djship.plan import Plan, release_environment
 from djship.progress import Reporter
 
 RUNTIME_PACKAGES = ("gunicorn>=23", "psycopg[binary]>=3.1")
-SETTINGS_MODULE = "djship_production.settings"
 COMPLETE_MARKER = ".djship-complete"
 
 
@@ -58,11 +56,7 @@ class Release:
         return self.dir / "static"
 
     def environment(self) -> dict[str, str]:
-        return {
-            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
-            "PYTHONPATH": f"{self.app}{os.pathsep}{self.dir}",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
+        return {**release_environment(self.dir), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def new_release_id(releases: Path) -> str:
@@ -169,7 +163,7 @@ class ReleaseBuilder:
 
     def _python(self, release: Release, *args: str, what: str, environment: dict[str, str] | None = None) -> Result:
         return self._run(
-            release.id, what, [str(release.python), *args],
+            release.id, what, render.with_app_environment(self.plan, [str(release.python), *args]),
             user=self.plan.user_of("app"), env={**release.environment(), **(environment or {})}, cwd=release.app,
         )
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from djship.config import CONFIG_FILE, parse_config, with_values
+from djship.connectors import on_each
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release
 from djship.errors import DjshipError
@@ -25,6 +27,18 @@ def _batches(servers: tuple[AppServer, ...], size: int) -> list[tuple[AppServer,
 
 def _names(servers: tuple[AppServer, ...]) -> str:
     return ", ".join(server.name for server in servers)
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    """What `djship env set`, `unset` or `import` changed."""
+
+    names: tuple[str, ...]
+    """The secrets set to a new value or removed; empty when every value was already so."""
+    restarted: tuple[str, ...]
+    """The app servers restarted with them, a batch at a time, then the processes of [processes]."""
+    serving: bool
+    """Whether the system runs (else the secrets reach the hosts with the next `djship up`)."""
 
 
 class Rollout:
@@ -55,6 +69,7 @@ class Rollout:
             except DjshipError as error:
                 self.system.discard_release(release)
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
+            self.system.restart_processes(release)
             self._prune()
             return release
 
@@ -79,6 +94,7 @@ class Rollout:
                 self._switch(target)
             except DjshipError as error:
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
+            self.system.restart_processes(target)
             return target
 
     def _switch(self, target: Release) -> None:
@@ -127,6 +143,46 @@ class Rollout:
                         revert(server)
         if failure:
             raise DjshipError(failure)
+
+    def change_env(self, values: dict[str, str], removed: tuple[str, ...], restart: bool) -> EnvChange:
+        """Set (values) and remove (removed) secrets of the app's environment. On a running system every app host gets
+        them and, unless restart is False, each app server restarts with them a batch at a time, like a deploy (a server
+        that then fails its health check goes back to the previous secrets, and so does every server before it), then
+        the processes of [processes], gracefully."""
+        system = self.system
+        with exclusive(system.lock_file, "env"):
+            before = system.env_secrets()
+            in_config = {name for name, _ in self.plan.env}
+            clash = next((name for name in values if name in in_config), None)
+            if clash:
+                raise DjshipError(f"{clash} is a plain value in [env] of djship.toml; remove it there to keep it as a "
+                                  "secret, or choose another name")
+            unknown = next((name for name in removed if name not in before), None)
+            if unknown:
+                raise DjshipError(f"there is no secret {unknown}; `djship env list` shows them"
+                                  + (" (it is set in [env] of djship.toml: remove it there)" if unknown in in_config
+                                     else ""))
+            after = {**{name: value for name, value in before.items() if name not in removed}, **values}
+            names = tuple(sorted(name for name in {*before, *after} if before.get(name) != after.get(name)))
+            serving = system.serving()
+            if not names:
+                return EnvChange((), (), serving)
+            if serving and restart:
+                def use(secrets: dict[str, str]) -> Callable[[AppServer], None]:
+                    def apply(server: AppServer) -> None:
+                        system.give_env_secrets(system.host_of(server), secrets)
+                        system.restart_app(server, system.release_of(server))
+                    return apply
+
+                self.roll("the new environment", use(after), use(before))
+                system.restart_processes(system.current())
+            elif serving:
+                on_each(system.app_hosts, lambda host: system.give_env_secrets(host, after))
+            system.keep_env_secrets(after)
+            restarted = (*(server.name for server in self.plan.app_servers),
+                         *(name for process in self.plan.processes for name in process.programs))
+            restarted = restarted if serving and restart else ()
+            return EnvChange(names, restarted, serving)
 
     def _prune(self) -> None:
         removed = self.system.prune_releases()

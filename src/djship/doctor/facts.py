@@ -240,7 +240,7 @@ def server_settings(host: Host, server: AppServer, release: Release) -> dict:
     """The effective Django settings of one app server, as its gunicorn loads them: on its host, with the release's
     Python, the production settings and the server's own live.json."""
     result = host.connector.run(
-        [str(release.python), "-c", SETTINGS_SCRIPT], user=host.plan.user_of("app"),
+        render.with_app_environment(host.plan, [str(release.python), "-c", SETTINGS_SCRIPT]), user=host.plan.user_of("app"),
         env={**release.environment(), "DJSHIP_LIVE_FILE": str(server.live_file)}, cwd=release.app, timeout=60,
     )
     lines = result.stdout.strip().splitlines()
@@ -488,7 +488,8 @@ def _check_deploy(host: Host, release: Release | None) -> tuple[bool, str]:
         return (False, "there is no live release; `djship up` first")
     try:
         result = host.connector.run(
-            [str(release.python), str(release.app / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
+            render.with_app_environment(host.plan, [str(release.python), str(release.app / "manage.py"), "check",
+                                                    "--deploy", "--fail-level", "WARNING"]),
             user=host.plan.user_of("app"), env=release.environment(), cwd=release.app, timeout=120)
     except DjshipError as error:
         return (False, str(error))

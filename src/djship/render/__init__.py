@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import MEDIA_PROGRAM, MEDIA_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, \
-    MediaStore, Plan, plan_to_json
+from djship.plan import MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, \
+    AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -102,6 +103,31 @@ _POSTGRES_RUN = (
 )
 
 
+# How every program of the app starts: the plain values ($0) and the secrets ($1) of its environment sourced and
+# exported, then the program exec'd in their place (the supervisor's own environment is clean, see
+# plan.PROGRAM_ENVIRONMENT; the shell's own PWD is not passed on).
+_WITH_APP_ENVIRONMENT = 'unset PWD; set -a; . "$0"; . "$1"; set +a; shift; exec "$@"'
+
+
+def with_app_environment(plan: Plan, argv: list[str]) -> list[str]:
+    """argv run with the app's environment: [env] and the secrets of `djship env` (the files on the plan's host)."""
+    return ["/bin/sh", "-c", _WITH_APP_ENVIRONMENT, str(plan.paths.env_file), str(plan.paths.env_secrets), *argv]
+
+
+def env_file(values: Iterable[tuple[str, str]], origin: str) -> str:
+    """The app's environment as a POSIX shell file, each value quoted (anything but NUL, newlines included);
+    appenv.parse_env_file reads it back."""
+    lines = [f"# {line}" for line in origin.splitlines()]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in values]
+    return "\n".join(lines) + "\n"
+
+
+ENV_FILE_ORIGIN = ("The app's plain environment: [env] of djship.toml, sourced by each of its programs.\n"
+                   "Rendered by djship from djship.toml; edits are overwritten by the next `djship up`.")
+ENV_SECRETS_ORIGIN = ("The secrets of the app's environment, sourced by each of its programs; 0600.\n"
+                      "Kept by djship: change them with `djship env set`, `unset` or `import`, never here.")
+
+
 def nginx_conf(plan: Plan, server: AppServer) -> str:
     return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL,
                    compressed_types=COMPRESSED_TYPES)
@@ -181,7 +207,8 @@ def programs(plan: Plan) -> list[Program]:
         result.append(
             Program(
                 name=gunicorn,
-                command=f"{quote(str(server.release_link / 'venv/bin/gunicorn'))} -c {quote(str(server.gunicorn_conf))}",
+                command=shlex.join(with_app_environment(
+                    plan, [str(server.release_link / "venv/bin/gunicorn"), "-c", str(server.gunicorn_conf)])),
                 directory=str(server.dir),
                 stopsignal="TERM",
                 stopwaitsecs=plan.gunicorn_timeout + 5,
@@ -201,6 +228,8 @@ def programs(plan: Plan) -> list[Program]:
                 # workers run as [users].web (nginx.conf's `user`).
             )
         )
+    for process in plan.processes_here:
+        result += [process_program(plan, process, name) for name in process.programs]
     if plan.holds("lb"):
         result.append(Program(
             name="haproxy",
@@ -240,6 +269,18 @@ def agent_plan(plan: Plan) -> Plan:
 def agent_argv(plan: Plan, *args: str) -> list[str]:
     """The command that runs djship.agent on plan's host, with that host's Python (which has djship)."""
     return [plan.tools.python, "-m", "djship.agent", str(plan.paths.plan_file), *args]
+
+
+def process_program(plan: Plan, process: Process, name: str) -> Program:
+    """One of a process type's programs: its command run in the live release (`current`, which a deploy moves before
+    it restarts them), with the release's virtualenv first on PATH, the production settings and the app's
+    environment; stopped with SIGTERM, then SIGKILL after its stop_timeout."""
+    release = plan.paths.current
+    settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
+    # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
+    argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *process.argv]
+    return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
+                   stopsignal="TERM", stopwaitsecs=process.stop_timeout, user=plan.user_of("app"))
 
 
 def supervisord_conf(plan: Plan) -> str:
@@ -291,7 +332,15 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
+    if plan.holds("app"):
+        files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
     return files
+
+
+def app_programs(plan: Plan) -> tuple[str, ...]:
+    """The programs of the plan's host that run the app's code, with its environment: gunicorns and processes."""
+    return (*(server.programs[0] for server in plan.servers_here),
+            *(name for process in plan.processes_here for name in process.programs))
 
 
 def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
