@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -261,3 +262,39 @@ def supervisor_pid_of(project: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if alive(pid) else None
+
+
+# Mozilla's "intermediate" guidelines 6.0: the TLS 1.3 suites and ECDHE with AEAD ciphers for TLS 1.2 (no DHE).
+INTERMEDIATE_CIPHERS = {
+    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+}
+
+
+@dataclass(frozen=True)
+class TlsScan:
+    """What sslscan found at an address: each protocol enabled or disabled, the (version, cipher) pairs accepted,
+    and the key exchange groups."""
+
+    protocols: dict[str, str]
+    accepted: list[tuple[str, str]]
+    groups: list[str]
+    output: str
+
+
+def sslscan(address: str, port: int, sni: str | None = None) -> TlsScan:
+    scan = subprocess.run(["sslscan", "--no-colour", *([f"--sni-name={sni}"] if sni else []), f"{address}:{port}"],
+                          capture_output=True, text=True, timeout=120)
+    assert scan.returncode == 0, scan.stderr
+    groups = scan.stdout.split("Server Key Exchange Group(s):")[-1]
+    return TlsScan(
+        protocols=dict(re.findall(r"^(SSLv2|SSLv3|TLSv1\.[0-3])\s+(enabled|disabled)", scan.stdout, re.M)),
+        accepted=re.findall(r"^(?:Preferred|Accepted)\s+(TLSv1\.[0-3])\s+\d+ bits\s+(\S+)", scan.stdout, re.M),
+        groups=re.findall(r"^TLSv1\.[23]\s+\d+ bits\s+(\S+)", groups, re.M),
+        output=scan.stdout,
+    )
+
+
+ONLY_TLS12_AND_13 = {"SSLv2": "disabled", "SSLv3": "disabled", "TLSv1.0": "disabled", "TLSv1.1": "disabled",
+                     "TLSv1.2": "enabled", "TLSv1.3": "enabled"}

@@ -33,10 +33,10 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
 SAVE = ("from django.core.files.base import ContentFile; from django.core.files.storage import default_storage; "
         "print(default_storage.save({name!r}, ContentFile(bytes.fromhex({data!r}))))")
 FETCH = """
-import hashlib, sys, urllib.request, urllib.error
+import hashlib, ssl, sys, urllib.request, urllib.error
 ask = urllib.request.Request(sys.argv[1], headers={"Host": "localhost", "X-Forwarded-Proto": "https"})
 try:
-    with urllib.request.urlopen(ask, timeout=10) as answer:
+    with urllib.request.urlopen(ask, timeout=10, context=ssl.create_default_context(cafile=sys.argv[2])) as answer:
         print(answer.status, answer.headers["X-Djship-Server"], hashlib.sha256(answer.read()).hexdigest())
 except urllib.error.HTTPError as error:
     print(error.code, error.headers["X-Djship-Server"], "-")
@@ -71,9 +71,10 @@ def save_on(fleet: Fleet, host: str, name: str) -> str:
 
 
 def fetched(fleet: Fleet, server: str, path: str) -> tuple[int, str, str]:
-    """GET path from an app server's nginx, from the balancer host (the only one it answers): status, server, hash."""
-    url = f"http://{fleet.hosts[server].address}:8000{path}"
-    answer = fleet.in_namespace("lb1", "python3", "-c", FETCH, url)
+    """GET path from an app server's nginx, from the balancer host (the only one it answers), over TLS verified
+    against djship's CA as the balancer's are: status, server, hash."""
+    url = f"https://{fleet.hosts[server].address}:8000{path}"
+    answer = fleet.in_namespace("lb1", "python3", "-c", FETCH, url, str(fleet.ca))
     status, served_by, digest = answer.stdout.split()
     return int(status), served_by, digest
 

@@ -32,7 +32,8 @@ from cryptography.x509.oid import NameOID
 from requests.adapters import HTTPAdapter
 
 from djship.config import with_values
-from tests.e2e.conftest import OFFSET, Ports, RequestLoop, Site, alive, kill_process_group, make_project, run_djship, searchable_directory
+from tests.e2e.conftest import INTERMEDIATE_CIPHERS, OFFSET, ONLY_TLS12_AND_13, Ports, RequestLoop, Site, alive, \
+    kill_process_group, make_project, run_djship, searchable_directory, sslscan
 
 pytestmark = pytest.mark.e2e
 
@@ -44,14 +45,6 @@ CHALLTESTSRV_DNS_PORT, CHALLTESTSRV_MANAGEMENT_PORT = 21053 + OFFSET, 21055 + OF
 OCSP_PORT = 21090 + OFFSET
 # Short enough that the renewal timer renews during the test (at two thirds: 100 s after issuance).
 CERTIFICATE_LIFETIME = 150
-# Mozilla's "intermediate" list (guidelines 6.0: TLS 1.2 without DHE) and the TLS 1.3 suites.
-INTERMEDIATE_CIPHERS = {
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
-}
-
-
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -336,26 +329,17 @@ def test_up_after_changing_the_acme_directory_gets_a_new_certificate_and_restart
 
 
 def test_tls_scan_finds_only_tls12_and_13_with_strong_ciphers_and_h2(acme_site):
-    scan = subprocess.run(
-        ["sslscan", "--no-colour", f"--sni-name={DOMAIN}", f"127.0.0.1:{TLS_PORTS.https}"],
-        capture_output=True, text=True, timeout=120,
-    )
+    scan = sslscan("127.0.0.1", TLS_PORTS.https, sni=DOMAIN)
     alpn = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{TLS_PORTS.https}", "-servername", DOMAIN, "-alpn", "h2"],
         input="", capture_output=True, text=True, timeout=30,
     )
 
-    assert scan.returncode == 0, scan.stderr
-    protocols = dict(re.findall(r"^(SSLv2|SSLv3|TLSv1\.[0-3])\s+(enabled|disabled)", scan.stdout, re.M))
-    assert protocols == {
-        "SSLv2": "disabled", "SSLv3": "disabled", "TLSv1.0": "disabled", "TLSv1.1": "disabled",
-        "TLSv1.2": "enabled", "TLSv1.3": "enabled",
-    }, scan.stdout
-    accepted = re.findall(r"^(?:Preferred|Accepted)\s+(TLSv1\.[0-3])\s+\d+ bits\s+(\S+)", scan.stdout, re.M)
-    assert accepted, scan.stdout
-    assert {version for version, _ in accepted} == {"TLSv1.2", "TLSv1.3"}
-    assert {cipher for _, cipher in accepted} <= INTERMEDIATE_CIPHERS, accepted
-    assert not re.search(r"NULL|EXPORT|RC4|3DES|DES-CBC|MD5|anon", " ".join(c for _, c in accepted))
+    assert scan.protocols == ONLY_TLS12_AND_13, scan.output
+    assert scan.accepted, scan.output
+    assert {version for version, _ in scan.accepted} == {"TLSv1.2", "TLSv1.3"}
+    assert {cipher for _, cipher in scan.accepted} <= INTERMEDIATE_CIPHERS, scan.accepted
+    assert not re.search(r"NULL|EXPORT|RC4|3DES|DES-CBC|MD5|anon", " ".join(c for _, c in scan.accepted))
     assert "ALPN protocol: h2" in alpn.stdout
     hsts = acme_site.session().get(acme_site.url + "/accounts/login/", timeout=30).headers
     assert hsts["Strict-Transport-Security"].startswith("max-age=63072000")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
-import re
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,18 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from djship.config import with_values
-from tests.e2e.conftest import Ports, Site, make_project, searchable_directory
+from tests.e2e.conftest import INTERMEDIATE_CIPHERS, ONLY_TLS12_AND_13, Ports, Site, make_project, \
+    searchable_directory, sslscan
 
 pytestmark = pytest.mark.e2e
 
 POLICY_PORTS = Ports.of(https=26443, http=26080, database=23432, app_prefix="127.0.91", database_address="127.0.92.1")
-# Mozilla's "intermediate" guidelines 6.0: the TLS 1.3 suites and ECDHE with AEAD ciphers for TLS 1.2.
-INTERMEDIATE_CIPHERS = {
-    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-}
-
 
 def _rsa_certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed RSA certificate for localhost (files mode accepts one alone): (certificate, key) files."""
@@ -75,23 +67,15 @@ def rsa_site() -> Iterator[tuple[Site, Path]]:
 
 
 def test_sslscan_finds_tls12_and_13_only_and_no_dhe_suite_even_with_an_rsa_key(rsa_site):
-    scan = subprocess.run(["sslscan", "--no-colour", f"127.0.0.1:{POLICY_PORTS.https}"],
-                          capture_output=True, text=True, timeout=120)
+    scan = sslscan("127.0.0.1", POLICY_PORTS.https)
 
-    assert scan.returncode == 0, scan.stderr
-    protocols = dict(re.findall(r"^(SSLv2|SSLv3|TLSv1\.[0-3])\s+(enabled|disabled)", scan.stdout, re.M))
-    assert protocols == {
-        "SSLv2": "disabled", "SSLv3": "disabled", "TLSv1.0": "disabled", "TLSv1.1": "disabled",
-        "TLSv1.2": "enabled", "TLSv1.3": "enabled",
-    }, scan.stdout
-    accepted = re.findall(r"^(?:Preferred|Accepted)\s+(TLSv1\.[0-3])\s+\d+ bits\s+(\S+)", scan.stdout, re.M)
-    assert {version for version, _ in accepted} == {"TLSv1.2", "TLSv1.3"}, scan.stdout
-    ciphers = {cipher for _, cipher in accepted}
-    assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers, scan.stdout  # the RSA key is what the scan sees
-    assert not [cipher for cipher in ciphers if cipher.startswith("DHE-")], scan.stdout
-    assert ciphers <= INTERMEDIATE_CIPHERS, scan.stdout
-    groups = re.findall(r"^TLSv1\.[23]\s+\d+ bits\s+(\S+)", scan.stdout.split("Server Key Exchange Group(s):")[-1], re.M)
-    assert groups and set(groups) <= {"x25519", "secp256r1", "secp384r1", "X25519MLKEM768"}, scan.stdout
+    assert scan.protocols == ONLY_TLS12_AND_13, scan.output
+    assert {version for version, _ in scan.accepted} == {"TLSv1.2", "TLSv1.3"}, scan.output
+    ciphers = {cipher for _, cipher in scan.accepted}
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers, scan.output  # the RSA key is what the scan sees
+    assert not [cipher for cipher in ciphers if cipher.startswith("DHE-")], scan.output
+    assert ciphers <= INTERMEDIATE_CIPHERS, scan.output
+    assert scan.groups and set(scan.groups) <= {"x25519", "secp256r1", "secp384r1", "X25519MLKEM768"}, scan.output
 
 
 def test_hsts_for_localhost_pins_neither_subdomains_nor_the_preload_list(rsa_site):
