@@ -73,7 +73,10 @@ def spawned():
     started: list[subprocess.Popen] = []
 
     def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        process = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+        # With SIGINT's default action, as supervisord (which handles SIGINT itself) leaves it to its programs: a
+        # test run started in the background inherits SIGINT ignored, which a shell then cannot trap.
+        process = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         started.append(process)
         return process
 
