@@ -495,6 +495,24 @@ def _print_status(report: dict) -> None:
             + (f", [red]{renewing['failures']} failure(s), last error: {escape(renewing['last_error'])}[/]"
                if renewing["failures"] else "")
         )
+    if report["jobs"]:
+        _print_jobs(report["jobs"])
+
+
+def _print_jobs(jobs: list[dict]) -> None:
+    table = _table("JOB", "SCHEDULE", "COMMAND", "LAST SLOT", "HOST", "EXIT", "DURATION")
+    for job in jobs:
+        run = job["last_run"] or {}
+        code = run.get("exit_code")
+        exit_text = Text("running" if run and code is None else "-" if not run else str(code),
+                         style="red" if job["failing"] else "")
+        duration = run.get("duration")
+        _add_row(table, job["name"], job["schedule"], job["command"], run.get("slot") or "never", run.get("host") or "-",
+                 exit_text, "-" if duration is None else f"{duration:.1f}s")
+    console.print(table)
+    for job in jobs:
+        if job["missed"]:
+            errors.print(f"[yellow]{escape(job['name'])}: no host ran its slot {escape(job['missed'])}[/]")
 
 
 @main.command()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import appserver, boot, media, orphans
+from djship.components import appserver, boot, jobs, media, orphans
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -28,7 +28,7 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
-from djship.plan import RENEWAL_PROGRAM, AppServer, Plan
+from djship.plan import JOBS_PROGRAM, RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
 from djship.tls import local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -570,10 +570,10 @@ class System:
             apply()
 
     def _ensure_processes(self, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
-        """Start the processes of [processes] that are not running; restart those whose settings, command or
-        environment changed (each gets SIGTERM and its stop_timeout)."""
+        """Start the processes of [processes] and the scheduler of [jobs] that are not running; restart those whose
+        settings, command or environment changed (each gets SIGTERM and its stop_timeout)."""
         def ensure(host: Host) -> None:
-            names = [name for process in host.plan.processes_here for name in process.programs]
+            names = host.plan.programs_beside_web
             stopped = [name for name in names if name in changes.start.get(host.name, ())]
             changed = [name for name in names if name not in stopped
                        and (name in changes.restart.get(host.name, ()) or name in reconfigured[host.name])]
@@ -587,9 +587,9 @@ class System:
         on_each(self.app_hosts, ensure)
 
     def restart_processes(self, release: Release) -> None:
-        """After the web switched to release: every process of [processes] restarted on it, gracefully (SIGTERM, then
-        its stop_timeout), on every app host at once."""
-        names = [name for process in self.plan.processes for name in process.programs]
+        """After the web switched to release: every process of [processes] and the scheduler of [jobs] restarted on
+        it, gracefully (SIGTERM, then its stop_timeout), on every app host at once."""
+        names = self.plan.programs_beside_web
         if not names:
             return
         with self.reporter.step(f"Restarting {', '.join(names)} on release {release.id} (each finishes what it does "
@@ -907,6 +907,8 @@ class System:
         for host in self.app_hosts.values():
             components += [entry(host, name, "process", process.command, "running")
                            for process in host.plan.processes_here for name in process.programs]
+            if host.plan.jobs_here:
+                components.append(entry(host, JOBS_PROGRAM, "jobs", f"{len(host.plan.jobs_here)} jobs", "scheduling"))
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
@@ -930,7 +932,15 @@ class System:
                       for host in self.hosts.values()],
             "components": components,
             "tls": self._tls_status(views, set(answering)),
+            "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
         }
+
+    def job_reports(self) -> list[jobs.JobReport]:
+        """Each job of [jobs] with its last run, as the schedulers recorded it in the live database."""
+        database = read_live(self.db_host.plan, self.db_host.connector).database
+        output = self.database.admin_psql(self.secrets().superuser_password, "reading the runs of [jobs]", jobs.RUNS,
+                                          database=database)
+        return jobs.reports(self.plan.jobs, output)
 
     def _tls_status(self, views: dict, answering: set[str]) -> dict:
         acme = self.plan.tls.mode == "acme"
@@ -1034,8 +1044,8 @@ class System:
         if self.plan.tls.mode == "acme":
             stop("lb", lambda host: [RENEWAL_PROGRAM], "Stopping the certificate renewal timer")
         stop("lb", lambda host: ["haproxy"], "Stopping the load balancer")
-        if self.plan.processes:
-            stop("app", lambda host: [name for process in host.plan.processes_here for name in process.programs],
+        if self.plan.programs_beside_web:
+            stop("app", lambda host: list(host.plan.programs_beside_web),
                  "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")

@@ -215,6 +215,6 @@ class ReleaseBuilder:
         package = release.dir / "djship_production"
         runtime = importlib.resources.files("djship.runtime")
         self.connector.put(package / "__init__.py", "")
-        for module in ("middleware.py", "migrate.py"):
+        for module in ("middleware.py", "migrate.py", "jobs.py"):
             self.connector.put(package / module, runtime.joinpath(module).read_text())
         self.connector.put(package / "settings.py", render.production_settings(self.plan, release.id, release.dir))

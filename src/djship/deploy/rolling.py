@@ -180,7 +180,7 @@ class Rollout:
                 on_each(system.app_hosts, lambda host: system.give_env_secrets(host, after))
             system.keep_env_secrets(after)
             restarted = (*(server.name for server in self.plan.app_servers),
-                         *(name for process in self.plan.processes for name in process.programs))
+                         *self.plan.programs_beside_web)
             restarted = restarted if serving and restart else ()
             return EnvChange(names, restarted, serving)
 

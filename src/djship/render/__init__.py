@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -10,8 +11,8 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, \
-    AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
+from djship.plan import JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, RENEWAL_PROGRAM, \
+    STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -230,6 +231,8 @@ def programs(plan: Plan) -> list[Program]:
         )
     for process in plan.processes_here:
         result += [process_program(plan, process, name) for name in process.programs]
+    if plan.jobs_here:
+        result.append(jobs_program(plan))
     if plan.holds("lb"):
         result.append(Program(
             name="haproxy",
@@ -272,15 +275,35 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 
 
 def process_program(plan: Plan, process: Process, name: str) -> Program:
-    """One of a process type's programs: its command run in the live release (`current`, which a deploy moves before
-    it restarts them), with the release's virtualenv first on PATH, the production settings and the app's
-    environment; stopped with SIGTERM, then SIGKILL after its stop_timeout."""
+    """One of a process type's programs: its command run in the live release."""
+    return _release_program(plan, name, process.argv, process.stop_timeout)
+
+
+def jobs_program(plan: Plan) -> Program:
+    """The scheduler of [jobs] (djship_production.jobs, shipped in each release), run in the live release like a
+    process: each job it starts inherits its environment."""
+    return _release_program(plan, JOBS_PROGRAM, ["python", "-m", "djship_production.jobs", str(plan.paths.jobs_file)],
+                            JOBS_STOP_TIMEOUT)
+
+
+def jobs_file(plan: Plan) -> str:
+    """What the scheduler on the plan's host runs: its host's name and the jobs."""
+    jobs = [{"name": job.name, "argv": job.argv, "every": job.every, "offset": job.offset,
+             "window": job.window}
+            for job in plan.jobs_here]
+    return json.dumps({"host": plan.host, "jobs": jobs}, indent=2) + "\n"
+
+
+def _release_program(plan: Plan, name: str, argv: list[str], stop_timeout: int) -> Program:
+    """argv run in the live release (`current`, which a deploy moves before it restarts the program), with the
+    release's virtualenv first on PATH, the production settings and the app's environment; stopped with SIGTERM,
+    then SIGKILL after stop_timeout."""
     release = plan.paths.current
     settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
     # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
-    argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *process.argv]
+    argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *argv]
     return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
-                   stopsignal="TERM", stopwaitsecs=process.stop_timeout, user=plan.user_of("app"))
+                   stopsignal="TERM", stopwaitsecs=stop_timeout, user=plan.user_of("app"))
 
 
 def supervisord_conf(plan: Plan) -> str:
@@ -334,13 +357,15 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
     if plan.holds("app"):
         files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
+    if plan.jobs_here:
+        files.append(ConfigFile(plan.paths.jobs_file, jobs_file(plan), (JOBS_PROGRAM,)))
     return files
 
 
 def app_programs(plan: Plan) -> tuple[str, ...]:
-    """The programs of the plan's host that run the app's code, with its environment: gunicorns and processes."""
-    return (*(server.programs[0] for server in plan.servers_here),
-            *(name for process in plan.processes_here for name in process.programs))
+    """The programs of the plan's host that run the app's code, with its environment: gunicorns, processes and the
+    scheduler of [jobs]."""
+    return (*(server.programs[0] for server in plan.servers_here), *plan.programs_beside_web)
 
 
 def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
