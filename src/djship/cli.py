@@ -665,8 +665,8 @@ def env_() -> None:
       djship env list [--show] [--json]             list (secrets masked unless --show)
     \b
     A change restarts the app servers a batch at a time, drained first and health-checked,
-    like a deploy, so no request fails, then the processes of [processes] (SIGTERM, then
-    their stop_timeout); --no-restart leaves them running and they take the new values at
+    like a deploy, so no request fails, then the processes of [processes] and the scheduler
+    of [jobs] (SIGTERM, then their stop_timeout); --no-restart leaves them running and they take the new values at
     their next restart (a deploy). Beyond these, the app's environment holds only
     what djship sets (PATH, LANG, DJANGO_SETTINGS_MODULE, PYTHONPATH, DJSHIP_*,
     SUPERVISOR_*): nothing of the shell that runs djship.
