@@ -182,11 +182,21 @@ def test_over_three_minutes_each_slot_ran_exactly_once_and_an_overrun_was_not_st
     first = min(tick["slot"] for tick in ticks if tick["job"] == "tick")
     start = calendar.timegm(time.strptime(first, "%Y-%m-%dT%H:%MZ"))
     until = start + MINUTES * 60 + 20  # every slot from the first through MINUTES more, each finished
+
+    # While a run of slow goes, its next slot is skipped, on whichever host claims it (read before a host dies:
+    # `djship manage` needs every host).
+    runs = _wait_for(lambda: (slow := [run for run in _job_runs(target) if run["job"] == "slow"])
+                     and any(run["skipped"] for run in slow) and slow, 240, "a skipped slot of slow")
+    ran = sorted((run["started"], run["finished"] or time.time()) for run in runs if run["started"] is not None)
+    assert len(ran) >= 2, runs
+    assert all(earlier[1] <= later[0] for earlier, later in zip(ran, ran[1:])), f"two runs of slow overlapped: {ran}"
+    assert {run["host"] for run in runs} <= {"local", *APP_HOSTS}, runs
+
     died = None
     if hasattr(target, "netns"):  # a host that dies (every process of it, its scheduler and any job it runs)
         target.netns[DYING].kill()
         died = time.time()
-        until = max(until, died + 150)  # two slots at least without it
+        until = max(until, died + 80)  # a whole slot at least without it
     _wait_for(lambda: time.time() > until, until - time.time() + 60, "three minutes of slots")
 
     ticks = _ticks(target)
@@ -199,12 +209,6 @@ def test_over_three_minutes_each_slot_ran_exactly_once_and_an_overrun_was_not_st
     if died is not None:
         after = [tick for tick in ticks if calendar.timegm(time.strptime(tick["slot"], "%Y-%m-%dT%H:%MZ")) > died]
         slots_after = Counter(tick["slot"] for tick in after if tick["job"] == "tick")
-        assert len(slots_after) >= 2 and set(slots_after.values()) == {1}, sorted(slots_after.items())
+        assert len(slots_after) >= 1 and set(slots_after.values()) == {1}, sorted(slots_after.items())
         assert DYING not in {tick["host"] for tick in after}, after
 
-    runs = [run for run in _job_runs(target) if run["job"] == "slow"]
-    ran = sorted((run["started"], run["finished"] or time.time()) for run in runs if run["started"] is not None)
-    assert len(ran) >= 2, runs
-    assert all(earlier[1] <= later[0] for earlier, later in zip(ran, ran[1:])), f"two runs of slow overlapped: {ran}"
-    assert any(run["skipped"] for run in runs), f"no slot of slow was skipped while a run was going: {runs}"
-    assert {run["host"] for run in _job_runs(target)} <= {"local", *APP_HOSTS}
