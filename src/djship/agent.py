@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from djship.components.balancer import Balancer, https_probe
@@ -112,6 +113,14 @@ class _LogReporter:
         _log(text)
 
 
+@dataclass(frozen=True)
+class _Here:
+    """This host, as a backup takes it (see djship.ops.store.Host)."""
+    name: str
+    plan: Plan
+    connector: Connector
+
+
 # Apart from `djship backup`'s (backup-staging): on real hosts the two take their locks on different machines.
 DAILY_STAGING = "daily-backup-staging"
 
@@ -120,12 +129,11 @@ def backup(plan: Plan, connector: Connector, note: str) -> None:
     """A backup of this host's live database and media into its store, then the old ones pruned."""
     from djship.deploy.lock import exclusive
     from djship.ops.store import Sources, Store, take
-    from djship.topology import Host
 
     admin = connector.get(plan.paths.admin_secrets)
     if admin is None:
         raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
-    here = Host(plan.host, plan.database.address, connector, plan, sys.executable, "wheels")
+    here = _Here(plan.host, plan, connector)
     store = Store(connector, plan.backup.daily_dir or plan.backup.dir)
     with exclusive(plan.paths.backup_lock, "the daily backup", busy="another backup is running"):
         store.remove_unfinished()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 from djship import __version__
 from djship.components.database import DatabaseServer
@@ -20,8 +21,22 @@ from djship.deploy.live import read_live
 from djship.errors import DjshipError
 from djship.ops import archive
 from djship.ops.archive import DUMP, MANIFEST, MEDIA, FileEntry, Manifest
+from djship.plan import Plan
 from djship.progress import Reporter
-from djship.topology import Host
+
+
+class Host(Protocol):
+    """A host as a backup sees it (a topology Host; on a host, djship's agent's own): no more than this, so that the
+    agent needs none of what the control machine runs."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def plan(self) -> Plan: ...
+
+    @property
+    def connector(self) -> Connector: ...
 
 
 @dataclass(frozen=True)
@@ -171,8 +186,9 @@ def _copy(host: Host, made: Path, store: Store, target: Path) -> FileEntry:
     entry = entries(host.connector, [made]).get(made.name)
     if entry is None:
         raise DjshipError(f"{made} is missing on {host.name}")
-    if store.connector is host.connector:
+    if store.connector is host.connector:  # made where the store is: moved in, private as a download is
         run_checked(host.connector, f"moving {made.name} into the backup", archive.rename_argv(made, target))
+        run_checked(host.connector, f"making {made.name} private", ["chmod", "600", str(target)])
     else:
         host.connector.download(made, target)
     if entries(store.connector, [target]).get(target.name) != entry:
