@@ -202,6 +202,9 @@ def test_with_acme_and_several_lb_hosts_the_others_follow_the_renewer(make_confi
     assert sections["frontend http"][1:3] == ["acl acme_challenge path_beg /.well-known/acme-challenge/",
                                              "use_backend acme_renewer if acme_challenge"]
     assert sections["backend acme_renewer"] == ["server lb1 10.0.0.2:80"]
+    # Not redirected to HTTPS first (HAProxy runs every http-request rule before use_backend).
+    assert sections["frontend http"][-1] == (
+        "http-request redirect location https://shop.example.com%[capture.req.uri] code 301 if !acme_challenge")
     assert "backend acme_renewer" not in haproxy_sections(render.haproxy_cfg(plans["lb1"]))
     assert follower.file_access(follower.paths.acme_site_key).mode == 0o600
     # The real HAProxy takes the follower's configuration.
