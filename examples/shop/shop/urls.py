@@ -5,5 +5,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("live/", include("live.urls")),
     path("", include("store.urls")),
 ]
