@@ -8,9 +8,8 @@ reconnect after, where 1012 is one of the codes many of them report as an error.
 """
 
 import asyncio
+import importlib
 import os
-
-from django.utils.module_loading import import_string
 
 GOING_AWAY = 1001
 
@@ -69,4 +68,10 @@ class GoingAway:
         await asyncio.wait([asyncio.ensure_future(session.ended.wait()) for session in sessions], timeout=timeout)
 
 
-application = GoingAway(import_string(os.environ["DJSHIP_ASGI_APPLICATION"]))
+def _project_application(dotted: str):
+    """The object a dotted path (mysite.asgi.application) names."""
+    module, _, attribute = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
+application = GoingAway(_project_application(os.environ["DJSHIP_ASGI_APPLICATION"]))
