@@ -61,6 +61,11 @@ class Release:
     def static(self) -> Path:
         return self.dir / "static"
 
+    @property
+    def asgi_worker(self) -> Path:
+        """There only in a release built for app.interface = "asgi" (whose virtualenv has uvicorn)."""
+        return self.dir / "djship_production" / ASGI_MODULES[1]
+
     def environment(self) -> dict[str, str]:
         return {**release_environment(self.dir), "PYTHONDONTWRITEBYTECODE": "1"}
 
