@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from djship.components.probe import Response
@@ -48,7 +48,7 @@ WEBSOCKET_PORTS = Ports.of(https=29443, http=29080, database=21432, app_prefix="
 HOSTS = ["lb1", "app1", "db1"]
 PAGE = "/config/"
 ECHO_PATH = "/ws/echo/"
-ASGI = {"app.interface": "asgi", "project.asgi_application": "shop.asgi.application", "app.workers": 2}
+ASGI = {"app.interface": "asgi", "project.asgi_application": "shop.asgi.application"}
 
 
 def make_shop(directory: Path) -> Path:
@@ -58,19 +58,53 @@ def make_shop(directory: Path) -> Path:
     return project
 
 
+@dataclass
+class Move:
+    """What a system brought up as WSGI did, and how it moved to ASGI."""
+
+    page: Response | str
+    """/config/ as WSGI."""
+    websocket: str
+    """What opening the echo WebSocket did as WSGI."""
+    refused: subprocess.CompletedProcess
+    """`djship up` with app.interface = "asgi" on the WSGI release."""
+    wsgi_release: str
+    asgi_release: str
+
+
+def _moved_to_asgi(target: Target) -> Move:
+    """The system runs as WSGI (the fixture brought it up so): look, switch app.interface, `up` (refused), `deploy`,
+    `up`."""
+    target.status()
+    wsgi_release = target.status()["release"]
+    page = target.get(PAGE)
+    try:
+        with open_echo(target):
+            websocket = "opened"
+    except InvalidStatus as refusal:
+        websocket = f"HTTP {refusal.response.status_code}"
+    config = target.project / "djship.toml"
+    config.write_text(with_values(config.read_text(), ASGI))
+    refused = target.djship("up", check=False)
+    target.djship("deploy")
+    target.djship("up")
+    return Move(page, websocket, refused, wsgi_release, target.status()["release"])
+
+
 @pytest.fixture(scope="module", params=[ONE_MACHINE, ON_HOSTS])
 def target(request) -> Iterator[Target]:
+    """The shop up as WSGI, then moved to ASGI (its Move in target.move)."""
     if request.param == ONE_MACHINE:
         with searchable_directory() as directory:
             project = make_shop(directory)
             run_djship(project, "init")
             config = project / "djship.toml"
-            config.write_text(with_values(config.read_text(), {**WEBSOCKET_PORTS.settings(), **ASGI}))
+            config.write_text(with_values(config.read_text(), {**WEBSOCKET_PORTS.settings(), "app.workers": 2}))
             site = Site(project, WEBSOCKET_PORTS)
             try:
                 site.up()
                 made = Target(project, {"local": project / ".djship"}, site)
-                made.status()
+                made.move = _moved_to_asgi(made)  # type: ignore[attr-defined]
                 yield made
             finally:
                 site.stop_everything()
@@ -80,13 +114,13 @@ def target(request) -> Iterator[Target]:
         write_config(project, hosts, ["app1"])
         config = project / "djship.toml"
         config.write_text(with_values(config.read_text(), {
-            "project.settings_module": "shop.settings", "project.wsgi_application": "shop.wsgi.application", **ASGI,
+            "project.settings_module": "shop.settings", "project.wsgi_application": "shop.wsgi.application",
             "app.servers": 2,
         }))
         made = Target(project, {name: hosts[name].root for name in HOSTS})
         try:
             made.djship("up")
-            made.status()
+            made.move = _moved_to_asgi(made)  # type: ignore[attr-defined]
             yield made
         finally:
             subprocess.run([*DJSHIP, "down"], cwd=project, capture_output=True, timeout=300)
@@ -184,6 +218,24 @@ class EchoClient:
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=30)
+
+
+def test_a_wsgi_system_serves_its_pages_and_moves_to_asgi_with_a_deploy_then_up(target):
+    move = target.move
+    assert isinstance(move.page, Response) and move.page.status == 200, move.page
+    assert json.loads(move.page.body)["shop_name"] == "Example shop"
+    assert move.websocket == "HTTP 404"  # Django's WSGI handler has no such URL
+    assert move.refused.returncode == 1
+    assert move.refused.stderr.strip() == (
+        f'error: app.interface: "asgi", but the live release {move.wsgi_release} was built for WSGI; run `djship '
+        'deploy` (it builds a release for ASGI, served as WSGI until then), then `djship up`')
+    assert move.asgi_release != move.wsgi_release
+    gunicorns = [c for c in target.status()["components"] if c["name"].endswith("-gunicorn")]
+    assert len(gunicorns) == 2
+    for gunicorn in gunicorns:
+        conf = target.roots[gunicorn["host"]] / "servers" / gunicorn["server"] / "gunicorn.conf.py"
+        assert 'worker_class = "djship_production.asgi_worker.Worker"' in conf.read_text(), conf
+        assert gunicorn["state"] == "RUNNING" and gunicorn["health"] == "up", gunicorn
 
 
 def test_a_websocket_through_https_echoes_from_every_app_server_and_pages_still_load(target):
