@@ -2,18 +2,24 @@
 
     python -m djship.agent <plan.json> renew [--force]   an ACME certificate now if due (or always), installed
     python -m djship.agent <plan.json> watch             the renewal timer (the supervised program `renewal`)
+    python -m djship.agent <plan.json> backup [--note N] a backup of the live database and media, taken here
 
-It runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its own HAProxy:
-the ACME client lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
+The ACME client runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its
+own HAProxy: it lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
 certificate falls due. `djship up` and `djship certs renew` run `renew` there through the host's connector.
+The daily backup (backup.schedule) runs `backup` on the db host, which holds the database and the uploads, for the
+same reason; on real hosts it keeps the backups there (backup.daily_dir), on one machine in backup.dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from djship.components.balancer import Balancer, https_probe
@@ -93,6 +99,53 @@ def _log(line: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}", flush=True)
 
 
+class _LogReporter:
+    """Progress as log lines: the agent runs under the supervisor, whose log is `djship logs <program>`."""
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        _log(f"{title} ...")
+        yield
+        _log(f"{title}: done in {time.monotonic() - started:.1f}s")
+
+    def note(self, text: str) -> None:
+        _log(text)
+
+
+@dataclass(frozen=True)
+class _Here:
+    """This host, as a backup takes it (see djship.ops.store.Host)."""
+    name: str
+    plan: Plan
+    connector: Connector
+
+
+# Apart from `djship backup`'s (backup-staging): on real hosts the two take their locks on different machines.
+DAILY_STAGING = "daily-backup-staging"
+
+
+def backup(plan: Plan, connector: Connector, note: str) -> None:
+    """A backup of this host's live database and media into its store, then the old ones pruned."""
+    from djship.deploy.lock import exclusive
+    from djship.ops.store import Sources, Store, take
+
+    admin = connector.get(plan.paths.admin_secrets)
+    if admin is None:
+        raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
+    here = _Here(plan.host, plan, connector)
+    store = Store(connector, plan.backup.daily_dir or plan.backup.dir)
+    with exclusive(plan.paths.backup_lock, "the daily backup", busy="another backup is running"):
+        store.remove_unfinished()
+        sources = Sources(here, here, json.loads(admin)["postgres_password"], None, DAILY_STAGING, name_hosts=False)
+        sources.clear()
+        taken = take(sources, store, note, _LogReporter())
+        pruned = store.prune(plan.backup.keep, frozenset({taken.name}))
+    rows = sum(taken.manifest.rows.values())
+    _log(f"backed up {taken.manifest.database} and media as {taken.path} ({taken.manifest.size} bytes, {rows} rows)"
+         + (f"; removed old backups {', '.join(pruned)}" if pruned else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="djship-agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("plan", type=Path, help="the host's plan.json")
@@ -100,9 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("renew", help="an ACME certificate now if due, installed").add_argument(
         "--force", action="store_true", help="even if the current one is not due")
     commands.add_parser("watch", help="renew whenever due, retrying with back-off (never returns)")
+    commands.add_parser("backup", help="a backup of the live database and media, taken here").add_argument(
+        "--note", default="", help="what the manifest says of it")
     args = parser.parse_args(argv)
     try:
-        renewer = Renewer(plan_from_json(args.plan.read_bytes()), LocalConnector(), _log)
+        plan = plan_from_json(args.plan.read_bytes())
+        if args.command == "backup":
+            backup(plan, LocalConnector(), args.note)
+            return
+        renewer = Renewer(plan, LocalConnector(), _log)
         if args.command == "renew":
             print(RENEWED if renewer.renew_if_due(args.force) else CURRENT, flush=True)
         else:

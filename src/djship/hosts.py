@@ -68,7 +68,7 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             "djship.toml lists no remote hosts ([servers] and [hosts]); this project runs on this machine "
             "(see the README, \"From one machine to real hosts\")"
         )
-    media = media_host(config.servers)
+    media = media_host(config)
     holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
                "media": {media} if media else set()}
     ssh = config.ssh

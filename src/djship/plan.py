@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from djship.config import Config, default_database_name, is_local_domain
+from djship.config import Config, default_database_name, is_local_domain, media_host
 from djship.errors import DjshipError
 from djship.logfile import LOG_MODE
 from djship.tools import Tools
@@ -402,6 +402,11 @@ class Paths:
         return self.state / "backup.lock"
 
     @property
+    def daily_backups(self) -> Path:
+        """On a db host, its daily backups (on one machine they go to backup.dir)."""
+        return self.state / "backups"
+
+    @property
     def servers(self) -> Path:
         return self.state / "servers"
 
@@ -452,7 +457,10 @@ class BackupPlan:
     dir: Path
     keep: int
     schedule: str | None
-    """UTC "HH:MM" at which the supervised scheduler runs `djship backup` daily; None: no scheduler."""
+    """UTC "HH:MM" at which the db host's supervised scheduler takes a backup daily; None: no scheduler."""
+    daily_dir: Path | None = None
+    """On real hosts, where the db host keeps its daily backups (the control machine is off at 03:30); None on one
+    machine, where they go to dir like every other."""
 
 
 @dataclass(frozen=True)
@@ -523,6 +531,16 @@ class Plan:
     def renews(self) -> bool:
         """Whether this host runs the ACME client and its renewal timer."""
         return self.tls.mode == "acme" and self.tls.renewer == self.host
+
+    @property
+    def schedules_backups(self) -> bool:
+        """Whether this host runs the daily backup (the db host, when backup.schedule is set)."""
+        return self.backup.schedule is not None and self.holds("db")
+
+    @property
+    def runs_agent(self) -> bool:
+        """Whether djship's own program (djship.agent) runs here: the ACME client or the daily backup."""
+        return self.renews or self.schedules_backups
 
     @property
     def media_dirs(self) -> Path:
@@ -686,8 +704,10 @@ def remote_config_problems(config: Config) -> list[str]:
         for section, keys in _LOCAL_ONLY.items() for key in keys
         if key in getattr(config, section).model_fields_set
     ]
-    if config.backup.schedule:
-        problems.append("backup.schedule: scheduled backups on real hosts are not built yet; remove it")
+    media = media_host(config)
+    if config.backup.schedule and media is not None and media != config.servers.db:
+        problems.append(f"backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
+                        f"servers.media puts them on {media!r}; remove servers.media (the db host then holds them)")
     return problems
 
 
@@ -773,7 +793,9 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             balancer_sources=sources, users=Users(**config.users.model_dump()) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name)
-        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls))
+        backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups)
+        plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
+                                            backup=backup))
     return plans
 
 

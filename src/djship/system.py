@@ -82,6 +82,14 @@ class UpResult:
     changed: bool
 
 
+def daily_backups(plan: Plan) -> str:
+    """Where the db host's daily backup goes, as status and up say it."""
+    if plan.backup.daily_dir is None:
+        return f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}"
+    return (f"daily {plan.backup.schedule} UTC -> {plan.backup.daily_dir} on {plan.host}, the db host's own disk "
+            "(copy them off it: `djship backups` lists them, `djship restore` takes them)")
+
+
 def _json(connector: Connector, path: Path) -> dict | None:
     content = connector.get(path)
     return json.loads(content) if content else None
@@ -676,7 +684,7 @@ class System:
                 if program == RENEWAL_PROGRAM:
                     renewed = self._ensure_renewal(host, changes, reconfigured[host.name])
                 elif program in changes.start.get(host.name, ()):
-                    with self.reporter.step(f"Starting the daily backup at {host.plan.backup.schedule} UTC"):
+                    with self.reporter.step(f"Starting the daily backup: {daily_backups(host.plan)}"):
                         host.supervisor.start(program)
                 elif program in changes.restart.get(host.name, ()):
                     with self.reporter.step(f"Restarting {program} (its schedule changed)"):
@@ -928,9 +936,8 @@ class System:
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
         for host in answering.values():
-            if host.plan.backup.schedule and host.holds("db"):
-                components.append(entry(host, render.BACKUP_SCHEDULER, "backup",
-                                        f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}", "scheduled"))
+            if host.plan.schedules_backups:
+                components.append(entry(host, render.BACKUP_SCHEDULER, "backup", daily_backups(host.plan), "scheduled"))
         release = self.current()
         supervisors = on_each(answering, lambda host: host.supervisor.pid())
         return {

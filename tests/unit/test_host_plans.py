@@ -156,13 +156,25 @@ def test_one_host_may_hold_several_roles(make_config, fake_tools):
 @pytest.mark.parametrize(("overrides", "problem"), [
     ({"app": {"address_prefix": "127.0.5"}}, "app.address_prefix: on real hosts [servers] and [hosts] say where"),
     ({"database": {"address": "127.0.2.2"}}, "database.address: on real hosts"),
-    ({"backup": {"schedule": "03:30"}}, "backup.schedule: scheduled backups on real hosts are not built yet"),
 ])
 def test_what_a_remote_target_refuses_is_named_by_its_key(make_config, fake_tools, overrides, problem):
     config = make_config(**overrides)
     assert any(line.startswith(problem) for line in remote_config_problems(config))
     with pytest.raises(DjshipError, match=r"^djship.toml: " + problem.split(":")[0]):
         build_plans(config, Path("/srv/example/board"), specs(fake_tools))
+
+
+def test_the_db_host_takes_the_daily_backup_by_its_own_plan_and_keeps_it_on_its_own_disk(make_config, fake_tools):
+    plans = build_plans(make_config(backup={"schedule": "03:30"}), Path("/srv/example/board"), specs(fake_tools))
+    assert [name for name, plan in plans.items() if plan.schedules_backups] == ["db1"]
+    scheduler = render.programs(plans["db1"])[-1]
+    assert (scheduler.name, scheduler.user) == ("backup-scheduler", None)
+    assert scheduler.command == (f"{fake_tools.python} -m djship.ops.schedule --at 03:30 -- {fake_tools.python} -m "
+                                 "djship.agent /srv/db1/plan.json backup --note daily")
+    assert {plan.backup.daily_dir for plan in plans.values()} == {Path("/srv/db1/backups")}
+    written = plan_from_json(next(f for f in render.system_files(plans["db1"]) if f.path.name == "plan.json").data)
+    assert written == plans["db1"]
+    assert not any(plan.runs_agent for name, plan in plans.items() if name != "db1")
 
 
 def test_with_acme_the_first_lb_host_runs_the_acme_client_by_its_own_plan(make_config, fake_tools):
