@@ -291,15 +291,17 @@ class System:
                               "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
 
     def _check_interface(self) -> None:
-        """ASGI runs only on a release built for it: `up` starts servers on the live release, and one built for WSGI
-        has neither uvicorn nor djship's ASGI entry point."""
-        found = self._current_on() if self.plan.asgi else None
-        if found is None:
-            return
-        host, live = found
-        if host.connector.get(live.asgi_worker) is None:
-            raise DjshipError(f'app.interface: "asgi", but the live release {live.id} was built for WSGI; run `djship '
-                              'deploy` (it builds a release for ASGI, served as WSGI until then), then `djship up`')
+        """`up` starts servers on the live release, which must be built for the interface (see require_interface)."""
+        found = self._current_on()
+        if found is not None:
+            self.require_interface(*found, "the live release", 'run `djship deploy` (it builds a release for ASGI, '
+                                   'served as WSGI until then), then `djship up`')
+
+    def require_interface(self, host: Host, release: Release, which: str, fix: str) -> None:
+        """ASGI runs only on a release built for it: one built for WSGI has neither uvicorn in its virtualenv nor
+        djship's ASGI entry point."""
+        if self.plan.asgi and host.connector.get(release.asgi_worker) is None:
+            raise DjshipError(f'app.interface: "asgi", but {which} {release.id} was built for WSGI; {fix}')
 
     # -- up: observe, decide, act --------------------------------------------------------------------------------
 

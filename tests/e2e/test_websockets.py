@@ -48,6 +48,8 @@ WEBSOCKET_PORTS = Ports.of(https=29443, http=29080, database=21432, app_prefix="
 HOSTS = ["lb1", "app1", "db1"]
 PAGE = "/config/"
 ECHO_PATH = "/ws/echo/"
+# How long a handshake or an echo may take, as long as the request loop gives a request (a loaded 2-core machine).
+ANSWER_SECONDS = 30
 ASGI = {"app.interface": "asgi", "project.asgi_application": "shop.asgi.application"}
 
 
@@ -130,14 +132,14 @@ def open_echo(target: Target) -> ClientConnection:
     """A WebSocket to the echo through the balancer, its certificate verified against djship's CA for the site's
     name, from an allowed origin (the example refuses any other)."""
     context = ssl.create_default_context(cafile=str(target.ca))
-    raw = socket.create_connection((target.address, target.port), timeout=10)
+    raw = socket.create_connection((target.address, target.port), timeout=ANSWER_SECONDS)
     return connect(f"wss://localhost:{target.port}{ECHO_PATH}", sock=raw, ssl=context,
-                   origin=f"https://localhost:{target.port}", open_timeout=10, close_timeout=10)
+                   origin=f"https://localhost:{target.port}", open_timeout=ANSWER_SECONDS, close_timeout=10)
 
 
 def echo(websocket: ClientConnection, text: str) -> dict:
     websocket.send(text)
-    answer = json.loads(websocket.recv(timeout=10))
+    answer = json.loads(websocket.recv(timeout=ANSWER_SECONDS))
     assert answer["echo"] == text, answer
     return answer
 
@@ -193,7 +195,7 @@ class EchoClient:
             try:
                 websocket = open_echo(self.target)
             except (OSError, TimeoutError, InvalidHandshake) as error:
-                self.failures.append(f"connecting: {error!r}")
+                self.failures.append(f"connecting at {time.strftime('%H:%M:%S')}: {error!r}")
                 time.sleep(0.5)
                 continue
             with websocket:
@@ -230,6 +232,10 @@ def test_a_wsgi_system_serves_its_pages_and_moves_to_asgi_with_a_deploy_then_up(
         f'error: app.interface: "asgi", but the live release {move.wsgi_release} was built for WSGI; run `djship '
         'deploy` (it builds a release for ASGI, served as WSGI until then), then `djship up`')
     assert move.asgi_release != move.wsgi_release
+    back = target.djship("rollback", move.wsgi_release, check=False)
+    assert (back.returncode, back.stderr.strip()) == (1, (
+        f'error: app.interface: "asgi", but release {move.wsgi_release} was built for WSGI; roll back to a release '
+        'built for ASGI, or set app.interface = "wsgi" and run `djship up` first'))
     gunicorns = [c for c in target.status()["components"] if c["name"].endswith("-gunicorn")]
     assert len(gunicorns) == 2
     for gunicorn in gunicorns:

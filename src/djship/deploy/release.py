@@ -206,6 +206,7 @@ class ReleaseBuilder:
             return venv
         shutil.rmtree(venv, ignore_errors=True)
         requirements = str(self.plan.requirements)
+        packages = runtime_packages(self.plan)
         uv = _uv()
         with self.reporter.step(f"Installing requirements into a new virtualenv ({'uv' if uv else 'pip'})"):
             try:
@@ -213,13 +214,13 @@ class ReleaseBuilder:
                     self._run(release_id, "creating the virtualenv", [uv, "venv", "--quiet", "--python", python, str(venv)])
                     self._run(
                         release_id, "installing requirements",
-                        [uv, "pip", "install", "--python", str(venv / "bin/python"), "-r", requirements, *runtime_packages(self.plan)],
+                        [uv, "pip", "install", "--python", str(venv / "bin/python"), "-r", requirements, *packages],
                     )
                 else:
                     self._run(release_id, "creating the virtualenv", [python, "-m", "venv", str(venv)])
                     self._run(
                         release_id, "installing requirements",
-                        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", requirements, *runtime_packages(self.plan)],
+                        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", requirements, *packages],
                     )
             except BaseException:
                 shutil.rmtree(venv, ignore_errors=True)
