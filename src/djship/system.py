@@ -292,7 +292,7 @@ class System:
 
     def _check_interface(self) -> None:
         """`up` starts servers on the live release, which must be built for the interface (see require_interface)."""
-        found = self._current_on()
+        found = self._current_on() if self.plan.asgi else None
         if found is not None:
             self.require_interface(*found, "the live release", 'run `djship deploy` (it builds a release for ASGI, '
                                    'served as WSGI until then), then `djship up`')
