@@ -20,8 +20,10 @@ class GoingAwayServer(Server):
     async def shutdown(self, sockets=None):
         from .asgi import application
 
-        await application.close_websockets(CLOSE_TIMEOUT)
-        await super().shutdown(sockets)
+        try:
+            await application.close_websockets(CLOSE_TIMEOUT)
+        finally:
+            await super().shutdown(sockets)
 
 
 class Worker(UvicornWorker):
