@@ -2,7 +2,8 @@
 (1 lb + 1 app host with 2 app servers + 1 db, each its own sshd and state root; see tests/e2e/hosts.py). One app host
 with two servers is enough: a WebSocket crosses the same HAProxy -> nginx -> gunicorn path on a host of its own.
 
-examples/shop with app.interface = "asgi" serves its pages and the live app's echo WebSocket (Django Channels) through
+examples/shop is brought up as WSGI (its pages served, no WebSocket), moved to app.interface = "asgi" (`up` refused on
+the WSGI release, then `deploy` and `up`), and then serves the live app's echo WebSocket (Django Channels) through
 HTTPS; during a deploy under 4 threads of requests (none may fail) every WebSocket opened before it is closed with 1001
 "going away" once its server is out of rotation, never reset without a close frame, and its client reconnects and is
 answered by the new release.

@@ -3,8 +3,8 @@ wrapped so that a worker that stops can close its WebSockets with 1001 "going aw
 
 uvicorn closes the WebSockets still open when it shuts down with 1012 ("service restart"). During a deploy the
 server is already out of rotation when its gunicorn stops, so its clients are going to another server, which is what
-1001 says (RFC 6455 §7.4.1: "a server going down"); browsers and client libraries treat 1001 as a normal closure to
-reconnect after, where 1012 is one of the codes many of them report as an error.
+1001 says (RFC 6455 §7.4.1: "a server going down"); clients tell the two apart, e.g. the websockets library reports
+1000 and 1001 as a normal closure and 1012 as an error.
 """
 
 import asyncio
