@@ -2,12 +2,15 @@
 
     python -m djship.agent <plan.json> renew [--force]   an ACME certificate now if due (or always), installed
     python -m djship.agent <plan.json> watch             the renewal timer (the supervised program `renewal`)
+    python -m djship.agent <plan.json> follow            on another lb host: the renewer's certificate, installed
     python -m djship.agent <plan.json> backup [--note N] a backup of the live database and media, taken here
 
 The ACME client runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its
 own HAProxy: it lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
 certificate falls due. `djship up` and `djship certs renew` run `renew` there through the host's connector.
-The daily backup (backup.schedule) runs `backup` on the db host, which holds the database and the uploads, for the
+The other lb hosts run `watch` as followers: every 30 seconds they read the certificate the renewer serves (from a
+TLS handshake with it) and install it when it is new and for the site key they hold (the same on every lb host), so
+a renewal reaches them with no control machine either. The daily backup (backup.schedule) runs `backup` on the db host, which holds the database and the uploads, for the
 same reason; on real hosts it keeps the backups there (backup.daily_dir), on one machine in backup.dir.
 """
 
@@ -22,13 +25,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from djship.components.balancer import Balancer, https_probe
 from djship.connectors import Connector
 from djship.connectors.local import LocalConnector
 from djship.errors import DjshipError
 from djship.plan import Plan, plan_from_json
 from djship.tls import renewal
-from djship.tls.certificates import leaf_der
+from djship.tls.certificates import leaf_der, load_chain, same_key
 from djship.tls.site import BalancerHost, acme_certificate_is_current, fetch_staple, install, obtain_acme, \
     site_info, staple_due
 from djship.waiting import wait_until
@@ -37,6 +42,10 @@ SERVED_TIMEOUT = 30
 # The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
 STAPLE_RETRY = 3600
 RENEWED, CURRENT = "renewed", "current"
+INSTALLED = "installed"
+# How often a follower reads the renewer's certificate, and how long one reading may take (seconds).
+FOLLOW_INTERVAL = 30
+FOLLOW_TIMEOUT = 20
 
 
 class Renewer:
@@ -93,6 +102,51 @@ class Renewer:
         if staple != connector.get(plan.paths.site_ocsp):
             install(plan, [self.balancer], bundle, staple)
             self.log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
+
+
+class Follower:
+    """The renewer's ACME certificate on this lb host, installed with the site key every lb host holds."""
+
+    def __init__(self, plan: Plan, connector: Connector, log: Callable[[str], None]):
+        self.plan, self.connector, self.log = plan, connector, log
+        self.balancer = BalancerHost(connector, Balancer(plan.paths.haproxy_socket))
+
+    def _renewers_chain(self) -> bytes:
+        """The certificates the renewer's TLS handshake presents for the first domain, as PEM."""
+        plan = self.plan
+        endpoint = f"{plan.tls.renewer_address}:{plan.https_port}"
+        result = self.connector.run(["openssl", "s_client", "-connect", endpoint, "-servername", plan.domains[0],
+                                     "-showcerts"], input="", timeout=FOLLOW_TIMEOUT)
+        chain = load_chain(result.stdout.encode())
+        if not chain:
+            raise DjshipError(f"the renewer {plan.tls.renewer} ({endpoint}) presented no certificate: "
+                              + (result.stderr.strip().splitlines() or ["no answer"])[-1])
+        return b"".join(certificate.public_bytes(serialization.Encoding.PEM) for certificate in chain)
+
+    def follow(self) -> bool:
+        """Install the renewer's certificate if it is not the one served here; whether it did."""
+        plan, connector = self.plan, self.connector
+        chain = self._renewers_chain()
+        served = connector.get(plan.paths.site_pem)
+        if served and load_chain(served) and leaf_der(served) == leaf_der(chain):
+            return False
+        key = connector.get(plan.paths.acme_site_key)
+        if key is None:
+            raise DjshipError(f"{plan.paths.acme_site_key} is missing; run `djship up` from the control machine")
+        if not same_key(chain, key):  # the placeholder the renewer starts with, or a certificate not for our key
+            raise DjshipError(f"the renewer {plan.tls.renewer} does not serve a certificate for the site key yet")
+        bundle = chain + key
+        install(plan, [self.balancer], bundle, fetch_staple(plan, connector, bundle, self.log))
+        self.log(f"installed the renewer's certificate (serial {site_info(plan, connector).serial})")
+        return True
+
+    def watch(self) -> None:
+        while True:
+            try:
+                self.follow()
+            except DjshipError as error:
+                self.log(f"not followed yet: {error}")
+            time.sleep(FOLLOW_INTERVAL)
 
 
 def _log(line: str) -> None:
@@ -152,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("renew", help="an ACME certificate now if due, installed").add_argument(
         "--force", action="store_true", help="even if the current one is not due")
-    commands.add_parser("watch", help="renew whenever due, retrying with back-off (never returns)")
+    commands.add_parser("watch", help="renew whenever due, retrying with back-off; on another lb host, follow the "
+                                      "renewer (never returns)")
+    commands.add_parser("follow", help="on another lb host: install the renewer's certificate if it is new")
     commands.add_parser("backup", help="a backup of the live database and media, taken here").add_argument(
         "--note", default="", help="what the manifest says of it")
     args = parser.parse_args(argv)
@@ -160,6 +216,13 @@ def main(argv: list[str] | None = None) -> None:
         plan = plan_from_json(args.plan.read_bytes())
         if args.command == "backup":
             backup(plan, LocalConnector(), args.note)
+            return
+        if plan.follows:
+            follower = Follower(plan, LocalConnector(), _log)
+            if args.command == "follow":
+                print(INSTALLED if follower.follow() else CURRENT, flush=True)
+            else:
+                follower.watch()
             return
         renewer = Renewer(plan, LocalConnector(), _log)
         if args.command == "renew":

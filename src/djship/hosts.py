@@ -39,6 +39,8 @@ REQUIREMENTS = (
     # The supervisor and the release virtualenvs run in virtualenvs of the host's own Python.
     Requirement("python3-venv", '"$PYTHON" -c \'import ensurepip, venv\'', frozenset()),
     Requirement("haproxy", "command -v haproxy || test -x /usr/sbin/haproxy", frozenset({"lb"})),
+    # An lb host that follows the ACME renewer reads its certificate with `openssl s_client`.
+    Requirement("openssl", "command -v openssl", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),

@@ -245,6 +245,9 @@ class Tls:
     renewer: str = ""
     """acme: the host whose ACME client orders and renews the certificate (the first lb host) and runs the
     renewal timer."""
+    renewer_address: str = ""
+    """acme: where the other lb hosts reach the renewer: they pass it the CA's HTTP-01 requests and read its
+    certificate from its TLS handshake."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,12 @@ class Paths:
     @property
     def acme_account_key(self) -> Path:
         return self.tls / "acme-account.key"
+
+    @property
+    def acme_site_key(self) -> Path:
+        """The private key of the ACME certificate, the same on every lb host: each new certificate is for it, so
+        the other lb hosts need only the certificate itself, which any TLS handshake with the renewer shows."""
+        return self.tls / "acme-site.key"
 
     @property
     def challenge_map(self) -> Path:
@@ -538,9 +547,15 @@ class Plan:
         return self.backup.schedule is not None and self.holds("db")
 
     @property
+    def follows(self) -> bool:
+        """Whether this lb host takes the renewer's ACME certificate (tls.mode = "acme" with several lb hosts)."""
+        return self.tls.mode == "acme" and self.holds("lb") and not self.renews
+
+    @property
     def runs_agent(self) -> bool:
-        """Whether djship's own program (djship.agent) runs here: the ACME client or the daily backup."""
-        return self.renews or self.schedules_backups
+        """Whether djship's own program (djship.agent) runs here: the ACME client or its follower, the daily
+        backup."""
+        return self.renews or self.follows or self.schedules_backups
 
     @property
     def media_dirs(self) -> Path:
@@ -593,7 +608,7 @@ class Plan:
         site key, PostgreSQL its configuration), every other file root's: the superuser password, the CA key."""
         paths = self.paths
         private = path.parent == paths.secrets or path in (
-            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, self.database.key_file)
+            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
@@ -754,10 +769,6 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     app_hosts = [host for host in hosts if "app" in host.roles]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     db_host = next(host for host in hosts if "db" in host.roles)
-    if config.tls.mode == "acme" and len(lb_hosts) > 1:
-        raise DjshipError('djship.toml: tls.mode: "acme" with several lb hosts is not built yet (the renewal timer '
-                          'on the first one installs its certificates there only); list one lb host in servers.lb, '
-                          'or use "files" with a certificate you obtained (e.g. with certbot)')
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     servers = tuple(server for host in app_hosts
@@ -792,7 +803,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
             balancer_sources=sources, users=Users(**config.users.model_dump()) if host.login_root else None,
         )
-        tls = replace(plan.tls, renewer=lb_hosts[0].name)
+        tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address)
         backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups)
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
                                             backup=backup))

@@ -249,8 +249,9 @@ def programs(plan: Plan) -> list[Program]:
         result.append(Program(name=BACKUP_SCHEDULER, command=f"{quote(plan.tools.python)} -m djship.ops.schedule --at "
                                                              f"{plan.backup.schedule} -- {backup}",
                               stopsignal="TERM", stopwaitsecs=10))
-    if plan.renews:
-        # As root: it writes the certificate and installs it through HAProxy's runtime API.
+    if plan.renews or plan.follows:
+        # As root: it writes the certificate and installs it through HAProxy's runtime API (a follower installs the
+        # renewer's).
         result.append(Program(name=RENEWAL_PROGRAM, command=shlex.join(agent_argv(plan, "watch")), stopsignal="TERM",
                               stopwaitsecs=10))
     return result
@@ -321,7 +322,7 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         if plan.tls.mode == "acme":  # empty: entries live in HAProxy's memory only while an order runs
             files.append(ConfigFile(plan.paths.challenge_map, "", ()))
     if plan.runs_agent:
-        readers = (RENEWAL_PROGRAM,) * plan.renews + (BACKUP_SCHEDULER,) * plan.schedules_backups
+        readers = (RENEWAL_PROGRAM,) * (plan.renews or plan.follows) + (BACKUP_SCHEDULER,) * plan.schedules_backups
         files.append(ConfigFile(plan.paths.plan_file, plan_to_json(agent_plan(plan)), readers))
     if plan.holds("db"):
         files.append(ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)))
