@@ -115,7 +115,7 @@ def main(directory: str | None) -> None:
 def init(directory: Path, force: bool) -> None:
     """Write a commented djship.toml for the Django project in DIRECTORY (default: here).
 
-    Finds manage.py, the settings module, the WSGI application and the requirements file.
+    Finds manage.py, the settings module, the WSGI (and ASGI) application and the requirements file.
     """
     from djship.project import discover, write_config
 
@@ -124,6 +124,8 @@ def init(directory: Path, force: bool) -> None:
     console.print(f"Wrote {path}", markup=False)
     console.print(f"  settings      {project.settings_module}", markup=False)
     console.print(f"  WSGI app      {project.wsgi_application}", markup=False)
+    if project.asgi_application:
+        console.print(f"  ASGI app      {project.asgi_application}  (served with app.interface = \"asgi\")", markup=False)
     console.print(f"  requirements  {project.requirements}", markup=False)
     console.print("Next: [bold]djship up[/]  (state lives in .djship/ beside manage.py; add it to .gitignore)")
 

@@ -135,6 +135,8 @@ class ProjectConfig(_Section):
     manage_py: str = "manage.py"
     settings_module: str
     wsgi_application: str
+    asgi_application: str | None = None
+    """The ASGI callable served with app.interface = "asgi"."""
     requirements: str = "requirements.txt"
     python: str | None = None
     exclude: list[str] = Field(
@@ -158,6 +160,13 @@ class ProjectConfig(_Section):
     def _dotted_object(cls, value: str) -> str:
         if not _DOTTED.fullmatch(value) or "." not in value:
             raise ValueError("not a dotted path to a WSGI callable (e.g. mysite.wsgi.application)")
+        return value
+
+    @field_validator("asgi_application")
+    @classmethod
+    def _dotted_asgi(cls, value: str | None) -> str | None:
+        if value is not None and (not _DOTTED.fullmatch(value) or "." not in value):
+            raise ValueError("not a dotted path to an ASGI callable (e.g. mysite.asgi.application)")
         return value
 
 
@@ -200,6 +209,8 @@ class SiteConfig(_Section):
 
 
 class AppConfig(_Section):
+    interface: Literal["wsgi", "asgi"] = "wsgi"
+    """wsgi: gunicorn's sync (or gthread) workers; asgi: gunicorn with uvicorn workers (WebSockets)."""
     servers: int | None = Field(default=None, ge=1, le=250)
     workers: int = Field(default=3, ge=1, le=64)
     threads: int = Field(default=1, ge=1, le=64)
@@ -678,7 +689,7 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
         config = Config.model_validate(data)
     except ValidationError as error:
         _refuse(source, [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()])
-    _refuse(source, _database_problems(config) + _topology_problems(config))
+    _refuse(source, _database_problems(config) + _interface_problems(config) + _topology_problems(config))
     return config
 
 
@@ -698,6 +709,19 @@ def _database_problems(config: Config) -> list[str]:
         return [f"database.name: the default {name!r} (the name of project.settings_module's package) is reserved by "
                 "PostgreSQL; set database.name to another name"]
     return []
+
+
+def _interface_problems(config: Config) -> list[str]:
+    if config.app.interface != "asgi":
+        return []
+    problems = []
+    if config.project.asgi_application is None:
+        problems.append('project.asgi_application: required with app.interface = "asgi"; set it to the project\'s '
+                        'ASGI callable, e.g. "mysite.asgi.application" (`djship init` finds it)')
+    if config.app.threads > 1:
+        problems.append('app.threads: an ASGI worker runs one event loop, not threads; remove app.threads (or set it '
+                        'to 1) and raise app.workers instead')
+    return problems
 
 
 def _topology_problems(config: Config) -> list[str]:

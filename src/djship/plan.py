@@ -46,6 +46,16 @@ JOBS_STOP_TIMEOUT = 30
 PROGRAM_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
+# WebSockets (app.interface = "asgi"): how long an idle one is kept open, by nginx and then by HAProxy's tunnel 10 s
+# later (the HTTP timeouts are ordered the same way). uvicorn pings every 20 s, so only a vanished client idles that
+# long. And how long HAProxy keeps a connection whose client closed its side (a WebSocket's last frames).
+WEBSOCKET_IDLE_SECONDS = 3600
+CLIENT_FIN_SECONDS = 30
+# Django keeps a database connection per thread for CONN_MAX_AGE seconds; under ASGI each request's sync code runs
+# in a thread of its own, so a kept connection would never be reused (Django's docs: disable them under ASGI).
+PERSISTENT_CONNECTION_SECONDS = {"wsgi": 60, "asgi": 0}
+
+
 # The settings module of every release (its djship_production package).
 SETTINGS_MODULE = "djship_production.settings"
 
@@ -551,6 +561,21 @@ class Plan:
     """[processes]: what runs beside the web on every app host."""
     jobs: tuple[Job, ...] = ()
     """[jobs]: run by the scheduler on every app host, each slot on one of them."""
+    interface: Literal["wsgi", "asgi"] = "wsgi"
+    """What gunicorn serves: the WSGI application with sync/gthread workers, or the ASGI one with uvicorn's."""
+    asgi_application: str | None = None
+    websocket_timeout: int = WEBSOCKET_IDLE_SECONDS
+    """nginx's read and send timeouts of an upgraded (WebSocket) connection."""
+    balancer_tunnel_timeout: int = WEBSOCKET_IDLE_SECONDS + 10
+    balancer_client_fin_timeout: int = CLIENT_FIN_SECONDS
+
+    @property
+    def asgi(self) -> bool:
+        return self.interface == "asgi"
+
+    @property
+    def conn_max_age(self) -> int:
+        return PERSISTENT_CONNECTION_SECONDS[self.interface]
 
     def holds(self, role: str) -> bool:
         return role in self.roles
@@ -867,6 +892,8 @@ def _assemble(
         project_dir=project_dir,
         settings_module=config.project.settings_module,
         wsgi_application=config.project.wsgi_application,
+        interface=app.interface,
+        asgi_application=config.project.asgi_application,
         requirements=project_dir / config.project.requirements,
         python=config.project.python,
         exclude=tuple(config.project.exclude),

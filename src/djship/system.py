@@ -283,12 +283,26 @@ class System:
 
     def _preflight(self) -> None:
         """What can be refused before anything starts or changes."""
+        self._check_interface()
         if self.plan.tls.mode == "files":
             validated_files(self.control_plan, self.local)
         bundle = self.plan.tls.acme_ca_bundle
         if self.plan.tls.mode == "acme" and bundle is not None and not bundle.is_file():
             raise DjshipError(f"tls.acme_ca_bundle: {bundle} is not a file; point it at the PEM CA bundle that "
                               "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
+
+    def _check_interface(self) -> None:
+        """`up` starts servers on the live release, which must be built for the interface (see require_interface)."""
+        found = self._current_on() if self.plan.asgi else None
+        if found is not None:
+            self.require_interface(*found, "the live release", 'run `djship deploy` (it builds a release for ASGI, '
+                                   'served as WSGI until then), then `djship up`')
+
+    def require_interface(self, host: Host, release: Release, which: str, fix: str) -> None:
+        """ASGI runs only on a release built for it: one built for WSGI has neither uvicorn in its virtualenv nor
+        djship's ASGI entry point."""
+        if self.plan.asgi and host.connector.get(release.asgi_worker) is None:
+            raise DjshipError(f'app.interface: "asgi", but {which} {release.id} was built for WSGI; {fix}')
 
     # -- up: observe, decide, act --------------------------------------------------------------------------------
 
@@ -792,12 +806,17 @@ class System:
 
     def current(self) -> Release | None:
         """The release new app servers start on: what `current` points at on the first app host that has one."""
+        found = self._current_on()
+        return found[1] if found else None
+
+    def _current_on(self) -> tuple[Host, Release] | None:
+        """current(), with the host it was read on."""
         for host in self.app_hosts.values():
             if host.name in self.topology.unreachable:
                 continue
             link = host.connector.readlink(host.plan.paths.current)
             if link is not None:
-                return self.pipeline.on(host, link.name)
+                return host, self.pipeline.on(host, link.name)
         return None
 
     def serving(self) -> bool:

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "store",
     "ticks",
+    "live",
 ]
 
 MIDDLEWARE = [

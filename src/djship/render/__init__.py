@@ -134,9 +134,14 @@ def nginx_conf(plan: Plan, server: AppServer) -> str:
                    compressed_types=COMPRESSED_TYPES)
 
 
+# With app.interface = "asgi" gunicorn serves djship's wrapper of the project's ASGI application (runtime/asgi.py).
+ASGI_ENTRY_POINT = "djship_production.asgi:application"
+
+
 def gunicorn_conf(plan: Plan, server: AppServer) -> str:
     module, _, attribute = plan.wsgi_application.rpartition(".")
-    return _render("gunicorn.conf.py.j2", plan=plan, server=server, wsgi_app=f"{module}:{attribute}")
+    served = ASGI_ENTRY_POINT if plan.asgi else f"{module}:{attribute}"
+    return _render("gunicorn.conf.py.j2", plan=plan, server=server, wsgi_app=served)
 
 
 def haproxy_cfg(plan: Plan) -> str:
