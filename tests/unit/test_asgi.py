@@ -104,7 +104,7 @@ def test_only_an_asgi_release_gets_djship_asgi_entry_point_and_worker(make_plan,
 
     modules = {path.name for path in connector.files if path.parent.name == "djship_production"}
     asgi = {"asgi.py", "asgi_worker.py"} if interface == "asgi" else set()
-    assert modules == {"__init__.py", "middleware.py", "migrate.py", "settings.py", *asgi}
+    assert modules == {"__init__.py", "middleware.py", "migrate.py", "jobs.py", "settings.py", *asgi}
     assert (release.asgi_worker in connector.files) == (interface == "asgi")
 
 
