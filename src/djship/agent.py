@@ -179,8 +179,9 @@ class _Here:
 DAILY_STAGING = "daily-backup-staging"
 
 
-def backup(plan: Plan, connector: Connector, note: str) -> None:
-    """A backup of this host's live database and media into its store, then the old ones pruned."""
+def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] = frozenset()) -> dict:
+    """A backup of this host's live database and media into its store, sent to the backup host when there is one;
+    then the old ones pruned (never one named in protect). Its name and those pruned."""
     from djship.deploy.lock import exclusive
     from djship.ops.store import Sources, Store, take
 
@@ -194,10 +195,36 @@ def backup(plan: Plan, connector: Connector, note: str) -> None:
         sources = Sources(here, here, json.loads(admin)["postgres_password"], None, DAILY_STAGING, name_hosts=False)
         sources.clear()
         taken = take(sources, store, note, _LogReporter())
-        pruned = store.prune(plan.backup.keep, frozenset({taken.name}))
+        if plan.backup.target is None:
+            pruned = store.prune(plan.backup.keep, protect | {taken.name})
+        else:
+            pruned = _send(plan, connector, taken.path, sorted(taken.manifest.files) + ["manifest.json"],
+                           protect | {taken.name})
     rows = sum(taken.manifest.rows.values())
-    _log(f"backed up {taken.manifest.database} and media as {taken.path} ({taken.manifest.size} bytes, {rows} rows)"
+    where = taken.path if plan.backup.target is None else f"{plan.backup.target.dir / taken.name} on " \
+                                                           f"{plan.backup.target.host}"
+    _log(f"backed up {taken.manifest.database} and media as {where} ({taken.manifest.size} bytes, {rows} rows)"
          + (f"; removed old backups {', '.join(pruned)}" if pruned else ""))
+    return {"backup": taken.name, "pruned": pruned}
+
+
+def _send(plan: Plan, connector: Connector, backup: Path, files: list[str], protect: frozenset[str]) -> list[str]:
+    """The backup to the backup host (then removed here), and the backups there that retention no longer keeps
+    removed; their names."""
+    from datetime import datetime, timezone
+
+    from djship.ops import archive
+    from djship.ops.sending import Sender
+
+    sender = Sender(plan, connector)
+    with _LogReporter().step(f"Sending it to the backup host {plan.backup.target.host} (sftp)"):
+        sender.remove_unfinished()
+        sender.send(backup, files)
+    names = [name for name in sender.names() if archive.backup_time(name) is not None]
+    expired = [name for name in archive.expired(names, plan.backup.keep, datetime.now(timezone.utc).date())
+               if name not in protect]
+    sender.remove(expired)
+    return expired
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,13 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("watch", help="renew whenever due, retrying with back-off; on another lb host, follow the "
                                       "renewer (never returns)")
     commands.add_parser("follow", help="on another lb host: install the renewer's certificate if it is new")
-    commands.add_parser("backup", help="a backup of the live database and media, taken here").add_argument(
-        "--note", default="", help="what the manifest says of it")
+    taking = commands.add_parser("backup", help="a backup of the live database and media, taken here")
+    taking.add_argument("--note", default="", help="what the manifest says of it")
+    taking.add_argument("--protect", action="append", default=[], help="a backup that retention must not remove")
     args = parser.parse_args(argv)
     try:
         plan = plan_from_json(args.plan.read_bytes())
         if args.command == "backup":
-            backup(plan, LocalConnector(), args.note)
+            print(json.dumps(backup(plan, LocalConnector(), args.note, frozenset(args.protect))), flush=True)
             return
         if plan.follows:
             follower = Follower(plan, LocalConnector(), _log)

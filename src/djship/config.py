@@ -520,6 +520,8 @@ class ServersConfig(_Section):
     media: str | None = None
     """The host that holds the uploads every app host mounts; default: the db host when there are several app
     hosts (see media_host)."""
+    backup: str | None = None
+    """The host that keeps the backups (`djship backup`'s and the daily ones), off the db host's disk."""
 
 
 def media_host(config: Config) -> str | None:
@@ -531,7 +533,7 @@ def media_host(config: Config) -> str | None:
         return None
     if servers.media is not None:
         return servers.media
-    if len(servers.app) > 1 or (config.backup.schedule and servers.app != [servers.db]):
+    if len(servers.app) > 1 or ((config.backup.schedule or servers.backup) and servers.app != [servers.db]):
         return servers.db
     return None
 
@@ -749,9 +751,16 @@ def _topology_problems(config: Config) -> list[str]:
             f"the app hosts share their uploads through the db host by default, but {media!r} holds the app role"
         problems.append(f"servers.media: {held}; name a host without the app role (every app host mounts the uploads "
                         "from it)")
-    used = {name for names in roles.values() for name in names} | {media}
+    backup = config.servers.backup
+    if backup is not None and backup not in config.hosts:
+        problems.append(f"servers.backup: no host {backup!r}; define it as [hosts.{backup}] with its address")
+    elif backup is not None and backup == config.servers.db:
+        problems.append(f"servers.backup: {backup!r} is the db host; name another host, so that a backup survives "
+                        "the loss of the db host's disk (without servers.backup they are kept on this machine)")
+    used = {name for names in roles.values() for name in names} | {media, backup}
     problems += [
-        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db or servers.media, or remove it"
+        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db, servers.media or servers.backup, "
+        "or remove it"
         for name in config.hosts if name not in used
     ]
     seen: dict[str, str] = {}

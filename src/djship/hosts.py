@@ -17,7 +17,7 @@ from djship.connectors import Connector, on_each
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 
-ROLES = ("lb", "app", "db", "media")
+ROLES = ("lb", "app", "db", "media", "backup")
 MIN_PYTHON = (3, 10)
 INSTALL_TIMEOUT = 900
 
@@ -32,6 +32,8 @@ class Requirement:
     """The roles that need it; every host when empty."""
     mounts: bool = False
     """Needed only where the app hosts mount the uploads of a media host."""
+    sends: bool = False
+    """Needed only where the db host sends its backups to a backup host."""
 
 
 REQUIREMENTS = (
@@ -44,6 +46,7 @@ REQUIREMENTS = (
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),
+    Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
 )
 
 
@@ -56,6 +59,8 @@ class SSHHost:
     """Where everything djship makes on this host lives."""
     media: bool = False
     """Whether a media host holds the uploads (then every app host mounts them)."""
+    backup: bool = False
+    """Whether a backup host keeps the backups (then the db host sends them there)."""
 
 
 def _local_path(value: str, project_dir: Path) -> Path:
@@ -71,8 +76,9 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             "(see the README, \"From one machine to real hosts\")"
         )
     media = media_host(config)
+    backup = config.servers.backup
     holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
-               "media": {media} if media else set()}
+               "media": {media} if media else set(), "backup": {backup} if backup else set()}
     ssh = config.ssh
     hosts = []
     for name, host in config.hosts.items():
@@ -86,13 +92,13 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             host_key=host.host_key,
         )
         roles = tuple(role for role in ROLES if name in holders[role])
-        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None))
+        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None, backup is not None))
     return hosts
 
 
-def requirements_for(roles: tuple[str, ...], media: bool = False) -> list[Requirement]:
+def requirements_for(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> list[Requirement]:
     return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
-            and (media or not requirement.mounts)]
+            and (media or not requirement.mounts) and (backup or not requirement.sends)]
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
@@ -108,14 +114,14 @@ _TOOL_PROBES = {
 _FIND_PYTHON = 'PYTHON=$(ls /usr/bin/python3 2>/dev/null || command -v python3)'
 
 
-def probe_script(roles: tuple[str, ...], media: bool = False) -> str:
+def probe_script(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> str:
     lines = [_FIND_PYTHON, "echo uid $(id -u)",
              '"$PYTHON" -c \'import sys; print("python", *sys.version_info[:2])\' 2>/dev/null']
     lines += [f"echo tool {name} $({probe} 2>/dev/null)" for name, probe in _TOOL_PROBES.items()]
     lines += [
         f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
         f"else echo missing {requirement.package}; fi"
-        for requirement in requirements_for(roles, media)
+        for requirement in requirements_for(roles, media, backup)
     ]
     return "\n".join(lines) + "\n"
 
@@ -200,7 +206,7 @@ def _python_problem(facts: Facts) -> str | None:
 
 
 def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
-    probe = ["sh", "-c", probe_script(host.roles, host.media)]
+    probe = ["sh", "-c", probe_script(host.roles, host.media, host.backup)]
     facts = parse_probe(connector.run(probe, timeout=60).stdout)
     installed: tuple[str, ...] = ()
     if facts.missing and install:

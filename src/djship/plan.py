@@ -38,6 +38,8 @@ ROLES = ("lb", "app", "db")
 # The supervised sshfs that mounts the media host's uploads on an app host, and the media host's SFTP-only user.
 MEDIA_PROGRAM = "media-mount"
 MEDIA_USER = "djship-media"
+# The backup host's SFTP-only user, through which the db host sends it each backup.
+BACKUP_USER = "djship-backup"
 # The supervised scheduler of [jobs] on every app host; it stops its running jobs with SIGTERM and waits this long.
 JOBS_PROGRAM = "jobs"
 JOBS_STOP_TIMEOUT = 30
@@ -389,6 +391,25 @@ class Paths:
         return self.secrets / "media_known_hosts"
 
     @property
+    def backup_key(self) -> Path:
+        """On the db host: the private key it sends backups to the backup host with."""
+        return self.secrets / "backup_ed25519"
+
+    @property
+    def backup_known_hosts(self) -> Path:
+        """On the db host: the backup host's SSH host key, as djship verified it."""
+        return self.secrets / "backup_known_hosts"
+
+    @property
+    def backup_home(self) -> Path:
+        """On the backup host: the home of its SFTP user (root-owned), holding the db host's key."""
+        return self.state / "backup-access"
+
+    @property
+    def backup_authorized_keys(self) -> Path:
+        return self.backup_home / ".ssh" / "authorized_keys"
+
+    @property
     def media_home(self) -> Path:
         """On the media host: the home of its SFTP user (root-owned), holding the app hosts' key."""
         return self.state / "media-access"
@@ -504,6 +525,24 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class BackupTarget:
+    """The backup host: the db host sends it each backup (djship.agent, over SFTP, as its SFTP-only user)."""
+
+    host: str
+    address: str
+    ssh_port: int
+    dir: Path
+    """Where the backups are kept there: its `<root>/backups`, owned by the SFTP user."""
+    sender: str
+    """The db host's address, the only one the key is accepted from."""
+    user: str = BACKUP_USER
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.address if self.ssh_port == 22 else f"[{self.address}]:{self.ssh_port}"
+
+
+@dataclass(frozen=True)
 class BackupPlan:
     dir: Path
     keep: int
@@ -512,6 +551,8 @@ class BackupPlan:
     daily_dir: Path | None = None
     """On real hosts, where the db host keeps its daily backups (the control machine is off at 03:30); None on one
     machine, where they go to dir like every other."""
+    target: BackupTarget | None = None
+    """servers.backup: the host every backup is sent to (daily_dir then only stages them on the db host)."""
 
 
 @dataclass(frozen=True)
@@ -596,10 +637,15 @@ class Plan:
         return self.tls.mode == "acme" and self.holds("lb") and not self.renews
 
     @property
+    def sends_backups(self) -> bool:
+        """Whether this host sends the backups to a backup host (the db host, with servers.backup)."""
+        return self.backup.target is not None and self.holds("db")
+
+    @property
     def runs_agent(self) -> bool:
         """Whether djship's own program (djship.agent) runs here: the ACME client or its follower, the daily
         backup."""
-        return self.renews or self.follows or self.schedules_backups
+        return self.renews or self.follows or self.schedules_backups or self.sends_backups
 
     @property
     def media_dirs(self) -> Path:
@@ -860,10 +906,22 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             balancer_sources=sources, users=Users(**config.users.model_dump()) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address)
-        backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups)
+        backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups,
+                                                         target=_backup_target(config, hosts, db_host))
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
                                             backup=backup))
     return plans
+
+
+def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> BackupTarget | None:
+    holder = next((host for host in hosts if "backup" in host.roles), None)
+    if holder is None:
+        return None
+    if not holder.login_root:
+        raise DjshipError(f"servers.backup: djship logs in to {holder.name} as another user than root; the backup "
+                          f"host needs root (djship makes its user {BACKUP_USER} and the directory it owns)")
+    ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
+    return BackupTarget(holder.name, holder.address, ssh_port, Paths(holder.root).daily_backups, db_host.address)
 
 
 def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec]) -> MediaStore | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import appserver, boot, jobs, media, orphans
+from djship.components import appserver, boot, jobs, media, offsite, orphans
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -87,6 +87,8 @@ def daily_backups(plan: Plan) -> str:
     """Where the db host's daily backup goes, as status and up say it."""
     if plan.backup.daily_dir is None:
         return f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}"
+    if plan.backup.target is not None:
+        return f"daily {plan.backup.schedule} UTC -> {plan.backup.target.dir} on {plan.backup.target.host} (sftp)"
     return (f"daily {plan.backup.schedule} UTC -> {plan.backup.daily_dir} on {plan.host}, the db host's own disk "
             "(copy them off it: `djship backups` lists them, `djship restore` takes them)")
 
@@ -120,6 +122,7 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
     for directory in plan.directories:
         connector.makedirs(directory.path, mode=directory.mode, owner=directory.owner, group=directory.group)
     media.prepare_media_dir(plan, connector)
+    offsite.prepare(plan, connector)
     live = read_live(plan, connector)
     for server in plan.servers_here:
         if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
@@ -327,7 +330,8 @@ class System:
         return files
 
     def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
-                 authority: Authority | None) -> dict[str, list[render.ConfigFile]]:
+                 authority: Authority | None, backup_access: media.Access | None = None,
+                 ) -> dict[str, list[render.ConfigFile]]:
         """Every file each host must hold, with the programs that read it when they start."""
         desired = {}
         env_secrets = self.env_secrets()
@@ -359,7 +363,8 @@ class System:
                           if (content := self.local.get(path)) is not None]
             if authority is not None:
                 files += self._link_files(host, authority)
-            desired[host.name] = files + media.desired_files(plan, media_access)
+            desired[host.name] = files + media.desired_files(plan, media_access) + \
+                offsite.desired_files(plan, backup_access)
         return desired
 
     def _observe(self, desired: dict[str, list[render.ConfigFile]]) -> dict[str, Observed]:
@@ -383,7 +388,8 @@ class System:
         secrets_ = self.read_secrets()
         certificate = self._control_certificate()
         authority = read_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
-        desired = self._desired(secrets_, certificate, media.read_access(self.topology), authority)
+        desired = self._desired(secrets_, certificate, media.read_access(self.topology), authority,
+                                offsite.read_access(self.topology))
         return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
 
     def up(self) -> UpResult:
@@ -403,8 +409,9 @@ class System:
             certificate = self._control_certificate()
             authority = ensure_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
             media_access = media.ensure_access(self.topology)
+            backup_access = offsite.ensure_access(self.topology)
         adopted = self._adopt()
-        desired = self._desired(secrets_, certificate, media_access, authority)
+        desired = self._desired(secrets_, certificate, media_access, authority, backup_access)
         changes = diff(self.hosts, desired, self._observe(desired), False, certificate_changed)
         started: list[Host] = []
         try:
@@ -748,7 +755,7 @@ class System:
         """The other lb hosts, which install the renewer's certificate."""
         return [host for host in self.lb_hosts if host.plan.follows]
 
-    def _agent(self, *args: str, host: Host | None = None) -> str:
+    def agent(self, *args: str, host: Host | None = None) -> str:
         """Run djship.agent on the renewer (or host); its last line of output, or DjshipError with its error."""
         host = host or self.renewer
         result = host.connector.run(render.agent_argv(host.plan, *args), timeout=AGENT_TIMEOUT)
@@ -766,7 +773,7 @@ class System:
         if self._acme_current():
             return False
         with self.reporter.step(f"Certificate for {', '.join(self.plan.domains)} from {self.plan.tls.acme_directory}"):
-            renewed = self._agent("renew") == RENEWED
+            renewed = self.agent("renew") == RENEWED
         self._follow()
         return renewed
 
@@ -774,7 +781,7 @@ class System:
         """The renewer's certificate installed on the other lb hosts now (their timers would within 30 seconds)."""
         if self.followers:
             with self.reporter.step(f"Installing it on {', '.join(host.name for host in self.followers)}"):
-                on_each({host.name: host for host in self.followers}, lambda host: self._agent("follow", host=host))
+                on_each({host.name: host for host in self.followers}, lambda host: self.agent("follow", host=host))
 
     def renew(self, force: bool) -> bool:
         """`djship certs renew`: renew now if due (or always with force); returns whether it renewed."""
@@ -787,7 +794,7 @@ class System:
             )
         if not all(host.running("haproxy") for host in self.lb_hosts):
             raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
-        renewed = self._agent("renew", *(["--force"] if force else [])) == RENEWED
+        renewed = self.agent("renew", *(["--force"] if force else [])) == RENEWED
         self._follow()
         return renewed
 

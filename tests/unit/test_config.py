@@ -224,10 +224,15 @@ def test_remote_target_with_ssh_defaults():
         (('ssh_port = 2222', "ssh_port = 0"), "hosts.app2.ssh_port: Input should be greater than or equal to 1"),
         (('[hosts.db1]', '[hosts.db1]\nhost_key = "AAAA"'), "hosts.db1.host_key: must be an SSH public key"),
         (('[hosts.db1]', '[hosts.spare]\naddress = "10.0.0.30"\n[hosts.db1]'),
-         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db or servers.media, or remove it"),
+         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db, servers.media or servers.backup, or remove it"),
         (('[hosts.db1]', '[hosts.Spare]\naddress = "10.0.0.30"\n[hosts.db1]'), "hosts.Spare: not a host name"),
         (('db = "db1"', 'db = "db1"\nmedia = "files1"'),
          "servers.media: no host 'files1'; define it as [hosts.files1] with its address"),
+        (('db = "db1"', 'db = "db1"\nbackup = "vault"'),
+         "servers.backup: no host 'vault'; define it as [hosts.vault] with its address"),
+        (('db = "db1"', 'db = "db1"\nbackup = "db1"'),
+         "servers.backup: 'db1' is the db host; name another host, so that a backup survives the loss of the db "
+         "host's disk (without servers.backup they are kept on this machine)"),
         (('db = "db1"', 'db = "db1"\nmedia = "app2"'),
          "servers.media: 'app2' holds the app role; name a host without the app role (every app host mounts the "
          "uploads from it)"),

@@ -259,3 +259,40 @@ def test_app_servers_per_app_host_keep_their_names_and_ports_as_they_grow(make_c
 
 def test_several_app_hosts_run_one_app_server_each_by_default(plans):
     assert [server.host for server in plans["lb1"].app_servers] == ["app1", "app2"]
+
+
+def test_a_backup_host_receives_every_backup_from_the_db_host_over_sftp_only(make_config, fake_tools):
+    from djship.components import offsite
+    from djship.components.media import Access, new_private_key
+    from djship.ops import sending
+
+    roles = {**ROLES, "bk1": ("backup",)}
+    addresses = {**ADDRESSES, "bk1": "10.0.0.40"}
+    config = make_config(servers={"lb": ["lb1"], "app": ["app1", "app2"], "db": "db1", "backup": "bk1"},
+                         hosts={name: {"address": address} for name, address in addresses.items()})
+    plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles, addresses=addresses))
+    target = plans["db1"].backup.target
+    assert (target.host, target.address, target.dir, target.sender) == ("bk1", "10.0.0.40", Path("/srv/bk1/backups"),
+                                                                        "10.0.0.20")
+    # The db host runs the agent (it takes each backup and sends it); the backup host runs nothing of djship's.
+    assert [name for name, plan in plans.items() if plan.runs_agent] == ["db1"]
+    assert render.programs(plans["bk1"]) == []
+    access = Access(new_private_key(), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0fake")
+    [keys] = offsite.desired_files(plans["bk1"], access)
+    assert keys.path == Path("/srv/bk1/backup-access/.ssh/authorized_keys")
+    assert keys.text == f'restrict,command="internal-sftp",from="10.0.0.20" {access.public_key} djship-backup\n'
+    assert {file.path.name for file in offsite.desired_files(plans["db1"], access)} == {
+        "backup_ed25519", "backup_known_hosts"}
+    assert offsite.desired_files(plans["app1"], access) == []
+    argv = sending.sftp_argv(plans["db1"], target)
+    assert argv[:3] == ["sftp", "-b", "-"] and "StrictHostKeyChecking=yes" in argv and argv[-1] == "djship-backup@10.0.0.40"
+    commands = sending.send_commands(Path("/srv/db1/backups/20261201T030000Z"), ["database.dump", "manifest.json"],
+                                     target).splitlines()
+    assert commands[0] == 'mkdir "/srv/bk1/backups/.20261201T030000Z.partial"'
+    assert commands[2] == ('put "/srv/db1/backups/20261201T030000Z/database.dump" '
+                           '"/srv/bk1/backups/.20261201T030000Z.partial/database.dump"')
+    assert commands[-1] == 'rename "/srv/bk1/backups/.20261201T030000Z.partial" "/srv/bk1/backups/20261201T030000Z"'
+    assert sending.remove_commands(target.dir, {"x": ["a"]}) == '-rm "/srv/bk1/backups/x/a"\n-rmdir "/srv/bk1/backups/x"\n'
+    listing = 'sftp> ls -1a "/srv/bk1/backups"\n/srv/bk1/backups/.\n/srv/bk1/backups/..\n/srv/bk1/backups/20261201T030000Z\n'
+    assert sending.parse_listing(listing) == ["20261201T030000Z"]
+    assert sending._sftp_word(Path('/a "b"\\c')) == '"/a \\"b\\"\\\\c"'

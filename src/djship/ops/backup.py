@@ -14,6 +14,7 @@ restore: every checksum is verified where the backup is kept first. Then, under 
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -71,9 +72,13 @@ class Backups:
         self.dir = plan.backup.dir
         self.keep = plan.backup.keep
         self.store = Store(self.local, self.dir)
-        daily = plan.backup.daily_dir
-        self.stores = [self.store] + ([Store(self.db.connector, daily, self.db)] if daily is not None else [])
-        """Where backups are: here, and on the db host when its daily scheduler keeps them there."""
+        daily, target = plan.backup.daily_dir, plan.backup.target
+        self.offsite = Store(system.hosts[target.host].connector, target.dir, system.hosts[target.host]) \
+            if target is not None else None
+        """The backup host's store (servers.backup), where every backup goes; None: backups are kept here."""
+        self.stores = [self.store] + ([Store(self.db.connector, daily, self.db)] if daily is not None else []) + \
+            ([self.offsite] if self.offsite else [])
+        """Where backups are: here, on the db host when its daily scheduler kept them there, on the backup host."""
 
     @property
     def live_hosts(self) -> dict[str, Host]:
@@ -101,6 +106,8 @@ class Backups:
     def backup(self, note: str = "", protect: frozenset[str] = frozenset()) -> BackupResult:
         """Back up the live database and media; prune old backups, never one named in protect."""
         self._require_database()
+        if self.offsite is not None:
+            return self._backup_offsite(note, protect)
         self.system.control.state.mkdir(parents=True, exist_ok=True)
         with exclusive(self.system.control.backup_lock, "backup", busy="another backup is running"):
             sources = self._sources()
@@ -108,6 +115,14 @@ class Backups:
             sources.clear()
             backup = take(sources, self.store, note, self.reporter)
             return BackupResult(backup, self.store.prune(self.keep, protect | {backup.name}))
+
+    def _backup_offsite(self, note: str, protect: frozenset[str]) -> BackupResult:
+        """The db host's agent takes it there and sends it to the backup host, as its daily backup does."""
+        with self.reporter.step(f"Backing up on {self.db.name} and sending it to {self.offsite.host.name}"):
+            flags = [word for name in sorted(protect) for word in ("--protect", name)]
+            done = json.loads(self.system.agent("backup", "--note", note, *flags, host=self.db))
+        backup = next(backup for backup in self.offsite.list() if backup.name == done["backup"])
+        return BackupResult(backup, done["pruned"])
 
     def _sources(self) -> Sources:
         release = self.system.current()
