@@ -451,6 +451,8 @@ def destroy(yes: bool) -> None:
     """Stop everything and DELETE the state directory: database, releases, secrets, certificates, media."""
     system = _system()
     targets = ", ".join(f"{directory} on {host}" for host, directory in system.destroy_targets())
+    kept = system.plan.backup.target
+    targets += f" (on {kept.host} all but {kept.dir}: the backups stay)" if kept else ""
     if not yes:
         raise DjshipError(
             f"destroy deletes {targets}, with the database and uploaded media; "

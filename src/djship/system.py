@@ -1129,7 +1129,8 @@ class System:
         return bool(order)
 
     def destroy_targets(self) -> list[tuple[str, Path]]:
-        """(host, directory) that `destroy` deletes: every host's state root, and .djship/ here."""
+        """(host, directory) that `destroy` deletes: every host's state root (a backup host's but its backups), and
+        .djship/ here."""
         targets = [(host.name, host.plan.paths.state) for host in self.hosts.values()]
         if all(state != self.control.state for _, state in targets):
             targets.append(("this machine", self.control.state))
@@ -1144,5 +1145,12 @@ class System:
         on_each(self.hosts, lambda host: boot.uninstall(host.connector, host.plan))
         for name, state in targets:
             connector = self.hosts[name].connector if name in self.hosts else self.local
+            host = self.hosts.get(name)
+            if host is not None and host.holds("backup"):  # the backups outlive the system they were taken of
+                kept = host.plan.backup.target.dir
+                with self.reporter.step(f"Deleting {state} on {name} but its backups ({kept})"):
+                    connector.run(["find", str(state), "-mindepth", "1", "-maxdepth", "1", "!", "-path", str(kept),
+                                   "-exec", "rm", "-rf", "--", "{}", "+"])
+                continue
             with self.reporter.step(f"Deleting {state} on {name} (database, releases, secrets, certificates)"):
                 connector.run(["rm", "-rf", "--", str(state)])

@@ -106,10 +106,11 @@ def _sshd_config(directory: Path, address: str, authorized_keys: Path, root: Pat
         "Port 22",
         f"HostKey {directory / 'ssh_host_ed25519_key'}",
         f"PidFile {directory / 'sshd.pid'}",
-        # The harness's key for root; for the media host's SFTP user, the key djship puts in that user's home on this
-        # host. Named by path, not by the home in /etc/passwd: the hosts share that file, so while several fleets
-        # run, the home it names is only one of them.
-        f"AuthorizedKeysFile {authorized_keys} {root / 'media-access/.ssh/authorized_keys'}",
+        # The harness's key for root; for the media host's and the backup host's SFTP users, the key djship puts in
+        # that user's home on this host. Named by path, not by the home in /etc/passwd: the hosts share that file, so
+        # while several fleets run, the home it names is only one of them.
+        f"AuthorizedKeysFile {authorized_keys} {root / 'media-access/.ssh/authorized_keys'} "
+        f"{root / 'backup-access/.ssh/authorized_keys'}",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
