@@ -75,11 +75,6 @@ class Topology:
     app_python: str = ""
     """The app hosts' Python major.minor (the wheels are built for it); empty on one machine."""
 
-    @property
-    def one_machine(self) -> bool:
-        """Every role on this machine (the commands not yet built for real hosts work on this one)."""
-        return all(host.installs == "project" for host in self.hosts.values())
-
     def holding(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if host.holds(role)]
 
