@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import appserver, boot, jobs, media, offsite, orphans
+from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -103,7 +103,7 @@ def ensure_users(plan: Plan, connector: Connector) -> None:
     for user in plan.users_here:
         if connector.run(["id", "-u", user]).ok:
             continue
-        result = connector.run([
+        result = accounts.change_users(connector, [
             "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
             "--shell", "/usr/sbin/nologin", user,
         ])

@@ -76,3 +76,23 @@ def test_a_data_directory_an_earlier_djship_gave_its_one_user_is_named_with_the_
         f"PostgreSQL's data directory {data} belongs to djship, not to its user djship-db (users.db); run "
         f"`djship down`, then `chown -R djship-db: {data.parent}` and `djship up`")
     DatabaseServer(make_plan(running_as_root=False), Accounts(existing=set(), data_owner="someone")).check_owner()
+
+
+def test_useradd_is_tried_again_while_another_holds_the_passwd_lock(monkeypatch):
+    from djship.components import accounts
+    from djship.connectors import Result
+
+    answers = [Result(("useradd",), 1, "", "useradd: cannot lock /etc/passwd; try again later.\n")] * 2 + [
+        Result(("useradd",), 0, "", "")]
+
+    class Connector:
+        calls = 0
+
+        def run(self, argv):
+            Connector.calls += 1
+            return answers[Connector.calls - 1]
+
+    monkeypatch.setattr(accounts, "LOCK_WAIT", 0)
+    assert accounts.change_users(Connector(), ["useradd", "x"]).ok and Connector.calls == 3
+    refused = Result(("useradd",), 9, "", "useradd: user 'x' already exists\n")
+    assert accounts.change_users(type("C", (), {"run": lambda self, argv: refused})(), ["useradd", "x"]) is refused

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from djship import render
+from djship.components import accounts
 from djship.connectors import Connector, on_each
 from djship.connectors.local import LocalConnector
 from djship.errors import DjshipError
@@ -123,7 +124,7 @@ def _ensure_media_user(plan: Plan, connector: Connector) -> None:
     argv = ["usermod", "--home", home, MEDIA_USER] if entry.ok else [
         "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
         "--shell", "/usr/sbin/nologin", MEDIA_USER]
-    result = connector.run(argv)
+    result = accounts.change_users(connector, argv)
     if not result.ok:
         raise DjshipError(f"cannot make the media host's user {MEDIA_USER}: {result.stderr.strip()}")
 

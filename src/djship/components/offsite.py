@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from djship import render
+from djship.components import accounts
 from djship.components.media import Access, new_private_key
 from djship.connectors import Connector
 from djship.connectors.local import LocalConnector
@@ -78,7 +79,7 @@ def prepare(plan: Plan, connector: Connector) -> None:
         argv = ["usermod", "--home", home, BACKUP_USER] if entry.ok else [
             "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
             "--shell", "/usr/sbin/nologin", BACKUP_USER]
-        result = connector.run(argv)
+        result = accounts.change_users(connector, argv)
         if not result.ok:
             raise DjshipError(f"cannot make the backup host's user {BACKUP_USER}: {result.stderr.strip()}")
     connector.makedirs(plan.paths.backup_authorized_keys.parent, mode=0o755)
