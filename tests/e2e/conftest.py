@@ -33,7 +33,8 @@ DJSHIP = [sys.executable, "-m", "djship"]
 
 # Runs side by side (one per git worktree) set DJSHIP_TEST_OFFSET=1..9: every test port moves up by it and every
 # loopback address from 127.0.x.y to 127.<offset>.x.y, so they never collide.
-OFFSET = int(os.environ.get("DJSHIP_TEST_OFFSET", "0"))
+# Under pytest-xdist (`./bootstrap test` runs two workers) worker gwN adds N, so the workers never collide either.
+OFFSET = int(os.environ.get("DJSHIP_TEST_OFFSET", "0")) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
 
 
 def _shift(address: str) -> str:

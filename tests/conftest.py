@@ -1,0 +1,33 @@
+"""How the suite splits over pytest-xdist's workers (`./bootstrap test` runs two, `--dist loadgroup`).
+
+Each worker has loopback ports and addresses of its own (tests/e2e/conftest.py, OFFSET), so two one-machine systems
+never collide. The netns test hosts do share one thing, /etc/passwd, where the media host's and the backup host's
+SFTP users have their home in that host's root: two fleets at once would each move it. So every test on netns hosts
+runs in one group, on one worker, one after another; each one-machine e2e module is a group of its own (its
+module-scoped system comes up once, on one worker); unit tests go wherever a worker is free.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+HOSTS_GROUP = "netns-hosts"
+
+
+def _group(item: pytest.Item) -> str | None:
+    path = item.path
+    if path.parent.name != "e2e":
+        return None
+    source = path.read_text()
+    if "netns_hosts" not in source:
+        return path.stem
+    if "ONE_MACHINE" in source:  # written once for both topologies: split by the parameter
+        return HOSTS_GROUP if "[netns hosts" in item.nodeid else path.stem
+    return HOSTS_GROUP
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
