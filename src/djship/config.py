@@ -293,6 +293,39 @@ class DatabaseConfig(_Section):
         return value
 
 
+_REDIS_SIZE = re.compile(r"^[1-9][0-9]*(kb|mb|gb)$")
+
+
+class RedisConfig(_Section):
+    """Redis under the supervisor, for the app and its processes (REDIS_URL): on the db host, or servers.redis."""
+
+    address: str = "127.0.3.1"
+    """On one machine: the loopback address it listens on, its own (on hosts: the redis host's address)."""
+    port: int = 16379
+    maxmemory: str | None = None
+    """Redis's maxmemory ("256mb"); when reached, writes fail (noeviction): a broker must never lose a task."""
+
+    _check_bind = field_validator("address")(_loopback)
+
+    @field_validator("port")
+    @classmethod
+    def _redis_port(cls, value: int) -> int:
+        _port(value)
+        if value in EPHEMERAL_PORTS:
+            raise ValueError(
+                f"{value} is in Linux's ephemeral port range 32768-60999, where a client socket can take it "
+                "and Redis then fails to start; choose a port below 32768"
+            )
+        return value
+
+    @field_validator("maxmemory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and not _REDIS_SIZE.fullmatch(value.lower()):
+            raise ValueError('must be a size in kb, mb or gb, e.g. "256mb"')
+        return None if value is None else value.lower()
+
+
 def _not_reserved(name: str) -> None:
     if name in POSTGRES_RESERVED or name.startswith("pg_"):
         raise ValueError(f"{name!r} is reserved by PostgreSQL; choose another name, e.g. the project's")
@@ -453,6 +486,8 @@ class ServersConfig(_Section):
     media: str | None = None
     """The host that holds the uploads every app host mounts; default: the db host when there are several app
     hosts (see media_host)."""
+    redis: str | None = None
+    """The host that runs Redis ([redis]); default: the db host."""
 
 
 def media_host(servers: ServersConfig) -> str | None:
@@ -503,15 +538,17 @@ class UsersConfig(_Section):
     web: str = "djship-web"
     db: str = "djship-db"
     lb: str = "djship-lb"
+    redis: str = "djship-redis"
 
-    _check_unprivileged = field_validator("app", "web", "db", "lb")(_unprivileged)
+    _check_unprivileged = field_validator("app", "web", "db", "lb", "redis")(_unprivileged)
 
     @model_validator(mode="after")
     def _one_each(self) -> UsersConfig:
-        names = [self.app, self.web, self.db, self.lb]
+        roles = ("app", "web", "db", "lb", "redis")
+        names = [getattr(self, role) for role in roles]
         shared = next((name for name in names if names.count(name) > 1), None)
         if shared is not None:
-            roles = " and ".join(role for role in ("app", "web", "db", "lb") if getattr(self, role) == shared)
+            roles = " and ".join(role for role in roles if getattr(self, role) == shared)
             raise ValueError(f"{roles} are both {shared!r}; each component runs as a user of its own, so one that is "
                              "compromised reaches nothing of the others: give each its own name")
         return self
@@ -532,6 +569,8 @@ class Config(_Section):
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     ssh: SshConfig = Field(default_factory=SshConfig)
     processes: dict[str, ProcessConfig] = Field(default_factory=dict)
+    redis: RedisConfig | None = None
+    """Redis for the app when present ([redis], even empty); nothing of it runs without."""
     env: dict[str, str | int | float] = Field(default_factory=dict)
     """Plain values of the app's environment (secrets are kept by `djship env set`, never in this file)."""
 
@@ -653,9 +692,17 @@ def _topology_problems(config: Config) -> list[str]:
             f"the app hosts share their uploads through the db host by default, but {media!r} holds the app role"
         problems.append(f"servers.media: {held}; name a host without the app role (every app host mounts the uploads "
                         "from it)")
-    used = {name for names in roles.values() for name in names} | {media}
+    if config.servers.redis is not None:
+        if config.redis is None:
+            problems.append("servers.redis: names a Redis host, but there is no [redis]; add [redis] to run Redis, or "
+                            "remove servers.redis")
+        elif config.servers.redis not in config.hosts:
+            problems.append(f"servers.redis: no host {config.servers.redis!r}; define it as "
+                            f"[hosts.{config.servers.redis}] with its address")
+    used = {name for names in roles.values() for name in names} | {media, config.servers.redis}
     problems += [
-        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db or servers.media, or remove it"
+        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db, servers.media or servers.redis, "
+        "or remove it"
         for name in config.hosts if name not in used
     ]
     seen: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -10,8 +11,8 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, \
-    AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
+from djship.plan import MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, \
+    STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -51,6 +52,11 @@ def supervisor_value(value: object) -> str:
     return str(value).replace("%", "%%")
 
 
+def redis_string(value: object) -> str:
+    """A Redis config argument in double quotes: backslash and double quote escaped (sdssplitargs reads them)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def python_string(value: object) -> str:
     """A Python string literal in double quotes, whatever the text holds."""
     return '"' + "".join(
@@ -60,7 +66,7 @@ def python_string(value: object) -> str:
 
 _environment.filters.update(
     nginx=nginx_string, haproxy=haproxy_string, haproxy_weak=haproxy_weak, haproxy_argument=haproxy_argument,
-    supervisor=supervisor_value, python=python_string,
+    supervisor=supervisor_value, python=python_string, redis=redis_string,
 )
 
 
@@ -150,6 +156,27 @@ def pg_hba_conf(plan: Plan) -> str:
     return _render("pg_hba.conf.j2", db=plan.database)
 
 
+def redis_conf(plan: Plan, password: str) -> str:
+    return _render("redis.conf.j2", plan=plan, redis=plan.redis, password=password)
+
+
+_REQUIREPASS = re.compile(r'^requirepass "(?P<password>[^"\\]*)"$', re.MULTILINE)
+
+
+def redis_password_of(conf: str) -> str | None:
+    """The password a redis.conf rendered by redis_conf holds (djship's passwords need no escapes)."""
+    found = _REQUIREPASS.search(conf)
+    return found["password"] if found else None
+
+
+def app_secrets_env(plan: Plan, secrets: dict[str, str], redis_password: str | None) -> str:
+    """The secrets file of the app's environment: `djship env`'s secrets, and REDIS_URL with [redis]."""
+    values = list(secrets.items())
+    if plan.redis is not None and redis_password:
+        values.append((REDIS_URL, plan.redis.url(redis_password)))
+    return env_file(values, ENV_SECRETS_ORIGIN)
+
+
 # How an app host's sshfs reaches the media host: its one key and the media host's verified host key only, never a
 # prompt; a connection that stops answering is given up after 15 s and made anew on the next file access.
 _SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3", "ConnectTimeout=3", "BatchMode=yes",
@@ -201,6 +228,11 @@ def programs(plan: Plan) -> list[Program]:
             stopsignal="INT",
             stopwaitsecs=60,
             user=plan.user_of("db"),
+        ))
+    if plan.runs_redis:
+        result.append(Program(
+            name=REDIS_PROGRAM, command=f"{quote(plan.tools.redis_server)} {quote(str(plan.redis.conf))}",
+            stopsignal="TERM", stopwaitsecs=60, user=plan.user_of("redis"),
         ))
     for server in plan.servers_here:
         gunicorn, nginx = server.programs
