@@ -86,6 +86,9 @@ class Program:
     environment: str | None = None
     user: str | None = None
     """Who it runs as; None: the user supervisord runs as."""
+    signals_group: bool = True
+    """Whether the stop signal goes to its whole process group (stopasgroup), or to the program alone, which then
+    stops its children itself; either way, whatever is left at stopwaitsecs is killed as a group."""
 
 
 BACKUP_SCHEDULER = "backup-scheduler"
@@ -306,13 +309,15 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 def process_program(plan: Plan, process: Process, name: str) -> Program:
     """One of a process type's programs: its command run in the live release (`current`, which a deploy moves before
     it restarts them), with the release's virtualenv first on PATH, the production settings and the app's
-    environment; stopped with SIGTERM, then SIGKILL after its stop_timeout."""
+    environment; stopped with SIGTERM, then SIGKILL after its stop_timeout. SIGTERM goes to the command alone: a
+    worker with a pool of children (Celery's prefork) then lets them finish their tasks (its warm shutdown), where a
+    child that got SIGTERM itself would die in the middle of one."""
     release = plan.paths.current
     settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
     # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
     argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *process.argv]
     return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
-                   stopsignal="TERM", stopwaitsecs=process.stop_timeout, user=plan.user_of("app"))
+                   stopsignal="TERM", stopwaitsecs=process.stop_timeout, user=plan.user_of("app"), signals_group=False)
 
 
 def supervisord_conf(plan: Plan) -> str:
