@@ -279,8 +279,10 @@ class System:
             if kept is None and host.name not in self.topology.unreachable:
                 kept = host.connector.get(host.plan.paths.env_secrets)
         values = appenv.parse_env_file(kept.decode()) if kept else {}
-        if self.plan.redis:  # djship's own, read back from an app host's copy
-            values.pop(REDIS_URL, None)
+        # djship's own REDIS_URL, in the same file on one machine (and on an app host): never one of `djship env`'s.
+        password = self._read_redis_password() if REDIS_URL in values else None
+        if password and values[REDIS_URL].startswith(f"redis://:{password}@"):
+            del values[REDIS_URL]
         return values
 
     def keep_env_secrets(self, values: dict[str, str]) -> None:
