@@ -267,7 +267,7 @@ class System:
         if found.redis_password:
             self.local.put(self.control.redis_secrets, json.dumps({"password": found.redis_password}) + "\n",
                            mode=0o600)
-        self.keep_env_secrets(self.env_secrets())
+        self.keep_env_secrets(self.env_secrets(), found)
         return found
 
     # -- the secrets of the app's environment (`djship env`) -----------------------------------------------------
@@ -285,10 +285,15 @@ class System:
             del values[REDIS_URL]
         return values
 
-    def keep_env_secrets(self, values: dict[str, str]) -> None:
-        """Here, 0600: what `up` gives every app host."""
+    def keep_env_secrets(self, values: dict[str, str], secrets_: Secrets | None = None) -> None:
+        """Here, 0600: what `up` gives every app host. On one machine this is the app's own file, so it holds djship's
+        REDIS_URL as well."""
+        text = render.env_file(values.items(), render.ENV_SECRETS_ORIGIN)
+        kept = secrets_ or self.read_secrets() if self.topology.one_machine else None
+        if kept is not None:
+            text = self._env_secrets_text(self.plan, values, kept)
         self.local.makedirs(self.control.secrets, mode=0o711)
-        self.local.put(self.control.env_secrets, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), mode=0o600)
+        self.local.put(self.control.env_secrets, text, mode=0o600)
 
     def give_env_secrets(self, host: Host, values: dict[str, str]) -> None:
         """To an app host, 0600 and readable by the app's user only; its programs read them when they next start."""

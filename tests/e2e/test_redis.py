@@ -221,6 +221,11 @@ def test_the_password_is_in_no_file_but_its_own_and_on_no_command_line(target):
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert f"REDIS_URL=redis://:{password}@{_redis(target)['address']}/0" in (app_root / "secrets/env").read_text()
     assert password not in target.djship("status", "--json").stdout
+    target.djship("env", "set", "STRIPE_SECRET_KEY=sk_test_redis", "--no-restart")  # rewrites the secrets files
+    assert f"REDIS_URL=redis://:{password}@" in (app_root / "secrets/env").read_text()
+    assert [row["name"] for row in json.loads(target.djship("env", "list", "--json").stdout)] == ["STRIPE_SECRET_KEY"]
+    refused = target.djship("env", "set", "REDIS_URL=redis://elsewhere", check=False)
+    assert refused.returncode == 1 and "REDIS_URL is set by djship from [redis]" in refused.stderr, refused
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
