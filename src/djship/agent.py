@@ -2,19 +2,30 @@
 
     python -m djship.agent <plan.json> renew [--force]   an ACME certificate now if due (or always), installed
     python -m djship.agent <plan.json> watch             the renewal timer (the supervised program `renewal`)
+    python -m djship.agent <plan.json> follow            on another lb host: the renewer's certificate, installed
+    python -m djship.agent <plan.json> backup [--note N] a backup of the live database and media, taken here
 
-It runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its own HAProxy:
-the ACME client lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
+The ACME client runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its
+own HAProxy: it lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
 certificate falls due. `djship up` and `djship certs renew` run `renew` there through the host's connector.
+The other lb hosts run `watch` as followers: every 30 seconds they read the certificate the renewer serves (from a
+TLS handshake with it) and install it when it is new and for the site key they hold (the same on every lb host), so
+a renewal reaches them with no control machine either. The daily backup (backup.schedule) runs `backup` on the db host, which holds the database and the uploads, for the
+same reason; on real hosts it keeps the backups there (backup.daily_dir), on one machine in backup.dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
 
 from djship.components.balancer import Balancer, https_probe
 from djship.connectors import Connector
@@ -22,7 +33,7 @@ from djship.connectors.local import LocalConnector
 from djship.errors import DjshipError
 from djship.plan import Plan, plan_from_json
 from djship.tls import renewal
-from djship.tls.certificates import leaf_der
+from djship.tls.certificates import leaf_der, load_chain, same_key
 from djship.tls.site import BalancerHost, acme_certificate_is_current, fetch_staple, install, obtain_acme, \
     site_info, staple_due
 from djship.waiting import wait_until
@@ -31,6 +42,10 @@ SERVED_TIMEOUT = 30
 # The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
 STAPLE_RETRY = 3600
 RENEWED, CURRENT = "renewed", "current"
+INSTALLED = "installed"
+# How often a follower reads the renewer's certificate, and how long one reading may take (seconds).
+FOLLOW_INTERVAL = 30
+FOLLOW_TIMEOUT = 20
 
 
 class Renewer:
@@ -89,8 +104,100 @@ class Renewer:
             self.log("OCSP response for stapling " + ("refreshed" if staple else "removed"))
 
 
+class Follower:
+    """The renewer's ACME certificate on this lb host, installed with the site key every lb host holds."""
+
+    def __init__(self, plan: Plan, connector: Connector, log: Callable[[str], None]):
+        self.plan, self.connector, self.log = plan, connector, log
+        self.balancer = BalancerHost(connector, Balancer(plan.paths.haproxy_socket))
+
+    def _renewers_chain(self) -> bytes:
+        """The certificates the renewer's TLS handshake presents for the first domain, as PEM."""
+        plan = self.plan
+        endpoint = f"{plan.tls.renewer_address}:{plan.https_port}"
+        result = self.connector.run(["openssl", "s_client", "-connect", endpoint, "-servername", plan.domains[0],
+                                     "-showcerts"], input="", timeout=FOLLOW_TIMEOUT)
+        chain = load_chain(result.stdout.encode())
+        if not chain:
+            raise DjshipError(f"the renewer {plan.tls.renewer} ({endpoint}) presented no certificate: "
+                              + (result.stderr.strip().splitlines() or ["no answer"])[-1])
+        return b"".join(certificate.public_bytes(serialization.Encoding.PEM) for certificate in chain)
+
+    def follow(self) -> bool:
+        """Install the renewer's certificate if it is not the one served here; whether it did."""
+        plan, connector = self.plan, self.connector
+        chain = self._renewers_chain()
+        served = connector.get(plan.paths.site_pem)
+        if served and load_chain(served) and leaf_der(served) == leaf_der(chain):
+            return False
+        key = connector.get(plan.paths.acme_site_key)
+        if key is None:
+            raise DjshipError(f"{plan.paths.acme_site_key} is missing; run `djship up` from the control machine")
+        if not same_key(chain, key):  # the placeholder the renewer starts with, or a certificate not for our key
+            raise DjshipError(f"the renewer {plan.tls.renewer} does not serve a certificate for the site key yet")
+        bundle = chain + key
+        install(plan, [self.balancer], bundle, fetch_staple(plan, connector, bundle, self.log))
+        self.log(f"installed the renewer's certificate (serial {site_info(plan, connector).serial})")
+        return True
+
+    def watch(self) -> None:
+        while True:
+            try:
+                self.follow()
+            except DjshipError as error:
+                self.log(f"not followed yet: {error}")
+            time.sleep(FOLLOW_INTERVAL)
+
+
 def _log(line: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}", flush=True)
+
+
+class _LogReporter:
+    """Progress as log lines: the agent runs under the supervisor, whose log is `djship logs <program>`."""
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        _log(f"{title} ...")
+        yield
+        _log(f"{title}: done in {time.monotonic() - started:.1f}s")
+
+    def note(self, text: str) -> None:
+        _log(text)
+
+
+@dataclass(frozen=True)
+class _Here:
+    """This host, as a backup takes it (see djship.ops.store.Host)."""
+    name: str
+    plan: Plan
+    connector: Connector
+
+
+# Apart from `djship backup`'s (backup-staging): on real hosts the two take their locks on different machines.
+DAILY_STAGING = "daily-backup-staging"
+
+
+def backup(plan: Plan, connector: Connector, note: str) -> None:
+    """A backup of this host's live database and media into its store, then the old ones pruned."""
+    from djship.deploy.lock import exclusive
+    from djship.ops.store import Sources, Store, take
+
+    admin = connector.get(plan.paths.admin_secrets)
+    if admin is None:
+        raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
+    here = _Here(plan.host, plan, connector)
+    store = Store(connector, plan.backup.daily_dir or plan.backup.dir)
+    with exclusive(plan.paths.backup_lock, "the daily backup", busy="another backup is running"):
+        store.remove_unfinished()
+        sources = Sources(here, here, json.loads(admin)["postgres_password"], None, DAILY_STAGING, name_hosts=False)
+        sources.clear()
+        taken = take(sources, store, note, _LogReporter())
+        pruned = store.prune(plan.backup.keep, frozenset({taken.name}))
+    rows = sum(taken.manifest.rows.values())
+    _log(f"backed up {taken.manifest.database} and media as {taken.path} ({taken.manifest.size} bytes, {rows} rows)"
+         + (f"; removed old backups {', '.join(pruned)}" if pruned else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,10 +206,25 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("renew", help="an ACME certificate now if due, installed").add_argument(
         "--force", action="store_true", help="even if the current one is not due")
-    commands.add_parser("watch", help="renew whenever due, retrying with back-off (never returns)")
+    commands.add_parser("watch", help="renew whenever due, retrying with back-off; on another lb host, follow the "
+                                      "renewer (never returns)")
+    commands.add_parser("follow", help="on another lb host: install the renewer's certificate if it is new")
+    commands.add_parser("backup", help="a backup of the live database and media, taken here").add_argument(
+        "--note", default="", help="what the manifest says of it")
     args = parser.parse_args(argv)
     try:
-        renewer = Renewer(plan_from_json(args.plan.read_bytes()), LocalConnector(), _log)
+        plan = plan_from_json(args.plan.read_bytes())
+        if args.command == "backup":
+            backup(plan, LocalConnector(), args.note)
+            return
+        if plan.follows:
+            follower = Follower(plan, LocalConnector(), _log)
+            if args.command == "follow":
+                print(INSTALLED if follower.follow() else CURRENT, flush=True)
+            else:
+                follower.watch()
+            return
+        renewer = Renewer(plan, LocalConnector(), _log)
         if args.command == "renew":
             print(RENEWED if renewer.renew_if_due(args.force) else CURRENT, flush=True)
         else:

@@ -293,7 +293,12 @@ def backup() -> None:
 @main.command(name="backups")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def backups_(as_json: bool) -> None:
-    """List the backups, oldest first, with their size and age."""
+    """List the backups, oldest first, with where they are kept, their size and age.
+
+    \b
+    `djship backup` keeps them here (backup.dir); on real hosts the daily backup of backup.schedule
+    keeps them on the db host. `djship restore NAME` takes either.
+    """
     from datetime import datetime, timezone
 
     from djship.ops.archive import human_age, human_size
@@ -304,6 +309,7 @@ def backups_(as_json: bool) -> None:
         manifest = entry.manifest
         rows.append({
             "name": entry.name,
+            "host": entry.host.name if entry.host else None,
             "path": str(entry.path),
             "created": manifest.created if manifest else None,
             "age_seconds": int((now - entry.created).total_seconds()),
@@ -319,11 +325,11 @@ def backups_(as_json: bool) -> None:
     if not rows:
         console.print("No backups yet; `djship backup` takes one.")
         return
-    table = _table("BACKUP", "AGE", "SIZE", "DATABASE", "ROWS", "NOTE")
+    table = _table("BACKUP", "KEPT ON", "AGE", "SIZE", "DATABASE", "ROWS", "NOTE")
     for row in rows:
         size = human_size(row["size"]) if row["size"] is not None else "-"
-        _add_row(table, row["name"], human_age(row["age_seconds"]), size, row["database"] or "-",
-                      str(row["rows"] if row["rows"] is not None else "-"), row["note"])
+        _add_row(table, row["name"], row["host"] or "this machine", human_age(row["age_seconds"]), size,
+                 row["database"] or "-", str(row["rows"] if row["rows"] is not None else "-"), row["note"])
     console.print(table)
 
 

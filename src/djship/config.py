@@ -490,12 +490,18 @@ class ServersConfig(_Section):
     """The host that runs Redis ([redis]); default: the db host."""
 
 
-def media_host(servers: ServersConfig) -> str | None:
-    """The host holding the uploads: servers.media, else the db host once several app hosts must share them; one app
-    host keeps them in its own directory."""
+def media_host(config: Config) -> str | None:
+    """The host holding the uploads: servers.media, else the db host once several app hosts must share them or once
+    the daily backup (which runs on the db host) must archive them there; one app host keeps them in its own
+    directory otherwise."""
+    servers = config.servers
+    if servers is None:
+        return None
     if servers.media is not None:
         return servers.media
-    return servers.db if len(servers.app) > 1 else None
+    if len(servers.app) > 1 or (config.backup.schedule and servers.app != [servers.db]):
+        return servers.db
+    return None
 
 
 class BackupConfig(_Section):
@@ -684,7 +690,7 @@ def _topology_problems(config: Config) -> list[str]:
                 problems.append(f"{where}: no host {name!r}; define it as [hosts.{name}] with its address")
             elif name in names[:index]:
                 problems.append(f"{where}: lists {name!r} twice")
-    media = media_host(config.servers)
+    media = media_host(config)
     if config.servers.media is not None and media not in config.hosts:
         problems.append(f"servers.media: no host {media!r}; define it as [hosts.{media}] with its address")
     elif media in config.servers.app:

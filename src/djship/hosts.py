@@ -39,6 +39,8 @@ REQUIREMENTS = (
     # The supervisor and the release virtualenvs run in virtualenvs of the host's own Python.
     Requirement("python3-venv", '"$PYTHON" -c \'import ensurepip, venv\'', frozenset()),
     Requirement("haproxy", "command -v haproxy || test -x /usr/sbin/haproxy", frozenset({"lb"})),
+    # An lb host that follows the ACME renewer reads its certificate with `openssl s_client`.
+    Requirement("openssl", "command -v openssl", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
@@ -69,7 +71,7 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             "djship.toml lists no remote hosts ([servers] and [hosts]); this project runs on this machine "
             "(see the README, \"From one machine to real hosts\")"
         )
-    media = media_host(config.servers)
+    media = media_host(config)
     holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
                "media": {media} if media else set(),
                "redis": {config.servers.redis or config.servers.db} if config.redis is not None else set()}

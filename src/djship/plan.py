@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from djship.config import Config, default_database_name, is_local_domain
+from djship.config import Config, default_database_name, is_local_domain, media_host
 from djship.errors import DjshipError
 from djship.logfile import LOG_MODE
 from djship.tools import Tools
@@ -271,6 +271,9 @@ class Tls:
     renewer: str = ""
     """acme: the host whose ACME client orders and renews the certificate (the first lb host) and runs the
     renewal timer."""
+    renewer_address: str = ""
+    """acme: where the other lb hosts reach the renewer: they pass it the CA's HTTP-01 requests and read its
+    certificate from its TLS handshake."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,12 @@ class Paths:
     @property
     def acme_account_key(self) -> Path:
         return self.tls / "acme-account.key"
+
+    @property
+    def acme_site_key(self) -> Path:
+        """The private key of the ACME certificate, the same on every lb host: each new certificate is for it, so
+        the other lb hosts need only the certificate itself, which any TLS handshake with the renewer shows."""
+        return self.tls / "acme-site.key"
 
     @property
     def challenge_map(self) -> Path:
@@ -437,6 +446,11 @@ class Paths:
         return self.state / "backup.lock"
 
     @property
+    def daily_backups(self) -> Path:
+        """On a db host, its daily backups (on one machine they go to backup.dir)."""
+        return self.state / "backups"
+
+    @property
     def servers(self) -> Path:
         return self.state / "servers"
 
@@ -487,7 +501,10 @@ class BackupPlan:
     dir: Path
     keep: int
     schedule: str | None
-    """UTC "HH:MM" at which the supervised scheduler runs `djship backup` daily; None: no scheduler."""
+    """UTC "HH:MM" at which the db host's supervised scheduler takes a backup daily; None: no scheduler."""
+    daily_dir: Path | None = None
+    """On real hosts, where the db host keeps its daily backups (the control machine is off at 03:30); None on one
+    machine, where they go to dir like every other."""
 
 
 @dataclass(frozen=True)
@@ -551,6 +568,22 @@ class Plan:
         return self.tls.mode == "acme" and self.tls.renewer == self.host
 
     @property
+    def schedules_backups(self) -> bool:
+        """Whether this host runs the daily backup (the db host, when backup.schedule is set)."""
+        return self.backup.schedule is not None and self.holds("db")
+
+    @property
+    def follows(self) -> bool:
+        """Whether this lb host takes the renewer's ACME certificate (tls.mode = "acme" with several lb hosts)."""
+        return self.tls.mode == "acme" and self.holds("lb") and not self.renews
+
+    @property
+    def runs_agent(self) -> bool:
+        """Whether djship's own program (djship.agent) runs here: the ACME client or its follower, the daily
+        backup."""
+        return self.renews or self.follows or self.schedules_backups
+
+    @property
     def media_dirs(self) -> Path:
         """Where the media directories are: the live one and those restores make beside it."""
         return self.paths.uploads if self.media else self.paths.shared
@@ -606,7 +639,8 @@ class Plan:
         paths = self.paths
         redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
-            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, self.database.key_file, redis_conf)
+            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
+            redis_conf)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
@@ -717,8 +751,10 @@ def remote_config_problems(config: Config) -> list[str]:
         for section, keys in _LOCAL_ONLY.items() for key in keys
         if getattr(config, section) is not None and key in getattr(config, section).model_fields_set
     ]
-    if config.backup.schedule:
-        problems.append("backup.schedule: scheduled backups on real hosts are not built yet; remove it")
+    media = media_host(config)
+    if config.backup.schedule and media is not None and media != config.servers.db:
+        problems.append(f"backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
+                        f"servers.media puts them on {media!r}; remove servers.media (the db host then holds them)")
     return problems
 
 
@@ -765,10 +801,6 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     app_hosts = [host for host in hosts if "app" in host.roles]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     db_host = next(host for host in hosts if "db" in host.roles)
-    if config.tls.mode == "acme" and len(lb_hosts) > 1:
-        raise DjshipError('djship.toml: tls.mode: "acme" with several lb hosts is not built yet (the renewal timer '
-                          'on the first one installs its certificates there only); list one lb host in servers.lb, '
-                          'or use "files" with a certificate you obtained (e.g. with certbot)')
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     servers = tuple(server for host in app_hosts
@@ -804,9 +836,10 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
             balancer_sources=sources, users=Users(**config.users.model_dump()) if host.login_root else None,
         )
-        tls = replace(plan.tls, renewer=lb_hosts[0].name)
+        tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address)
+        backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups)
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
-                                            redis=redis))
+                                            backup=backup, redis=redis))
     return plans
 
 

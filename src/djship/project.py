@@ -157,7 +157,7 @@ health_timeout = 60            # seconds a switched server has to pass its healt
 [backup]
 keep = 7                       # days of backups kept: the newest of each day, plus every backup of today
 # dir = "/var/backups/mysite"  # where `djship backup` writes (default .djship/backups, which destroy deletes)
-# schedule = "03:30"           # a daily `djship backup` at this UTC time, run by the supervisor
+# schedule = "03:30"           # a daily backup at this UTC time, taken on the db host by its supervisor
 
 # When djship runs as root, each component runs as its own unprivileged system user (created if missing), which
 # owns only what that component writes; these are the defaults.

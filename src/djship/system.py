@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from djship import appenv, render
@@ -30,7 +31,7 @@ from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
 from djship.plan import REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
-from djship.tls import local_ca, renewal
+from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
 from djship.agent import RENEWED
 from djship.tls.local_ca import Authority
@@ -82,6 +83,14 @@ class UpResult:
     """The CA to trust in local mode; None when the certificate comes from an ACME CA or the user's files."""
     release: str
     changed: bool
+
+
+def daily_backups(plan: Plan) -> str:
+    """Where the db host's daily backup goes, as status and up say it."""
+    if plan.backup.daily_dir is None:
+        return f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}"
+    return (f"daily {plan.backup.schedule} UTC -> {plan.backup.daily_dir} on {plan.host}, the db host's own disk "
+            "(copy them off it: `djship backups` lists them, `djship restore` takes them)")
 
 
 def _json(connector: Connector, path: Path) -> dict | None:
@@ -367,6 +376,8 @@ class System:
             if plan.renews and plan.tls.acme_ca_bundle is not None:
                 files.append(render.ConfigFile(plan.paths.acme_ca_bundle, plan.tls.acme_ca_bundle.read_bytes(),
                                                (RENEWAL_PROGRAM,)))
+            if host.holds("lb") and plan.tls.mode == "acme":  # the renewer's ACME client reads it as root
+                files.append(render.ConfigFile(plan.paths.acme_site_key, self._acme_site_key, (RENEWAL_PROGRAM,)))
             if certificate and host.holds("lb"):
                 files.append(render.ConfigFile(plan.paths.site_pem, certificate.decode(), ("haproxy",)))
                 staple = self.local.get(self.control.site_ocsp)
@@ -738,7 +749,7 @@ class System:
                 if program == RENEWAL_PROGRAM:
                     renewed = self._ensure_renewal(host, changes, reconfigured[host.name])
                 elif program in changes.start.get(host.name, ()):
-                    with self.reporter.step(f"Starting the daily backup at {host.plan.backup.schedule} UTC"):
+                    with self.reporter.step(f"Starting the daily backup: {daily_backups(host.plan)}"):
                         host.supervisor.start(program)
                 elif program in changes.restart.get(host.name, ()):
                     with self.reporter.step(f"Restarting {program} (its schedule changed)"):
@@ -747,7 +758,7 @@ class System:
 
     def _ensure_renewal(self, host: Host, changes: Changes, reconfigured: set[str]) -> bool:
         try:
-            return self._ensure_acme_certificate()
+            return self._ensure_acme_certificate() if host.plan.renews else False
         finally:  # also after a failed order: the timer retries it with back-off
             if RENEWAL_PROGRAM in changes.start.get(host.name, ()):
                 with self.reporter.step(f"Starting the certificate renewal timer on {host.name}"):
@@ -782,9 +793,24 @@ class System:
         """The lb host whose ACME client orders and renews the certificate (tls.mode = "acme")."""
         return self.hosts[self.plan.tls.renewer]
 
-    def _agent(self, *args: str) -> str:
-        """Run djship.agent on the renewer; its last line of output, or DjshipError with its error."""
-        host = self.renewer
+    @cached_property
+    def _acme_site_key(self) -> bytes:
+        """The ACME certificate's key, as the lb hosts hold it (made once, the first time: every renewal is for it)."""
+        for host in self.lb_hosts:
+            if host.name not in self.topology.unreachable:
+                kept = host.connector.get(host.plan.paths.acme_site_key)
+                if kept:
+                    return kept
+        return acme.new_site_key()
+
+    @property
+    def followers(self) -> list[Host]:
+        """The other lb hosts, which install the renewer's certificate."""
+        return [host for host in self.lb_hosts if host.plan.follows]
+
+    def _agent(self, *args: str, host: Host | None = None) -> str:
+        """Run djship.agent on the renewer (or host); its last line of output, or DjshipError with its error."""
+        host = host or self.renewer
         result = host.connector.run(render.agent_argv(host.plan, *args), timeout=AGENT_TIMEOUT)
         if not result.ok:
             lines = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
@@ -800,7 +826,15 @@ class System:
         if self._acme_current():
             return False
         with self.reporter.step(f"Certificate for {', '.join(self.plan.domains)} from {self.plan.tls.acme_directory}"):
-            return self._agent("renew") == RENEWED
+            renewed = self._agent("renew") == RENEWED
+        self._follow()
+        return renewed
+
+    def _follow(self) -> None:
+        """The renewer's certificate installed on the other lb hosts now (their timers would within 30 seconds)."""
+        if self.followers:
+            with self.reporter.step(f"Installing it on {', '.join(host.name for host in self.followers)}"):
+                on_each({host.name: host for host in self.followers}, lambda host: self._agent("follow", host=host))
 
     def renew(self, force: bool) -> bool:
         """`djship certs renew`: renew now if due (or always with force); returns whether it renewed."""
@@ -813,7 +847,9 @@ class System:
             )
         if not all(host.running("haproxy") for host in self.lb_hosts):
             raise DjshipError("the load balancer is not running, and it answers the ACME challenge; run `djship up` first")
-        return self._agent("renew", *(["--force"] if force else [])) == RENEWED
+        renewed = self._agent("renew", *(["--force"] if force else [])) == RENEWED
+        self._follow()
+        return renewed
 
     def _staple_for(self, bundle: bytes) -> bytes | None:
         return fetch_staple(self.control_plan, self.local, bundle, self.reporter.note)
@@ -989,9 +1025,8 @@ class System:
             components.append(entry(self.redis_host, REDIS_PROGRAM, "redis", plan.redis.endpoint,
                                     "accepting" if redis.answers(reply or "") else "down"))
         for host in answering.values():
-            if host.plan.backup.schedule and host.holds("db"):
-                components.append(entry(host, render.BACKUP_SCHEDULER, "backup",
-                                        f"daily {plan.backup.schedule} UTC -> {plan.backup.dir}", "scheduled"))
+            if host.plan.schedules_backups:
+                components.append(entry(host, render.BACKUP_SCHEDULER, "backup", daily_backups(host.plan), "scheduled"))
         release = self.current()
         supervisors = on_each(answering, lambda host: host.supervisor.pid())
         return {

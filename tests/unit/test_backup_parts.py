@@ -17,7 +17,6 @@ from djship.deploy.live import Live, parse_live
 from djship.errors import DjshipError
 from djship.ops import archive
 from djship.ops.archive import FileEntry, Manifest
-from djship.ops.schedule import backup_argv
 
 DIGEST_A = "a" * 64
 DIGEST_B = "b" * 64
@@ -196,10 +195,6 @@ def test_the_daily_schedule_waits_until_the_next_utc_time_of_day():
     assert archive.seconds_until(now, "02:00") == 23 * 3600
 
 
-def test_the_scheduler_runs_the_backup_command_of_its_project():
-    assert backup_argv("/srv/site")[1:] == ["-m", "djship", "-C", "/srv/site", "backup"]
-
-
 def test_sizes_and_ages_read_well():
     assert [archive.human_size(n) for n in (0, 2048, 5 * 1024**3)] == ["0 B", "2.0 KB", "5.0 GB"]
     assert [archive.human_age(s) for s in (5, 600, 7300, 3 * 86400)] == ["5s", "10m", "2h", "3d"]
@@ -233,7 +228,12 @@ def test_the_scheduler_is_supervised_only_when_scheduled_and_runs_as_the_invokin
     assert render.BACKUP_SCHEDULER not in {p.name for p in render.programs(make_plan(running_as_root=True))}
     plan = make_plan(running_as_root=True, backup={"schedule": "03:30"})
     scheduler = next(p for p in render.programs(plan) if p.name == render.BACKUP_SCHEDULER)
-    assert scheduler.command == "/usr/bin/python3 -m djship.ops.schedule --at 03:30 /srv/example/board"
+    # djship's agent takes the backup on the db host, by the plan written beside it.
+    assert scheduler.command == ("/usr/bin/python3 -m djship.ops.schedule --at 03:30 -- /usr/bin/python3 -m "
+                                 "djship.agent /srv/example/board/.djship/plan.json backup --note daily")
+    assert plan.backup.daily_dir is None  # one machine: into backup.dir, beside `djship backup`'s
+    plan_file = next(f for f in render.system_files(plan) if f.path == plan.paths.plan_file)
+    assert plan_file.programs == (render.BACKUP_SCHEDULER,)
     assert scheduler.user is None
     assert {p.user for p in render.programs(plan) if p.name != render.BACKUP_SCHEDULER} == {
         "djship-db", "djship-app", None, "djship-lb"}  # None: nginx's master, whose workers run as djship-web

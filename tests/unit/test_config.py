@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from djship.plan import remote_config_problems
 from djship.config import CONFIG_FILE, find_project_dir, load_config, media_host, parse_config
 from djship.errors import DjshipError
 
@@ -244,12 +245,17 @@ def test_remote_target_errors_name_the_key(change, expected):
     assert config_error(REMOTE.replace(old, new, 1)).startswith(f"djship.toml: {expected}")
 
 
-def test_the_media_host_is_the_db_host_for_several_app_hosts_none_for_one_or_the_one_named():
-    assert media_host(parse_config(REMOTE).servers) == "db1"
+def test_the_media_host_is_the_db_host_for_several_app_hosts_or_a_daily_backup_none_for_one_or_the_one_named():
+    assert media_host(parse_config(REMOTE)) == "db1"
     one_app_host = REMOTE.replace('app = ["app1", "app2"]', 'app = ["app1"]').replace('lb = ["lb1"]', 'lb = ["lb1", "app2"]')
-    assert media_host(parse_config(one_app_host).servers) is None
+    assert media_host(parse_config(one_app_host)) is None
+    # The daily backup runs on the db host and archives the uploads there.
+    assert media_host(parse_config(one_app_host + '[backup]\nschedule = "03:30"\n')) == "db1"
     files = REMOTE.replace('db = "db1"', 'db = "db1"\nmedia = "files1"') + '[hosts.files1]\naddress = "10.0.0.30"\n'
-    assert media_host(parse_config(files).servers) == "files1"
+    assert media_host(parse_config(files)) == "files1"
+    scheduled = remote_config_problems(parse_config(files + '[backup]\nschedule = "03:30"\n'))
+    assert scheduled == ["backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
+                         "servers.media puts them on 'files1'; remove servers.media (the db host then holds them)"]
 
 
 def test_hosts_without_servers_ask_for_roles():

@@ -311,7 +311,7 @@ def test_accepted_paths_make_files_the_real_nginx_haproxy_and_supervisor_accept(
         for program in render.programs(plan):
             assert shlex.split(processes[program.name].command) == shlex.split(program.command)
             assert processes[program.name].directory == program.directory
-        assert processes[render.BACKUP_SCHEDULER].directory == str(plan.project_dir)
+        assert str(plan.paths.plan_file) in shlex.split(processes[render.BACKUP_SCHEDULER].command)
 
 
 def run(*command) -> subprocess.CompletedProcess:

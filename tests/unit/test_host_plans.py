@@ -156,13 +156,25 @@ def test_one_host_may_hold_several_roles(make_config, fake_tools):
 @pytest.mark.parametrize(("overrides", "problem"), [
     ({"app": {"address_prefix": "127.0.5"}}, "app.address_prefix: on real hosts [servers] and [hosts] say where"),
     ({"database": {"address": "127.0.2.2"}}, "database.address: on real hosts"),
-    ({"backup": {"schedule": "03:30"}}, "backup.schedule: scheduled backups on real hosts are not built yet"),
 ])
 def test_what_a_remote_target_refuses_is_named_by_its_key(make_config, fake_tools, overrides, problem):
     config = make_config(**overrides)
     assert any(line.startswith(problem) for line in remote_config_problems(config))
     with pytest.raises(DjshipError, match=r"^djship.toml: " + problem.split(":")[0]):
         build_plans(config, Path("/srv/example/board"), specs(fake_tools))
+
+
+def test_the_db_host_takes_the_daily_backup_by_its_own_plan_and_keeps_it_on_its_own_disk(make_config, fake_tools):
+    plans = build_plans(make_config(backup={"schedule": "03:30"}), Path("/srv/example/board"), specs(fake_tools))
+    assert [name for name, plan in plans.items() if plan.schedules_backups] == ["db1"]
+    scheduler = render.programs(plans["db1"])[-1]
+    assert (scheduler.name, scheduler.user) == ("backup-scheduler", None)
+    assert scheduler.command == (f"{fake_tools.python} -m djship.ops.schedule --at 03:30 -- {fake_tools.python} -m "
+                                 "djship.agent /srv/db1/plan.json backup --note daily")
+    assert {plan.backup.daily_dir for plan in plans.values()} == {Path("/srv/db1/backups")}
+    written = plan_from_json(next(f for f in render.system_files(plans["db1"]) if f.path.name == "plan.json").data)
+    assert written == plans["db1"]
+    assert not any(plan.runs_agent for name, plan in plans.items() if name != "db1")
 
 
 def test_with_acme_the_first_lb_host_runs_the_acme_client_by_its_own_plan(make_config, fake_tools):
@@ -177,11 +189,34 @@ def test_with_acme_the_first_lb_host_runs_the_acme_client_by_its_own_plan(make_c
     assert not any(file.path.name == "plan.json" for file in render.system_files(plans["app1"]))
 
 
-def test_acme_with_several_lb_hosts_is_refused(make_config, fake_tools):
+def test_with_acme_and_several_lb_hosts_the_others_follow_the_renewer(make_config, fake_tools, real_tools, tmp_path):
     config = make_config(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]})
     roles = {**ROLES, "app1": ("app", "lb")}
-    with pytest.raises(DjshipError, match=r'^djship.toml: tls.mode: "acme" with several lb hosts'):
-        build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles))
+    plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles))
+    assert [(name, plan.renews, plan.follows) for name, plan in plans.items() if plan.holds("lb")] == [
+        ("lb1", True, False), ("app1", False, True)]
+    follower = plans["app1"]
+    assert render.programs(follower)[-1].command == f"{fake_tools.python} -m djship.agent /srv/app1/plan.json watch"
+    sections = haproxy_sections(render.haproxy_cfg(follower))
+    # The CA's HTTP-01 requests that reach the follower are answered by the renewer, from its map.
+    assert sections["frontend http"][1:3] == ["acl acme_challenge path_beg /.well-known/acme-challenge/",
+                                             "use_backend acme_renewer if acme_challenge"]
+    assert sections["backend acme_renewer"] == ["server lb1 10.0.0.2:80"]
+    # Not redirected to HTTPS first (HAProxy runs every http-request rule before use_backend).
+    assert sections["frontend http"][-1] == (
+        "http-request redirect location https://shop.example.com%[capture.req.uri] code 301 if !acme_challenge")
+    assert "backend acme_renewer" not in haproxy_sections(render.haproxy_cfg(plans["lb1"]))
+    assert follower.file_access(follower.paths.acme_site_key).mode == 0o600
+    # The real HAProxy takes the follower's configuration.
+    plan = build_plans(config, tmp_path, specs(real_tools, roles=roles, root=tmp_path))["app1"]
+    plan.paths.haproxy_conf.parent.mkdir(parents=True)
+    plan.paths.haproxy_conf.write_text(render.haproxy_cfg(plan))
+    plan.paths.site_pem.parent.mkdir(parents=True)
+    plan.paths.site_pem.write_bytes(local_ca.issue_site_certificate(local_ca.new_authority("unit"), plan.domains))
+    plan.paths.ca_cert.write_bytes(local_ca.new_authority("unit").cert_pem())
+    haproxy = subprocess.run([real_tools.haproxy, "-c", "-f", str(plan.paths.haproxy_conf)], capture_output=True,
+                             text=True)
+    assert haproxy.returncode == 0, haproxy.stdout + haproxy.stderr
 
 
 def test_the_real_nginx_and_haproxy_accept_the_host_files(make_config, real_tools, tmp_path, system_users):

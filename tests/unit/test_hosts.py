@@ -68,7 +68,7 @@ def test_probe_runs_in_a_real_shell():
     """The script itself, on this machine: it must print one verdict per requirement and parse cleanly."""
     output = subprocess.run(["sh", "-c", probe_script(("lb", "app", "db"))], capture_output=True, text=True).stdout
     verdicts = [line.split()[1] for line in output.splitlines() if line.startswith(("present ", "missing "))]
-    assert verdicts == ["python3", "python3-venv", "haproxy", "nginx", "postgresql"]
+    assert verdicts == ["python3", "python3-venv", "haproxy", "openssl", "nginx", "postgresql"]
     facts = parse_probe(output)
     assert facts.python is not None
     assert set(facts.tools) == {"nginx", "haproxy", "pg_bindir", "mime_types", "redis_server", "python3"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,3 +436,17 @@ def test_a_package_is_shipped_into_the_venv_once_and_again_when_it_changed(tmp_p
     (installed / "stale.py").write_text("left from the old copy\n")
     assert ship_package(connector, venv, (3, 11), package) is True
     assert (installed / "__init__.py").read_text() == "VERSION = 2\n" and not (installed / "stale.py").exists()
+
+
+def test_the_agent_runs_on_a_host_with_only_its_own_dependencies():
+    """On a host, djship's venv holds AGENT_DEPENDENCIES only: every command of the agent must import without the
+    control machine's libraries (the daily backup once pulled in jinja2 through the topology)."""
+    from djship.deploy.pipeline import AGENT_DEPENDENCIES
+
+    control_only = sorted({"click", "rich", "jinja2", "supervisor", "uv", "paramiko", "dotenv"})
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in control_only)
+    script = (f"import sys; {blocked}; import djship.agent, djship.ops.store, djship.tls.site, djship.tls.renewal; "
+              "print('imported')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr
+    assert set(AGENT_DEPENDENCIES).isdisjoint(control_only)

@@ -88,7 +88,7 @@ class Pipeline:
 
     def prepare_supervisor(self, host: Host) -> None:
         """djship's virtualenv on a host that installs from wheels (elsewhere djship's own Python runs it): the
-        supervisor, and djship itself where djship's own program runs (the renewal timer)."""
+        supervisor, and djship itself where djship's own program runs (the renewal timer, the daily backup)."""
         if host.installs != "wheels":
             return
         plan, connector = host.plan, host.connector
@@ -96,7 +96,7 @@ class Pipeline:
         shipping.upload_wheelhouse(connector, self.wheelhouse, plan.paths.wheels)
         shipping.ensure_venv(connector, host.python, venv, self.wheelhouse.on_host(plan.paths.wheels), None,
                              (SUPERVISOR_PACKAGE,))
-        if plan.renews:
+        if plan.runs_agent:
             wheelhouse = self.agent_wheelhouse
             shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
             shipping.install_into(connector, venv, wheelhouse.on_host(plan.paths.wheels),

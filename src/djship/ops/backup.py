@@ -1,10 +1,11 @@
 """Backups of the live database and media, and restoring one without failing a request, on any topology.
 
 backup:  on the db host, one psql session counts every table's rows and runs pg_dump in the same snapshot; the media
-         host (else the first app host) archives the media. Both files are streamed to backup.dir on this machine (the control machine)
-         and checked against the checksums taken where they were made; a manifest lists them. The directory appears
-         under its final name only when complete, and old backups are pruned (see archive.expired).
-restore: every checksum is verified here first. Then, under the deploy lock: the dump streamed to the db host (its
+         host (else the first app host) archives the media. Both files are streamed to backup.dir on this machine (the
+         control machine) and checked against the checksums taken where they were made; a manifest lists them (see
+         djship.ops.store). The daily scheduler of backup.schedule takes them the same way on the db host itself, and
+         on real hosts keeps them there (backup.daily_dir); `backups` lists both and `restore` takes either.
+restore: every checksum is verified where the backup is kept first. Then, under the deploy lock: the dump streamed to the db host (its
          table of contents read there) and the media to the media host (else to every app host), each copy checked
          again; a safety backup; a new database (<name>_<time>) restored on the db host and its row counts checked
          against the manifest; the media in a new directory there, beside the live one; and app server by app server (drain -> restart gunicorn on
@@ -13,12 +14,12 @@ restore: every checksum is verified here first. Then, under the deploy lock: the
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from djship import __version__
-from djship.connectors import CommandFailed, Connector, Result, on_each
+from djship.connectors import on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.lock import exclusive
@@ -26,7 +27,8 @@ from djship.deploy.release import Release
 from djship.deploy.rolling import Rollout
 from djship.errors import DjshipError
 from djship.ops import archive
-from djship.ops.archive import DUMP, MANIFEST, MEDIA, FileEntry, Manifest
+from djship.ops.archive import DUMP, MANIFEST, MEDIA
+from djship.ops.store import Backup, Sources, Store, entries, run_checked, take
 from djship.plan import AppServer
 from djship.system import System, point_server
 from djship.topology import Host
@@ -35,18 +37,6 @@ from djship.topology import Host
 # streams there. Each kind is removed whole when its operation starts, under its own lock.
 BACKUP_STAGING = "backup-staging"
 RESTORE_STAGING = "restore-staging"
-
-
-@dataclass(frozen=True)
-class Backup:
-    name: str
-    path: Path
-    manifest: Manifest | None
-    """None when the manifest is missing or unreadable (the backup cannot be restored)."""
-
-    @property
-    def created(self) -> datetime | None:
-        return archive.backup_time(self.name)
 
 
 @dataclass(frozen=True)
@@ -61,21 +51,6 @@ class RestoreResult:
     media: Path
     previous: Live
     safety_backup: str
-
-
-def _run(connector: Connector, what: str, argv: list[str], env: dict[str, str] | None = None) -> Result:
-    result = connector.run(argv, env=env)
-    if not result.ok:
-        raise CommandFailed(what, result)
-    return result
-
-
-def _entries(connector: Connector, files: list[Path]) -> dict[str, FileEntry]:
-    """sha256 and size of each file that exists, by file name."""
-    # sha256sum and stat exit non-zero when a file is missing; the ones they could read are still listed.
-    digests = archive.parse_sha256sum(connector.run(archive.sha256sum_argv(files)).stdout)
-    sizes = archive.parse_stat_sizes(connector.run(archive.stat_sizes_argv(files)).stdout)
-    return {name: FileEntry(digest, sizes[name]) for name, digest in digests.items() if name in sizes}
 
 
 class Backups:
@@ -95,6 +70,10 @@ class Backups:
         # The plan's default backup.dir lies under a host's own root; the backups are kept on this machine.
         self.dir = plan.backup.dir
         self.keep = plan.backup.keep
+        self.store = Store(self.local, self.dir)
+        daily = plan.backup.daily_dir
+        self.stores = [self.store] + ([Store(self.db.connector, daily, self.db)] if daily is not None else [])
+        """Where backups are: here, and on the db host when its daily scheduler keeps them there."""
 
     @property
     def live_hosts(self) -> dict[str, Host]:
@@ -114,8 +93,8 @@ class Backups:
         return host.plan.paths.state / kind
 
     def _clear_staging(self, hosts: dict[str, Host], kind: str) -> None:
-        on_each(hosts, lambda host: _run(host.connector, f"removing {kind} on {host.name}",
-                                         archive.remove_argv(self._staging(host, kind))))
+        on_each(hosts, lambda host: run_checked(host.connector, f"removing {kind} on {host.name}",
+                                                archive.remove_argv(self._staging(host, kind))))
 
     # --- backup -----------------------------------------------------------------------------------------------
 
@@ -124,112 +103,36 @@ class Backups:
         self._require_database()
         self.system.control.state.mkdir(parents=True, exist_ok=True)
         with exclusive(self.system.control.backup_lock, "backup", busy="another backup is running"):
-            self._remove_unfinished()
-            backup = self._take(note)
-            return BackupResult(backup, self.prune(protect | {backup.name}))
+            sources = self._sources()
+            self.store.remove_unfinished()
+            sources.clear()
+            backup = take(sources, self.store, note, self.reporter)
+            return BackupResult(backup, self.store.prune(self.keep, protect | {backup.name}))
 
-    def _sources(self) -> dict[str, Host]:
-        return {self.db.name: self.db, self.media_source.name: self.media_source}
-
-    def _remove_unfinished(self) -> None:
-        """What a backup that was killed left (none can be running: the backup lock is held)."""
-        if self.dir.is_dir():
-            for path in self.dir.glob(".*.partial"):
-                _run(self.local, f"removing the unfinished backup {path.name}", archive.remove_argv(path))
-        self._clear_staging(self._sources(), BACKUP_STAGING)
-
-    def _new_name(self) -> str:
-        base = archive.backup_name(datetime.now(timezone.utc))
-        name, suffix = base, 1
-        while (self.dir / name).exists():
-            suffix += 1
-            name = f"{base}-{suffix}"
-        return name
-
-    def _take(self, note: str) -> Backup:
-        db, media_host = self.db, self.media_source
-        password = self._superuser_password()
-        database = read_live(db.plan, db.connector).database
-        media = read_live(media_host.plan, media_host.connector).media
+    def _sources(self) -> Sources:
         release = self.system.current()
-        self.local.makedirs(self.dir, mode=0o700)
-        name = self._new_name()
-        partial, final = self.dir / f".{name}.partial", self.dir / name
-        self.local.makedirs(partial, mode=0o700)
-        sources = {DUMP: (db, self._staging(db, BACKUP_STAGING) / DUMP),
-                   MEDIA: (media_host, self._staging(media_host, BACKUP_STAGING) / MEDIA)}
-        try:
-            on_each(self._sources(),
-                    lambda host: host.connector.makedirs(self._staging(host, BACKUP_STAGING), mode=0o700))
-            with self.reporter.step(f"Dumping database {database}{self._on(db)} (pg_dump, one consistent snapshot)"):
-                rows = self.database.dump(password, database, sources[DUMP][1])
-            with self.reporter.step(f"Archiving media {media}{self._on(media_host)}"):
-                media_host.connector.makedirs(media, mode=0o755, owner=media_host.plan.media_owner)
-                _run(media_host.connector, "archiving the media directory",
-                     archive.tar_create_argv(media, sources[MEDIA][1]))
-            with self.reporter.step(f"Streaming the backup to {partial.parent}"):
-                files = {file: self._fetch(host, path, partial / file) for file, (host, path) in sources.items()}
-            manifest = Manifest(
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                database=database,
-                release=release.id if release else None,
-                djship=__version__,
-                files=files,
-                rows=rows,
-                note=note,
-            )
-            self.local.put(partial / MANIFEST, manifest.to_json(), mode=0o600)
-            _run(self.local, "completing the backup", archive.rename_argv(partial, final))
-        except BaseException:
-            self.local.run(archive.remove_argv(partial))
-            raise
-        finally:
-            self._clear_staging(self._sources(), BACKUP_STAGING)
-        return Backup(name, final, manifest)
+        return Sources(self.db, self.media_source, self._superuser_password(), release.id if release else None,
+                       BACKUP_STAGING, name_hosts=len(self.system.hosts) > 1)
 
     def _on(self, host: Host) -> str:
         return "" if len(self.system.hosts) == 1 else f" on {host.name}"
 
-    def _fetch(self, host: Host, remote: Path, local: Path) -> FileEntry:
-        """Stream a file of the host here; its checksum and size as taken on the host, checked on the copy."""
-        made = _entries(host.connector, [remote]).get(remote.name)
-        if made is None:
-            raise DjshipError(f"{remote} is missing{self._on(host)}")
-        host.connector.download(remote, local)
-        if _entries(self.local, [local]).get(local.name) != made:
-            raise DjshipError(f"{remote.name} changed on its way from {host.name} to {local}; nothing was kept")
-        return made
-
-    # --- listing and retention ----------------------------------------------------------------------------------
+    # --- listing ------------------------------------------------------------------------------------------------
 
     def list(self) -> list[Backup]:
-        """Every complete backup in the backup directory, oldest first."""
-        if not self.dir.is_dir():
-            return []
-        backups = []
-        for path in sorted(self.dir.iterdir(), key=lambda entry: entry.name):
-            if archive.backup_time(path.name) is None or not path.is_dir():
-                continue
-            try:
-                manifest = archive.parse_manifest(self.local.get(path / MANIFEST), path / MANIFEST)
-            except DjshipError:
-                manifest = None
-            backups.append(Backup(path.name, path, manifest))
-        return backups
-
-    def prune(self, protect: frozenset[str] = frozenset()) -> list[str]:
-        names = [backup.name for backup in self.list()]
-        today = datetime.now(timezone.utc).date()
-        removed = [name for name in archive.expired(names, self.keep, today) if name not in protect]
-        for name in removed:
-            _run(self.local, f"removing backup {name}", archive.remove_argv(self.dir / name))
-        return removed
+        """Every complete backup, here and on the db host, oldest first."""
+        return sorted((backup for store in self.stores for backup in store.list()), key=lambda backup: backup.name)
 
     # --- restore ------------------------------------------------------------------------------------------------
 
     def find(self, reference: str) -> Backup:
-        """A backup by name (in the backup directory) or by the path of its directory."""
+        """A backup by name (here, else on the db host) or by the path of its directory here."""
         path = self.dir / reference
+        if "/" not in reference and not path.is_dir():
+            kept = next((backup for store in self.stores[1:] for backup in store.list() if backup.name == reference),
+                        None)
+            if kept is not None:
+                return self._readable(kept)
         if "/" in reference or not path.is_dir():
             try:
                 path = Path(reference).expanduser().resolve()
@@ -239,14 +142,23 @@ class Backups:
         if not path.is_dir():
             known = ", ".join(backup.name for backup in self.list()) or "none yet; `djship backup` takes one"
             raise DjshipError(f"no backup {reference!r}; `djship backups` lists them ({known})")
-        manifest = archive.parse_manifest(self.local.get(path / MANIFEST), path / MANIFEST)
-        return Backup(path.name, path, manifest)
+        return Backup(path.name, path, archive.parse_manifest(self.local.get(path / MANIFEST), path / MANIFEST))
+
+    @staticmethod
+    def _readable(backup: Backup) -> Backup:
+        if backup.manifest is None:
+            raise DjshipError(f"backup {backup.name} on {backup.host.name} has no readable {MANIFEST}; it cannot be "
+                              "restored (`djship backups` lists the others)")
+        return backup
+
+    def _connector_of(self, backup: Backup):
+        return self.local if backup.host is None else backup.host.connector
 
     def verify(self, reference: str) -> Backup:
-        """The backup, after every file's checksum is checked here; nothing changes."""
+        """The backup, after every file's checksum is checked where it is kept; nothing changes."""
         backup = self.find(reference)
-        entries = _entries(self.local, [backup.path / name for name in sorted(backup.manifest.files)])
-        problems = archive.checksum_problems(backup.manifest, {name: entry.sha256 for name, entry in entries.items()})
+        found = entries(self._connector_of(backup), [backup.path / name for name in sorted(backup.manifest.files)])
+        problems = archive.checksum_problems(backup.manifest, {name: entry.sha256 for name, entry in found.items()})
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DjshipError(
@@ -255,9 +167,22 @@ class Backups:
             )
         return backup
 
+    def _deliver(self, backup: Backup, file: str, host: Host, target: Path) -> None:
+        """A file of the backup to a host: copied there when the host keeps the backup, else streamed from here (a
+        backup kept on another host passes through a private temporary file here)."""
+        source = backup.path / file
+        if backup.host is not None and backup.host.name == host.name:
+            run_checked(host.connector, f"copying {file} of backup {backup.name}", ["cp", str(source), str(target)])
+        elif backup.host is None:
+            host.connector.upload(source, target)
+        else:
+            with tempfile.TemporaryDirectory(prefix="djship-restore-") as relay:
+                backup.host.connector.download(source, Path(relay) / file)
+                host.connector.upload(Path(relay) / file, target)
+
     def _send(self, backup: Backup) -> None:
-        """Stream the dump to the db host and the media to every app host, each copy checked there, and read the
-        dump's table of contents on the db host; nothing of the system changes."""
+        """The dump to the db host and the media to every app host, each copy checked there, and the dump's table of
+        contents read on the db host; nothing of the system changes."""
         wanted = {name: [DUMP] if name == self.db.name else [] for name in self.live_hosts}
         for name in self.media_keepers:
             wanted[name].append(MEDIA)
@@ -267,8 +192,8 @@ class Backups:
             staging = self._staging(host, RESTORE_STAGING)
             host.connector.makedirs(staging, mode=0o700)
             for file in wanted[host.name]:
-                host.connector.upload(backup.path / file, staging / file)
-            copies = _entries(host.connector, [staging / file for file in wanted[host.name]])
+                self._deliver(backup, file, host, staging / file)
+            copies = entries(host.connector, [staging / file for file in wanted[host.name]])
             changed = [file for file in wanted[host.name] if copies.get(file) != backup.manifest.files[file]]
             if changed:
                 raise DjshipError(f"{changed[0]} of backup {backup.name} changed on its way to {host.name}; "
@@ -341,7 +266,7 @@ class Backups:
         with self.reporter.step(f"Restoring backup {backup.name} into the new database {database}{self._on(db)} "
                                 "(pg_restore)"):
             self.database.create_database(password, database)
-            _run(db.connector, f"pg_restore into {database}",
+            run_checked(db.connector, f"pg_restore into {database}",
                  archive.pg_restore_argv(db.plan.tools.pg("pg_restore"), db.plan.database, database,
                                          self._staging(db, RESTORE_STAGING) / DUMP),
                  env={"PGPASSFILE": str(self.database.passfile(password))})
@@ -354,7 +279,7 @@ class Backups:
         def extract(host: Host) -> None:
             media = targets[host.name].media
             host.connector.makedirs(media, mode=0o755, owner=host.plan.media_owner)
-            _run(host.connector, f"extracting the media archive on {host.name}",
+            run_checked(host.connector, f"extracting the media archive on {host.name}",
                  archive.tar_extract_argv(self._staging(host, RESTORE_STAGING) / MEDIA, media))
 
         source = self.media_source

@@ -273,22 +273,15 @@ def programs(plan: Plan) -> list[Program]:
             stopwaitsecs=plan.balancer_timeout + 5,
             user=None if plan.balancer_starts_as_root else plan.user_of("lb"),
         ))
-    if plan.backup.schedule:
-        # As the user running djship: a backup reads the superuser password and writes the backup directory.
-        result.append(
-            Program(
-                name=BACKUP_SCHEDULER,
-                command=(
-                    f"{quote(plan.tools.python)} -m djship.ops.schedule --at {plan.backup.schedule} "
-                    f"{quote(str(plan.project_dir))}"
-                ),
-                directory=str(plan.project_dir),
-                stopsignal="TERM",
-                stopwaitsecs=10,
-            )
-        )
-    if plan.renews:
-        # As root: it writes the certificate and installs it through HAProxy's runtime API.
+    if plan.schedules_backups:
+        # As djship's own user (root on a host): a backup reads the superuser password and writes the backups.
+        backup = shlex.join(agent_argv(plan, "backup", "--note", "daily"))
+        result.append(Program(name=BACKUP_SCHEDULER, command=f"{quote(plan.tools.python)} -m djship.ops.schedule --at "
+                                                             f"{plan.backup.schedule} -- {backup}",
+                              stopsignal="TERM", stopwaitsecs=10))
+    if plan.renews or plan.follows:
+        # As root: it writes the certificate and installs it through HAProxy's runtime API (a follower installs the
+        # renewer's).
         result.append(Program(name=RENEWAL_PROGRAM, command=shlex.join(agent_argv(plan, "watch")), stopsignal="TERM",
                               stopwaitsecs=10))
     return result
@@ -360,8 +353,9 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         files.append(ConfigFile(plan.paths.haproxy_conf, haproxy_cfg(plan), ("haproxy",)))
         if plan.tls.mode == "acme":  # empty: entries live in HAProxy's memory only while an order runs
             files.append(ConfigFile(plan.paths.challenge_map, "", ()))
-    if plan.renews:
-        files.append(ConfigFile(plan.paths.plan_file, plan_to_json(agent_plan(plan)), (RENEWAL_PROGRAM,)))
+    if plan.runs_agent:
+        readers = (RENEWAL_PROGRAM,) * (plan.renews or plan.follows) + (BACKUP_SCHEDULER,) * plan.schedules_backups
+        files.append(ConfigFile(plan.paths.plan_file, plan_to_json(agent_plan(plan)), readers))
     if plan.holds("db"):
         files.append(ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)))
         files.append(ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)))

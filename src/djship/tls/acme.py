@@ -30,6 +30,13 @@ def new_account_key() -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+def new_site_key() -> bytes:
+    """The certificate's key (P-256), kept across renewals (as certbot's --reuse-key) so that every lb host has it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def _client(directory_url: str, ca_bundle: Path | None, account_key_pem: bytes, email: str | None) -> client.ClientV2:
     key = josepy.JWKRSA(key=serialization.load_pem_private_key(account_key_pem, password=None))
     network = client.ClientNetwork(
@@ -71,14 +78,11 @@ def obtain(
     email: str | None,
     account_key_pem: bytes,
     domains: tuple[str, ...],
+    site_key_pem: bytes,
     publish: Publish,
     withdraw: Withdraw,
 ) -> bytes:
-    """A certificate for domains: the PEM bundle HAProxy wants (full chain, then a new private key)."""
-    site_key = ec.generate_private_key(ec.SECP256R1())
-    site_key_pem = site_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    """A certificate for domains and the site key: the PEM bundle HAProxy wants (full chain, then the key)."""
     published: list[str] = []
     try:
         acme = _client(directory_url, ca_bundle, account_key_pem, email)

@@ -107,3 +107,10 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
 def leaf_der(pem: bytes) -> bytes:
     """The DER of a bundle's first certificate, as a TLS server sends it."""
     return load_chain(pem)[0].public_bytes(serialization.Encoding.DER)
+
+
+def same_key(chain: bytes, key_pem: bytes) -> bool:
+    """Whether the first certificate of chain is for the private key key_pem."""
+    public = serialization.load_pem_private_key(key_pem, password=None).public_key()
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return load_chain(chain)[0].public_key().public_bytes(*spki) == public.public_bytes(*spki)

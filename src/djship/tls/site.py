@@ -146,11 +146,15 @@ def install(plan: Plan, hosts: list[BalancerHost], bundle: bytes, staple: bytes 
 
 
 def obtain_acme(plan: Plan, connector: Connector, hosts: list[BalancerHost]) -> bytes:
-    """A new certificate from the ACME directory, the HTTP-01 challenges answered by every balancer host."""
+    """A new certificate from the ACME directory for the site key (every lb host has it), the HTTP-01 challenges
+    answered by the balancer hosts given (the others pass theirs to the renewer)."""
     account_key = connector.get(plan.paths.acme_account_key)
     if account_key is None:
         account_key = acme.new_account_key()
         connector.put(plan.paths.acme_account_key, account_key, mode=0o600)
+    site_key = connector.get(plan.paths.acme_site_key)
+    if site_key is None:
+        raise DjshipError(f"{plan.paths.acme_site_key} is missing; run `djship up` from the control machine")
 
     def publish(answers: dict[str, str]) -> None:
         for host in hosts:
@@ -161,7 +165,7 @@ def obtain_acme(plan: Plan, connector: Connector, hosts: list[BalancerHost]) -> 
             host.runtime.delete_map_entries(plan.paths.challenge_map, paths)
 
     return acme.obtain(
-        plan.tls.acme_directory, plan.tls.acme_ca_bundle, plan.tls.acme_email, account_key, plan.domains,
+        plan.tls.acme_directory, plan.tls.acme_ca_bundle, plan.tls.acme_email, account_key, plan.domains, site_key,
         publish, withdraw,
     )
 
