@@ -179,8 +179,6 @@ class Redis:
     dir: Path
     """On its host: the directory of its config (root's) and of its data (its user's alone)."""
     maxmemory: str | None
-    clients: tuple[str, ...]
-    """Where the app and its processes connect from (for the README's firewall advice and the doctor)."""
 
     @property
     def endpoint(self) -> str:
@@ -829,7 +827,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         )
         sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
     media = _media_store(config, hosts, app_hosts)
-    redis = _redis(config, hosts, db_host, app_hosts, one_machine)
+    redis = _redis(config, hosts, db_host, one_machine)
     plans = {}
     for host in hosts:
         plan = _assemble(
@@ -843,16 +841,14 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     return plans
 
 
-def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, app_hosts: list[HostSpec],
-           one_machine: bool) -> Redis | None:
+def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool) -> Redis | None:
     """[redis] on the host with the redis role, else the db host: on one machine on a loopback address of its own,
     on hosts on the host's address (the app hosts connect to it there)."""
     if config.redis is None:
         return None
     holder = next((host for host in hosts if "redis" in host.roles), db_host)
     address = config.redis.address if one_machine else holder.address
-    clients = (LOOPBACK_NETWORK,) if one_machine else tuple(_address_rule(host.address) for host in app_hosts)
-    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory, clients)
+    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory)
 
 
 def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec]) -> MediaStore | None:

@@ -298,7 +298,7 @@ class System:
         """Here, 0600: what `up` gives every app host. On one machine this is the app's own file, so it holds djship's
         REDIS_URL as well."""
         text = render.env_file(values.items(), render.ENV_SECRETS_ORIGIN)
-        kept = secrets_ or self.read_secrets() if self.topology.one_machine else None
+        kept = (secrets_ or self.read_secrets()) if self.topology.one_machine else None
         if kept is not None:
             text = self._env_secrets_text(self.plan, values, kept)
         self.local.makedirs(self.control.secrets, mode=0o711)
@@ -569,16 +569,17 @@ class System:
         host = self.redis_host
         if host is None:
             return
-        endpoint = host.plan.redis.endpoint
-        if REDIS_PROGRAM in changes.start.get(host.name, ()):
-            title, act = f"Starting Redis on {endpoint}", lambda: host.supervisor.start(REDIS_PROGRAM)
-        elif REDIS_PROGRAM in changes.restart.get(host.name, ()) or REDIS_PROGRAM in reconfigured[host.name]:
-            title = "Restarting Redis (its configuration changed; its data is on disk)"
-            act = lambda: host.supervisor.restart(REDIS_PROGRAM, reconfigure=reconfigured[host.name])  # noqa: E731
-        else:
+        starting = REDIS_PROGRAM in changes.start.get(host.name, ())
+        changed = REDIS_PROGRAM in changes.restart.get(host.name, ()) or REDIS_PROGRAM in reconfigured[host.name]
+        if not starting and not changed:
             return
+        title = f"Starting Redis on {host.plan.redis.endpoint}" if starting else \
+            "Restarting Redis (its configuration changed; its data is on disk)"
         with self.reporter.step(title):
-            act()
+            if starting:
+                host.supervisor.start(REDIS_PROGRAM)
+            else:
+                host.supervisor.restart(REDIS_PROGRAM, reconfigure=reconfigured[host.name])
             redis.wait_ready(host.plan, host.connector, secrets_.redis_password, READY_TIMEOUT)
 
     def redis_reply(self) -> str | None:
