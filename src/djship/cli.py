@@ -115,7 +115,7 @@ def main(directory: str | None) -> None:
 def init(directory: Path, force: bool) -> None:
     """Write a commented djship.toml for the Django project in DIRECTORY (default: here).
 
-    Finds manage.py, the settings module, the WSGI application and the requirements file.
+    Finds manage.py, the settings module, the WSGI (and ASGI) application and the requirements file.
     """
     from djship.project import discover, write_config
 
@@ -124,6 +124,8 @@ def init(directory: Path, force: bool) -> None:
     console.print(f"Wrote {path}", markup=False)
     console.print(f"  settings      {project.settings_module}", markup=False)
     console.print(f"  WSGI app      {project.wsgi_application}", markup=False)
+    if project.asgi_application:
+        console.print(f"  ASGI app      {project.asgi_application}  (served with app.interface = \"asgi\")", markup=False)
     console.print(f"  requirements  {project.requirements}", markup=False)
     console.print("Next: [bold]djship up[/]  (state lives in .djship/ beside manage.py; add it to .gitignore)")
 
@@ -502,6 +504,24 @@ def _print_status(report: dict) -> None:
             + (f", [red]{renewing['failures']} failure(s), last error: {escape(renewing['last_error'])}[/]"
                if renewing["failures"] else "")
         )
+    if report["jobs"]:
+        _print_jobs(report["jobs"])
+
+
+def _print_jobs(jobs: list[dict]) -> None:
+    table = _table("JOB", "SCHEDULE", "COMMAND", "LAST SLOT", "HOST", "EXIT", "DURATION")
+    for job in jobs:
+        run = job["last_run"] or {}
+        code = run.get("exit_code")
+        exit_text = Text("running" if run and code is None else "-" if not run else str(code),
+                         style="red" if job["failing"] else "")
+        duration = run.get("duration")
+        _add_row(table, job["name"], job["schedule"], job["command"], run.get("slot") or "never", run.get("host") or "-",
+                 exit_text, "-" if duration is None else f"{duration:.1f}s")
+    console.print(table)
+    for job in jobs:
+        if job["missed"]:
+            errors.print(f"[yellow]{escape(job['name'])}: no host ran its slot {escape(job['missed'])}[/]")
 
 
 @main.command()
@@ -654,8 +674,8 @@ def env_() -> None:
       djship env list [--show] [--json]             list (secrets masked unless --show)
     \b
     A change restarts the app servers a batch at a time, drained first and health-checked,
-    like a deploy, so no request fails, then the processes of [processes] (SIGTERM, then
-    their stop_timeout); --no-restart leaves them running and they take the new values at
+    like a deploy, so no request fails, then the processes of [processes] and the scheduler
+    of [jobs] (SIGTERM, then their stop_timeout); --no-restart leaves them running and they take the new values at
     their next restart (a deploy). Beyond these, the app's environment holds only
     what djship sets (PATH, LANG, DJANGO_SETTINGS_MODULE, PYTHONPATH, DJSHIP_*,
     SUPERVISOR_*): nothing of the shell that runs djship.

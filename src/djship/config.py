@@ -135,6 +135,8 @@ class ProjectConfig(_Section):
     manage_py: str = "manage.py"
     settings_module: str
     wsgi_application: str
+    asgi_application: str | None = None
+    """The ASGI callable served with app.interface = "asgi"."""
     requirements: str = "requirements.txt"
     python: str | None = None
     exclude: list[str] = Field(
@@ -158,6 +160,13 @@ class ProjectConfig(_Section):
     def _dotted_object(cls, value: str) -> str:
         if not _DOTTED.fullmatch(value) or "." not in value:
             raise ValueError("not a dotted path to a WSGI callable (e.g. mysite.wsgi.application)")
+        return value
+
+    @field_validator("asgi_application")
+    @classmethod
+    def _dotted_asgi(cls, value: str | None) -> str | None:
+        if value is not None and (not _DOTTED.fullmatch(value) or "." not in value):
+            raise ValueError("not a dotted path to an ASGI callable (e.g. mysite.asgi.application)")
         return value
 
 
@@ -200,6 +209,8 @@ class SiteConfig(_Section):
 
 
 class AppConfig(_Section):
+    interface: Literal["wsgi", "asgi"] = "wsgi"
+    """wsgi: gunicorn's sync (or gthread) workers; asgi: gunicorn with uvicorn workers (WebSockets)."""
     servers: int | None = Field(default=None, ge=1, le=250)
     workers: int = Field(default=3, ge=1, le=64)
     threads: int = Field(default=1, ge=1, le=64)
@@ -394,9 +405,30 @@ class DeployConfig(_Section):
 
 # Names a process may not take: djship's own programs and components (`djship logs NAME` must mean one thing).
 RESERVED_PROCESS_NAMES = frozenset({"haproxy", "postgres", "supervisord", "renewal", "backup-scheduler", "media-mount",
-                                    "boot"})
+                                    "boot", "jobs", "redis"})
 _SHELL_OPERATORS = frozenset({"&&", "||", "|", "&", ";", ">", ">>", "<", "2>", "2>&1"})
 _PROCESS_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def _command_without_shell(value: str, example: str, what: str) -> str:
+    """A command run without a shell (so that it gets SIGTERM itself): one line, split into words like a shell does."""
+    if not value.strip():
+        raise ValueError(f'is empty; write the command to run, e.g. "{example}"')
+    bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}; write the command on one line")
+    if re.search(r"\s[;#]", value):
+        raise ValueError("holds a space followed by ; or #, which supervisord reads as a comment; remove the "
+                         "space, or put the commands into a script of your project and run that")
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise ValueError(f"cannot be split into words ({error}); close its quotes") from None
+    shell = next((word for word in words if word in _SHELL_OPERATORS or "$" in word or "`" in word), None)
+    if shell is not None:
+        raise ValueError(f"uses {shell!r}, but {what} runs without a shell (so that it gets SIGTERM itself); "
+                         "put the shell part into a script of your project and run that")
+    return value
 
 
 class ProcessConfig(_Section):
@@ -411,23 +443,58 @@ class ProcessConfig(_Section):
     @field_validator("command")
     @classmethod
     def _command(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError('is empty; write the command to run, e.g. "celery -A proj worker -l info"')
-        bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
-        if bad is not None:
-            raise ValueError(f"contains the control character {bad!r}; write the command on one line")
-        if re.search(r"\s[;#]", value):
-            raise ValueError("holds a space followed by ; or #, which supervisord reads as a comment; remove the "
-                             "space, or put the commands into a script of your project and run that")
-        try:
-            words = shlex.split(value)
-        except ValueError as error:
-            raise ValueError(f"cannot be split into words ({error}); close its quotes") from None
-        shell = next((word for word in words if word in _SHELL_OPERATORS or "$" in word or "`" in word), None)
-        if shell is not None:
-            raise ValueError(f"uses {shell!r}, but a process runs without a shell (so that it gets SIGTERM itself); "
-                             "put the shell part into a script of your project and run that")
+        return _command_without_shell(value, "celery -A proj worker -l info", "a process")
+
+
+_INTERVAL = re.compile(r"^([1-9][0-9]*)([smh])$")
+_INTERVAL_SECONDS = {"s": 1, "m": 60, "h": 3600}
+_JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+
+
+def interval_seconds(every: str) -> int:
+    """A job's `every` ("90s", "5m", "2h") in seconds."""
+    match = _INTERVAL.fullmatch(every)
+    assert match is not None, every
+    return int(match[1]) * _INTERVAL_SECONDS[match[2]]
+
+
+class JobConfig(_Section):
+    """A scheduled job: `command` (as a process's) run on one app host at each time of its schedule, either daily
+    `at` a UTC time of day or `every` interval."""
+
+    command: str
+    at: str | None = None
+    every: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        return _command_without_shell(value, "manage.py clearsessions", "a job")
+
+    @field_validator("at")
+    @classmethod
+    def _time_of_day(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f'{value!r} is not a UTC time of day; write "HH:MM", e.g. "03:00"')
         return value
+
+    @field_validator("every")
+    @classmethod
+    def _interval(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not _INTERVAL.fullmatch(value):
+            raise ValueError(f'{value!r} is not an interval; write a number and s, m or h, e.g. "5m" or "1h"')
+        if not 60 <= interval_seconds(value) <= 86400:
+            raise ValueError(f'{value!r} is outside 1m to 24h; write e.g. "1m", or use at = "HH:MM" for a daily job')
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> JobConfig:
+        if (self.at is None) == (self.every is None):
+            raise ValueError('needs exactly one of at (a daily UTC time, e.g. at = "03:00") and every (an interval, '
+                             'e.g. every = "5m")')
+        return self
 
 
 class SshConfig(_Section):
@@ -577,6 +644,7 @@ class Config(_Section):
     processes: dict[str, ProcessConfig] = Field(default_factory=dict)
     redis: RedisConfig | None = None
     """Redis for the app when present ([redis], even empty); nothing of it runs without."""
+    jobs: dict[str, JobConfig] = Field(default_factory=dict)
     env: dict[str, str | int | float] = Field(default_factory=dict)
     """Plain values of the app's environment (secrets are kept by `djship env set`, never in this file)."""
 
@@ -592,6 +660,15 @@ class Config(_Section):
             if name in RESERVED_PROCESS_NAMES or re.fullmatch(r"app\d+", name) or name.endswith(("-gunicorn", "-nginx")):
                 raise ValueError(f"{name!r} is the name of one of djship's own programs; rename it, e.g. worker")
         return processes
+
+    @field_validator("jobs")
+    @classmethod
+    def _job_names(cls, jobs: dict[str, JobConfig]) -> dict[str, JobConfig]:
+        for name in jobs:
+            if not _JOB_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a job name (lower-case letters, digits and _, starting with a "
+                                 "letter, at most 30); rename it, e.g. clearsessions")
+        return jobs
 
     @field_validator("env", mode="before")
     @classmethod
@@ -651,7 +728,7 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
         config = Config.model_validate(data)
     except ValidationError as error:
         _refuse(source, [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()])
-    _refuse(source, _database_problems(config) + _topology_problems(config))
+    _refuse(source, _database_problems(config) + _interface_problems(config) + _topology_problems(config))
     return config
 
 
@@ -671,6 +748,19 @@ def _database_problems(config: Config) -> list[str]:
         return [f"database.name: the default {name!r} (the name of project.settings_module's package) is reserved by "
                 "PostgreSQL; set database.name to another name"]
     return []
+
+
+def _interface_problems(config: Config) -> list[str]:
+    if config.app.interface != "asgi":
+        return []
+    problems = []
+    if config.project.asgi_application is None:
+        problems.append('project.asgi_application: required with app.interface = "asgi"; set it to the project\'s '
+                        'ASGI callable, e.g. "mysite.asgi.application" (`djship init` finds it)')
+    if config.app.threads > 1:
+        problems.append('app.threads: an ASGI worker runs one event loop, not threads; remove app.threads (or set it '
+                        'to 1) and raise app.workers instead')
+    return problems
 
 
 def _topology_problems(config: Config) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from djship.config import Config, default_database_name, is_local_domain, media_host
+from djship.config import Config, default_database_name, interval_seconds, is_local_domain, media_host
 from djship.errors import DjshipError
 from djship.logfile import LOG_MODE
 from djship.tools import Tools
@@ -41,9 +41,22 @@ MEDIA_USER = "djship-media"
 # The supervised redis-server of [redis], and the variable that hands its URL to the app and its processes.
 REDIS_PROGRAM = "redis"
 REDIS_URL = "REDIS_URL"
+# The supervised scheduler of [jobs] on every app host; it stops its running jobs with SIGTERM and waits this long.
+JOBS_PROGRAM = "jobs"
+JOBS_STOP_TIMEOUT = 30
 # The whole environment supervisord starts with, on every host: its programs inherit it, so nothing of the shell
 # (or SSH session) that runs djship reaches them. The app adds [env] and its secrets to it (appenv.DJSHIP_SETS).
 PROGRAM_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+# WebSockets (app.interface = "asgi"): how long an idle one is kept open, by nginx and then by HAProxy's tunnel 10 s
+# later (the HTTP timeouts are ordered the same way). uvicorn pings every 20 s, so only a vanished client idles that
+# long. And how long HAProxy keeps a connection whose client closed its side (a WebSocket's last frames).
+WEBSOCKET_IDLE_SECONDS = 3600
+CLIENT_FIN_SECONDS = 30
+# Django keeps a database connection per thread for CONN_MAX_AGE seconds; under ASGI each request's sync code runs
+# in a thread of its own, so a kept connection would never be reused (Django's docs: disable them under ASGI).
+PERSISTENT_CONNECTION_SECONDS = {"wsgi": 60, "asgi": 0}
 
 
 # The settings module of every release (its djship_production package).
@@ -137,6 +150,40 @@ class Process:
     @property
     def programs(self) -> tuple[str, ...]:
         return tuple(f"{self.name}-{number}" for number in range(1, self.count + 1))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job of [jobs]: its command run once per slot, on whichever app host claims the slot first. Slots are
+    `every` seconds apart, `offset` seconds after each multiple of `every` since the epoch (UTC): a daily job at
+    03:00 has every 86400 and offset 10800."""
+
+    name: str
+    command: str
+    """As djship.toml has it; split into words like a process's, `manage.py` run by the release's Python."""
+    every: int
+    offset: int = 0
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command)
+
+    @property
+    def schedule(self) -> str:
+        if self.every == 86400:
+            return f"daily at {self.offset // 3600:02d}:{self.offset % 3600 // 60:02d} UTC"
+        unit, size = next((unit, size) for unit, size in (("h", 3600), ("m", 60), ("s", 1)) if self.every % size == 0)
+        return f"every {self.every // size}{unit}"
+
+    @property
+    def window(self) -> int:
+        """Seconds after its time a slot may still be started (a scheduler that was restarting, a host that died):
+        the whole interval, at most an hour."""
+        return min(self.every, 3600)
+
+    def slot(self, now: float) -> int:
+        """The latest slot at or before now (seconds since the epoch)."""
+        return (int(now) - self.offset) // self.every * self.every + self.offset
 
 
 @dataclass(frozen=True)
@@ -493,6 +540,11 @@ class Paths:
         """The release that new app servers start on and that `djship manage` runs in."""
         return self.state / "current"
 
+    @property
+    def jobs_file(self) -> Path:
+        """On an app host: the jobs of [jobs] its scheduler runs, as JSON."""
+        return self.state / "jobs.json"
+
 
 @dataclass(frozen=True)
 class BackupPlan:
@@ -552,6 +604,23 @@ class Plan:
     """[processes]: what runs beside the web on every app host."""
     redis: Redis | None = None
     """[redis]: the one Redis of the system, whichever host runs it; None: no Redis, no REDIS_URL."""
+    jobs: tuple[Job, ...] = ()
+    """[jobs]: run by the scheduler on every app host, each slot on one of them."""
+    interface: Literal["wsgi", "asgi"] = "wsgi"
+    """What gunicorn serves: the WSGI application with sync/gthread workers, or the ASGI one with uvicorn's."""
+    asgi_application: str | None = None
+    websocket_timeout: int = WEBSOCKET_IDLE_SECONDS
+    """nginx's read and send timeouts of an upgraded (WebSocket) connection."""
+    balancer_tunnel_timeout: int = WEBSOCKET_IDLE_SECONDS + 10
+    balancer_client_fin_timeout: int = CLIENT_FIN_SECONDS
+
+    @property
+    def asgi(self) -> bool:
+        return self.interface == "asgi"
+
+    @property
+    def conn_max_age(self) -> int:
+        return PERSISTENT_CONNECTION_SECONDS[self.interface]
 
     def holds(self, role: str) -> bool:
         return role in self.roles
@@ -651,6 +720,18 @@ class Plan:
     def processes_here(self) -> tuple[Process, ...]:
         """The process types that run on this plan's host: every one on an app host."""
         return self.processes if self.holds("app") else ()
+
+    @property
+    def jobs_here(self) -> tuple[Job, ...]:
+        """The jobs this plan's host schedules: every one on an app host."""
+        return self.jobs if self.holds("app") else ()
+
+    @property
+    def programs_beside_web(self) -> tuple[str, ...]:
+        """The programs of the app beside its servers on this plan's host, restarted on each new release: the
+        processes of [processes], then the scheduler of [jobs]."""
+        return (*(name for process in self.processes_here for name in process.programs),
+                *((JOBS_PROGRAM,) if self.jobs_here else ()))
 
     @property
     def servers_here(self) -> tuple[AppServer, ...]:
@@ -877,6 +958,8 @@ def _assemble(
         project_dir=project_dir,
         settings_module=config.project.settings_module,
         wsgi_application=config.project.wsgi_application,
+        interface=app.interface,
+        asgi_application=config.project.asgi_application,
         requirements=project_dir / config.project.requirements,
         python=config.project.python,
         exclude=tuple(config.project.exclude),
@@ -920,7 +1003,15 @@ def _assemble(
         env=tuple((name, str(value)) for name, value in config.env.items()),
         processes=tuple(Process(name, process.command, process.count, process.stop_timeout)
                         for name, process in config.processes.items()),
+        jobs=tuple(_job(name, job.command, job.at, job.every) for name, job in config.jobs.items()),
     )
+
+
+def _job(name: str, command: str, at: str | None, every: str | None) -> Job:
+    if every is not None:
+        return Job(name, command, interval_seconds(every))
+    hours, minutes = map(int, (at or "").split(":"))
+    return Job(name, command, 86400, hours * 3600 + minutes * 60)
 
 
 def _checked(plan: Plan) -> Plan:

@@ -27,6 +27,7 @@ class DjangoProject:
     settings_module: str
     wsgi_application: str
     requirements: str
+    asgi_application: str | None = None
 
 
 def _settings_module_from_manage_py(manage_py: Path) -> str:
@@ -48,29 +49,43 @@ def _module_file(root: Path, dotted: str) -> Path | None:
     return None
 
 
-def _wsgi_application(root: Path, settings_module: str) -> str:
+def _settings_tree(root: Path, settings_module: str) -> tuple[Path, ast.Module]:
     settings_file = _module_file(root, settings_module)
     if settings_file is None:
         raise DjshipError(f"settings module {settings_module} (named in manage.py) has no file under {root}")
     try:
-        tree = ast.parse(settings_file.read_text(encoding="utf-8"))
+        return settings_file, ast.parse(settings_file.read_text(encoding="utf-8"))
     except SyntaxError as error:
         raise DjshipError(f"{settings_file}:{error.lineno}: syntax error: {error.msg}") from None
+
+
+def _application(root: Path, settings_module: str, interface: str) -> str | None:
+    """The WSGI or ASGI application (interface "wsgi" or "asgi"): the settings' WSGI_APPLICATION or ASGI_APPLICATION
+    (ASGI_APPLICATION is Channels' setting), else <project package>.<interface>.application where that module exists,
+    as startproject makes it; None when neither is there."""
+    _, tree = _settings_tree(root, settings_module)
+    setting = f"{interface.upper()}_APPLICATION"
     for node in tree.body:
         if (
             isinstance(node, ast.Assign)
-            and any(isinstance(target, ast.Name) and target.id == "WSGI_APPLICATION" for target in node.targets)
+            and any(isinstance(target, ast.Name) and target.id == setting for target in node.targets)
             and isinstance(node.value, ast.Constant)
             and isinstance(node.value.value, str)
         ):
             return node.value.value
     package = settings_module.rsplit(".", 1)[0] if "." in settings_module else settings_module
-    candidate = f"{package.split('.')[0]}.wsgi"
-    if _module_file(root, candidate):
-        return f"{candidate}.application"
-    raise DjshipError(
-        f"cannot find the WSGI application: {settings_file} sets no WSGI_APPLICATION and {candidate} does not exist"
-    )
+    candidate = f"{package.split('.')[0]}.{interface}"
+    return f"{candidate}.application" if _module_file(root, candidate) else None
+
+
+def _wsgi_application(root: Path, settings_module: str) -> str:
+    found = _application(root, settings_module, "wsgi")
+    if found is None:
+        settings_file, _ = _settings_tree(root, settings_module)
+        package = settings_module.rsplit(".", 1)[0] if "." in settings_module else settings_module
+        raise DjshipError(f"cannot find the WSGI application: {settings_file} sets no WSGI_APPLICATION and "
+                          f"{package.split('.')[0]}.wsgi does not exist")
+    return found
 
 
 def _requirements(root: Path) -> str:
@@ -94,12 +109,19 @@ def discover(directory: Path) -> DjangoProject:
         settings_module=settings_module,
         wsgi_application=_wsgi_application(root, settings_module),
         requirements=_requirements(root),
+        asgi_application=_application(root, settings_module, "asgi"),
     )
 
 
 def _toml_string(value: str) -> str:
     """value as a TOML string, escaped by tomlkit: text read from the project never becomes TOML of its own."""
     return tomlkit.string(value).as_string()
+
+
+def _asgi_line(project: DjangoProject) -> str:
+    if project.asgi_application is None:
+        return '# asgi_application = "mysite.asgi.application"  # the ASGI callable, with app.interface = "asgi"'
+    return f'asgi_application = {_toml_string(project.asgi_application)}  # served with app.interface = "asgi"'
 
 
 def render_config(project: DjangoProject) -> str:
@@ -112,6 +134,7 @@ def render_config(project: DjangoProject) -> str:
 # Found by djship init; change them if they are wrong.
 settings_module = {_toml_string(project.settings_module)}     # your settings; djship imports it and overrides production values
 wsgi_application = {_toml_string(project.wsgi_application)}  # the WSGI callable gunicorn serves
+{_asgi_line(project)}
 requirements = {_toml_string(project.requirements)}          # installed into each release's virtualenv (plus gunicorn, psycopg)
 # python = "python3.12"       # interpreter for the release virtualenv (default: the one running djship)
 
@@ -125,6 +148,7 @@ domains = ["localhost"]        # host names the site answers to (ALLOWED_HOSTS, 
                                # the app role, so a deploy never stops the site; 1 per host with several)
 workers = 3                    # gunicorn worker processes per app server (sync workers)
 threads = 1                    # threads per worker (more than 1 switches gunicorn to gthread)
+# interface = "asgi"           # serve asgi_application with uvicorn workers (WebSockets); default "wsgi"
 port = 8000                    # nginx port on each app server address
 address_prefix = "127.0.1"     # app server i listens on 127.0.1.i
 timeout = 30                   # seconds gunicorn gives a request; nginx and the balancer wait longer

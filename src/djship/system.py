@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import appserver, boot, media, orphans, redis
+from djship.components import appserver, boot, jobs, media, orphans, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -29,7 +29,7 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
-from djship.plan import REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
+from djship.plan import JOBS_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
 from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -325,12 +325,26 @@ class System:
 
     def _preflight(self) -> None:
         """What can be refused before anything starts or changes."""
+        self._check_interface()
         if self.plan.tls.mode == "files":
             validated_files(self.control_plan, self.local)
         bundle = self.plan.tls.acme_ca_bundle
         if self.plan.tls.mode == "acme" and bundle is not None and not bundle.is_file():
             raise DjshipError(f"tls.acme_ca_bundle: {bundle} is not a file; point it at the PEM CA bundle that "
                               "verifies the ACME directory's HTTPS certificate, or remove the key to use the system's")
+
+    def _check_interface(self) -> None:
+        """`up` starts servers on the live release, which must be built for the interface (see require_interface)."""
+        found = self._current_on() if self.plan.asgi else None
+        if found is not None:
+            self.require_interface(*found, "the live release", 'run `djship deploy` (it builds a release for ASGI, '
+                                   'served as WSGI until then), then `djship up`')
+
+    def require_interface(self, host: Host, release: Release, which: str, fix: str) -> None:
+        """ASGI runs only on a release built for it: one built for WSGI has neither uvicorn in its virtualenv nor
+        djship's ASGI entry point."""
+        if self.plan.asgi and host.connector.get(release.asgi_worker) is None:
+            raise DjshipError(f'app.interface: "asgi", but {which} {release.id} was built for WSGI; {fix}')
 
     # -- up: observe, decide, act --------------------------------------------------------------------------------
 
@@ -656,10 +670,10 @@ class System:
             apply()
 
     def _ensure_processes(self, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
-        """Start the processes of [processes] that are not running; restart those whose settings, command or
-        environment changed (each gets SIGTERM and its stop_timeout)."""
+        """Start the processes of [processes] and the scheduler of [jobs] that are not running; restart those whose
+        settings, command or environment changed (each gets SIGTERM and its stop_timeout)."""
         def ensure(host: Host) -> None:
-            names = [name for process in host.plan.processes_here for name in process.programs]
+            names = host.plan.programs_beside_web
             stopped = [name for name in names if name in changes.start.get(host.name, ())]
             changed = [name for name in names if name not in stopped
                        and (name in changes.restart.get(host.name, ()) or name in reconfigured[host.name])]
@@ -673,9 +687,9 @@ class System:
         on_each(self.app_hosts, ensure)
 
     def restart_processes(self, release: Release) -> None:
-        """After the web switched to release: every process of [processes] restarted on it, gracefully (SIGTERM, then
-        its stop_timeout), on every app host at once."""
-        names = [name for process in self.plan.processes for name in process.programs]
+        """After the web switched to release: every process of [processes] and the scheduler of [jobs] restarted on
+        it, gracefully (SIGTERM, then its stop_timeout), on every app host at once."""
+        names = self.plan.programs_beside_web
         if not names:
             return
         with self.reporter.step(f"Restarting {', '.join(names)} on release {release.id} (each finishes what it does "
@@ -867,12 +881,17 @@ class System:
 
     def current(self) -> Release | None:
         """The release new app servers start on: what `current` points at on the first app host that has one."""
+        found = self._current_on()
+        return found[1] if found else None
+
+    def _current_on(self) -> tuple[Host, Release] | None:
+        """current(), with the host it was read on."""
         for host in self.app_hosts.values():
             if host.name in self.topology.unreachable:
                 continue
             link = host.connector.readlink(host.plan.paths.current)
             if link is not None:
-                return self.pipeline.on(host, link.name)
+                return host, self.pipeline.on(host, link.name)
         return None
 
     def serving(self) -> bool:
@@ -1018,6 +1037,8 @@ class System:
         for host in self.app_hosts.values():
             components += [entry(host, name, "process", process.command, "running")
                            for process in host.plan.processes_here for name in process.programs]
+            if host.plan.jobs_here:
+                components.append(entry(host, JOBS_PROGRAM, "jobs", f"{len(host.plan.jobs_here)} jobs", "scheduling"))
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
@@ -1044,7 +1065,15 @@ class System:
                       for host in self.hosts.values()],
             "components": components,
             "tls": self._tls_status(views, set(answering)),
+            "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
         }
+
+    def job_reports(self) -> list[jobs.JobReport]:
+        """Each job of [jobs] with its last run, as the schedulers recorded it in the live database."""
+        database = read_live(self.db_host.plan, self.db_host.connector).database
+        output = self.database.admin_psql(self.secrets().superuser_password, "reading the runs of [jobs]", jobs.RUNS,
+                                          database=database)
+        return jobs.reports(self.plan.jobs, output)
 
     def _tls_status(self, views: dict, answering: set[str]) -> dict:
         acme = self.plan.tls.mode == "acme"
@@ -1148,8 +1177,8 @@ class System:
         if self.plan.tls.mode == "acme":
             stop("lb", lambda host: [RENEWAL_PROGRAM], "Stopping the certificate renewal timer")
         stop("lb", lambda host: ["haproxy"], "Stopping the load balancer")
-        if self.plan.processes:
-            stop("app", lambda host: [name for process in host.plan.processes_here for name in process.programs],
+        if self.plan.programs_beside_web:
+            stop("app", lambda host: list(host.plan.programs_beside_web),
                  "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")

@@ -427,8 +427,8 @@ def test_drop_database_removes_a_kept_database_and_never_the_live_one(target: Ta
 
 
 def _a_minute_ahead() -> str:
-    """A UTC time of day between 40 and 100 seconds from now, as backup.schedule takes it."""
-    return (datetime.now(timezone.utc) + timedelta(seconds=100)).strftime("%H:%M")
+    """The first whole UTC minute at least 30 seconds from now (time for `up`), as backup.schedule takes it."""
+    return (datetime.now(timezone.utc) + timedelta(seconds=90)).strftime("%H:%M")
 
 
 def _daily_backup(target: Target, timeout: float = 240) -> dict:

@@ -84,6 +84,8 @@ PLAUSIBLE = {
     "users.db": st.sampled_from(["djship-db", "web", "root"]),
     "project.settings_module": st.sampled_from(["board.settings", "shop.conf.prod"]),
     "project.wsgi_application": st.sampled_from(["board.wsgi.application", "shop.wsgi.app"]),
+    "project.asgi_application": st.sampled_from(["board.asgi.application", "shop.routing.app"]),
+    "app.interface": st.sampled_from(["wsgi", "asgi"]), "app.threads": st.integers(1, 4),
     "project.requirements": paths, "project.python": paths, "project.manage_py": paths,
     "project.exclude": st.lists(texts, max_size=3),
     "site.domains": st.sampled_from([["localhost"], ["shop.example.com", "www.example.com"]]),
@@ -110,6 +112,8 @@ def documents(draw) -> dict:
         value = draw(st.one_of(PLAUSIBLE[dotted], texts, values))
         *section, key = dotted.split(".")
         (document.setdefault(section[0], {}) if section else document)[key] = value
+    if document.get("app", {}).get("interface") == "asgi" and draw(st.booleans()):
+        document["project"].setdefault("asgi_application", "board.asgi.application")
     if draw(st.booleans()):
         document["servers"] = {"lb": ["lb1"], "app": ["app1"], "db": "db1"}
         document["hosts"] = {
@@ -168,9 +172,10 @@ def statement_shape(text: str) -> list[str]:
 
 
 @functools.cache
-def reference_shapes(tools: Tools) -> dict[str, list[str]]:
-    """The statements of the generated Python files for a plain project."""
-    config = parse_config('[project]\nsettings_module = "board.settings"\nwsgi_application = "board.wsgi.app"\n')
+def reference_shapes(tools: Tools, interface: str) -> dict[str, list[str]]:
+    """The statements of the generated Python files for a plain project served as WSGI or ASGI."""
+    config = parse_config('[project]\nsettings_module = "board.settings"\nwsgi_application = "board.wsgi.app"\n'
+                          f'asgi_application = "board.asgi.app"\n[app]\ninterface = "{interface}"\n')
     plan = plans_of(config, Path("/srv/example/board"), tools, False)[0]
     return {
         "settings": statement_shape(render.production_settings(plan, RELEASE_ID, plan.paths.releases)),
@@ -179,7 +184,7 @@ def reference_shapes(tools: Tools) -> dict[str, list[str]]:
 
 
 def render_everything(plan: Plan, tools: Tools) -> None:
-    shapes = reference_shapes(tools)
+    shapes = reference_shapes(tools, plan.interface)
     for config_file in render.system_files(plan):
         if config_file.path.name == "supervisord.conf":
             check_supervisord(plan, config_file.text)
@@ -221,6 +226,10 @@ def project_dir():
 @example(document=with_path("database.user", "all"), running_as_root=True)
 @example(document=with_path("tls.cert_file", "~nosuchuser/site.crt"), running_as_root=False)
 @example(document=with_path("ssh.known_hosts", "~nosuchuser/known_hosts"), running_as_root=False)
+@example(document={"project": {**PROJECT, "asgi_application": 'x"\nimport os'}, "app": {"interface": "asgi"}},
+         running_as_root=True)
+@example(document={"project": {**PROJECT, "asgi_application": "shop.routing.app"}, "app": {"interface": "asgi"}},
+         running_as_root=True)
 def test_any_config_is_refused_by_djship_or_renders_only_what_djship_meant(
     document, running_as_root, project_dir, fake_tools
 ):

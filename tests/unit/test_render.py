@@ -65,9 +65,29 @@ def acme_plan(make_plan) -> Plan:
                      tls={"mode": "acme"})
 
 
-@pytest.mark.parametrize("name", [*GOLDEN, *ACME_GOLDEN])
-def test_rendering_matches_the_golden_file(golden_plan, acme_plan, golden_dir, name):
-    text = GOLDEN[name](golden_plan) if name in GOLDEN else ACME_GOLDEN[name](acme_plan)
+# Rendered from the golden plan with app.interface = "asgi": uvicorn workers, WebSockets through nginx and HAProxy.
+ASGI_GOLDEN: dict[str, Callable[[Plan], str]] = {
+    "nginx-asgi-app1.conf": GOLDEN["nginx-app1.conf"],
+    "gunicorn-asgi-app1.conf.py": GOLDEN["gunicorn-app1.conf.py"],
+    "haproxy-asgi.cfg": render.haproxy_cfg,
+    "settings-asgi.py": GOLDEN["settings.py"],
+}
+ASGI = {"app": {"interface": "asgi"}, "project": {"asgi_application": "board.asgi.application"}}
+
+
+@pytest.fixture
+def asgi_plan(make_plan) -> Plan:
+    return make_plan(running_as_root=True, app={"servers": 2, "interface": "asgi"}, project=ASGI["project"])
+
+
+@pytest.mark.parametrize("name", [*GOLDEN, *ACME_GOLDEN, *ASGI_GOLDEN])
+def test_rendering_matches_the_golden_file(golden_plan, acme_plan, asgi_plan, golden_dir, name):
+    if name in GOLDEN:
+        text = GOLDEN[name](golden_plan)
+    elif name in ACME_GOLDEN:
+        text = ACME_GOLDEN[name](acme_plan)
+    else:
+        text = ASGI_GOLDEN[name](asgi_plan)
     golden = golden_dir / name
     if UPDATE_GOLDEN:
         golden.write_text(text, encoding="utf-8")
@@ -358,19 +378,21 @@ def test_production_settings_are_safe_and_read_the_secrets_file(make_plan, short
 AWKWARD_NAME = 'my "site" {x}#1;[/y] 50% é'
 
 
-@pytest.fixture(params=["local", "acme"])
+@pytest.fixture(params=["local", "acme", "asgi"])
 def rendered(make_plan, real_tools, short_tmp, system_users, request) -> Plan:
     """Every system file of a plan rendered to its place under tmp_path, with the directories the programs need;
-    once per tls.mode that renders differently."""
+    once per tls.mode that renders differently, and once with app.interface = "asgi"."""
     project_dir = short_tmp / AWKWARD_NAME
     project_dir.mkdir(parents=True)
+    asgi = request.param == "asgi"
     plan = make_plan(
         project_dir=project_dir,
         tools=real_tools,
         running_as_root=True,
         users=system_users,
-        app={"servers": 2},
-        tls={"mode": request.param},
+        app={"servers": 2, "interface": "asgi" if asgi else "wsgi"},
+        project=ASGI["project"] if asgi else {},
+        tls={"mode": "local" if asgi else request.param},
         site={"domains": ["shop.example.com"] if request.param == "acme" else ["localhost"]},
     )
     for config_file in render.system_files(plan):

@@ -22,6 +22,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "store",
     "orders",
+    "ticks",
+    "live",
 ]
 
 MIDDLEWARE = [

@@ -21,13 +21,20 @@ import djship
 from djship.connectors import on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy import shipping
-from djship.deploy.release import RUNTIME_PACKAGES, Release, ReleaseBuilder, new_release_id
+from djship.deploy.release import Release, ReleaseBuilder, new_release_id, runtime_packages
 from djship.errors import DjshipError
+from djship.plan import Plan
 from djship.progress import Reporter
 from djship.topology import Host, Topology
 
 SUPERVISOR_PACKAGE = "supervisor>=4.2"
-WHEEL_PACKAGES = (*RUNTIME_PACKAGES, SUPERVISOR_PACKAGE)
+
+
+def wheel_packages(plan: Plan) -> tuple[str, ...]:
+    """What the wheelhouse holds beside the project's requirements: the release's runtime and the supervisor."""
+    return (*runtime_packages(plan), SUPERVISOR_PACKAGE)
+
+
 # What djship.agent imports, at the versions djship itself requires.
 AGENT_DEPENDENCIES = ("pydantic", "cryptography", "tomlkit", "acme", "josepy")
 AGENT_REQUIREMENTS = "".join(
@@ -53,8 +60,8 @@ class Pipeline:
     def wheelhouse(self) -> shipping.Wheelhouse:
         with self.reporter.step(f"Wheels for {self.plan.requirements.name} and djship's runtime (built here, once)"):
             return shipping.build_wheelhouse(
-                self.plan.requirements, WHEEL_PACKAGES, self._build_python(), self.control.state / "wheelhouse",
-                LocalConnector(), self.control.logs / "wheels.log",
+                self.plan.requirements, wheel_packages(self.plan), self._build_python(),
+                self.control.state / "wheelhouse", LocalConnector(), self.control.logs / "wheels.log",
             )
 
     def _build_python(self) -> str:
@@ -162,7 +169,7 @@ class Pipeline:
             requirements = release.dir / "requirements.txt"  # the file the wheels were built from, wherever it lives
             connector.put(requirements, plan.requirements.read_bytes())
             shipping.ensure_venv(connector, host.python, venv, wheelhouse.on_host(plan.paths.wheels), requirements,
-                                 RUNTIME_PACKAGES)
+                                 runtime_packages(plan))
             connector.symlink(release.venv, venv)
             builder.finish(release, where=f" on {host.name}")
         except BaseException:

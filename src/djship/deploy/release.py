@@ -27,6 +27,12 @@ from djship.plan import Plan, release_environment
 from djship.progress import Reporter
 
 RUNTIME_PACKAGES = ("gunicorn>=23", "psycopg[binary]>=3.1")
+# With app.interface = "asgi": gunicorn's uvicorn worker, and uvicorn with what its docs install for production
+# (uvloop, httptools, and websockets for the WebSocket protocol).
+ASGI_PACKAGES = ("uvicorn-worker>=0.4", "uvicorn[standard]>=0.36")
+# The runtime modules every release's djship_production package gets, and those only ASGI releases need.
+RUNTIME_MODULES = ("middleware.py", "migrate.py", "jobs.py")
+ASGI_MODULES = ("asgi.py", "asgi_worker.py")
 COMPLETE_MARKER = ".djship-complete"
 
 
@@ -55,6 +61,11 @@ class Release:
     def static(self) -> Path:
         return self.dir / "static"
 
+    @property
+    def asgi_worker(self) -> Path:
+        """There only in a release built for app.interface = "asgi" (whose virtualenv has uvicorn)."""
+        return self.dir / "djship_production" / ASGI_MODULES[1]
+
     def environment(self) -> dict[str, str]:
         return {**release_environment(self.dir), "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -79,6 +90,11 @@ def _ignore(plan: Plan):
     return ignore
 
 
+def runtime_packages(plan: Plan) -> tuple[str, ...]:
+    """What djship adds to the release's virtualenv beside the project's requirements."""
+    return (*RUNTIME_PACKAGES, *ASGI_PACKAGES) if plan.asgi else RUNTIME_PACKAGES
+
+
 def _venv_key(plan: Plan, python: str) -> str:
     try:
         requirements = plan.requirements.read_bytes()
@@ -86,7 +102,7 @@ def _venv_key(plan: Plan, python: str) -> str:
         raise DjshipError(f"cannot read requirements file {plan.requirements}: {error.strerror}") from None
     digest = hashlib.sha256(requirements)
     digest.update(python.encode())
-    digest.update("\n".join(RUNTIME_PACKAGES).encode())
+    digest.update("\n".join(runtime_packages(plan)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -190,6 +206,7 @@ class ReleaseBuilder:
             return venv
         shutil.rmtree(venv, ignore_errors=True)
         requirements = str(self.plan.requirements)
+        packages = runtime_packages(self.plan)
         uv = _uv()
         with self.reporter.step(f"Installing requirements into a new virtualenv ({'uv' if uv else 'pip'})"):
             try:
@@ -197,13 +214,13 @@ class ReleaseBuilder:
                     self._run(release_id, "creating the virtualenv", [uv, "venv", "--quiet", "--python", python, str(venv)])
                     self._run(
                         release_id, "installing requirements",
-                        [uv, "pip", "install", "--python", str(venv / "bin/python"), "-r", requirements, *RUNTIME_PACKAGES],
+                        [uv, "pip", "install", "--python", str(venv / "bin/python"), "-r", requirements, *packages],
                     )
                 else:
                     self._run(release_id, "creating the virtualenv", [python, "-m", "venv", str(venv)])
                     self._run(
                         release_id, "installing requirements",
-                        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", requirements, *RUNTIME_PACKAGES],
+                        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", requirements, *packages],
                     )
             except BaseException:
                 shutil.rmtree(venv, ignore_errors=True)
@@ -215,6 +232,6 @@ class ReleaseBuilder:
         package = release.dir / "djship_production"
         runtime = importlib.resources.files("djship.runtime")
         self.connector.put(package / "__init__.py", "")
-        for module in ("middleware.py", "migrate.py"):
+        for module in (*RUNTIME_MODULES, *(ASGI_MODULES if self.plan.asgi else ())):
             self.connector.put(package / module, runtime.joinpath(module).read_text())
         self.connector.put(package / "settings.py", render.production_settings(self.plan, release.id, release.dir))

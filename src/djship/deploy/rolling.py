@@ -87,6 +87,9 @@ class Rollout:
                     known = ", ".join(release.id for release in releases)
                     raise DjshipError(f"no release {release_id!r}; `djship releases` lists them: {known}")
                 target = matches[0]
+            self.system.require_interface(next(iter(self.system.app_hosts.values())), target, "release",
+                                          "roll back to a release built for ASGI, or set app.interface = \"wsgi\" "
+                                          "and run `djship up` first")
             if target.id == live.id and all(getattr(self.system.release_of(s), "id", None) == live.id
                                             for s in self.plan.app_servers):
                 raise DjshipError(f"release {live.id} is already live")
@@ -183,7 +186,7 @@ class Rollout:
                 on_each(system.app_hosts, lambda host: system.give_env_secrets(host, after))
             system.keep_env_secrets(after)
             restarted = (*(server.name for server in self.plan.app_servers),
-                         *(name for process in self.plan.processes for name in process.programs))
+                         *self.plan.programs_beside_web)
             restarted = restarted if serving and restart else ()
             return EnvChange(names, restarted, serving)
 

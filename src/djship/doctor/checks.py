@@ -460,5 +460,27 @@ def clock_skew(plan: Plan, facts: Facts) -> Verdict:
     return (PASS, f"clocks agree with this machine's: {described}")
 
 
+@check("jobs", "Scheduled jobs")
+def jobs(plan: Plan, facts: Facts) -> Verdict:
+    if not plan.jobs:
+        return (PASS, "no [jobs] in djship.toml")
+    if facts.jobs_error or not facts.database_ready:
+        return (FAIL, f"cannot read the runs of [jobs]: {facts.jobs_error or 'PostgreSQL is not ready'}",
+                "see the database check; `djship logs jobs` shows what the schedulers say")
+    logs = "`djship logs jobs` shows its output"
+    failing = [f"{report.name} exited {report.last_run.exit_code} in its run of {report.last_run.slot} on "
+               f"{report.last_run.host}" for report in facts.jobs if report.failing and report.last_run]
+    missed = [f"{report.name} did not run at {report.missed} ({report.schedule}) on any host"
+              for report in facts.jobs if report.missed]
+    if failing:
+        return (FAIL, "a job fails: " + "; ".join(failing),
+                f"{logs}; fix the command or the code it runs and `djship deploy`")
+    if missed:
+        return (FAIL, "a job has not run when it should have: " + "; ".join(missed),
+                f"check that the jobs program runs on the app hosts (`djship status`) and can reach PostgreSQL; {logs}")
+    ran = ", ".join(f"{report.name} {report.last_run.slot if report.last_run else 'not yet'}" for report in facts.jobs)
+    return (PASS, f"every job ran its latest slot and exited 0 (last runs: {ran})")
+
+
 def evaluate(plan: Plan, facts: Facts) -> list[CheckResult]:
     return [check(plan, facts) for check in CHECKS]

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from djship import render
 from djship.components import appserver
 from djship.components.probe import Response, describe_error, request
+from djship.components.jobs import JobReport
 from djship.connectors import on_each
 from djship.deploy.live import read_live
 from djship.deploy.release import Release
@@ -218,6 +219,9 @@ class Facts:
     certificate: CertificateFacts = field(default_factory=CertificateFacts)
     check_deploy: tuple[bool, str] | None = None
     clock_skew: dict[str, float] = field(default_factory=dict)
+    jobs: list[JobReport] = field(default_factory=list)
+    """Each job of [jobs] with its last run, as recorded in the live database."""
+    jobs_error: str | None = None
     """Host -> its clock minus this machine's, in seconds, at least (the time a question takes to reach the host
     and come back is given to the host's favour)."""
     redis_reply: str | None = None
@@ -458,6 +462,11 @@ def _database(system: System, facts: Facts) -> None:
         facts.database = system.database.observe(system.secrets().superuser_password)
     except (DjshipError, ValueError) as error:
         facts.database_error = str(error)
+    if system.plan.jobs:
+        try:
+            facts.jobs = system.job_reports()
+        except (DjshipError, ValueError) as error:
+            facts.jobs_error = str(error)
 
 
 def _processes(host: Host) -> dict[str, str] | None:

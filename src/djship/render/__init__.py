@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterable
@@ -11,8 +12,8 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, \
-    STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
+from djship.plan import JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, \
+    REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -142,9 +143,14 @@ def nginx_conf(plan: Plan, server: AppServer) -> str:
                    compressed_types=COMPRESSED_TYPES)
 
 
+# With app.interface = "asgi" gunicorn serves djship's wrapper of the project's ASGI application (runtime/asgi.py).
+ASGI_ENTRY_POINT = "djship_production.asgi:application"
+
+
 def gunicorn_conf(plan: Plan, server: AppServer) -> str:
     module, _, attribute = plan.wsgi_application.rpartition(".")
-    return _render("gunicorn.conf.py.j2", plan=plan, server=server, wsgi_app=f"{module}:{attribute}")
+    served = ASGI_ENTRY_POINT if plan.asgi else f"{module}:{attribute}"
+    return _render("gunicorn.conf.py.j2", plan=plan, server=server, wsgi_app=served)
 
 
 def haproxy_cfg(plan: Plan) -> str:
@@ -265,6 +271,8 @@ def programs(plan: Plan) -> list[Program]:
         )
     for process in plan.processes_here:
         result += [process_program(plan, process, name) for name in process.programs]
+    if plan.jobs_here:
+        result.append(jobs_program(plan))
     if plan.holds("lb"):
         result.append(Program(
             name="haproxy",
@@ -300,17 +308,39 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 
 
 def process_program(plan: Plan, process: Process, name: str) -> Program:
-    """One of a process type's programs: its command run in the live release (`current`, which a deploy moves before
-    it restarts them), with the release's virtualenv first on PATH, the production settings and the app's
-    environment; stopped with SIGTERM, then SIGKILL after its stop_timeout. SIGTERM goes to the command alone: a
+    """One of a process type's programs: its command run in the live release. SIGTERM goes to the command alone: a
     worker with a pool of children (Celery's prefork) then lets them finish their tasks (its warm shutdown), where a
     child that got SIGTERM itself would die in the middle of one."""
+    return _release_program(plan, name, process.argv, process.stop_timeout, signals_group=False)
+
+
+def jobs_program(plan: Plan) -> Program:
+    """The scheduler of [jobs] (djship_production.jobs, shipped in each release), run in the live release like a
+    process: each job it starts inherits its environment."""
+    return _release_program(plan, JOBS_PROGRAM, ["python", "-m", "djship_production.jobs", str(plan.paths.jobs_file)],
+                            JOBS_STOP_TIMEOUT)
+
+
+def jobs_file(plan: Plan) -> str:
+    """What the scheduler on the plan's host runs: its host's name and the jobs."""
+    jobs = [{"name": job.name, "argv": job.argv, "every": job.every, "offset": job.offset,
+             "window": job.window}
+            for job in plan.jobs_here]
+    return json.dumps({"host": plan.host, "jobs": jobs}, indent=2) + "\n"
+
+
+def _release_program(plan: Plan, name: str, argv: list[str], stop_timeout: int,
+                     signals_group: bool = True) -> Program:
+    """argv run in the live release (`current`, which a deploy moves before it restarts the program), with the
+    release's virtualenv first on PATH, the production settings and the app's environment; stopped with SIGTERM
+    (to its process group, or with signals_group False to it alone), then SIGKILL to the group after stop_timeout."""
     release = plan.paths.current
     settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
     # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
-    argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *process.argv]
+    argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *argv]
     return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
-                   stopsignal="TERM", stopwaitsecs=process.stop_timeout, user=plan.user_of("app"), signals_group=False)
+                   stopsignal="TERM", stopwaitsecs=stop_timeout, user=plan.user_of("app"),
+                   signals_group=signals_group)
 
 
 def supervisord_conf(plan: Plan) -> str:
@@ -365,13 +395,15 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
     if plan.holds("app"):
         files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
+    if plan.jobs_here:
+        files.append(ConfigFile(plan.paths.jobs_file, jobs_file(plan), (JOBS_PROGRAM,)))
     return files
 
 
 def app_programs(plan: Plan) -> tuple[str, ...]:
-    """The programs of the plan's host that run the app's code, with its environment: gunicorns and processes."""
-    return (*(server.programs[0] for server in plan.servers_here),
-            *(name for process in plan.processes_here for name in process.programs))
+    """The programs of the plan's host that run the app's code, with its environment: gunicorns, processes and the
+    scheduler of [jobs]."""
+    return (*(server.programs[0] for server in plan.servers_here), *plan.programs_beside_web)
 
 
 def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
