@@ -113,6 +113,8 @@ def _endpoints(host: Host, programs: set[str]) -> tuple[tuple[str, int, str], ..
                       (plan.balancer_bind, plan.http_port, "balancer.http_port")]
     if "postgres" in programs:
         endpoints.append((plan.database.address, plan.database.port, "database.port"))
+    if "redis" in programs and plan.runs_redis:
+        endpoints.append((plan.redis.address, plan.redis.port, "redis.port"))
     endpoints += [(server.address, server.port, "app.port") for server in plan.servers_here
                   if server.programs[1] in programs]
     return tuple(endpoints)

@@ -412,7 +412,8 @@ def hosts(install: bool, as_json: bool) -> None:
     The hosts and their roles come from [servers] and [hosts] in djship.toml. Each host must
     answer with an SSH host key that known_hosts (or its pinned host_key) trusts, and have
     what its roles need: Python 3.10+ with venv everywhere, HAProxy on lb, nginx on app,
-    PostgreSQL on db. Exits 1 naming, per host, what to install; --install installs it.
+    PostgreSQL on db, redis-server where [redis] runs. Exits 1 naming, per host, what to install;
+    --install installs it.
     """
     from djship.config import load_config
     from djship.hosts import prepare_hosts, remote_hosts, require_ready

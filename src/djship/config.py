@@ -304,6 +304,39 @@ class DatabaseConfig(_Section):
         return value
 
 
+_REDIS_SIZE = re.compile(r"^[1-9][0-9]*(kb|mb|gb)$")
+
+
+class RedisConfig(_Section):
+    """Redis under the supervisor, for the app and its processes (REDIS_URL): on the db host, or servers.redis."""
+
+    address: str = "127.0.3.1"
+    """On one machine: the loopback address it listens on, its own (on hosts: the redis host's address)."""
+    port: int = 16379
+    maxmemory: str | None = None
+    """Redis's maxmemory ("256mb"); when reached, writes fail (noeviction): a broker must never lose a task."""
+
+    _check_bind = field_validator("address")(_loopback)
+
+    @field_validator("port")
+    @classmethod
+    def _redis_port(cls, value: int) -> int:
+        _port(value)
+        if value in EPHEMERAL_PORTS:
+            raise ValueError(
+                f"{value} is in Linux's ephemeral port range 32768-60999, where a client socket can take it "
+                "and Redis then fails to start; choose a port below 32768"
+            )
+        return value
+
+    @field_validator("maxmemory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and not _REDIS_SIZE.fullmatch(value.lower()):
+            raise ValueError('must be a size in kb, mb or gb, e.g. "256mb"')
+        return None if value is None else value.lower()
+
+
 def _not_reserved(name: str) -> None:
     if name in POSTGRES_RESERVED or name.startswith("pg_"):
         raise ValueError(f"{name!r} is reserved by PostgreSQL; choose another name, e.g. the project's")
@@ -372,7 +405,7 @@ class DeployConfig(_Section):
 
 # Names a process may not take: djship's own programs and components (`djship logs NAME` must mean one thing).
 RESERVED_PROCESS_NAMES = frozenset({"haproxy", "postgres", "supervisord", "renewal", "backup-scheduler", "media-mount",
-                                    "boot", "jobs"})
+                                    "boot", "jobs", "redis"})
 _SHELL_OPERATORS = frozenset({"&&", "||", "|", "&", ";", ">", ">>", "<", "2>", "2>&1"})
 _PROCESS_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -522,6 +555,8 @@ class ServersConfig(_Section):
     hosts (see media_host)."""
     backup: str | None = None
     """The host that keeps the backups (`djship backup`'s and the daily ones), off the db host's disk."""
+    redis: str | None = None
+    """The host that runs Redis ([redis]); default: the db host."""
 
 
 def media_host(config: Config) -> str | None:
@@ -578,15 +613,17 @@ class UsersConfig(_Section):
     web: str = "djship-web"
     db: str = "djship-db"
     lb: str = "djship-lb"
+    redis: str = "djship-redis"
 
-    _check_unprivileged = field_validator("app", "web", "db", "lb")(_unprivileged)
+    _check_unprivileged = field_validator("app", "web", "db", "lb", "redis")(_unprivileged)
 
     @model_validator(mode="after")
     def _one_each(self) -> UsersConfig:
-        names = [self.app, self.web, self.db, self.lb]
+        roles = ("app", "web", "db", "lb", "redis")
+        names = [getattr(self, role) for role in roles]
         shared = next((name for name in names if names.count(name) > 1), None)
         if shared is not None:
-            roles = " and ".join(role for role in ("app", "web", "db", "lb") if getattr(self, role) == shared)
+            roles = " and ".join(role for role in roles if getattr(self, role) == shared)
             raise ValueError(f"{roles} are both {shared!r}; each component runs as a user of its own, so one that is "
                              "compromised reaches nothing of the others: give each its own name")
         return self
@@ -607,6 +644,8 @@ class Config(_Section):
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     ssh: SshConfig = Field(default_factory=SshConfig)
     processes: dict[str, ProcessConfig] = Field(default_factory=dict)
+    redis: RedisConfig | None = None
+    """Redis for the app when present ([redis], even empty); nothing of it runs without."""
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
     env: dict[str, str | int | float] = Field(default_factory=dict)
     """Plain values of the app's environment (secrets are kept by `djship env set`, never in this file)."""
@@ -757,9 +796,17 @@ def _topology_problems(config: Config) -> list[str]:
     elif backup is not None and backup == config.servers.db:
         problems.append(f"servers.backup: {backup!r} is the db host; name another host, so that a backup survives "
                         "the loss of the db host's disk (without servers.backup they are kept on this machine)")
-    used = {name for names in roles.values() for name in names} | {media, backup}
+    if config.servers.redis is not None:
+        if config.redis is None:
+            problems.append("servers.redis: names a Redis host, but there is no [redis]; add [redis] to run Redis, or "
+                            "remove servers.redis")
+        elif config.servers.redis not in config.hosts:
+            problems.append(f"servers.redis: no host {config.servers.redis!r}; define it as "
+                            f"[hosts.{config.servers.redis}] with its address")
+    used = {name for names in roles.values() for name in names} | {media, backup, config.servers.redis}
     problems += [
-        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db, servers.media or servers.backup, "
+        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db, servers.media, servers.redis or "
+        "servers.backup, "
         "or remove it"
         for name in config.hosts if name not in used
     ]

@@ -17,7 +17,7 @@ from djship.connectors import Connector, on_each
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 
-ROLES = ("lb", "app", "db", "media", "backup")
+ROLES = ("lb", "app", "db", "media", "redis", "backup")
 MIN_PYTHON = (3, 10)
 INSTALL_TIMEOUT = 900
 
@@ -45,6 +45,7 @@ REQUIREMENTS = (
     Requirement("openssl", "command -v openssl", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
+    Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
 )
@@ -78,7 +79,8 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
     media = media_host(config)
     backup = config.servers.backup
     holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
-               "media": {media} if media else set(), "backup": {backup} if backup else set()}
+               "media": {media} if media else set(), "backup": {backup} if backup else set(),
+               "redis": {config.servers.redis or config.servers.db} if config.redis is not None else set()}
     ssh = config.ssh
     hosts = []
     for name, host in config.hosts.items():
@@ -107,6 +109,7 @@ _TOOL_PROBES = {
     "haproxy": "command -v haproxy || ls /usr/sbin/haproxy",
     "pg_bindir": "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1",
     "mime_types": "ls /etc/nginx/mime.types",
+    "redis_server": "command -v redis-server || ls /usr/bin/redis-server",
     "python3": 'echo "$PYTHON"',
 }
 # The distribution's Python first: every user can run it (a python3 first on root's PATH, e.g. pyenv's under
@@ -155,7 +158,8 @@ def parse_probe(output: str) -> Facts:
 
 # Debian starts a package's own service on install; djship runs these programs under its own supervisord (the
 # distribution's nginx would hold port 80, which a balancer on the same host needs).
-DISTRIBUTION_SERVICES = {"nginx": "nginx", "haproxy": "haproxy", "postgresql": "postgresql"}
+DISTRIBUTION_SERVICES = {"nginx": "nginx", "haproxy": "haproxy", "postgresql": "postgresql",
+                         "redis-server": "redis-server"}
 
 
 def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:

@@ -40,6 +40,9 @@ MEDIA_PROGRAM = "media-mount"
 MEDIA_USER = "djship-media"
 # The backup host's SFTP-only user, through which the db host sends it each backup.
 BACKUP_USER = "djship-backup"
+# The supervised redis-server of [redis], and the variable that hands its URL to the app and its processes.
+REDIS_PROGRAM = "redis"
+REDIS_URL = "REDIS_URL"
 # The supervised scheduler of [jobs] on every app host; it stops its running jobs with SIGTERM and waits this long.
 JOBS_PROGRAM = "jobs"
 JOBS_STOP_TIMEOUT = 30
@@ -216,6 +219,35 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Redis:
+    """[redis]: one redis-server on its host, password-protected, which the app hosts reach at address:port."""
+
+    host: str
+    address: str
+    port: int
+    dir: Path
+    """On its host: the directory of its config (root's) and of its data (its user's alone)."""
+    maxmemory: str | None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def conf(self) -> Path:
+        """Its configuration, with the password: 0600, its user's (redis-server reads it at start)."""
+        return self.dir / "redis.conf"
+
+    @property
+    def data_dir(self) -> Path:
+        """The append-only file and the snapshots."""
+        return self.dir / "data"
+
+    def url(self, password: str) -> str:
+        return f"redis://:{password}@{self.endpoint}/0"
+
+
+@dataclass(frozen=True)
 class MediaStore:
     """The one directory of uploads on the media host, which every app host mounts over SFTP at its own `uploads`."""
 
@@ -250,6 +282,8 @@ class Users:
     """PostgreSQL: owns its data directory."""
     lb: str
     """HAProxy: the only reader of the site's private key, owns its runtime socket."""
+    redis: str = "djship-redis"
+    """redis-server: reads its config (with the password), owns its data directory."""
 
 
 @dataclass(frozen=True)
@@ -374,6 +408,15 @@ class Paths:
     def env_file(self) -> Path:
         """The plain values of the app's environment ([env] in djship.toml), in the same syntax."""
         return self.state / "env"
+
+    @property
+    def redis_secrets(self) -> Path:
+        """On the control machine: the Redis password, made once (read back from the redis host when lost)."""
+        return self.secrets / "redis.json"
+
+    @property
+    def redis(self) -> Path:
+        return self.state / "redis"
 
     @property
     def pgpass(self) -> Path:
@@ -600,6 +643,8 @@ class Plan:
     """[env]: the plain values of the app's environment, as (name, value) in the file's order."""
     processes: tuple[Process, ...] = ()
     """[processes]: what runs beside the web on every app host."""
+    redis: Redis | None = None
+    """[redis]: the one Redis of the system, whichever host runs it; None: no Redis, no REDIS_URL."""
     jobs: tuple[Job, ...] = ()
     """[jobs]: run by the scheduler on every app host, each slot on one of them."""
     interface: Literal["wsgi", "asgi"] = "wsgi"
@@ -620,6 +665,10 @@ class Plan:
 
     def holds(self, role: str) -> bool:
         return role in self.roles
+
+    @property
+    def runs_redis(self) -> bool:
+        return self.redis is not None and self.redis.host == self.host
 
     @property
     def renews(self) -> bool:
@@ -663,7 +712,7 @@ class Plan:
         the app's user."""
         return MEDIA_USER if self.holds("media") else self.user_of("app")
 
-    def user_of(self, component: Literal["app", "web", "db", "lb"]) -> str | None:
+    def user_of(self, component: Literal["app", "web", "db", "lb", "redis"]) -> str | None:
         """Who a component runs as: its user of [users], or None (djship's own user) where djship is not root."""
         return getattr(self.users, component) if self.users else None
 
@@ -673,7 +722,8 @@ class Plan:
         if self.users is None:
             return ()
         wanted = {"app": (self.users.app, self.users.web), "db": (self.users.db,), "lb": (self.users.lb,)}
-        return tuple(user for role, users in wanted.items() if self.holds(role) for user in users)
+        users = tuple(user for role, users in wanted.items() if self.holds(role) for user in users)
+        return users + ((self.users.redis,) if self.runs_redis else ())
 
     @property
     def directories(self) -> tuple[Directory, ...]:
@@ -687,6 +737,9 @@ class Plan:
                         Directory(paths.tls, 0o711, root)]
         if self.holds("lb"):
             directories.append(Directory(paths.balancer, 0o700, self.user_of("lb")))
+        if self.runs_redis:
+            directories += [Directory(self.redis.dir, owner=root), Directory(self.redis.data_dir, 0o700,
+                                                                             self.user_of("redis"))]
         for server in self.servers_here:
             # nginx's master (root's) makes its temp directories inside nginx_temp and gives them to its workers.
             directories += [Directory(server.dir, owner=root), Directory(server.nginx_temp, owner=root)]
@@ -697,12 +750,14 @@ class Plan:
         """Secrets and keys 0600, each owned by the one component that reads it (the app its secrets, HAProxy the
         site key, PostgreSQL its configuration), every other file root's: the superuser password, the CA key."""
         paths = self.paths
+        redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
-            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file)
+            paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
+            redis_conf)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
-                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb}
+                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis}
             owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
         return FileAccess(mode, owner)
@@ -811,7 +866,7 @@ class HostSpec:
 
 
 # The settings that say where things run on this machine; on real hosts [servers] and [hosts] say it instead.
-_LOCAL_ONLY = {"app": ("address_prefix",), "database": ("address",), "balancer": ("bind",)}
+_LOCAL_ONLY = {"app": ("address_prefix",), "database": ("address",), "balancer": ("bind",), "redis": ("address",)}
 
 
 def remote_config_problems(config: Config) -> list[str]:
@@ -819,7 +874,7 @@ def remote_config_problems(config: Config) -> list[str]:
     problems = [
         f"{section}.{key}: on real hosts [servers] and [hosts] say where things run; remove {section}.{key}"
         for section, keys in _LOCAL_ONLY.items() for key in keys
-        if key in getattr(config, section).model_fields_set
+        if getattr(config, section) is not None and key in getattr(config, section).model_fields_set
     ]
     media = media_host(config)
     if config.backup.schedule and media is not None and media != config.servers.db:
@@ -899,6 +954,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         )
         sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
     media = _media_store(config, hosts, app_hosts)
+    redis = _redis(config, hosts, db_host, one_machine)
     plans = {}
     for host in hosts:
         plan = _assemble(
@@ -909,7 +965,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups,
                                                          target=_backup_target(config, hosts, db_host))
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
-                                            backup=backup))
+                                            backup=backup, redis=redis))
     return plans
 
 
@@ -922,6 +978,16 @@ def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> 
                           f"host needs root (djship makes its user {BACKUP_USER} and the directory it owns)")
     ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
     return BackupTarget(holder.name, holder.address, ssh_port, Paths(holder.root).daily_backups, db_host.address)
+
+
+def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool) -> Redis | None:
+    """[redis] on the host with the redis role, else the db host: on one machine on a loopback address of its own,
+    on hosts on the host's address (the app hosts connect to it there)."""
+    if config.redis is None:
+        return None
+    holder = next((host for host in hosts if "redis" in host.roles), db_host)
+    address = config.redis.address if one_machine else holder.address
+    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory)
 
 
 def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec]) -> MediaStore | None:
@@ -1011,7 +1077,14 @@ def _checked(plan: Plan) -> Plan:
     _check_budget(plan)
     _check_socket_paths(plan)
     _check_acme_domains(plan)
+    _check_redis_installed(plan)
     return plan
+
+
+def _check_redis_installed(plan: Plan) -> None:
+    if plan.runs_redis and not plan.tools.redis_server:
+        raise DjshipError("[redis]: redis-server is not installed; install it with: sudo apt-get install -y "
+                          "redis-server, or remove [redis]")
 
 
 def _check_acme_domains(plan: Plan) -> None:

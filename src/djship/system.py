@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans
+from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -29,7 +29,7 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
-from djship.plan import JOBS_PROGRAM, RENEWAL_PROGRAM, AppServer, Plan
+from djship.plan import JOBS_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
 from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -66,6 +66,8 @@ class Secrets:
     secret_key: str
     database_password: str
     superuser_password: str
+    redis_password: str | None = None
+    """[redis]'s, made by the first up that has [redis]; kept when [redis] goes (its data stays too)."""
 
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
@@ -215,7 +217,24 @@ class System:
             admin = _json(self.db_host.connector, self.db_host.plan.paths.admin_secrets)
         if app is None or admin is None:
             return None
-        return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"])
+        return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"],
+                       self._read_redis_password())
+
+    @property
+    def redis_host(self) -> Host | None:
+        redis_ = self.plan.redis
+        return self.hosts[redis_.host] if redis_ else None
+
+    def _read_redis_password(self) -> str | None:
+        """Kept here, else read back from the redis host's redis.conf."""
+        kept = _json(self.local, self.control.redis_secrets)
+        if kept is not None:
+            return kept["password"]
+        host = self.redis_host
+        if host is None or host.name in self.topology.unreachable:
+            return None
+        conf = host.connector.get(host.plan.redis.conf)
+        return render.redis_password_of(conf.decode()) if conf else None
 
     def secrets(self) -> Secrets:
         """The secrets of a system that has been up; never makes new ones (that is `up`'s job)."""
@@ -252,10 +271,15 @@ class System:
         """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
         found = self.read_secrets() or Secrets(secrets.token_urlsafe(50), secrets.token_urlsafe(24),
                                                secrets.token_urlsafe(24))
+        if self.plan.redis and not found.redis_password:  # hex: nothing to quote in a URL or in redis.conf
+            found = replace(found, redis_password=secrets.token_hex(32))
         self.local.makedirs(self.control.secrets, mode=0o711)
         self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
         self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
-        self.keep_env_secrets(self.env_secrets())
+        if found.redis_password:
+            self.local.put(self.control.redis_secrets, json.dumps({"password": found.redis_password}) + "\n",
+                           mode=0o600)
+        self.keep_env_secrets(self.env_secrets(), found)
         return found
 
     # -- the secrets of the app's environment (`djship env`) -----------------------------------------------------
@@ -266,19 +290,37 @@ class System:
         for host in self.app_hosts.values():
             if kept is None and host.name not in self.topology.unreachable:
                 kept = host.connector.get(host.plan.paths.env_secrets)
-        return appenv.parse_env_file(kept.decode()) if kept else {}
+        values = appenv.parse_env_file(kept.decode()) if kept else {}
+        # djship's own REDIS_URL, in the same file on one machine (and on an app host): never one of `djship env`'s.
+        password = self._read_redis_password() if REDIS_URL in values else None
+        if password and values[REDIS_URL].startswith(f"redis://:{password}@"):
+            del values[REDIS_URL]
+        return values
 
-    def keep_env_secrets(self, values: dict[str, str]) -> None:
-        """Here, 0600: what `up` gives every app host."""
+    def keep_env_secrets(self, values: dict[str, str], secrets_: Secrets | None = None) -> None:
+        """Here, 0600: what `up` gives every app host. On one machine this is the app's own file, so it holds djship's
+        REDIS_URL as well."""
+        text = render.env_file(values.items(), render.ENV_SECRETS_ORIGIN)
+        kept = (secrets_ or self.read_secrets()) if self.topology.one_machine else None
+        if kept is not None:
+            text = self._env_secrets_text(self.plan, values, kept)
         self.local.makedirs(self.control.secrets, mode=0o711)
-        self.local.put(self.control.env_secrets, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), mode=0o600)
+        self.local.put(self.control.env_secrets, text, mode=0o600)
 
     def give_env_secrets(self, host: Host, values: dict[str, str]) -> None:
         """To an app host, 0600 and readable by the app's user only; its programs read them when they next start."""
         path = host.plan.paths.env_secrets
-        host.connector.put(path, render.env_file(values.items(), render.ENV_SECRETS_ORIGIN), **_access(host.plan, path))
+        host.connector.put(path, self._env_secrets_text(host.plan, values, self.secrets()), **_access(host.plan, path))
+
+    @staticmethod
+    def _env_secrets_text(plan: Plan, values: dict[str, str], secrets_: Secrets) -> str:
+        return render.app_secrets_env(plan, values, secrets_.redis_password)
 
     def _check_env(self, env_secrets: dict[str, str]) -> None:
+        if self.plan.redis and (REDIS_URL in dict(self.plan.env) or REDIS_URL in env_secrets):
+            where = "remove it from [env] in djship.toml" if REDIS_URL in dict(self.plan.env) else \
+                f"run `djship env unset {REDIS_URL}`"
+            raise DjshipError(f"{REDIS_URL} is set by djship from [redis] (with its password); {where}")
         both = [name for name, _ in self.plan.env if name in env_secrets]
         if both:
             raise DjshipError(f"env.{both[0]}: {both[0]} is also a secret of `djship env`; remove it from [env] in "
@@ -343,9 +385,12 @@ class System:
                 programs = render.app_programs(plan)
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
                 files.append(render.ConfigFile(plan.paths.env_secrets,
-                                               render.env_file(env_secrets.items(), render.ENV_SECRETS_ORIGIN), programs))
+                                               self._env_secrets_text(plan, env_secrets, secrets_), programs))
             if secrets_ and host.holds("db"):
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+            if secrets_ and secrets_.redis_password and plan.runs_redis:
+                files.append(render.ConfigFile(plan.redis.conf, render.redis_conf(plan, secrets_.redis_password),
+                                               (REDIS_PROGRAM,)))
             if plan.renews and plan.tls.acme_ca_bundle is not None:
                 files.append(render.ConfigFile(plan.paths.acme_ca_bundle, plan.tls.acme_ca_bundle.read_bytes(),
                                                (RENEWAL_PROGRAM,)))
@@ -460,6 +505,7 @@ class System:
                                                                             started))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
+        self._redis(secrets_, changes, reconfigured)
         release = self._release(changes)
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
@@ -537,6 +583,35 @@ class System:
         live = read_live(host.plan, host.connector).database
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
+
+    def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
+        """Start Redis, or restart it when its configuration changed, before the app servers and processes that
+        connect to it; then wait until it answers PING with its password."""
+        host = self.redis_host
+        if host is None:
+            return
+        starting = REDIS_PROGRAM in changes.start.get(host.name, ())
+        changed = REDIS_PROGRAM in changes.restart.get(host.name, ()) or REDIS_PROGRAM in reconfigured[host.name]
+        if not starting and not changed:
+            return
+        title = f"Starting Redis on {host.plan.redis.endpoint}" if starting else \
+            "Restarting Redis (its configuration changed; its data is on disk)"
+        with self.reporter.step(title):
+            if starting:
+                host.supervisor.start(REDIS_PROGRAM)
+            else:
+                host.supervisor.restart(REDIS_PROGRAM, reconfigure=reconfigured[host.name])
+            redis.wait_ready(host.plan, host.connector, secrets_.redis_password, READY_TIMEOUT)
+
+    def redis_reply(self) -> str | None:
+        """What Redis answers AUTH and PING from the first app host (where the app connects from); None: no [redis]."""
+        if self.plan.redis is None:
+            return None
+        kept = self.read_secrets()
+        if kept is None or not kept.redis_password:
+            return "no password kept for Redis; run `djship up`"
+        host = next(iter(self.app_hosts.values()))
+        return redis.ping(host.plan, host.connector, self.plan.redis, kept.redis_password)
 
     def _release(self, changes: Changes) -> Release:
         """The release the app servers start on: the live one (shipped to hosts that lack it), else a new one."""
@@ -974,6 +1049,10 @@ class System:
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
+        if self.redis_host is not None and self.redis_host.name in answering:
+            reply = self.redis_reply()
+            components.append(entry(self.redis_host, REDIS_PROGRAM, "redis", plan.redis.endpoint,
+                                    "accepting" if redis.answers(reply or "") else "down"))
         for host in answering.values():
             if host.plan.schedules_backups:
                 components.append(entry(host, render.BACKUP_SCHEDULER, "backup", daily_backups(host.plan), "scheduled"))
@@ -1110,6 +1189,9 @@ class System:
                  "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")
+        if self.redis_host is not None and self.redis_host.name in running:
+            with self.reporter.step("Stopping Redis (its data stays on disk)"):
+                self.redis_host.supervisor.stop(REDIS_PROGRAM)
         stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")
         with self.reporter.step(f"Stopping the supervisor on {self._hosts_phrase()}"):
             on_each({name: self.hosts[name] for name in running}, lambda host: host.supervisor.shutdown())

@@ -75,6 +75,11 @@ class Topology:
     app_python: str = ""
     """The app hosts' Python major.minor (the wheels are built for it); empty on one machine."""
 
+    @property
+    def one_machine(self) -> bool:
+        """Every role on this machine: the control machine's files are the host's own."""
+        return all(host.installs == "project" for host in self.hosts.values())
+
     def holding(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if host.holds(role)]
 
@@ -155,7 +160,7 @@ def _host_tools(report: HostReport | None, host: SSHHost, tls_curves: tuple[str,
     return Tools(
         nginx=found.get("nginx", ""), haproxy=found.get("haproxy", ""), pg_bindir=found.get("pg_bindir", ""),
         mime_types=found.get("mime_types", ""), python=str(Path(str(host.root)) / "venv" / "bin" / "python"),
-        tls_curves=tls_curves,
+        redis_server=found.get("redis_server", ""), tls_curves=tls_curves,
     )
 
 

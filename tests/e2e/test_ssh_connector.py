@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -75,6 +76,21 @@ def test_put_is_atomic_private_from_the_first_byte_and_reports_changes(hosts):
     assert stat.S_IMODE(info.st_mode) == 0o600
     assert path.read_bytes() == b"changed\n"
     assert not list(path.parent.glob(".*djship-tmp"))
+
+
+def test_files_read_from_many_threads_at_once_all_arrive(hosts):
+    """paramiko's SFTP client may hand one thread's response to another: the connector does one operation at a time."""
+    directory = hosts["app1"].root / "many"
+    directory.mkdir(parents=True, exist_ok=True)
+    for number in range(16):
+        (directory / f"{number}.txt").write_text(f"file {number}\n" * 2000)
+    pool = ThreadPoolExecutor(max_workers=8)
+    try:
+        with connect(hosts, "app1") as host:
+            read = list(pool.map(lambda number: host.get(directory / f"{number}.txt"), [*range(16)] * 4, timeout=60))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert read == [f"file {number}\n".encode() * 2000 for number in [*range(16)] * 4]
 
 
 def test_makedirs_sets_mode_and_owner(hosts):

@@ -49,7 +49,9 @@ def test_minimal_config_gives_documented_defaults():
     assert config.tls.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
     assert config.tls.acme_ca_bundle is None and config.tls.cert_file is None
     assert config.state_dir == ".djship"
-    assert config.users.model_dump() == {"app": "djship-app", "web": "djship-web", "db": "djship-db", "lb": "djship-lb"}
+    assert config.users.model_dump() == {"app": "djship-app", "web": "djship-web", "db": "djship-db", "lb": "djship-lb",
+                                         "redis": "djship-redis"}
+    assert config.redis is None
 
 
 @pytest.mark.parametrize(
@@ -224,7 +226,8 @@ def test_remote_target_with_ssh_defaults():
         (('ssh_port = 2222', "ssh_port = 0"), "hosts.app2.ssh_port: Input should be greater than or equal to 1"),
         (('[hosts.db1]', '[hosts.db1]\nhost_key = "AAAA"'), "hosts.db1.host_key: must be an SSH public key"),
         (('[hosts.db1]', '[hosts.spare]\naddress = "10.0.0.30"\n[hosts.db1]'),
-         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db, servers.media or servers.backup, or remove it"),
+         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db, servers.media, servers.redis or "
+         "servers.backup, or remove it"),
         (('[hosts.db1]', '[hosts.Spare]\naddress = "10.0.0.30"\n[hosts.db1]'), "hosts.Spare: not a host name"),
         (('db = "db1"', 'db = "db1"\nmedia = "files1"'),
          "servers.media: no host 'files1'; define it as [hosts.files1] with its address"),

@@ -628,3 +628,20 @@ def test_probe_from_speaks_tls_to_an_app_server_on_another_host_and_verifies_it_
     with _app_server(plan, (tmp_path / "theirs.crt", tmp_path / "theirs.key")) as impostor:
         [(status, seen)] = appserver.probe_from(LocalConnector(), balancer, plan, impostor, [STATIC])
     assert status == 0 and "CERTIFICATE_VERIFY_FAILED" in seen, seen
+
+
+# Redis
+
+def test_redis_that_does_not_answer_with_its_password_is_named(make_plan, fake_tools):
+    plan = make_plan(running_as_root=True, tools=dataclasses.replace(fake_tools, redis_server="/usr/bin/redis-server"), redis={})
+    facts = healthy({plan.host: plan})
+    facts.redis_reply = "+OK +PONG"
+    _assert_names(_result(plan, facts, "redis"), PASS, "127.0.3.1:16379 answers PING")
+    facts.redis_reply = "-WRONGPASS invalid username-password pair or user is disabled."
+    _assert_names(_result(plan, facts, "redis"), FAIL, "WRONGPASS", "djship logs redis")
+    facts.processes["local"]["redis"] = "FATAL"
+    _assert_names(_result(plan, facts, "components"), FAIL, "redis is FATAL")
+
+
+def test_without_redis_the_redis_check_says_none_runs(plan, facts):
+    _assert_names(_result(plan, facts, "redis"), PASS, "no [redis]")

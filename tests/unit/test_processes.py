@@ -85,7 +85,8 @@ def test_the_supervisor_parses_the_processes_with_their_graceful_stop(make_confi
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8"), "regenerate with DJSHIP_UPDATE_GOLDEN=1 and review the diff"
     worker = parsed_by_supervisor(text.replace("/srv/app1/", f"{tmp_path}/"), tmp_path, capsys)["worker-2"]
-    assert (worker.stopsignal, worker.stopwaitsecs, worker.stopasgroup, worker.killasgroup) == (15, 30, True, True)
+    # SIGTERM to the command alone (a prefork pool finishes its tasks), SIGKILL to the group at stop_timeout.
+    assert (worker.stopsignal, worker.stopwaitsecs, worker.stopasgroup, worker.killasgroup) == (15, 30, False, True)
     assert worker.directory == f"{tmp_path}/current/app"
     assert shlex.split(worker.command)[-8:] == shlex.split(WORKER["command"])
 

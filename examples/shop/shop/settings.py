@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "store",
+    "orders",
     "ticks",
     "live",
 ]
@@ -68,3 +69,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The app's own configuration: a plain value ([env] in djship.toml) and a secret (`djship env set`).
 SHOP_NAME = os.environ.get("SHOP_NAME", "Example shop")
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+
+# Celery (shop/celery.py): the broker is the Redis djship runs for [redis]; runserver uses a local one.
+CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -5,6 +5,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("orders/", include("orders.urls")),
     path("ticks/", include("ticks.urls")),
     path("live/", include("live.urls")),
     path("", include("store.urls")),

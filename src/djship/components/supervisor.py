@@ -120,7 +120,11 @@ class Supervisor:
 
     def stop(self, *names: str) -> None:
         result = self._ctl("stop", *names)
-        if not result.ok and "ERROR" in result.stdout and "not running" not in result.stdout:
+        # Nothing to stop: a program that is not running, or one this supervisor does not run (djship.toml gained it
+        # since the last `up`).
+        failed = [line for line in result.stdout.splitlines()
+                  if "ERROR" in line and "not running" not in line and "no such process" not in line]
+        if not result.ok and failed:
             raise CommandFailed(f"stopping {', '.join(names)}", result)
 
     def signal(self, name: str, signal_name: str) -> None:

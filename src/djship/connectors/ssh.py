@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +83,15 @@ def remote_command(
     return f"cd {shlex.quote(str(cwd))} && {command}" if cwd else command
 
 
+def _one_sftp_operation_at_a_time(method):
+    @functools.wraps(method)
+    def serialized(self, *args, **kwargs):
+        with self._sftp_lock:
+            return method(self, *args, **kwargs)
+
+    return serialized
+
+
 class SSHConnector:
     """One SSH connection to one host, opened on first use and shared by every call (also from several threads)."""
 
@@ -90,6 +100,9 @@ class SSHConnector:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        # paramiko's SFTP client reads any response on behalf of whichever thread waits: two threads' requests at once
+        # can lose one's response, and that thread then waits forever. One SFTP operation at a time, per host.
+        self._sftp_lock = threading.RLock()
         self._owners: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> SSHConnector:
@@ -225,6 +238,7 @@ class SSHConnector:
                 on_line(pending.decode(errors="replace"))
             return channel.recv_exit_status()
 
+    @_one_sftp_operation_at_a_time
     def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:
         """As the local connector: the temporary file is created anew with mode 0600 (never through a link, never
         readable by others for a moment), its owner and mode are set on the open handle, then it is renamed."""
@@ -282,6 +296,7 @@ class SSHConnector:
             self._owners[owner] = (int(found), int(group))
         return self._owners[owner]
 
+    @_one_sftp_operation_at_a_time
     def get(self, path: Path) -> bytes | None:
         sftp = self._sftp_client()
         try:
@@ -291,6 +306,7 @@ class SSHConnector:
         except FileNotFoundError:
             return None
 
+    @_one_sftp_operation_at_a_time
     def download(self, remote: Path, local: Path) -> None:
         try:
             with os.fdopen(os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as writer:
@@ -301,6 +317,7 @@ class SSHConnector:
             raise DjshipError(f"cannot copy {remote} from {self.target.address} to {local}: "
                               f"{error.strerror or error}") from None
 
+    @_one_sftp_operation_at_a_time
     def upload(self, local: Path, remote: Path) -> None:
         sftp = self._sftp_client()
         path = str(PurePosixPath(remote))
@@ -329,6 +346,7 @@ class SSHConnector:
         script = 'ln -sfn -- "$1" "$2" && mv -Tf -- "$2" "$3"'
         self._checked(["sh", "-c", script, "symlink", str(target), str(temporary), str(link)], f"ln -s {target} {link}")
 
+    @_one_sftp_operation_at_a_time
     def readlink(self, link: Path) -> Path | None:
         try:
             return Path(self._sftp_client().readlink(str(PurePosixPath(link))))
@@ -355,6 +373,7 @@ class SSHConnector:
             except FileNotFoundError:
                 raise DjshipError("ssh is not installed here; install it with: apt-get install -y openssh-client") from None
 
+    @_one_sftp_operation_at_a_time
     def listdir(self, path: Path) -> list[str] | None:
         try:
             return sorted(self._sftp_client().listdir(str(PurePosixPath(path))))

@@ -16,7 +16,7 @@ from djship.connectors import on_each
 from djship.deploy.lock import exclusive
 from djship.deploy.release import Release
 from djship.errors import DjshipError
-from djship.plan import AppServer
+from djship.plan import REDIS_URL, AppServer
 from djship.system import System
 from djship.topology import open_topology
 
@@ -156,6 +156,9 @@ class Rollout:
         with exclusive(system.lock_file, "env"):
             before = system.env_secrets()
             in_config = {name for name, _ in self.plan.env}
+            if self.plan.redis and REDIS_URL in values:
+                raise DjshipError(f"{REDIS_URL} is set by djship from [redis] (with its password); remove [redis] "
+                                  "from djship.toml to use another Redis")
             clash = next((name for name in values if name in in_config), None)
             if clash:
                 raise DjshipError(f"{clash} is a plain value in [env] of djship.toml; remove it there to keep it as a "

@@ -293,6 +293,17 @@ def connections(plan: Plan, facts: Facts) -> Verdict:
         f"{open_now} open now")
 
 
+@check("redis", "Redis answers the app (REDIS_URL)")
+def redis(plan: Plan, facts: Facts) -> Verdict:
+    if plan.redis is None:
+        return (PASS, "no [redis] in djship.toml: no Redis runs and the app gets no REDIS_URL")
+    if facts.redis_reply == "+OK +PONG":
+        return (PASS, f"Redis on {plan.redis.endpoint} answers PING with its password from the app's host")
+    return (FAIL, f"Redis on {plan.redis.endpoint} did not answer PING with its password from the app's host: "
+            f"{facts.redis_reply} (Celery and the cache fail with 'Error 111 connecting' or 'Authentication required')",
+            "see `djship logs redis`; `djship up` starts it and puts its password back into redis.conf and REDIS_URL")
+
+
 @check("secret-key", "SECRET_KEY per server", needs_settings=True)
 def secret_key(plan: Plan, facts: Facts) -> Verdict:
     keys: dict[str, list[str]] = {}

@@ -224,6 +224,8 @@ class Facts:
     jobs_error: str | None = None
     """Host -> its clock minus this machine's, in seconds, at least (the time a question takes to reach the host
     and come back is given to the host's favour)."""
+    redis_reply: str | None = None
+    """What Redis answered AUTH and PING from the first app host ("+OK +PONG"); None: no [redis]."""
     secret_key_sha256: str = ""
     """The same short hash of the SECRET_KEY djship keeps (secrets/app.json), to tell which server departs from it."""
 
@@ -519,6 +521,7 @@ def gather(system: System, form_path: str | None = None) -> Facts:
         secret_key_sha256=hashlib.sha256(system.secrets().secret_key.encode()).hexdigest()[:16],
     )
     _database(system, facts)
+    facts.redis_reply = system.redis_reply()
     lb = system.lb_hosts[0]
     if (text := lb.connector.get(lb.plan.paths.haproxy_conf)) is not None:
         facts.haproxy_timeouts = parse_haproxy_timeouts(text.decode())

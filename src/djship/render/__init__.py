@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -11,8 +12,8 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, RENEWAL_PROGRAM, \
-    STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
+from djship.plan import JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, \
+    REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -52,6 +53,11 @@ def supervisor_value(value: object) -> str:
     return str(value).replace("%", "%%")
 
 
+def redis_string(value: object) -> str:
+    """A Redis config argument in double quotes: backslash and double quote escaped (sdssplitargs reads them)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def python_string(value: object) -> str:
     """A Python string literal in double quotes, whatever the text holds."""
     return '"' + "".join(
@@ -61,7 +67,7 @@ def python_string(value: object) -> str:
 
 _environment.filters.update(
     nginx=nginx_string, haproxy=haproxy_string, haproxy_weak=haproxy_weak, haproxy_argument=haproxy_argument,
-    supervisor=supervisor_value, python=python_string,
+    supervisor=supervisor_value, python=python_string, redis=redis_string,
 )
 
 
@@ -81,6 +87,9 @@ class Program:
     environment: str | None = None
     user: str | None = None
     """Who it runs as; None: the user supervisord runs as."""
+    signals_group: bool = True
+    """Whether the stop signal goes to its whole process group (stopasgroup), or to the program alone, which then
+    stops its children itself; either way, whatever is left at stopwaitsecs is killed as a group."""
 
 
 BACKUP_SCHEDULER = "backup-scheduler"
@@ -156,6 +165,27 @@ def pg_hba_conf(plan: Plan) -> str:
     return _render("pg_hba.conf.j2", db=plan.database)
 
 
+def redis_conf(plan: Plan, password: str) -> str:
+    return _render("redis.conf.j2", plan=plan, redis=plan.redis, password=password)
+
+
+_REQUIREPASS = re.compile(r'^requirepass "(?P<password>[^"\\]*)"$', re.MULTILINE)
+
+
+def redis_password_of(conf: str) -> str | None:
+    """The password a redis.conf rendered by redis_conf holds (djship's passwords need no escapes)."""
+    found = _REQUIREPASS.search(conf)
+    return found["password"] if found else None
+
+
+def app_secrets_env(plan: Plan, secrets: dict[str, str], redis_password: str | None) -> str:
+    """The secrets file of the app's environment: `djship env`'s secrets, and REDIS_URL with [redis]."""
+    values = list(secrets.items())
+    if plan.redis is not None and redis_password:
+        values.append((REDIS_URL, plan.redis.url(redis_password)))
+    return env_file(values, ENV_SECRETS_ORIGIN)
+
+
 # How an app host's sshfs reaches the media host: its one key and the media host's verified host key only, never a
 # prompt; a connection that stops answering is given up after 15 s and made anew on the next file access.
 _SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3", "ConnectTimeout=3", "BatchMode=yes",
@@ -207,6 +237,11 @@ def programs(plan: Plan) -> list[Program]:
             stopsignal="INT",
             stopwaitsecs=60,
             user=plan.user_of("db"),
+        ))
+    if plan.runs_redis:
+        result.append(Program(
+            name=REDIS_PROGRAM, command=f"{quote(plan.tools.redis_server)} {quote(str(plan.redis.conf))}",
+            stopsignal="TERM", stopwaitsecs=60, user=plan.user_of("redis"),
         ))
     for server in plan.servers_here:
         gunicorn, nginx = server.programs
@@ -273,8 +308,10 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 
 
 def process_program(plan: Plan, process: Process, name: str) -> Program:
-    """One of a process type's programs: its command run in the live release."""
-    return _release_program(plan, name, process.argv, process.stop_timeout)
+    """One of a process type's programs: its command run in the live release. SIGTERM goes to the command alone: a
+    worker with a pool of children (Celery's prefork) then lets them finish their tasks (its warm shutdown), where a
+    child that got SIGTERM itself would die in the middle of one."""
+    return _release_program(plan, name, process.argv, process.stop_timeout, signals_group=False)
 
 
 def jobs_program(plan: Plan) -> Program:
@@ -292,16 +329,18 @@ def jobs_file(plan: Plan) -> str:
     return json.dumps({"host": plan.host, "jobs": jobs}, indent=2) + "\n"
 
 
-def _release_program(plan: Plan, name: str, argv: list[str], stop_timeout: int) -> Program:
+def _release_program(plan: Plan, name: str, argv: list[str], stop_timeout: int,
+                     signals_group: bool = True) -> Program:
     """argv run in the live release (`current`, which a deploy moves before it restarts the program), with the
-    release's virtualenv first on PATH, the production settings and the app's environment; stopped with SIGTERM,
-    then SIGKILL after stop_timeout."""
+    release's virtualenv first on PATH, the production settings and the app's environment; stopped with SIGTERM
+    (to its process group, or with signals_group False to it alone), then SIGKILL to the group after stop_timeout."""
     release = plan.paths.current
     settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
     # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
     argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *argv]
     return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
-                   stopsignal="TERM", stopwaitsecs=stop_timeout, user=plan.user_of("app"))
+                   stopsignal="TERM", stopwaitsecs=stop_timeout, user=plan.user_of("app"),
+                   signals_group=signals_group)
 
 
 def supervisord_conf(plan: Plan) -> str:
