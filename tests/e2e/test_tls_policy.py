@@ -89,7 +89,9 @@ def test_hsts_for_localhost_pins_neither_subdomains_nor_the_preload_list(rsa_sit
     assert response.headers["Strict-Transport-Security"] == "max-age=3600"
 
 
-@pytest.mark.parametrize("host", ["evil.example", f"evil.example:{POLICY_PORTS.http}", "localhost.evil.example"])
+# The ids name no port: each pytest-xdist worker has ports of its own, and all must collect the same tests.
+@pytest.mark.parametrize("host", ["evil.example", f"evil.example:{POLICY_PORTS.http}", "localhost.evil.example"],
+                         ids=["evil.example", "evil.example:port", "localhost.evil.example"])
 def test_http_redirects_to_the_configured_domain_whatever_host_the_client_sends(rsa_site, host):
     connection = http.client.HTTPConnection("127.0.0.1", POLICY_PORTS.http, timeout=10)
     try:
