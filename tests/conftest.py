@@ -26,6 +26,8 @@ def _group(item: pytest.Item) -> str | None:
     return HOSTS_GROUP
 
 
+# First: xdist's own hook reads the groups to schedule by.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         group = _group(item)
