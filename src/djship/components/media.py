@@ -9,8 +9,9 @@ beneath it is root's: an app server cannot write an upload where the other hosts
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +21,6 @@ from djship import render
 from djship.components import accounts
 from djship.connectors import Connector, on_each
 from djship.connectors.local import LocalConnector
-from djship.errors import DjshipError
 from djship.plan import MEDIA_PROGRAM, MEDIA_USER, Paths, Plan
 from djship.progress import Reporter
 from djship.waiting import wait_until
@@ -53,35 +53,43 @@ def new_private_key() -> str:
     ).decode()
 
 
-def _kept_key(topology: Topology) -> str | None:
-    """The key kept here, else the copy an app host holds (the control machine's .djship/ may be lost)."""
-    kept = LocalConnector().get(topology.control.media_key)
-    for host in topology.holding("app"):
+def _kept_key(topology: Topology, control_key: Path, copies: Iterable[tuple[Host, Path]]) -> str | None:
+    """The key kept here, else a copy a host holds (the control machine's .djship/ may be lost)."""
+    kept = LocalConnector().get(control_key)
+    for host, path in copies:
         if kept is None and host.name not in topology.unreachable:
-            kept = host.connector.get(host.plan.paths.media_key)
+            kept = host.connector.get(path)
     return kept.decode() if kept else None
 
 
-def read_access(topology: Topology) -> Access | None:
-    """The access as it is; None without a media host, or before the first `up` made the key."""
-    holders = topology.holding("media")
-    key = _kept_key(topology) if holders else None
-    if key is None:
+def key_access(topology: Topology, role: str, control_key: Path, copies: Iterable[tuple[Host, Path]],
+               make: bool) -> Access | None:
+    """The access to the SFTP user of the host holding role (None without one): its key as kept here or on the hosts
+    given; with make, the key made here the first time (a new key would only make every client reconnect) and kept
+    here. Without make, None before the first `up` made it."""
+    holders = topology.holding(role)
+    key = _kept_key(topology, control_key, copies) if holders else None
+    if not holders or (key is None and not make):
         return None
-    return Access(key, holders[0].connector.host_key())
+    access = Access(key or new_private_key(), holders[0].connector.host_key())
+    if make:
+        local = LocalConnector()
+        local.makedirs(topology.control.secrets, mode=0o711)
+        local.put(control_key, access.private_key, mode=0o600)
+    return access
+
+
+def _copies(topology: Topology) -> list[tuple[Host, Path]]:
+    return [(host, host.plan.paths.media_key) for host in topology.holding("app")]
+
+
+def read_access(topology: Topology) -> Access | None:
+    """What the app hosts mount the media host's uploads with, as it is."""
+    return key_access(topology, "media", topology.control.media_key, _copies(topology), make=False)
 
 
 def ensure_access(topology: Topology) -> Access | None:
-    """The access, the key made here once (a new key would only make every app host remount); None without a media
-    host."""
-    holders = topology.holding("media")
-    if not holders:
-        return None
-    access = Access(_kept_key(topology) or new_private_key(), holders[0].connector.host_key())
-    local = LocalConnector()
-    local.makedirs(topology.control.secrets, mode=0o711)
-    local.put(topology.control.media_key, access.private_key, mode=0o600)
-    return access
+    return key_access(topology, "media", topology.control.media_key, _copies(topology), make=True)
 
 
 def desired_files(plan: Plan, access: Access | None) -> list[render.ConfigFile]:
@@ -115,18 +123,7 @@ def prepare_media_dir(plan: Plan, connector: Connector) -> None:
 
 
 def _ensure_media_user(plan: Plan, connector: Connector) -> None:
-    """A system user that logs in with the app hosts' key only: no password ("*", not locked "!", which sshd refuses
-    without PAM), no shell, its home (root's) holding the authorized key."""
-    home = str(plan.paths.media_home)
-    entry = connector.run(["getent", "passwd", MEDIA_USER])
-    if entry.ok and entry.stdout.strip().split(":")[5] == home:
-        return
-    argv = ["usermod", "--home", home, MEDIA_USER] if entry.ok else [
-        "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
-        "--shell", "/usr/sbin/nologin", MEDIA_USER]
-    result = accounts.change_users(connector, argv)
-    if not result.ok:
-        raise DjshipError(f"cannot make the media host's user {MEDIA_USER}: {result.stderr.strip()}")
+    accounts.ensure_sftp_user(connector, MEDIA_USER, plan.paths.media_home, "the media host")
 
 
 def _mounted(paths: Paths, connector: Connector) -> bool:

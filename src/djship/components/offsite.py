@@ -10,44 +10,29 @@ backup host holds no credential of the db host at all.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from djship import render
 from djship.components import accounts
-from djship.components.media import Access, new_private_key
+from djship.components.media import Access, key_access
 from djship.connectors import Connector
-from djship.connectors.local import LocalConnector
-from djship.errors import DjshipError
 from djship.plan import BACKUP_USER, BackupTarget, Plan
 
 if TYPE_CHECKING:
-    from djship.topology import Topology
+    from djship.topology import Host, Topology
 
-def _kept_key(topology: Topology) -> str | None:
-    """The key kept here, else the copy the db host holds (the control machine's .djship/ may be lost)."""
-    kept = LocalConnector().get(topology.control.backup_key)
-    db = topology.holding("db")[0]
-    if kept is None and db.name not in topology.unreachable:
-        kept = db.connector.get(db.plan.paths.backup_key)
-    return kept.decode() if kept else None
+def _copies(topology: Topology) -> list[tuple[Host, Path]]:
+    return [(host, host.plan.paths.backup_key) for host in topology.holding("db")]
 
 
 def read_access(topology: Topology) -> Access | None:
-    holders = topology.holding("backup")
-    key = _kept_key(topology) if holders else None
-    return Access(key, holders[0].connector.host_key()) if key else None
+    """What the db host sends its backups with, as it is."""
+    return key_access(topology, "backup", topology.control.backup_key, _copies(topology), make=False)
 
 
 def ensure_access(topology: Topology) -> Access | None:
-    """The access, the key made here once; None without a backup host."""
-    holders = topology.holding("backup")
-    if not holders:
-        return None
-    access = Access(_kept_key(topology) or new_private_key(), holders[0].connector.host_key())
-    local = LocalConnector()
-    local.makedirs(topology.control.secrets, mode=0o711)
-    local.put(topology.control.backup_key, access.private_key, mode=0o600)
-    return access
+    return key_access(topology, "backup", topology.control.backup_key, _copies(topology), make=True)
 
 
 def authorized_keys(target: BackupTarget, public_key: str) -> str:
@@ -73,14 +58,6 @@ def prepare(plan: Plan, connector: Connector) -> None:
     target = plan.backup.target
     if target is None or not plan.holds("backup"):
         return
-    home = str(plan.paths.backup_home)
-    entry = connector.run(["getent", "passwd", BACKUP_USER])
-    if not entry.ok or entry.stdout.strip().split(":")[5] != home:
-        argv = ["usermod", "--home", home, BACKUP_USER] if entry.ok else [
-            "useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home, "--password", "*",
-            "--shell", "/usr/sbin/nologin", BACKUP_USER]
-        result = accounts.change_users(connector, argv)
-        if not result.ok:
-            raise DjshipError(f"cannot make the backup host's user {BACKUP_USER}: {result.stderr.strip()}")
+    accounts.ensure_sftp_user(connector, BACKUP_USER, plan.paths.backup_home, "the backup host")
     connector.makedirs(plan.paths.backup_authorized_keys.parent, mode=0o755)
     connector.makedirs(target.dir, mode=0o700, owner=BACKUP_USER)
