@@ -26,10 +26,9 @@ def _group(item: pytest.Item) -> str | None:
     return HOSTS_GROUP
 
 
-# First: xdist's own hook reads the groups to schedule by.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = _group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Before xdist's pytest_collection_modifyitems reads the groups (it names each test by its group; with pytest 9
+    it no longer can, hence pytest < 9 in the test dependencies)."""
+    group = _group(item)
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
