@@ -12,6 +12,7 @@ every process in each namespace is killed by PID, then the namespaces, the bridg
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -132,12 +133,17 @@ def _keygen(path: Path) -> str:
     return f"{kind} {key}"
 
 
+_FLEETS = itertools.count()
+
+
 @contextmanager
 def netns_hosts(names: list[str]) -> Iterator[NetnsHosts]:
     if not Path(SSHD).exists():
         raise AssertionError(f"{SSHD} is missing; install it with: apt-get install openssh-server")
     subnet = _subnet()
-    tag = f"djs{os.getpid() % 100000}"
+    # One tag per fleet, not per process: the kernel frees a deleted namespace (and the veth in it) in the
+    # background, so the next fleet of the same test process could find its names still taken.
+    tag = f"djs{os.getpid() % 10000}{next(_FLEETS) % 100:02d}"
     bridge = f"{tag}br"
     with ExitStack() as cleanup:
         PARENT.mkdir(mode=0o755, exist_ok=True)
