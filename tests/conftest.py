@@ -9,16 +9,24 @@ module-scoped system comes up once, on one worker); unit tests go wherever a wor
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 
 HOSTS_GROUP = "netns-hosts"
+
+
+@functools.cache
+def _source(path: Path) -> str:
+    return path.read_text()
 
 
 def _group(item: pytest.Item) -> str | None:
     path = item.path
     if path.parent.name != "e2e":
         return None
-    source = path.read_text()
+    source = _source(path)
     if "netns_hosts" not in source:
         return path.stem
     if "ONE_MACHINE" in source:  # written once for both topologies: split by the parameter

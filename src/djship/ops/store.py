@@ -182,7 +182,8 @@ def take(sources: Sources, store: Store, note: str, reporter: Reporter) -> Backu
 
 
 def _copy(host: Host, made: Path, store: Store, target: Path) -> FileEntry:
-    """A file made on host, into the store; its checksum and size as taken where it was made, checked on the copy."""
+    """A file made on host, into the store; its checksum and size as taken where it was made, checked on the copy.
+    The store is on host itself (the agent's) or on this machine (`djship backup`'s): download() writes here."""
     entry = entries(host.connector, [made]).get(made.name)
     if entry is None:
         raise DjshipError(f"{made} is missing on {host.name}")
