@@ -1,10 +1,9 @@
 """How the suite splits over pytest-xdist's workers (`./bootstrap test` runs two, `--dist loadgroup`).
 
-Each worker has loopback ports and addresses of its own (tests/e2e/conftest.py, OFFSET), so two one-machine systems
-never collide. The netns test hosts do share one thing, /etc/passwd, where the media host's and the backup host's
-SFTP users have their home in that host's root: two fleets at once would each move it. So every test on netns hosts
-runs in one group, on one worker, one after another; each one-machine e2e module is a group of its own (its
-module-scoped system comes up once, on one worker); unit tests go wherever a worker is free.
+Each worker has loopback ports and addresses, a test subnet and SFTP user names of its own (OFFSET in
+tests/e2e/conftest.py, tests/e2e/hosts.py), so two systems never collide, on one machine or on netns hosts. Each e2e
+module is a group (its module-scoped system comes up once, on one worker); a module written for both topologies is
+two, one per topology, so its two systems come up side by side; unit tests go wherever a worker is free.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import functools
 from pathlib import Path
 
 import pytest
-
-HOSTS_GROUP = "netns-hosts"
 
 
 @functools.cache
@@ -26,12 +23,9 @@ def _group(item: pytest.Item) -> str | None:
     path = item.path
     if path.parent.name != "e2e":
         return None
-    source = _source(path)
-    if "netns_hosts" not in source:
-        return path.stem
-    if "ONE_MACHINE" in source:  # written once for both topologies: split by the parameter
-        return HOSTS_GROUP if "[netns hosts" in item.nodeid else path.stem
-    return HOSTS_GROUP
+    if "ONE_MACHINE" in _source(path) and "[netns hosts" in item.nodeid:  # written once for both topologies
+        return f"{path.stem}-on-hosts"
+    return path.stem
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

@@ -614,12 +614,16 @@ class UsersConfig(_Section):
     db: str = "djship-db"
     lb: str = "djship-lb"
     redis: str = "djship-redis"
+    media: str = "djship-media"
+    """The media host's SFTP-only user, through which every app host reads and writes the uploads."""
+    backup: str = "djship-backup"
+    """The backup host's SFTP-only user, through which the db host sends it each backup."""
 
-    _check_unprivileged = field_validator("app", "web", "db", "lb", "redis")(_unprivileged)
+    _check_unprivileged = field_validator("app", "web", "db", "lb", "redis", "media", "backup")(_unprivileged)
 
     @model_validator(mode="after")
     def _one_each(self) -> UsersConfig:
-        roles = ("app", "web", "db", "lb", "redis")
+        roles = ("app", "web", "db", "lb", "redis", "media", "backup")
         names = [getattr(self, role) for role in roles]
         shared = next((name for name in names if names.count(name) > 1), None)
         if shared is not None:

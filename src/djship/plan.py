@@ -37,9 +37,6 @@ LOOPBACK_NETWORK = "127.0.0.0/8"
 ROLES = ("lb", "app", "db")
 # The supervised sshfs that mounts the media host's uploads on an app host, and the media host's SFTP-only user.
 MEDIA_PROGRAM = "media-mount"
-MEDIA_USER = "djship-media"
-# The backup host's SFTP-only user, through which the db host sends it each backup.
-BACKUP_USER = "djship-backup"
 # The supervised redis-server of [redis], and the variable that hands its URL to the app and its processes.
 REDIS_PROGRAM = "redis"
 REDIS_URL = "REDIS_URL"
@@ -258,7 +255,8 @@ class MediaStore:
     """The media host's `uploads` directory (the media directory and those restores make beside it)."""
     clients: tuple[str, ...]
     """The app hosts' addresses, the only ones its key is accepted from; empty when one is a host name."""
-    user: str = MEDIA_USER
+    user: str
+    """The media host's SFTP-only user ([users] media)."""
 
     @property
     def source(self) -> str:
@@ -578,7 +576,8 @@ class BackupTarget:
     """Where the backups are kept there: its `<root>/backups`, owned by the SFTP user."""
     sender: str
     """The db host's address, the only one the key is accepted from."""
-    user: str = BACKUP_USER
+    user: str
+    """The backup host's SFTP-only user ([users] backup)."""
 
     @property
     def known_hosts_name(self) -> str:
@@ -710,7 +709,7 @@ class Plan:
     def media_owner(self) -> str | None:
         """Who owns the uploads here: the media host's SFTP user, through which every app host writes them, else
         the app's user."""
-        return MEDIA_USER if self.holds("media") else self.user_of("app")
+        return self.media.user if self.media and self.holds("media") else self.user_of("app")
 
     def user_of(self, component: Literal["app", "web", "db", "lb", "redis"]) -> str | None:
         """Who a component runs as: its user of [users], or None (djship's own user) where djship is not root."""
@@ -959,7 +958,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     for host in hosts:
         plan = _assemble(
             config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
-            balancer_sources=sources, users=Users(**config.users.model_dump()) if host.login_root else None,
+            balancer_sources=sources, users=Users(**config.users.model_dump(exclude={"media", "backup"})) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address)
         backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups,
@@ -975,9 +974,10 @@ def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> 
         return None
     if not holder.login_root:
         raise DjshipError(f"servers.backup: djship logs in to {holder.name} as another user than root; the backup "
-                          f"host needs root (djship makes its user {BACKUP_USER} and the directory it owns)")
+                          f"host needs root (djship makes its user {config.users.backup} and the directory it owns)")
     ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
-    return BackupTarget(holder.name, holder.address, ssh_port, Paths(holder.root).daily_backups, db_host.address)
+    return BackupTarget(holder.name, holder.address, ssh_port, Paths(holder.root).daily_backups, db_host.address,
+                        config.users.backup)
 
 
 def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool) -> Redis | None:
@@ -996,12 +996,12 @@ def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec
         return None
     if not holder.login_root:
         raise DjshipError(f"servers.media: djship logs in to {holder.name} as another user than root; the media host "
-                          f"needs root (djship makes its user {MEDIA_USER} and the directory it owns)")
+                          f"needs root (djship makes its user {config.users.media} and the directory it owns)")
     ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
     # sshd matches from= against the connecting address (host names only with UseDNS, off by default).
     addresses = tuple(host.address for host in app_hosts)
     clients = addresses if all(re.fullmatch(r"[0-9.]+", address) for address in addresses) else ()
-    return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).uploads, clients)
+    return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).uploads, clients, config.users.media)
 
 
 def _assemble(

@@ -6,7 +6,9 @@
 The hosts hang off a bridge in this machine's namespace. They have no default route, and the whole test range
 gets an `unreachable` route here, so a packet for a test address never leaves this machine, not even after a
 host is gone. The hosts share this machine's file system (a network namespace isolates the network only), so
-each gets its own directory as its state root. Everything made here is deleted on exit, also on failure:
+each gets its own directory as its state root, and the system users djship makes with their homes in a root (the
+media and backup hosts' SFTP users) are named after the test process's offset (`users_toml`): fleets of two test
+processes run side by side. Everything made here is deleted on exit, also on failure:
 every process in each namespace is killed by PID, then the namespaces, the bridge and the route go.
 """
 
@@ -25,7 +27,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# 10.247.0.0/16 is this project's test range; each run takes one /24 of it, chosen by its PID.
+from tests.e2e.conftest import OFFSET
+
+# 10.247.0.0/16 is this project's test range; each test process takes one /24 of it, chosen by its offset and PID.
 TEST_RANGE = "10.247.0.0/16"
 SSHD = "/usr/sbin/sshd"
 # sshd (StrictModes) refuses an authorized_keys file with a group- or world-writable directory above it, such as /tmp.
@@ -77,6 +81,11 @@ class NetnsHosts:
     def __getitem__(self, name: str) -> NetnsHost:
         return self.hosts[name]
 
+    @property
+    def users_toml(self) -> list[str]:
+        """The [users] of a fleet's djship.toml: SFTP users of this test process's own (see the module's doc)."""
+        return ["[users]", f'media = "djship-media-t{OFFSET}"', f'backup = "djship-backup-t{OFFSET}"']
+
     def start_sshd(self, host: NetnsHost) -> int:
         """Start (or start again) the host's sshd in its namespace; returns its PID once it accepts connections."""
         config = self.directory / host.name / "sshd_config"
@@ -98,7 +107,8 @@ class NetnsHosts:
 
 
 def _subnet() -> str:
-    return f"10.247.{os.getpid() % 250 + 1}"
+    """Two test processes with different offsets (xdist workers, worktrees) never share one."""
+    return f"10.247.{os.getpid() % 25 * 10 + OFFSET % 10 + 1}"
 
 
 def _sshd_config(directory: Path, address: str, authorized_keys: Path, root: Path) -> str:
@@ -152,9 +162,10 @@ def netns_hosts(names: list[str]) -> Iterator[NetnsHosts]:
         cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
 
-        if _ip("route", "show", TEST_RANGE).stdout.strip() == "":
-            _ip("route", "add", "unreachable", TEST_RANGE)
-            cleanup.callback(_ip, "route", "del", "unreachable", TEST_RANGE, check=False)
+        # A route of this fleet's own (its metric): another fleet's, deleted while this one runs, leaves this one.
+        metric = str(int.from_bytes(tag.encode()) % 2**31)
+        _ip("route", "add", "unreachable", TEST_RANGE, "metric", metric)
+        cleanup.callback(_ip, "route", "del", "unreachable", TEST_RANGE, "metric", metric, check=False)
         _ip("link", "add", bridge, "type", "bridge")
         cleanup.callback(_ip, "link", "del", bridge, check=False)
         gateway = f"{subnet}.1"

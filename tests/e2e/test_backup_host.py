@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from djship.config import with_values
-from tests.e2e.conftest import EXAMPLE, run_djship, searchable_directory
+from tests.e2e.conftest import EXAMPLE, OFFSET, run_djship, searchable_directory
 from tests.e2e.hosts import netns_hosts
 from tests.e2e.test_backup import CREATE_POSTS, _a_minute_ahead
 from tests.e2e.test_remote_system import Fleet, FleetLoop, write_config
@@ -67,7 +67,7 @@ def test_djship_backup_lands_on_the_backup_host_and_nothing_stays_on_the_db_host
     assert entry["host"] == "bk1" and Path(entry["path"]).parent == fleet.hosts["bk1"].root / "backups"
     path = Path(entry["path"])
     assert sorted(p.name for p in path.iterdir()) == ["database.dump", "manifest.json", "media.tar"]
-    assert {pwd.getpwuid(p.stat().st_uid).pw_name for p in [path, *path.iterdir()]} == {"djship-backup"}
+    assert {pwd.getpwuid(p.stat().st_uid).pw_name for p in [path, *path.iterdir()]} == {f"djship-backup-t{OFFSET}"}
     assert {p.stat().st_mode & 0o777 for p in path.iterdir()} == {0o600} and path.stat().st_mode & 0o777 == 0o700
     assert _kept(fleet, "db1") == []
     assert json.loads((path / "manifest.json").read_text())["rows"]["public.posts_post"] == len(_titles(fleet))
@@ -76,7 +76,7 @@ def test_djship_backup_lands_on_the_backup_host_and_nothing_stays_on_the_db_host
 def test_the_db_hosts_key_opens_sftp_only_and_from_the_db_host_only(fleet: Fleet):
     secrets = fleet.hosts["db1"].root / "secrets"
     ssh = ["ssh", "-i", str(secrets / "backup_ed25519"), "-o", f"UserKnownHostsFile={secrets / 'backup_known_hosts'}",
-           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"djship-backup@{fleet.hosts['bk1'].address}", "id"]
+           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"djship-backup-t{OFFSET}@{fleet.hosts['bk1'].address}", "id"]
     from_db = fleet.in_namespace("db1", *ssh)
     assert from_db.returncode != 0 and "This service allows sftp connections only." in from_db.stdout + from_db.stderr
     from_app = fleet.in_namespace("app1", *ssh)

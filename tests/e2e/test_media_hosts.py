@@ -20,7 +20,7 @@ import pytest
 
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.deploy.release import Release
-from tests.e2e.conftest import EXAMPLE, run_djship, searchable_directory
+from tests.e2e.conftest import EXAMPLE, OFFSET, run_djship, searchable_directory
 from tests.e2e.hosts import netns_hosts
 from tests.e2e.test_remote_system import ROLES, Fleet, FleetLoop, write_config
 
@@ -119,7 +119,7 @@ def test_the_key_of_the_app_hosts_opens_sftp_only_and_from_app_hosts_only(fleet:
     app1 = fleet.hosts["app1"].root / "secrets"
     assert (app1 / "media_ed25519").stat().st_mode & 0o777 == 0o600
     ssh = ["ssh", "-i", str(app1 / "media_ed25519"), "-o", f"UserKnownHostsFile={app1 / 'media_known_hosts'}",
-           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"djship-media@{fleet.hosts['db1'].address}", "id"]
+           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"djship-media-t{OFFSET}@{fleet.hosts['db1'].address}", "id"]
     from_app = fleet.in_namespace("app1", *ssh)
     assert from_app.returncode != 0 and "This service allows sftp connections only." in from_app.stdout + from_app.stderr
     from_lb = fleet.in_namespace("lb1", *ssh)

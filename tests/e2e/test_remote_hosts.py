@@ -38,6 +38,8 @@ def project_for(directory: Path, hosts: NetnsHosts, known_hosts: Path | None = N
         "[ssh]",
         f'key = "{hosts.client_key}"',
         f'known_hosts = "{known_hosts or hosts.known_hosts}"',
+        "",
+        *hosts.users_toml,
     ]
     for name, host in hosts.hosts.items():
         lines += ["", f"[hosts.{name}]", f'address = "{host.address}"', f'root = "{host.root}"']

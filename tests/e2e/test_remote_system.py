@@ -45,6 +45,8 @@ def write_config(project: Path, hosts: NetnsHosts, apps: list[str]) -> None:
         "[ssh]",
         f'key = "{hosts.client_key}"',
         f'known_hosts = "{hosts.known_hosts}"',
+        "",
+        *hosts.users_toml,
     ]
     for name in ["lb1", *apps, "db1"]:
         lines += ["", f"[hosts.{name}]", f'address = "{hosts[name].address}"', f'root = "{hosts[name].root}"']

@@ -35,6 +35,7 @@ def write_config(project: Path, hosts: NetnsHosts) -> None:
         "[app]", "workers = 2", "",
         "[servers]", 'lb = ["web1"]', 'app = ["web1"]', 'db = "web1"', "",
         "[ssh]", f'key = "{hosts.client_key}"', f'known_hosts = "{hosts.known_hosts}"', "",
+        *hosts.users_toml, "",
         "[hosts.web1]", f'address = "{web.address}"', f'root = "{web.root}"', "",
     ]))
 

@@ -50,7 +50,8 @@ def test_minimal_config_gives_documented_defaults():
     assert config.tls.acme_ca_bundle is None and config.tls.cert_file is None
     assert config.state_dir == ".djship"
     assert config.users.model_dump() == {"app": "djship-app", "web": "djship-web", "db": "djship-db", "lb": "djship-lb",
-                                         "redis": "djship-redis"}
+                                         "redis": "djship-redis", "media": "djship-media",
+                                         "backup": "djship-backup"}
     assert config.redis is None
 
 
@@ -299,6 +300,7 @@ def test_hosts_without_servers_ask_for_roles():
         ('[users]\ndb = "root"\n',
          "users.db: 'root' is root; services never run as root, use an unprivileged user such as djship-app"),
         ('[users]\napp = "web\\nuser = root"\n', "users.app: 'web\\nuser = root' is not a user name"),
+        ('[users]\nmedia = "djship-backup"\n', "users: media and backup are both 'djship-backup'"),
         ('[users]\napp = "site"\ndb = "site"\n', "users: app and db are both 'site'; each component runs as a user of "
                                                 "its own, so one that is compromised reaches nothing of the others"),
         ('service_user = "web"\n', "service_user: replaced by [users], a user per component (app, web, db, lb); "

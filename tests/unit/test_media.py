@@ -48,6 +48,15 @@ def test_every_plan_knows_the_media_host_and_only_app_hosts_mount_it(plans):
     assert (plans["db1"].media_owner, plans["app1"].media_owner) == ("djship-media", "djship-app")
 
 
+def test_the_sftp_users_are_named_by_users(make_config, fake_tools):
+    """Named in [users] like every other component's user (two systems on hosts that share /etc/passwd need two)."""
+    plans = plans_for(make_config, fake_tools, users={"media": "files-sftp"})
+    assert plans["app1"].media.source == "files-sftp@10.0.0.20:/srv/db1/uploads"
+    assert plans["db1"].media_owner == "files-sftp"
+    access = media.Access(media.new_private_key(), HOST_KEY)
+    assert render.media_authorized_keys(plans["db1"].media, access.public_key).endswith(" files-sftp\n")
+
+
 def test_django_saves_into_the_mounted_media_directory_also_outside_an_app_server(plans):
     """`djship manage` and the app servers alike: before any restore there is no live.json to name it."""
     settings = render.production_settings(plans["app1"], "r1", Path("/srv/app1/releases/r1"))

@@ -1,6 +1,6 @@
 """Uploads shared by every app host: one directory on the media host, mounted by each app host over SFTP (sshfs).
 
-The media host keeps the uploads in its `uploads` directory, owned by an SFTP-only system user (MEDIA_USER) whose
+The media host keeps the uploads in its `uploads` directory, owned by an SFTP-only system user ([users] media) whose
 one authorized key, made once on the control machine, may do SFTP and nothing else, from the app hosts only. Each app
 host mounts that directory at its own `uploads` with sshfs, a program under its supervisord started before its app
 servers, verifying the media host's SSH host key as djship itself verified it. Until the mount is up the directory
@@ -21,7 +21,7 @@ from djship import render
 from djship.components import accounts
 from djship.connectors import Connector, on_each
 from djship.connectors.local import LocalConnector
-from djship.plan import MEDIA_PROGRAM, MEDIA_USER, Paths, Plan
+from djship.plan import MEDIA_PROGRAM, Paths, Plan
 from djship.progress import Reporter
 from djship.waiting import wait_until
 
@@ -123,7 +123,7 @@ def prepare_media_dir(plan: Plan, connector: Connector) -> None:
 
 
 def _ensure_media_user(plan: Plan, connector: Connector) -> None:
-    accounts.ensure_sftp_user(connector, MEDIA_USER, plan.paths.media_home, "the media host")
+    accounts.ensure_sftp_user(connector, plan.media.user, plan.paths.media_home, "the media host")
 
 
 def _mounted(paths: Paths, connector: Connector) -> bool:

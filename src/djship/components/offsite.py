@@ -1,6 +1,6 @@
 """Backups kept off the db host: the backup host of servers.backup, to which the db host sends each backup over SFTP.
 
-The backup host keeps the backups in its `<root>/backups`, owned by an SFTP-only system user (BACKUP_USER) whose one
+The backup host keeps the backups in its `<root>/backups`, owned by an SFTP-only system user ([users] backup) whose one
 authorized key, made once on the control machine, may do SFTP and nothing else, from the db host only. djship's agent
 on the db host takes each backup there (djship.ops.store) and sends it with OpenSSH's `sftp` (djship.ops.sending), verifying the backup
 host's SSH host key as djship itself verified it: into `.<name>.partial`, renamed when complete, then removed from the
@@ -17,7 +17,7 @@ from djship import render
 from djship.components import accounts
 from djship.components.media import Access, key_access
 from djship.connectors import Connector
-from djship.plan import BACKUP_USER, BackupTarget, Plan
+from djship.plan import BackupTarget, Plan
 
 if TYPE_CHECKING:
     from djship.topology import Host, Topology
@@ -37,7 +37,7 @@ def ensure_access(topology: Topology) -> Access | None:
 
 def authorized_keys(target: BackupTarget, public_key: str) -> str:
     """The backup host's SFTP user accepts the db host's key for SFTP only (no shell, no forwarding), from it only."""
-    return f'restrict,command="internal-sftp",from="{target.sender}" {public_key} {BACKUP_USER}\n'
+    return f'restrict,command="internal-sftp",from="{target.sender}" {public_key} {target.user}\n'
 
 
 def desired_files(plan: Plan, access: Access | None) -> list[render.ConfigFile]:
@@ -58,6 +58,6 @@ def prepare(plan: Plan, connector: Connector) -> None:
     target = plan.backup.target
     if target is None or not plan.holds("backup"):
         return
-    accounts.ensure_sftp_user(connector, BACKUP_USER, plan.paths.backup_home, "the backup host")
+    accounts.ensure_sftp_user(connector, target.user, plan.paths.backup_home, "the backup host")
     connector.makedirs(plan.paths.backup_authorized_keys.parent, mode=0o755)
-    connector.makedirs(target.dir, mode=0o700, owner=BACKUP_USER)
+    connector.makedirs(target.dir, mode=0o700, owner=target.user)

@@ -212,7 +212,7 @@ def media_mount_command(plan: Plan, media: MediaStore) -> str:
 def media_authorized_keys(media: MediaStore, public_key: str) -> str:
     """The media host's SFTP user accepts the app hosts' key for SFTP only (no shell, no forwarding), from them only."""
     source = f',from="{",".join(media.clients)}"' if media.clients else ""
-    return f'restrict,command="internal-sftp"{source} {public_key} djship-media\n'
+    return f'restrict,command="internal-sftp"{source} {public_key} {media.user}\n'
 
 
 def media_known_hosts(media: MediaStore, host_key: str) -> str:
