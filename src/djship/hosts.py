@@ -17,7 +17,7 @@ from djship.connectors import Connector, on_each
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 
-ROLES = ("lb", "app", "db", "media", "redis", "backup")
+ROLES = ("lb", "app", "worker", "db", "media", "redis", "backup")
 MIN_PYTHON = (3, 10)
 INSTALL_TIMEOUT = 900
 
@@ -46,7 +46,7 @@ REQUIREMENTS = (
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
-    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),
+    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), mounts=True),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
 )
 
@@ -78,7 +78,8 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
         )
     media = media_host(config)
     backup = config.servers.backup
-    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
+    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "worker": set(config.servers.worker),
+               "db": {config.servers.db},
                "media": {media} if media else set(), "backup": {backup} if backup else set(),
                "redis": {config.servers.redis or config.servers.db} if config.redis is not None else set()}
     ssh = config.ssh

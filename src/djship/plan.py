@@ -641,7 +641,9 @@ class Plan:
     env: tuple[tuple[str, str], ...] = ()
     """[env]: the plain values of the app's environment, as (name, value) in the file's order."""
     processes: tuple[Process, ...] = ()
-    """[processes]: what runs beside the web on every app host."""
+    """[processes]: what runs beside the web on every host of `process_role`."""
+    process_role: Literal["app", "worker"] = "app"
+    """Where [processes] run: on the app hosts, or on the worker hosts once servers.worker names them."""
     redis: Redis | None = None
     """[redis]: the one Redis of the system, whichever host runs it; None: no Redis, no REDIS_URL."""
     jobs: tuple[Job, ...] = ()
@@ -664,6 +666,12 @@ class Plan:
 
     def holds(self, role: str) -> bool:
         return role in self.roles
+
+    @property
+    def runs_code(self) -> bool:
+        """This host runs the app's code (an app or a worker host): it has the releases, their settings, the app's
+        secrets and environment, and the uploads."""
+        return self.holds("app") or self.holds("worker")
 
     @property
     def runs_redis(self) -> bool:
@@ -720,8 +728,9 @@ class Plan:
         """The system users the components of this host run as."""
         if self.users is None:
             return ()
-        wanted = {"app": (self.users.app, self.users.web), "db": (self.users.db,), "lb": (self.users.lb,)}
-        users = tuple(user for role, users in wanted.items() if self.holds(role) for user in users)
+        wanted = {"app": (self.users.app, self.users.web), "worker": (self.users.app,), "db": (self.users.db,),
+                  "lb": (self.users.lb,)}
+        users = tuple(dict.fromkeys(user for role, users in wanted.items() if self.holds(role) for user in users))
         return users + ((self.users.redis,) if self.runs_redis else ())
 
     @property
@@ -763,8 +772,8 @@ class Plan:
 
     @property
     def processes_here(self) -> tuple[Process, ...]:
-        """The process types that run on this plan's host: every one on an app host."""
-        return self.processes if self.holds("app") else ()
+        """The process types that run on this plan's host: every one on a host of the process role."""
+        return self.processes if self.holds(self.process_role) else ()
 
     @property
     def jobs_here(self) -> tuple[Job, ...]:
@@ -923,13 +932,14 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         raise DjshipError(f"djship.toml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     project_dir = project_dir.resolve()
     app_hosts = [host for host in hosts if "app" in host.roles]
+    code_hosts = [host for host in hosts if {"app", "worker"} & set(host.roles)]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     db_host = next(host for host in hosts if "db" in host.roles)
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     servers = tuple(server for host in app_hosts
                     for server in _servers_of(config, host, count, tls=any(lb.name != host.name for lb in lb_hosts)))
-    database_tls = any(host.name != db_host.name for host in app_hosts)
+    database_tls = any(host.name != db_host.name for host in code_hosts)
     taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
                  None)
     if taken:
@@ -943,7 +953,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     else:
         database = _database(
             config, Paths(db_host.root), db_host.address,
-            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),), database_tls,
+            tuple(_address_rule(host.address) for host in code_hosts), (_address_rule(db_host.address),), database_tls,
         )
         explicit = config.balancer.model_fields_set
         balancer = (
@@ -952,7 +962,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config.balancer.http_port if "http_port" in explicit else 80,
         )
         sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
-    media = _media_store(config, hosts, app_hosts)
+    media = _media_store(config, hosts, code_hosts)
     redis = _redis(config, hosts, db_host, one_machine)
     plans = {}
     for host in hosts:
@@ -990,7 +1000,7 @@ def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine
     return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory)
 
 
-def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec]) -> MediaStore | None:
+def _media_store(config: Config, hosts: list[HostSpec], code_hosts: list[HostSpec]) -> MediaStore | None:
     holder = next((host for host in hosts if "media" in host.roles), None)
     if holder is None:
         return None
@@ -999,7 +1009,7 @@ def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec
                           f"needs root (djship makes its user {config.users.media} and the directory it owns)")
     ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
     # sshd matches from= against the connecting address (host names only with UseDNS, off by default).
-    addresses = tuple(host.address for host in app_hosts)
+    addresses = tuple(host.address for host in code_hosts)
     clients = addresses if all(re.fullmatch(r"[0-9.]+", address) for address in addresses) else ()
     return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).uploads, clients, config.users.media)
 
@@ -1061,6 +1071,7 @@ def _assemble(
         env=tuple((name, str(value)) for name, value in config.env.items()),
         processes=tuple(Process(name, process.command, process.count, process.stop_timeout)
                         for name, process in config.processes.items()),
+        process_role="worker" if config.servers and config.servers.worker else "app",
         jobs=tuple(_job(name, job.command, job.at, job.every) for name, job in config.jobs.items()),
     )
 

@@ -62,9 +62,9 @@ class Backups:
         self.database = system.database
         self.first_app_host = next(iter(system.app_hosts.values()))
         """The first app host: restore's migrate runs there."""
-        self.media_keepers = {host.name: host for host in system.topology.holding("media")} or system.app_hosts
-        """Where the media directories are: the media host every app host mounts them from, else every app host
-        (each has the same media until a restore; see restore)."""
+        self.media_keepers = {host.name: host for host in system.topology.holding("media")} or system.code_hosts
+        """Where the media directories are: the media host every app and worker host mounts them from, else the one
+        host that runs the app's code."""
         self.media_source = next(iter(self.media_keepers.values()))
         self.local = LocalConnector()
         plan = self.db.plan
@@ -82,9 +82,9 @@ class Backups:
 
     @property
     def live_hosts(self) -> dict[str, Host]:
-        """The hosts that keep a live.json: the app hosts (their servers' gunicorns read it), the db host and the media
-        host."""
-        return {**self.system.app_hosts, self.db.name: self.db, **self.media_keepers}
+        """The hosts that keep a live.json: those that run the app's code (its gunicorns and processes read it), the db
+        host and the media host."""
+        return {**self.system.code_hosts, self.db.name: self.db, **self.media_keepers}
 
     def _superuser_password(self) -> str:
         return self.system.secrets().superuser_password
