@@ -270,18 +270,29 @@ def _backups():
 
 
 @main.command()
-def backup() -> None:
+@click.option("--dump", is_flag=True, help="A pg_dump backup (the portable format) even with backup.archive.")
+def backup(dump: bool) -> None:
     """Back up the live database (pg_dump, one consistent snapshot) and the media files.
 
     \b
     Writes <backup.dir>/<UTC time>/ (default .djship/backups): database.dump, media.tar and
     manifest.json with a sha256 of each file and the row count of every table. Keeps the newest
     backup of each of the last backup.keep days (and every backup of today); removes the others.
+    With backup.archive: a full or differential pgBackRest backup into the archive instead
+    (--dump: the pg_dump backup above).
     """
     from djship.ops.archive import human_size
 
     started = time.monotonic()
-    result = _backups().backup()
+    backups = _backups()
+    if backups.db.plan.backup.archive is not None and not dump:
+        from djship.ops.pitr import PointInTime
+
+        taken_archive = PointInTime(backups).backup()
+        console.print(f"[green]Backed up[/] into the archive as {escape(taken_archive.label)} ({taken_archive.type}, "
+                      f"{human_size(taken_archive.size)}) in {time.monotonic() - started:.1f}s")
+        return
+    result = backups.backup()
     taken = result.backup
     console.print(
         f"[green]Backed up[/] database {escape(taken.manifest.database)} and media as {escape(taken.name)} "
@@ -307,10 +318,25 @@ def backups_(as_json: bool) -> None:
 
     now = datetime.now(timezone.utc)
     rows = []
-    for entry in _backups().list():
+    backups = _backups()
+    window = None
+    if backups.db.plan.backup.archive is not None:
+        from djship.ops.pitr import PointInTime
+
+        point_in_time = PointInTime(backups)
+        window = point_in_time.window()
+        for kept in point_in_time.archive_backups():
+            rows.append({"name": kept.label, "kind": "archive", "type": kept.type, "host": None,
+                         "path": str(backups.db.plan.backup.archive.repo), "created": kept.stopped.isoformat(),
+                         "age_seconds": int((now - kept.stopped).total_seconds()), "size": kept.size,
+                         "recoverable_from": window.start.isoformat() if window else None,
+                         "recoverable_to": window.end.isoformat() if window else None,
+                         "note": f"pgBackRest {kept.type} backup"})
+    for entry in backups.list():
         manifest = entry.manifest
         rows.append({
             "name": entry.name,
+            "kind": "dump",
             "host": entry.host.name if entry.host else None,
             "path": str(entry.path),
             "created": manifest.created if manifest else None,
@@ -331,15 +357,24 @@ def backups_(as_json: bool) -> None:
     for row in rows:
         size = human_size(row["size"]) if row["size"] is not None else "-"
         _add_row(table, row["name"], row["host"] or "this machine", human_age(row["age_seconds"]), size,
-                 row["database"] or "-", str(row["rows"] if row["rows"] is not None else "-"), row["note"])
+                 row.get("database") or "-", str(row["rows"] if row.get("rows") is not None else "-"), row["note"])
     console.print(table)
+    if window is not None:
+        console.print(f"Recoverable to any second from {window.start:%Y-%m-%d %H:%M:%S} to "
+                      f"{window.end:%Y-%m-%d %H:%M:%S} UTC (`djship restore --to TIME`)", markup=False)
 
 
 @main.command()
-@click.argument("backup_name", metavar="BACKUP")
+@click.argument("backup_name", metavar="BACKUP", required=False)
+@click.option("--to", "to_time", metavar="TIME", help='With backup.archive: the instant to restore to, '
+              '"2026-12-01 10:42:00" (UTC), inside the window `djship backups` shows.')
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def restore(backup_name: str, yes: bool) -> None:
+def restore(backup_name: str | None, to_time: str | None, yes: bool) -> None:
     """Restore BACKUP (a name from `djship backups`, or a backup directory) without failing a request.
+
+    \b
+    --to TIME instead: the database as it was at TIME, recovered from the archive (backup.archive)
+    into a NEW database, then the same switch; a TIME outside the recoverable window changes nothing.
 
     \b
     Verifies every file's checksum first (a damaged backup changes nothing), takes a safety backup,
@@ -350,8 +385,14 @@ def restore(backup_name: str, yes: bool) -> None:
     if not yes and not sys.stdin.isatty():
         raise DjshipError("restore switches the site to the backup's data; re-run with --yes to confirm "
                           "(there is no terminal to ask on)")
+    if (backup_name is None) == (to_time is None):
+        raise DjshipError("restore takes either a BACKUP (from `djship backups`) or --to TIME, e.g. "
+                          '`djship restore --to "2026-12-01 10:42:00"`')
     started = time.monotonic()
     backups = _backups()
+    if to_time is not None:
+        _restore_to(backups, to_time, yes, started)
+        return
     with backups.reporter.step(f"Verifying backup {backup_name} (checksums)"):
         verified = backups.verify(backup_name)
     manifest = verified.manifest
@@ -373,6 +414,24 @@ def restore(backup_name: str, yes: bool) -> None:
         f"remove them with `djship drop-database {result.previous.database} --yes` and `rm -r {result.previous.media}`",
         markup=False,
     )
+
+
+def _restore_to(backups, to_time: str, yes: bool, started: float) -> None:
+    from djship.ops.pitr import PointInTime, parse_target
+
+    target = parse_target(to_time)
+    point_in_time = PointInTime(backups)
+    point_in_time.check(target)
+    if not yes and not click.confirm(f"Restore the database as it was at {target:%Y-%m-%d %H:%M:%S} UTC and switch "
+                                     "the site to it? Writes made after it will no longer be served"):
+        raise DjshipError("restore cancelled; nothing was changed")
+    traffic = backups.system.traffic()
+    result = point_in_time.restore(target)
+    console.print(f"[green]Restored[/] the database as it was at {target:%Y-%m-%d %H:%M:%S} UTC in "
+                  f"{time.monotonic() - started:.1f}s: the site now uses database {escape(result.database)}")
+    _print_traffic(backups.system.traffic_since(traffic), "the restore")
+    console.print(f"  the previous database {result.previous.database} is kept; remove it with "
+                  f"`djship drop-database {result.previous.database} --yes`", markup=False)
 
 
 @main.command()

@@ -585,6 +585,10 @@ class BackupConfig(_Section):
     dir: str | None = None
     keep: int = Field(default=7, ge=1, le=3650)
     schedule: str | None = None
+    archive: bool = False
+    """Continuous archiving with pgBackRest (point-in-time restore); the pg_dump backups stay (`backup --dump`)."""
+    archive_timeout: int = Field(default=60, ge=1, le=3600)
+    """Seconds after which PostgreSQL switches to a new WAL segment, so the archive is at most this far behind."""
 
     @field_validator("dir")
     @classmethod

@@ -585,6 +585,34 @@ class BackupTarget:
 
 
 @dataclass(frozen=True)
+class Archive:
+    """backup.archive: pgBackRest's repository (off the db host: on one machine in backup.dir) and its files on the db
+    host, where PostgreSQL's archive_command pushes every WAL segment as the db user."""
+
+    repo: Path
+    work: Path
+    """On the db host: pgBackRest's log and lock directories and the superuser's password file, the db user's."""
+    timeout: int
+    """archive_timeout: seconds after which a WAL segment is pushed even if not full."""
+    scratch_port: int
+    """The port of the scratch cluster a point-in-time restore recovers into (on the db host's address)."""
+    stanza: str = "main"
+
+    @property
+    def conf(self) -> Path:
+        """Beside the db user's directory, in root's state directory: the db user reads it, never writes it."""
+        return self.work.parent / "pgbackrest.conf"
+
+    @property
+    def pgpass(self) -> Path:
+        return self.work / "pgpass"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.work / "scratch"
+
+
+@dataclass(frozen=True)
 class BackupPlan:
     dir: Path
     keep: int
@@ -595,6 +623,8 @@ class BackupPlan:
     machine, where they go to dir like every other."""
     target: BackupTarget | None = None
     """servers.backup: the host every backup is sent to (daily_dir then only stages them on the db host)."""
+    archive: Archive | None = None
+    """backup.archive: continuous archiving with pgBackRest; None: pg_dump backups only."""
 
 
 @dataclass(frozen=True)
@@ -888,6 +918,9 @@ def remote_config_problems(config: Config) -> list[str]:
     if config.backup.schedule and media is not None and media != config.servers.db:
         problems.append(f"backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
                         f"servers.media puts them on {media!r}; remove servers.media (the db host then holds them)")
+    if config.backup.archive:
+        problems.append("backup.archive: continuous archiving is built for one machine only so far (its repository "
+                        "in backup.dir); remove backup.archive on real hosts and use `djship backup`")
     return problems
 
 
@@ -978,6 +1011,14 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     return plans
 
 
+def _archive(config: Config, project_dir: Path, paths: Paths, database: Database) -> Archive | None:
+    if not config.backup.archive:
+        return None
+    backup_dir = (project_dir / (config.backup.dir or Path(config.state_dir) / "backups")).resolve()
+    return Archive(repo=backup_dir / "archive", work=paths.state / "pgbackrest", timeout=config.backup.archive_timeout,
+                   scratch_port=database.port + 1)
+
+
 def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> BackupTarget | None:
     holder = next((host for host in hosts if "backup" in host.roles), None)
     if holder is None:
@@ -1063,6 +1104,7 @@ def _assemble(
             dir=(project_dir / (config.backup.dir or Path(config.state_dir) / "backups")).resolve(),
             keep=config.backup.keep,
             schedule=config.backup.schedule,
+            archive=_archive(config, project_dir, paths, database),
         ),
         database=database,
         paths=paths,

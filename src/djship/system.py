@@ -22,6 +22,7 @@ from djship.changes import Changes, Observed, diff
 from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
+from djship.components.pgbackrest import PgBackRest
 from djship.connectors import CommandFailed, Connector, on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live
@@ -556,6 +557,8 @@ class System:
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
             database.check_owner()
+            if plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
+                PgBackRest(plan, connector).prepare(secrets_.superuser_password)
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -588,6 +591,18 @@ class System:
         live = read_live(host.plan, host.connector).database
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
+        if host.plan.backup.archive is not None:
+            self._ensure_archiving(host)
+
+    def _ensure_archiving(self, host: Host) -> None:
+        """The stanza and a WAL segment pushed through archive_command; a first full backup when there is none, so
+        the recoverable window starts now."""
+        archiver = PgBackRest(host.plan, host.connector)
+        with self.reporter.step(f"Continuous archiving into {host.plan.backup.archive.repo} (pgBackRest check)"):
+            archiver.ensure_stanza()
+        if not archiver.backups():
+            with self.reporter.step("The first full backup of the archive (pgBackRest)"):
+                archiver.backup("full")
 
     def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
         """Start Redis, or restart it when its configuration changed, before the app servers and processes that

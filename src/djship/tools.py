@@ -31,6 +31,9 @@ class Tools:
     """The key exchange groups of Mozilla's list that this HAProxy accepts (components/balancer.py probes them);
     none: HAProxy's own default."""
 
+    pgbackrest: str = ""
+    """pgbackrest, where installed (only backup.archive needs it); empty: not installed."""
+
     def pg(self, program: str) -> str:
         return str(Path(self.pg_bindir) / program)
 
@@ -60,4 +63,5 @@ def find_tools() -> Tools:
     brotli_modules = BROTLI_MODULES if all(Path(module).is_file() for module in BROTLI_MODULES) else ()
     redis_server = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin") or ""
     return Tools(nginx=nginx, haproxy=haproxy, pg_bindir=pg_bindir, mime_types=mime_types, python=sys.executable,
-                 brotli_modules=brotli_modules, redis_server=redis_server)
+                 brotli_modules=brotli_modules, redis_server=redis_server,
+                 pgbackrest=shutil.which("pgbackrest") or shutil.which("pgbackrest", path="/usr/bin") or "")

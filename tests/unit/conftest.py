@@ -35,6 +35,7 @@ FAKE_TOOLS = Tools(
     pg_bindir="/usr/lib/postgresql/15/bin",
     mime_types="/etc/nginx/mime.types",
     python="/usr/bin/python3",
+    pgbackrest="/usr/bin/pgbackrest",
     tls_curves=("X25519", "prime256v1", "secp384r1"),  # what Debian 12's HAProxy accepts (OpenSSL 3.0)
 )
 

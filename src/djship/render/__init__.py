@@ -158,7 +158,29 @@ def haproxy_cfg(plan: Plan) -> str:
 
 
 def postgresql_conf(plan: Plan) -> str:
-    return _render("postgresql.conf.j2", plan=plan, db=plan.database, superuser_reserved=SUPERUSER_RESERVED)
+    archive = plan.backup.archive
+    return _render("postgresql.conf.j2", plan=plan, db=plan.database, superuser_reserved=SUPERUSER_RESERVED,
+                   archive=archive, archive_command=archive_command(plan) if archive else None)
+
+
+def _conf_string(value: str) -> str:
+    """value as a single-quoted postgresql.conf string."""
+    if "\n" in value:
+        raise ValueError(f"{value!r}: a line break cannot go into postgresql.conf")
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def archive_command(plan: Plan) -> str:
+    """PostgreSQL's archive_command (a shell command, run as the db user): pgBackRest pushes the segment %p."""
+    archive = plan.backup.archive
+    command = f"{shlex.quote(plan.tools.pgbackrest)} --config={shlex.quote(str(archive.conf))} " \
+              f"--stanza={archive.stanza} archive-push %p"
+    return _conf_string(command)
+
+
+def pgbackrest_conf(plan: Plan) -> str:
+    """pgBackRest's configuration on the db host: the repository (off the db host), this cluster as stanza "main"."""
+    return _render("pgbackrest.conf.j2", archive=plan.backup.archive, db=plan.database)
 
 
 def pg_hba_conf(plan: Plan) -> str:
@@ -389,6 +411,8 @@ def system_files(plan: Plan) -> list[ConfigFile]:
     if plan.holds("db"):
         files.append(ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)))
         files.append(ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)))
+        if plan.backup.archive is not None:
+            files.append(ConfigFile(plan.backup.archive.conf, pgbackrest_conf(plan), ()))
     for server in plan.servers_here:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))

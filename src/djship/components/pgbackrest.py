@@ -1,0 +1,177 @@
+"""Continuous archiving with pgBackRest (backup.archive) on the db host, as the db user.
+
+PostgreSQL's archive_command pushes every WAL segment into the repository (pgbackrest.conf's repo1-path, off the db
+host); `backup` takes a full or differential backup there. A point-in-time restore recovers a scratch cluster from
+the repository to the target time (`restore --type=time`), which djship then dumps into a new database of the live
+cluster (djship.ops.pitr): the live cluster, its stanza and its archive stay as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from djship.connectors import CommandFailed, Connector
+from djship.errors import DjshipError
+from djship.plan import Plan
+from djship.waiting import wait_until
+
+# The time up to which WAL is in the repository: the end of the last segment PostgreSQL archived.
+LAST_ARCHIVED = (
+    "SELECT json_build_object('last', extract(epoch FROM last_archived_time), 'failed', failed_count, "
+    "'last_failed', extract(epoch FROM last_failed_time)) FROM pg_stat_archiver\n"
+)
+IN_RECOVERY = "SELECT pg_is_in_recovery()\n"
+# Recovery to a time stops at the first commit after it, so the archive must hold one: an empty transaction that
+# commits (txid_current() gives it an id), then a switch to a new segment, which archive_command then pushes.
+SEAL = ("BEGIN; SELECT txid_current() \\g /dev/null\nCOMMIT;\n"
+        "SELECT json_build_object('segment', pg_walfile_name(pg_switch_wal()), 'at', extract(epoch FROM now()))\n")
+ARCHIVED_WAL = "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver\n"
+
+
+@dataclass(frozen=True)
+class ArchiveBackup:
+    label: str
+    type: str
+    """"full", "diff" or "incr"."""
+    started: datetime
+    stopped: datetime
+    size: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """The instants a point-in-time restore can reach: from the end of the oldest backup to the end of the WAL
+    archived last."""
+    start: datetime
+    end: datetime
+
+    def covers(self, moment: datetime) -> bool:
+        return self.start <= moment <= self.end
+
+
+def parse_info(output: str, stanza: str) -> list[ArchiveBackup]:
+    """`pgbackrest info --output=json`'s backups of the stanza, oldest first."""
+    found = next((entry for entry in json.loads(output or "[]") if entry.get("name") == stanza), None)
+    if found is None:
+        return []
+    return [ArchiveBackup(backup["label"], backup["type"], _utc(backup["timestamp"]["start"]),
+                          _utc(backup["timestamp"]["stop"]), int(backup["info"]["size"]))
+            for backup in found.get("backup", [])]
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(float(epoch), timezone.utc)
+
+
+def window_of(backups: list[ArchiveBackup], last_archived: datetime | None) -> Window | None:
+    if not backups or last_archived is None or last_archived < backups[0].stopped:
+        return None
+    return Window(backups[0].stopped, last_archived)
+
+
+def backup_type(backups: list[ArchiveBackup], now: datetime) -> str:
+    """A full backup when there is none of the last 7 days, else a differential one (what changed since it)."""
+    fulls = [backup for backup in backups if backup.type == "full"]
+    return "diff" if fulls and (now - fulls[-1].stopped).days < 7 else "full"
+
+
+class PgBackRest:
+    def __init__(self, plan: Plan, connector: Connector):
+        self.plan, self.connector = plan, connector
+        self.archive = plan.backup.archive
+        self.db = plan.database
+        self.owner = plan.user_of("db")
+
+    def _argv(self, *args: str) -> list[str]:
+        if not self.plan.tools.pgbackrest:
+            raise DjshipError("backup.archive needs pgBackRest on the db host; install it with: "
+                              "apt-get install -y pgbackrest")
+        return [self.plan.tools.pgbackrest, f"--config={self.archive.conf}", f"--stanza={self.archive.stanza}", *args]
+
+    def _env(self) -> dict[str, str]:
+        # pgBackRest connects with libpq, which takes the address and password file from the environment.
+        return {"PGHOST": self.db.address, "PGPASSFILE": str(self.archive.pgpass), "PGCONNECT_TIMEOUT": "10"}
+
+    def run(self, what: str, *args: str, timeout: float | None = 600) -> str:
+        result = self.connector.run(self._argv(*args), user=self.owner, env=self._env(), timeout=timeout)
+        if not result.ok:
+            raise CommandFailed(f"pgbackrest {what}", result)
+        return result.stdout
+
+    def prepare(self, superuser_password: str) -> None:
+        """pgBackRest's own directories and the repository, the db user's alone; the directory holding the
+        repository (backup.dir) may be traversed by it, not listed."""
+        archive = self.archive
+        for directory in (archive.work, archive.work / "log", archive.work / "lock"):
+            self.connector.makedirs(directory, mode=0o700, owner=self.owner)
+        self.connector.makedirs(archive.repo.parent, mode=0o711)
+        self.connector.makedirs(archive.repo, mode=0o700, owner=self.owner)
+        self.connector.put(archive.pgpass, f"{self.db.address}:*:*:{self.db.superuser}:{superuser_password}\n",
+                           mode=0o600, owner=self.owner)
+
+    def ensure_stanza(self) -> None:
+        """The stanza in the repository (made once; pgBackRest checks it matches this cluster), then `check`: a WAL
+        segment pushed through archive_command and found in the repository."""
+        self.run("stanza-create", "stanza-create")
+        self.run("check", "check", timeout=120)
+
+    def backups(self) -> list[ArchiveBackup]:
+        return parse_info(self.run("info", "info", "--output=json", timeout=60), self.archive.stanza)
+
+    def backup(self, kind: str) -> ArchiveBackup:
+        self.run(f"backup --type={kind}", "backup", f"--type={kind}", timeout=None)
+        return self.backups()[-1]
+
+    # -- the scratch cluster a point-in-time restore recovers into -------------------------------------------
+
+    def restore_scratch(self, target: datetime | None) -> Path:
+        """The repository's newest backup before target restored into the scratch directory, to recover to target
+        (None: to the end of that backup only)."""
+        scratch = self.archive.scratch_dir
+        self.remove_scratch()
+        self.connector.makedirs(scratch, mode=0o700, owner=self.owner)
+        if target is None:
+            args = ["--type=immediate", "--target-action=promote"]
+        else:
+            args = ["--type=time", f"--target={target.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f+00}",
+                    "--target-action=promote"]
+        self.run("restore", "restore", f"--pg1-path={scratch}", *args, timeout=None)
+        return scratch
+
+    def start_scratch(self, timeout: float = 300) -> None:
+        """PostgreSQL on the scratch directory, on its own port, archiving nothing (its WAL is not the live
+        cluster's), until recovery reached the target and it was promoted."""
+        scratch = self.archive.scratch_dir
+        options = f"-c port={self.archive.scratch_port} -c archive_mode=off -c listen_addresses={self.db.address}"
+        result = self.connector.run(
+            [self.plan.tools.pg("pg_ctl"), "-D", str(scratch), "-o", options, "-l", str(scratch.parent / "scratch.log"),
+             "-w", "-t", str(int(timeout)), "start"], user=self.owner, timeout=timeout + 30)
+        if not result.ok:
+            log = self.connector.get(scratch.parent / "scratch.log") or b""
+            fatal = [line for line in log.decode(errors="replace").splitlines() if "FATAL" in line]
+            raise DjshipError("PostgreSQL could not recover to that time: "
+                              + (fatal[-1] if fatal else (result.stderr.strip() or "pg_ctl failed")))
+        wait_until("the scratch cluster's recovery", lambda: (self._promoted(), "still recovering"), timeout,
+                   f"see {scratch.parent / 'scratch.log'}")
+
+    def _promoted(self) -> bool:
+        result = self.connector.run(self.scratch_psql("postgres"), env=self._env(), input=IN_RECOVERY, user=self.owner)
+        return result.ok and result.stdout.strip() == "f"
+
+    def scratch_psql(self, database: str) -> list[str]:
+        return [self.plan.tools.pg("psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-h", self.db.address,
+                "-p", str(self.archive.scratch_port), "-U", self.db.superuser, "-d", database, "-f", "-"]
+
+    def scratch_dump_argv(self, database: str, output: Path) -> list[str]:
+        return [self.plan.tools.pg("pg_dump"), "--no-password", "--format=custom", "-h", self.db.address,
+                "-p", str(self.archive.scratch_port), "-U", self.db.superuser, f"--file={output}", database]
+
+    def remove_scratch(self) -> None:
+        scratch = self.archive.scratch_dir
+        if self.connector.get(scratch / "postmaster.pid") is not None:
+            self.connector.run([self.plan.tools.pg("pg_ctl"), "-D", str(scratch), "-m", "immediate", "-w", "stop"],
+                               user=self.owner, timeout=60)
+        self.connector.run(["rm", "-rf", "--", str(scratch)])

@@ -1,0 +1,113 @@
+"""Continuous archiving and point-in-time restore (backup.archive, pgBackRest), on one machine: the archive in
+backup.dir, WAL pushed at least every 5 seconds.
+
+One system for the module; the tests run in order: rows written and a table made, the time noted, the table dropped
+and more rows written, then `restore --to` that time under 4 threads of requests; then a time outside the window,
+which must change nothing. Only loopback addresses are contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from djship.config import with_values
+from tests.e2e.conftest import Ports, RequestLoop, Site, make_project, searchable_directory
+
+pytestmark = pytest.mark.e2e
+
+PITR_PORTS = Ports.of(https=33443, http=33080, database=13432, app_prefix="127.0.131", database_address="127.0.132.1")
+CREATE_POSTS = (
+    "from django.contrib.auth.models import User; from posts.models import Post; "
+    "author, _ = User.objects.get_or_create(username='pitr-test'); "
+    "[Post.objects.create(author=author, title=title, body='written by the ORM') for title in {titles!r}]"
+)
+RUN_SQL = "from django.db import connection; cursor = connection.cursor(); cursor.execute({sql!r}); {then}"
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    with searchable_directory() as directory:
+        project = make_project(directory, PITR_PORTS)
+        config = project / "djship.toml"
+        config.write_text(with_values(config.read_text(), {"backup.archive": True, "backup.archive_timeout": 5}))
+        running = Site(project, PITR_PORTS)
+        try:
+            running.up()
+            yield running
+        finally:
+            running.stop_everything()
+
+
+def _sql(site: Site, sql: str, then: str = "") -> str:
+    return site.djship("manage", "--", "shell", "-c", RUN_SQL.format(sql=sql, then=then)).stdout
+
+
+def _titles(site: Site) -> set[str]:
+    session = site.session()
+    response = session.get(site.url + "/api/posts/", timeout=30)
+    assert response.status_code == 200, response.text
+    return {post["title"] for post in response.json()["posts"]}
+
+
+def _archive_rows(site: Site) -> list[dict]:
+    return [row for row in json.loads(site.djship("backups", "--json").stdout) if row["kind"] == "archive"]
+
+
+def test_up_takes_a_first_full_backup_and_shows_the_window(site: Site):
+    [full] = _archive_rows(site)
+    assert full["type"] == "full" and full["recoverable_from"] == full["created"]
+    listing = site.djship("backups").stdout
+    assert "Recoverable to any second from" in listing, listing
+    assert (site.project / ".djship" / "backups" / "archive" / "archive" / "main").is_dir()
+
+
+def test_backup_takes_a_differential_one_and_dump_still_a_pg_dump(site: Site):
+    said = site.djship("backup").stdout
+    assert "into the archive" in said and "diff" in said, said
+    dumped = site.djship("backup", "--dump").stdout
+    assert "Backed up database" in dumped, dumped
+    kinds = [row["kind"] for row in json.loads(site.djship("backups", "--json").stdout)]
+    assert kinds.count("archive") == 2 and kinds.count("dump") == 1, kinds
+
+
+def test_restore_to_a_time_brings_back_a_dropped_table_and_not_later_writes(site: Site):
+    site.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["before-1", "before-2"]))
+    _sql(site, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
+    time.sleep(1.5)
+    noted = datetime.now(timezone.utc)
+    time.sleep(1.5)
+    _sql(site, "DROP TABLE notes")
+    site.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["after-1"]))
+    assert {"before-1", "before-2", "after-1"} <= _titles(site)
+    live = site.status()["database"]
+
+    started = time.monotonic()
+    with RequestLoop(site, threads=4) as load:
+        said = site.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
+        load.wait_for(load.served + 20)
+    took = time.monotonic() - started
+    print(f"\nrestore --to under 4 threads: {load.served} requests, {len(load.failures)} failed, {took:.1f}s")
+    assert load.failures == [], load.failures[:5]
+    assert "Restored the database as it was at" in said and "0 failed" in said, said
+
+    titles = _titles(site)
+    assert {"before-1", "before-2"} <= titles and "after-1" not in titles, titles
+    assert "kept" in _sql(site, "SELECT body FROM notes", "print(cursor.fetchall())")
+    assert site.status()["database"] != live
+
+
+def test_a_time_outside_the_window_is_refused_and_changes_nothing(site: Site):
+    before = (site.status()["database"], json.loads(site.djship("databases", "--json").stdout), _titles(site))
+    for moment in (datetime.now(timezone.utc) + timedelta(hours=1), datetime(2000, 1, 1, tzinfo=timezone.utc)):
+        result = site.djship("restore", "--to", f"{moment:%Y-%m-%d %H:%M:%S}", "--yes", check=False)
+        error = result.stderr.strip()
+        assert result.returncode == 1 and len(error.splitlines()) == 1, (result.stdout, error)
+        assert "Traceback" not in result.stdout + result.stderr
+        assert "the archive has no WAL for that time" in error and "nothing was changed" in error, error
+    after = (site.status()["database"], json.loads(site.djship("databases", "--json").stdout), _titles(site))
+    assert after == before
