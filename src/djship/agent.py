@@ -4,6 +4,7 @@
     python -m djship.agent <plan.json> watch             the renewal timer (the supervised program `renewal`)
     python -m djship.agent <plan.json> follow            on another lb host: the renewer's certificate, installed
     python -m djship.agent <plan.json> backup [--note N] a backup of the live database and media, taken here
+    python -m djship.agent <plan.json> archive-backup    with backup.archive: a pgBackRest backup into the archive
 
 The ACME client runs on the renewer (tls.mode = "acme": the first lb host), as root, with that host's files and its
 own HAProxy: it lives where the CA's HTTP-01 requests arrive and needs no control machine, which is off when a
@@ -189,7 +190,7 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
     if admin is None:
         raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
     here = _Here(plan.host, plan, connector)
-    store = Store(connector, plan.backup.daily_dir or plan.backup.dir)
+    store = Store(connector, plan.backup.daily_dir or plan.backup.dir, mode=0o711 if plan.backup.archive else 0o700)
     with exclusive(plan.paths.backup_lock, "the daily backup", busy="another backup is running"):
         store.remove_unfinished()
         sources = Sources(here, here, json.loads(admin)["postgres_password"], None, DAILY_STAGING, name_hosts=False)
@@ -206,6 +207,20 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
     _log(f"backed up {taken.manifest.database} and media as {where} ({taken.manifest.size} bytes, {rows} rows)"
          + (f"; removed old backups {', '.join(pruned)}" if pruned else ""))
     return {"backup": taken.name, "pruned": pruned}
+
+
+def archive_backup(plan: Plan, connector: Connector) -> dict:
+    """The daily backup with backup.archive: a full pgBackRest backup weekly, a differential one on the other days
+    (pgBackRest expires what its retention no longer keeps)."""
+    from datetime import datetime, timezone
+
+    from djship.components.pgbackrest import PgBackRest, backup_type
+
+    archiver = PgBackRest(plan, connector)
+    kind = backup_type(archiver.backups(), datetime.now(timezone.utc))
+    taken = archiver.backup(kind)
+    print(f"backed up into the archive as {taken.label} ({taken.type})", flush=True)
+    return {"backup": taken.label, "pruned": []}
 
 
 def _send(plan: Plan, connector: Connector, backup: Path, files: list[str], protect: frozenset[str]) -> list[str]:
@@ -239,9 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     taking = commands.add_parser("backup", help="a backup of the live database and media, taken here")
     taking.add_argument("--note", default="", help="what the manifest says of it")
     taking.add_argument("--protect", action="append", default=[], help="a backup that retention must not remove")
+    commands.add_parser("archive-backup", help="with backup.archive: a pgBackRest backup into the archive")
     args = parser.parse_args(argv)
     try:
         plan = plan_from_json(args.plan.read_bytes())
+        if args.command == "archive-backup":
+            print(json.dumps(archive_backup(plan, LocalConnector())), flush=True)
+            return
         if args.command == "backup":
             print(json.dumps(backup(plan, LocalConnector(), args.note, frozenset(args.protect))), flush=True)
             return

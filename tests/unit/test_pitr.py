@@ -118,3 +118,9 @@ def test_archive_is_refused_on_real_hosts_for_now(make_config):
 
     problems = remote_config_problems(make_config(backup=ARCHIVE))
     assert any(problem.startswith("backup.archive:") for problem in problems)
+
+
+def test_the_daily_backup_with_archive_is_a_pgbackrest_one(make_plan):
+    plan = make_plan(running_as_root=True, backup={**ARCHIVE, "schedule": "03:30"})
+    scheduler = next(program for program in render.programs(plan) if program.name == "backup-scheduler")
+    assert " archive-backup" in scheduler.command and "--note" not in scheduler.command

@@ -57,6 +57,9 @@ def parse_info(output: str, stanza: str) -> list[ArchiveBackup]:
     found = next((entry for entry in json.loads(output or "[]") if entry.get("name") == stanza), None)
     if found is None:
         return []
+    status = found.get("status", {})
+    if status.get("code") not in (0, 2, 6, None):  # 2: no backup yet; 6: a backup is running
+        raise DjshipError(f"pgBackRest cannot read the archive's stanza {stanza}: {status.get('message')}")
     return [ArchiveBackup(backup["label"], backup["type"], _utc(backup["timestamp"]["start"]),
                           _utc(backup["timestamp"]["stop"]), int(backup["info"]["size"]))
             for backup in found.get("backup", [])]

@@ -71,7 +71,7 @@ class Backups:
         # The plan's default backup.dir lies under a host's own root; the backups are kept on this machine.
         self.dir = plan.backup.dir
         self.keep = plan.backup.keep
-        self.store = Store(self.local, self.dir)
+        self.store = Store(self.local, self.dir, mode=0o711 if plan.backup.archive else 0o700)
         daily, target = plan.backup.daily_dir, plan.backup.target
         self.offsite = Store(system.hosts[target.host].connector, target.dir, system.hosts[target.host]) \
             if target is not None else None

@@ -74,6 +74,8 @@ class Store:
     dir: Path
     host: Host | None = None
     """The host it is on, as Backup.host names it."""
+    mode: int = 0o700
+    """Of the directory: 0711 when it also holds pgBackRest's repository (backup.archive), which its user reaches."""
 
     def list(self) -> list[Backup]:
         """Every complete backup, oldest first."""
@@ -146,7 +148,7 @@ def take(sources: Sources, store: Store, note: str, reporter: Reporter) -> Backu
     db, media_host = sources.db, sources.media
     database = read_live(db.plan, db.connector).database
     media = read_live(media_host.plan, media_host.connector).media
-    store.connector.makedirs(store.dir, mode=0o700)
+    store.connector.makedirs(store.dir, mode=store.mode)
     name = store.new_name()
     partial, final = store.dir / f".{name}.partial", store.dir / name
     store.connector.makedirs(partial, mode=0o700)

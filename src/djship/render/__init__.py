@@ -305,7 +305,8 @@ def programs(plan: Plan) -> list[Program]:
         ))
     if plan.schedules_backups:
         # As djship's own user (root on a host): a backup reads the superuser password and writes the backups.
-        backup = shlex.join(agent_argv(plan, "backup", "--note", "daily"))
+        backup = shlex.join(agent_argv(plan, "archive-backup") if plan.backup.archive
+                            else agent_argv(plan, "backup", "--note", "daily"))
         result.append(Program(name=BACKUP_SCHEDULER, command=f"{quote(plan.tools.python)} -m djship.ops.schedule --at "
                                                              f"{plan.backup.schedule} -- {backup}",
                               stopsignal="TERM", stopwaitsecs=10))
