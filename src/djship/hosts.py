@@ -34,6 +34,8 @@ class Requirement:
     """Needed only where the app hosts mount the uploads of a media host."""
     sends: bool = False
     """Needed only where the db host sends its backups to a backup host."""
+    pooled: bool = False
+    """Needed only with database.pooler (PgBouncer on every app host)."""
 
 
 REQUIREMENTS = (
@@ -46,6 +48,7 @@ REQUIREMENTS = (
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
+    Requirement("pgbouncer", "command -v pgbouncer || test -x /usr/sbin/pgbouncer", frozenset({"app"}), pooled=True),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
 )
@@ -62,6 +65,8 @@ class SSHHost:
     """Whether a media host holds the uploads (then every app host mounts them)."""
     backup: bool = False
     """Whether a backup host keeps the backups (then the db host sends them there)."""
+    pooled: bool = False
+    """Whether database.pooler runs PgBouncer on the app hosts."""
 
 
 def _local_path(value: str, project_dir: Path) -> Path:
@@ -94,13 +99,16 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             host_key=host.host_key,
         )
         roles = tuple(role for role in ROLES if name in holders[role])
-        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None, backup is not None))
+        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None, backup is not None,
+                             config.database.pooler != "none"))
     return hosts
 
 
-def requirements_for(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> list[Requirement]:
+def requirements_for(roles: tuple[str, ...], media: bool = False, backup: bool = False,
+                     pooled: bool = False) -> list[Requirement]:
     return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
-            and (media or not requirement.mounts) and (backup or not requirement.sends)]
+            and (media or not requirement.mounts) and (backup or not requirement.sends)
+            and (pooled or not requirement.pooled)]
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
@@ -110,6 +118,7 @@ _TOOL_PROBES = {
     "pg_bindir": "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1",
     "mime_types": "ls /etc/nginx/mime.types",
     "redis_server": "command -v redis-server || ls /usr/bin/redis-server",
+    "pgbouncer": "command -v pgbouncer || ls /usr/sbin/pgbouncer",
     "python3": 'echo "$PYTHON"',
 }
 # The distribution's Python first: every user can run it (a python3 first on root's PATH, e.g. pyenv's under
@@ -117,14 +126,14 @@ _TOOL_PROBES = {
 _FIND_PYTHON = 'PYTHON=$(ls /usr/bin/python3 2>/dev/null || command -v python3)'
 
 
-def probe_script(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> str:
+def probe_script(roles: tuple[str, ...], media: bool = False, backup: bool = False, pooled: bool = False) -> str:
     lines = [_FIND_PYTHON, "echo uid $(id -u)",
              '"$PYTHON" -c \'import sys; print("python", *sys.version_info[:2])\' 2>/dev/null']
     lines += [f"echo tool {name} $({probe} 2>/dev/null)" for name, probe in _TOOL_PROBES.items()]
     lines += [
         f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
         f"else echo missing {requirement.package}; fi"
-        for requirement in requirements_for(roles, media, backup)
+        for requirement in requirements_for(roles, media, backup, pooled)
     ]
     return "\n".join(lines) + "\n"
 
@@ -159,7 +168,7 @@ def parse_probe(output: str) -> Facts:
 # Debian starts a package's own service on install; djship runs these programs under its own supervisord (the
 # distribution's nginx would hold port 80, which a balancer on the same host needs).
 DISTRIBUTION_SERVICES = {"nginx": "nginx", "haproxy": "haproxy", "postgresql": "postgresql",
-                         "redis-server": "redis-server"}
+                         "redis-server": "redis-server", "pgbouncer": "pgbouncer"}
 
 
 def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:
@@ -210,7 +219,7 @@ def _python_problem(facts: Facts) -> str | None:
 
 
 def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
-    probe = ["sh", "-c", probe_script(host.roles, host.media, host.backup)]
+    probe = ["sh", "-c", probe_script(host.roles, host.media, host.backup, host.pooled)]
     facts = parse_probe(connector.run(probe, timeout=60).stdout)
     installed: tuple[str, ...] = ()
     if facts.missing and install:

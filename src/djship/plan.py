@@ -58,6 +58,27 @@ CLIENT_FIN_SECONDS = 30
 PERSISTENT_CONNECTION_SECONDS = {"wsgi": 60, "asgi": 0}
 
 
+# database.pooler = "pgbouncer": PgBouncer on every app host, in transaction mode, reached by the app on a unix socket
+# (its port only names the socket, .s.PGSQL.6432: it listens on no TCP port). Its server connections carry an
+# application_name of their own, by which djship counts them in pg_stat_activity (a PAUSE is done when none is
+# left). It retries a failed login to PostgreSQL after half a second (its default, 15 s, would keep a restarted
+# database unused that long). What PAUSE may wait for at most, for running queries to end, before a planned
+# restart goes on without it.
+POOLER_PROGRAM = "pgbouncer"
+POOLER_PORT = 6432
+POOLER_APPLICATION = "djship-pgbouncer"
+POOLER_LOGIN_RETRY = 0.5
+POOLER_PAUSE_TIMEOUT = 30
+# With the pooler, how long a GET that failed on a database that went away (a crash restart) waits for it before
+# answering its 500, which the balancer retries on another server; and how long the health check waits, within
+# HAProxy's check timeout (its `inter`, 2 s), so a short outage shared by every server takes none out of rotation.
+DATABASE_HOLD = 10
+HEALTH_HOLD = 1.5
+# The variable that has a program of the app connect to PostgreSQL itself rather than through the pooler: migrate
+# and the scheduler of [jobs] hold session advisory locks, which transaction pooling cannot keep.
+DIRECT_DATABASE = "DJSHIP_DATABASE_DIRECT"
+
+
 # The settings module of every release (its djship_production package).
 SETTINGS_MODULE = "djship_production.settings"
 
@@ -216,6 +237,21 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Pooler:
+    """database.pooler: PgBouncer on every app host between its app servers and PostgreSQL."""
+
+    pool_size: int
+    """PostgreSQL connections each app host's PgBouncer opens at most."""
+    app_hosts: int
+    max_client_conn: int
+    """The app's connections one PgBouncer accepts: every thread of its host's app servers, twice over."""
+
+    @property
+    def server_connections(self) -> int:
+        return self.pool_size * self.app_hosts
+
+
+@dataclass(frozen=True)
 class Redis:
     """[redis]: one redis-server on its host, password-protected, which the app hosts reach at address:port."""
 
@@ -282,6 +318,8 @@ class Users:
     """HAProxy: the only reader of the site's private key, owns its runtime socket."""
     redis: str = "djship-redis"
     """redis-server: reads its config (with the password), owns its data directory."""
+    pooler: str = "djship-pgbouncer"
+    """PgBouncer: reads its password file alone, owns its socket directory."""
 
 
 @dataclass(frozen=True)
@@ -551,6 +589,25 @@ class Paths:
         return self.state / "postgres"
 
     @property
+    def pooler(self) -> Path:
+        """PgBouncer's config and password file (root's directory) and its socket directory."""
+        return self.state / "pgbouncer"
+
+    @property
+    def pooler_conf(self) -> Path:
+        return self.pooler / "pgbouncer.ini"
+
+    @property
+    def pooler_auth_file(self) -> Path:
+        """The app role's password, with which PgBouncer checks the app (scram) and logs in to PostgreSQL: 0600,
+        its user's alone."""
+        return self.pooler / "userlist.txt"
+
+    @property
+    def pooler_socket_dir(self) -> Path:
+        return self.pooler / "socket"
+
+    @property
     def deploy_lock(self) -> Path:
         return self.state / "deploy.lock"
 
@@ -644,6 +701,8 @@ class Plan:
     """[processes]: what runs beside the web on every app host."""
     redis: Redis | None = None
     """[redis]: the one Redis of the system, whichever host runs it; None: no Redis, no REDIS_URL."""
+    pooler: Pooler | None = None
+    """database.pooler: PgBouncer on every app host; None: the app connects to PostgreSQL itself."""
     jobs: tuple[Job, ...] = ()
     """[jobs]: run by the scheduler on every app host, each slot on one of them."""
     interface: Literal["wsgi", "asgi"] = "wsgi"
@@ -668,6 +727,11 @@ class Plan:
     @property
     def runs_redis(self) -> bool:
         return self.redis is not None and self.redis.host == self.host
+
+    @property
+    def pools(self) -> bool:
+        """Whether this host runs PgBouncer (an app host, with database.pooler)."""
+        return self.pooler is not None and self.holds("app")
 
     @property
     def renews(self) -> bool:
@@ -711,7 +775,7 @@ class Plan:
         the app's user."""
         return self.media.user if self.media and self.holds("media") else self.user_of("app")
 
-    def user_of(self, component: Literal["app", "web", "db", "lb", "redis"]) -> str | None:
+    def user_of(self, component: Literal["app", "web", "db", "lb", "redis", "pooler"]) -> str | None:
         """Who a component runs as: its user of [users], or None (djship's own user) where djship is not root."""
         return getattr(self.users, component) if self.users else None
 
@@ -722,7 +786,7 @@ class Plan:
             return ()
         wanted = {"app": (self.users.app, self.users.web), "db": (self.users.db,), "lb": (self.users.lb,)}
         users = tuple(user for role, users in wanted.items() if self.holds(role) for user in users)
-        return users + ((self.users.redis,) if self.runs_redis else ())
+        return users + ((self.users.redis,) if self.runs_redis else ()) + ((self.users.pooler,) if self.pools else ())
 
     @property
     def directories(self) -> tuple[Directory, ...]:
@@ -739,6 +803,9 @@ class Plan:
         if self.runs_redis:
             directories += [Directory(self.redis.dir, owner=root), Directory(self.redis.data_dir, 0o700,
                                                                              self.user_of("redis"))]
+        if self.pools:  # its socket: the app's group may connect (and must still give the password)
+            directories += [Directory(paths.pooler, owner=root),
+                            Directory(paths.pooler_socket_dir, 0o750, self.user_of("pooler"), self.user_of("app"))]
         for server in self.servers_here:
             # nginx's master (root's) makes its temp directories inside nginx_temp and gives them to its workers.
             directories += [Directory(server.dir, owner=root), Directory(server.nginx_temp, owner=root)]
@@ -752,11 +819,12 @@ class Plan:
         redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
             paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
-            redis_conf)
+            redis_conf, paths.pooler_auth_file)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
-                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis}
+                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis,
+                       paths.pooler_auth_file: self.users.pooler}
             owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
         return FileAccess(mode, owner)
@@ -820,6 +888,11 @@ class Plan:
 
     @property
     def connections_needed(self) -> int:
+        """What PostgreSQL must accept: a connection per thread of every app server, or with the pooler what every
+        app host's PgBouncer opens at most, whatever the number of app servers; plus the headroom (migrate, the
+        schedulers of [jobs] and djship connect directly)."""
+        if self.pooler:
+            return self.pooler.server_connections + CONNECTION_HEADROOM
         return len(self.app_servers) * self.workers * self.threads + CONNECTION_HEADROOM
 
 
@@ -954,6 +1027,9 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
     media = _media_store(config, hosts, app_hosts)
     redis = _redis(config, hosts, db_host, one_machine)
+    threads = count * config.app.workers * config.app.threads
+    pooler = Pooler(config.database.pool_size, len(app_hosts), max(100, 2 * threads)) \
+        if config.database.pooler == "pgbouncer" else None
     plans = {}
     for host in hosts:
         plan = _assemble(
@@ -964,7 +1040,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups,
                                                          target=_backup_target(config, hosts, db_host))
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
-                                            backup=backup, redis=redis))
+                                            backup=backup, redis=redis, pooler=pooler))
     return plans
 
 
@@ -1078,7 +1154,14 @@ def _checked(plan: Plan) -> Plan:
     _check_socket_paths(plan)
     _check_acme_domains(plan)
     _check_redis_installed(plan)
+    _check_pooler_installed(plan)
     return plan
+
+
+def _check_pooler_installed(plan: Plan) -> None:
+    if plan.pools and not plan.tools.pgbouncer:
+        raise DjshipError('database.pooler: pgbouncer is not installed; install it with: sudo apt-get install -y '
+                          'pgbouncer, or remove database.pooler')
 
 
 def _check_redis_installed(plan: Plan) -> None:
@@ -1108,6 +1191,13 @@ def _check_privileged_ports(plan: Plan) -> None:
 
 def _check_budget(plan: Plan) -> None:
     available = plan.database.max_connections - SUPERUSER_RESERVED
+    if plan.pooler and plan.connections_needed > available:
+        raise DjshipError(
+            f"connection budget: {plan.pooler.app_hosts} app hosts x database.pool_size {plan.pooler.pool_size} "
+            f"+ {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but database.max_connections "
+            f"= {plan.database.max_connections} leaves {available}; raise database.max_connections to at least "
+            f"{plan.connections_needed + SUPERUSER_RESERVED} or lower database.pool_size"
+        )
     if plan.connections_needed > available:
         raise DjshipError(
             f"connection budget: {len(plan.app_servers)} servers x {plan.workers} workers x {plan.threads} threads "
