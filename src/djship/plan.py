@@ -1209,7 +1209,8 @@ def _check_budget(plan: Plan) -> None:
 
 def _check_socket_paths(plan: Plan) -> None:
     longest = max((server.socket for server in plan.app_servers), key=lambda path: len(str(path)))
-    for socket in (longest, plan.paths.supervisor_socket, plan.paths.haproxy_socket):
+    pooler = (plan.paths.pooler_socket_dir / f".s.PGSQL.{POOLER_PORT}",) if plan.pools else ()
+    for socket in (longest, plan.paths.supervisor_socket, plan.paths.haproxy_socket, *pooler):
         if len(str(socket)) > MAX_SOCKET_PATH:
             raise DjshipError(
                 f"state_dir is too deep: the unix socket {socket} is longer than {MAX_SOCKET_PATH} bytes; "
