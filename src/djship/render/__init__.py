@@ -195,7 +195,7 @@ def app_secrets_env(plan: Plan, secrets: dict[str, str], redis_password: str | N
     """The secrets file of the app's environment: `djship env`'s secrets, and REDIS_URL with [redis]."""
     values = list(secrets.items())
     if plan.redis is not None and redis_password:
-        values.append((REDIS_URL, plan.redis.url(redis_password)))
+        values.append((REDIS_URL, plan.redis.url(redis_password, plan.paths.ca_cert)))
     return env_file(values, ENV_SECRETS_ORIGIN)
 
 
@@ -237,7 +237,7 @@ def programs(plan: Plan) -> list[Program]:
     are stopped)."""
     quote = shlex.quote
     result = []
-    if plan.media and plan.holds("app"):  # as root (or djship's login user): FUSE mounts need it
+    if plan.media and plan.runs_code:  # as root (or djship's login user): FUSE mounts need it
         result.append(Program(name=MEDIA_PROGRAM, command=media_mount_command(plan, plan.media), stopsignal="TERM",
                               stopwaitsecs=10))
     if plan.holds("db"):
@@ -329,8 +329,10 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 def process_program(plan: Plan, process: Process, name: str) -> Program:
     """One of a process type's programs: its command run in the live release. SIGTERM goes to the command alone: a
     worker with a pool of children (Celery's prefork) then lets them finish their tasks (its warm shutdown), where a
-    child that got SIGTERM itself would die in the middle of one."""
-    return _release_program(plan, name, process.argv, process.stop_timeout, signals_group=False)
+    child that got SIGTERM itself would die in the middle of one. On a worker host, which runs no PgBouncer, it
+    connects to PostgreSQL itself."""
+    direct = {DIRECT_DATABASE: "1"} if plan.pooler and not plan.pools else {}
+    return _release_program(plan, name, process.argv, process.stop_timeout, direct, signals_group=False)
 
 
 def jobs_program(plan: Plan) -> Program:
@@ -415,7 +417,7 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
     if plan.pools:
         files.append(ConfigFile(plan.paths.pooler_conf, pgbouncer_ini(plan), (POOLER_PROGRAM,)))
-    if plan.holds("app"):
+    if plan.runs_code:
         files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
     if plan.jobs_here:
         files.append(ConfigFile(plan.paths.jobs_file, jobs_file(plan), (JOBS_PROGRAM,)))
