@@ -188,3 +188,10 @@ def _as_nobody() -> dict:
 def _give_to_nobody(directory: Path) -> None:
     if os.geteuid() == 0:
         subprocess.run(["chown", "-R", "nobody", str(directory)], check=True)
+
+
+def test_app_hosts_need_the_pgbouncer_package_only_with_the_pooler():
+    from djship.hosts import probe_script
+    assert "missing pgbouncer" in probe_script(("app",), frozenset({"pooled"}))
+    assert "missing pgbouncer" not in probe_script(("app",))
+    assert "missing pgbouncer" not in probe_script(("db",), frozenset({"pooled"}))
