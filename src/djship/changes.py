@@ -71,6 +71,8 @@ class Changes:
     """Whether the system's secrets are made (the first up)."""
     pooler: dict[str, str] = field(default_factory=dict)
     """Per app host with database.pooler: "start" or "reload" (its config or password file changed) PgBouncer."""
+    pooler_hosts: tuple[str, ...] = ()
+    """The hosts that run PgBouncer."""
 
     @property
     def empty(self) -> bool:
@@ -80,8 +82,10 @@ class Changes:
             or self.resting or self.release is None or self.ship
         )
 
-    pooler_hosts: tuple[str, ...] = ()
-    """The hosts that run PgBouncer."""
+    @property
+    def paused_poolers(self) -> tuple[str, ...]:
+        """The hosts whose PgBouncer runs already: a restart of PostgreSQL pauses them."""
+        return tuple(host for host in self.pooler_hosts if self.pooler.get(host) != "start")
 
     def endpoints_to_bind(self, host: Host) -> tuple[tuple[str, int, str], ...]:
         return self.endpoints.get(host.name, ())
@@ -97,9 +101,8 @@ class Changes:
             lines.append("build a new release, migrate the database once")
         lines += [f"{host}: ship release {self.release}" for host in self.ship]
         if self.postgres:
-            paused = " (PgBouncer paused meanwhile: no failed request)" if self.postgres == "restart" and any(
-                host not in self.start or render.POOLER_PROGRAM not in self.start[host] for host in self.pooler_hosts
-            ) else ""
+            paused = " (PgBouncer paused meanwhile: no failed request)" \
+                if self.postgres == "restart" and self.paused_poolers else ""
             lines.append(f"{self.postgres} PostgreSQL{paused}")
         lines += [f"{host}: {action} PgBouncer" for host, action in self.pooler.items()]
         lines += [f"remove app server {name} (drained first)" for name in self.removed]

@@ -244,7 +244,8 @@ class Pooler:
     """PostgreSQL connections each app host's PgBouncer opens at most."""
     app_hosts: int
     max_client_conn: int
-    """The app's connections one PgBouncer accepts: every thread of its host's app servers, twice over."""
+    """The app's connections one PgBouncer accepts: every thread of its host's app servers twice over, at least 100
+    (its processes, `djship manage`)."""
 
     @property
     def server_connections(self) -> int:

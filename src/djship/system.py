@@ -600,8 +600,7 @@ class System:
                 host.supervisor.start("postgres")
                 database.wait_ready(READY_TIMEOUT)
         elif action == "restart":
-            poolers = {name: self.hosts[name] for name in changes.pooler_hosts
-                       if POOLER_PROGRAM not in changes.start.get(name, ())}
+            poolers = {name: self.hosts[name] for name in changes.paused_poolers}
             if poolers:
                 with self.reporter.step(f"Restarting PostgreSQL (its configuration changed) with PgBouncer paused on "
                                         f"{', '.join(poolers)}: PAUSE, restart, RESUME"):

@@ -10,8 +10,8 @@ restarting after a crash) answers its 500 only once the database answers again, 
 balancer retries it on another server (HAProxy's retry-on), and the retry then finds the database back, where
 without the hold all three retries fall inside the outage. The health check waits the same way, for
 DJSHIP_HEALTH_HOLD seconds (within HAProxy's check timeout), so the balancer does not take every server out for a
-short outage they all share. PgBouncer cannot hold these requests itself: while its
-logins to PostgreSQL fail it turns away every client that has no server connection (its check_fast_fail).
+short outage they all share. PgBouncer cannot hold these requests itself: while its logins to PostgreSQL fail it
+turns away every client that has no server connection (its check_fast_fail).
 """
 
 import sys
