@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import time
@@ -23,6 +24,7 @@ import pytest
 from djship.config import with_values
 from tests.e2e.conftest import EXAMPLE, Ports, RequestLoop, alive, run_djship, running_site, searchable_directory
 from tests.e2e.hosts import netns_hosts
+from tests.e2e.test_doctor import doctor
 from tests.e2e.test_backup import Target
 from tests.e2e.test_remote_system import FleetLoop, write_config
 
@@ -145,10 +147,15 @@ def test_the_app_reaches_postgresql_through_pgbouncer_on_its_own_host(target: Ta
         stat = auth.stat()
         assert (oct(stat.st_mode & 0o777), _user(stat.st_uid)) == ("0o600", "djship-pgbouncer")
     assert "pgbouncer" in target.djship("logs", "pgbouncer", "-n", "5").stdout
+    _, checks = doctor(target)
+    assert checks["components"]["status"] == "pass", checks["components"]
+    hosts = 1 if target.site else 2
+    assert checks["connections"]["status"] == "pass", checks["connections"]
+    assert f"PgBouncer on {hosts} app hosts x pool_size 8 + 10 headroom = {hosts * 8 + 10}" in \
+        checks["connections"]["cause"]
 
 
 def _user(uid: int) -> str:
-    import pwd
     return pwd.getpwuid(uid).pw_name
 
 
