@@ -72,8 +72,13 @@ class Secrets:
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
 
-    def admin_json(self) -> str:
-        return json.dumps({"postgres_password": self.superuser_password}, indent=2) + "\n"
+    def admin_json(self, redis: bool = False) -> str:
+        """What the db host's root reads: the superuser password; with redis ([redis] backup), Redis's password too,
+        with which the daily backup takes its snapshot."""
+        kept = {"postgres_password": self.superuser_password}
+        if redis and self.redis_password:
+            kept["redis_password"] = self.redis_password
+        return json.dumps(kept, indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,8 @@ class System:
         presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
         if host.holds("db") and plan.database.tls:
             presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
+        if plan.runs_redis and plan.redis.tls:
+            presenting.append((plan.redis.cert_file, plan.redis.key_file, (REDIS_PROGRAM,)))
         files = []
         if presenting:
             chain, key = local_ca.host_certificate(authority, host.address, [
@@ -372,9 +379,18 @@ class System:
             for cert_path, key_path, programs in presenting:
                 files += [render.ConfigFile(cert_path, chain.decode(), programs),
                           render.ConfigFile(key_path, key.decode(), programs)]
-        if host.plan.runs_code and (plan.database.tls or (plan.external and nginx)) and not host.holds("lb"):
+        # With an external balancer and TLS to nginx, djship's own health checks from the host verify nginx too.
+        if not host.holds("lb") and (self._verifies_links(plan) or (plan.external and nginx)):
             files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
         return files
+
+    @staticmethod
+    def _verifies_links(plan: Plan) -> bool:
+        """Whether this host verifies a link to another against djship's CA: the app's code reaching PostgreSQL or
+        Redis, the db host reaching Redis for a backup; Redis, which names the CA in its config."""
+        redis = plan.redis is not None and plan.redis.tls
+        return (plan.runs_code and (plan.database.tls or redis)) or (redis and plan.runs_redis) or (
+            redis and plan.holds("db") and plan.redis.backup)
 
     def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
                  authority: Authority | None, backup_access: media.Access | None = None,
@@ -392,7 +408,8 @@ class System:
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
             if secrets_ and host.holds("db"):
-                files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+                files.append(render.ConfigFile(plan.paths.admin_secrets,
+                                               secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
             if secrets_ and secrets_.redis_password and plan.runs_redis:
                 files.append(render.ConfigFile(plan.redis.conf, render.redis_conf(plan, secrets_.redis_password),
                                                (REDIS_PROGRAM,)))
