@@ -198,14 +198,6 @@ def test_the_site_answers_through_the_external_balancer_from_both_app_hosts(flee
     assert set(_servers_answering(fleet, 10)) == {"app1", "app2"}
 
 
-def test_djship_started_no_haproxy_on_any_host(fleet: ExternalFleet):
-    for host in ("app1", "app2", "db1"):
-        assert not [command for command in fleet.programs_on(host) if "haproxy" in command], host
-    on_balancer = [pid for pid in fleet.hosts["alb1"].pids()
-                   if "haproxy" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
-    assert on_balancer == [fleet.balancer_pid]  # the test's own, nothing else
-
-
 def test_a_forged_request_straight_to_an_app_server_is_refused(fleet: ExternalFleet):
     for app in ("app1", "app2"):
         url = f"https://{fleet.hosts[app].address}:{APP_PORT}/whoami/"
@@ -259,3 +251,12 @@ def test_an_env_change_under_load_fails_no_request(fleet: ExternalFleet):
     assert isinstance(answer, Response) and json.loads(answer.body)["greeting"] == "hello from the external balancer"
     report = fleet.status()
     assert {c["health"] for c in report["components"] if c["name"].endswith("-nginx")} == {"up"}
+
+
+def test_after_up_and_every_change_djship_started_no_haproxy_on_any_host(fleet: ExternalFleet):
+    # Last in the module (pytest runs them in file order): after up, a deploy, a rollback and an env change.
+    for host in ("app1", "app2", "db1"):
+        assert not [command for command in fleet.programs_on(host) if "haproxy" in command], host
+    on_balancer = [pid for pid in fleet.hosts["alb1"].pids()
+                   if "haproxy" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert on_balancer == [fleet.balancer_pid]  # the test's own, nothing else
