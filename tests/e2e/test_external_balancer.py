@@ -188,9 +188,15 @@ def _servers_answering(fleet: ExternalFleet, count: int = 6) -> list[str]:
 
 
 def _under_load(fleet: ExternalFleet, *command: str) -> tuple[FleetLoop, str]:
+    """`djship COMMAND` while 4 threads of requests run through the test's balancer (from before it starts until 20
+    requests after it ends); the loop, with its counts, and what djship said."""
     with FleetLoop(fleet) as load:
+        before = load.served
         said = fleet.djship(*command).stdout
+        during = load.served - before
         load.wait_for(load.served + 20)
+    print(f"djship {' '.join(command)}: {during} requests served while it ran, {len(load.failures)} failed")
+    assert during >= 50, (during, said)  # the servers were drained and restarted under real load
     return load, said
 
 

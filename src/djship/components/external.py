@@ -90,11 +90,9 @@ def read_health_log(connector: Connector, server: AppServer, start: int = 1) -> 
 
 
 def seen_by_balancer(connector: Connector, plan: Plan, server: AppServer) -> dict | None:
-    """The last health check the balancer sent this server (its status, from where, how long ago), and how many of
-    the last lines came from it; None when none is logged."""
-    length = connector.run(["sh", "-c", 'wc -l < "$1" 2>/dev/null || echo 0', "sh", str(server.health_log)])
-    total = int(length.stdout.strip() or 0) if length.stdout.strip().isdigit() else 0
-    log = read_health_log(connector, server, max(1, total - 199))
+    """The last health check the balancer sent this server (its status, from where, how long ago) and the balancer
+    addresses among the last 200 lines of the log; None when none of them is the balancer's."""
+    log = read_health_log(connector, server, max(1, _next_line(connector, server) - 200))
     checks = log.from_balancer(plan.external, server)
     if not checks:
         return None
