@@ -321,6 +321,11 @@ class Backups:
             redis_server.load(plan, connector, self.system.secrets().redis_password, snapshot)
             host.supervisor.start(REDIS_PROGRAM)
             redis_server.wait_ready(plan, connector, self.system.secrets().redis_password, REDIS_READY_SECONDS)
+        # A Celery worker whose broker went away may not consume again by itself; restarted, it reads the queues as
+        # they now are.
+        release = self.system.current()
+        if release is not None:
+            self.system.restart_processes(release)
         return kept
 
     def _restore_data(self, backup: Backup, targets: dict[str, Live], password: str) -> None:
