@@ -231,6 +231,12 @@ def test_status_shows_the_balancers_last_health_check_of_each_app_server(fleet: 
     assert f"app1: last health check from {fleet.lb}" in shown, shown
 
 
+def test_up_again_changes_nothing_and_says_so(fleet: ExternalFleet):
+    result = fleet.djship("up")
+    assert "Already up and unchanged" in result.stdout, result.stdout
+    assert "Draining" not in result.stdout and "Starting" not in result.stdout
+
+
 def test_a_deploy_under_load_fails_no_request(fleet: ExternalFleet):
     views = fleet.project / "posts" / "views.py"
     original = views.read_text()
