@@ -193,7 +193,9 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
     store = Store(connector, plan.backup.daily_dir or plan.backup.dir, mode=0o711 if plan.backup.archive else 0o700)
     with exclusive(plan.paths.backup_lock, "the daily backup", busy="another backup is running"):
         store.remove_unfinished()
-        sources = Sources(here, here, json.loads(admin)["postgres_password"], None, DAILY_STAGING, name_hosts=False)
+        kept = json.loads(admin)
+        sources = Sources(here, here, kept["postgres_password"], None, DAILY_STAGING, name_hosts=False,
+                          redis_password=kept.get("redis_password"))
         sources.clear()
         taken = take(sources, store, note, _LogReporter())
         if plan.backup.target is None:

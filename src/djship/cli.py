@@ -369,7 +369,10 @@ def backups_(as_json: bool) -> None:
 @click.option("--to", "to_time", metavar="TIME", help='With backup.archive: the instant to restore to, '
               '"2026-12-01 10:42:00" (UTC), inside the window `djship backups` shows.')
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def restore(backup_name: str | None, to_time: str | None, yes: bool) -> None:
+@click.option("--redis", "with_redis", is_flag=True,
+              help="Also put back Redis's data (backups hold it with [redis] backup = true). Redis stops while it "
+                   "loads: requests that use it fail for those seconds.")
+def restore(backup_name: str | None, to_time: str | None, yes: bool, with_redis: bool) -> None:
     """Restore BACKUP (a name from `djship backups`, or a backup directory) without failing a request.
 
     \b
@@ -381,6 +384,7 @@ def restore(backup_name: str | None, to_time: str | None, yes: bool) -> None:
     restores into a NEW database and media directory, checks every table's row count against the
     backup, then switches the app servers one batch at a time (drain -> restart -> health check ->
     rotation). The previous database is kept; `djship drop-database NAME --yes` removes it.
+    With --redis, Redis's data from the backup replaces what it holds; what it held is kept beside it.
     """
     if not yes and not sys.stdin.isatty():
         raise DjshipError("restore switches the site to the backup's data; re-run with --yes to confirm "
@@ -402,13 +406,19 @@ def restore(backup_name: str | None, to_time: str | None, yes: bool) -> None:
     ):
         raise DjshipError("restore cancelled; nothing was changed")
     traffic = backups.system.traffic()
-    result = backups.restore(verified)
+    result = backups.restore(verified, redis=with_redis)
     console.print(
         f"[green]Restored[/] {escape(verified.name)} in {time.monotonic() - started:.1f}s: the site now uses database "
         f"{escape(result.database)} and media {escape(str(result.media))}"
     )
     _print_traffic(backups.system.traffic_since(traffic), "the restore")
     console.print(f"  safety backup of what was live: {result.safety_backup}", markup=False)
+    if result.redis_kept is not None:
+        console.print(f"  Redis's data is the backup's; what it held before is kept in {result.redis_kept}",
+                      markup=False)
+    elif manifest.holds_redis:
+        console.print("  the backup also holds a snapshot of Redis, not restored (add --redis to put it back)",
+                      markup=False)
     console.print(
         f"  the previous database {result.previous.database} and media {result.previous.media} are kept; "
         f"remove them with `djship drop-database {result.previous.database} --yes` and `rm -r {result.previous.media}`",
@@ -544,6 +554,7 @@ def _print_status(report: dict) -> None:
             str(row["pid"] or "-"), Text(row["state"], style=colour), row["health"],
         )
     console.print(table)
+    _print_external_balancer(report)
     if any(row["state"] == "UNSUPERVISED" for row in rows):
         errors.print("[red]the supervisor is not running: nothing restarts these processes; `djship up` takes them back[/]")
     for host in report["hosts"]:
@@ -567,6 +578,21 @@ def _print_status(report: dict) -> None:
         )
     if report["jobs"]:
         _print_jobs(report["jobs"])
+
+
+def _print_external_balancer(report: dict) -> None:
+    balancer = report.get("balancer") or {}
+    if not balancer.get("external"):
+        return
+    console.print(f"balancer: external, trusted {', '.join(balancer['trusted'])}", markup=False)
+    for row in report["components"]:
+        if "balancer" not in row:
+            continue
+        seen = row["balancer"] or {}
+        last = seen.get("last_check")
+        said = (f"last health check from {last['peer']} {last['seconds_ago']}s ago, answered {last['status']}"
+                if last else "no health check from the balancer logged yet")
+        console.print(f"  {row['server']}: {said}" + (" (draining)" if seen.get("draining") else ""), markup=False)
 
 
 def _print_jobs(jobs: list[dict]) -> None:

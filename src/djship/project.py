@@ -194,11 +194,14 @@ keep = 7                       # days of backups kept: the newest of each day, p
 # Real hosts over SSH instead of this machine: name the hosts and their roles, then `djship up --install`.
 # (Remove app.address_prefix, balancer.bind and database.address above: on hosts, their addresses say it.)
 # One rented server holding every role is servers.lb = ["web1"], servers.app = ["web1"], servers.db = "web1".
+# Behind a load balancer djship does not run (an AWS ALB): no servers.lb, and balancer.external = true with
+# balancer.trusted and deploy.drain_seconds (see docs/aws.md).
 # [servers]
 # lb = ["lb1"]
 # app = ["app1", "app2"]
 # db = "db1"
 # backup = "bk1"               # optional: a host that keeps every backup, off the db host's disk
+# worker = ["wk1"]             # optional: hosts that run [processes] instead of the app hosts
 #
 # [ssh]
 # key = "~/.ssh/id_ed25519"    # the key djship logs in with (as root, or a user with sudo -n)
