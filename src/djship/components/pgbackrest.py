@@ -108,7 +108,7 @@ class PgBackRest:
         """pgBackRest's own directories and the repository, the db user's alone; the directory holding the
         repository (backup.dir) may be traversed by it, not listed."""
         archive = self.archive
-        for directory in (archive.work, archive.work / "log", archive.work / "lock"):
+        for directory in (archive.work, archive.work / "log", archive.work / "lock", archive.work / "spool"):
             self.connector.makedirs(directory, mode=0o700, owner=self.owner)
         self.connector.makedirs(archive.repo.parent, mode=0o711)
         self.connector.makedirs(archive.repo, mode=0o700, owner=self.owner)
