@@ -91,7 +91,8 @@ def test_restore_to_a_time_brings_back_a_dropped_table_and_not_later_writes(site
         said = site.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
         load.wait_for(load.served + 20)
     took = time.monotonic() - started
-    print(f"\nrestore --to under 4 threads: {load.served} requests, {len(load.failures)} failed, {took:.1f}s")
+    restored = next(line for line in said.splitlines() if line.startswith("Restored"))
+    print(f"\nrestore --to under 4 threads: {load.served} requests, {len(load.failures)} failed, {took:.1f}s; {restored}")
     assert load.failures == [], load.failures[:5]
     assert "Restored the database as it was at" in said and "0 failed" in said, said
 
