@@ -324,7 +324,7 @@ def backups_(as_json: bool) -> None:
         from djship.ops.pitr import PointInTime
 
         point_in_time = PointInTime(backups)
-        window = point_in_time.window()
+        window = point_in_time.window_if_running()
         for kept in point_in_time.archive_backups():
             rows.append({"name": kept.label, "kind": "archive", "type": kept.type, "host": None,
                          "path": str(backups.db.plan.backup.archive.repo), "created": kept.stopped.isoformat(),
@@ -389,6 +389,8 @@ def restore(backup_name: str | None, to_time: str | None, yes: bool, with_redis:
     if not yes and not sys.stdin.isatty():
         raise DjshipError("restore switches the site to the backup's data; re-run with --yes to confirm "
                           "(there is no terminal to ask on)")
+    if to_time is not None and with_redis:
+        raise DjshipError("--redis goes with a BACKUP only: the archive of --to holds the database, not Redis's data")
     if (backup_name is None) == (to_time is None):
         raise DjshipError("restore takes either a BACKUP (from `djship backups`) or --to TIME, e.g. "
                           '`djship restore --to "2026-12-01 10:42:00"`')

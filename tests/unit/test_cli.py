@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from djship.cli import main
@@ -54,3 +55,20 @@ def test_restore_of_a_path_under_an_unknown_users_home_is_one_line(django_projec
     assert result.output.strip().splitlines()[-1] == (
         "error: no backup '~nosuchuser/backup': there is no user 'nosuchuser'; write the backup directory's path out"
     )
+
+
+@pytest.mark.parametrize("args, error", [
+    (["restore", "--yes"], "error: restore takes either a BACKUP (from `djship backups`) or --to TIME"),
+    (["restore", "20261201T000000Z", "--to", "2026-12-01 10:42:00", "--yes"],
+     "error: restore takes either a BACKUP (from `djship backups`) or --to TIME"),
+    (["restore", "--to", "2026-12-01 10:42:00", "--redis", "--yes"], "error: --redis goes with a BACKUP only"),
+])
+def test_restore_takes_a_backup_or_a_time(django_project, short_tmp, monkeypatch, args, error):
+    project = in_awkward_dir(django_project, short_tmp)
+    monkeypatch.chdir(short_tmp)
+    assert CliRunner().invoke(main, ["init", str(project)]).exit_code == 0
+
+    result = CliRunner().invoke(main, ["-C", str(project), *args])
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.output.strip().splitlines()[-1].startswith(error), result.output

@@ -73,6 +73,10 @@ class PointInTime:
     def window(self) -> Window | None:
         return window_of(self.archive_backups(), self.last_archived())
 
+    def window_if_running(self) -> Window | None:
+        """The window, when PostgreSQL is up to say how far its archive reaches; None when it is down."""
+        return self.window() if self.backups.database.is_ready() else None
+
     def sealed_window(self) -> Window | None:
         """The window once everything committed until now is in the archive, with a commit after it (what recovery
         to a time stops at); if archiving does not catch up in time, the window as it is."""
