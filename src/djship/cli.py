@@ -270,8 +270,9 @@ def _backups():
 
 
 @main.command()
+@click.argument("action", required=False, type=click.Choice(["verify"]))
 @click.option("--dump", is_flag=True, help="A pg_dump backup (the portable format) even with backup.archive.")
-def backup(dump: bool) -> None:
+def backup(action: str | None, dump: bool) -> None:
     """Back up the live database (pg_dump, one consistent snapshot) and the media files.
 
     \b
@@ -279,12 +280,22 @@ def backup(dump: bool) -> None:
     manifest.json with a sha256 of each file and the row count of every table. Keeps the newest
     backup of each of the last backup.keep days (and every backup of today); removes the others.
     With backup.archive: a full or differential pgBackRest backup into the archive instead
-    (--dump: the pg_dump backup above).
+    (--dump: the pg_dump backup above). `djship backup verify`: pgbackrest verify, then the newest
+    backup restored into a scratch cluster and its tables counted; the result shows in status.
     """
     from djship.ops.archive import human_size
 
     started = time.monotonic()
     backups = _backups()
+    if action == "verify":
+        from djship.ops.pitr import PointInTime
+
+        verified = PointInTime(backups).verify()
+        if not verified["ok"]:
+            raise DjshipError(f"backup {verified['backup']} of the archive failed its verification: {verified['problem']}")
+        console.print(f"[green]Verified[/] backup {escape(verified['backup'])}: it restores, {verified['tables']} "
+                      f"tables, {verified['rows']} rows, in {time.monotonic() - started:.1f}s")
+        return
     if backups.db.plan.backup.archive is not None and not dump:
         from djship.ops.pitr import PointInTime
 
@@ -539,6 +550,10 @@ def _print_status(report: dict) -> None:
         f"site [bold]{escape(report['url'])}[/]   release {escape(report['release'] or '-')}   database "
         f"{escape(report['database'] or '-')}   CA {escape(str(report['ca_path'] or '-'))}"
     )
+    verified = report.get("archive_verified")
+    if verified:
+        outcome = "[green]ok[/]" if verified["ok"] else f"[red]FAILED[/]: {escape(verified['problem'] or '')}"
+        console.print(f"archive verified {escape(verified['at'])} (backup {escape(verified['backup'])}): {outcome}")
     for host in report.get("hosts", []):
         if host["problem"]:
             errors.print(f"[red]{escape(host['name'])}: {escape(host['problem'])}[/]")

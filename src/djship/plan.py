@@ -699,6 +699,11 @@ class Archive:
     def scratch_dir(self) -> Path:
         return self.work / "scratch"
 
+    @property
+    def verified(self) -> Path:
+        """The last verification's result (`djship backup verify`), in root's state directory."""
+        return self.work.parent / "archive-verified.json"
+
 
 @dataclass(frozen=True)
 class ExternalBalancer:

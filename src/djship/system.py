@@ -1217,6 +1217,7 @@ class System:
             {"external": False, "trusted": list(plan.balancer_sources)},
             "tls": self._tls_status(views, set(answering)),
             "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
+            "archive_verified": self.status_of_archive_verification() if db.name in answering else None,
         }
 
     def _seen_by_external_balancer(self, answering: dict[str, Host]) -> dict[str, dict]:
@@ -1229,6 +1230,11 @@ class System:
                     "draining": external.draining(connector, server)}
 
         return on_each(servers, seen)
+
+    def status_of_archive_verification(self) -> dict | None:
+        """The last `djship backup verify` (backup.archive): when, which backup, whether it restored and counted."""
+        archive = self.db_host.plan.backup.archive
+        return _json(self.db_host.connector, archive.verified) if archive else None
 
     def job_reports(self) -> list[jobs.JobReport]:
         """Each job of [jobs] with its last run, as the schedulers recorded it in the live database."""

@@ -112,3 +112,34 @@ def test_a_time_outside_the_window_is_refused_and_changes_nothing(site: Site):
         assert "the archive has no WAL for that time" in error and "nothing was changed" in error, error
     after = (site.status()["database"], json.loads(site.djship("databases", "--json").stdout), _titles(site))
     assert after == before
+
+
+def _doctor_check(site: Site, check_id: str) -> dict:
+    document = json.loads(site.djship("doctor", "--json", check=False).stdout)
+    return next(check for check in document["checks"] if check["id"] == check_id)
+
+
+def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_status_and_doctor(site: Site):
+    said = site.djship("backup", "verify").stdout
+    assert "Verified backup" in said and "it restores" in said, said
+    verified = site.status()["archive_verified"]
+    assert verified["ok"] is True and verified["tables"] > 0, verified
+    assert _doctor_check(site, "archive-verified")["status"] == "pass"
+
+    newest = _archive_rows(site)[-1]["name"]
+    files = [path for path in (site.project / ".djship" / "backups" / "archive" / "backup" / "main" / newest /
+                               "pg_data").rglob("*") if path.is_file()]
+    largest = max(files, key=lambda path: path.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
+
+    result = site.djship("backup", "verify", check=False)
+    error = result.stderr.strip()
+    assert result.returncode == 1 and len(error.splitlines()) == 1, (result.stdout, error)
+    assert f"backup {newest} of the archive failed its verification" in error, error
+    failed = site.status()["archive_verified"]
+    assert failed["ok"] is False and failed["backup"] == newest and failed["at"] >= verified["at"], failed
+    doctor = _doctor_check(site, "archive-verified")
+    assert doctor["status"] == "fail" and newest in doctor["cause"], doctor
+    print(f"\ncorrupted {largest.name} ({largest.stat().st_size} bytes): {failed['problem']}")

@@ -124,3 +124,19 @@ def test_the_daily_backup_with_archive_is_a_pgbackrest_one(make_plan):
     plan = make_plan(running_as_root=True, backup={**ARCHIVE, "schedule": "03:30"})
     scheduler = next(program for program in render.programs(plan) if program.name == "backup-scheduler")
     assert " archive-backup" in scheduler.command and "--note" not in scheduler.command
+
+
+@pytest.mark.parametrize("verified, status, said", [
+    (None, "warn", "never verified"),
+    ({"at": "2026-12-01T03:30:00+00:00", "backup": "20261201-033000F", "ok": True, "tables": 12}, "pass",
+     "backup 20261201-033000F restored and counted (12 tables)"),
+    ({"at": "2026-12-01T03:30:00+00:00", "backup": "20261201-033000F", "ok": False, "tables": None,
+      "problem": "pgbackrest verify failed"}, "fail", "20261201-033000F at 2026-12-01T03:30:00+00:00 failed"),
+])
+def test_the_doctor_reports_the_last_verification(archive_plan, verified, status, said):
+    from djship.doctor.checks import CHECKS
+    from djship.doctor.facts import Facts
+
+    judge = next(run for run in CHECKS if run.__name__ == "archive_verified")
+    result = judge(archive_plan, Facts(archive_verified=verified))
+    assert result.status == status and said in result.cause, result

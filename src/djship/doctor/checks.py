@@ -450,6 +450,20 @@ def check_deploy(plan: Plan, facts: Facts) -> Verdict:
         "`djship manage -- check --deploy` shows the full output")
 
 
+@check("archive-verified", "Backups that restore (backup.archive)")
+def archive_verified(plan: Plan, facts: Facts) -> Verdict:
+    if plan.backup.archive is None:
+        return (PASS, "no archive (backup.archive is off): nothing to verify")
+    verified = facts.archive_verified
+    fix = "run `djship backup verify`; if it fails, take a new full backup with `djship backup` and look at `djship logs postgres`"
+    if verified is None:
+        return (WARN, "the archive's backups were never verified", fix)
+    if not verified["ok"]:
+        return (FAIL, f"the verification of backup {verified['backup']} at {verified['at']} failed: "
+                      f"{verified['problem']}", fix)
+    return (PASS, f"backup {verified['backup']} restored and counted ({verified['tables']} tables) at {verified['at']}")
+
+
 @check("clock-skew", "Clock skew")
 def clock_skew(plan: Plan, facts: Facts) -> Verdict:
     if not facts.clock_skew:

@@ -225,6 +225,8 @@ class Facts:
     """Host -> its clock minus this machine's, in seconds, at least (the time a question takes to reach the host
     and come back is given to the host's favour)."""
     redis_reply: str | None = None
+    archive_verified: dict | None = None
+    """backup.archive: the last `djship backup verify` as the db host recorded it (None: never run)."""
     """What Redis answered AUTH and PING from the first app host ("+OK +PONG"); None: no [redis]."""
     secret_key_sha256: str = ""
     """The same short hash of the SECRET_KEY djship keeps (secrets/app.json), to tell which server departs from it."""
@@ -526,6 +528,7 @@ def gather(system: System, form_path: str | None = None) -> Facts:
     )
     _database(system, facts)
     facts.redis_reply = system.redis_reply()
+    facts.archive_verified = system.status_of_archive_verification()
     lb = system.lb_hosts[0]
     if (text := lb.connector.get(lb.plan.paths.haproxy_conf)) is not None:
         facts.haproxy_timeouts = parse_haproxy_timeouts(text.decode())
