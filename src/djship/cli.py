@@ -657,6 +657,38 @@ def manage(args: tuple[str, ...]) -> None:
     sys.exit(_system().manage(list(args), _echo_line, terminal=sys.stdin.isatty() and sys.stdout.isatty()))
 
 
+@main.group(name="db")
+def db_() -> None:
+    """An external PostgreSQL (database.url): the passwords djship connects with.
+
+    \b
+      djship db password            the app's role's (the one database.url names)
+      djship db password --admin    database.admin_user's: djship then creates the app's role
+                                    and database, with a password of its own making
+    \b
+    Typed without echo, or read from standard input (`djship db password < file`); kept in
+    .djship/secrets/database.json (0600), never in djship.toml or on a command line. `djship up`
+    gives the app's password to the app hosts (secrets/app.json, 0600, the app's user's).
+    """
+
+
+@db_.command("password")
+@click.option("--admin", is_flag=True, help="The password of database.admin_user instead of the app's role.")
+def db_password(admin: bool) -> None:
+    """Keep the password of the external PostgreSQL's app role (or, --admin, of database.admin_user)."""
+    from djship.config import load_config
+    from djship.system import keep_database_password
+    from djship.topology import control_paths
+
+    project_dir = find_project_dir(Path.cwd())
+    config = load_config(project_dir)
+    role = config.database.admin_user if admin else (config.database.external.user if config.database.external
+                                                     else "")
+    kept = keep_database_password(config, control_paths(config, project_dir), _read_secret(f"password of {role}"),
+                                  admin)
+    console.print(f"Kept the password of {escape(role)} in {escape(str(kept))} (0600); `djship up` applies it")
+
+
 @main.group(name="env")
 def env_() -> None:
     """The app's environment: what every gunicorn and process of the app gets, and nothing else.

@@ -34,6 +34,8 @@ class Requirement:
     """Needed only where the app hosts mount the uploads of a media host."""
     sends: bool = False
     """Needed only where the db host sends its backups to a backup host."""
+    connects: bool = False
+    """Needed only with an external PostgreSQL (database.url), which the app hosts administer and back up."""
 
 
 REQUIREMENTS = (
@@ -48,6 +50,7 @@ REQUIREMENTS = (
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app"}), mounts=True),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
+    Requirement("postgresql-client", "ls /usr/lib/postgresql/*/bin/pg_dump", frozenset({"app"}), connects=True),
 )
 
 
@@ -62,6 +65,8 @@ class SSHHost:
     """Whether a media host holds the uploads (then every app host mounts them)."""
     backup: bool = False
     """Whether a backup host keeps the backups (then the db host sends them there)."""
+    external_db: bool = False
+    """Whether the database is an external PostgreSQL (database.url), reached with psql from the app hosts."""
 
 
 def _local_path(value: str, project_dir: Path) -> Path:
@@ -78,9 +83,10 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
         )
     media = media_host(config)
     backup = config.servers.backup
-    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": {config.servers.db},
+    db = {config.servers.db} if config.servers.db else set()
+    holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "db": db,
                "media": {media} if media else set(), "backup": {backup} if backup else set(),
-               "redis": {config.servers.redis or config.servers.db} if config.redis is not None else set()}
+               "redis": {config.servers.redis} if config.servers.redis else db if config.redis is not None else set()}
     ssh = config.ssh
     hosts = []
     for name, host in config.hosts.items():
@@ -94,13 +100,16 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             host_key=host.host_key,
         )
         roles = tuple(role for role in ROLES if name in holders[role])
-        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None, backup is not None))
+        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None, backup is not None,
+                             config.database.url is not None))
     return hosts
 
 
-def requirements_for(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> list[Requirement]:
+def requirements_for(roles: tuple[str, ...], media: bool = False, backup: bool = False,
+                     external_db: bool = False) -> list[Requirement]:
     return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
-            and (media or not requirement.mounts) and (backup or not requirement.sends)]
+            and (media or not requirement.mounts) and (backup or not requirement.sends)
+            and (external_db or not requirement.connects)]
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
@@ -117,14 +126,14 @@ _TOOL_PROBES = {
 _FIND_PYTHON = 'PYTHON=$(ls /usr/bin/python3 2>/dev/null || command -v python3)'
 
 
-def probe_script(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> str:
+def probe_script(roles: tuple[str, ...], media: bool = False, backup: bool = False, external_db: bool = False) -> str:
     lines = [_FIND_PYTHON, "echo uid $(id -u)",
              '"$PYTHON" -c \'import sys; print("python", *sys.version_info[:2])\' 2>/dev/null']
     lines += [f"echo tool {name} $({probe} 2>/dev/null)" for name, probe in _TOOL_PROBES.items()]
     lines += [
         f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
         f"else echo missing {requirement.package}; fi"
-        for requirement in requirements_for(roles, media, backup)
+        for requirement in requirements_for(roles, media, backup, external_db)
     ]
     return "\n".join(lines) + "\n"
 
@@ -210,7 +219,7 @@ def _python_problem(facts: Facts) -> str | None:
 
 
 def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
-    probe = ["sh", "-c", probe_script(host.roles, host.media, host.backup)]
+    probe = ["sh", "-c", probe_script(host.roles, host.media, host.backup, host.external_db)]
     facts = parse_probe(connector.run(probe, timeout=60).stdout)
     installed: tuple[str, ...] = ()
     if facts.missing and install:

@@ -200,6 +200,15 @@ class Database:
     """Where djship administers it from, as the superuser."""
     tls: bool = False
     """Whether the app servers connect over TLS (verify-full): an app host is not the db host."""
+    external: bool = False
+    """database.url: a server djship does not run, reached with sslmode=verify-full against ca_bundle (each host's
+    copy is Paths.database_ca); superuser is then the role djship administers as (database.admin_user, else the
+    app's own), admin_database the database it connects to for that, and max_connections 0 until queried."""
+    ca_bundle: Path | None = None
+    """With external: database.ca_bundle, on the control machine."""
+    admin_database: str = "postgres"
+    creates: bool = True
+    """Whether djship creates the app's role and database (its own server, or database.admin_user given)."""
 
     @property
     def endpoint(self) -> str:
@@ -334,6 +343,11 @@ class Paths:
         return self.tls / "ca.crt"
 
     @property
+    def database_ca(self) -> Path:
+        """database.ca_bundle's copy: what libpq verifies an external PostgreSQL's certificate against."""
+        return self.tls / "database-ca.pem"
+
+    @property
     def ca_key(self) -> Path:
         return self.tls / "ca.key"
 
@@ -406,6 +420,11 @@ class Paths:
     def env_file(self) -> Path:
         """The plain values of the app's environment ([env] in djship.toml), in the same syntax."""
         return self.state / "env"
+
+    @property
+    def database_secrets(self) -> Path:
+        """On the control machine: the passwords of an external PostgreSQL (`djship db password`), 0600."""
+        return self.secrets / "database.json"
 
     @property
     def redis_secrets(self) -> Path:
@@ -829,7 +848,16 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
 
 
 def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
-              admin_clients: tuple[str, ...], tls: bool) -> Database:
+              admin_clients: tuple[str, ...], tls: bool, config_dir: Path) -> Database:
+    external = config.database.external
+    if external is not None:
+        admin = config.database.admin_user
+        return Database(
+            address=external.host, port=external.port, name=external.name, user=external.user,
+            superuser=admin or external.user, max_connections=0, data_dir=paths.postgres / "data", app_clients=(),
+            admin_clients=(), external=True, ca_bundle=_in_project(config_dir, config.database.ca_bundle),
+            admin_database="postgres" if admin else external.name, creates=admin is not None,
+        )
     name = config.database.name or default_database_name(config.project.settings_module)
     return Database(
         address=address,
@@ -924,7 +952,8 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     project_dir = project_dir.resolve()
     app_hosts = [host for host in hosts if "app" in host.roles]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
-    db_host = next(host for host in hosts if "db" in host.roles)
+    # With database.url no host holds the db role: the first app host stands in where a path on it is needed.
+    db_host = next((host for host in hosts if "db" in host.roles), app_hosts[0])
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     servers = tuple(server for host in app_hosts
@@ -937,13 +966,14 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
                           f"logs {taken}` would mean both); rename the process, e.g. worker")
     if one_machine:
         database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
-                             (LOOPBACK_NETWORK,), database_tls)
+                             (LOOPBACK_NETWORK,), database_tls, project_dir)
         balancer = (config.balancer.bind, config.balancer.https_port, config.balancer.http_port)
         sources: tuple[str, ...] = (LOOPBACK_NETWORK,)
     else:
         database = _database(
             config, Paths(db_host.root), db_host.address,
             tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),), database_tls,
+            project_dir,
         )
         explicit = config.balancer.model_fields_set
         balancer = (
@@ -1107,13 +1137,26 @@ def _check_privileged_ports(plan: Plan) -> None:
 
 
 def _check_budget(plan: Plan) -> None:
-    available = plan.database.max_connections - SUPERUSER_RESERVED
+    if not plan.database.external:  # an external server's max_connections is queried before anything starts
+        check_budget(plan, plan.database.max_connections, SUPERUSER_RESERVED)
+
+
+def check_budget(plan: Plan, max_connections: int, reserved: int) -> None:
+    """Refuse a size whose connections do not fit the server's: max_connections less the superuser's reserve."""
+    available = max_connections - reserved
     if plan.connections_needed > available:
+        if plan.database.external:
+            raise DjshipError(
+                f"connection budget: {len(plan.app_servers)} servers x {plan.workers} workers x {plan.threads} "
+                f"threads + {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but the server "
+                f"{plan.database.endpoint} has max_connections = {max_connections} ({reserved} reserved for "
+                f"superusers) and leaves {available}; raise max_connections on the server (RDS: its parameter "
+                "group) or lower app.servers/workers/threads")
         raise DjshipError(
             f"connection budget: {len(plan.app_servers)} servers x {plan.workers} workers x {plan.threads} threads "
             f"+ {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but database.max_connections "
-            f"= {plan.database.max_connections} leaves {available}; raise database.max_connections to at least "
-            f"{plan.connections_needed + SUPERUSER_RESERVED} or lower app.servers/workers/threads"
+            f"= {max_connections} leaves {available}; raise database.max_connections to at least "
+            f"{plan.connections_needed + reserved} or lower app.servers/workers/threads"
         )
 
 

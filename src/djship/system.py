@@ -29,7 +29,8 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
-from djship.plan import JOBS_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
+from djship.config import Config
+from djship.plan import JOBS_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Paths, Plan, check_budget
 from djship.progress import Reporter
 from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -98,6 +99,27 @@ def daily_backups(plan: Plan) -> str:
 def _json(connector: Connector, path: Path) -> dict | None:
     content = connector.get(path)
     return json.loads(content) if content else None
+
+
+def keep_database_password(config: Config, control: Paths, password: str, admin: bool) -> Path:
+    """An external PostgreSQL's password (the app's role's, or with admin database.admin_user's), kept here 0600;
+    `up` gives the app's to the app hosts and the admin role's to the first app host. Returns where it is kept."""
+    external = config.database.external
+    if external is None:
+        raise DjshipError("`djship db password` is for an external PostgreSQL (database.url); djship makes and keeps "
+                          "its own server's passwords")
+    if admin and config.database.admin_user is None:
+        raise DjshipError("--admin: database.admin_user is not set; set it to the role that may create roles and "
+                          "databases, or run `djship db password` for the app's role")
+    if not password or "\n" in password or "\r" in password:
+        raise DjshipError("the password is empty or holds a line break; give the role's password on one line")
+    local = LocalConnector()
+    kept = _json(local, control.database_secrets) or {}
+    kept["admin_password" if admin else "password"] = password
+    local.makedirs(control.state, mode=0o711)
+    local.makedirs(control.secrets, mode=0o711)
+    local.put(control.database_secrets, json.dumps(kept, indent=2) + "\n", mode=0o600)
+    return control.database_secrets
 
 
 def ensure_users(plan: Plan, connector: Connector) -> None:
@@ -173,7 +195,9 @@ class System:
         self.control = topology.control
         self.hosts = topology.hosts
         self.lb_hosts = topology.holding("lb")
-        self.db_host = topology.holding("db")[0]
+        self.db_host = (topology.holding("db") or topology.holding("app"))[0]
+        """Where djship administers the database from: the db host, or with an external PostgreSQL (database.url,
+        no db host) the first app host, which connects to it as the app servers do."""
         self.plan = topology.holding("app")[0].plan
         """The plan every host shares (app servers, addresses, ports, timeouts), as the first app host has it."""
         self.pipeline = Pipeline(topology, reporter)
@@ -268,9 +292,11 @@ class System:
         return None if self.plan.tls.mode == "acme" else self.local.get(self.control.site_pem)
 
     def _ensure_secrets(self) -> Secrets:
-        """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
+        """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out.
+        An external server's passwords are the user's (`djship db password`)."""
         found = self.read_secrets() or Secrets(secrets.token_urlsafe(50), secrets.token_urlsafe(24),
                                                secrets.token_urlsafe(24))
+        found = self._with_external_passwords(found)
         if self.plan.redis and not found.redis_password:  # hex: nothing to quote in a URL or in redis.conf
             found = replace(found, redis_password=secrets.token_hex(32))
         self.local.makedirs(self.control.secrets, mode=0o711)
@@ -281,6 +307,52 @@ class System:
                            mode=0o600)
         self.keep_env_secrets(self.env_secrets(), found)
         return found
+
+    # -- an external PostgreSQL's passwords (`djship db password`) ------------------------------------------------
+
+    def _with_external_passwords(self, found: Secrets) -> Secrets:
+        """The app's password (when its role is the DBA's) and the admin role's, as `djship db password` kept them
+        here, else as the hosts have them (read_secrets); without either, a one-line error naming the command."""
+        db = self.plan.database
+        if not db.external:
+            return found
+        kept = _json(self.local, self.control.database_secrets) or {}
+        shown = f"{db.superuser}@{db.endpoint}"
+        if db.creates:
+            admin = kept.get("admin_password") or self._kept_admin_password()
+            if admin is None:
+                raise DjshipError(f"database.admin_user: no password kept for {shown}; run `djship db password "
+                                  "--admin` (it asks for it, or reads it from standard input)")
+            return replace(found, superuser_password=admin)
+        app = kept.get("password") or self._kept_app_password()
+        if app is None:
+            raise DjshipError(f"database.url: no password kept for {shown}; run `djship db password` (it asks for it, "
+                              "or reads it from standard input, and keeps it in .djship/secrets, 0600)")
+        return replace(found, database_password=app, superuser_password=app)
+
+    def _kept_app_password(self) -> str | None:
+        kept = self.read_secrets()
+        return kept.database_password if kept else None
+
+    def _kept_admin_password(self) -> str | None:
+        kept = self.read_secrets()
+        return kept.superuser_password if kept else None
+
+    def _check_external_database(self) -> None:
+        """Before anything starts: the server answers, over TLS, with a certificate the CA bundle verifies for its
+        name, to djship's password; and the app servers' connections fit its max_connections."""
+        db = self.plan.database
+        if not db.external:
+            return
+        bundle = db.ca_bundle
+        if bundle is None or not bundle.is_file():
+            raise DjshipError(f"database.ca_bundle: {bundle} is not a file; download the server's CA bundle (RDS: "
+                              "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) and point at it")
+        found = self.read_secrets() or Secrets("", "", "")
+        password = self._with_external_passwords(found).superuser_password
+        host = self.db_host
+        limit, reserved = DatabaseServer(host.plan, host.connector).check_external(password, bundle.read_bytes())
+        check_budget(self.plan, limit, reserved)
 
     # -- the secrets of the app's environment (`djship env`) -----------------------------------------------------
 
@@ -329,6 +401,7 @@ class System:
     def _preflight(self) -> None:
         """What can be refused before anything starts or changes."""
         self._check_interface()
+        self._check_external_database()
         if self.plan.tls.mode == "files":
             validated_files(self.control_plan, self.local)
         bundle = self.plan.tls.acme_ca_bundle
@@ -386,8 +459,11 @@ class System:
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
-            if secrets_ and host.holds("db"):
+            if secrets_ and (host.holds("db") or (plan.database.external and host.name == self.db_host.name)):
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+            if plan.database.external and host.holds("app"):
+                files.append(render.ConfigFile(plan.paths.database_ca, plan.database.ca_bundle.read_text(),
+                                               render.app_programs(plan)))
             if secrets_ and secrets_.redis_password and plan.runs_redis:
                 files.append(render.ConfigFile(plan.redis.conf, render.redis_conf(plan, secrets_.redis_password),
                                                (REDIS_PROGRAM,)))
@@ -581,6 +657,9 @@ class System:
             with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
         live = read_live(host.plan, host.connector).database
+        if host.plan.database.external and not host.plan.database.creates:
+            self.reporter.note(f"Database {live!r} on {endpoint} (external, as role {host.plan.database.user!r})")
+            return
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
 
@@ -1048,7 +1127,13 @@ class System:
                 components.append(entry(host, JOBS_PROGRAM, "jobs", f"{len(host.plan.jobs_here)} jobs", "scheduling"))
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
-        components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
+        if plan.database.external:  # no process of djship's: the server as the first app host reaches it
+            components.append({"name": "database", "role": "database", "server": None, "host": "external",
+                               "address": plan.database.endpoint, "pid": None, "state": "EXTERNAL",
+                               "health": "accepting" if ready else "down"})
+        else:
+            components.append(entry(db, "postgres", "database", plan.database.endpoint,
+                                    "accepting" if ready else "down"))
         if self.redis_host is not None and self.redis_host.name in answering:
             reply = self.redis_reply()
             components.append(entry(self.redis_host, REDIS_PROGRAM, "redis", plan.redis.endpoint,
