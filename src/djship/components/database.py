@@ -105,10 +105,12 @@ def admin_psql_command(psql: str, db: Database, database: str, passfile: Path, v
 
 def connection_problem(db: Database, stderr: str) -> str:
     """psql's complaint about an external server as one line naming the cause and the fix."""
-    reason = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "no answer")
-    reason = reason.removeprefix("psql: error: ")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    first = lines[0].removeprefix("psql: error: ") if lines else "no answer"
+    # libpq: 'connection to server at "10.0.0.5", port 5432 failed: <why>', and at times a hint on the next line.
+    reason = first.split(" failed: ", 1)[-1]
     where = f"PostgreSQL at {db.endpoint} (database.url)"
-    lower = reason.lower()
+    lower = stderr.lower()
     if "does not support ssl" in lower or "ssl was required" in lower:
         return (f"{where} refuses TLS (it offers plaintext connections only); turn on ssl on the server (RDS: "
                 "rds.force_ssl) — djship connects with sslmode=verify-full only")
