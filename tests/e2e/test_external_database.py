@@ -67,7 +67,7 @@ def _as_unprivileged(*argv: str) -> list[str]:
 
 
 @dataclass
-class TestPostgres:
+class OwnServer:
     """A PostgreSQL the test runs in pg1's namespace (never djship): its postmaster's PID, stopped by it."""
 
     process: subprocess.Popen
@@ -88,7 +88,7 @@ class TestPostgres:
                 self.process.wait(timeout=10)
 
 
-def start_postgres(hosts: NetnsHosts, directory: Path, port: int, tls: bool) -> TestPostgres:
+def start_postgres(hosts: NetnsHosts, directory: Path, port: int, tls: bool) -> OwnServer:
     data = directory / f"data-{port}"
     data.mkdir(mode=0o700)
     os.chown(data, pwd.getpwnam(RUNS_AS).pw_uid, pwd.getpwnam(RUNS_AS).pw_gid)
@@ -115,7 +115,7 @@ def start_postgres(hosts: NetnsHosts, directory: Path, port: int, tls: bool) -> 
     process = subprocess.Popen(["ip", "netns", "exec", hosts["pg1"].namespace,
                                 *_as_unprivileged(str(BIN / "postgres"), "-D", str(data))],
                                stdout=subprocess.DEVNULL, stderr=open(directory / f"postgres-{port}.log", "w"))
-    server = TestPostgres(process, data, port)
+    server = OwnServer(process, data, port)
     deadline = time.monotonic() + 30
     while subprocess.run([str(BIN / "pg_isready"), "-h", hosts["pg1"].address, "-p", str(port), "-t", "1"],
                          capture_output=True).returncode != 0:
@@ -157,7 +157,7 @@ def djship_processes(fleet: Fleet) -> dict[str, list[str]]:
             for name in DJSHIP_HOSTS}
 
 
-def postgres_processes(fleet: Fleet, servers: list[TestPostgres]) -> dict[str, list[str]]:
+def postgres_processes(fleet: Fleet, servers: list[OwnServer]) -> dict[str, list[str]]:
     """Every postgres process on every host that is not one of the test's own servers or their backends."""
     ours = {pid for server in servers for pid in (server.process.pid, *server.postmaster_children())}
     found: dict[str, list[str]] = {}
@@ -184,7 +184,7 @@ class Refused:
 @dataclass
 class System:
     fleet: Fleet
-    servers: list[TestPostgres]
+    servers: list[OwnServer]
     directory: Path
     refused: dict[str, Refused]
 
@@ -197,7 +197,7 @@ def keep_password(project: Path, password: str) -> None:
 @pytest.fixture(scope="module")
 def system():
     with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
-        servers: list[TestPostgres] = []
+        servers: list[OwnServer] = []
         project = directory / "board"
         fleet = Fleet(project, hosts)
         try:
@@ -303,6 +303,8 @@ def test_backup_then_restore_into_a_new_database_on_that_server_fails_no_request
     assert set(listed) == {"board", live}
     fleet.djship("drop-database", "board", "--yes")
     assert [row["name"] for row in json.loads(fleet.djship("databases", "--json").stdout)] == [live]
+    # database.url's own database is gone: djship goes by the live one (its check before `up`, its administration).
+    assert "Already up and unchanged" in fleet.djship("up").stdout
 
 
 def test_the_doctor_checks_the_connection_budget_against_the_servers_own_max_connections(system: System):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from djship.connectors import CommandFailed, Connector
+from djship.deploy.live import read_live
 from djship.errors import DjshipError
 from djship.plan import Database, Plan
 from djship.waiting import wait_until
@@ -189,6 +190,13 @@ class DatabaseServer:
         )
         return result.ok
 
+    def admin_database(self) -> str:
+        """The database djship's administration connects to: "postgres", or where the app's role administers an
+        external server itself, the live one (database.url's until a restore switched; one it may have dropped)."""
+        if self.db.external and not self.db.creates:
+            return read_live(self.plan, self.connector).database
+        return self.db.admin_database
+
     @property
     def ca_file(self) -> Path:
         return self.plan.paths.database_ca
@@ -210,7 +218,7 @@ class DatabaseServer:
             self.connector.put(ca_file, ca_bundle, mode=0o644)
             self.connector.put(passfile, pgpass_line(self.db, password),
                                mode=0o600)
-            argv, env = admin_psql_command(self.plan.tools.pg("psql"), self.db, self.db.admin_database, passfile, {},
+            argv, env = admin_psql_command(self.plan.tools.pg("psql"), self.db, self.admin_database(), passfile, {},
                                            ca_file)
             result = self.connector.run(argv, env=env, input=SERVER_LIMITS, timeout=30)
         finally:
@@ -271,7 +279,7 @@ class DatabaseServer:
                    variables: dict[str, str] | None = None, env: dict[str, str] | None = None,
                    timeout: float | None = 60) -> str:
         """Run a psql script as the superuser on the db host; its output."""
-        argv, psql_env = admin_psql_command(self.plan.tools.pg("psql"), self.db, database or self.db.admin_database,
+        argv, psql_env = admin_psql_command(self.plan.tools.pg("psql"), self.db, database or self.admin_database(),
                                             self.passfile(superuser_password), variables or {}, self.ca_file)
         result = self.connector.run(argv, env={**psql_env, **(env or {})}, input=script, timeout=timeout)
         if not result.ok:
@@ -290,10 +298,7 @@ class DatabaseServer:
                         variables={"database": name, "role": self.db.user})
 
     def drop_database(self, superuser_password: str, name: str) -> None:
-        # Not from inside it: an external server's app role administers from its own database, which may be this.
-        connect = "postgres" if name == self.db.admin_database else None
-        self.admin_psql(superuser_password, f"dropping database {name}", DROP_DATABASE, connect,
-                        variables={"database": name})
+        self.admin_psql(superuser_password, f"dropping database {name}", DROP_DATABASE, variables={"database": name})
 
     def row_counts(self, superuser_password: str, database: str) -> dict[str, int]:
         """Rows per table ("schema.table") of database."""
