@@ -162,10 +162,10 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
         resting |= {server for server, status in seen.balancer.items() if status.startswith(("DRAIN", "MAINT"))}
     wanted = [server.name for server in next(iter(hosts.values())).plan.app_servers]
     removed = tuple(sorted((configured | listed) - set(wanted)))
-    app_hosts = [name for name, host in hosts.items() if host.holds("app")]
-    current = next((observed[name].current for name in app_hosts if observed[name].current is not None), None)
+    code_hosts = [name for name, host in hosts.items() if host.plan.runs_code]
+    current = next((observed[name].current for name in code_hosts if observed[name].current is not None), None)
     release = current.name if current else None
-    ship = tuple(name for name in app_hosts if release and release not in observed[name].releases)
+    ship = tuple(name for name in code_hosts if release and release not in observed[name].releases)
     lbs = [name for name, host in hosts.items() if host.holds("lb")]
     return Changes(
         files=files, supervisor_start=frozenset(supervisor_start), supervisor_reread=frozenset(supervisor_reread),

@@ -383,6 +383,9 @@ class RedisConfig(_Section):
     port: int = 16379
     maxmemory: str | None = None
     """Redis's maxmemory ("256mb"); when reached, writes fail (noeviction): a broker must never lose a task."""
+    backup: bool = False
+    """Whether backups hold Redis's data too (a snapshot, redis.rdb), and `djship restore --redis` can put it back.
+    Off by default: a broker's queue and a cache are seldom worth a restore that sends old tasks again."""
 
     _check_bind = field_validator("address")(_loopback)
 
@@ -626,6 +629,14 @@ class ServersConfig(_Section):
     """The host that keeps the backups (`djship backup`'s and the daily ones), off the db host's disk."""
     redis: str | None = None
     """The host that runs Redis ([redis]); default: the db host."""
+    worker: list[str] = Field(default_factory=list)
+    """The hosts that run [processes] (with the release, its settings and env, but no app server); default: the app
+    hosts."""
+
+    @property
+    def code(self) -> list[str]:
+        """The hosts that run the app's code: the app hosts, then the worker hosts not among them."""
+        return [*self.app, *(name for name in self.worker if name not in self.app)]
 
 
 def media_host(config: Config) -> str | None:
@@ -637,7 +648,7 @@ def media_host(config: Config) -> str | None:
         return None
     if servers.media is not None or servers.db is None:
         return servers.media
-    if len(servers.app) > 1 or ((config.backup.schedule or servers.backup) and servers.app != [servers.db]):
+    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.db]):
         return servers.db
     return None
 
@@ -824,6 +835,8 @@ def _database_problems(config: Config) -> list[str]:
         if key == "max_connections" else f"database.{key}: database.url says it; remove database.{key}"
         for key in ("address", "port", "name", "user", "max_connections") if key in given
     ]
+    if config.redis is not None and config.redis.backup:
+        problems.append("redis.backup: not built yet with database.url (the db host takes Redis's snapshot); remove it")
     if config.backup.schedule is not None:
         problems.append("backup.schedule: not built yet with database.url (the daily backup runs on the db host); "
                         "remove it and run `djship backup` from cron on this machine")
@@ -868,9 +881,9 @@ def _external_database_problems(config: Config) -> list[str]:
     problems = []
     if servers.db is not None:
         problems.append("servers.db: with database.url djship runs no PostgreSQL; remove servers.db")
-    if servers.media is None and len(servers.app) > 1:
+    if servers.media is None and len(servers.code) > 1:
         problems.append("servers.media: with database.url there is no db host to keep the uploads of several app "
-                        "hosts; name a host without the app role (e.g. the lb host) as servers.media")
+                        "and worker hosts; name a host without the app role (e.g. the lb host) as servers.media")
     if config.redis is not None and servers.redis is None:
         problems.append("servers.redis: with database.url there is no db host to run Redis; name the host that runs "
                         "it")
@@ -891,7 +904,7 @@ def _topology_problems(config: Config) -> list[str]:
     ]
     problems += _external_database_problems(config)
     roles = {"lb": config.servers.lb, "app": config.servers.app,
-             "db": [config.servers.db] if config.servers.db is not None else []}
+             "db": [config.servers.db] if config.servers.db is not None else [], "worker": config.servers.worker}
     for role, names in roles.items():
         for index, name in enumerate(names):
             where = f"servers.{role}" + (f"[{index}]" if role != "db" else "")
@@ -902,11 +915,15 @@ def _topology_problems(config: Config) -> list[str]:
     media = media_host(config)
     if config.servers.media is not None and media not in config.hosts:
         problems.append(f"servers.media: no host {media!r}; define it as [hosts.{media}] with its address")
-    elif media in config.servers.app:
-        held = f"{media!r} holds the app role" if config.servers.media is not None else \
-            f"the app hosts share their uploads through the db host by default, but {media!r} holds the app role"
-        problems.append(f"servers.media: {held}; name a host without the app role (every app host mounts the uploads "
-                        "from it)")
+    elif media in config.servers.code:
+        role = "app" if media in config.servers.app else "worker"
+        held = f"{media!r} holds the {role} role" if config.servers.media is not None else \
+            f"the app hosts share their uploads through the db host by default, but {media!r} holds the {role} role"
+        problems.append(f"servers.media: {held}; name a host without the app or worker role (every host that runs "
+                        "the app's code mounts the uploads from it)")
+    if config.servers.worker and not config.processes:
+        problems.append("servers.worker: names hosts for [processes], but there are none; add [processes] (e.g. "
+                        'worker = { command = "celery -A proj worker" }), or remove servers.worker')
     backup = config.servers.backup
     if backup is not None and backup not in config.hosts:
         problems.append(f"servers.backup: no host {backup!r}; define it as [hosts.{backup}] with its address")
@@ -922,9 +939,8 @@ def _topology_problems(config: Config) -> list[str]:
                             f"[hosts.{config.servers.redis}] with its address")
     used = {name for names in roles.values() for name in names} | {media, backup, config.servers.redis}
     problems += [
-        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db, servers.media, servers.redis or "
-        "servers.backup, "
-        "or remove it"
+        f"hosts.{name}: has no role; add it to servers.lb, servers.app, servers.db, servers.worker, servers.media, "
+        "servers.redis or servers.backup, or remove it"
         for name in config.hosts if name not in used
     ]
     seen: dict[str, str] = {}

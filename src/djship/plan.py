@@ -234,6 +234,10 @@ class Redis:
     dir: Path
     """On its host: the directory of its config (root's) and of its data (its user's alone)."""
     maxmemory: str | None
+    backup: bool = False
+    """[redis] backup: backups hold a snapshot of its data."""
+    tls: bool = False
+    """Clients on other hosts: Redis speaks TLS only, with its host's certificate from djship's CA."""
 
     @property
     def endpoint(self) -> str:
@@ -249,8 +253,21 @@ class Redis:
         """The append-only file and the snapshots."""
         return self.dir / "data"
 
-    def url(self, password: str) -> str:
-        return f"redis://:{password}@{self.endpoint}/0"
+    @property
+    def cert_file(self) -> Path:
+        return self.dir / "redis.crt"
+
+    @property
+    def key_file(self) -> Path:
+        """0600, its user's."""
+        return self.dir / "redis.key"
+
+    def url(self, password: str, ca: Path) -> str:
+        """REDIS_URL, for redis-py (Django's cache) and Celery (kombu) alike: over TLS, the certificate verified
+        against ca (both pass the ssl_* parameters of the query on to Python's ssl)."""
+        if not self.tls:
+            return f"redis://:{password}@{self.endpoint}/0"
+        return f"rediss://:{password}@{self.endpoint}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
 
 
 @dataclass(frozen=True)
@@ -660,7 +677,9 @@ class Plan:
     env: tuple[tuple[str, str], ...] = ()
     """[env]: the plain values of the app's environment, as (name, value) in the file's order."""
     processes: tuple[Process, ...] = ()
-    """[processes]: what runs beside the web on every app host."""
+    """[processes]: what runs beside the web on every host of `process_role`."""
+    process_role: Literal["app", "worker"] = "app"
+    """Where [processes] run: on the app hosts, or on the worker hosts once servers.worker names them."""
     redis: Redis | None = None
     """[redis]: the one Redis of the system, whichever host runs it; None: no Redis, no REDIS_URL."""
     jobs: tuple[Job, ...] = ()
@@ -683,6 +702,12 @@ class Plan:
 
     def holds(self, role: str) -> bool:
         return role in self.roles
+
+    @property
+    def runs_code(self) -> bool:
+        """This host runs the app's code (an app or a worker host): it has the releases, their settings, the app's
+        secrets and environment, and the uploads."""
+        return self.holds("app") or self.holds("worker")
 
     @property
     def runs_redis(self) -> bool:
@@ -739,8 +764,9 @@ class Plan:
         """The system users the components of this host run as."""
         if self.users is None:
             return ()
-        wanted = {"app": (self.users.app, self.users.web), "db": (self.users.db,), "lb": (self.users.lb,)}
-        users = tuple(user for role, users in wanted.items() if self.holds(role) for user in users)
+        wanted = {"app": (self.users.app, self.users.web), "worker": (self.users.app,), "db": (self.users.db,),
+                  "lb": (self.users.lb,)}
+        users = tuple(dict.fromkeys(user for role, users in wanted.items() if self.holds(role) for user in users))
         return users + ((self.users.redis,) if self.runs_redis else ())
 
     @property
@@ -771,19 +797,20 @@ class Plan:
         redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
             paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
-            redis_conf)
+            redis_conf, self.redis.key_file if self.redis else None)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
-                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis}
+                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis,
+                       **({self.redis.key_file: self.users.redis} if self.redis else {})}
             owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
         return FileAccess(mode, owner)
 
     @property
     def processes_here(self) -> tuple[Process, ...]:
-        """The process types that run on this plan's host: every one on an app host."""
-        return self.processes if self.holds("app") else ()
+        """The process types that run on this plan's host: every one on a host of the process role."""
+        return self.processes if self.holds(self.process_role) else ()
 
     @property
     def jobs_here(self) -> tuple[Job, ...]:
@@ -951,6 +978,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         raise DjshipError(f"djship.toml: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     project_dir = project_dir.resolve()
     app_hosts = [host for host in hosts if "app" in host.roles]
+    code_hosts = [host for host in hosts if {"app", "worker"} & set(host.roles)]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     # With database.url no host holds the db role: the first app host stands in where a path on it is needed.
     db_host = next((host for host in hosts if "db" in host.roles), app_hosts[0])
@@ -958,7 +986,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     servers = tuple(server for host in app_hosts
                     for server in _servers_of(config, host, count, tls=any(lb.name != host.name for lb in lb_hosts)))
-    database_tls = any(host.name != db_host.name for host in app_hosts)
+    database_tls = any(host.name != db_host.name for host in code_hosts)
     taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
                  None)
     if taken:
@@ -972,7 +1000,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     else:
         database = _database(
             config, Paths(db_host.root), db_host.address,
-            tuple(_address_rule(host.address) for host in app_hosts), (_address_rule(db_host.address),), database_tls,
+            tuple(_address_rule(host.address) for host in code_hosts), (_address_rule(db_host.address),), database_tls,
             project_dir,
         )
         explicit = config.balancer.model_fields_set
@@ -982,8 +1010,9 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config.balancer.http_port if "http_port" in explicit else 80,
         )
         sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
-    media = _media_store(config, hosts, app_hosts)
-    redis = _redis(config, hosts, db_host, one_machine)
+    media = _media_store(config, hosts, code_hosts)
+    redis = _redis(config, hosts, db_host, one_machine,
+                   [*code_hosts, *([db_host] if config.redis and config.redis.backup else [])])
     plans = {}
     for host in hosts:
         plan = _assemble(
@@ -1010,17 +1039,21 @@ def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> 
                         config.users.backup)
 
 
-def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool) -> Redis | None:
+def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool,
+           clients: list[HostSpec]) -> Redis | None:
     """[redis] on the host with the redis role, else the db host: on one machine on a loopback address of its own,
     on hosts on the host's address (the app hosts connect to it there)."""
     if config.redis is None:
         return None
     holder = next((host for host in hosts if "redis" in host.roles), db_host)
     address = config.redis.address if one_machine else holder.address
-    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory)
+    # A link that crosses from one host to another is encrypted, as the app's to PostgreSQL is.
+    tls = not one_machine and any(client.name != holder.name for client in clients)
+    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory,
+                 config.redis.backup, tls)
 
 
-def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec]) -> MediaStore | None:
+def _media_store(config: Config, hosts: list[HostSpec], code_hosts: list[HostSpec]) -> MediaStore | None:
     holder = next((host for host in hosts if "media" in host.roles), None)
     if holder is None:
         return None
@@ -1029,7 +1062,7 @@ def _media_store(config: Config, hosts: list[HostSpec], app_hosts: list[HostSpec
                           f"needs root (djship makes its user {config.users.media} and the directory it owns)")
     ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
     # sshd matches from= against the connecting address (host names only with UseDNS, off by default).
-    addresses = tuple(host.address for host in app_hosts)
+    addresses = tuple(host.address for host in code_hosts)
     clients = addresses if all(re.fullmatch(r"[0-9.]+", address) for address in addresses) else ()
     return MediaStore(holder.name, holder.address, ssh_port, Paths(holder.root).uploads, clients, config.users.media)
 
@@ -1091,6 +1124,7 @@ def _assemble(
         env=tuple((name, str(value)) for name, value in config.env.items()),
         processes=tuple(Process(name, process.command, process.count, process.stop_timeout)
                         for name, process in config.processes.items()),
+        process_role="worker" if config.servers and config.servers.worker else "app",
         jobs=tuple(_job(name, job.command, job.at, job.every) for name, job in config.jobs.items()),
     )
 

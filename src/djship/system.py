@@ -73,8 +73,13 @@ class Secrets:
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
 
-    def admin_json(self) -> str:
-        return json.dumps({"postgres_password": self.superuser_password}, indent=2) + "\n"
+    def admin_json(self, redis: bool = False) -> str:
+        """What the db host's root reads: the superuser password; with redis ([redis] backup), Redis's password too,
+        with which the daily backup takes its snapshot."""
+        kept = {"postgres_password": self.superuser_password}
+        if redis and self.redis_password:
+            kept["redis_password"] = self.redis_password
+        return json.dumps(kept, indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,11 @@ class System:
         return {host.name: host for host in self.topology.holding("app")}
 
     @property
+    def code_hosts(self) -> dict[str, Host]:
+        """The hosts that run the app's code: the app hosts and the worker hosts."""
+        return {host.name: host for host in self.topology.running_code()}
+
+    @property
     def database(self) -> DatabaseServer:
         return DatabaseServer(self.db_host.plan, self.db_host.connector)
 
@@ -234,7 +244,7 @@ class System:
         """The system's secrets: kept here, else read back from the hosts that hold them; None before the first up."""
         app = _json(self.local, self.control.app_secrets)
         admin = _json(self.local, self.control.admin_secrets)
-        for host in self.app_hosts.values():
+        for host in self.code_hosts.values():
             if app is None and host.name not in self.topology.unreachable:
                 app = _json(host.connector, host.plan.paths.app_secrets)
         if admin is None and self.db_host.name not in self.topology.unreachable:
@@ -359,7 +369,7 @@ class System:
     def env_secrets(self) -> dict[str, str]:
         """The secrets of the app's environment: kept here, else read back from an app host; {} before any."""
         kept = self.local.get(self.control.env_secrets)
-        for host in self.app_hosts.values():
+        for host in self.code_hosts.values():
             if kept is None and host.name not in self.topology.unreachable:
                 kept = host.connector.get(host.plan.paths.env_secrets)
         values = appenv.parse_env_file(kept.decode()) if kept else {}
@@ -433,6 +443,8 @@ class System:
         presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
         if host.holds("db") and plan.database.tls:
             presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
+        if plan.runs_redis and plan.redis.tls:
+            presenting.append((plan.redis.cert_file, plan.redis.key_file, (REDIS_PROGRAM,)))
         files = []
         if presenting:
             chain, key = local_ca.host_certificate(authority, host.address, [
@@ -440,9 +452,17 @@ class System:
             for cert_path, key_path, programs in presenting:
                 files += [render.ConfigFile(cert_path, chain.decode(), programs),
                           render.ConfigFile(key_path, key.decode(), programs)]
-        if host.holds("app") and plan.database.tls and not host.holds("lb"):
+        if not host.holds("lb") and self._verifies_links(plan):
             files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
         return files
+
+    @staticmethod
+    def _verifies_links(plan: Plan) -> bool:
+        """Whether this host verifies a link to another against djship's CA: the app's code reaching PostgreSQL or
+        Redis, the db host reaching Redis for a backup; Redis, which names the CA in its config."""
+        redis = plan.redis is not None and plan.redis.tls
+        return (plan.runs_code and (plan.database.tls or redis)) or (redis and plan.runs_redis) or (
+            redis and plan.holds("db") and plan.redis.backup)
 
     def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
                  authority: Authority | None, backup_access: media.Access | None = None,
@@ -454,14 +474,15 @@ class System:
         for host in self.hosts.values():
             plan = host.plan
             files = render.system_files(plan)
-            if secrets_ and host.holds("app"):
+            if secrets_ and host.plan.runs_code:
                 programs = render.app_programs(plan)
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
             if secrets_ and (host.holds("db") or (plan.database.external and host.name == self.db_host.name)):
-                files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
-            if plan.database.external and host.holds("app"):
+                files.append(render.ConfigFile(plan.paths.admin_secrets,
+                                               secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
+            if plan.database.external and plan.runs_code:
                 files.append(render.ConfigFile(plan.paths.database_ca, plan.database.ca_bundle.read_text(),
                                                render.app_programs(plan)))
             if secrets_ and secrets_.redis_password and plan.runs_redis:
@@ -497,8 +518,8 @@ class System:
                 statuses={name: status.state for name, status in (host.supervisor.status() if running else {}).items()},
                 contents={file.path: host.connector.get(file.path) for file in desired[host.name]},
                 balancer={name: state.status for name, state in balancer.states().items()} if balancer and running else {},
-                releases=tuple(host.connector.listdir(host.plan.paths.releases) or ()) if host.holds("app") else (),
-                current=host.connector.readlink(host.plan.paths.current) if host.holds("app") else None,
+                releases=tuple(host.connector.listdir(host.plan.paths.releases) or ()) if host.plan.runs_code else (),
+                current=host.connector.readlink(host.plan.paths.current) if host.plan.runs_code else None,
             )
 
         return on_each(self.hosts, observe)
@@ -770,17 +791,23 @@ class System:
                 with self.reporter.step(f"Restarting {', '.join(changed)} on {host.name} (configuration changed)"):
                     host.supervisor.restart(*changed, reconfigure=reconfigured[host.name])
 
-        on_each(self.app_hosts, ensure)
+        on_each(self.code_hosts, ensure)
+
+    @property
+    def programs_beside_web(self) -> tuple[str, ...]:
+        """The processes of [processes] and the scheduler of [jobs], wherever they run."""
+        return tuple(dict.fromkeys(name for host in self.code_hosts.values() for name in host.plan.programs_beside_web))
 
     def restart_processes(self, release: Release) -> None:
         """After the web switched to release: every process of [processes] and the scheduler of [jobs] restarted on
-        it, gracefully (SIGTERM, then its stop_timeout), on every app host at once."""
-        names = self.plan.programs_beside_web
+        it, gracefully (SIGTERM, then its stop_timeout), on every host that runs them at once."""
+        names = self.programs_beside_web
         if not names:
             return
+        hosts = {name: host for name, host in self.code_hosts.items() if host.plan.programs_beside_web}
         with self.reporter.step(f"Restarting {', '.join(names)} on release {release.id} (each finishes what it does "
                                 "first)"):
-            on_each(self.app_hosts, lambda host: host.supervisor.restart(*names))
+            on_each(hosts, lambda host: host.supervisor.restart(*host.plan.programs_beside_web))
 
     def _ensure_balancers(self, changes: Changes) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
@@ -972,7 +999,7 @@ class System:
 
     def _current_on(self) -> tuple[Host, Release] | None:
         """current(), with the host it was read on."""
-        for host in self.app_hosts.values():
+        for host in self.code_hosts.values():
             if host.name in self.topology.unreachable:
                 continue
             link = host.connector.readlink(host.plan.paths.current)
@@ -1027,7 +1054,7 @@ class System:
         self.wait_healthy(server, release)
 
     def set_current(self, release: Release) -> None:
-        on_each(self.app_hosts, lambda host: host.connector.symlink(host.plan.paths.current,
+        on_each(self.code_hosts, lambda host: host.connector.symlink(host.plan.paths.current,
                                                                     self.pipeline.on(host, release.id).dir))
 
     def prune_releases(self) -> list[str]:
@@ -1120,7 +1147,7 @@ class System:
             gunicorn, nginx = server.programs
             components.append(entry(host, nginx, "app", server.endpoint, health, server.name))
             components.append(entry(host, gunicorn, "app", f"unix:{server.socket}", health, server.name))
-        for host in self.app_hosts.values():
+        for host in self.code_hosts.values():
             components += [entry(host, name, "process", process.command, "running")
                            for process in host.plan.processes_here for name in process.programs]
             if host.plan.jobs_here:
@@ -1260,8 +1287,10 @@ class System:
         if not running:
             return left
 
-        def stop(role: str, programs: Callable[[Host], list[str]], title: str) -> None:
-            targets = {name: host for name, host in self.hosts.items() if name in running and host.holds(role)}
+        def stop(role: str | None, programs: Callable[[Host], list[str]], title: str) -> None:
+            """programs(host) stopped on each running host that holds role (any role: None) and runs them."""
+            targets = {name: host for name, host in self.hosts.items()
+                       if name in running and (role is None or host.holds(role)) and programs(host)}
             if targets:
                 with self.reporter.step(title):
                     on_each(targets, lambda host: host.supervisor.stop(*programs(host)))
@@ -1269,9 +1298,8 @@ class System:
         if self.plan.tls.mode == "acme":
             stop("lb", lambda host: [RENEWAL_PROGRAM], "Stopping the certificate renewal timer")
         stop("lb", lambda host: ["haproxy"], "Stopping the load balancer")
-        if self.plan.programs_beside_web:
-            stop("app", lambda host: list(host.plan.programs_beside_web),
-                 "Stopping the processes (each finishes what it does first)")
+        stop(None, lambda host: list(host.plan.programs_beside_web),
+             "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")
         if self.redis_host is not None and self.redis_host.name in running:

@@ -83,6 +83,10 @@ class Topology:
     def holding(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if host.holds(role)]
 
+    def running_code(self) -> list[Host]:
+        """The hosts that run the app's code (Plan.runs_code): the app hosts, then the worker hosts."""
+        return [*self.holding("app"), *(host for host in self.holding("worker") if not host.holds("app"))]
+
     def record(self) -> None:
         """Which hosts were brought up and how to reach them, so a host later removed from djship.toml is stopped."""
         record = {name: entry for name, entry in ((host.name, _entry(host)) for host in self.hosts.values()) if entry}
@@ -204,5 +208,5 @@ def _ssh_topology(config: Config, project_dir: Path, control: Paths, reporter: R
         for host in hosts
     }
     # The wheels are built for the first app host's Python; installing checks every other host against them.
-    app_python = next((report.python for report in reports if "app" in report.roles), "")
+    app_python = next((report.python for report in reports if {"app", "worker"} & set(report.roles)), "")
     return Topology(planned, control, unreachable, app_python or "")

@@ -227,8 +227,8 @@ def test_remote_target_with_ssh_defaults():
         (('ssh_port = 2222', "ssh_port = 0"), "hosts.app2.ssh_port: Input should be greater than or equal to 1"),
         (('[hosts.db1]', '[hosts.db1]\nhost_key = "AAAA"'), "hosts.db1.host_key: must be an SSH public key"),
         (('[hosts.db1]', '[hosts.spare]\naddress = "10.0.0.30"\n[hosts.db1]'),
-         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db, servers.media, servers.redis or "
-         "servers.backup, or remove it"),
+         "hosts.spare: has no role; add it to servers.lb, servers.app, servers.db, servers.worker, servers.media, "
+         "servers.redis or servers.backup, or remove it"),
         (('[hosts.db1]', '[hosts.Spare]\naddress = "10.0.0.30"\n[hosts.db1]'), "hosts.Spare: not a host name"),
         (('db = "db1"', 'db = "db1"\nmedia = "files1"'),
          "servers.media: no host 'files1'; define it as [hosts.files1] with its address"),
@@ -238,11 +238,17 @@ def test_remote_target_with_ssh_defaults():
          "servers.backup: 'db1' is the db host; name another host, so that a backup survives the loss of the db "
          "host's disk (without servers.backup they are kept on this machine)"),
         (('db = "db1"', 'db = "db1"\nmedia = "app2"'),
-         "servers.media: 'app2' holds the app role; name a host without the app role (every app host mounts the "
-         "uploads from it)"),
+         "servers.media: 'app2' holds the app role; name a host without the app or worker role (every host that runs "
+         "the app's code mounts the uploads from it)"),
+        (('db = "db1"', 'db = "db1"\nworker = ["db1"]'),
+         "servers.media: the app hosts share their uploads through the db host by default, but 'db1' holds the "
+         "worker role"),
+        (('db = "db1"', 'db = "db1"\nworker = ["wk1"]'), "servers.worker[0]: no host 'wk1'; define it as [hosts.wk1]"),
+        (('db = "db1"', 'db = "db1"\nworker = ["app1"]'), "servers.worker: names hosts for [processes], but there are "
+         "none; add [processes]"),
         (('db = "db1"', 'db = "app1"'),
          "servers.media: the app hosts share their uploads through the db host by default, but 'app1' holds the app "
-         "role; name a host without the app role"),
+         "role; name a host without the app or worker role"),
     ],
 )
 def test_remote_target_errors_name_the_key(change, expected):

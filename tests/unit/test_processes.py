@@ -72,6 +72,28 @@ def test_processes_run_on_every_app_host_and_nowhere_else(make_config, fake_tool
     assert render.app_programs(plans["app1"]) == ("app1-gunicorn", "worker-1", "worker-2")
 
 
+def test_with_worker_hosts_the_processes_run_there_only_beside_the_apps_code_without_a_web(make_config, fake_tools):
+    roles = {**ROLES, "db1": ("db", "media"), "wk1": ("worker",)}
+    addresses = {**ADDRESSES, "wk1": "10.0.0.31"}
+    config = make_config(hosts={name: {"address": addresses[name]} for name in roles},
+                         servers={"lb": ["lb1"], "app": ["app1", "app2"], "db": "db1", "worker": ["wk1"]},
+                         processes={"worker": WORKER})
+    specs = [HostSpec(name, addresses[name], roles[name], Path("/srv") / name, fake_tools, True) for name in roles]
+    plans = build_plans(config, Path("/srv/example/board"), specs)
+
+    programs = {name: [program.name for program in render.programs(plan)] for name, plan in plans.items()}
+    assert programs == {"lb1": ["haproxy"], "app1": ["media-mount", "app1-gunicorn", "app1-nginx"],
+                        "app2": ["media-mount", "app2-gunicorn", "app2-nginx"], "db1": ["postgres"],
+                        "wk1": ["media-mount", "worker-1", "worker-2"]}
+    worker = plans["wk1"]
+    assert worker.runs_code and not worker.servers_here and worker.users_here == ("djship-app",)
+    assert render.app_programs(worker) == ("worker-1", "worker-2")
+    assert worker.paths.env_file in {file.path for file in render.system_files(worker)}
+    # It reaches PostgreSQL (over TLS: another host) and mounts the uploads like an app host.
+    assert "10.0.0.31/32" in render.pg_hba_conf(plans["db1"]) and plans["db1"].database.tls
+    assert plans["db1"].media.clients == ("10.0.0.11", "10.0.0.12", "10.0.0.31")
+
+
 def test_a_process_named_like_a_host_is_refused(make_config, fake_tools):
     with pytest.raises(DjshipError, match=r"^djship.toml: processes.db1: 'db1' is the name of an app server or a host"):
         _plans(make_config, fake_tools, {"db1": {"command": "x"}})

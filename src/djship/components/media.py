@@ -80,7 +80,7 @@ def key_access(topology: Topology, role: str, control_key: Path, copies: Iterabl
 
 
 def _copies(topology: Topology) -> list[tuple[Host, Path]]:
-    return [(host, host.plan.paths.media_key) for host in topology.holding("app")]
+    return [(host, host.plan.paths.media_key) for host in topology.running_code()]
 
 
 def read_access(topology: Topology) -> Access | None:
@@ -100,7 +100,7 @@ def desired_files(plan: Plan, access: Access | None) -> list[render.ConfigFile]:
     if plan.holds("media"):
         files.append(render.ConfigFile(plan.paths.media_authorized_keys,
                                        render.media_authorized_keys(plan.media, access.public_key), ()))
-    if plan.holds("app"):
+    if plan.runs_code:
         files.append(render.ConfigFile(plan.paths.media_key, access.private_key, (MEDIA_PROGRAM,)))
         files.append(render.ConfigFile(plan.paths.media_known_hosts, render.media_known_hosts(plan.media, access.host_key),
                                        (MEDIA_PROGRAM,)))

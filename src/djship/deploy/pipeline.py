@@ -1,4 +1,4 @@
-"""One release pipeline with two sources: a release is built once and installed on every app host at once.
+"""One release pipeline with two sources: a release is built once and installed on every app and worker host at once.
 
 A host that installs from "project" (the control machine's own host) copies the project and installs the
 requirements online (uv); a host that installs from "wheels" gets the code archive packed once here and the wheels
@@ -48,7 +48,8 @@ class Pipeline:
         self.topology = topology
         self.control = topology.control
         self.reporter = reporter
-        self.app_hosts = {host.name: host for host in topology.holding("app") if host.name not in topology.unreachable}
+        self.hosts = {host.name: host for host in topology.running_code() if host.name not in topology.unreachable}
+        """Where releases are installed: every host that runs the app's code."""
         self.plan = next(iter(topology.holding("app"))).plan
 
     @property
@@ -118,7 +119,7 @@ class Pipeline:
         return self.control.releases / release_id / "code.tar.gz"
 
     def build(self) -> Release:
-        """A new release, installed on every app host; on failure nothing of it is left anywhere."""
+        """A new release, installed on every host that runs the app's code; on failure nothing of it is left anywhere."""
         release_id = new_release_id(self.control.releases)
         if self.offline:
             archive = self._archive(release_id)
@@ -128,7 +129,7 @@ class Pipeline:
                 (archive.parent / "release.json").write_text(json.dumps(
                     {"id": release_id, "created": time.time(), "wheelhouse": self.wheelhouse.key}) + "\n")
         try:
-            self.ship(release_id, list(self.app_hosts.values()))
+            self.ship(release_id, list(self.hosts.values()))
         except BaseException:
             self.discard(release_id)
             raise
@@ -136,7 +137,7 @@ class Pipeline:
 
     def ship(self, release_id: str, hosts: list[Host]) -> None:
         if len(hosts) > 1:
-            with self.reporter.step(f"Installing release {release_id} on {len(hosts)} app hosts at once"):
+            with self.reporter.step(f"Installing release {release_id} on {len(hosts)} hosts at once"):
                 on_each({host.name: host for host in hosts}, lambda host: self._install(host, release_id))
         else:
             on_each({host.name: host for host in hosts}, lambda host: self._install(host, release_id))
@@ -163,7 +164,7 @@ class Pipeline:
             archive = self._archive(release_id)
             if not archive.is_file() and not self._archive_from_hosts(release_id):
                 raise DjshipError(f"release {release_id}'s code archive {archive} is gone, so {host.name} cannot get "
-                                  "the release the others run; run `djship deploy` to ship a new one to every app host")
+                                  "the release the others run; run `djship deploy` to ship a new one to every host")
             shipping.unpack_code(connector, archive.read_bytes(), release.app)
             venv = plan.paths.venvs / wheelhouse.key
             requirements = release.dir / "requirements.txt"  # the file the wheels were built from, wherever it lives
@@ -177,8 +178,8 @@ class Pipeline:
             raise
 
     def _archive_from_hosts(self, release_id: str) -> bool:
-        """Pack a release's code again from an app host that has it (this machine lost its archive); whether it could."""
-        for host in self.app_hosts.values():
+        """Pack a release's code again from a host that has it (this machine lost its archive); whether it could."""
+        for host in self.hosts.values():
             if not self.installed(host, release_id):
                 continue
             packed = host.plan.paths.state / f".code-{release_id}.tar.gz"
@@ -193,12 +194,12 @@ class Pipeline:
         return False
 
     def discard(self, release_id: str) -> None:
-        on_each(self.app_hosts, lambda host: host.connector.run(["rm", "-rf", "--", str(self.on(host, release_id).dir)]))
+        on_each(self.hosts, lambda host: host.connector.run(["rm", "-rf", "--", str(self.on(host, release_id).dir)]))
         shutil.rmtree(self.control.releases / release_id, ignore_errors=True)
 
     def listed(self) -> list[str]:
-        """The ids of the releases complete on the first app host that answers, oldest first."""
-        for host in self.app_hosts.values():
+        """The ids of the releases complete on the first host that answers, oldest first."""
+        for host in self.hosts.values():
             names = host.connector.listdir(host.plan.paths.releases) or []
             return [name for name in names if self.installed(host, name)]
         return []

@@ -183,10 +183,9 @@ class Rollout:
                 self.roll("the new environment", use(after), use(before))
                 system.restart_processes(system.current())
             elif serving:
-                on_each(system.app_hosts, lambda host: system.give_env_secrets(host, after))
+                on_each(system.code_hosts, lambda host: system.give_env_secrets(host, after))
             system.keep_env_secrets(after)
-            restarted = (*(server.name for server in self.plan.app_servers),
-                         *self.plan.programs_beside_web)
+            restarted = (*(server.name for server in self.plan.app_servers), *system.programs_beside_web)
             restarted = restarted if serving and restart else ()
             return EnvChange(names, restarted, serving)
 

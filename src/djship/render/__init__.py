@@ -182,7 +182,7 @@ def app_secrets_env(plan: Plan, secrets: dict[str, str], redis_password: str | N
     """The secrets file of the app's environment: `djship env`'s secrets, and REDIS_URL with [redis]."""
     values = list(secrets.items())
     if plan.redis is not None and redis_password:
-        values.append((REDIS_URL, plan.redis.url(redis_password)))
+        values.append((REDIS_URL, plan.redis.url(redis_password, plan.paths.ca_cert)))
     return env_file(values, ENV_SECRETS_ORIGIN)
 
 
@@ -224,7 +224,7 @@ def programs(plan: Plan) -> list[Program]:
     are stopped)."""
     quote = shlex.quote
     result = []
-    if plan.media and plan.holds("app"):  # as root (or djship's login user): FUSE mounts need it
+    if plan.media and plan.runs_code:  # as root (or djship's login user): FUSE mounts need it
         result.append(Program(name=MEDIA_PROGRAM, command=media_mount_command(plan, plan.media), stopsignal="TERM",
                               stopwaitsecs=10))
     if plan.holds("db"):
@@ -393,7 +393,7 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
-    if plan.holds("app"):
+    if plan.runs_code:
         files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
     if plan.jobs_here:
         files.append(ConfigFile(plan.paths.jobs_file, jobs_file(plan), (JOBS_PROGRAM,)))
