@@ -183,3 +183,14 @@ def test_what_psql_says_becomes_one_line_with_the_cause_and_the_fix(make_plan, s
     plan = make_plan(database={"url": "postgresql://shop@db.example.com/shop", "ca_bundle": "rds-ca.pem"})
     message = connection_problem(plan.database, stderr)
     assert says in message and "\n" not in message, message
+
+
+def test_app_hosts_need_postgresql_client_and_no_host_needs_postgresql(tmp_path):
+    from djship.hosts import remote_hosts, requirements_for
+
+    config = parse_config(EXTERNAL + HOSTS)
+    hosts = {host.name: host for host in remote_hosts(config, tmp_path)}
+    assert not any("db" in host.roles for host in hosts.values())
+    needs = {name: {r.package for r in requirements_for(host.roles, host.features)} for name, host in hosts.items()}
+    assert "postgresql-client" in needs["app1"] and "postgresql-client" not in needs["lb1"]
+    assert not any("postgresql" in packages for packages in needs.values())
