@@ -40,6 +40,7 @@ FEATURES = {
     "sends": "a backup host keeps the backups (the db host sends them there)",
     "snapshots": "backups hold Redis's data ([redis] backup: the db host takes its snapshot with redis-cli)",
     "connects": "an external PostgreSQL (database.url): the first app host administers and backs it up with psql",
+    "pooled": "database.pooler runs PgBouncer on every app host",
 }
 
 
@@ -53,6 +54,7 @@ REQUIREMENTS = (
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
+    Requirement("pgbouncer", "command -v pgbouncer || test -x /usr/sbin/pgbouncer", frozenset({"app"}), "pooled"),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), "mounts"),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), "sends"),
     Requirement("redis-tools", "command -v redis-cli", frozenset({"db"}), "snapshots"),
@@ -92,7 +94,8 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
                "redis": {config.servers.redis} if config.servers.redis else db if config.redis is not None else set()}
     features = frozenset(name for name, used in (("mounts", media is not None), ("sends", backup is not None),
                                                  ("snapshots", config.redis is not None and config.redis.backup),
-                                                 ("connects", config.database.url is not None))
+                                                 ("connects", config.database.url is not None),
+                                                 ("pooled", config.database.pooler != "none"))
                          if used)
     ssh = config.ssh
     hosts = []
@@ -123,6 +126,7 @@ _TOOL_PROBES = {
     "pg_bindir": "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1",
     "mime_types": "ls /etc/nginx/mime.types",
     "redis_server": "command -v redis-server || ls /usr/bin/redis-server",
+    "pgbouncer": "command -v pgbouncer || ls /usr/sbin/pgbouncer",
     "python3": 'echo "$PYTHON"',
 }
 # The distribution's Python first: every user can run it (a python3 first on root's PATH, e.g. pyenv's under
@@ -172,7 +176,7 @@ def parse_probe(output: str) -> Facts:
 # Debian starts a package's own service on install; djship runs these programs under its own supervisord (the
 # distribution's nginx would hold port 80, which a balancer on the same host needs).
 DISTRIBUTION_SERVICES = {"nginx": "nginx", "haproxy": "haproxy", "postgresql": "postgresql",
-                         "redis-server": "redis-server"}
+                         "redis-server": "redis-server", "pgbouncer": "pgbouncer"}
 
 
 def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:

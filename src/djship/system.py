@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, redis
+from djship.components import accounts, appserver, boot, external, jobs, media, offsite, orphans, pooler, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, on_each
@@ -30,7 +30,8 @@ from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
 from djship.config import Config
-from djship.plan import JOBS_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Paths, Plan, check_budget
+from djship.plan import JOBS_PROGRAM, POOLER_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Paths, Plan, \
+    check_budget
 from djship.progress import Reporter
 from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -452,7 +453,8 @@ class System:
             for cert_path, key_path, programs in presenting:
                 files += [render.ConfigFile(cert_path, chain.decode(), programs),
                           render.ConfigFile(key_path, key.decode(), programs)]
-        if not host.holds("lb") and self._verifies_links(plan):
+        # With an external balancer and TLS to nginx, djship's own health checks from the host verify nginx too.
+        if not host.holds("lb") and (self._verifies_links(plan) or (plan.external and nginx)):
             files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
         return files
 
@@ -479,6 +481,10 @@ class System:
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
+            if secrets_ and plan.pools:
+                files.append(render.ConfigFile(plan.paths.pooler_auth_file,
+                                               render.pgbouncer_auth_file(plan, secrets_.database_password),
+                                               (POOLER_PROGRAM,)))
             if secrets_ and (host.holds("db") or (plan.database.external and host.name == self.db_host.name)):
                 files.append(render.ConfigFile(plan.paths.admin_secrets,
                                                secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
@@ -581,12 +587,15 @@ class System:
             not self.hosts[name].holds("db"), not self.hosts[name].holds("app")))
         for name in order:
             host = self.hosts[name]
-            lb = next(((h, b) for h, b in zip(self.lb_hosts, self.balancers) if h.name == name),
-                      (self.lb_hosts[0], self.balancers[0]))
+            if self.plan.external:  # no runtime API: its servers are replaced without a drain
+                balancer, ready = external.NO_RUNTIME_API, lambda: None
+            else:
+                lb = next(((h, b) for h, b in zip(self.lb_hosts, self.balancers) if h.name == name),
+                          (self.lb_hosts[0], self.balancers[0]))
+                balancer, ready = lb[1], lambda lb=lb: self._wait_balancer(*lb)
             orphans.adopt(
-                host.connector, host.plan, host.supervisor, lb[1], found[name],
-                lambda server: self.wait_healthy(server, self.release_of(server)),
-                lambda: self._wait_balancer(*lb), self.reporter,
+                host.connector, host.plan, host.supervisor, balancer, found[name],
+                lambda server: self.wait_healthy(server, self.release_of(server)), ready, self.reporter,
             )
         return bool(order)
 
@@ -595,13 +604,14 @@ class System:
         """Apply the changes; returns the release the app servers run and whether an ACME certificate was obtained."""
         self._check_ports(changes)
         self.pipeline.prepare()
-        if changes.removed and changes.balancers_running:
+        if changes.removed and (changes.balancers_running or self.plan.external):
             self._take_out_for_good(changes.removed)
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
                                                                             started))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
+        self._pooler(changes)
         self._redis(secrets_, changes, reconfigured)
         release = self._release(changes)
         self._start_app_servers(changes, release)
@@ -671,9 +681,17 @@ class System:
                 host.supervisor.start("postgres")
                 database.wait_ready(READY_TIMEOUT)
         elif action == "restart":
-            with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
-                host.supervisor.restart("postgres")
-                database.wait_ready(READY_TIMEOUT)
+            poolers = {name: self.hosts[name] for name in changes.paused_poolers}
+            if poolers:
+                with self.reporter.step(f"Restarting PostgreSQL (its configuration changed) with PgBouncer paused on "
+                                        f"{', '.join(poolers)}: PAUSE, restart, RESUME"):
+                    with pooler.paused(poolers, lambda: database.pooled_connections(secrets_.superuser_password)):
+                        host.supervisor.restart("postgres")
+                        database.wait_ready(READY_TIMEOUT)
+            else:
+                with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
+                    host.supervisor.restart("postgres")
+                    database.wait_ready(READY_TIMEOUT)
         elif action == "reload":  # which clients may connect, its certificate: a reload, no connection is dropped
             with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
@@ -683,6 +701,18 @@ class System:
             return
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
+
+    def _pooler(self, changes: Changes) -> None:
+        """Start PgBouncer on the app hosts that run it, before anything of the app connects through it; reload
+        the ones whose config or password file changed."""
+        starting = {name: self.hosts[name] for name, action in changes.pooler.items() if action == "start"}
+        reloading = {name: self.hosts[name] for name, action in changes.pooler.items() if action == "reload"}
+        if starting:
+            with self.reporter.step(f"Starting PgBouncer on {', '.join(starting)}"):
+                on_each(starting, pooler.start)
+        if reloading:
+            with self.reporter.step(f"Reloading PgBouncer on {', '.join(reloading)} (its configuration changed)"):
+                on_each(reloading, pooler.reload)
 
     def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
         """Start Redis, or restart it when its configuration changed, before the app servers and processes that
@@ -769,7 +799,7 @@ class System:
                 host.supervisor.restart(*restart, reconfigure=reconfigured)
                 self.wait_healthy(server, running_on)
 
-        if changes.balancers_running and others_in_rotation(self.balancers, {server.name}):
+        if (changes.balancers_running or self.plan.external) and self.others_in_rotation({server.name}):
             with self.out_of_rotation((server,)):
                 apply()
         else:
@@ -896,11 +926,29 @@ class System:
                     host.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
 
     def _take_out_for_good(self, names: tuple[str, ...]) -> None:
+        if self.plan.external:
+            self._take_out_of_external_rotation(names)
+            return
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
             if not others_in_rotation(self.balancers, set(names)):
                 raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
             for instance in self.balancers:
                 take_out_for_good(instance, list(names), self.plan.balancer_timeout)
+
+    def _take_out_of_external_rotation(self, names: tuple[str, ...]) -> None:
+        """Servers being removed: their health checks answer 503 until they stop (the balancer takes them out and,
+        its target group, keeps them out)."""
+        if not self.others_in_rotation(set(names)):
+            raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
+        leaving = {server.name: server for server in self.plan.app_servers if server.name in names}
+        with self.reporter.step(f"Draining {', '.join(names)} before removing them ({self.plan.external.drain_seconds}s)"):
+            def take_out(server: AppServer) -> None:
+                host = self.host_of(server)
+                start = external.drain(host.connector, server)
+                external.wait_out(host.connector, self.plan, server, start)
+                external.wait_in_flight(host.connector, host.plan, self.plan, server, self.plan.balancer_timeout)
+
+            on_each(leaving, take_out)
 
     def _stop_departed(self) -> None:
         """Stop the supervisord of every host brought up before that djship.toml no longer lists (the balancers
@@ -1068,8 +1116,9 @@ class System:
         return removable
 
     def wait_healthy(self, server: AppServer, release: Release) -> None:
-        """Health-checked from a balancer host: the only place an app server accepts requests from."""
-        lb = self.lb_hosts[0]
+        """Health-checked from a balancer host: the only place an app server accepts requests from (with an external
+        balancer: from the server's own host, which it lets in too)."""
+        lb = self.host_of(server) if self.plan.external else self.lb_hosts[0]
         appserver.wait_healthy(
             self.plan, server, release.id,
             lambda: appserver.health_from(lb.connector, lb.plan, self.plan, server),
@@ -1077,6 +1126,9 @@ class System:
         )
 
     def others_in_rotation(self, leaving: set[str]) -> list[str]:
+        if self.plan.external:  # as far as djship can tell: the servers it has not drained
+            return [server.name for server in self.plan.app_servers if server.name not in leaving
+                    and not external.draining(self.host_of(server).connector, server)]
         return others_in_rotation(self.balancers, leaving)
 
     @contextmanager
@@ -1090,6 +1142,11 @@ class System:
                 + ("run `djship scale 2` first" if len(self.plan.app_servers) == 1 else "lower deploy.batch_size, "
                    "or run `djship up` to bring every server back into rotation")
             )
+
+        if self.plan.external:
+            with self._out_of_external_rotation(servers, names):
+                yield
+            return
 
         def set_state(state: str) -> None:
             for instance in self.balancers:
@@ -1111,6 +1168,41 @@ class System:
             for instance in self.balancers:
                 for server in servers:
                     instance.wait_status(server.name, "UP", ROTATION_TIMEOUT)
+
+    @contextmanager
+    def _out_of_external_rotation(self, servers: tuple[AppServer, ...], names: str) -> Iterator[None]:
+        """The same without a runtime API: each server's health check answers the balancer 503 for drain_seconds
+        (it takes them out), then nginx's requests in flight finish; afterwards 200 again, until every node of the
+        balancer that checked them has passed them healthy_threshold times."""
+        balancer = self.plan.external
+        on = {server.name: self.host_of(server) for server in servers}
+
+        def put_back() -> dict[str, int]:
+            return {server.name: external.undrain(on[server.name].connector, server) for server in servers}
+
+        with self.reporter.step(f"Draining {names}: their health checks answer 503 for {balancer.drain_seconds}s "
+                                "(deploy.drain_seconds), then their requests in flight finish"):
+            starts = {server.name: external.drain(on[server.name].connector, server) for server in servers}
+            try:
+                on_each({server.name: server for server in servers}, lambda server: external.wait_out(
+                    on[server.name].connector, self.plan, server, starts[server.name]))
+                on_each({server.name: server for server in servers}, lambda server: external.wait_in_flight(
+                    on[server.name].connector, on[server.name].plan, self.plan, server, self.plan.balancer_timeout))
+            except BaseException:
+                put_back()
+                raise
+        peers = {server.name: external.peers_told(on[server.name].connector, self.plan, server, starts[server.name])
+                 for server in servers}
+        try:
+            yield
+        except BaseException:
+            put_back()  # the balancer's own health checks decide whether they serve
+            raise
+        with self.reporter.step(f"Putting {names} back: health checks answer 200, waiting until the balancer has "
+                                f"passed {balancer.healthy_threshold} in a row"):
+            back = put_back()
+            on_each({server.name: server for server in servers}, lambda server: external.wait_back(
+                on[server.name].connector, self.plan, server, back[server.name], peers[server.name]))
 
     # -- status, logs, manage, down, destroy ----------------------------------------------------------------------
 
@@ -1140,18 +1232,27 @@ class System:
                   "up" if balancer_views.get(host.name) else "down")
             for host in self.lb_hosts
         ]
+        seen = self._seen_by_external_balancer(answering) if plan.external else {}
         for server in plan.app_servers:
             host = self.host_of(server)
             view = balancer_view.get(server.name)
             health = view.status.lower() if view else "unknown"
+            if plan.external:
+                health = external.health_word(seen.get(server.name))
             gunicorn, nginx = server.programs
-            components.append(entry(host, nginx, "app", server.endpoint, health, server.name))
+            components.append({**entry(host, nginx, "app", server.endpoint, health, server.name),
+                               **({"balancer": seen.get(server.name)} if plan.external else {})})
             components.append(entry(host, gunicorn, "app", f"unix:{server.socket}", health, server.name))
         for host in self.code_hosts.values():
             components += [entry(host, name, "process", process.command, "running")
                            for process in host.plan.processes_here for name in process.programs]
             if host.plan.jobs_here:
                 components.append(entry(host, JOBS_PROGRAM, "jobs", f"{len(host.plan.jobs_here)} jobs", "scheduling"))
+        for host in self.app_hosts.values():
+            if host.plan.pools:
+                listening = host.name in answering and pooler.is_listening(host)
+                components.append(entry(host, POOLER_PROGRAM, "pooler", f"unix:{pooler.socket_path(host.plan)}",
+                                        "accepting" if listening else "down"))
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         if plan.database.external:  # no process of djship's: the server as the first app host reaches it
@@ -1183,9 +1284,22 @@ class System:
                        else None}
                       for host in self.hosts.values()],
             "components": components,
+            "balancer": {"external": True, "trusted": list(plan.external.trusted)} if plan.external else
+            {"external": False, "trusted": list(plan.balancer_sources)},
             "tls": self._tls_status(views, set(answering)),
             "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
         }
+
+    def _seen_by_external_balancer(self, answering: dict[str, Host]) -> dict[str, dict]:
+        """Per app server: the last health check the balancer sent it, and whether djship drains it."""
+        servers = {server.name: server for server in self.plan.app_servers if server.host in answering}
+
+        def seen(server: AppServer) -> dict:
+            connector = self.host_of(server).connector
+            return {"last_check": external.seen_by_balancer(connector, self.plan, server),
+                    "draining": external.draining(connector, server)}
+
+        return on_each(servers, seen)
 
     def job_reports(self) -> list[jobs.JobReport]:
         """Each job of [jobs] with its last run, as the schedulers recorded it in the live database."""
@@ -1302,6 +1416,8 @@ class System:
              "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")
+        if self.plan.pooler is not None:
+            stop("app", lambda host: [POOLER_PROGRAM], "Stopping PgBouncer")
         if self.redis_host is not None and self.redis_host.name in running:
             with self.reporter.step("Stopping Redis (its data stays on disk)"):
                 self.redis_host.supervisor.stop(REDIS_PROGRAM)

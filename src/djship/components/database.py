@@ -9,7 +9,7 @@ from pathlib import Path
 from djship.connectors import CommandFailed, Connector
 from djship.deploy.live import read_live
 from djship.errors import DjshipError
-from djship.plan import Database, Plan
+from djship.plan import POOLER_APPLICATION, Database, Plan
 from djship.waiting import wait_until
 
 
@@ -73,6 +73,11 @@ DROP_DATABASE = "SELECT format('DROP DATABASE %I WITH (FORCE)', :'database') \\g
 OBSERVE = (
     "SELECT json_build_object('max_connections', current_setting('max_connections')::int, 'connections', "
     "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'))\n"
+)
+
+
+POOLED_CONNECTIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = :'name'\n"
 )
 
 
@@ -265,6 +270,11 @@ class DatabaseServer:
         """What PostgreSQL reports about itself: max_connections and the connections open now (pg_stat_activity's
         client backends)."""
         return json.loads(self.admin_psql(superuser_password, "asking for max_connections", OBSERVE))
+
+    def pooled_connections(self, superuser_password: str) -> int:
+        """The connections PgBouncer keeps open to PostgreSQL, from every app host (by their application_name)."""
+        return int(self.admin_psql(superuser_password, "counting PgBouncer's connections", POOLED_CONNECTIONS,
+                                   variables={"name": POOLER_APPLICATION}).strip())
 
     # -- administration from the db host itself (the only place the superuser may connect from) ----------------
 
