@@ -280,6 +280,8 @@ class DatabaseConfig(_Section):
     name: str | None = None
     user: str | None = None
     max_connections: int = Field(default=100, ge=10, le=10000)
+    synchronous: bool = False
+    """With a standby: a commit returns only once the standby has it too (synchronous_standby_names)."""
 
     _check_bind = field_validator("address")(_loopback)
 
@@ -549,7 +551,9 @@ class ServersConfig(_Section):
 
     lb: list[str] = Field(min_length=1)
     app: list[str] = Field(min_length=1)
-    db: str
+    db: str | list[str]
+    """The db host, or [primary, standby]: the first runs PostgreSQL's primary, the second a streaming replica of it
+    (`djship db failover` and `switchover` swap them in this file)."""
     media: str | None = None
     """The host that holds the uploads every app host mounts; default: the db host when there are several app
     hosts (see media_host)."""
@@ -560,6 +564,26 @@ class ServersConfig(_Section):
     worker: list[str] = Field(default_factory=list)
     """The hosts that run [processes] (with the release, its settings and env, but no app server); default: the app
     hosts."""
+
+    @field_validator("db")
+    @classmethod
+    def _db_hosts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError('must be the db host, or [primary, standby], e.g. ["db1", "db2"]')
+        return value
+
+    @property
+    def db_hosts(self) -> list[str]:
+        """The db hosts, the primary first."""
+        return [self.db] if isinstance(self.db, str) else list(self.db)
+
+    @property
+    def primary(self) -> str:
+        return self.db_hosts[0]
+
+    @property
+    def standby(self) -> str | None:
+        return self.db_hosts[1] if len(self.db_hosts) > 1 else None
 
     @property
     def code(self) -> list[str]:
@@ -576,8 +600,8 @@ def media_host(config: Config) -> str | None:
         return None
     if servers.media is not None:
         return servers.media
-    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.db]):
-        return servers.db
+    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.primary]):
+        return servers.primary
     return None
 
 
@@ -777,6 +801,17 @@ def _interface_problems(config: Config) -> list[str]:
     return problems
 
 
+def _standby_problems(config: Config, media: str | None) -> list[str]:
+    """A failover swaps the db hosts: what lives on "the db host" by default must say where it lives instead."""
+    servers, problems = config.servers, []
+    if media is not None and config.servers.media is None:
+        problems.append(f"servers.media: with a standby the uploads cannot follow the primary; name the host that "
+                        f"holds them (e.g. servers.media = {servers.lb[0]!r})")
+    if config.redis is not None and servers.redis is None:
+        problems.append("servers.redis: with a standby Redis cannot follow the primary; name the host that runs it")
+    return problems
+
+
 def _topology_problems(config: Config) -> list[str]:
     """What [servers] and [hosts] say about each other: every role names defined hosts, every host has a role."""
     if config.servers is None:
@@ -786,11 +821,11 @@ def _topology_problems(config: Config) -> list[str]:
         f"hosts.{_key_path((name,))}: not a host name (lower-case letters, digits and -, starting with a letter)"
         for name in config.hosts if not _HOST_LABEL.fullmatch(name)
     ]
-    roles = {"lb": config.servers.lb, "app": config.servers.app, "db": [config.servers.db],
+    roles = {"lb": config.servers.lb, "app": config.servers.app, "db": config.servers.db_hosts,
              "worker": config.servers.worker}
     for role, names in roles.items():
         for index, name in enumerate(names):
-            where = f"servers.{role}" + (f"[{index}]" if role != "db" else "")
+            where = f"servers.{role}" + (f"[{index}]" if role != "db" or isinstance(config.servers.db, list) else "")
             if name not in config.hosts:
                 problems.append(f"{where}: no host {name!r}; define it as [hosts.{name}] with its address")
             elif name in names[:index]:
@@ -804,13 +839,18 @@ def _topology_problems(config: Config) -> list[str]:
             f"the app hosts share their uploads through the db host by default, but {media!r} holds the {role} role"
         problems.append(f"servers.media: {held}; name a host without the app or worker role (every host that runs "
                         "the app's code mounts the uploads from it)")
+    if config.servers.standby is not None:
+        problems += _standby_problems(config, media)
+    elif config.database.synchronous:
+        problems.append('database.synchronous: needs a standby to wait for; list it in servers.db = ["db1", "db2"], '
+                        "or remove database.synchronous")
     if config.servers.worker and not config.processes:
         problems.append("servers.worker: names hosts for [processes], but there are none; add [processes] (e.g. "
                         'worker = { command = "celery -A proj worker" }), or remove servers.worker')
     backup = config.servers.backup
     if backup is not None and backup not in config.hosts:
         problems.append(f"servers.backup: no host {backup!r}; define it as [hosts.{backup}] with its address")
-    elif backup is not None and backup == config.servers.db:
+    elif backup is not None and backup in config.servers.db_hosts:
         problems.append(f"servers.backup: {backup!r} is the db host; name another host, so that a backup survives "
                         "the loss of the db host's disk (without servers.backup they are kept on this machine)")
     if config.servers.redis is not None:

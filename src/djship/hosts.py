@@ -17,7 +17,7 @@ from djship.connectors import Connector, on_each
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 
-ROLES = ("lb", "app", "worker", "db", "media", "redis", "backup")
+ROLES = ("lb", "app", "worker", "db", "standby", "media", "redis", "backup")
 MIN_PYTHON = (3, 10)
 INSTALL_TIMEOUT = 900
 
@@ -44,7 +44,7 @@ REQUIREMENTS = (
     # An lb host that follows the ACME renewer reads its certificate with `openssl s_client`.
     Requirement("openssl", "command -v openssl", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
-    Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
+    Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db", "standby"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), mounts=True),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
@@ -79,9 +79,9 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
     media = media_host(config)
     backup = config.servers.backup
     holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "worker": set(config.servers.worker),
-               "db": {config.servers.db},
+               "db": {config.servers.primary}, "standby": set(config.servers.db_hosts[1:]),
                "media": {media} if media else set(), "backup": {backup} if backup else set(),
-               "redis": {config.servers.redis or config.servers.db} if config.redis is not None else set()}
+               "redis": {config.servers.redis or config.servers.primary} if config.redis is not None else set()}
     ssh = config.ssh
     hosts = []
     for name, host in config.hosts.items():

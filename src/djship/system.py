@@ -22,6 +22,7 @@ from djship.changes import Changes, Observed, diff
 from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
+from djship.components.replication import Replication, wait_streaming
 from djship.connectors import CommandFailed, Connector, on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live
@@ -68,12 +69,17 @@ class Secrets:
     superuser_password: str
     redis_password: str | None = None
     """[redis]'s, made by the first up that has [redis]; kept when [redis] goes (its data stays too)."""
+    replication_password: str | None = None
+    """The replication role's (servers.db with a standby), made by the first up that has a standby."""
 
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
 
     def admin_json(self) -> str:
-        return json.dumps({"postgres_password": self.superuser_password}, indent=2) + "\n"
+        kept = {"postgres_password": self.superuser_password}
+        if self.replication_password:
+            kept["replication_password"] = self.replication_password
+        return json.dumps(kept, indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -218,12 +224,13 @@ class System:
         for host in self.code_hosts.values():
             if app is None and host.name not in self.topology.unreachable:
                 app = _json(host.connector, host.plan.paths.app_secrets)
-        if admin is None and self.db_host.name not in self.topology.unreachable:
-            admin = _json(self.db_host.connector, self.db_host.plan.paths.admin_secrets)
+        for host in self.topology.holding("db") + self.topology.holding("standby"):
+            if admin is None and host.name not in self.topology.unreachable:
+                admin = _json(host.connector, host.plan.paths.admin_secrets)
         if app is None or admin is None:
             return None
         return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"],
-                       self._read_redis_password())
+                       self._read_redis_password(), admin.get("replication_password"))
 
     @property
     def redis_host(self) -> Host | None:
@@ -278,6 +285,8 @@ class System:
                                                secrets.token_urlsafe(24))
         if self.plan.redis and not found.redis_password:  # hex: nothing to quote in a URL or in redis.conf
             found = replace(found, redis_password=secrets.token_hex(32))
+        if self.plan.database.standby and not found.replication_password:
+            found = replace(found, replication_password=secrets.token_urlsafe(24))
         self.local.makedirs(self.control.secrets, mode=0o711)
         self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
         self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
@@ -363,7 +372,7 @@ class System:
         plan, connector = host.plan, host.connector
         nginx = tuple(server.programs[1] for server in plan.servers_here if server.tls)
         presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
-        if host.holds("db") and plan.database.tls:
+        if plan.runs_postgres and plan.database.tls:
             presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
         files = []
         if presenting:
@@ -372,7 +381,8 @@ class System:
             for cert_path, key_path, programs in presenting:
                 files += [render.ConfigFile(cert_path, chain.decode(), programs),
                           render.ConfigFile(key_path, key.decode(), programs)]
-        if host.plan.runs_code and plan.database.tls and not host.holds("lb"):
+        if (host.plan.runs_code or plan.database.standby and plan.runs_postgres) and plan.database.tls \
+                and not host.holds("lb"):
             files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
         return files
 
@@ -391,8 +401,12 @@ class System:
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
-            if secrets_ and host.holds("db"):
+            if secrets_ and plan.runs_postgres:
                 files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+            if secrets_ and secrets_.replication_password and plan.runs_postgres and plan.database.standby:
+                files.append(render.ConfigFile(plan.database.replication_passfile,
+                                               render.replication_pgpass(plan, secrets_.replication_password),
+                                               ("postgres",)))
             if secrets_ and secrets_.redis_password and plan.runs_redis:
                 files.append(render.ConfigFile(plan.redis.conf, render.redis_conf(plan, secrets_.redis_password),
                                                (REDIS_PROGRAM,)))
@@ -505,11 +519,13 @@ class System:
         self.pipeline.prepare()
         if changes.removed and changes.balancers_running:
             self._take_out_for_good(changes.removed)
+        base_backup = self._standby_base_backup()
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
-                                                                            started))
+                                                                            started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
+        self._standby(secrets_, changes, desired, base_backup)
         self._redis(secrets_, changes, reconfigured)
         release = self._release(changes)
         self._start_app_servers(changes, release)
@@ -543,7 +559,7 @@ class System:
         on_each(self.hosts, check)
 
     def _prepare(self, host: Host, files: list[render.ConfigFile], secrets_: Secrets, changes: Changes,
-                 started: list[Host]) -> set[str]:
+                 started: list[Host], base_backup: str | None = None) -> set[str]:
         """Everything a host needs before its programs start; returns the programs whose supervisor settings
         changed (they take effect at their next restart)."""
         plan, connector = host.plan, host.connector
@@ -556,6 +572,10 @@ class System:
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
             database.check_owner()
+        if host.holds("standby"):
+            connector.makedirs(plan.database.data_dir.parent, mode=0o700, owner=plan.user_of("db"))
+            if base_backup:  # pg_basebackup makes the data directory: its files are written after it (_standby)
+                files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -588,6 +608,77 @@ class System:
         live = read_live(host.plan, host.connector).database
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
+
+    # -- the standby ---------------------------------------------------------------------------------------------
+
+    @property
+    def standby_host(self) -> Host | None:
+        return next(iter(self.topology.holding("standby")), None)
+
+    def replication(self, host: Host, secrets_: Secrets | None = None) -> Replication:
+        return Replication(DatabaseServer(host.plan, host.connector), (secrets_ or self.secrets()).superuser_password)
+
+    def _standby_base_backup(self) -> str | None:
+        """Why the standby host needs a fresh copy of the primary: "new" (no data directory yet), "rebuild" (the data
+        directory of a former primary, or one a failover fenced), or None: it holds a standby's already."""
+        host = self.standby_host
+        if host is None:
+            return None
+        database = DatabaseServer(host.plan, host.connector)
+        if not database.initialized():
+            return "new"
+        replica = Replication(database, "")
+        if replica.has_standby_data():
+            return None
+        primary = DatabaseServer(self.db_host.plan, self.db_host.connector)
+        if not primary.initialized():
+            raise DjshipError(
+                f"servers.db: {host.name} holds a primary's data directory ({host.plan.database.data_dir}) but names "
+                f"{self.db_host.name}, which has none, as the primary; put {host.name} first in servers.db")
+        return "rebuild"
+
+    def _standby(self, secrets_: Secrets, changes: Changes, desired: dict[str, list[render.ConfigFile]],
+                 base_backup: str | None) -> None:
+        """The standby: its replication role and slot on the primary, its data directory copied from the primary
+        when it has none (a former primary's kept aside first, fenced), then PostgreSQL started as a hot standby,
+        streaming."""
+        host = self.standby_host
+        if host is None:
+            return
+        plan, standby = host.plan, host.plan.database.standby
+        primary = self.replication(self.db_host, secrets_)
+        with self.reporter.step(f"Replication role and slot {standby.slot} on {self.db_host.name}"):
+            primary.ensure_role_and_slot(secrets_.replication_password, standby.slot)
+        replica = self.replication(host, secrets_)
+        action = changes.standby
+        if base_backup:
+            if host.supervisor.pid() is not None:
+                host.supervisor.stop("postgres")
+            if base_backup == "rebuild":
+                with self.reporter.step(f"Fencing {host.name}'s former primary and keeping its data aside"):
+                    replica.fence("failover", self.db_host.name)
+                    kept = replica.keep_aside()
+                self.reporter.note(f"{host.name}'s former data directory is kept in {kept}")
+            with self.reporter.step(f"Copying the primary to {host.name} (pg_basebackup over TLS)"):
+                replica.base_backup()
+                for file in desired[host.name]:
+                    if file.path.is_relative_to(plan.database.data_dir):
+                        host.connector.put(file.path, file.text, **_access(plan, file.path))
+            action = "start"
+        if action == "start":
+            with self.reporter.step(f"Starting the standby on {host.name}"):
+                host.supervisor.start("postgres")
+                replica.server.wait_ready(READY_TIMEOUT)
+        elif action == "restart":
+            with self.reporter.step("Restarting the standby (its configuration changed)"):
+                host.supervisor.restart("postgres")
+                replica.server.wait_ready(READY_TIMEOUT)
+        elif action == "reload":
+            with self.reporter.step("Reloading the standby (its primary, client list or certificate changed)"):
+                host.supervisor.signal("postgres", "HUP")
+        if action or changes.postgres:
+            with self.reporter.step(f"Waiting for {host.name} to stream from {self.db_host.name}"):
+                wait_streaming(primary, standby.slot, READY_TIMEOUT)
 
     def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
         """Start Redis, or restart it when its configuration changed, before the app servers and processes that
@@ -1204,6 +1295,7 @@ class System:
         if self.redis_host is not None and self.redis_host.name in running:
             with self.reporter.step("Stopping Redis (its data stays on disk)"):
                 self.redis_host.supervisor.stop(REDIS_PROGRAM)
+        stop("standby", lambda host: ["postgres"], "Stopping PostgreSQL's standby")
         stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")
         with self.reporter.step(f"Stopping the supervisor on {self._hosts_phrase()}"):
             on_each({name: self.hosts[name] for name in running}, lambda host: host.supervisor.shutdown())

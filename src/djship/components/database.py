@@ -69,14 +69,19 @@ OBSERVE = (
 )
 
 
+# djship's own administration never waits for a synchronous standby (database.synchronous): the first up creates
+# the app's role before the standby exists, and a standby that is down must not stop djship from acting.
+ADMIN_OPTIONS = "-c synchronous_commit=local"
+
+
 def admin_psql_command(psql: str, db: Database, database: str, passfile: Path,
                        variables: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """psql as the superuser, reading its script from stdin, variables set (-v); the connection is in libpq's
     environment, so a program psql starts (pg_dump) reaches the same database, and the password in PGPASSFILE."""
     settings = [f"--set={name}={value}" for name, value in variables.items()]
     argv = [psql, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", *settings, "-f", "-"]
-    env = {"PGHOST": db.address, "PGPORT": str(db.port), "PGUSER": db.superuser, "PGDATABASE": database,
-           "PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10"}
+    env = {"PGHOST": db.own_address, "PGPORT": str(db.port), "PGUSER": db.superuser, "PGDATABASE": database,
+           "PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": ADMIN_OPTIONS}
     return argv, env
 
 
@@ -138,7 +143,7 @@ class DatabaseServer:
 
     def is_ready(self) -> bool:
         result = self.connector.run(
-            [self.plan.tools.pg("pg_isready"), "-h", self.db.address, "-p", str(self.db.port), "-t", "1"]
+            [self.plan.tools.pg("pg_isready"), "-h", self.db.own_address, "-p", str(self.db.port), "-t", "1"]
         )
         return result.ok
 
@@ -149,15 +154,16 @@ class DatabaseServer:
         psql runs where the database runs (through the connector), so this works the same on a remote db host,
         which accepts the superuser from itself only; the password reaches psql in a 0600 file, never in argv."""
         passfile = self.plan.paths.pgpass
-        self.connector.put(passfile, f"{self.db.address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
+        self.connector.put(passfile, f"{self.db.own_address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
                            mode=0o600)
         script = ENSURE_APP_DATABASE.format(
             role=psql_argument(self.db.user), password=psql_argument(app_password), database=psql_argument(database)
         )
         result = self.connector.run(
-            [self.plan.tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.db.address, "-p",
+            [self.plan.tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.db.own_address, "-p",
              str(self.db.port), "-U", self.db.superuser, "-d", "postgres", "-f", "-"],
-            env={"PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10"}, input=script, timeout=60,
+            env={"PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": ADMIN_OPTIONS}, input=script,
+            timeout=60,
         )
         if not result.ok:
             reason = (result.stderr.strip() or f"exit code {result.returncode}").splitlines()[-1]
@@ -176,7 +182,7 @@ class DatabaseServer:
     def passfile(self, superuser_password: str) -> Path:
         """Where psql, pg_dump and pg_restore on the db host read the superuser's password (PGPASSFILE), 0600."""
         passfile = self.plan.paths.pgpass
-        self.connector.put(passfile, f"{self.db.address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
+        self.connector.put(passfile, f"{self.db.own_address}:{self.db.port}:*:{self.db.superuser}:{superuser_password}\n",
                            mode=0o600)
         return passfile
 
