@@ -809,6 +809,9 @@ def _standby_problems(config: Config, media: str | None) -> list[str]:
                         f"holds them (e.g. servers.media = {servers.lb[0]!r})")
     if config.redis is not None and servers.redis is None:
         problems.append("servers.redis: with a standby Redis cannot follow the primary; name the host that runs it")
+    others = {*servers.lb, *servers.app, *servers.worker, media, servers.backup, servers.redis}
+    problems += [f"servers.db: {name!r} holds another role too; with a standby each db host holds the database only "
+                 "(a failover goes on without the host that is gone)" for name in servers.db_hosts if name in others]
     return problems
 
 

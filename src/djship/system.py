@@ -644,6 +644,8 @@ class System:
         streaming."""
         host = self.standby_host
         if host is None:
+            if self.db_host.plan.database.replicated:
+                self.replication(self.db_host, secrets_).ensure_synchronous("")  # no standby to wait for
             return
         plan, standby = host.plan, host.plan.database.standby
         primary = self.replication(self.db_host, secrets_)
@@ -676,9 +678,14 @@ class System:
         elif action == "reload":
             with self.reporter.step("Reloading the standby (its primary, client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
-        if action or changes.postgres:
+        wanted = f'"{standby.slot}"' if plan.database.synchronous else ""
+        if not wanted and primary.ensure_synchronous(wanted):
+            self.reporter.note(f"Commits on {self.db_host.name} no longer wait for {host.name}")
+        if action or changes.postgres or wanted:
             with self.reporter.step(f"Waiting for {host.name} to stream from {self.db_host.name}"):
                 wait_streaming(primary, standby.slot, READY_TIMEOUT)
+        if wanted and primary.ensure_synchronous(wanted):
+            self.reporter.note(f"Commits on {self.db_host.name} now return once {host.name} has them too")
 
     def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
         """Start Redis, or restart it when its configuration changed, before the app servers and processes that
@@ -1151,6 +1158,11 @@ class System:
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
+        standby = self.standby_host
+        if standby is not None:
+            answers = bool(views.get(standby.name)) and DatabaseServer(standby.plan, standby.connector).is_ready()
+            components.append(entry(standby, "postgres", "standby", standby.plan.database.endpoint,
+                                    "accepting reads" if answers else "down"))
         if self.redis_host is not None and self.redis_host.name in answering:
             reply = self.redis_reply()
             components.append(entry(self.redis_host, REDIS_PROGRAM, "redis", plan.redis.endpoint,
@@ -1175,7 +1187,17 @@ class System:
             "components": components,
             "tls": self._tls_status(views, set(answering)),
             "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
+            "replication": self._replication_status(ready) if plan.database.replicated else None,
         }
+
+    def _replication_status(self, primary_ready: bool) -> dict:
+        """The roles of the db hosts and, from the primary's pg_stat_replication, each standby's state and lag."""
+        standby = self.standby_host
+        database = self.db_host.plan.database
+        rows = self.replication(self.db_host).standbys() if primary_ready else []
+        return {"primary": self.db_host.name, "standby": standby.name if standby else None,
+                "synchronous": database.synchronous, "slot": database.standby.slot if database.standby else None,
+                "standbys": rows}
 
     def job_reports(self) -> list[jobs.JobReport]:
         """Each job of [jobs] with its last run, as the schedulers recorded it in the live database."""

@@ -34,6 +34,8 @@ IN_RECOVERY = "SELECT pg_is_in_recovery()\n"
 CURRENT_LSN = "SELECT pg_current_wal_flush_lsn()::text\n"
 REPLAYED_LSN = "SELECT pg_last_wal_replay_lsn()::text\n"
 PROMOTE = "SELECT pg_promote(true, 60)\n"
+SYNCHRONOUS_NAMES = "SHOW synchronous_standby_names\n"
+SET_SYNCHRONOUS_NAMES = "ALTER SYSTEM SET synchronous_standby_names = :'names';\nSELECT pg_reload_conf();\n"
 LSN_REACHED = "SELECT pg_last_wal_replay_lsn() >= :'lsn'::pg_lsn\n"
 
 FENCE_NOTE = ("A former primary, fenced by `djship db {why}` on {when}: it starts as a read-only standby (standby.signal) "
@@ -63,6 +65,14 @@ class Replication:
     def standbys(self) -> list[dict]:
         return json.loads(self._query("reading pg_stat_replication", REPLICATION_STATUS) or "[]")
 
+    def ensure_synchronous(self, names: str) -> bool:
+        """synchronous_standby_names as names ('' : commits wait for no standby); whether it changed. ALTER SYSTEM,
+        a reload: set once the standby streams, so a standby being made never blocks the primary's commits."""
+        if self._query("reading synchronous_standby_names", SYNCHRONOUS_NAMES) == names:
+            return False
+        self._query("setting synchronous_standby_names", SET_SYNCHRONOUS_NAMES, names=names)
+        return True
+
     def current_lsn(self) -> str:
         return self._query("reading the WAL position", CURRENT_LSN)
 
@@ -86,6 +96,15 @@ class Replication:
         self.connector.put(self.db.data_dir / "standby.signal", "", mode=0o600, owner=owner)
         self.connector.put(self.db.fence_marker, FENCE_NOTE.format(why=why, when=when, primary=primary), mode=0o600,
                            owner=owner)
+
+    def fence_as_standby(self) -> None:
+        """A primary stopped cleanly for a switchover: it starts next as a standby (and follows the new primary's
+        timeline), never as a primary."""
+        self.connector.put(self.db.data_dir / "standby.signal", "", mode=0o600, owner=self.plan.user_of("db"))
+
+    def unfence(self) -> None:
+        """Undo fence_as_standby, when the switchover stopped before any promotion."""
+        self.connector.run(["rm", "-f", "--", str(self.db.data_dir / "standby.signal")])
 
     def keep_aside(self) -> str:
         """Move the data directory aside (never deleted); where it went."""
@@ -113,9 +132,12 @@ class Replication:
         self.connector.put(data / "standby.signal", "", mode=0o600, owner=owner)
 
     def promote(self) -> None:
+        """pg_promote(), then no synchronous standby to wait for: its copy of the former primary's setting (from
+        pg_basebackup) would name itself, and its own standby is yet to be made."""
         if self._query("promoting the standby", PROMOTE) != "t":
             raise DjshipError(f"PostgreSQL on {self.db.endpoint} did not finish its promotion within 60 s; see "
                               f"{self.plan.paths.logs / 'postgres.log'}")
+        self.ensure_synchronous("")
 
     def replayed_lsn(self) -> str:
         return self._query("reading the replayed WAL position", REPLAYED_LSN)
