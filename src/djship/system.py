@@ -525,13 +525,15 @@ class System:
                                                                             started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
-        self._standby(secrets_, changes, desired, base_backup)
         self._redis(secrets_, changes, reconfigured)
         release = self._release(changes)
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
         self._ensure_processes(changes, reconfigured)
+        # After the app's programs read where the primary is: a former primary that turns into the standby here must
+        # not start while an app server still names it first.
+        self._standby(secrets_, changes, desired, base_backup)
         self._ensure_balancers(changes)
         renewed = self._ensure_extras(changes, reconfigured)
         for name in changes.removed:

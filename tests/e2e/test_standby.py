@@ -216,8 +216,8 @@ def test_the_former_primary_is_rebuilt_as_the_standby_and_its_old_data_kept_asid
     # The old primary's data, started by hand: a read-only standby with no primary to follow.
     postgres = glob.glob("/usr/lib/postgresql/*/bin/postgres")[0]
     port = 15999 + int(fleet.hosts["db1"].address.rsplit(".", 1)[1]) % 100
-    started = subprocess.Popen(["ip", "netns", "exec", fleet.hosts["db1"].namespace, "runuser", "-u", "djship-db",
-                                "--", postgres, "-D", kept[0], "-c", f"port={port}"],
+    started = subprocess.Popen(["ip", "netns", "exec", fleet.hosts["db1"].namespace, "setpriv", "--reuid=djship-db",
+                                "--regid=djship-db", "--init-groups", postgres, "-D", kept[0], "-c", f"port={port}"],
                                stdout=subprocess.DEVNULL, stderr=(fleet.project / "old-primary.log").open("w"))
     try:
         deadline = time.monotonic() + 30

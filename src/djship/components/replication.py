@@ -24,7 +24,7 @@ SELECT pg_create_physical_replication_slot(:'slot')
 
 # On the primary: each standby's state and lag as PostgreSQL measures them (NULL lags: nothing to catch up).
 REPLICATION_STATUS = """SELECT coalesce(json_agg(json_build_object(
-    'name', application_name, 'client', client_addr::text, 'state', state, 'sync_state', sync_state,
+    'name', application_name, 'client', host(client_addr), 'state', state, 'sync_state', sync_state,
     'sent_lsn', sent_lsn::text, 'replay_lsn', replay_lsn::text,
     'lag_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,
     'write_lag', extract(epoch FROM write_lag), 'flush_lag', extract(epoch FROM flush_lag),

@@ -153,10 +153,9 @@ class DatabaseSwitch:
                     self.primary.supervisor.start("postgres")
                 raise
             promoted = time.monotonic() - started
-            original = self._swap_config()
-            with self.reporter.step(f"Pointing the app servers at {self.standby.name}, one at a time"):
-                self._converge(without_host(original, self.primary.name, self.standby.name))
-            with self.reporter.step(f"Starting {self.primary.name} as the standby of {self.standby.name}"):
+            self._swap_config()
+            with self.reporter.step(f"Pointing the app servers at {self.standby.name}, one at a time, then starting "
+                                    f"{self.primary.name} as its standby"):
                 self._converge(self.config_path.read_text(encoding="utf-8"))
         return Takeover(self.standby.name, self.primary.name, promoted, True, time.monotonic() - started)
 
