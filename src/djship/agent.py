@@ -192,7 +192,9 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
     store = Store(connector, plan.backup.daily_dir or plan.backup.dir)
     with exclusive(plan.paths.backup_lock, "the daily backup", busy="another backup is running"):
         store.remove_unfinished()
-        sources = Sources(here, here, json.loads(admin)["postgres_password"], None, DAILY_STAGING, name_hosts=False)
+        kept = json.loads(admin)
+        sources = Sources(here, here, kept["postgres_password"], None, DAILY_STAGING, name_hosts=False,
+                          redis_password=kept.get("redis_password"))
         sources.clear()
         taken = take(sources, store, note, _LogReporter())
         if plan.backup.target is None:

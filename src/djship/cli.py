@@ -338,7 +338,10 @@ def backups_(as_json: bool) -> None:
 @main.command()
 @click.argument("backup_name", metavar="BACKUP")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def restore(backup_name: str, yes: bool) -> None:
+@click.option("--redis", "with_redis", is_flag=True,
+              help="Also put back Redis's data (backups hold it with [redis] backup = true). Redis stops while it "
+                   "loads: requests that use it fail for those seconds.")
+def restore(backup_name: str, yes: bool, with_redis: bool) -> None:
     """Restore BACKUP (a name from `djship backups`, or a backup directory) without failing a request.
 
     \b
@@ -346,6 +349,7 @@ def restore(backup_name: str, yes: bool) -> None:
     restores into a NEW database and media directory, checks every table's row count against the
     backup, then switches the app servers one batch at a time (drain -> restart -> health check ->
     rotation). The previous database is kept; `djship drop-database NAME --yes` removes it.
+    With --redis, Redis's data from the backup replaces what it holds; what it held is kept beside it.
     """
     if not yes and not sys.stdin.isatty():
         raise DjshipError("restore switches the site to the backup's data; re-run with --yes to confirm "
@@ -361,13 +365,19 @@ def restore(backup_name: str, yes: bool) -> None:
     ):
         raise DjshipError("restore cancelled; nothing was changed")
     traffic = backups.system.traffic()
-    result = backups.restore(verified)
+    result = backups.restore(verified, redis=with_redis)
     console.print(
         f"[green]Restored[/] {escape(verified.name)} in {time.monotonic() - started:.1f}s: the site now uses database "
         f"{escape(result.database)} and media {escape(str(result.media))}"
     )
     _print_traffic(backups.system.traffic_since(traffic), "the restore")
     console.print(f"  safety backup of what was live: {result.safety_backup}", markup=False)
+    if result.redis_kept is not None:
+        console.print(f"  Redis's data is the backup's; what it held before is kept in {result.redis_kept}",
+                      markup=False)
+    elif manifest.holds_redis:
+        console.print("  the backup also holds a snapshot of Redis, not restored (add --redis to put it back)",
+                      markup=False)
     console.print(
         f"  the previous database {result.previous.database} and media {result.previous.media} are kept; "
         f"remove them with `djship drop-database {result.previous.database} --yes` and `rm -r {result.previous.media}`",

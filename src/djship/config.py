@@ -317,6 +317,9 @@ class RedisConfig(_Section):
     port: int = 16379
     maxmemory: str | None = None
     """Redis's maxmemory ("256mb"); when reached, writes fail (noeviction): a broker must never lose a task."""
+    backup: bool = False
+    """Whether backups hold Redis's data too (a snapshot, redis.rdb), and `djship restore --redis` can put it back.
+    Off by default: a broker's queue and a cache are seldom worth a restore that sends old tasks again."""
 
     _check_bind = field_validator("address")(_loopback)
 

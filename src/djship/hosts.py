@@ -30,10 +30,16 @@ class Requirement:
     """A shell test that succeeds when it is present."""
     roles: frozenset[str]
     """The roles that need it; every host when empty."""
-    mounts: bool = False
-    """Needed only where the app hosts mount the uploads of a media host."""
-    sends: bool = False
-    """Needed only where the db host sends its backups to a backup host."""
+    needed_for: str | None = None
+    """Needed only when the system uses this (one of FEATURES); None: always."""
+
+
+# What some systems do and others do not, and so need a package for only then.
+FEATURES = {
+    "mounts": "a media host holds the uploads (every app and worker host mounts them)",
+    "sends": "a backup host keeps the backups (the db host sends them there)",
+    "snapshots": "backups hold Redis's data ([redis] backup: the db host takes its snapshot with redis-cli)",
+}
 
 
 REQUIREMENTS = (
@@ -46,8 +52,9 @@ REQUIREMENTS = (
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db", "standby"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
-    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), mounts=True),
-    Requirement("openssh-client", "command -v sftp", frozenset({"db"}), sends=True),
+    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), "mounts"),
+    Requirement("openssh-client", "command -v sftp", frozenset({"db"}), "sends"),
+    Requirement("redis-tools", "command -v redis-cli", frozenset({"db"}), "snapshots"),
 )
 
 
@@ -58,10 +65,8 @@ class SSHHost:
     target: SSHTarget
     root: PurePosixPath
     """Where everything djship makes on this host lives."""
-    media: bool = False
-    """Whether a media host holds the uploads (then every app host mounts them)."""
-    backup: bool = False
-    """Whether a backup host keeps the backups (then the db host sends them there)."""
+    features: frozenset[str] = frozenset()
+    """What of FEATURES the system uses."""
 
 
 def _local_path(value: str, project_dir: Path) -> Path:
@@ -82,6 +87,9 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
                "db": {config.servers.primary}, "standby": set(config.servers.db_hosts[1:]),
                "media": {media} if media else set(), "backup": {backup} if backup else set(),
                "redis": {config.servers.redis or config.servers.primary} if config.redis is not None else set()}
+    features = frozenset(name for name, used in (("mounts", media is not None), ("sends", backup is not None),
+                                                 ("snapshots", config.redis is not None and config.redis.backup))
+                         if used)
     ssh = config.ssh
     hosts = []
     for name, host in config.hosts.items():
@@ -95,13 +103,13 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
             host_key=host.host_key,
         )
         roles = tuple(role for role in ROLES if name in holders[role])
-        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), media is not None, backup is not None))
+        hosts.append(SSHHost(name, roles, target, PurePosixPath(host.root), features))
     return hosts
 
 
-def requirements_for(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> list[Requirement]:
+def requirements_for(roles: tuple[str, ...], features: frozenset[str] = frozenset()) -> list[Requirement]:
     return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
-            and (media or not requirement.mounts) and (backup or not requirement.sends)]
+            and requirement.needed_for in (None, *features)]
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
@@ -118,14 +126,14 @@ _TOOL_PROBES = {
 _FIND_PYTHON = 'PYTHON=$(ls /usr/bin/python3 2>/dev/null || command -v python3)'
 
 
-def probe_script(roles: tuple[str, ...], media: bool = False, backup: bool = False) -> str:
+def probe_script(roles: tuple[str, ...], features: frozenset[str] = frozenset()) -> str:
     lines = [_FIND_PYTHON, "echo uid $(id -u)",
              '"$PYTHON" -c \'import sys; print("python", *sys.version_info[:2])\' 2>/dev/null']
     lines += [f"echo tool {name} $({probe} 2>/dev/null)" for name, probe in _TOOL_PROBES.items()]
     lines += [
         f"if {requirement.probe} >/dev/null 2>&1; then echo present {requirement.package}; "
         f"else echo missing {requirement.package}; fi"
-        for requirement in requirements_for(roles, media, backup)
+        for requirement in requirements_for(roles, features)
     ]
     return "\n".join(lines) + "\n"
 
@@ -211,7 +219,7 @@ def _python_problem(facts: Facts) -> str | None:
 
 
 def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
-    probe = ["sh", "-c", probe_script(host.roles, host.media, host.backup)]
+    probe = ["sh", "-c", probe_script(host.roles, host.features)]
     facts = parse_probe(connector.run(probe, timeout=60).stdout)
     installed: tuple[str, ...] = ()
     if facts.missing and install:

@@ -277,6 +277,10 @@ class Redis:
     dir: Path
     """On its host: the directory of its config (root's) and of its data (its user's alone)."""
     maxmemory: str | None
+    backup: bool = False
+    """[redis] backup: backups hold a snapshot of its data."""
+    tls: bool = False
+    """Clients on other hosts: Redis speaks TLS only, with its host's certificate from djship's CA."""
 
     @property
     def endpoint(self) -> str:
@@ -292,8 +296,21 @@ class Redis:
         """The append-only file and the snapshots."""
         return self.dir / "data"
 
-    def url(self, password: str) -> str:
-        return f"redis://:{password}@{self.endpoint}/0"
+    @property
+    def cert_file(self) -> Path:
+        return self.dir / "redis.crt"
+
+    @property
+    def key_file(self) -> Path:
+        """0600, its user's."""
+        return self.dir / "redis.key"
+
+    def url(self, password: str, ca: Path) -> str:
+        """REDIS_URL, for redis-py (Django's cache) and Celery (kombu) alike: over TLS, the certificate verified
+        against ca (both pass the ssl_* parameters of the query on to Python's ssl)."""
+        if not self.tls:
+            return f"redis://:{password}@{self.endpoint}/0"
+        return f"rediss://:{password}@{self.endpoint}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
 
 
 @dataclass(frozen=True)
@@ -823,11 +840,12 @@ class Plan:
         redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
             paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
-            redis_conf, self.database.replication_passfile)
+            redis_conf, self.redis.key_file if self.redis else None, self.database.replication_passfile)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
-                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis}
+                       paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis,
+                       **({self.redis.key_file: self.users.redis} if self.redis else {})}
             owner = self.users.db if path.is_relative_to(self.database.data_dir) \
                 or path == self.database.replication_passfile else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
@@ -1031,7 +1049,8 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             database = replace(database, standby=Standby(standby_host.name, standby_host.address, db_host.name),
                                synchronous=config.database.synchronous)
     media = _media_store(config, hosts, code_hosts)
-    redis = _redis(config, hosts, db_host, one_machine)
+    redis = _redis(config, hosts, db_host, one_machine,
+                   [*code_hosts, *([db_host] if config.redis and config.redis.backup else [])])
     plans = {}
     for host in hosts:
         plan = _assemble(
@@ -1067,14 +1086,18 @@ def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> 
                         config.users.backup)
 
 
-def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool) -> Redis | None:
+def _redis(config: Config, hosts: list[HostSpec], db_host: HostSpec, one_machine: bool,
+           clients: list[HostSpec]) -> Redis | None:
     """[redis] on the host with the redis role, else the db host: on one machine on a loopback address of its own,
     on hosts on the host's address (the app hosts connect to it there)."""
     if config.redis is None:
         return None
     holder = next((host for host in hosts if "redis" in host.roles), db_host)
     address = config.redis.address if one_machine else holder.address
-    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory)
+    # A link that crosses from one host to another is encrypted, as the app's to PostgreSQL is.
+    tls = not one_machine and any(client.name != holder.name for client in clients)
+    return Redis(holder.name, address, config.redis.port, Paths(holder.root).redis, config.redis.maxmemory,
+                 config.redis.backup, tls)
 
 
 def _media_store(config: Config, hosts: list[HostSpec], code_hosts: list[HostSpec]) -> MediaStore | None:

@@ -199,6 +199,7 @@ keep = 7                       # days of backups kept: the newest of each day, p
 # app = ["app1", "app2"]
 # db = "db1"
 # backup = "bk1"               # optional: a host that keeps every backup, off the db host's disk
+# worker = ["wk1"]             # optional: hosts that run [processes] instead of the app hosts
 #
 # [ssh]
 # key = "~/.ssh/id_ed25519"    # the key djship logs in with (as root, or a user with sudo -n)

@@ -75,10 +75,14 @@ class Secrets:
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
 
-    def admin_json(self) -> str:
+    def admin_json(self, redis: bool = False) -> str:
+        """What the db host's root reads: the superuser password (and the replication role's, with a standby);
+        with redis ([redis] backup), Redis's password too, with which the daily backup takes its snapshot."""
         kept = {"postgres_password": self.superuser_password}
         if self.replication_password:
             kept["replication_password"] = self.replication_password
+        if redis and self.redis_password:
+            kept["redis_password"] = self.redis_password
         return json.dumps(kept, indent=2) + "\n"
 
 
@@ -374,6 +378,8 @@ class System:
         presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
         if plan.runs_postgres and plan.database.tls:
             presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
+        if plan.runs_redis and plan.redis.tls:
+            presenting.append((plan.redis.cert_file, plan.redis.key_file, (REDIS_PROGRAM,)))
         files = []
         if presenting:
             chain, key = local_ca.host_certificate(authority, host.address, [
@@ -381,10 +387,18 @@ class System:
             for cert_path, key_path, programs in presenting:
                 files += [render.ConfigFile(cert_path, chain.decode(), programs),
                           render.ConfigFile(key_path, key.decode(), programs)]
-        if (host.plan.runs_code or plan.database.standby and plan.runs_postgres) and plan.database.tls \
-                and not host.holds("lb"):
+        if not host.holds("lb") and self._verifies_links(plan):
             files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
         return files
+
+    @staticmethod
+    def _verifies_links(plan: Plan) -> bool:
+        """Whether this host verifies a link to another against djship's CA: the app's code reaching PostgreSQL or
+        Redis, the db host reaching Redis for a backup; Redis, which names the CA in its config."""
+        redis = plan.redis is not None and plan.redis.tls
+        return (plan.runs_code and (plan.database.tls or redis)) or (redis and plan.runs_redis) or (
+            redis and plan.holds("db") and plan.redis.backup) or (plan.database.standby is not None
+                                                                  and plan.runs_postgres)
 
     def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
                  authority: Authority | None, backup_access: media.Access | None = None,
@@ -402,7 +416,8 @@ class System:
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
             if secrets_ and plan.runs_postgres:
-                files.append(render.ConfigFile(plan.paths.admin_secrets, secrets_.admin_json(), ()))
+                files.append(render.ConfigFile(plan.paths.admin_secrets,
+                                               secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
             if secrets_ and secrets_.replication_password and plan.runs_postgres and plan.database.standby:
                 files.append(render.ConfigFile(plan.database.replication_passfile,
                                                render.replication_pgpass(plan, secrets_.replication_password),

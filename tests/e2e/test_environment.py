@@ -1,7 +1,5 @@
 """The app's environment, written once and run on both topologies: one machine (https://localhost:26443) and netns hosts
-(1 lb + 1 app host with 2 app servers + 1 db, each its own sshd and state root; see tests/e2e/hosts.py). One app host:
-with two, the db host would hold the uploads under the system user djship-media, whom fleets of other test runs on
-this machine use at the same time (the netns hosts share /etc/passwd), and `up` cannot change that user's home then.
+(1 lb + 3 app hosts + 1 db, each its own sshd and state root; see tests/e2e/hosts.py).
 
 [env] of djship.toml and the secrets of `djship env` reach every gunicorn; nothing of the shell that ran `djship up`
 does; a secret lies in no file but its 0600 one (here and on each app host); a change rolls through the app servers
@@ -33,7 +31,8 @@ from tests.e2e.test_remote_system import FleetLoop, deploy_under_load, write_con
 pytestmark = pytest.mark.e2e
 
 ENV_PORTS = Ports.of(https=26443, http=26080, database=23432, app_prefix="127.0.91", database_address="127.0.92.1")
-HOSTS = ["lb1", "app1", "db1"]
+APP_HOSTS = ["app1", "app2", "app3"]
+HOSTS = ["lb1", *APP_HOSTS, "db1"]
 GREETING = "hello from [env]: it's $HOME, `quoted`"
 # Exported in the shell that runs `djship up`: it must reach no process of the app.
 LEAK = "DJSHIP_TEST_SHELL_ONLY"
@@ -75,10 +74,8 @@ def target(request) -> Iterator[Target]:
     with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
         project = directory / "board"
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
-        write_config(project, hosts, ["app1"])
+        write_config(project, hosts, APP_HOSTS)
         _configured(project)
-        config = project / "djship.toml"
-        config.write_text(with_values(config.read_text(), {"app.servers": 2}))
         made = Target(project, {name: hosts[name].root for name in HOSTS})
         try:
             _up_from_a_shell_with_a_variable(project)
@@ -101,7 +98,7 @@ def _environment_by_server(target: Target) -> dict[str, dict]:
     """/api/environment/ through the balancer until every app server has answered: what each one's app sees."""
     seen: dict[str, dict] = {}
     servers = _servers(target)
-    assert len(servers) == 2, servers
+    assert len(servers) == (2 if target.site else 3), servers
     deadline = time.monotonic() + 60
     while set(seen) != servers:
         assert time.monotonic() < deadline, f"only {sorted(seen)} answered"

@@ -1,6 +1,6 @@
 """[redis] and Celery workers, written once and run on both topologies: one machine (https://localhost:27443) and netns
-hosts (1 lb + 1 app host with 2 app servers + 1 db host running Redis; one app host for the reason test_environment
-gives: two would share uploads through the djship-media user, whom other test runs on this machine hold).
+hosts (1 lb + 3 app hosts + 1 db host running Redis + 1 worker host, `servers.worker`, that runs the Celery worker
+and no app server).
 
 examples/shop queues an order through HTTPS (orders/), a Celery worker of [processes] prices it through Redis and
 writes a receipt row with the release and host that ran it. Redis runs as its own user, wants its password (which
@@ -17,6 +17,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ SHOP = REPO / "examples" / "shop"
 REDIS_PORTS = Ports.of(https=27443, http=27080, database=17432, app_prefix="127.0.111", database_address="127.0.112.1")
 REDIS_ADDRESS = f"127.{OFFSET}.113.1"
 REDIS_PORT = 17379 + OFFSET
-HOSTS = ["lb1", "app1", "db1"]
+APP_HOSTS = ["app1", "app2", "app3"]
+HOSTS = ["lb1", *APP_HOSTS, "db1", "wk1"]
 WORKER = {"command": "celery -A shop worker -l info --concurrency 2", "count": 1, "stop_timeout": 20}
 PRICE_CENTS = 250
 
@@ -61,7 +63,8 @@ def make_shop(directory: Path, ports: Ports) -> Path:
     loopback address of its own and a Celery worker."""
     project = _copy_shop(directory)
     run_djship(project, "init")
-    _configure(project, {**ports.settings(), "redis.address": REDIS_ADDRESS, "redis.port": REDIS_PORT})
+    _configure(project, {**ports.settings(), "redis.address": REDIS_ADDRESS, "redis.port": REDIS_PORT,
+                         "redis.backup": True})
     return project
 
 
@@ -80,10 +83,11 @@ def target(request) -> Iterator[Target]:
         return
     with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
         project = _copy_shop(directory)
-        write_config(project, hosts, ["app1"])
+        write_config(project, hosts, APP_HOSTS)
         config = project / "djship.toml"
         config.write_text(config.read_text().replace('"board.', '"shop.'))
-        _configure(project, {"app.servers": 2, "redis.maxmemory": "64mb"})
+        _configure(project, {"redis.maxmemory": "64mb", "redis.backup": True, "servers.worker": ["wk1"],
+                             "hosts.wk1.address": hosts["wk1"].address, "hosts.wk1.root": str(hosts["wk1"].root)})
         made = Target(project, {name: hosts[name].root for name in HOSTS})
         try:
             made.djship("up")
@@ -138,21 +142,23 @@ def _redis_root(target: Target) -> Path:
     return target.roots[_redis(target)["host"]]
 
 
-def _app_root(target: Target) -> Path:
-    """The state root of the one app host."""
-    [root] = {target.roots[c["host"]] for c in target.status()["components"] if c["role"] == "app"}
-    return root
+def _code_roots(target: Target) -> set[Path]:
+    """The state roots of the hosts that run the app's code: the app servers' and the worker's."""
+    return {target.roots[c["host"]] for c in target.status()["components"] if c["role"] in ("app", "process")}
 
 
 def _password(target: Target) -> str:
     return json.loads((target.project / ".djship/secrets/redis.json").read_text())["password"]
 
 
-def _ask(address: str, port: int, *commands: list[str]) -> list[str]:
-    """The lines of Redis's replies to these commands, sent on one connection (RESP), then QUIT."""
+def _ask(address: str, port: int, *commands: list[str], ca: Path | None = None) -> list[str]:
+    """The lines of Redis's replies to these commands, sent on one connection (RESP), then QUIT; with ca, over TLS
+    verified against it."""
     wire = b"".join(b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
                     for words in [*commands, ["QUIT"]])
-    with socket.create_connection((address, port), timeout=10) as connection:
+    with socket.create_connection((address, port), timeout=10) as plain, (
+            ssl.create_default_context(cafile=str(ca)).wrap_socket(plain, server_hostname=address)
+            if ca else plain) as connection:
         connection.sendall(wire)
         replies = b""
         while chunk := connection.recv(4096):
@@ -162,9 +168,16 @@ def _ask(address: str, port: int, *commands: list[str]) -> list[str]:
 
 
 def _ask_redis(target: Target, *commands: list[str]) -> list[str]:
-    """From this machine, which reaches the netns hosts' addresses as their app hosts do."""
+    """From this machine, which reaches the netns hosts' addresses as their app hosts do (over TLS there)."""
     address, port = _redis(target)["address"].rsplit(":", 1)
-    return _ask(address, int(port), *commands)
+    return _ask(address, int(port), *commands, ca=None if target.site else target.project / ".djship/tls/ca.crt")
+
+
+def _url(target: Target, password: str) -> str:
+    """REDIS_URL as the secrets file of an app host at root holds it: over TLS between hosts."""
+    if target.site:
+        return f"REDIS_URL=redis://:{password}@{_redis(target)['address']}/0"
+    return f"REDIS_URL='rediss://:{password}@{_redis(target)['address']}/0?ssl_cert_reqs=required&ssl_ca_certs="
 
 
 def _worker_pid(target: Target) -> int:
@@ -182,6 +195,11 @@ def test_an_order_queued_through_https_is_priced_by_a_worker_and_its_receipt_sho
     assert receipt["total_cents"] == 6 * PRICE_CENTS and receipt["quantities"] == [1, 2, 3]
     assert receipt["release"] == target.status()["release"]
     assert receipt["pid"] != _worker_pid(target)  # a child of the worker's prefork pool ran it
+    if not target.site:  # on hosts: on the worker host, which runs no app server
+        worker = target.component("worker-1")
+        assert worker["host"] == "wk1" and os.readlink(f"/proc/{worker['pid']}/cwd").startswith(
+            str(target.roots["wk1"] / "releases")), worker
+        assert {c["name"] for c in target.status()["components"] if c["host"] == "wk1"} == {"worker-1"}
     page = target.get("/orders/")
     assert isinstance(page, Response) and token in page.body.decode(), page
 
@@ -201,6 +219,15 @@ def test_redis_runs_as_its_own_user_on_its_address_and_answers_only_with_its_pas
     assert _ask_redis(target, ["AUTH", _password(target)], ["PING"]) == ["+OK", "+PONG"]
     refused = _ask_redis(target, ["AUTH", _password(target)], ["CONFIG", "SET", "dir", "/tmp"])[1]
     assert refused.startswith("-ERR") and "protected" in refused, refused
+    if not target.site:  # between hosts: TLS only, so the password never crosses the network in clear
+        address, port = redis["address"].rsplit(":", 1)
+        try:
+            answered = _ask(address, int(port), ["AUTH", _password(target)], ["PING"])
+        except ConnectionResetError:
+            answered = []
+        assert answered == []
+        key = _redis_root(target) / "redis/redis.key"
+        assert (key.stat().st_mode & 0o777, pwd.getpwuid(key.stat().st_uid).pw_name) == (0o600, "djship-redis")
 
     redis_dir = _redis_root(target) / "redis"
     conf = redis_dir / "redis.conf"
@@ -214,16 +241,23 @@ def test_redis_runs_as_its_own_user_on_its_address_and_answers_only_with_its_pas
 
 def test_the_password_is_in_no_file_but_its_own_and_on_no_command_line(target):
     password = _password(target)
-    redis_root, app_root = _redis_root(target), _app_root(target)
-    own = {target.project / ".djship/secrets/redis.json", redis_root / "redis/redis.conf", app_root / "secrets/env"}
+    redis_root, code_roots = _redis_root(target), _code_roots(target)
+    envs = {root / "secrets/env" for root in code_roots}
+    db = next(host["name"] for host in target.status()["hosts"] if "db" in host["roles"])
+    # The db host's admin.json too: with [redis] backup, its daily backup takes Redis's snapshot with it.
+    own = {target.project / ".djship/secrets/redis.json", redis_root / "redis/redis.conf", *envs,
+           target.roots[db] / "secrets/admin.json"}
 
     assert set(_files_holding(target, password)) == own
     for path in own:
         assert path.stat().st_mode & 0o777 == 0o600, path
-    assert f"REDIS_URL=redis://:{password}@{_redis(target)['address']}/0" in (app_root / "secrets/env").read_text()
+    assert len(envs) == (1 if target.site else 4)
+    for env in envs:
+        assert _url(target, password) in env.read_text(), env
     assert password not in target.djship("status", "--json").stdout
     target.djship("env", "set", "STRIPE_SECRET_KEY=sk_test_redis", "--no-restart")  # rewrites the secrets files
-    assert f"REDIS_URL=redis://:{password}@" in (app_root / "secrets/env").read_text()
+    for env in envs:
+        assert _url(target, password) in env.read_text(), env
     assert [row["name"] for row in json.loads(target.djship("env", "list", "--json").stdout)] == ["STRIPE_SECRET_KEY"]
     refused = target.djship("env", "set", "REDIS_URL=redis://elsewhere", check=False)
     assert refused.returncode == 1 and "REDIS_URL is set by djship from [redis]" in refused.stderr, refused
@@ -304,16 +338,20 @@ def test_dry_run_shows_redis_and_without_redis_it_stops_keeping_its_data_until_i
     plan = target.djship("up", "--dry-run").stdout
     assert "redis.conf" in plan and "restart redis (configuration changed)" in plan, plan
 
-    running, redis_root = _redis(target)["pid"], _redis_root(target)
+    running, redis_root, code_roots = _redis(target)["pid"], _redis_root(target), _code_roots(target)
+    worker = _worker_pid(target)
     document = tomlkit.parse(with_redis)
     del document["redis"], document["processes"]
+    if "servers" in document:  # without processes, no worker host: it leaves the system (and its worker stops)
+        del document["servers"]["worker"], document["hosts"]["wk1"]
     config.write_text(tomlkit.dumps(document))
     try:
         target.djship("up")
         names = {c["name"] for c in target.status()["components"]}
         assert "redis" not in names and "worker-1" not in names, names
-        assert not alive(running)
-        assert "REDIS_URL" not in (_app_root(target) / "secrets/env").read_text()
+        assert not alive(running) and not alive(worker)
+        for root in code_roots - {target.roots.get("wk1")}:
+            assert "REDIS_URL" not in (root / "secrets/env").read_text(), root
         assert (redis_root / "redis/data/appendonlydir").is_dir()
     finally:
         config.write_text(with_redis)
@@ -322,6 +360,29 @@ def test_dry_run_shows_redis_and_without_redis_it_stops_keeping_its_data_until_i
     assert _ask_redis(target, ["AUTH", password], ["GET", "kept"]) == ["+OK", "$14", "across removal"]
     token = f"back-{secrets.token_hex(4)}"
     _order(target, token)
+    assert len(_priced(target, [token])[token]) == 1
+
+
+def test_a_backup_holds_redis_when_asked_and_restore_redis_puts_it_back_keeping_what_it_held(target):
+    password = _password(target)
+    assert _ask_redis(target, ["AUTH", password], ["SET", "plan", "before the backup"]) == ["+OK", "+OK"]
+    said = target.djship("backup").stdout
+    assert "Taking a snapshot of Redis" in said, said
+    backup = json.loads(target.djship("backups", "--json").stdout)[-1]
+    assert _ask_redis(target, ["AUTH", password], ["SET", "plan", "after it"], ["SET", "later", "1"]) == ["+OK"] * 3
+
+    restored = target.djship("restore", backup["name"], "--yes", "--redis").stdout
+
+    assert "Redis's data is the backup's" in restored, restored
+    assert _ask_redis(target, ["AUTH", password], ["GET", "plan"], ["EXISTS", "later"]) == [
+        "+OK", "$17", "before the backup", ":0"]
+    kept = [path for path in (_redis_root(target) / "redis").iterdir() if path.name.startswith("data-before-")]
+    assert len(kept) == 1 and (kept[0] / "appendonlydir").is_dir(), kept
+    data = _redis_root(target) / "redis/data"
+    assert (data / "appendonlydir").is_dir() and data.stat().st_mode & 0o777 == 0o700
+    assert _redis(target)["health"] == "accepting"
+    token = f"restored-{secrets.token_hex(4)}"
+    _order(target, token)  # the workers reconnected to the Redis that came back
     assert len(_priced(target, [token])[token]) == 1
 
 

@@ -1,6 +1,5 @@
 """ASGI and WebSockets, written once and run on both topologies: one machine (https://localhost:29443) and netns hosts
-(1 lb + 1 app host with 2 app servers + 1 db, each its own sshd and state root; see tests/e2e/hosts.py). One app host
-with two servers is enough: a WebSocket crosses the same HAProxy -> nginx -> gunicorn path on a host of its own.
+(1 lb + 3 app hosts + 1 db, each its own sshd and state root; see tests/e2e/hosts.py).
 
 examples/shop is brought up as WSGI (its pages served, no WebSocket), moved to app.interface = "asgi" (`up` refused on
 the WSGI release, then `deploy` and `up`), and then serves the live app's echo WebSocket (Django Channels) through
@@ -46,7 +45,8 @@ pytestmark = pytest.mark.e2e
 SHOP = REPO / "examples" / "shop"
 WEBSOCKET_PORTS = Ports.of(https=29443, http=29080, database=21432, app_prefix="127.0.121",
                            database_address="127.0.122.1")
-HOSTS = ["lb1", "app1", "db1"]
+APP_HOSTS = ["app1", "app2", "app3"]
+HOSTS = ["lb1", *APP_HOSTS, "db1"]
 PAGE = "/config/"
 ECHO_PATH = "/ws/echo/"
 # How long a handshake or an echo may take, as long as the request loop gives a request (a loaded 2-core machine).
@@ -94,6 +94,11 @@ def _moved_to_asgi(target: Target) -> Move:
     return Move(page, websocket, refused, wsgi_release, target.status()["release"])
 
 
+def _server_count(target: Target) -> int:
+    """Two app servers on one machine, one on each app host."""
+    return 2 if target.site else len(APP_HOSTS)
+
+
 @pytest.fixture(scope="module", params=[ONE_MACHINE, ON_HOSTS])
 def target(request) -> Iterator[Target]:
     """The shop up as WSGI, then moved to ASGI (its Move in target.move)."""
@@ -114,11 +119,10 @@ def target(request) -> Iterator[Target]:
         return
     with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
         project = make_shop(directory)
-        write_config(project, hosts, ["app1"])
+        write_config(project, hosts, APP_HOSTS)
         config = project / "djship.toml"
         config.write_text(with_values(config.read_text(), {
             "project.settings_module": "shop.settings", "project.wsgi_application": "shop.wsgi.application",
-            "app.servers": 2,
         }))
         made = Target(project, {name: hosts[name].root for name in HOSTS})
         try:
@@ -243,7 +247,7 @@ def test_a_wsgi_system_serves_its_pages_and_moves_to_asgi_with_a_deploy_then_up(
         f'error: app.interface: "asgi", but release {move.wsgi_release} was built for WSGI; roll back to a release '
         'built for ASGI, or set app.interface = "wsgi" and run `djship up` first'))
     gunicorns = [c for c in target.status()["components"] if c["name"].endswith("-gunicorn")]
-    assert len(gunicorns) == 2
+    assert len(gunicorns) == _server_count(target)
     for gunicorn in gunicorns:
         conf = target.roots[gunicorn["host"]] / "servers" / gunicorn["server"] / "gunicorn.conf.py"
         assert 'worker_class = "djship_production.asgi_worker.Worker"' in conf.read_text(), conf
@@ -253,13 +257,13 @@ def test_a_wsgi_system_serves_its_pages_and_moves_to_asgi_with_a_deploy_then_up(
 def test_a_websocket_through_https_echoes_from_every_app_server_and_pages_still_load(target):
     release = target.status()["release"]
     servers = {c["server"] for c in target.status()["components"] if c["role"] == "app"}
-    assert len(servers) == 2, servers
+    assert len(servers) == _server_count(target), servers
     page = target.get("/")
     assert isinstance(page, Response) and page.status == 200 and b"Example shop" in page.body, page
     live = target.get("/live/")
     assert isinstance(live, Response) and live.status == 200 and b"/ws/echo/" in live.body, live
 
-    # Held open together: the balancer gives each new one to the server holding the fewest, so both get one.
+    # Held open together: the balancer gives each new one to the server holding the fewest, so each gets one.
     with ExitStack() as stack:
         websockets = [stack.enter_context(open_echo(target)) for _ in range(4)]
         answered = {ws.response.headers["X-Djship-Server"]: echo(ws, f"hello {index}") for index, ws in
@@ -294,7 +298,7 @@ def test_a_deploy_closes_every_websocket_with_1001_and_its_client_reconnects_to_
     assert "0 failed" in said, said
     # The drain waits for requests in flight only, not for the WebSockets (the balancer's timeout is 40 s).
     drains = [float(seconds) for seconds in re.findall(r"Draining [^\n]*\n\s*✓ ([\d.]+)s", said)]
-    assert len(drains) == 2 and max(drains) < 10, said
+    assert len(drains) == _server_count(target) and max(drains) < 10, said
     connections = [connection for client in clients for connection in client.connections]
     assert [c.failures for c in clients] == [[]] * len(clients)
     slow = [attempt for client in clients for attempt in client.slow_requests]

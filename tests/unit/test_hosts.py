@@ -29,7 +29,7 @@ def test_remote_hosts_take_ssh_defaults_and_per_host_overrides(tmp_path):
     assert [(host.name, host.roles) for host in hosts.values()] == [
         ("lb1", ("lb",)), ("app1", ("app",)), ("app2", ("app",)), ("db1", ("db", "media"))
     ]
-    assert all(host.media for host in hosts.values())
+    assert all("mounts" in host.features for host in hosts.values())
     app1, app2 = hosts["app1"].target, hosts["app2"].target
     assert (app1.address, app1.port, app1.user, app1.key_file) == ("10.0.0.11", 22, "root", tmp_path / "keys/deploy")
     assert app1.known_hosts == Path("/etc/djship/known_hosts")
@@ -40,7 +40,7 @@ def test_remote_hosts_take_ssh_defaults_and_per_host_overrides(tmp_path):
 def test_one_host_can_hold_every_role(tmp_path):
     config = parse_config(MINIMAL + '[servers]\nlb = ["one"]\napp = ["one"]\ndb = "one"\n[hosts.one]\naddress = "10.0.0.1"\n')
     [host] = remote_hosts(config, tmp_path)
-    assert host.roles == ("lb", "app", "db") and not host.media
+    assert host.roles == ("lb", "app", "db") and host.features == frozenset()
     assert host.target.key_file is None  # the SSH agent and ~/.ssh keys, as ssh itself
 
 
@@ -60,8 +60,15 @@ def test_probe_checks_only_what_the_roles_need():
 
 def test_app_hosts_need_sshfs_only_when_a_media_host_holds_the_uploads():
     assert "sshfs" not in probe_script(("app",))
-    assert "missing sshfs" in probe_script(("app",), media=True)
-    assert "sshfs" not in probe_script(("db", "media"), media=True)
+    assert "missing sshfs" in probe_script(("app",), frozenset({"mounts"}))
+    assert "sshfs" not in probe_script(("db", "media"), frozenset({"mounts"}))
+    assert "missing sshfs" in probe_script(("worker",), frozenset({"mounts"}))
+
+
+def test_the_db_host_needs_redis_cli_only_when_backups_hold_redis():
+    assert "redis-tools" not in probe_script(("db",))
+    assert "missing redis-tools" in probe_script(("db",), frozenset({"snapshots"}))
+    assert "redis-tools" not in probe_script(("app",), frozenset({"snapshots"}))
 
 
 def test_probe_runs_in_a_real_shell():

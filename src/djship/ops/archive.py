@@ -23,6 +23,7 @@ from djship.plan import Database
 
 DUMP = "database.dump"
 MEDIA = "media.tar"
+REDIS = "redis.rdb"
 MANIFEST = "manifest.json"
 FORMAT = 1
 _STAMP = "%Y%m%dT%H%M%SZ"
@@ -104,6 +105,11 @@ class Manifest:
     rows: dict[str, int]
     note: str = ""
     format: int = field(default=FORMAT)
+
+    @property
+    def holds_redis(self) -> bool:
+        """Whether it holds a snapshot of Redis ([redis] backup)."""
+        return REDIS in self.files
 
     @property
     def size(self) -> int:

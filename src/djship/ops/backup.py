@@ -28,9 +28,10 @@ from djship.deploy.release import Release
 from djship.deploy.rolling import Rollout
 from djship.errors import DjshipError
 from djship.ops import archive
-from djship.ops.archive import DUMP, MANIFEST, MEDIA
+from djship.components import redis as redis_server
+from djship.ops.archive import DUMP, MANIFEST, MEDIA, REDIS
 from djship.ops.store import Backup, Sources, Store, entries, run_checked, take
-from djship.plan import AppServer
+from djship.plan import REDIS_PROGRAM, AppServer
 from djship.system import System, point_server
 from djship.topology import Host
 
@@ -38,6 +39,7 @@ from djship.topology import Host
 # streams there. Each kind is removed whole when its operation starts, under its own lock.
 BACKUP_STAGING = "backup-staging"
 RESTORE_STAGING = "restore-staging"
+REDIS_READY_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class RestoreResult:
     media: Path
     previous: Live
     safety_backup: str
+    redis_kept: Path | None = None
+    """With --redis: where Redis's data before the restore was kept (on the redis host)."""
 
 
 class Backups:
@@ -126,8 +130,10 @@ class Backups:
 
     def _sources(self) -> Sources:
         release = self.system.current()
+        redis = self.db.plan.redis
         return Sources(self.db, self.media_source, self._superuser_password(), release.id if release else None,
-                       BACKUP_STAGING, name_hosts=len(self.system.hosts) > 1)
+                       BACKUP_STAGING, name_hosts=len(self.system.hosts) > 1,
+                       redis_password=self.system.secrets().redis_password if redis and redis.backup else None)
 
     def _on(self, host: Host) -> str:
         return "" if len(self.system.hosts) == 1 else f" on {host.name}"
@@ -195,13 +201,17 @@ class Backups:
                 backup.host.connector.download(source, Path(relay) / file)
                 host.connector.upload(Path(relay) / file, target)
 
-    def _send(self, backup: Backup) -> None:
-        """The dump to the db host and the media to every app host, each copy checked there, and the dump's table of
-        contents read on the db host; nothing of the system changes."""
-        wanted = {name: [DUMP] if name == self.db.name else [] for name in self.live_hosts}
+    def _send(self, backup: Backup, redis: bool) -> None:
+        """The dump to the db host and the media to every app host (with redis, Redis's snapshot to the redis host),
+        each copy checked there, and the dump's table of contents read on the db host; nothing of the system
+        changes."""
+        receivers = self._receivers(redis)
+        wanted = {name: [DUMP] if name == self.db.name else [] for name in receivers}
         for name in self.media_keepers:
             wanted[name].append(MEDIA)
-        self._clear_staging(self.live_hosts, RESTORE_STAGING)
+        if redis:
+            wanted[self.system.redis_host.name].append(REDIS)
+        self._clear_staging(receivers, RESTORE_STAGING)
 
         def send(host: Host) -> None:
             staging = self._staging(host, RESTORE_STAGING)
@@ -214,9 +224,9 @@ class Backups:
                 raise DjshipError(f"{changed[0]} of backup {backup.name} changed on its way to {host.name}; "
                                   "nothing was changed")
 
-        where = "this machine" if len(self.system.hosts) == 1 else ", ".join(self.live_hosts)
+        where = "this machine" if len(self.system.hosts) == 1 else ", ".join(receivers)
         with self.reporter.step(f"Streaming backup {backup.name} to {where}"):
-            on_each(self.live_hosts, send)
+            on_each(receivers, send)
         dump = self._staging(self.db, RESTORE_STAGING) / DUMP
         toc = self.db.connector.run(archive.pg_restore_list_argv(self.db.plan.tools.pg("pg_restore"), dump))
         if not toc.ok:
@@ -237,20 +247,34 @@ class Backups:
                     "run `djship deploy` first, then restore"
                 )
 
-    def restore(self, backup: Backup) -> RestoreResult:
-        """Restore a verified backup into a new database and media directory and switch every app server to them."""
+    def restore(self, backup: Backup, redis: bool = False) -> RestoreResult:
+        """Restore a verified backup into a new database and media directory and switch every app server to them;
+        with redis, Redis's data too (it is stopped for as long as it takes to load)."""
+        if redis:
+            self._check_redis(backup)
         rollout = Rollout(self.system)
         with rollout.locked("restore") as release:
             self._check_releases_can_switch()
             try:
-                return self._restore(backup, rollout, release)
+                return self._restore(backup, rollout, release, redis)
             finally:
-                self._clear_staging(self.live_hosts, RESTORE_STAGING)
+                self._clear_staging(self._receivers(redis), RESTORE_STAGING)
 
-    def _restore(self, backup: Backup, rollout: Rollout, release: Release) -> RestoreResult:
+    def _check_redis(self, backup: Backup) -> None:
+        if self.system.redis_host is None:
+            raise DjshipError("--redis: there is no [redis] in djship.toml to restore Redis's data into")
+        if not backup.manifest.holds_redis:
+            raise DjshipError(f"--redis: backup {backup.name} holds no snapshot of Redis (it was taken without "
+                              "[redis] backup = true); restore it without --redis")
+
+    def _receivers(self, redis: bool) -> dict[str, Host]:
+        """The hosts a restore streams files to: those with a live.json, and with redis the redis host."""
+        return {**self.live_hosts, **({self.system.redis_host.name: self.system.redis_host} if redis else {})}
+
+    def _restore(self, backup: Backup, rollout: Rollout, release: Release, redis: bool) -> RestoreResult:
         hosts = self.live_hosts
         previous = {name: read_live(host.plan, host.connector) for name, host in hosts.items()}
-        self._send(backup)
+        self._send(backup, redis)
         self.reporter.note(f"Safety backup of database {previous[self.db.name].database} and its media first")
         safety = self.backup(note=f"safety backup before restoring {backup.name}", protect=frozenset({backup.name}))
         password = self._superuser_password()
@@ -273,8 +297,36 @@ class Backups:
             raise DjshipError(f"{error}; database {previous[self.db.name].database} keeps serving") from None
         for name, host in hosts.items():  # what new app servers, `manage`, `status` and backups use
             write_live(host.plan, host.connector, targets[name])
+        kept = self._restore_redis(backup, now) if redis else None
         return RestoreResult(database, targets[self.media_source.name].media, previous[self.media_source.name],
-                             safety.backup.name)
+                             safety.backup.name, kept)
+
+    def _restore_redis(self, backup: Backup, now: datetime) -> Path:
+        """Redis stopped, its data directory kept aside, the snapshot loaded into a new one, Redis started on it.
+        Returns where the data before it was kept."""
+        host = self.system.redis_host
+        plan, connector = host.plan, host.connector
+        data = plan.redis.data_dir
+        kept = data.with_name(f"data-before-{archive.backup_name(now)}")
+        with self.reporter.step(f"Restoring Redis's data from backup {backup.name}{self._on(host)} (Redis stops "
+                                f"while it loads; the data before it is kept in {kept})"):
+            host.supervisor.stop(REDIS_PROGRAM)
+            run_checked(connector, "keeping Redis's data aside", ["mv", "--", str(data), str(kept)])
+            connector.makedirs(data, mode=0o700, owner=plan.user_of("redis"))
+            snapshot = data / "dump.rdb"
+            run_checked(connector, "moving the snapshot into place",
+                        ["mv", "--", str(self._staging(host, RESTORE_STAGING) / REDIS), str(snapshot)])
+            if plan.user_of("redis"):
+                run_checked(connector, "giving the snapshot to Redis", ["chown", plan.user_of("redis"), str(snapshot)])
+            redis_server.load(plan, connector, self.system.secrets().redis_password, snapshot)
+            host.supervisor.start(REDIS_PROGRAM)
+            redis_server.wait_ready(plan, connector, self.system.secrets().redis_password, REDIS_READY_SECONDS)
+        # A Celery worker whose broker went away may not consume again by itself; restarted, it reads the queues as
+        # they now are.
+        release = self.system.current()
+        if release is not None:
+            self.system.restart_processes(release)
+        return kept
 
     def _restore_data(self, backup: Backup, targets: dict[str, Live], password: str) -> None:
         db, database = self.db, targets[self.db.name].database

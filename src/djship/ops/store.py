@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Protocol
 
 from djship import __version__
+from djship.components import redis
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector, Result, on_each
 from djship.deploy.live import read_live
 from djship.errors import DjshipError
 from djship.ops import archive
-from djship.ops.archive import DUMP, MANIFEST, MEDIA, FileEntry, Manifest
+from djship.ops.archive import DUMP, MANIFEST, MEDIA, REDIS, FileEntry, Manifest
 from djship.plan import Plan
 from djship.progress import Reporter
 
@@ -117,7 +118,8 @@ class Store:
 
 @dataclass(frozen=True)
 class Sources:
-    """What a backup is made of: the live database on the db host and the live media on the media host."""
+    """What a backup is made of: the live database on the db host and the live media on the media host; with
+    [redis] backup, a snapshot of Redis, taken from the db host too."""
     db: Host
     media: Host
     superuser_password: str
@@ -126,6 +128,8 @@ class Sources:
     """The directory under each source host's state root where the files are made before they are streamed."""
     name_hosts: bool = True
     """Whether the progress lines say which host a step runs on (not when there is one)."""
+    redis_password: str | None = None
+    """With [redis] backup: the password the db host takes Redis's snapshot with; None: no snapshot."""
 
     def staging_dir(self, host: Host) -> Path:
         return host.plan.paths.state / self.staging
@@ -151,6 +155,8 @@ def take(sources: Sources, store: Store, note: str, reporter: Reporter) -> Backu
     partial, final = store.dir / f".{name}.partial", store.dir / name
     store.connector.makedirs(partial, mode=0o700)
     made = {DUMP: (db, sources.staging_dir(db) / DUMP), MEDIA: (media_host, sources.staging_dir(media_host) / MEDIA)}
+    if sources.redis_password:
+        made[REDIS] = (db, sources.staging_dir(db) / REDIS)
     try:
         on_each(sources.by_host(), lambda host: host.connector.makedirs(sources.staging_dir(host), mode=0o700))
         with reporter.step(f"Dumping database {database}{sources.on(db)} (pg_dump, one consistent snapshot)"):
@@ -159,6 +165,9 @@ def take(sources: Sources, store: Store, note: str, reporter: Reporter) -> Backu
             media_host.connector.makedirs(media, mode=0o755, owner=media_host.plan.media_owner)
             run_checked(media_host.connector, "archiving the media directory",
                         archive.tar_create_argv(media, made[MEDIA][1]))
+        if REDIS in made:
+            with reporter.step(f"Taking a snapshot of Redis on {db.plan.redis.endpoint}{sources.on(db)} (redis-cli --rdb)"):
+                redis.snapshot(db.plan, db.connector, sources.redis_password, made[REDIS][1])
         where = store.dir if store.host is None else f"{store.dir} on {store.host.name}"
         with reporter.step(f"Streaming the backup to {where}"):
             files = {file: _copy(host, path, store, partial / file) for file, (host, path) in made.items()}

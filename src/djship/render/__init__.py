@@ -213,7 +213,7 @@ def app_secrets_env(plan: Plan, secrets: dict[str, str], redis_password: str | N
     """The secrets file of the app's environment: `djship env`'s secrets, and REDIS_URL with [redis]."""
     values = list(secrets.items())
     if plan.redis is not None and redis_password:
-        values.append((REDIS_URL, plan.redis.url(redis_password)))
+        values.append((REDIS_URL, plan.redis.url(redis_password, plan.paths.ca_cert)))
     return env_file(values, ENV_SECRETS_ORIGIN)
 
 
