@@ -71,12 +71,14 @@ class Changes:
     """Whether the system's secrets are made (the first up)."""
     standby: str | None = None
     """The standby's PostgreSQL, as `postgres` says the primary's."""
+    standby_copy: str | None = None
+    """Why the standby host gets a fresh pg_basebackup: "new", "rebuild" (a former primary's data kept aside) or None."""
 
     @property
     def empty(self) -> bool:
         return not (
             any(self.files.values()) or self.supervisor_start or self.supervisor_reread or any(self.start.values())
-            or any(self.restart.values()) or self.postgres or self.standby or self.haproxy or self.added or self.removed
+            or any(self.restart.values()) or self.postgres or self.standby or self.standby_copy or self.haproxy or self.added or self.removed
             or self.resting or self.release is None or self.ship
         )
 
@@ -95,6 +97,9 @@ class Changes:
         lines += [f"{host}: ship release {self.release}" for host in self.ship]
         if self.postgres:
             lines.append(f"{self.postgres} PostgreSQL")
+        if self.standby_copy:
+            lines.append("fence the former primary on the standby host, keep its data directory aside, and copy the "
+                         "primary to it" if self.standby_copy == "rebuild" else "copy the primary to the standby host")
         if self.standby:
             lines.append(f"{self.standby} PostgreSQL's standby")
         lines += [f"remove app server {name} (drained first)" for name in self.removed]

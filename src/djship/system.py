@@ -469,7 +469,8 @@ class System:
         authority = read_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
         desired = self._desired(secrets_, certificate, media.read_access(self.topology), authority,
                                 offsite.read_access(self.topology))
-        return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
+        return replace(diff(self.hosts, desired, self._observe(desired), secrets_ is None),
+                       standby_copy=self._standby_base_backup())
 
     def up(self) -> UpResult:
         self._preflight()

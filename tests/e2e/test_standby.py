@@ -206,6 +206,8 @@ def test_failover_after_db1_dies_keeps_every_committed_write_and_every_read(flee
 
 def test_the_former_primary_is_rebuilt_as_the_standby_and_its_old_data_kept_aside_refuses_writes(fleet: Standby):
     fleet.hosts.start_sshd(fleet.hosts["db1"])
+    planned = fleet.djship("up", "--dry-run").stdout
+    assert "fence the former primary on the standby host, keep its data directory aside" in planned, planned
     said = fleet.djship("up").stdout
     assert "Fencing db1's former primary" in said, said
     replication = fleet.replication()
