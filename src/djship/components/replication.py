@@ -31,7 +31,6 @@ REPLICATION_STATUS = """SELECT coalesce(json_agg(json_build_object(
     'replay_lag', extract(epoch FROM replay_lag))), '[]') FROM pg_stat_replication
 """
 IN_RECOVERY = "SELECT pg_is_in_recovery()\n"
-CURRENT_LSN = "SELECT pg_current_wal_flush_lsn()::text\n"
 REPLAYED_LSN = "SELECT pg_last_wal_replay_lsn()::text\n"
 PROMOTE = "SELECT pg_promote(true, 60)\n"
 SYNCHRONOUS_NAMES = "SHOW synchronous_standby_names\n"
@@ -72,9 +71,6 @@ class Replication:
             return False
         self._query("setting synchronous_standby_names", SET_SYNCHRONOUS_NAMES, names=names)
         return True
-
-    def current_lsn(self) -> str:
-        return self._query("reading the WAL position", CURRENT_LSN)
 
     # -- either ------------------------------------------------------------------------------------------------
 
