@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from djship.topology import Host
 
 APP_PROGRAM = re.compile(r"^(?P<server>.+)-(gunicorn|nginx)$")
-SEPARATE = ("postgres", "haproxy")
-"""Programs with their own rules: PostgreSQL restarts or reloads, HAProxy reloads seamlessly."""
+SEPARATE = ("postgres", "haproxy", render.POOLER_PROGRAM)
+"""Programs with their own rules: PostgreSQL restarts or reloads, HAProxy and PgBouncer reload seamlessly."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,24 @@ class Changes:
     """The standby's PostgreSQL, as `postgres` says the primary's."""
     standby_copy: str | None = None
     """Why the standby host gets a fresh pg_basebackup: "new", "rebuild" (a former primary's data kept aside) or None."""
+    pooler: dict[str, str] = field(default_factory=dict)
+    """Per app host with database.pooler: "start" or "reload" (its config or password file changed) PgBouncer."""
+    pooler_hosts: tuple[str, ...] = ()
+    """The hosts that run PgBouncer."""
 
     @property
     def empty(self) -> bool:
         return not (
             any(self.files.values()) or self.supervisor_start or self.supervisor_reread or any(self.start.values())
-            or any(self.restart.values()) or self.postgres or self.standby or self.standby_copy or self.haproxy or self.added or self.removed
+            or any(self.restart.values()) or self.postgres or self.standby or self.standby_copy or self.haproxy
+            or self.pooler or self.added or self.removed
             or self.resting or self.release is None or self.ship
         )
+
+    @property
+    def paused_poolers(self) -> tuple[str, ...]:
+        """The hosts whose PgBouncer runs already: a restart of PostgreSQL pauses them."""
+        return tuple(host for host in self.pooler_hosts if self.pooler.get(host) != "start")
 
     def endpoints_to_bind(self, host: Host) -> tuple[tuple[str, int, str], ...]:
         return self.endpoints.get(host.name, ())
@@ -96,7 +106,10 @@ class Changes:
             lines.append("build a new release, migrate the database once")
         lines += [f"{host}: ship release {self.release}" for host in self.ship]
         if self.postgres:
-            lines.append(f"{self.postgres} PostgreSQL")
+            paused = " (PgBouncer paused meanwhile: no failed request)" \
+                if self.postgres == "restart" and self.paused_poolers else ""
+            lines.append(f"{self.postgres} PostgreSQL{paused}")
+        lines += [f"{host}: {action} PgBouncer" for host, action in self.pooler.items()]
         if self.standby_copy:
             lines.append("fence the former primary on the standby host, keep its data directory aside, and copy the "
                          "primary to it" if self.standby_copy == "rebuild" else "copy the primary to the standby host")
@@ -132,7 +145,7 @@ def _endpoints(host: Host, programs: set[str]) -> tuple[tuple[str, int, str], ..
 def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], observed: dict[str, Observed],
          new_secrets: bool = False, certificate_changed: bool = False) -> Changes:
     """certificate_changed: the site certificate was made anew here (its copy on a host may be this very file)."""
-    files, start, restart, haproxy, endpoints = {}, {}, {}, {}, {}
+    files, start, restart, haproxy, endpoints, pooler = {}, {}, {}, {}, {}, {}
     supervisor_start, supervisor_reread = set(), set()
     postgres = standby = None
     configured, listed, resting = set(), set(), set()
@@ -167,6 +180,11 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
                 postgres = action
             else:
                 standby = action
+        if plan.pools:
+            action = "start" if render.POOLER_PROGRAM in stopped else "reload" if render.POOLER_PROGRAM in touched \
+                else None
+            if action:
+                pooler[name] = action
         if host.holds("lb"):
             action = "start" if "haproxy" in stopped else "reload" if "haproxy" in touched else None
             if action:
@@ -187,5 +205,6 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
         added=tuple(name for name in wanted if name not in configured and configured),
         removed=removed, resting=tuple(sorted(resting - set(removed))), release=release, ship=ship,
         balancers_running=all(observed[name].statuses.get("haproxy") == "RUNNING" for name in lbs),
-        endpoints=endpoints, secrets=new_secrets, standby=standby,
+        endpoints=endpoints, secrets=new_secrets, standby=standby, pooler=pooler,
+        pooler_hosts=tuple(name for name, host in hosts.items() if host.plan.pools),
     )

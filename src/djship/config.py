@@ -282,6 +282,10 @@ class DatabaseConfig(_Section):
     max_connections: int = Field(default=100, ge=10, le=10000)
     synchronous: bool = False
     """With a standby: a commit returns only once the standby has it too (synchronous_standby_names)."""
+    pooler: Literal["none", "pgbouncer"] = "none"
+    """"pgbouncer": the app servers reach PostgreSQL through PgBouncer on their own host (transaction pooling)."""
+    pool_size: int = Field(default=20, ge=1, le=10000)
+    """With the pooler: PostgreSQL connections each app host's PgBouncer opens at most."""
 
     _check_bind = field_validator("address")(_loopback)
 
@@ -653,12 +657,14 @@ class UsersConfig(_Section):
     """The media host's SFTP-only user, through which every app host reads and writes the uploads."""
     backup: str = "djship-backup"
     """The backup host's SFTP-only user, through which the db host sends it each backup."""
+    pooler: str = "djship-pgbouncer"
+    """PgBouncer, where database.pooler runs it: reads its password file alone."""
 
-    _check_unprivileged = field_validator("app", "web", "db", "lb", "redis", "media", "backup")(_unprivileged)
+    _check_unprivileged = field_validator("app", "web", "db", "lb", "redis", "media", "backup", "pooler")(_unprivileged)
 
     @model_validator(mode="after")
     def _one_each(self) -> UsersConfig:
-        roles = ("app", "web", "db", "lb", "redis", "media", "backup")
+        roles = ("app", "web", "db", "lb", "redis", "media", "backup", "pooler")
         names = [getattr(self, role) for role in roles]
         shared = next((name for name in names if names.count(name) > 1), None)
         if shared is not None:

@@ -39,6 +39,7 @@ FEATURES = {
     "mounts": "a media host holds the uploads (every app and worker host mounts them)",
     "sends": "a backup host keeps the backups (the db host sends them there)",
     "snapshots": "backups hold Redis's data ([redis] backup: the db host takes its snapshot with redis-cli)",
+    "pooled": "database.pooler runs PgBouncer on every app host",
 }
 
 
@@ -52,6 +53,7 @@ REQUIREMENTS = (
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
     Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db", "standby"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
+    Requirement("pgbouncer", "command -v pgbouncer || test -x /usr/sbin/pgbouncer", frozenset({"app"}), "pooled"),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), "mounts"),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), "sends"),
     Requirement("redis-tools", "command -v redis-cli", frozenset({"db"}), "snapshots"),
@@ -88,7 +90,8 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
                "media": {media} if media else set(), "backup": {backup} if backup else set(),
                "redis": {config.servers.redis or config.servers.primary} if config.redis is not None else set()}
     features = frozenset(name for name, used in (("mounts", media is not None), ("sends", backup is not None),
-                                                 ("snapshots", config.redis is not None and config.redis.backup))
+                                                 ("snapshots", config.redis is not None and config.redis.backup),
+                                                 ("pooled", config.database.pooler != "none"))
                          if used)
     ssh = config.ssh
     hosts = []
@@ -119,6 +122,7 @@ _TOOL_PROBES = {
     "pg_bindir": "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1",
     "mime_types": "ls /etc/nginx/mime.types",
     "redis_server": "command -v redis-server || ls /usr/bin/redis-server",
+    "pgbouncer": "command -v pgbouncer || ls /usr/sbin/pgbouncer",
     "python3": 'echo "$PYTHON"',
 }
 # The distribution's Python first: every user can run it (a python3 first on root's PATH, e.g. pyenv's under
@@ -168,7 +172,7 @@ def parse_probe(output: str) -> Facts:
 # Debian starts a package's own service on install; djship runs these programs under its own supervisord (the
 # distribution's nginx would hold port 80, which a balancer on the same host needs).
 DISTRIBUTION_SERVICES = {"nginx": "nginx", "haproxy": "haproxy", "postgresql": "postgresql",
-                         "redis-server": "redis-server"}
+                         "redis-server": "redis-server", "pgbouncer": "pgbouncer"}
 
 
 def install_command(packages: tuple[str, ...], as_root: bool) -> list[str]:

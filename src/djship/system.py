@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, redis
+from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, pooler, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.components.replication import Replication, wait_streaming
@@ -30,7 +30,7 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
-from djship.plan import JOBS_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
+from djship.plan import JOBS_PROGRAM, POOLER_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
 from djship.progress import Reporter
 from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -415,6 +415,10 @@ class System:
                 files.append(render.ConfigFile(plan.paths.app_secrets, secrets_.app_json(), programs))
                 files.append(render.ConfigFile(plan.paths.env_secrets,
                                                self._env_secrets_text(plan, env_secrets, secrets_), programs))
+            if secrets_ and plan.pools:
+                files.append(render.ConfigFile(plan.paths.pooler_auth_file,
+                                               render.pgbouncer_auth_file(plan, secrets_.database_password),
+                                               (POOLER_PROGRAM,)))
             if secrets_ and plan.runs_postgres:
                 files.append(render.ConfigFile(plan.paths.admin_secrets,
                                                secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
@@ -541,6 +545,7 @@ class System:
                                                                             started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
+        self._pooler(changes)
         self._redis(secrets_, changes, reconfigured)
         release = self._release(changes)
         self._start_app_servers(changes, release)
@@ -617,15 +622,35 @@ class System:
                 host.supervisor.start("postgres")
                 database.wait_ready(READY_TIMEOUT)
         elif action == "restart":
-            with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
-                host.supervisor.restart("postgres")
-                database.wait_ready(READY_TIMEOUT)
+            poolers = {name: self.hosts[name] for name in changes.paused_poolers}
+            if poolers:
+                with self.reporter.step(f"Restarting PostgreSQL (its configuration changed) with PgBouncer paused on "
+                                        f"{', '.join(poolers)}: PAUSE, restart, RESUME"):
+                    with pooler.paused(poolers, lambda: database.pooled_connections(secrets_.superuser_password)):
+                        host.supervisor.restart("postgres")
+                        database.wait_ready(READY_TIMEOUT)
+            else:
+                with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
+                    host.supervisor.restart("postgres")
+                    database.wait_ready(READY_TIMEOUT)
         elif action == "reload":  # which clients may connect, its certificate: a reload, no connection is dropped
             with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
         live = read_live(host.plan, host.connector).database
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
+
+    def _pooler(self, changes: Changes) -> None:
+        """Start PgBouncer on the app hosts that run it, before anything of the app connects through it; reload
+        the ones whose config or password file changed."""
+        starting = {name: self.hosts[name] for name, action in changes.pooler.items() if action == "start"}
+        reloading = {name: self.hosts[name] for name, action in changes.pooler.items() if action == "reload"}
+        if starting:
+            with self.reporter.step(f"Starting PgBouncer on {', '.join(starting)}"):
+                on_each(starting, pooler.start)
+        if reloading:
+            with self.reporter.step(f"Reloading PgBouncer on {', '.join(reloading)} (its configuration changed)"):
+                on_each(reloading, pooler.reload)
 
     # -- the standby ---------------------------------------------------------------------------------------------
 
@@ -1173,6 +1198,11 @@ class System:
                            for process in host.plan.processes_here for name in process.programs]
             if host.plan.jobs_here:
                 components.append(entry(host, JOBS_PROGRAM, "jobs", f"{len(host.plan.jobs_here)} jobs", "scheduling"))
+        for host in self.app_hosts.values():
+            if host.plan.pools:
+                listening = host.name in answering and pooler.is_listening(host)
+                components.append(entry(host, POOLER_PROGRAM, "pooler", f"unix:{pooler.socket_path(host.plan)}",
+                                        "accepting" if listening else "down"))
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
         components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
@@ -1332,6 +1362,8 @@ class System:
              "Stopping the processes (each finishes what it does first)")
         stop("app", lambda host: [name for server in host.plan.servers_here for name in server.programs],
              "Stopping the app servers")
+        if self.plan.pooler is not None:
+            stop("app", lambda host: [POOLER_PROGRAM], "Stopping PgBouncer")
         if self.redis_host is not None and self.redis_host.name in running:
             with self.reporter.step("Stopping Redis (its data stays on disk)"):
                 self.redis_host.supervisor.stop(REDIS_PROGRAM)

@@ -27,6 +27,8 @@ class Tools:
     """The nginx brotli modules to load (compression on the fly and brotli_static), when installed."""
     redis_server: str = ""
     """redis-server, where installed (only [redis] needs it); empty: not installed."""
+    pgbouncer: str = ""
+    """pgbouncer, where installed (only database.pooler needs it); empty: not installed."""
     tls_curves: tuple[str, ...] = ()
     """The key exchange groups of Mozilla's list that this HAProxy accepts (components/balancer.py probes them);
     none: HAProxy's own default."""
@@ -59,5 +61,6 @@ def find_tools() -> Tools:
         )
     brotli_modules = BROTLI_MODULES if all(Path(module).is_file() for module in BROTLI_MODULES) else ()
     redis_server = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin") or ""
+    pgbouncer = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin") or ""
     return Tools(nginx=nginx, haproxy=haproxy, pg_bindir=pg_bindir, mime_types=mime_types, python=sys.executable,
-                 brotli_modules=brotli_modules, redis_server=redis_server)
+                 brotli_modules=brotli_modules, redis_server=redis_server, pgbouncer=pgbouncer)

@@ -51,7 +51,7 @@ def test_minimal_config_gives_documented_defaults():
     assert config.state_dir == ".djship"
     assert config.users.model_dump() == {"app": "djship-app", "web": "djship-web", "db": "djship-db", "lb": "djship-lb",
                                          "redis": "djship-redis", "media": "djship-media",
-                                         "backup": "djship-backup"}
+                                         "backup": "djship-backup", "pooler": "djship-pgbouncer"}
     assert config.redis is None
 
 

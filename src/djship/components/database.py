@@ -7,7 +7,7 @@ from pathlib import Path
 
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
-from djship.plan import Database, Plan
+from djship.plan import POOLER_APPLICATION, Database, Plan
 from djship.waiting import wait_until
 
 
@@ -72,6 +72,11 @@ OBSERVE = (
 # djship's own administration never waits for a synchronous standby (database.synchronous): the first up creates
 # the app's role before the standby exists, and a standby that is down must not stop djship from acting.
 ADMIN_OPTIONS = "-c synchronous_commit=local"
+
+
+POOLED_CONNECTIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = :'name'\n"
+)
 
 
 def admin_psql_command(psql: str, db: Database, database: str, passfile: Path,
@@ -176,6 +181,11 @@ class DatabaseServer:
         """What PostgreSQL reports about itself: max_connections and the connections open now (pg_stat_activity's
         client backends)."""
         return json.loads(self.admin_psql(superuser_password, "asking for max_connections", OBSERVE))
+
+    def pooled_connections(self, superuser_password: str) -> int:
+        """The connections PgBouncer keeps open to PostgreSQL, from every app host (by their application_name)."""
+        return int(self.admin_psql(superuser_password, "counting PgBouncer's connections", POOLED_CONNECTIONS,
+                                   variables={"name": POOLER_APPLICATION}).strip())
 
     # -- administration from the db host itself (the only place the superuser may connect from) ----------------
 

@@ -23,7 +23,7 @@ from djship.connectors import Connector, Result
 from djship.deploy import static
 from djship.errors import DjshipError
 from djship.logfile import append_result
-from djship.plan import Plan, release_environment
+from djship.plan import DIRECT_DATABASE, Plan, release_environment
 from djship.progress import Reporter
 
 RUNTIME_PACKAGES = ("gunicorn>=23", "psycopg[binary]>=3.1")
@@ -175,6 +175,7 @@ class ReleaseBuilder:
         live_file: migrate the database that file names instead of the live one (a restore, before it switches).
         """
         environment = {"DJSHIP_LIVE_FILE": str(live_file)} if live_file else {}
+        environment[DIRECT_DATABASE] = "1"  # its advisory lock needs a session of its own, not a pooled one
         return self._python(release, "-m", "djship_production.migrate", what="manage.py migrate", environment=environment)
 
     def _python(self, release: Release, *args: str, what: str, environment: dict[str, str] | None = None) -> Result:

@@ -275,16 +275,23 @@ def connections(plan: Plan, facts: Facts) -> Verdict:
             "see `djship logs postgres`; `djship up` starts it")
     maximum, open_now = facts.database["max_connections"], facts.database["connections"]
     per_server = [int(s.gunicorn.get("workers", 1)) * int(s.gunicorn.get("threads", 1)) for s in facts.servers]
-    needed = sum(per_server) + CONNECTION_HEADROOM
     available = maximum - SUPERUSER_RESERVED
-    budget = (f"{len(per_server)} servers with {' + '.join(map(str, per_server))} workers x threads + "
-              f"{CONNECTION_HEADROOM} headroom = {needed}")
+    if plan.pooler:
+        needed = plan.connections_needed
+        budget = (f"PgBouncer on {plan.pooler.app_hosts} app hosts x pool_size {plan.pooler.pool_size} + "
+                  f"{CONNECTION_HEADROOM} headroom = {needed}, whatever the number of app servers")
+        fix = (f"raise database.max_connections to at least {needed + SUPERUSER_RESERVED} or lower "
+               "database.pool_size in djship.toml, then `djship up`")
+    else:
+        needed = sum(per_server) + CONNECTION_HEADROOM
+        budget = (f"{len(per_server)} servers with {' + '.join(map(str, per_server))} workers x threads + "
+                  f"{CONNECTION_HEADROOM} headroom = {needed}")
+        fix = (f"raise database.max_connections to at least {needed + SUPERUSER_RESERVED} or lower "
+               "app.servers/workers/threads in djship.toml, then `djship up`")
     if needed > available:
         return (FAIL,
             f"{budget}, but PostgreSQL's max_connections {maximum} leaves {available}: under load "
-            "Django gets 'FATAL: sorry, too many clients already'",
-            f"raise database.max_connections to at least {needed + SUPERUSER_RESERVED} or lower "
-            "app.servers/workers/threads in djship.toml, then `djship up`")
+            "Django gets 'FATAL: sorry, too many clients already'", fix)
     if open_now > CONNECTIONS_WARN_SHARE * available:
         return (WARN,
             f"{open_now} of {available} connections open now ({budget})",

@@ -12,8 +12,8 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import REPLICATION_USER, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, \
-    REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
+from djship.plan import REPLICATION_USER, DATABASE_HOLD, DIRECT_DATABASE, HEALTH_HOLD, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, POOLER_APPLICATION, \
+    POOLER_LOGIN_RETRY, POOLER_PORT, POOLER_PROGRAM, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -196,6 +196,19 @@ def database_json(plan: Plan) -> str:
     return json.dumps({"host": plan.database.connection_hosts}, indent=2) + "\n"
 
 
+def pgbouncer_ini(plan: Plan) -> str:
+    return _render("pgbouncer.ini.j2", plan=plan, db=plan.database, pooler=plan.pooler, port=POOLER_PORT,
+                   application_name=POOLER_APPLICATION, login_retry=POOLER_LOGIN_RETRY)
+
+
+def pgbouncer_auth_file(plan: Plan, password: str) -> str:
+    """The app role and its password as PgBouncer's auth_file holds them: each in double quotes, a quote doubled.
+    PgBouncer needs the password itself, not a verifier: it logs in to PostgreSQL with it."""
+    def quoted(value: str) -> str:
+        return '"' + value.replace('"', '""') + '"'
+    return f"{quoted(plan.database.user)} {quoted(password)}\n"
+
+
 def redis_conf(plan: Plan, password: str) -> str:
     return _render("redis.conf.j2", plan=plan, redis=plan.redis, password=password)
 
@@ -274,6 +287,12 @@ def programs(plan: Plan) -> list[Program]:
             name=REDIS_PROGRAM, command=f"{quote(plan.tools.redis_server)} {quote(str(plan.redis.conf))}",
             stopsignal="TERM", stopwaitsecs=60, user=plan.user_of("redis"),
         ))
+    if plan.pools:
+        result.append(Program(
+            # SIGINT: its safe shutdown (PAUSE, then exit), so a stop waits for the running statements.
+            name=POOLER_PROGRAM, command=f"{quote(plan.tools.pgbouncer)} {quote(str(plan.paths.pooler_conf))}",
+            stopsignal="INT", stopwaitsecs=plan.gunicorn_timeout + 5, user=plan.user_of("pooler"),
+        ))
     for server in plan.servers_here:
         gunicorn, nginx = server.programs
         result.append(
@@ -341,15 +360,17 @@ def agent_argv(plan: Plan, *args: str) -> list[str]:
 def process_program(plan: Plan, process: Process, name: str) -> Program:
     """One of a process type's programs: its command run in the live release. SIGTERM goes to the command alone: a
     worker with a pool of children (Celery's prefork) then lets them finish their tasks (its warm shutdown), where a
-    child that got SIGTERM itself would die in the middle of one."""
-    return _release_program(plan, name, process.argv, process.stop_timeout, signals_group=False)
+    child that got SIGTERM itself would die in the middle of one. On a worker host, which runs no PgBouncer, it
+    connects to PostgreSQL itself."""
+    direct = {DIRECT_DATABASE: "1"} if plan.pooler and not plan.pools else {}
+    return _release_program(plan, name, process.argv, process.stop_timeout, direct, signals_group=False)
 
 
 def jobs_program(plan: Plan) -> Program:
     """The scheduler of [jobs] (djship_production.jobs, shipped in each release), run in the live release like a
     process: each job it starts inherits its environment."""
     return _release_program(plan, JOBS_PROGRAM, ["python", "-m", "djship_production.jobs", str(plan.paths.jobs_file)],
-                            JOBS_STOP_TIMEOUT)
+                            JOBS_STOP_TIMEOUT, {DIRECT_DATABASE: "1"} if plan.pooler else {})
 
 
 def jobs_file(plan: Plan) -> str:
@@ -360,13 +381,14 @@ def jobs_file(plan: Plan) -> str:
     return json.dumps({"host": plan.host, "jobs": jobs}, indent=2) + "\n"
 
 
-def _release_program(plan: Plan, name: str, argv: list[str], stop_timeout: int,
+def _release_program(plan: Plan, name: str, argv: list[str], stop_timeout: int, extra: dict[str, str] | None = None,
                      signals_group: bool = True) -> Program:
     """argv run in the live release (`current`, which a deploy moves before it restarts the program), with the
     release's virtualenv first on PATH, the production settings and the app's environment; stopped with SIGTERM
     (to its process group, or with signals_group False to it alone), then SIGKILL to the group after stop_timeout."""
     release = plan.paths.current
-    settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}"}
+    settings = {**release_environment(release), "PATH": f"{release / 'venv/bin'}:{PROGRAM_ENVIRONMENT['PATH']}",
+                **(extra or {})}
     # env finds the command on the PATH it sets, then execs it: the supervisor's SIGTERM reaches the command itself.
     argv = ["/usr/bin/env", *(f"{key}={value}" for key, value in settings.items()), *argv]
     return Program(name=name, command=shlex.join(with_app_environment(plan, argv)), directory=str(release / "app"),
@@ -429,6 +451,8 @@ def system_files(plan: Plan) -> list[ConfigFile]:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
         files.append(ConfigFile(server.gunicorn_conf, gunicorn_conf(plan, server), (gunicorn,)))
+    if plan.pools:
+        files.append(ConfigFile(plan.paths.pooler_conf, pgbouncer_ini(plan), (POOLER_PROGRAM,)))
     if plan.runs_code:
         files.append(ConfigFile(plan.paths.env_file, env_file(plan.env, ENV_FILE_ORIGIN), app_programs(plan)))
     if plan.jobs_here:
@@ -455,4 +479,7 @@ def production_settings(plan: Plan, release_id: str, release_dir: Path) -> str:
         static_url=STATIC_URL,
         media_url=MEDIA_URL,
         silenced_hsts_checks=silenced,
+        pooler_port=POOLER_PORT,
+        database_hold=DATABASE_HOLD,
+        health_hold=HEALTH_HOLD,
     )
