@@ -495,6 +495,7 @@ def _print_status(report: dict) -> None:
             str(row["pid"] or "-"), Text(row["state"], style=colour), row["health"],
         )
     console.print(table)
+    _print_external_balancer(report)
     if any(row["state"] == "UNSUPERVISED" for row in rows):
         errors.print("[red]the supervisor is not running: nothing restarts these processes; `djship up` takes them back[/]")
     for host in report["hosts"]:
@@ -541,6 +542,21 @@ def _print_replication(replication: dict) -> None:
         f"replication {replication['primary']} -> {standby}: {row['state']} ({row['sync_state']}), "
         f"{row['lag_bytes'] or 0} bytes behind, lag write {seconds(row['write_lag'])} flush "
         f"{seconds(row['flush_lag'])} replay {seconds(row['replay_lag'])}", markup=False)
+
+
+def _print_external_balancer(report: dict) -> None:
+    balancer = report.get("balancer") or {}
+    if not balancer.get("external"):
+        return
+    console.print(f"balancer: external, trusted {', '.join(balancer['trusted'])}", markup=False)
+    for row in report["components"]:
+        if "balancer" not in row:
+            continue
+        seen = row["balancer"] or {}
+        last = seen.get("last_check")
+        said = (f"last health check from {last['peer']} {last['seconds_ago']}s ago, answered {last['status']}"
+                if last else "no health check from the balancer logged yet")
+        console.print(f"  {row['server']}: {said}" + (" (draining)" if seen.get("draining") else ""), markup=False)
 
 
 def _print_jobs(jobs: list[dict]) -> None:

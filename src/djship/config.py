@@ -258,19 +258,58 @@ def _bind(value: str) -> str:
     return value
 
 
+_CIDR = re.compile(r"^(?P<address>[0-9.]+)/(?P<bits>3[0-2]|[12]?[0-9])$")
+
+
+def _network(value: str) -> str:
+    """An IPv4 network as nginx's set_real_ip_from and geo take it, e.g. 10.0.0.0/16."""
+    match = _CIDR.fullmatch(value)
+    if not match or not _IPV4.fullmatch(match["address"]):
+        raise ValueError(f"{value!r} is not an IPv4 network; write it as address/bits, e.g. \"10.0.0.0/16\"")
+    return value
+
+
 class BalancerConfig(_Section):
     bind: str = "127.0.0.1"
     """On one machine: where the site listens; "0.0.0.0" with ports 443/80 makes one rented server public."""
     https_port: int = 8443
     http_port: int = 8080
+    external: StrictBool = False
+    """A load balancer djship does not run (AWS ALB/ELB, a cloud's or the network team's): no HAProxy, no lb hosts."""
+    trusted: list[str] = Field(default_factory=list)
+    """With external: the balancer's networks, the only peers the app servers accept and believe X-Forwarded-*."""
+    tls: StrictBool = False
+    """With external: the balancer reaches the app servers over TLS (djship's CA signs each app host's certificate)."""
+    healthy_threshold: int = Field(default=5, ge=1, le=20)
+    """With external: the health checks in a row the balancer needs to put a server back (ALB's default: 5)."""
+    health_interval: int = Field(default=30, ge=1, le=300)
+    """With external: seconds between the balancer's health checks (ALB's default: 30)."""
 
     _check_ports = field_validator("https_port", "http_port")(_any_port)
     _check_bind = field_validator("bind")(_bind)
+
+    @field_validator("trusted")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for index, value in enumerate(values):
+            try:
+                _network(value)
+            except ValueError as error:
+                raise ValueError(f"[{index}] {error}") from None
+        return values
 
     @model_validator(mode="after")
     def _distinct(self) -> BalancerConfig:
         if self.https_port == self.http_port:
             raise ValueError("https_port and http_port must differ")
+        if self.external and not self.trusted:
+            raise ValueError('external = true needs trusted: the balancer\'s networks, e.g. trusted = ["10.0.0.0/16"] '
+                             "(the VPC's subnets where the ALB's nodes are)")
+        given = [key for key in ("trusted", "tls", "healthy_threshold", "health_interval")
+                 if key in self.model_fields_set]
+        if given and not self.external:
+            raise ValueError(f"{given[0]} is for a balancer djship does not run; set external = true, or remove "
+                             f"{given[0]}")
         return self
 
 
@@ -401,6 +440,9 @@ class DeployConfig(_Section):
     """App servers switched at a time: a number, or a share of them ("25%", rounded up, never all)."""
     keep_releases: int = Field(default=5, ge=2, le=100)
     health_timeout: int = Field(default=60, ge=5, le=3600)
+    drain_seconds: int | None = Field(default=None, ge=1, le=3600)
+    """With balancer.external: how long a server leaving rotation answers its health check 503 before it restarts
+    (the balancer's health-check interval x unhealthy threshold + its deregistration delay)."""
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -556,7 +598,8 @@ class HostConfig(_Section):
 class ServersConfig(_Section):
     """Which hosts hold which role; a host may hold several."""
 
-    lb: list[str] = Field(min_length=1)
+    lb: list[str] = Field(default_factory=list)
+    """The hosts that run HAProxy; none with balancer.external."""
     app: list[str] = Field(min_length=1)
     db: str | list[str]
     """The db host, or [primary, standby]: the first runs PostgreSQL's primary, the second a streaming replica of it
@@ -775,7 +818,8 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> Config:
         config = Config.model_validate(data)
     except ValidationError as error:
         _refuse(source, [f"{_key_path(item['loc'])}: {_message(item)}" for item in error.errors()])
-    _refuse(source, _database_problems(config) + _interface_problems(config) + _topology_problems(config))
+    _refuse(source, _database_problems(config) + _interface_problems(config) + _balancer_problems(config)
+            + _topology_problems(config))
     return config
 
 
@@ -814,14 +858,37 @@ def _standby_problems(config: Config, media: str | None) -> list[str]:
     """A failover swaps the db hosts: what lives on "the db host" by default must say where it lives instead."""
     servers, problems = config.servers, []
     if media is not None and config.servers.media is None:
-        problems.append(f"servers.media: with a standby the uploads cannot follow the primary; name the host that "
-                        f"holds them (e.g. servers.media = {servers.lb[0]!r})")
+        problems.append("servers.media: with a standby the uploads cannot follow the primary; name the host that "
+                        "holds them (e.g. servers.media = \"media1\")")
     if config.redis is not None and servers.redis is None:
         problems.append("servers.redis: with a standby Redis cannot follow the primary; name the host that runs it")
     others = {*servers.lb, *servers.app, *servers.worker, media, servers.backup, servers.redis}
     problems += [f"servers.db: {name!r} holds another role too; with a standby each db host holds the database only "
                  "(a failover goes on without the host that is gone)" for name in servers.db_hosts if name in others]
     return problems
+
+
+def _balancer_problems(config: Config) -> list[str]:
+    """An external balancer takes the lb role's place: it needs hosts, no lb host, and a drain time."""
+    external, lb = config.balancer.external, config.servers.lb if config.servers else []
+    if external and config.servers is None:
+        return ["balancer.external: the balancer reaches app servers on hosts; describe them in [servers] and [hosts] "
+                "(one machine's app servers listen on loopback only), or remove balancer.external"]
+    if external and lb:
+        return [f"servers.lb: balancer.external = true, so djship runs no HAProxy; remove servers.lb ({', '.join(lb)})"]
+    if external and config.tls.mode == "acme":
+        return ['tls.mode: "acme" answers the CA through djship\'s HAProxy, but balancer.external = true runs none; '
+                "the balancer holds the site's certificate (on AWS: ACM); remove tls.mode"]
+    if external and config.deploy.drain_seconds is None:
+        return ["deploy.drain_seconds: required with balancer.external; set it to the balancer's health-check interval "
+                "x unhealthy threshold + its deregistration delay (e.g. 30 x 2 + 30 = 90)"]
+    if not external and config.servers is not None and not lb:
+        return ['servers.lb: required key is missing; name the hosts that run HAProxy, or set balancer.external = true '
+                'for a balancer djship does not run']
+    if not external and config.deploy.drain_seconds is not None:
+        return ["deploy.drain_seconds: for a balancer djship does not run (HAProxy drains through its runtime API); "
+                "remove it, or set balancer.external = true"]
+    return []
 
 
 def _topology_problems(config: Config) -> list[str]:

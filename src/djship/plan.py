@@ -19,6 +19,8 @@ from djship.logfile import LOG_MODE
 from djship.tools import Tools
 
 STATIC_URL = "/static/"
+# With an external balancer: nginx's count of the requests it is reading or answering, for djship on the host only.
+IN_FLIGHT_PATH = "/-/djship/in-flight"
 MEDIA_URL = "/media/"
 # Connections kept free for migrate, manage.py commands and djship itself.
 CONNECTION_HEADROOM = 10
@@ -149,6 +151,17 @@ class AppServer:
     @property
     def programs(self) -> tuple[str, str]:
         return (f"{self.name}-gunicorn", f"{self.name}-nginx")
+
+    @property
+    def drain_file(self) -> Path:
+        """With an external balancer: while it exists, nginx answers the health check 503 (the server leaves
+        rotation without a runtime API)."""
+        return self.dir / "draining"
+
+    @property
+    def health_log(self) -> Path:
+        """With an external balancer: every health check nginx answered, "<time> <status> <peer>" a line."""
+        return self.access_log.with_name(f"{self.name}-health.log")
 
 
 @dataclass(frozen=True)
@@ -717,6 +730,24 @@ class BackupTarget:
 
 
 @dataclass(frozen=True)
+class ExternalBalancer:
+    """[balancer] external = true: a balancer djship does not run (an ALB). It sends requests only to the app servers
+    whose health check answers 200, so a server leaves rotation by answering 503 (its drain file) for drain_seconds."""
+
+    trusted: tuple[str, ...]
+    """Its networks: the only peers an app server takes requests, X-Forwarded-For and X-Forwarded-Proto from."""
+    drain_seconds: int
+    healthy_threshold: int
+    health_interval: int
+
+    @property
+    def back_timeout(self) -> int:
+        """How long a server back in rotation may wait for the balancer's checks that put it back: its threshold,
+        twice over, plus a minute (a check lost, a balancer node that checks late)."""
+        return 2 * self.healthy_threshold * self.health_interval + 60
+
+
+@dataclass(frozen=True)
 class BackupPlan:
     dir: Path
     keep: int
@@ -785,6 +816,8 @@ class Plan:
     interface: Literal["wsgi", "asgi"] = "wsgi"
     """What gunicorn serves: the WSGI application with sync/gthread workers, or the ASGI one with uvicorn's."""
     asgi_application: str | None = None
+    external: ExternalBalancer | None = None
+    """A balancer djship does not run; None: djship's HAProxy on the lb hosts."""
     websocket_timeout: int = WEBSOCKET_IDLE_SECONDS
     """nginx's read and send timeouts of an upgraded (WebSocket) connection."""
     balancer_tunnel_timeout: int = WEBSOCKET_IDLE_SECONDS + 10
@@ -1094,8 +1127,10 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     standby_host = next((host for host in hosts if "standby" in host.roles), None)
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
+    external = _external_balancer(config)
     servers = tuple(server for host in app_hosts
-                    for server in _servers_of(config, host, count, tls=any(lb.name != host.name for lb in lb_hosts)))
+                    for server in _servers_of(config, host, count, tls=config.balancer.tls if external else
+                                              any(lb.name != host.name for lb in lb_hosts)))
     database_tls = any(host.name != db_host.name for host in code_hosts) or standby_host is not None
     taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
                  None)
@@ -1118,7 +1153,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config.balancer.https_port if "https_port" in explicit else 443,
             config.balancer.http_port if "http_port" in explicit else 80,
         )
-        sources = tuple(_address_rule(lb.address) for lb in lb_hosts)
+        sources = external.trusted if external else tuple(_address_rule(lb.address) for lb in lb_hosts)
         database = replace(database, replicated=config.servers is not None and isinstance(config.servers.db, list))
         if standby_host is not None:
             database = replace(database, standby=Standby(standby_host.name, standby_host.address, db_host.name),
@@ -1135,11 +1170,11 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config, project_dir, host.tools, Paths(host.root), servers, _database_of(database, host), balancer=balancer,
             balancer_sources=sources, users=Users(**config.users.model_dump(exclude={"media", "backup"})) if host.login_root else None,
         )
-        tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address)
+        tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address) if lb_hosts else plan.tls
         backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups,
                                                          target=_backup_target(config, hosts, db_host))
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
-                                            backup=backup, redis=redis, pooler=pooler))
+                                            backup=backup, redis=redis, pooler=pooler, external=external))
     return plans
 
 
@@ -1150,6 +1185,14 @@ def _database_of(database: Database, host: HostSpec) -> Database:
         return database
     return replace(database, listen=host.address, data_dir=Paths(host.root).postgres / "data",
                    admin_clients=(_address_rule(host.address),))
+
+
+def _external_balancer(config: Config) -> ExternalBalancer | None:
+    balancer = config.balancer
+    if not balancer.external:
+        return None
+    return ExternalBalancer(tuple(balancer.trusted), config.deploy.drain_seconds or 0, balancer.healthy_threshold,
+                            balancer.health_interval)
 
 
 def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> BackupTarget | None:

@@ -194,6 +194,8 @@ keep = 7                       # days of backups kept: the newest of each day, p
 # Real hosts over SSH instead of this machine: name the hosts and their roles, then `djship up --install`.
 # (Remove app.address_prefix, balancer.bind and database.address above: on hosts, their addresses say it.)
 # One rented server holding every role is servers.lb = ["web1"], servers.app = ["web1"], servers.db = "web1".
+# Behind a load balancer djship does not run (an AWS ALB): no servers.lb, and balancer.external = true with
+# balancer.trusted and deploy.drain_seconds (see docs/aws.md).
 # [servers]
 # lb = ["lb1"]
 # app = ["app1", "app2"]

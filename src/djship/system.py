@@ -19,7 +19,7 @@ from pathlib import Path
 
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
-from djship.components import accounts, appserver, boot, jobs, media, offsite, orphans, pooler, redis
+from djship.components import accounts, appserver, boot, external, jobs, media, offsite, orphans, pooler, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.components.replication import Replication, wait_streaming
@@ -387,7 +387,8 @@ class System:
             for cert_path, key_path, programs in presenting:
                 files += [render.ConfigFile(cert_path, chain.decode(), programs),
                           render.ConfigFile(key_path, key.decode(), programs)]
-        if not host.holds("lb") and self._verifies_links(plan):
+        # With an external balancer and TLS to nginx, djship's own health checks from the host verify nginx too.
+        if not host.holds("lb") and (self._verifies_links(plan) or (plan.external and nginx)):
             files.append(render.ConfigFile(plan.paths.ca_cert, authority.cert_pem().decode(), ()))
         return files
 
@@ -523,12 +524,15 @@ class System:
             not self.hosts[name].holds("db"), not self.hosts[name].holds("app")))
         for name in order:
             host = self.hosts[name]
-            lb = next(((h, b) for h, b in zip(self.lb_hosts, self.balancers) if h.name == name),
-                      (self.lb_hosts[0], self.balancers[0]))
+            if self.plan.external:  # no runtime API: its servers are replaced without a drain
+                balancer, ready = external.NO_RUNTIME_API, lambda: None
+            else:
+                lb = next(((h, b) for h, b in zip(self.lb_hosts, self.balancers) if h.name == name),
+                          (self.lb_hosts[0], self.balancers[0]))
+                balancer, ready = lb[1], lambda lb=lb: self._wait_balancer(*lb)
             orphans.adopt(
-                host.connector, host.plan, host.supervisor, lb[1], found[name],
-                lambda server: self.wait_healthy(server, self.release_of(server)),
-                lambda: self._wait_balancer(*lb), self.reporter,
+                host.connector, host.plan, host.supervisor, balancer, found[name],
+                lambda server: self.wait_healthy(server, self.release_of(server)), ready, self.reporter,
             )
         return bool(order)
 
@@ -537,7 +541,7 @@ class System:
         """Apply the changes; returns the release the app servers run and whether an ACME certificate was obtained."""
         self._check_ports(changes)
         self.pipeline.prepare()
-        if changes.removed and changes.balancers_running:
+        if changes.removed and (changes.balancers_running or self.plan.external):
             self._take_out_for_good(changes.removed)
         base_backup = self._standby_base_backup()
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
@@ -815,7 +819,7 @@ class System:
                 host.supervisor.restart(*restart, reconfigure=reconfigured)
                 self.wait_healthy(server, running_on)
 
-        if changes.balancers_running and others_in_rotation(self.balancers, {server.name}):
+        if (changes.balancers_running or self.plan.external) and self.others_in_rotation({server.name}):
             with self.out_of_rotation((server,)):
                 apply()
         else:
@@ -942,11 +946,29 @@ class System:
                     host.supervisor.restart(RENEWAL_PROGRAM, reconfigure=reconfigured)
 
     def _take_out_for_good(self, names: tuple[str, ...]) -> None:
+        if self.plan.external:
+            self._take_out_of_external_rotation(names)
+            return
         with self.reporter.step(f"Draining {', '.join(names)} before removing them"):
             if not others_in_rotation(self.balancers, set(names)):
                 raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
             for instance in self.balancers:
                 take_out_for_good(instance, list(names), self.plan.balancer_timeout)
+
+    def _take_out_of_external_rotation(self, names: tuple[str, ...]) -> None:
+        """Servers being removed: their health checks answer 503 until they stop (the balancer takes them out and,
+        its target group, keeps them out)."""
+        if not self.others_in_rotation(set(names)):
+            raise DjshipError(f"removing {', '.join(names)} would leave no app server in rotation")
+        leaving = {server.name: server for server in self.plan.app_servers if server.name in names}
+        with self.reporter.step(f"Draining {', '.join(names)} before removing them ({self.plan.external.drain_seconds}s)"):
+            def take_out(server: AppServer) -> None:
+                host = self.host_of(server)
+                start = external.drain(host.connector, server)
+                external.wait_out(host.connector, self.plan, server, start)
+                external.wait_in_flight(host.connector, host.plan, self.plan, server, self.plan.balancer_timeout)
+
+            on_each(leaving, take_out)
 
     def _stop_departed(self) -> None:
         """Stop the supervisord of every host brought up before that djship.toml no longer lists (the balancers
@@ -1114,8 +1136,9 @@ class System:
         return removable
 
     def wait_healthy(self, server: AppServer, release: Release) -> None:
-        """Health-checked from a balancer host: the only place an app server accepts requests from."""
-        lb = self.lb_hosts[0]
+        """Health-checked from a balancer host: the only place an app server accepts requests from (with an external
+        balancer: from the server's own host, which it lets in too)."""
+        lb = self.host_of(server) if self.plan.external else self.lb_hosts[0]
         appserver.wait_healthy(
             self.plan, server, release.id,
             lambda: appserver.health_from(lb.connector, lb.plan, self.plan, server),
@@ -1123,6 +1146,9 @@ class System:
         )
 
     def others_in_rotation(self, leaving: set[str]) -> list[str]:
+        if self.plan.external:  # as far as djship can tell: the servers it has not drained
+            return [server.name for server in self.plan.app_servers if server.name not in leaving
+                    and not external.draining(self.host_of(server).connector, server)]
         return others_in_rotation(self.balancers, leaving)
 
     @contextmanager
@@ -1136,6 +1162,11 @@ class System:
                 + ("run `djship scale 2` first" if len(self.plan.app_servers) == 1 else "lower deploy.batch_size, "
                    "or run `djship up` to bring every server back into rotation")
             )
+
+        if self.plan.external:
+            with self._out_of_external_rotation(servers, names):
+                yield
+            return
 
         def set_state(state: str) -> None:
             for instance in self.balancers:
@@ -1157,6 +1188,41 @@ class System:
             for instance in self.balancers:
                 for server in servers:
                     instance.wait_status(server.name, "UP", ROTATION_TIMEOUT)
+
+    @contextmanager
+    def _out_of_external_rotation(self, servers: tuple[AppServer, ...], names: str) -> Iterator[None]:
+        """The same without a runtime API: each server's health check answers the balancer 503 for drain_seconds
+        (it takes them out), then nginx's requests in flight finish; afterwards 200 again, until every node of the
+        balancer that checked them has passed them healthy_threshold times."""
+        balancer = self.plan.external
+        on = {server.name: self.host_of(server) for server in servers}
+
+        def put_back() -> dict[str, int]:
+            return {server.name: external.undrain(on[server.name].connector, server) for server in servers}
+
+        with self.reporter.step(f"Draining {names}: their health checks answer 503 for {balancer.drain_seconds}s "
+                                "(deploy.drain_seconds), then their requests in flight finish"):
+            starts = {server.name: external.drain(on[server.name].connector, server) for server in servers}
+            try:
+                on_each({server.name: server for server in servers}, lambda server: external.wait_out(
+                    on[server.name].connector, self.plan, server, starts[server.name]))
+                on_each({server.name: server for server in servers}, lambda server: external.wait_in_flight(
+                    on[server.name].connector, on[server.name].plan, self.plan, server, self.plan.balancer_timeout))
+            except BaseException:
+                put_back()
+                raise
+        peers = {server.name: external.peers_told(on[server.name].connector, self.plan, server, starts[server.name])
+                 for server in servers}
+        try:
+            yield
+        except BaseException:
+            put_back()  # the balancer's own health checks decide whether they serve
+            raise
+        with self.reporter.step(f"Putting {names} back: health checks answer 200, waiting until the balancer has "
+                                f"passed {balancer.healthy_threshold} in a row"):
+            back = put_back()
+            on_each({server.name: server for server in servers}, lambda server: external.wait_back(
+                on[server.name].connector, self.plan, server, back[server.name], peers[server.name]))
 
     # -- status, logs, manage, down, destroy ----------------------------------------------------------------------
 
@@ -1186,12 +1252,16 @@ class System:
                   "up" if balancer_views.get(host.name) else "down")
             for host in self.lb_hosts
         ]
+        seen = self._seen_by_external_balancer(answering) if plan.external else {}
         for server in plan.app_servers:
             host = self.host_of(server)
             view = balancer_view.get(server.name)
             health = view.status.lower() if view else "unknown"
+            if plan.external:
+                health = external.health_word(seen.get(server.name))
             gunicorn, nginx = server.programs
-            components.append(entry(host, nginx, "app", server.endpoint, health, server.name))
+            components.append({**entry(host, nginx, "app", server.endpoint, health, server.name),
+                               **({"balancer": seen.get(server.name)} if plan.external else {})})
             components.append(entry(host, gunicorn, "app", f"unix:{server.socket}", health, server.name))
         for host in self.code_hosts.values():
             components += [entry(host, name, "process", process.command, "running")
@@ -1233,6 +1303,8 @@ class System:
                        else None}
                       for host in self.hosts.values()],
             "components": components,
+            "balancer": {"external": True, "trusted": list(plan.external.trusted)} if plan.external else
+            {"external": False, "trusted": list(plan.balancer_sources)},
             "tls": self._tls_status(views, set(answering)),
             "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
             "replication": self._replication_status(ready) if plan.database.replicated else None,
@@ -1246,6 +1318,17 @@ class System:
         return {"primary": self.db_host.name, "standby": standby.name if standby else None,
                 "synchronous": database.synchronous, "slot": database.standby.slot if database.standby else None,
                 "standbys": rows}
+
+    def _seen_by_external_balancer(self, answering: dict[str, Host]) -> dict[str, dict]:
+        """Per app server: the last health check the balancer sent it, and whether djship drains it."""
+        servers = {server.name: server for server in self.plan.app_servers if server.host in answering}
+
+        def seen(server: AppServer) -> dict:
+            connector = self.host_of(server).connector
+            return {"last_check": external.seen_by_balancer(connector, self.plan, server),
+                    "draining": external.draining(connector, server)}
+
+        return on_each(servers, seen)
 
     def job_reports(self) -> list[jobs.JobReport]:
         """Each job of [jobs] with its last run, as the schedulers recorded it in the live database."""

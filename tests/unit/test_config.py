@@ -217,7 +217,8 @@ def test_remote_target_with_ssh_defaults():
         (('app = ["app1", "app2"]', 'app = ["app1", "app1"]'), "servers.app[1]: lists 'app1' twice (and 1 more)"),
         (('db = "db1"', 'db = "db2"'), "servers.db: no host 'db2'; define it as [hosts.db2] with its address"),
         (('db = "db1"\n', ""), "servers.db: required key is missing"),
-        (('lb = ["lb1"]', "lb = []"), "servers.lb: List should have at least 1 item after validation, not 0"),
+        (('lb = ["lb1"]', "lb = []"), "servers.lb: required key is missing; name the hosts that run HAProxy, or set balancer.external = true "
+         "for a balancer djship does not run"),
         (('[servers]', "[servers]\ncache = []"), "servers.cache: unknown key"),
         (('address = "10.0.0.11"', 'address = "10.0.0.10"'),
          "hosts.app1.address: 10.0.0.10 is also the address of hosts.lb1"),

@@ -509,6 +509,10 @@ def _check_deploy(host: Host, release: Release | None) -> tuple[bool, str]:
 
 def gather(system: System, form_path: str | None = None) -> Facts:
     plan = system.plan
+    if plan.external:
+        raise DjshipError("djship doctor checks the site through djship's own HAProxy, and balancer.external = true "
+                          "runs none: not built for an external balancer yet; `djship status` shows what the app "
+                          "servers see of it")
     processes = on_each(system.hosts, _processes)
     if all(view is None for view in processes.values()):
         raise DjshipError("not running; `djship up` first")

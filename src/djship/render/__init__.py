@@ -12,8 +12,10 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import REPLICATION_USER, DATABASE_HOLD, DIRECT_DATABASE, HEALTH_HOLD, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, MEDIA_PROGRAM, MEDIA_URL, POOLER_APPLICATION, \
-    POOLER_LOGIN_RETRY, POOLER_PORT, POOLER_PROGRAM, PROGRAM_ENVIRONMENT, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, plan_to_json, release_environment
+from djship.plan import REPLICATION_USER, DATABASE_HOLD, DIRECT_DATABASE, HEALTH_HOLD, IN_FLIGHT_PATH, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, \
+    MEDIA_PROGRAM, MEDIA_URL, POOLER_APPLICATION, POOLER_LOGIN_RETRY, POOLER_PORT, POOLER_PROGRAM, PROGRAM_ENVIRONMENT, \
+    REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, \
+    plan_to_json, release_environment
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("djship.render", "templates"),
@@ -140,7 +142,7 @@ ENV_SECRETS_ORIGIN = ("The secrets of the app's environment, sourced by each of 
 
 def nginx_conf(plan: Plan, server: AppServer) -> str:
     return _render("nginx.conf.j2", plan=plan, server=server, static_url=STATIC_URL, media_url=MEDIA_URL,
-                   compressed_types=COMPRESSED_TYPES)
+                   compressed_types=COMPRESSED_TYPES, in_flight_path=IN_FLIGHT_PATH)
 
 
 # With app.interface = "asgi" gunicorn serves djship's wrapper of the project's ASGI application (runtime/asgi.py).
