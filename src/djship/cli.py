@@ -588,12 +588,12 @@ def _takeover(what: str) -> None:
     system = _system(observe_only=True)
     switch = DatabaseSwitch(system, load_config(system.plan.project_dir))
     traffic = system.traffic()
-    result = switch.failover() if what == "failover" else switch.switchover()
+    result = switch.failover(started) if what == "failover" else switch.switchover(started)
     console.print(f"{escape(result.primary)} is the primary: it accepted writes {result.promoted_after:.1f}s after "
                   f"the {what} began; {escape(result.former)} " + (
                       "is the standby" if what == "switchover" else
                       "is fenced" if result.fenced else "is fenced by djship.toml (unreachable)")
-                  + f" ({time.monotonic() - started:.1f}s)")
+                  + f" ({result.seconds:.1f}s)")
     _print_traffic(system.traffic_since(traffic), f"the {what}")
 
 

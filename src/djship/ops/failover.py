@@ -28,7 +28,7 @@ class Takeover:
     primary: str
     former: str
     promoted_after: float
-    """Seconds from the command's start until the new primary accepted writes."""
+    """Seconds from the command's start (connecting to the hosts included) until the new primary accepted writes."""
     fenced: bool
     """Whether the former primary was reached and fenced on its disk (else `djship up` does it when it is back)."""
     seconds: float
@@ -95,8 +95,8 @@ class DatabaseSwitch:
 
     # -- failover: the primary is gone ----------------------------------------------------------------------------
 
-    def failover(self) -> Takeover:
-        started = time.monotonic()
+    def failover(self, started: float) -> Takeover:
+        """started: when the command began (time.monotonic()), which the promotion's time counts from."""
         with exclusive(self.system.lock_file, "db failover"):
             replica = self._check_standby()
             fenced = self._fence_dead_primary()
@@ -129,8 +129,7 @@ class DatabaseSwitch:
 
     # -- switchover: both answer ----------------------------------------------------------------------------------
 
-    def switchover(self) -> Takeover:
-        started = time.monotonic()
+    def switchover(self, started: float) -> Takeover:
         with exclusive(self.system.lock_file, "db switchover"):
             replica = self._check_standby()
             if not self._reachable(self.primary):
