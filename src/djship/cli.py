@@ -519,6 +519,29 @@ def _print_status(report: dict) -> None:
         )
     if report["jobs"]:
         _print_jobs(report["jobs"])
+    if report.get("replication"):
+        _print_replication(report["replication"])
+
+
+def _print_replication(replication: dict) -> None:
+    standby = replication["standby"]
+    if standby is None:
+        console.print(f"replication: {replication['primary']} is the primary, with no standby", markup=False)
+        return
+    row = next((row for row in replication["standbys"] if row["name"] == replication["slot"]), None)
+    if row is None:
+        errors.print(f"[red]replication {escape(replication['primary'])} -> {escape(standby)}: the standby is not "
+                     "streaming" + ("; commits on the primary wait for it (database.synchronous)" if
+                                    replication["synchronous"] else "") + "[/]")
+        return
+
+    def seconds(value: float | None) -> str:
+        return "0s" if value is None else f"{value:.3f}s"
+
+    console.print(
+        f"replication {replication['primary']} -> {standby}: {row['state']} ({row['sync_state']}), "
+        f"{row['lag_bytes'] or 0} bytes behind, lag write {seconds(row['write_lag'])} flush "
+        f"{seconds(row['flush_lag'])} replay {seconds(row['replay_lag'])}", markup=False)
 
 
 def _print_external_balancer(report: dict) -> None:
@@ -550,6 +573,42 @@ def _print_jobs(jobs: list[dict]) -> None:
     for job in jobs:
         if job["missed"]:
             errors.print(f"[yellow]{escape(job['name'])}: no host ran its slot {escape(job['missed'])}[/]")
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """The database's primary and standby (servers.db = [primary, standby])."""
+
+
+def _takeover(what: str) -> None:
+    from djship.config import load_config
+    from djship.ops.failover import DatabaseSwitch
+
+    started = time.monotonic()
+    system = _system(observe_only=True)
+    switch = DatabaseSwitch(system, load_config(system.plan.project_dir))
+    traffic = system.traffic()
+    result = switch.failover(started) if what == "failover" else switch.switchover(started)
+    console.print(f"{escape(result.primary)} is the primary: it accepted writes {result.promoted_after:.1f}s after "
+                  f"the {what} began; {escape(result.former)} " + (
+                      "is the standby" if what == "switchover" else
+                      "is fenced" if result.fenced else "is fenced by djship.toml (unreachable)")
+                  + f" ({result.seconds:.1f}s)")
+    _print_traffic(system.traffic_since(traffic), f"the {what}")
+
+
+@db_group.command()
+def failover() -> None:
+    """The primary is gone: promote the standby, point the app servers at it (one at a time), fence the former
+    primary (and swap servers.db); `djship up` rebuilds it as the standby once it is back."""
+    _takeover("failover")
+
+
+@db_group.command()
+def switchover() -> None:
+    """Planned: stop the primary, wait for the standby to replay its last WAL, promote it, point the app servers
+    at it, and start the former primary as its standby (servers.db swapped)."""
+    _takeover("switchover")
 
 
 @main.command()

@@ -387,6 +387,8 @@ class DatabaseConfig(_Section):
     @property
     def external(self) -> ExternalDatabase | None:
         return parse_database_url(self.url) if self.url is not None else None
+    synchronous: bool = False
+    """With a standby: a commit returns only once the standby has it too (synchronous_standby_names)."""
     pooler: Literal["none", "pgbouncer"] = "none"
     """"pgbouncer": the app servers reach PostgreSQL through PgBouncer on their own host (transaction pooling)."""
     pool_size: int = Field(default=20, ge=1, le=10000)
@@ -667,8 +669,9 @@ class ServersConfig(_Section):
     lb: list[str] = Field(default_factory=list)
     """The hosts that run HAProxy; none with balancer.external."""
     app: list[str] = Field(min_length=1)
-    db: str | None = None
-    """The host that runs PostgreSQL; none with database.url (an external server)."""
+    db: str | list[str] | None = None
+    """The db host, or [primary, standby]: the first runs PostgreSQL's primary, the second a streaming replica of it
+    (`djship db failover` and `switchover` swap them in this file); none with database.url (an external server)."""
     media: str | None = None
     """The host that holds the uploads every app host mounts; default: the db host when there are several app
     hosts (see media_host)."""
@@ -679,6 +682,27 @@ class ServersConfig(_Section):
     worker: list[str] = Field(default_factory=list)
     """The hosts that run [processes] (with the release, its settings and env, but no app server); default: the app
     hosts."""
+
+    @field_validator("db")
+    @classmethod
+    def _db_hosts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError('must be the db host, or [primary, standby], e.g. ["db1", "db2"]')
+        return value
+
+    @property
+    def db_hosts(self) -> list[str]:
+        """The db hosts, the primary first."""
+        return [] if self.db is None else [self.db] if isinstance(self.db, str) else list(self.db)
+
+    @property
+    def primary(self) -> str | None:
+        """None with database.url: no host runs PostgreSQL."""
+        return self.db_hosts[0] if self.db_hosts else None
+
+    @property
+    def standby(self) -> str | None:
+        return self.db_hosts[1] if len(self.db_hosts) > 1 else None
 
     @property
     def code(self) -> list[str]:
@@ -695,8 +719,8 @@ def media_host(config: Config) -> str | None:
         return None
     if servers.media is not None or servers.db is None:
         return servers.media
-    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.db]):
-        return servers.db
+    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.primary]):
+        return servers.primary
     return None
 
 
@@ -946,6 +970,20 @@ def _external_database_problems(config: Config) -> list[str]:
     return problems
 
 
+def _standby_problems(config: Config, media: str | None) -> list[str]:
+    """A failover swaps the db hosts: what lives on "the db host" by default must say where it lives instead."""
+    servers, problems = config.servers, []
+    if media is not None and config.servers.media is None:
+        problems.append("servers.media: with a standby the uploads cannot follow the primary; name the host that "
+                        "holds them (e.g. servers.media = \"media1\")")
+    if config.redis is not None and servers.redis is None:
+        problems.append("servers.redis: with a standby Redis cannot follow the primary; name the host that runs it")
+    others = {*servers.lb, *servers.app, *servers.worker, media, servers.backup, servers.redis}
+    problems += [f"servers.db: {name!r} holds another role too; with a standby each db host holds the database only "
+                 "(a failover goes on without the host that is gone)" for name in servers.db_hosts if name in others]
+    return problems
+
+
 def _balancer_problems(config: Config) -> list[str]:
     """An external balancer takes the lb role's place: it needs hosts, no lb host, and a drain time."""
     external, lb = config.balancer.external, config.servers.lb if config.servers else []
@@ -979,11 +1017,11 @@ def _topology_problems(config: Config) -> list[str]:
         for name in config.hosts if not _HOST_LABEL.fullmatch(name)
     ]
     problems += _external_database_problems(config)
-    roles = {"lb": config.servers.lb, "app": config.servers.app,
-             "db": [config.servers.db] if config.servers.db is not None else [], "worker": config.servers.worker}
+    roles = {"lb": config.servers.lb, "app": config.servers.app, "db": config.servers.db_hosts,
+             "worker": config.servers.worker}
     for role, names in roles.items():
         for index, name in enumerate(names):
-            where = f"servers.{role}" + (f"[{index}]" if role != "db" else "")
+            where = f"servers.{role}" + (f"[{index}]" if role != "db" or isinstance(config.servers.db, list) else "")
             if name not in config.hosts:
                 problems.append(f"{where}: no host {name!r}; define it as [hosts.{name}] with its address")
             elif name in names[:index]:
@@ -997,13 +1035,18 @@ def _topology_problems(config: Config) -> list[str]:
             f"the app hosts share their uploads through the db host by default, but {media!r} holds the {role} role"
         problems.append(f"servers.media: {held}; name a host without the app or worker role (every host that runs "
                         "the app's code mounts the uploads from it)")
+    if config.servers.standby is not None:
+        problems += _standby_problems(config, media)
+    elif config.database.synchronous:
+        problems.append('database.synchronous: needs a standby to wait for; list it in servers.db = ["db1", "db2"], '
+                        "or remove database.synchronous")
     if config.servers.worker and not config.processes:
         problems.append("servers.worker: names hosts for [processes], but there are none; add [processes] (e.g. "
                         'worker = { command = "celery -A proj worker" }), or remove servers.worker')
     backup = config.servers.backup
     if backup is not None and backup not in config.hosts:
         problems.append(f"servers.backup: no host {backup!r}; define it as [hosts.{backup}] with its address")
-    elif backup is not None and backup == config.servers.db:
+    elif backup is not None and backup in config.servers.db_hosts:
         problems.append(f"servers.backup: {backup!r} is the db host; name another host, so that a backup survives "
                         "the loss of the db host's disk (without servers.backup they are kept on this machine)")
     if config.servers.redis is not None:

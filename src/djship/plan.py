@@ -219,6 +219,24 @@ class Job:
         return (int(now) - self.offset) // self.every * self.every + self.offset
 
 
+REPLICATION_USER = "djship_replication"
+
+
+@dataclass(frozen=True)
+class Standby:
+    """The db host that streams the primary's WAL (servers.db's second), over TLS, into a slot of its own."""
+
+    host: str
+    address: str
+    primary_host: str
+
+    @property
+    def slot(self) -> str:
+        """Its physical replication slot on the primary (the primary keeps the WAL it has not received yet), also
+        its application_name in synchronous_standby_names."""
+        return "djship_" + self.host.replace("-", "_")
+
+
 @dataclass(frozen=True)
 class Database:
     address: str
@@ -243,10 +261,44 @@ class Database:
     admin_database: str = "postgres"
     creates: bool = True
     """Whether djship creates the app's role and database (its own server, or database.admin_user given)."""
+    replicated: bool = False
+    """servers.db is a list ([primary] or [primary, standby]): the app hosts then read where the primary is from
+    database.json (connection_hosts), which a failover or switchover changes without a new release."""
+    standby: Standby | None = None
+    """servers.db's second host: a streaming replica of the primary (address)."""
+    listen: str = ""
+    """Where this plan's host's PostgreSQL listens: the primary's address, or on the standby host its own."""
+    synchronous: bool = False
+    """database.synchronous with a standby: a commit returns once the standby has flushed it too."""
 
     @property
     def endpoint(self) -> str:
-        return f"{self.address}:{self.port}"
+        return f"{self.own_address}:{self.port}"
+
+    @property
+    def own_address(self) -> str:
+        return self.listen or self.address
+
+    @property
+    def connection_hosts(self) -> str:
+        """The app's libpq host list: the primary first, then the standby, which serves reads (and refuses writes)
+        while the primary is gone and until a failover promotes it."""
+        return ",".join([self.address, *([self.standby.address] if self.standby else [])])
+
+    @property
+    def is_standby(self) -> bool:
+        """Whether this plan's host runs the standby."""
+        return self.standby is not None and self.own_address == self.standby.address
+
+    @property
+    def replication_passfile(self) -> Path:
+        """The replication role's password as the standby's walreceiver and pg_basebackup read it (0600)."""
+        return self.data_dir.parent / "replication.pgpass"
+
+    @property
+    def fence_marker(self) -> Path:
+        """Written into a former primary's data directory by a failover: it is never to be started as primary."""
+        return self.data_dir / "djship-fenced"
 
     @property
     def cert_file(self) -> Path:
@@ -584,6 +636,11 @@ class Paths:
         return self.state / "uploads"
 
     @property
+    def database_json(self) -> Path:
+        """On a code host with servers.db as a list: where the primary and the standby are (read by the settings)."""
+        return self.state / "database.json"
+
+    @property
     def live(self) -> Path:
         """Which database and media directory the app uses, when a restore changed them (read by the settings)."""
         return self.state / "live.json"
@@ -803,6 +860,11 @@ class Plan:
         return self.holds("app") or self.holds("worker")
 
     @property
+    def runs_postgres(self) -> bool:
+        """This host runs PostgreSQL: the primary (db) or the standby."""
+        return self.holds("db") or self.holds("standby")
+
+    @property
     def runs_redis(self) -> bool:
         return self.redis is not None and self.redis.host == self.host
 
@@ -863,7 +925,7 @@ class Plan:
         if self.users is None:
             return ()
         wanted = {"app": (self.users.app, self.users.web), "worker": (self.users.app,), "db": (self.users.db,),
-                  "lb": (self.users.lb,)}
+                  "standby": (self.users.db,), "lb": (self.users.lb,)}
         users = tuple(dict.fromkeys(user for role, users in wanted.items() if self.holds(role) for user in users))
         return users + ((self.users.redis,) if self.runs_redis else ()) + ((self.users.pooler,) if self.pools else ())
 
@@ -898,14 +960,16 @@ class Plan:
         redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
             paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
-            redis_conf, self.redis.key_file if self.redis else None, paths.pooler_auth_file)
+            redis_conf, self.redis.key_file if self.redis else None, paths.pooler_auth_file,
+            self.database.replication_passfile)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
                        paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis,
                        paths.pooler_auth_file: self.users.pooler,
                        **({self.redis.key_file: self.users.redis} if self.redis else {})}
-            owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
+            owner = self.users.db if path.is_relative_to(self.database.data_dir) \
+                or path == self.database.replication_passfile else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
         return FileAccess(mode, owner)
 
@@ -1038,7 +1102,7 @@ def remote_config_problems(config: Config) -> list[str]:
         if getattr(config, section) is not None and key in getattr(config, section).model_fields_set
     ]
     media = media_host(config)
-    if config.backup.schedule and media is not None and media != config.servers.db:
+    if config.backup.schedule and media is not None and media != config.servers.primary:
         problems.append(f"backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
                         f"servers.media puts them on {media!r}; remove servers.media (the db host then holds them)")
     return problems
@@ -1089,13 +1153,14 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     lb_hosts = [host for host in hosts if "lb" in host.roles]
     # With database.url no host holds the db role: the first app host stands in where a path on it is needed.
     db_host = next((host for host in hosts if "db" in host.roles), app_hosts[0])
+    standby_host = next((host for host in hosts if "standby" in host.roles), None)
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     external = _external_balancer(config)
     servers = tuple(server for host in app_hosts
                     for server in _servers_of(config, host, count, tls=config.balancer.tls if external else
                                               any(lb.name != host.name for lb in lb_hosts)))
-    database_tls = any(host.name != db_host.name for host in code_hosts)
+    database_tls = any(host.name != db_host.name for host in code_hosts) or standby_host is not None
     taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
                  None)
     if taken:
@@ -1119,6 +1184,10 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config.balancer.http_port if "http_port" in explicit else 80,
         )
         sources = external.trusted if external else tuple(_address_rule(lb.address) for lb in lb_hosts)
+        database = replace(database, replicated=config.servers is not None and isinstance(config.servers.db, list))
+        if standby_host is not None:
+            database = replace(database, standby=Standby(standby_host.name, standby_host.address, db_host.name),
+                               synchronous=config.database.synchronous)
     media = _media_store(config, hosts, code_hosts)
     redis = _redis(config, hosts, db_host, one_machine,
                    [*code_hosts, *([db_host] if config.redis and config.redis.backup else [])])
@@ -1128,7 +1197,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     plans = {}
     for host in hosts:
         plan = _assemble(
-            config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
+            config, project_dir, host.tools, Paths(host.root), servers, _database_of(database, host), balancer=balancer,
             balancer_sources=sources, users=Users(**config.users.model_dump(exclude={"media", "backup"})) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address) if lb_hosts else plan.tls
@@ -1137,6 +1206,15 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
                                             backup=backup, redis=redis, pooler=pooler, external=external))
     return plans
+
+
+def _database_of(database: Database, host: HostSpec) -> Database:
+    """The database as a host's plan has it: on the standby host its PostgreSQL listens on, and is administered
+    from, its own address, in its own data directory."""
+    if "standby" not in host.roles:
+        return database
+    return replace(database, listen=host.address, data_dir=Paths(host.root).postgres / "data",
+                   admin_clients=(_address_rule(host.address),))
 
 
 def _external_balancer(config: Config) -> ExternalBalancer | None:

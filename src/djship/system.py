@@ -22,6 +22,7 @@ from djship.changes import Changes, Observed, diff
 from djship.components import accounts, appserver, boot, external, jobs, media, offsite, orphans, pooler, redis
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
+from djship.components.replication import Replication, wait_streaming
 from djship.connectors import CommandFailed, Connector, on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live
@@ -70,14 +71,18 @@ class Secrets:
     superuser_password: str
     redis_password: str | None = None
     """[redis]'s, made by the first up that has [redis]; kept when [redis] goes (its data stays too)."""
+    replication_password: str | None = None
+    """The replication role's (servers.db with a standby), made by the first up that has a standby."""
 
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
 
     def admin_json(self, redis: bool = False) -> str:
-        """What the db host's root reads: the superuser password; with redis ([redis] backup), Redis's password too,
-        with which the daily backup takes its snapshot."""
+        """What the db host's root reads: the superuser password (and the replication role's, with a standby);
+        with redis ([redis] backup), Redis's password too, with which the daily backup takes its snapshot."""
         kept = {"postgres_password": self.superuser_password}
+        if self.replication_password:
+            kept["replication_password"] = self.replication_password
         if redis and self.redis_password:
             kept["redis_password"] = self.redis_password
         return json.dumps(kept, indent=2) + "\n"
@@ -248,12 +253,13 @@ class System:
         for host in self.code_hosts.values():
             if app is None and host.name not in self.topology.unreachable:
                 app = _json(host.connector, host.plan.paths.app_secrets)
-        if admin is None and self.db_host.name not in self.topology.unreachable:
-            admin = _json(self.db_host.connector, self.db_host.plan.paths.admin_secrets)
+        for host in self.topology.holding("db") + self.topology.holding("standby"):
+            if admin is None and host.name not in self.topology.unreachable:
+                admin = _json(host.connector, host.plan.paths.admin_secrets)
         if app is None or admin is None:
             return None
         return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"],
-                       self._read_redis_password())
+                       self._read_redis_password(), admin.get("replication_password"))
 
     @property
     def redis_host(self) -> Host | None:
@@ -310,6 +316,8 @@ class System:
         found = self._with_external_passwords(found)
         if self.plan.redis and not found.redis_password:  # hex: nothing to quote in a URL or in redis.conf
             found = replace(found, redis_password=secrets.token_hex(32))
+        if self.plan.database.standby and not found.replication_password:
+            found = replace(found, replication_password=secrets.token_urlsafe(24))
         self.local.makedirs(self.control.secrets, mode=0o711)
         self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
         self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
@@ -442,7 +450,7 @@ class System:
         plan, connector = host.plan, host.connector
         nginx = tuple(server.programs[1] for server in plan.servers_here if server.tls)
         presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
-        if host.holds("db") and plan.database.tls:
+        if plan.runs_postgres and plan.database.tls:
             presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
         if plan.runs_redis and plan.redis.tls:
             presenting.append((plan.redis.cert_file, plan.redis.key_file, (REDIS_PROGRAM,)))
@@ -464,7 +472,8 @@ class System:
         Redis, the db host reaching Redis for a backup; Redis, which names the CA in its config."""
         redis = plan.redis is not None and plan.redis.tls
         return (plan.runs_code and (plan.database.tls or redis)) or (redis and plan.runs_redis) or (
-            redis and plan.holds("db") and plan.redis.backup)
+            redis and plan.holds("db") and plan.redis.backup) or (plan.database.standby is not None
+                                                                  and plan.runs_postgres)
 
     def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
                  authority: Authority | None, backup_access: media.Access | None = None,
@@ -485,12 +494,16 @@ class System:
                 files.append(render.ConfigFile(plan.paths.pooler_auth_file,
                                                render.pgbouncer_auth_file(plan, secrets_.database_password),
                                                (POOLER_PROGRAM,)))
-            if secrets_ and (host.holds("db") or (plan.database.external and host.name == self.db_host.name)):
+            if secrets_ and (plan.runs_postgres or (plan.database.external and host.name == self.db_host.name)):
                 files.append(render.ConfigFile(plan.paths.admin_secrets,
                                                secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
             if plan.database.external and plan.runs_code:
                 files.append(render.ConfigFile(plan.paths.database_ca, plan.database.ca_bundle.read_text(),
                                                render.app_programs(plan)))
+            if secrets_ and secrets_.replication_password and plan.runs_postgres and plan.database.standby:
+                files.append(render.ConfigFile(plan.database.replication_passfile,
+                                               render.replication_pgpass(plan, secrets_.replication_password),
+                                               ("postgres",)))
             if secrets_ and secrets_.redis_password and plan.runs_redis:
                 files.append(render.ConfigFile(plan.redis.conf, render.redis_conf(plan, secrets_.redis_password),
                                                (REDIS_PROGRAM,)))
@@ -538,7 +551,8 @@ class System:
         authority = read_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
         desired = self._desired(secrets_, certificate, media.read_access(self.topology), authority,
                                 offsite.read_access(self.topology))
-        return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
+        return replace(diff(self.hosts, desired, self._observe(desired), secrets_ is None),
+                       standby_copy=self._standby_base_backup())
 
     def up(self) -> UpResult:
         self._preflight()
@@ -606,9 +620,10 @@ class System:
         self.pipeline.prepare()
         if changes.removed and (changes.balancers_running or self.plan.external):
             self._take_out_for_good(changes.removed)
+        base_backup = self._standby_base_backup()
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
-                                                                            started))
+                                                                            started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
         self._pooler(changes)
@@ -618,6 +633,9 @@ class System:
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
         self._ensure_processes(changes, reconfigured)
+        # After the app's programs read where the primary is: a former primary that turns into the standby here must
+        # not start while an app server still names it first.
+        self._standby(secrets_, changes, desired, base_backup)
         self._ensure_balancers(changes)
         renewed = self._ensure_extras(changes, reconfigured)
         for name in changes.removed:
@@ -645,7 +663,7 @@ class System:
         on_each(self.hosts, check)
 
     def _prepare(self, host: Host, files: list[render.ConfigFile], secrets_: Secrets, changes: Changes,
-                 started: list[Host]) -> set[str]:
+                 started: list[Host], base_backup: str | None = None) -> set[str]:
         """Everything a host needs before its programs start; returns the programs whose supervisor settings
         changed (they take effect at their next restart)."""
         plan, connector = host.plan, host.connector
@@ -658,6 +676,10 @@ class System:
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
             database.check_owner()
+        if host.holds("standby"):
+            connector.makedirs(plan.database.data_dir.parent, mode=0o700, owner=plan.user_of("db"))
+            if base_backup:  # pg_basebackup makes the data directory: its files are written after it (_standby)
+                files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -713,6 +735,84 @@ class System:
         if reloading:
             with self.reporter.step(f"Reloading PgBouncer on {', '.join(reloading)} (its configuration changed)"):
                 on_each(reloading, pooler.reload)
+
+    # -- the standby ---------------------------------------------------------------------------------------------
+
+    @property
+    def standby_host(self) -> Host | None:
+        return next(iter(self.topology.holding("standby")), None)
+
+    def replication(self, host: Host, secrets_: Secrets | None = None) -> Replication:
+        return Replication(DatabaseServer(host.plan, host.connector), (secrets_ or self.secrets()).superuser_password)
+
+    def _standby_base_backup(self) -> str | None:
+        """Why the standby host needs a fresh copy of the primary: "new" (no data directory yet), "rebuild" (the data
+        directory of a former primary, or one a failover fenced), or None: it holds a standby's already."""
+        host = self.standby_host
+        if host is None:
+            return None
+        database = DatabaseServer(host.plan, host.connector)
+        if not database.initialized():
+            return "new"
+        replica = Replication(database, "")
+        if replica.has_standby_data():
+            return None
+        primary = DatabaseServer(self.db_host.plan, self.db_host.connector)
+        if not primary.initialized():
+            raise DjshipError(
+                f"servers.db: {host.name} holds a primary's data directory ({host.plan.database.data_dir}) but names "
+                f"{self.db_host.name}, which has none, as the primary; put {host.name} first in servers.db")
+        return "rebuild"
+
+    def _standby(self, secrets_: Secrets, changes: Changes, desired: dict[str, list[render.ConfigFile]],
+                 base_backup: str | None) -> None:
+        """The standby: its replication role and slot on the primary, its data directory copied from the primary
+        when it has none (a former primary's kept aside first, fenced), then PostgreSQL started as a hot standby,
+        streaming."""
+        host = self.standby_host
+        if host is None:
+            if self.db_host.plan.database.replicated:
+                self.replication(self.db_host, secrets_).ensure_synchronous("")  # no standby to wait for
+            return
+        plan, standby = host.plan, host.plan.database.standby
+        primary = self.replication(self.db_host, secrets_)
+        with self.reporter.step(f"Replication role and slot {standby.slot} on {self.db_host.name}"):
+            primary.ensure_role_and_slot(secrets_.replication_password, standby.slot)
+        replica = self.replication(host, secrets_)
+        action = changes.standby
+        if base_backup:
+            if host.supervisor.pid() is not None:
+                host.supervisor.stop("postgres")
+            if base_backup == "rebuild":
+                with self.reporter.step(f"Fencing {host.name}'s former primary and keeping its data aside"):
+                    replica.fence("failover", self.db_host.name)
+                    kept = replica.keep_aside()
+                self.reporter.note(f"{host.name}'s former data directory is kept in {kept}")
+            with self.reporter.step(f"Copying the primary to {host.name} (pg_basebackup over TLS)"):
+                replica.base_backup()
+                for file in desired[host.name]:
+                    if file.path.is_relative_to(plan.database.data_dir):
+                        host.connector.put(file.path, file.text, **_access(plan, file.path))
+            action = "start"
+        if action == "start":
+            with self.reporter.step(f"Starting the standby on {host.name}"):
+                host.supervisor.start("postgres")
+                replica.server.wait_ready(READY_TIMEOUT)
+        elif action == "restart":
+            with self.reporter.step("Restarting the standby (its configuration changed)"):
+                host.supervisor.restart("postgres")
+                replica.server.wait_ready(READY_TIMEOUT)
+        elif action == "reload":
+            with self.reporter.step("Reloading the standby (its primary, client list or certificate changed)"):
+                host.supervisor.signal("postgres", "HUP")
+        wanted = f'"{standby.slot}"' if plan.database.synchronous else ""
+        if not wanted and primary.ensure_synchronous(wanted):
+            self.reporter.note(f"Commits on {self.db_host.name} no longer wait for {host.name}")
+        if action or changes.postgres or wanted:
+            with self.reporter.step(f"Waiting for {host.name} to stream from {self.db_host.name}"):
+                wait_streaming(primary, standby.slot, READY_TIMEOUT)
+        if wanted and primary.ensure_synchronous(wanted):
+            self.reporter.note(f"Commits on {self.db_host.name} now return once {host.name} has them too")
 
     def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
         """Start Redis, or restart it when its configuration changed, before the app servers and processes that
@@ -1262,6 +1362,11 @@ class System:
         else:
             components.append(entry(db, "postgres", "database", plan.database.endpoint,
                                     "accepting" if ready else "down"))
+        standby = self.standby_host
+        if standby is not None:
+            answers = bool(views.get(standby.name)) and DatabaseServer(standby.plan, standby.connector).is_ready()
+            components.append(entry(standby, "postgres", "standby", standby.plan.database.endpoint,
+                                    "accepting reads" if answers else "down"))
         if self.redis_host is not None and self.redis_host.name in answering:
             reply = self.redis_reply()
             components.append(entry(self.redis_host, REDIS_PROGRAM, "redis", plan.redis.endpoint,
@@ -1288,7 +1393,17 @@ class System:
             {"external": False, "trusted": list(plan.balancer_sources)},
             "tls": self._tls_status(views, set(answering)),
             "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
+            "replication": self._replication_status(ready) if plan.database.replicated else None,
         }
+
+    def _replication_status(self, primary_ready: bool) -> dict:
+        """The roles of the db hosts and, from the primary's pg_stat_replication, each standby's state and lag."""
+        standby = self.standby_host
+        database = self.db_host.plan.database
+        rows = self.replication(self.db_host).standbys() if primary_ready else []
+        return {"primary": self.db_host.name, "standby": standby.name if standby else None,
+                "synchronous": database.synchronous, "slot": database.standby.slot if database.standby else None,
+                "standbys": rows}
 
     def _seen_by_external_balancer(self, answering: dict[str, Host]) -> dict[str, dict]:
         """Per app server: the last health check the balancer sent it, and whether djship drains it."""
@@ -1421,6 +1536,7 @@ class System:
         if self.redis_host is not None and self.redis_host.name in running:
             with self.reporter.step("Stopping Redis (its data stays on disk)"):
                 self.redis_host.supervisor.stop(REDIS_PROGRAM)
+        stop("standby", lambda host: ["postgres"], "Stopping PostgreSQL's standby")
         stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")
         with self.reporter.step(f"Stopping the supervisor on {self._hosts_phrase()}"):
             on_each({name: self.hosts[name] for name in running}, lambda host: host.supervisor.shutdown())

@@ -76,6 +76,11 @@ OBSERVE = (
 )
 
 
+# djship's own administration never waits for a synchronous standby (database.synchronous): the first up creates
+# the app's role before the standby exists, and a standby that is down must not stop djship from acting.
+ADMIN_OPTIONS = "-c synchronous_commit=local"
+
+
 POOLED_CONNECTIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = :'name'\n"
 )
@@ -85,7 +90,7 @@ def pgpass_line(db: Database, password: str) -> str:
     """The superuser's (an external server: djship's admin role's) line of a PGPASSFILE; \\ and : escaped, as a
     password the user chose may hold them."""
     escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-    return f"{db.address}:{db.port}:*:{db.superuser}:{escaped}\n"
+    return f"{db.own_address}:{db.port}:*:{db.superuser}:{escaped}\n"
 
 
 def tls_env(db: Database, ca_file: Path) -> dict[str, str]:
@@ -104,8 +109,8 @@ def admin_psql_command(psql: str, db: Database, database: str, passfile: Path, v
     database, and the password in PGPASSFILE."""
     settings = [f"--set={name}={value}" for name, value in variables.items()]
     argv = [psql, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", *settings, "-f", "-"]
-    env = {"PGHOST": db.address, "PGPORT": str(db.port), "PGUSER": db.superuser, "PGDATABASE": database,
-           "PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10"}
+    env = {"PGHOST": db.own_address, "PGPORT": str(db.port), "PGUSER": db.superuser, "PGDATABASE": database,
+           "PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": ADMIN_OPTIONS}
     return argv, {**env, **(tls_env(db, ca_file) if ca_file else {})}
 
 
@@ -191,7 +196,7 @@ class DatabaseServer:
 
     def is_ready(self) -> bool:
         result = self.connector.run(
-            [self.plan.tools.pg("pg_isready"), "-h", self.db.address, "-p", str(self.db.port), "-t", "1"]
+            [self.plan.tools.pg("pg_isready"), "-h", self.db.own_address, "-p", str(self.db.port), "-t", "1"]
         )
         return result.ok
 
@@ -255,9 +260,10 @@ class DatabaseServer:
             role=psql_argument(self.db.user), password=psql_argument(app_password), database=psql_argument(database)
         )
         result = self.connector.run(
-            [self.plan.tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.db.address, "-p",
+            [self.plan.tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.db.own_address, "-p",
              str(self.db.port), "-U", self.db.superuser, "-d", "postgres", "-f", "-"],
-            env={"PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10"}, input=script, timeout=60,
+            env={"PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "10", "PGOPTIONS": ADMIN_OPTIONS}, input=script,
+            timeout=60,
         )
         if not result.ok:
             reason = (result.stderr.strip() or f"exit code {result.returncode}").splitlines()[-1]
