@@ -577,7 +577,19 @@ def _print_jobs(jobs: list[dict]) -> None:
 
 @main.group(name="db")
 def db_group() -> None:
-    """The database's primary and standby (servers.db = [primary, standby])."""
+    """The database: its standby, and the passwords of an external PostgreSQL.
+
+    \b
+      djship db failover            the primary is gone: promote the standby (servers.db = [primary, standby])
+      djship db switchover          planned: the standby becomes the primary, the primary its standby
+      djship db password            an external PostgreSQL (database.url): the app's role's password
+      djship db password --admin    database.admin_user's: djship then creates the app's role
+                                    and database, with a password of its own making
+    \b
+    A password is typed without echo, or read from standard input (`djship db password < file`); kept in
+    .djship/secrets/database.json (0600), never in djship.toml or on a command line. `djship up`
+    gives the app's password to the app hosts (secrets/app.json, 0600, the app's user's).
+    """
 
 
 def _takeover(what: str) -> None:
@@ -742,22 +754,7 @@ def manage(args: tuple[str, ...]) -> None:
     sys.exit(_system().manage(list(args), _echo_line, terminal=sys.stdin.isatty() and sys.stdout.isatty()))
 
 
-@main.group(name="db")
-def db_() -> None:
-    """An external PostgreSQL (database.url): the passwords djship connects with.
-
-    \b
-      djship db password            the app's role's (the one database.url names)
-      djship db password --admin    database.admin_user's: djship then creates the app's role
-                                    and database, with a password of its own making
-    \b
-    Typed without echo, or read from standard input (`djship db password < file`); kept in
-    .djship/secrets/database.json (0600), never in djship.toml or on a command line. `djship up`
-    gives the app's password to the app hosts (secrets/app.json, 0600, the app's user's).
-    """
-
-
-@db_.command("password")
+@db_group.command("password")
 @click.option("--admin", is_flag=True, help="The password of database.admin_user instead of the app's role.")
 def db_password(admin: bool) -> None:
     """Keep the password of the external PostgreSQL's app role (or, --admin, of database.admin_user)."""

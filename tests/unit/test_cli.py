@@ -54,3 +54,8 @@ def test_restore_of_a_path_under_an_unknown_users_home_is_one_line(django_projec
     assert result.output.strip().splitlines()[-1] == (
         "error: no backup '~nosuchuser/backup': there is no user 'nosuchuser'; write the backup directory's path out"
     )
+
+
+def test_djship_db_holds_the_standby_and_the_external_database_commands():
+    """One `db` group: a second group of that name would hide the first one's commands."""
+    assert set(main.commands["db"].commands) == {"failover", "switchover", "password"}
