@@ -69,6 +69,10 @@ class Changes:
     """Per host, (address, port, the djship.toml key that sets it) that starting programs will listen on."""
     secrets: bool = False
     """Whether the system's secrets are made (the first up)."""
+    standby: str | None = None
+    """The standby's PostgreSQL, as `postgres` says the primary's."""
+    standby_copy: str | None = None
+    """Why the standby host gets a fresh pg_basebackup: "new", "rebuild" (a former primary's data kept aside) or None."""
     pooler: dict[str, str] = field(default_factory=dict)
     """Per app host with database.pooler: "start" or "reload" (its config or password file changed) PgBouncer."""
     pooler_hosts: tuple[str, ...] = ()
@@ -78,7 +82,8 @@ class Changes:
     def empty(self) -> bool:
         return not (
             any(self.files.values()) or self.supervisor_start or self.supervisor_reread or any(self.start.values())
-            or any(self.restart.values()) or self.postgres or self.haproxy or self.pooler or self.added or self.removed
+            or any(self.restart.values()) or self.postgres or self.standby or self.standby_copy or self.haproxy
+            or self.pooler or self.added or self.removed
             or self.resting or self.release is None or self.ship
         )
 
@@ -105,6 +110,11 @@ class Changes:
                 if self.postgres == "restart" and self.paused_poolers else ""
             lines.append(f"{self.postgres} PostgreSQL{paused}")
         lines += [f"{host}: {action} PgBouncer" for host, action in self.pooler.items()]
+        if self.standby_copy:
+            lines.append("fence the former primary on the standby host, keep its data directory aside, and copy the "
+                         "primary to it" if self.standby_copy == "rebuild" else "copy the primary to the standby host")
+        if self.standby:
+            lines.append(f"{self.standby} PostgreSQL's standby")
         lines += [f"remove app server {name} (drained first)" for name in self.removed]
         lines += [f"add app server {name}" for name in self.added]
         for host, programs in self.start.items():
@@ -124,7 +134,7 @@ def _endpoints(host: Host, programs: set[str]) -> tuple[tuple[str, int, str], ..
         endpoints += [(plan.balancer_bind, plan.https_port, "balancer.https_port"),
                       (plan.balancer_bind, plan.http_port, "balancer.http_port")]
     if "postgres" in programs:
-        endpoints.append((plan.database.address, plan.database.port, "database.port"))
+        endpoints.append((plan.database.own_address, plan.database.port, "database.port"))
     if "redis" in programs and plan.runs_redis:
         endpoints.append((plan.redis.address, plan.redis.port, "redis.port"))
     endpoints += [(server.address, server.port, "app.port") for server in plan.servers_here
@@ -137,7 +147,7 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
     """certificate_changed: the site certificate was made anew here (its copy on a host may be this very file)."""
     files, start, restart, haproxy, endpoints, pooler = {}, {}, {}, {}, {}, {}
     supervisor_start, supervisor_reread = set(), set()
-    postgres = None
+    postgres = standby = None
     configured, listed, resting = set(), set(), set()
     for name, host in hosts.items():
         plan, seen = host.plan, observed[name]
@@ -159,12 +169,17 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
         endpoints[name] = _endpoints(host, stopped)
         touched = {program for file in changed for program in file.programs} - stopped
         restart[name] = tuple(program for program in programs if program in touched and program not in SEPARATE)
-        if host.holds("db"):
+        if plan.runs_postgres:
             names = {file.path.name for file in changed}
-            # A reload reads pg_hba.conf and the certificate anew; postgresql.conf's settings need a restart.
-            reloaded = {"pg_hba.conf", plan.database.cert_file.name, plan.database.key_file.name}
-            postgres = "start" if "postgres" in stopped else "restart" if "postgresql.conf" in names \
+            # A reload reads pg_hba.conf, the certificate and replication.conf anew; postgresql.conf's settings need
+            # a restart.
+            reloaded = {"pg_hba.conf", "replication.conf", plan.database.cert_file.name, plan.database.key_file.name}
+            action = "start" if "postgres" in stopped else "restart" if "postgresql.conf" in names \
                 else "reload" if names & reloaded else None
+            if host.holds("db"):
+                postgres = action
+            else:
+                standby = action
         if plan.pools:
             action = "start" if render.POOLER_PROGRAM in stopped else "reload" if render.POOLER_PROGRAM in touched \
                 else None
@@ -190,6 +205,6 @@ def diff(hosts: dict[str, Host], desired: dict[str, list[render.ConfigFile]], ob
         added=tuple(name for name in wanted if name not in configured and configured),
         removed=removed, resting=tuple(sorted(resting - set(removed))), release=release, ship=ship,
         balancers_running=all(observed[name].statuses.get("haproxy") == "RUNNING" for name in lbs),
-        endpoints=endpoints, secrets=new_secrets, pooler=pooler,
+        endpoints=endpoints, secrets=new_secrets, standby=standby, pooler=pooler,
         pooler_hosts=tuple(name for name, host in hosts.items() if host.plan.pools),
     )

@@ -595,6 +595,29 @@ def _print_status(report: dict) -> None:
         )
     if report["jobs"]:
         _print_jobs(report["jobs"])
+    if report.get("replication"):
+        _print_replication(report["replication"])
+
+
+def _print_replication(replication: dict) -> None:
+    standby = replication["standby"]
+    if standby is None:
+        console.print(f"replication: {replication['primary']} is the primary, with no standby", markup=False)
+        return
+    row = next((row for row in replication["standbys"] if row["name"] == replication["slot"]), None)
+    if row is None:
+        errors.print(f"[red]replication {escape(replication['primary'])} -> {escape(standby)}: the standby is not "
+                     "streaming" + ("; commits on the primary wait for it (database.synchronous)" if
+                                    replication["synchronous"] else "") + "[/]")
+        return
+
+    def seconds(value: float | None) -> str:
+        return "0s" if value is None else f"{value:.3f}s"
+
+    console.print(
+        f"replication {replication['primary']} -> {standby}: {row['state']} ({row['sync_state']}), "
+        f"{row['lag_bytes'] or 0} bytes behind, lag write {seconds(row['write_lag'])} flush "
+        f"{seconds(row['flush_lag'])} replay {seconds(row['replay_lag'])}", markup=False)
 
 
 def _print_external_balancer(report: dict) -> None:
@@ -626,6 +649,54 @@ def _print_jobs(jobs: list[dict]) -> None:
     for job in jobs:
         if job["missed"]:
             errors.print(f"[yellow]{escape(job['name'])}: no host ran its slot {escape(job['missed'])}[/]")
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """The database: its standby, and the passwords of an external PostgreSQL.
+
+    \b
+      djship db failover            the primary is gone: promote the standby (servers.db = [primary, standby])
+      djship db switchover          planned: the standby becomes the primary, the primary its standby
+      djship db password            an external PostgreSQL (database.url): the app's role's password
+      djship db password --admin    database.admin_user's: djship then creates the app's role
+                                    and database, with a password of its own making
+    \b
+    A password is typed without echo, or read from standard input (`djship db password < file`); kept in
+    .djship/secrets/database.json (0600), never in djship.toml or on a command line. `djship up`
+    gives the app's password to the app hosts (secrets/app.json, 0600, the app's user's).
+    """
+
+
+def _takeover(what: str) -> None:
+    from djship.config import load_config
+    from djship.ops.failover import DatabaseSwitch
+
+    started = time.monotonic()
+    system = _system(observe_only=True)
+    switch = DatabaseSwitch(system, load_config(system.plan.project_dir))
+    traffic = system.traffic()
+    result = switch.failover(started) if what == "failover" else switch.switchover(started)
+    console.print(f"{escape(result.primary)} is the primary: it accepted writes {result.promoted_after:.1f}s after "
+                  f"the {what} began; {escape(result.former)} " + (
+                      "is the standby" if what == "switchover" else
+                      "is fenced" if result.fenced else "is fenced by djship.toml (unreachable)")
+                  + f" ({result.seconds:.1f}s)")
+    _print_traffic(system.traffic_since(traffic), f"the {what}")
+
+
+@db_group.command()
+def failover() -> None:
+    """The primary is gone: promote the standby, point the app servers at it (one at a time), fence the former
+    primary (and swap servers.db); `djship up` rebuilds it as the standby once it is back."""
+    _takeover("failover")
+
+
+@db_group.command()
+def switchover() -> None:
+    """Planned: stop the primary, wait for the standby to replay its last WAL, promote it, point the app servers
+    at it, and start the former primary as its standby (servers.db swapped)."""
+    _takeover("switchover")
 
 
 @main.command()
@@ -757,6 +828,23 @@ def manage(args: tuple[str, ...]) -> None:
     `createsuperuser` can ask for the password over SSH).
     """
     sys.exit(_system().manage(list(args), _echo_line, terminal=sys.stdin.isatty() and sys.stdout.isatty()))
+
+
+@db_group.command("password")
+@click.option("--admin", is_flag=True, help="The password of database.admin_user instead of the app's role.")
+def db_password(admin: bool) -> None:
+    """Keep the password of the external PostgreSQL's app role (or, --admin, of database.admin_user)."""
+    from djship.config import load_config
+    from djship.system import keep_database_password
+    from djship.topology import control_paths
+
+    project_dir = find_project_dir(Path.cwd())
+    config = load_config(project_dir)
+    role = config.database.admin_user if admin else (config.database.external.user if config.database.external
+                                                     else "")
+    kept = keep_database_password(config, control_paths(config, project_dir), _read_secret(f"password of {role}"),
+                                  admin)
+    console.print(f"Kept the password of {escape(role)} in {escape(str(kept))} (0600); `djship up` applies it")
 
 
 @main.group(name="env")

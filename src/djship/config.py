@@ -8,7 +8,9 @@ import re
 import shlex
 import tomllib
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 from typing import Literal
 
 import tomlkit
@@ -313,12 +315,80 @@ class BalancerConfig(_Section):
         return self
 
 
+@dataclass(frozen=True)
+class ExternalDatabase:
+    """database.url: a PostgreSQL server djship does not run (RDS, Cloud SQL, a DBA's cluster)."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+
+
+def parse_database_url(value: str) -> ExternalDatabase:
+    """postgresql://user@host[:port]/name, without a password (djship keeps it as a secret) or options (djship
+    sets TLS itself)."""
+    _no_control_characters(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError('must be a URL such as "postgresql://app@db.example.com:5432/shop"')
+    if parts.password is not None:
+        raise ValueError("holds a password; remove it from djship.toml and keep it as a secret with "
+                         "`djship db password` (0600 in .djship/secrets)")
+    if parts.query or parts.fragment:
+        raise ValueError("has options after ? or #; remove them (djship connects with sslmode=verify-full and "
+                         "database.ca_bundle)")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise ValueError("has a port that is not a number between 1 and 65535") from None
+    host = (parts.hostname or "").lower()
+    if not (_HOST_NAME.fullmatch(host) or _IPV4.fullmatch(host)):
+        raise ValueError(f"needs the server's host name or IPv4 address after @, e.g. "
+                         f"postgresql://app@db.example.com:5432/shop (got {host or 'none'!r})")
+    user, name = unquote(parts.username or ""), unquote(parts.path.removeprefix("/"))
+    for what, identifier in (("user (before @)", user), ("database name (after /)", name)):
+        if not _IDENTIFIER.fullmatch(identifier):
+            raise ValueError(f"needs a {what} that is a lower-case SQL identifier (letters, digits, _; at most 63), "
+                             f"got {identifier!r}")
+        _not_reserved(identifier)
+    return ExternalDatabase(host, port, name, user)
+
+
 class DatabaseConfig(_Section):
     address: str = "127.0.2.1"
     port: int = 15432
     name: str | None = None
     user: str | None = None
     max_connections: int = Field(default=100, ge=10, le=10000)
+    url: str | None = None
+    """An external PostgreSQL (postgresql://user@host:port/name): djship then runs none."""
+    ca_bundle: str | None = None
+    """With url: the PEM CA bundle that verifies the server's certificate (sslmode=verify-full)."""
+    admin_user: str | None = None
+    """With url: a role that may create roles and databases; djship then creates the app's role and database."""
+
+    _check_ca_bundle = field_validator("ca_bundle")(_local_file)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_database_url(value)
+        return value
+
+    @field_validator("admin_user")
+    @classmethod
+    def _admin(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENTIFIER.fullmatch(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _; at most 63), e.g. postgres")
+        return value
+
+    @property
+    def external(self) -> ExternalDatabase | None:
+        return parse_database_url(self.url) if self.url is not None else None
+    synchronous: bool = False
+    """With a standby: a commit returns only once the standby has it too (synchronous_standby_names)."""
     pooler: Literal["none", "pgbouncer"] = "none"
     """"pgbouncer": the app servers reach PostgreSQL through PgBouncer on their own host (transaction pooling)."""
     pool_size: int = Field(default=20, ge=1, le=10000)
@@ -599,7 +669,9 @@ class ServersConfig(_Section):
     lb: list[str] = Field(default_factory=list)
     """The hosts that run HAProxy; none with balancer.external."""
     app: list[str] = Field(min_length=1)
-    db: str
+    db: str | list[str] | None = None
+    """The db host, or [primary, standby]: the first runs PostgreSQL's primary, the second a streaming replica of it
+    (`djship db failover` and `switchover` swap them in this file); none with database.url (an external server)."""
     media: str | None = None
     """The host that holds the uploads every app host mounts; default: the db host when there are several app
     hosts (see media_host)."""
@@ -610,6 +682,27 @@ class ServersConfig(_Section):
     worker: list[str] = Field(default_factory=list)
     """The hosts that run [processes] (with the release, its settings and env, but no app server); default: the app
     hosts."""
+
+    @field_validator("db")
+    @classmethod
+    def _db_hosts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError('must be the db host, or [primary, standby], e.g. ["db1", "db2"]')
+        return value
+
+    @property
+    def db_hosts(self) -> list[str]:
+        """The db hosts, the primary first."""
+        return [] if self.db is None else [self.db] if isinstance(self.db, str) else list(self.db)
+
+    @property
+    def primary(self) -> str | None:
+        """None with database.url: no host runs PostgreSQL."""
+        return self.db_hosts[0] if self.db_hosts else None
+
+    @property
+    def standby(self) -> str | None:
+        return self.db_hosts[1] if len(self.db_hosts) > 1 else None
 
     @property
     def code(self) -> list[str]:
@@ -624,10 +717,10 @@ def media_host(config: Config) -> str | None:
     servers = config.servers
     if servers is None:
         return None
-    if servers.media is not None:
+    if servers.media is not None or servers.db is None:
         return servers.media
-    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.db]):
-        return servers.db
+    if len(servers.code) > 1 or ((config.backup.schedule or servers.backup) and servers.code != [servers.primary]):
+        return servers.primary
     return None
 
 
@@ -810,6 +903,31 @@ def _refuse(source: str, problems: list[str]) -> None:
 
 
 def _database_problems(config: Config) -> list[str]:
+    database = config.database
+    given = database.model_fields_set
+    if database.url is None:
+        return [f"database.{key}: is for an external PostgreSQL; set database.url too, or remove database.{key}"
+                for key in ("ca_bundle", "admin_user") if key in given] or _default_name_problems(config)
+    problems = [
+        "database.max_connections: with database.url djship asks the server (SHOW max_connections); remove it"
+        if key == "max_connections" else f"database.{key}: database.url says it; remove database.{key}"
+        for key in ("address", "port", "name", "user", "max_connections") if key in given
+    ]
+    if config.redis is not None and config.redis.backup:
+        problems.append("redis.backup: not built yet with database.url (the db host takes Redis's snapshot); remove it")
+    if database.pooler != "none":
+        problems.append("database.pooler: not built yet with database.url; remove it (RDS Proxy is the managed "
+                        "equivalent)")
+    if config.backup.schedule is not None:
+        problems.append("backup.schedule: not built yet with database.url (the daily backup runs on the db host); "
+                        "remove it and run `djship backup` from cron on this machine")
+    if database.ca_bundle is None:
+        problems.append("database.ca_bundle: required with database.url (djship connects with sslmode=verify-full); "
+                        "set it to the PEM bundle of the server's CA, e.g. Amazon's global-bundle.pem for RDS")
+    return problems
+
+
+def _default_name_problems(config: Config) -> list[str]:
     if config.database.name is not None:
         return []
     name = default_database_name(config.project.settings_module)
@@ -831,6 +949,42 @@ def _interface_problems(config: Config) -> list[str]:
     if config.app.threads > 1:
         problems.append('app.threads: an ASGI worker runs one event loop, not threads; remove app.threads (or set it '
                         'to 1) and raise app.workers instead')
+    return problems
+
+
+def _external_database_problems(config: Config) -> list[str]:
+    """With database.url no host runs PostgreSQL, so what defaults to the db host must be named, and what runs on
+    the db host is not built for it."""
+    servers = config.servers
+    if config.database.url is None:
+        return [] if servers.db is not None else ["servers.db: required key is missing (or set database.url for a "
+                                                  "PostgreSQL djship does not run)"]
+    problems = []
+    if servers.db is not None:
+        problems.append("servers.db: with database.url djship runs no PostgreSQL; remove servers.db")
+    if servers.media is None and len(servers.code) > 1:
+        problems.append("servers.media: with database.url there is no db host to keep the uploads of several app "
+                        "and worker hosts; name a host without the app role (e.g. the lb host) as servers.media")
+    if config.redis is not None and servers.redis is None:
+        problems.append("servers.redis: with database.url there is no db host to run Redis; name the host that runs "
+                        "it")
+    if servers.backup is not None:
+        problems.append("servers.backup: not built yet with database.url (the db host's agent sends the backups); "
+                        "remove it: `djship backup` writes them to backup.dir on this machine")
+    return problems
+
+
+def _standby_problems(config: Config, media: str | None) -> list[str]:
+    """A failover swaps the db hosts: what lives on "the db host" by default must say where it lives instead."""
+    servers, problems = config.servers, []
+    if media is not None and config.servers.media is None:
+        problems.append("servers.media: with a standby the uploads cannot follow the primary; name the host that "
+                        "holds them (e.g. servers.media = \"media1\")")
+    if config.redis is not None and servers.redis is None:
+        problems.append("servers.redis: with a standby Redis cannot follow the primary; name the host that runs it")
+    others = {*servers.lb, *servers.app, *servers.worker, media, servers.backup, servers.redis}
+    problems += [f"servers.db: {name!r} holds another role too; with a standby each db host holds the database only "
+                 "(a failover goes on without the host that is gone)" for name in servers.db_hosts if name in others]
     return problems
 
 
@@ -866,11 +1020,12 @@ def _topology_problems(config: Config) -> list[str]:
         f"hosts.{_key_path((name,))}: not a host name (lower-case letters, digits and -, starting with a letter)"
         for name in config.hosts if not _HOST_LABEL.fullmatch(name)
     ]
-    roles = {"lb": config.servers.lb, "app": config.servers.app, "db": [config.servers.db],
+    problems += _external_database_problems(config)
+    roles = {"lb": config.servers.lb, "app": config.servers.app, "db": config.servers.db_hosts,
              "worker": config.servers.worker}
     for role, names in roles.items():
         for index, name in enumerate(names):
-            where = f"servers.{role}" + (f"[{index}]" if role != "db" else "")
+            where = f"servers.{role}" + (f"[{index}]" if role != "db" or isinstance(config.servers.db, list) else "")
             if name not in config.hosts:
                 problems.append(f"{where}: no host {name!r}; define it as [hosts.{name}] with its address")
             elif name in names[:index]:
@@ -884,13 +1039,18 @@ def _topology_problems(config: Config) -> list[str]:
             f"the app hosts share their uploads through the db host by default, but {media!r} holds the {role} role"
         problems.append(f"servers.media: {held}; name a host without the app or worker role (every host that runs "
                         "the app's code mounts the uploads from it)")
+    if config.servers.standby is not None:
+        problems += _standby_problems(config, media)
+    elif config.database.synchronous:
+        problems.append('database.synchronous: needs a standby to wait for; list it in servers.db = ["db1", "db2"], '
+                        "or remove database.synchronous")
     if config.servers.worker and not config.processes:
         problems.append("servers.worker: names hosts for [processes], but there are none; add [processes] (e.g. "
                         'worker = { command = "celery -A proj worker" }), or remove servers.worker')
     backup = config.servers.backup
     if backup is not None and backup not in config.hosts:
         problems.append(f"servers.backup: no host {backup!r}; define it as [hosts.{backup}] with its address")
-    elif backup is not None and backup == config.servers.db:
+    elif backup is not None and backup in config.servers.db_hosts:
         problems.append(f"servers.backup: {backup!r} is the db host; name another host, so that a backup survives "
                         "the loss of the db host's disk (without servers.backup they are kept on this machine)")
     if config.servers.redis is not None:

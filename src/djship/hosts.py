@@ -17,7 +17,7 @@ from djship.connectors import Connector, on_each
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 
-ROLES = ("lb", "app", "worker", "db", "media", "redis", "backup")
+ROLES = ("lb", "app", "worker", "db", "standby", "media", "redis", "backup")
 MIN_PYTHON = (3, 10)
 INSTALL_TIMEOUT = 900
 
@@ -39,6 +39,7 @@ FEATURES = {
     "mounts": "a media host holds the uploads (every app and worker host mounts them)",
     "sends": "a backup host keeps the backups (the db host sends them there)",
     "snapshots": "backups hold Redis's data ([redis] backup: the db host takes its snapshot with redis-cli)",
+    "connects": "an external PostgreSQL (database.url): the first app host administers and backs it up with psql",
     "pooled": "database.pooler runs PgBouncer on every app host",
 }
 
@@ -51,12 +52,13 @@ REQUIREMENTS = (
     # An lb host that follows the ACME renewer reads its certificate with `openssl s_client`.
     Requirement("openssl", "command -v openssl", frozenset({"lb"})),
     Requirement("nginx", "command -v nginx || test -x /usr/sbin/nginx", frozenset({"app"})),
-    Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db"})),
+    Requirement("postgresql", "ls /usr/lib/postgresql/*/bin/initdb", frozenset({"db", "standby"})),
     Requirement("redis-server", "command -v redis-server || test -x /usr/bin/redis-server", frozenset({"redis"})),
     Requirement("pgbouncer", "command -v pgbouncer || test -x /usr/sbin/pgbouncer", frozenset({"app"}), "pooled"),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), "mounts"),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), "sends"),
     Requirement("redis-tools", "command -v redis-cli", frozenset({"db"}), "snapshots"),
+    Requirement("postgresql-client", "ls /usr/lib/postgresql/*/bin/pg_dump", frozenset({"app"}), "connects"),
 )
 
 
@@ -85,12 +87,14 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
         )
     media = media_host(config)
     backup = config.servers.backup
+    db = {config.servers.primary} if config.servers.primary else set()
     holders = {"lb": set(config.servers.lb), "app": set(config.servers.app), "worker": set(config.servers.worker),
-               "db": {config.servers.db},
+               "db": db, "standby": set(config.servers.db_hosts[1:]),
                "media": {media} if media else set(), "backup": {backup} if backup else set(),
-               "redis": {config.servers.redis or config.servers.db} if config.redis is not None else set()}
+               "redis": {config.servers.redis} if config.servers.redis else db if config.redis is not None else set()}
     features = frozenset(name for name, used in (("mounts", media is not None), ("sends", backup is not None),
                                                  ("snapshots", config.redis is not None and config.redis.backup),
+                                                 ("connects", config.database.url is not None),
                                                  ("pooled", config.database.pooler != "none"))
                          if used)
     ssh = config.ssh

@@ -219,6 +219,24 @@ class Job:
         return (int(now) - self.offset) // self.every * self.every + self.offset
 
 
+REPLICATION_USER = "djship_replication"
+
+
+@dataclass(frozen=True)
+class Standby:
+    """The db host that streams the primary's WAL (servers.db's second), over TLS, into a slot of its own."""
+
+    host: str
+    address: str
+    primary_host: str
+
+    @property
+    def slot(self) -> str:
+        """Its physical replication slot on the primary (the primary keeps the WAL it has not received yet), also
+        its application_name in synchronous_standby_names."""
+        return "djship_" + self.host.replace("-", "_")
+
+
 @dataclass(frozen=True)
 class Database:
     address: str
@@ -234,10 +252,53 @@ class Database:
     """Where djship administers it from, as the superuser."""
     tls: bool = False
     """Whether the app servers connect over TLS (verify-full): an app host is not the db host."""
+    external: bool = False
+    """database.url: a server djship does not run, reached with sslmode=verify-full against ca_bundle (each host's
+    copy is Paths.database_ca); superuser is then the role djship administers as (database.admin_user, else the
+    app's own), admin_database the database it connects to for that, and max_connections 0 until queried."""
+    ca_bundle: Path | None = None
+    """With external: database.ca_bundle, on the control machine."""
+    admin_database: str = "postgres"
+    creates: bool = True
+    """Whether djship creates the app's role and database (its own server, or database.admin_user given)."""
+    replicated: bool = False
+    """servers.db is a list ([primary] or [primary, standby]): the app hosts then read where the primary is from
+    database.json (connection_hosts), which a failover or switchover changes without a new release."""
+    standby: Standby | None = None
+    """servers.db's second host: a streaming replica of the primary (address)."""
+    listen: str = ""
+    """Where this plan's host's PostgreSQL listens: the primary's address, or on the standby host its own."""
+    synchronous: bool = False
+    """database.synchronous with a standby: a commit returns once the standby has flushed it too."""
 
     @property
     def endpoint(self) -> str:
-        return f"{self.address}:{self.port}"
+        return f"{self.own_address}:{self.port}"
+
+    @property
+    def own_address(self) -> str:
+        return self.listen or self.address
+
+    @property
+    def connection_hosts(self) -> str:
+        """The app's libpq host list: the primary first, then the standby, which serves reads (and refuses writes)
+        while the primary is gone and until a failover promotes it."""
+        return ",".join([self.address, *([self.standby.address] if self.standby else [])])
+
+    @property
+    def is_standby(self) -> bool:
+        """Whether this plan's host runs the standby."""
+        return self.standby is not None and self.own_address == self.standby.address
+
+    @property
+    def replication_passfile(self) -> Path:
+        """The replication role's password as the standby's walreceiver and pg_basebackup read it (0600)."""
+        return self.data_dir.parent / "replication.pgpass"
+
+    @property
+    def fence_marker(self) -> Path:
+        """Written into a former primary's data directory by a failover: it is never to be started as primary."""
+        return self.data_dir / "djship-fenced"
 
     @property
     def cert_file(self) -> Path:
@@ -403,6 +464,11 @@ class Paths:
         return self.tls / "ca.crt"
 
     @property
+    def database_ca(self) -> Path:
+        """database.ca_bundle's copy: what libpq verifies an external PostgreSQL's certificate against."""
+        return self.tls / "database-ca.pem"
+
+    @property
     def ca_key(self) -> Path:
         return self.tls / "ca.key"
 
@@ -475,6 +541,11 @@ class Paths:
     def env_file(self) -> Path:
         """The plain values of the app's environment ([env] in djship.toml), in the same syntax."""
         return self.state / "env"
+
+    @property
+    def database_secrets(self) -> Path:
+        """On the control machine: the passwords of an external PostgreSQL (`djship db password`), 0600."""
+        return self.secrets / "database.json"
 
     @property
     def redis_secrets(self) -> Path:
@@ -563,6 +634,11 @@ class Paths:
     def uploads(self) -> Path:
         """With a media host: the directory it holds and every app host mounts, where the media directories are."""
         return self.state / "uploads"
+
+    @property
+    def database_json(self) -> Path:
+        """On a code host with servers.db as a list: where the primary and the standby are (read by the settings)."""
+        return self.state / "database.json"
 
     @property
     def live(self) -> Path:
@@ -819,6 +895,11 @@ class Plan:
         return self.holds("app") or self.holds("worker")
 
     @property
+    def runs_postgres(self) -> bool:
+        """This host runs PostgreSQL: the primary (db) or the standby."""
+        return self.holds("db") or self.holds("standby")
+
+    @property
     def runs_redis(self) -> bool:
         return self.redis is not None and self.redis.host == self.host
 
@@ -879,7 +960,7 @@ class Plan:
         if self.users is None:
             return ()
         wanted = {"app": (self.users.app, self.users.web), "worker": (self.users.app,), "db": (self.users.db,),
-                  "lb": (self.users.lb,)}
+                  "standby": (self.users.db,), "lb": (self.users.lb,)}
         users = tuple(dict.fromkeys(user for role, users in wanted.items() if self.holds(role) for user in users))
         return users + ((self.users.redis,) if self.runs_redis else ()) + ((self.users.pooler,) if self.pools else ())
 
@@ -914,14 +995,16 @@ class Plan:
         redis_conf = self.redis.conf if self.redis else None
         private = path.parent == paths.secrets or path in (
             paths.site_pem, paths.site_ocsp, paths.ca_key, paths.host_key, paths.acme_site_key, self.database.key_file,
-            redis_conf, self.redis.key_file if self.redis else None, paths.pooler_auth_file)
+            redis_conf, self.redis.key_file if self.redis else None, paths.pooler_auth_file,
+            self.database.replication_passfile)
         owner = None
         if self.users:  # nginx's master, root's, reads the host's certificate and key
             readers = {paths.app_secrets: self.users.app, paths.env_secrets: self.users.app,
                        paths.site_pem: self.users.lb, paths.site_ocsp: self.users.lb, redis_conf: self.users.redis,
                        paths.pooler_auth_file: self.users.pooler,
                        **({self.redis.key_file: self.users.redis} if self.redis else {})}
-            owner = self.users.db if path.is_relative_to(self.database.data_dir) else readers.get(path, "root")
+            owner = self.users.db if path.is_relative_to(self.database.data_dir) \
+                or path == self.database.replication_passfile else readers.get(path, "root")
         mode = 0o600 if private else LOG_MODE if path.is_relative_to(paths.logs) else 0o644
         return FileAccess(mode, owner)
 
@@ -998,7 +1081,16 @@ def _in_project(project_dir: Path, path: str | None) -> Path | None:
 
 
 def _database(config: Config, paths: Paths, address: str, app_clients: tuple[str, ...],
-              admin_clients: tuple[str, ...], tls: bool) -> Database:
+              admin_clients: tuple[str, ...], tls: bool, config_dir: Path) -> Database:
+    external = config.database.external
+    if external is not None:
+        admin = config.database.admin_user
+        return Database(
+            address=external.host, port=external.port, name=external.name, user=external.user,
+            superuser=admin or external.user, max_connections=0, data_dir=paths.postgres / "data", app_clients=(),
+            admin_clients=(), external=True, ca_bundle=_in_project(config_dir, config.database.ca_bundle),
+            admin_database="postgres" if admin else external.name, creates=admin is not None,
+        )
     name = config.database.name or default_database_name(config.project.settings_module)
     return Database(
         address=address,
@@ -1045,7 +1137,7 @@ def remote_config_problems(config: Config) -> list[str]:
         if getattr(config, section) is not None and key in getattr(config, section).model_fields_set
     ]
     media = media_host(config)
-    if config.backup.schedule and media is not None and media != config.servers.db:
+    if config.backup.schedule and media is not None and media != config.servers.primary:
         problems.append(f"backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
                         f"servers.media puts them on {media!r}; remove servers.media (the db host then holds them)")
     if config.backup.archive:
@@ -1097,14 +1189,16 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     app_hosts = [host for host in hosts if "app" in host.roles]
     code_hosts = [host for host in hosts if {"app", "worker"} & set(host.roles)]
     lb_hosts = [host for host in hosts if "lb" in host.roles]
-    db_host = next(host for host in hosts if "db" in host.roles)
+    # With database.url no host holds the db role: the first app host stands in where a path on it is needed.
+    db_host = next((host for host in hosts if "db" in host.roles), app_hosts[0])
+    standby_host = next((host for host in hosts if "standby" in host.roles), None)
     count = servers_per_host(config, len(app_hosts))
     # A link that crosses from one host to another is encrypted; one within a host (loopback) is not.
     external = _external_balancer(config)
     servers = tuple(server for host in app_hosts
                     for server in _servers_of(config, host, count, tls=config.balancer.tls if external else
                                               any(lb.name != host.name for lb in lb_hosts)))
-    database_tls = any(host.name != db_host.name for host in code_hosts)
+    database_tls = any(host.name != db_host.name for host in code_hosts) or standby_host is not None
     taken = next((name for name in config.processes if name in {*(s.name for s in servers), *(h.name for h in hosts)}),
                  None)
     if taken:
@@ -1112,13 +1206,14 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
                           f"logs {taken}` would mean both); rename the process, e.g. worker")
     if one_machine:
         database = _database(config, Paths(db_host.root), config.database.address, (LOOPBACK_NETWORK,),
-                             (LOOPBACK_NETWORK,), database_tls)
+                             (LOOPBACK_NETWORK,), database_tls, project_dir)
         balancer = (config.balancer.bind, config.balancer.https_port, config.balancer.http_port)
         sources: tuple[str, ...] = (LOOPBACK_NETWORK,)
     else:
         database = _database(
             config, Paths(db_host.root), db_host.address,
             tuple(_address_rule(host.address) for host in code_hosts), (_address_rule(db_host.address),), database_tls,
+            project_dir,
         )
         explicit = config.balancer.model_fields_set
         balancer = (
@@ -1127,6 +1222,10 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             config.balancer.http_port if "http_port" in explicit else 80,
         )
         sources = external.trusted if external else tuple(_address_rule(lb.address) for lb in lb_hosts)
+        database = replace(database, replicated=config.servers is not None and isinstance(config.servers.db, list))
+        if standby_host is not None:
+            database = replace(database, standby=Standby(standby_host.name, standby_host.address, db_host.name),
+                               synchronous=config.database.synchronous)
     media = _media_store(config, hosts, code_hosts)
     redis = _redis(config, hosts, db_host, one_machine,
                    [*code_hosts, *([db_host] if config.redis and config.redis.backup else [])])
@@ -1136,7 +1235,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
     plans = {}
     for host in hosts:
         plan = _assemble(
-            config, project_dir, host.tools, Paths(host.root), servers, database, balancer=balancer,
+            config, project_dir, host.tools, Paths(host.root), servers, _database_of(database, host), balancer=balancer,
             balancer_sources=sources, users=Users(**config.users.model_dump(exclude={"media", "backup"})) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address) if lb_hosts else plan.tls
@@ -1153,6 +1252,15 @@ def _archive(config: Config, project_dir: Path, paths: Paths, database: Database
     backup_dir = (project_dir / (config.backup.dir or Path(config.state_dir) / "backups")).resolve()
     return Archive(repo=backup_dir / "archive", work=paths.state / "pgbackrest", timeout=config.backup.archive_timeout,
                    scratch_port=database.port + 1)
+
+
+def _database_of(database: Database, host: HostSpec) -> Database:
+    """The database as a host's plan has it: on the standby host its PostgreSQL listens on, and is administered
+    from, its own address, in its own data directory."""
+    if "standby" not in host.roles:
+        return database
+    return replace(database, listen=host.address, data_dir=Paths(host.root).postgres / "data",
+                   admin_clients=(_address_rule(host.address),))
 
 
 def _external_balancer(config: Config) -> ExternalBalancer | None:
@@ -1315,20 +1423,37 @@ def _check_privileged_ports(plan: Plan) -> None:
 
 
 def _check_budget(plan: Plan) -> None:
-    available = plan.database.max_connections - SUPERUSER_RESERVED
-    if plan.pooler and plan.connections_needed > available:
-        raise DjshipError(
-            f"connection budget: {plan.pooler.app_hosts} app hosts x database.pool_size {plan.pooler.pool_size} "
-            f"+ {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but database.max_connections "
-            f"= {plan.database.max_connections} leaves {available}; raise database.max_connections to at least "
-            f"{plan.connections_needed + SUPERUSER_RESERVED} or lower database.pool_size"
-        )
+    if plan.pooler:
+        available = plan.database.max_connections - SUPERUSER_RESERVED
+        if plan.connections_needed > available:
+            raise DjshipError(
+                f"connection budget: {plan.pooler.app_hosts} app hosts x database.pool_size {plan.pooler.pool_size} "
+                f"+ {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but "
+                f"database.max_connections = {plan.database.max_connections} leaves {available}; raise "
+                f"database.max_connections to at least {plan.connections_needed + SUPERUSER_RESERVED} or lower "
+                "database.pool_size"
+            )
+        return
+    if not plan.database.external:  # an external server's max_connections is queried before anything starts
+        check_budget(plan, plan.database.max_connections, SUPERUSER_RESERVED)
+
+
+def check_budget(plan: Plan, max_connections: int, reserved: int) -> None:
+    """Refuse a size whose connections do not fit the server's: max_connections less the superuser's reserve."""
+    available = max_connections - reserved
     if plan.connections_needed > available:
+        if plan.database.external:
+            raise DjshipError(
+                f"connection budget: {len(plan.app_servers)} servers x {plan.workers} workers x {plan.threads} "
+                f"threads + {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but the server "
+                f"{plan.database.endpoint} has max_connections = {max_connections} ({reserved} reserved for "
+                f"superusers) and leaves {available}; raise max_connections on the server (RDS: its parameter "
+                "group) or lower app.servers/workers/threads")
         raise DjshipError(
             f"connection budget: {len(plan.app_servers)} servers x {plan.workers} workers x {plan.threads} threads "
             f"+ {CONNECTION_HEADROOM} headroom = {plan.connections_needed} connections, but database.max_connections "
-            f"= {plan.database.max_connections} leaves {available}; raise database.max_connections to at least "
-            f"{plan.connections_needed + SUPERUSER_RESERVED} or lower app.servers/workers/threads"
+            f"= {max_connections} leaves {available}; raise database.max_connections to at least "
+            f"{plan.connections_needed + reserved} or lower app.servers/workers/threads"
         )
 
 

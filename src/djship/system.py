@@ -23,6 +23,7 @@ from djship.components import accounts, appserver, boot, external, jobs, media, 
 from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.components.pgbackrest import PgBackRest
+from djship.components.replication import Replication, wait_streaming
 from djship.connectors import CommandFailed, Connector, on_each
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, read_live
@@ -30,7 +31,9 @@ from djship.deploy.lock import exclusive
 from djship.deploy.pipeline import Pipeline
 from djship.deploy.release import Release, ReleaseBuilder
 from djship.errors import DjshipError
-from djship.plan import JOBS_PROGRAM, POOLER_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Plan
+from djship.config import Config
+from djship.plan import JOBS_PROGRAM, POOLER_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Paths, Plan, \
+    check_budget
 from djship.progress import Reporter
 from djship.tls import acme, local_ca, renewal
 from djship.tls.certificates import leaf_der
@@ -69,14 +72,18 @@ class Secrets:
     superuser_password: str
     redis_password: str | None = None
     """[redis]'s, made by the first up that has [redis]; kept when [redis] goes (its data stays too)."""
+    replication_password: str | None = None
+    """The replication role's (servers.db with a standby), made by the first up that has a standby."""
 
     def app_json(self) -> str:
         return json.dumps({"secret_key": self.secret_key, "database_password": self.database_password}, indent=2) + "\n"
 
     def admin_json(self, redis: bool = False) -> str:
-        """What the db host's root reads: the superuser password; with redis ([redis] backup), Redis's password too,
-        with which the daily backup takes its snapshot."""
+        """What the db host's root reads: the superuser password (and the replication role's, with a standby);
+        with redis ([redis] backup), Redis's password too, with which the daily backup takes its snapshot."""
         kept = {"postgres_password": self.superuser_password}
+        if self.replication_password:
+            kept["replication_password"] = self.replication_password
         if redis and self.redis_password:
             kept["redis_password"] = self.redis_password
         return json.dumps(kept, indent=2) + "\n"
@@ -104,6 +111,27 @@ def daily_backups(plan: Plan) -> str:
 def _json(connector: Connector, path: Path) -> dict | None:
     content = connector.get(path)
     return json.loads(content) if content else None
+
+
+def keep_database_password(config: Config, control: Paths, password: str, admin: bool) -> Path:
+    """An external PostgreSQL's password (the app's role's, or with admin database.admin_user's), kept here 0600;
+    `up` gives the app's to the app hosts and the admin role's to the first app host. Returns where it is kept."""
+    external = config.database.external
+    if external is None:
+        raise DjshipError("`djship db password` is for an external PostgreSQL (database.url); djship makes and keeps "
+                          "its own server's passwords")
+    if admin and config.database.admin_user is None:
+        raise DjshipError("--admin: database.admin_user is not set; set it to the role that may create roles and "
+                          "databases, or run `djship db password` for the app's role")
+    if not password or "\n" in password or "\r" in password:
+        raise DjshipError("the password is empty or holds a line break; give the role's password on one line")
+    local = LocalConnector()
+    kept = _json(local, control.database_secrets) or {}
+    kept["admin_password" if admin else "password"] = password
+    local.makedirs(control.state, mode=0o711)
+    local.makedirs(control.secrets, mode=0o711)
+    local.put(control.database_secrets, json.dumps(kept, indent=2) + "\n", mode=0o600)
+    return control.database_secrets
 
 
 def ensure_users(plan: Plan, connector: Connector) -> None:
@@ -179,7 +207,9 @@ class System:
         self.control = topology.control
         self.hosts = topology.hosts
         self.lb_hosts = topology.holding("lb")
-        self.db_host = topology.holding("db")[0]
+        self.db_host = (topology.holding("db") or topology.holding("app"))[0]
+        """Where djship administers the database from: the db host, or with an external PostgreSQL (database.url,
+        no db host) the first app host, which connects to it as the app servers do."""
         self.plan = topology.holding("app")[0].plan
         """The plan every host shares (app servers, addresses, ports, timeouts), as the first app host has it."""
         self.pipeline = Pipeline(topology, reporter)
@@ -224,12 +254,13 @@ class System:
         for host in self.code_hosts.values():
             if app is None and host.name not in self.topology.unreachable:
                 app = _json(host.connector, host.plan.paths.app_secrets)
-        if admin is None and self.db_host.name not in self.topology.unreachable:
-            admin = _json(self.db_host.connector, self.db_host.plan.paths.admin_secrets)
+        for host in self.topology.holding("db") + self.topology.holding("standby"):
+            if admin is None and host.name not in self.topology.unreachable:
+                admin = _json(host.connector, host.plan.paths.admin_secrets)
         if app is None or admin is None:
             return None
         return Secrets(app["secret_key"], app["database_password"], admin["postgres_password"],
-                       self._read_redis_password())
+                       self._read_redis_password(), admin.get("replication_password"))
 
     @property
     def redis_host(self) -> Host | None:
@@ -279,11 +310,15 @@ class System:
         return None if self.plan.tls.mode == "acme" else self.local.get(self.control.site_pem)
 
     def _ensure_secrets(self) -> Secrets:
-        """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out."""
+        """Generated once and kept: a new SECRET_KEY would log everyone out, a new password would lock the app out.
+        An external server's passwords are the user's (`djship db password`)."""
         found = self.read_secrets() or Secrets(secrets.token_urlsafe(50), secrets.token_urlsafe(24),
                                                secrets.token_urlsafe(24))
+        found = self._with_external_passwords(found)
         if self.plan.redis and not found.redis_password:  # hex: nothing to quote in a URL or in redis.conf
             found = replace(found, redis_password=secrets.token_hex(32))
+        if self.plan.database.standby and not found.replication_password:
+            found = replace(found, replication_password=secrets.token_urlsafe(24))
         self.local.makedirs(self.control.secrets, mode=0o711)
         self.local.put(self.control.app_secrets, found.app_json(), mode=0o600)
         self.local.put(self.control.admin_secrets, found.admin_json(), mode=0o600)
@@ -292,6 +327,52 @@ class System:
                            mode=0o600)
         self.keep_env_secrets(self.env_secrets(), found)
         return found
+
+    # -- an external PostgreSQL's passwords (`djship db password`) ------------------------------------------------
+
+    def _with_external_passwords(self, found: Secrets) -> Secrets:
+        """The app's password (when its role is the DBA's) and the admin role's, as `djship db password` kept them
+        here, else as the hosts have them (read_secrets); without either, a one-line error naming the command."""
+        db = self.plan.database
+        if not db.external:
+            return found
+        kept = _json(self.local, self.control.database_secrets) or {}
+        shown = f"{db.superuser}@{db.endpoint}"
+        if db.creates:
+            admin = kept.get("admin_password") or self._kept_admin_password()
+            if admin is None:
+                raise DjshipError(f"database.admin_user: no password kept for {shown}; run `djship db password "
+                                  "--admin` (it asks for it, or reads it from standard input)")
+            return replace(found, superuser_password=admin)
+        app = kept.get("password") or self._kept_app_password()
+        if app is None:
+            raise DjshipError(f"database.url: no password kept for {shown}; run `djship db password` (it asks for it, "
+                              "or reads it from standard input, and keeps it in .djship/secrets, 0600)")
+        return replace(found, database_password=app, superuser_password=app)
+
+    def _kept_app_password(self) -> str | None:
+        kept = self.read_secrets()
+        return kept.database_password if kept else None
+
+    def _kept_admin_password(self) -> str | None:
+        kept = self.read_secrets()
+        return kept.superuser_password if kept else None
+
+    def _check_external_database(self) -> None:
+        """Before anything starts: the server answers, over TLS, with a certificate the CA bundle verifies for its
+        name, to djship's password; and the app servers' connections fit its max_connections."""
+        db = self.plan.database
+        if not db.external:
+            return
+        bundle = db.ca_bundle
+        if bundle is None or not bundle.is_file():
+            raise DjshipError(f"database.ca_bundle: {bundle} is not a file; download the server's CA bundle (RDS: "
+                              "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) and point at it")
+        found = self.read_secrets() or Secrets("", "", "")
+        password = self._with_external_passwords(found).superuser_password
+        host = self.db_host
+        limit, reserved = DatabaseServer(host.plan, host.connector).check_external(password, bundle.read_bytes())
+        check_budget(self.plan, limit, reserved)
 
     # -- the secrets of the app's environment (`djship env`) -----------------------------------------------------
 
@@ -340,6 +421,7 @@ class System:
     def _preflight(self) -> None:
         """What can be refused before anything starts or changes."""
         self._check_interface()
+        self._check_external_database()
         if self.plan.tls.mode == "files":
             validated_files(self.control_plan, self.local)
         bundle = self.plan.tls.acme_ca_bundle
@@ -369,7 +451,7 @@ class System:
         plan, connector = host.plan, host.connector
         nginx = tuple(server.programs[1] for server in plan.servers_here if server.tls)
         presenting = [(plan.paths.host_cert, plan.paths.host_key, nginx)] if nginx else []
-        if host.holds("db") and plan.database.tls:
+        if plan.runs_postgres and plan.database.tls:
             presenting.append((plan.database.cert_file, plan.database.key_file, ("postgres",)))
         if plan.runs_redis and plan.redis.tls:
             presenting.append((plan.redis.cert_file, plan.redis.key_file, (REDIS_PROGRAM,)))
@@ -391,7 +473,8 @@ class System:
         Redis, the db host reaching Redis for a backup; Redis, which names the CA in its config."""
         redis = plan.redis is not None and plan.redis.tls
         return (plan.runs_code and (plan.database.tls or redis)) or (redis and plan.runs_redis) or (
-            redis and plan.holds("db") and plan.redis.backup)
+            redis and plan.holds("db") and plan.redis.backup) or (plan.database.standby is not None
+                                                                  and plan.runs_postgres)
 
     def _desired(self, secrets_: Secrets | None, certificate: bytes | None, media_access: media.Access | None,
                  authority: Authority | None, backup_access: media.Access | None = None,
@@ -412,9 +495,16 @@ class System:
                 files.append(render.ConfigFile(plan.paths.pooler_auth_file,
                                                render.pgbouncer_auth_file(plan, secrets_.database_password),
                                                (POOLER_PROGRAM,)))
-            if secrets_ and host.holds("db"):
+            if secrets_ and (plan.runs_postgres or (plan.database.external and host.name == self.db_host.name)):
                 files.append(render.ConfigFile(plan.paths.admin_secrets,
                                                secrets_.admin_json(bool(plan.redis and plan.redis.backup)), ()))
+            if plan.database.external and plan.runs_code:
+                files.append(render.ConfigFile(plan.paths.database_ca, plan.database.ca_bundle.read_text(),
+                                               render.app_programs(plan)))
+            if secrets_ and secrets_.replication_password and plan.runs_postgres and plan.database.standby:
+                files.append(render.ConfigFile(plan.database.replication_passfile,
+                                               render.replication_pgpass(plan, secrets_.replication_password),
+                                               ("postgres",)))
             if secrets_ and secrets_.redis_password and plan.runs_redis:
                 files.append(render.ConfigFile(plan.redis.conf, render.redis_conf(plan, secrets_.redis_password),
                                                (REDIS_PROGRAM,)))
@@ -462,7 +552,8 @@ class System:
         authority = read_authority(self.control_plan, self.local) if self.plan.encrypted_links else None
         desired = self._desired(secrets_, certificate, media.read_access(self.topology), authority,
                                 offsite.read_access(self.topology))
-        return diff(self.hosts, desired, self._observe(desired), secrets_ is None)
+        return replace(diff(self.hosts, desired, self._observe(desired), secrets_ is None),
+                       standby_copy=self._standby_base_backup())
 
     def up(self) -> UpResult:
         self._preflight()
@@ -530,9 +621,10 @@ class System:
         self.pipeline.prepare()
         if changes.removed and (changes.balancers_running or self.plan.external):
             self._take_out_for_good(changes.removed)
+        base_backup = self._standby_base_backup()
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
-                                                                            started))
+                                                                            started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
         self._pooler(changes)
@@ -542,6 +634,9 @@ class System:
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
         self._ensure_processes(changes, reconfigured)
+        # After the app's programs read where the primary is: a former primary that turns into the standby here must
+        # not start while an app server still names it first.
+        self._standby(secrets_, changes, desired, base_backup)
         self._ensure_balancers(changes)
         renewed = self._ensure_extras(changes, reconfigured)
         for name in changes.removed:
@@ -569,7 +664,7 @@ class System:
         on_each(self.hosts, check)
 
     def _prepare(self, host: Host, files: list[render.ConfigFile], secrets_: Secrets, changes: Changes,
-                 started: list[Host]) -> set[str]:
+                 started: list[Host], base_backup: str | None = None) -> set[str]:
         """Everything a host needs before its programs start; returns the programs whose supervisor settings
         changed (they take effect at their next restart)."""
         plan, connector = host.plan, host.connector
@@ -584,6 +679,10 @@ class System:
             database.check_owner()
             if plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
                 PgBackRest(plan, connector).prepare(secrets_.superuser_password)
+        if host.holds("standby"):
+            connector.makedirs(plan.database.data_dir.parent, mode=0o700, owner=plan.user_of("db"))
+            if base_backup:  # pg_basebackup makes the data directory: its files are written after it (_standby)
+                files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -622,6 +721,9 @@ class System:
             with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
         live = read_live(host.plan, host.connector).database
+        if host.plan.database.external and not host.plan.database.creates:
+            self.reporter.note(f"Database {live!r} on {endpoint} (external, as role {host.plan.database.user!r})")
+            return
         with self.reporter.step(f"Database {live!r} and role {host.plan.database.user!r}"):
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
         if host.plan.backup.archive is not None:
@@ -648,6 +750,84 @@ class System:
         if reloading:
             with self.reporter.step(f"Reloading PgBouncer on {', '.join(reloading)} (its configuration changed)"):
                 on_each(reloading, pooler.reload)
+
+    # -- the standby ---------------------------------------------------------------------------------------------
+
+    @property
+    def standby_host(self) -> Host | None:
+        return next(iter(self.topology.holding("standby")), None)
+
+    def replication(self, host: Host, secrets_: Secrets | None = None) -> Replication:
+        return Replication(DatabaseServer(host.plan, host.connector), (secrets_ or self.secrets()).superuser_password)
+
+    def _standby_base_backup(self) -> str | None:
+        """Why the standby host needs a fresh copy of the primary: "new" (no data directory yet), "rebuild" (the data
+        directory of a former primary, or one a failover fenced), or None: it holds a standby's already."""
+        host = self.standby_host
+        if host is None:
+            return None
+        database = DatabaseServer(host.plan, host.connector)
+        if not database.initialized():
+            return "new"
+        replica = Replication(database, "")
+        if replica.has_standby_data():
+            return None
+        primary = DatabaseServer(self.db_host.plan, self.db_host.connector)
+        if not primary.initialized():
+            raise DjshipError(
+                f"servers.db: {host.name} holds a primary's data directory ({host.plan.database.data_dir}) but names "
+                f"{self.db_host.name}, which has none, as the primary; put {host.name} first in servers.db")
+        return "rebuild"
+
+    def _standby(self, secrets_: Secrets, changes: Changes, desired: dict[str, list[render.ConfigFile]],
+                 base_backup: str | None) -> None:
+        """The standby: its replication role and slot on the primary, its data directory copied from the primary
+        when it has none (a former primary's kept aside first, fenced), then PostgreSQL started as a hot standby,
+        streaming."""
+        host = self.standby_host
+        if host is None:
+            if self.db_host.plan.database.replicated:
+                self.replication(self.db_host, secrets_).ensure_synchronous("")  # no standby to wait for
+            return
+        plan, standby = host.plan, host.plan.database.standby
+        primary = self.replication(self.db_host, secrets_)
+        with self.reporter.step(f"Replication role and slot {standby.slot} on {self.db_host.name}"):
+            primary.ensure_role_and_slot(secrets_.replication_password, standby.slot)
+        replica = self.replication(host, secrets_)
+        action = changes.standby
+        if base_backup:
+            if host.supervisor.pid() is not None:
+                host.supervisor.stop("postgres")
+            if base_backup == "rebuild":
+                with self.reporter.step(f"Fencing {host.name}'s former primary and keeping its data aside"):
+                    replica.fence("failover", self.db_host.name)
+                    kept = replica.keep_aside()
+                self.reporter.note(f"{host.name}'s former data directory is kept in {kept}")
+            with self.reporter.step(f"Copying the primary to {host.name} (pg_basebackup over TLS)"):
+                replica.base_backup()
+                for file in desired[host.name]:
+                    if file.path.is_relative_to(plan.database.data_dir):
+                        host.connector.put(file.path, file.text, **_access(plan, file.path))
+            action = "start"
+        if action == "start":
+            with self.reporter.step(f"Starting the standby on {host.name}"):
+                host.supervisor.start("postgres")
+                replica.server.wait_ready(READY_TIMEOUT)
+        elif action == "restart":
+            with self.reporter.step("Restarting the standby (its configuration changed)"):
+                host.supervisor.restart("postgres")
+                replica.server.wait_ready(READY_TIMEOUT)
+        elif action == "reload":
+            with self.reporter.step("Reloading the standby (its primary, client list or certificate changed)"):
+                host.supervisor.signal("postgres", "HUP")
+        wanted = f'"{standby.slot}"' if plan.database.synchronous else ""
+        if not wanted and primary.ensure_synchronous(wanted):
+            self.reporter.note(f"Commits on {self.db_host.name} no longer wait for {host.name}")
+        if action or changes.postgres or wanted:
+            with self.reporter.step(f"Waiting for {host.name} to stream from {self.db_host.name}"):
+                wait_streaming(primary, standby.slot, READY_TIMEOUT)
+        if wanted and primary.ensure_synchronous(wanted):
+            self.reporter.note(f"Commits on {self.db_host.name} now return once {host.name} has them too")
 
     def _redis(self, secrets_: Secrets, changes: Changes, reconfigured: dict[str, set[str]]) -> None:
         """Start Redis, or restart it when its configuration changed, before the app servers and processes that
@@ -1190,7 +1370,18 @@ class System:
                                         "accepting" if listening else "down"))
         db = self.db_host
         ready = bool(views.get(db.name)) and self.database.is_ready()
-        components.append(entry(db, "postgres", "database", plan.database.endpoint, "accepting" if ready else "down"))
+        if plan.database.external:  # no process of djship's: the server as the first app host reaches it
+            components.append({"name": "database", "role": "database", "server": None, "host": "external",
+                               "address": plan.database.endpoint, "pid": None, "state": "EXTERNAL",
+                               "health": "accepting" if ready else "down"})
+        else:
+            components.append(entry(db, "postgres", "database", plan.database.endpoint,
+                                    "accepting" if ready else "down"))
+        standby = self.standby_host
+        if standby is not None:
+            answers = bool(views.get(standby.name)) and DatabaseServer(standby.plan, standby.connector).is_ready()
+            components.append(entry(standby, "postgres", "standby", standby.plan.database.endpoint,
+                                    "accepting reads" if answers else "down"))
         if self.redis_host is not None and self.redis_host.name in answering:
             reply = self.redis_reply()
             components.append(entry(self.redis_host, REDIS_PROGRAM, "redis", plan.redis.endpoint,
@@ -1218,7 +1409,17 @@ class System:
             "tls": self._tls_status(views, set(answering)),
             "jobs": [report.to_json() for report in self.job_reports()] if ready and plan.jobs else [],
             "archive_verified": self.status_of_archive_verification() if db.name in answering else None,
+            "replication": self._replication_status(ready) if plan.database.replicated else None,
         }
+
+    def _replication_status(self, primary_ready: bool) -> dict:
+        """The roles of the db hosts and, from the primary's pg_stat_replication, each standby's state and lag."""
+        standby = self.standby_host
+        database = self.db_host.plan.database
+        rows = self.replication(self.db_host).standbys() if primary_ready else []
+        return {"primary": self.db_host.name, "standby": standby.name if standby else None,
+                "synchronous": database.synchronous, "slot": database.standby.slot if database.standby else None,
+                "standbys": rows}
 
     def _seen_by_external_balancer(self, answering: dict[str, Host]) -> dict[str, dict]:
         """Per app server: the last health check the balancer sent it, and whether djship drains it."""
@@ -1356,6 +1557,7 @@ class System:
         if self.redis_host is not None and self.redis_host.name in running:
             with self.reporter.step("Stopping Redis (its data stays on disk)"):
                 self.redis_host.supervisor.stop(REDIS_PROGRAM)
+        stop("standby", lambda host: ["postgres"], "Stopping PostgreSQL's standby")
         stop("db", lambda host: ["postgres"], f"Stopping PostgreSQL (data stays in {self.db_host.plan.database.data_dir})")
         with self.reporter.step(f"Stopping the supervisor on {self._hosts_phrase()}"):
             on_each({name: self.hosts[name] for name in running}, lambda host: host.supervisor.shutdown())

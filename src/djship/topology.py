@@ -138,7 +138,8 @@ def local_tools() -> Tools:
 def local_spec(config: Config, project_dir: Path, tools: Tools, login_root: bool) -> HostSpec:
     """This machine as the one host of the topology, holding every role on loopback."""
     bind = config.balancer.bind
-    return HostSpec(LOCAL_HOST, "127.0.0.1" if bind == "0.0.0.0" else bind, ROLES,
+    roles = tuple(role for role in ROLES if role != "db" or config.database.url is None)  # no PostgreSQL of its own
+    return HostSpec(LOCAL_HOST, "127.0.0.1" if bind == "0.0.0.0" else bind, roles,
                     control_paths(config, project_dir).state, tools, login_root, loopback=True)
 
 

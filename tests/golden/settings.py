@@ -21,6 +21,13 @@ for _live_path in (os.environ.get("DJSHIP_LIVE_FILE"), "/srv/example/board/.djsh
             _LIVE.update(json.load(_live_file))
         break
 
+# Where PostgreSQL's primary is (then its standby): database.json, which `djship db failover` and `switchover`
+# rewrite, else this release's own value.
+_DATABASE_HOST = "127.0.2.1"
+if os.path.exists("/srv/example/board/.djship/database.json"):
+    with open("/srv/example/board/.djship/database.json", encoding="utf-8") as _database_file:
+        _DATABASE_HOST = json.load(_database_file)["host"]
+
 DEBUG = False
 SECRET_KEY = _SECRETS["secret_key"]
 ALLOWED_HOSTS = ['localhost']
@@ -44,7 +51,7 @@ DATABASES = {
         "NAME": _LIVE["database"],
         "USER": "board",
         "PASSWORD": _SECRETS["database_password"],
-        "HOST": "127.0.2.1",
+        "HOST": _DATABASE_HOST,
         "PORT": "15432",
         # One persistent connection per worker, checked before reuse: the biggest throughput win measured.
         "CONN_MAX_AGE": 60,

@@ -56,7 +56,8 @@ def test_the_superuser_psql_reads_its_script_from_stdin_its_connection_and_passw
         "--set=database=board_20261125213005", "--set=role=board", "-f", "-",
     ]
     assert env == {"PGHOST": "127.0.2.1", "PGPORT": "15432", "PGUSER": "postgres", "PGDATABASE": "board",
-                   "PGPASSFILE": "/s/secrets/pgpass", "PGCONNECT_TIMEOUT": "10"}
+                   "PGPASSFILE": "/s/secrets/pgpass", "PGCONNECT_TIMEOUT": "10",
+                       "PGOPTIONS": "-c synchronous_commit=local"}
 
 
 def test_the_rows_are_counted_and_pg_dump_runs_in_one_read_only_snapshot_whose_failure_fails_the_script():

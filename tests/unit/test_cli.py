@@ -72,3 +72,8 @@ def test_restore_takes_a_backup_or_a_time(django_project, short_tmp, monkeypatch
 
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert result.output.strip().splitlines()[-1].startswith(error), result.output
+
+
+def test_djship_db_holds_the_standby_and_the_external_database_commands():
+    """One `db` group: a second group of that name would hide the first one's commands."""
+    assert set(main.commands["db"].commands) == {"failover", "switchover", "password"}

@@ -73,7 +73,8 @@ def test_across_hosts_pgbouncer_runs_on_each_app_host_and_verifies_postgresql(ma
                  "server_tls_protocols = tlsv1.3"):
         assert line in ini, line
     settings = render.production_settings(plans["app1"], "r1", Path("/srv/app1/releases/r1"))
-    assert '"HOST": "10.0.0.20" if _DIRECT else "/srv/app1/pgbouncer/socket",' in settings
+    assert '_DATABASE_HOST = "10.0.0.20"' in settings
+    assert '"HOST": _DATABASE_HOST if _DIRECT else "/srv/app1/pgbouncer/socket",' in settings
     assert '"DISABLE_SERVER_SIDE_CURSORS": True,' in settings
     assert "DJSHIP_DATABASE_HOLD = 10" in settings
     # verify-full on the direct connections (migrate, the scheduler of [jobs]); PgBouncer's own link verifies too

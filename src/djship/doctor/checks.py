@@ -272,6 +272,7 @@ def connections(plan: Plan, facts: Facts) -> Verdict:
     if facts.database is None:
         return (FAIL,
             f"cannot ask PostgreSQL for max_connections ({facts.database_error or 'not running'})",
+            "check the server of database.url and `djship db password`" if plan.database.external else
             "see `djship logs postgres`; `djship up` starts it")
     maximum, open_now = facts.database["max_connections"], facts.database["connections"]
     per_server = [int(s.gunicorn.get("workers", 1)) * int(s.gunicorn.get("threads", 1)) for s in facts.servers]
@@ -286,8 +287,11 @@ def connections(plan: Plan, facts: Facts) -> Verdict:
         needed = sum(per_server) + CONNECTION_HEADROOM
         budget = (f"{len(per_server)} servers with {' + '.join(map(str, per_server))} workers x threads + "
                   f"{CONNECTION_HEADROOM} headroom = {needed}")
-        fix = (f"raise database.max_connections to at least {needed + SUPERUSER_RESERVED} or lower "
-               "app.servers/workers/threads in djship.toml, then `djship up`")
+        fix = (f"raise max_connections on the server to at least {needed + SUPERUSER_RESERVED} (RDS: its parameter "
+               "group) or lower app.servers/workers/threads in djship.toml, then `djship up`") \
+            if plan.database.external else (f"raise database.max_connections to at least "
+                                             f"{needed + SUPERUSER_RESERVED} or lower app.servers/workers/threads in "
+                                             "djship.toml, then `djship up`")
     if needed > available:
         return (FAIL,
             f"{budget}, but PostgreSQL's max_connections {maximum} leaves {available}: under load "

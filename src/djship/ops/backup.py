@@ -336,7 +336,7 @@ class Backups:
             run_checked(db.connector, f"pg_restore into {database}",
                  archive.pg_restore_argv(db.plan.tools.pg("pg_restore"), db.plan.database, database,
                                          self._staging(db, RESTORE_STAGING) / DUMP),
-                 env={"PGPASSFILE": str(self.database.passfile(password))})
+                 env=self.database.client_env(password))
         with self.reporter.step("Verifying the row count of every table against the backup"):
             problems = archive.row_count_problems(backup.manifest.rows, self.database.row_counts(password, database))
             if problems:

@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
-from djship.plan import DATABASE_HOLD, DIRECT_DATABASE, HEALTH_HOLD, IN_FLIGHT_PATH, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, \
+from djship.plan import REPLICATION_USER, DATABASE_HOLD, DIRECT_DATABASE, HEALTH_HOLD, IN_FLIGHT_PATH, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, \
     MEDIA_PROGRAM, MEDIA_URL, POOLER_APPLICATION, POOLER_LOGIN_RETRY, POOLER_PORT, POOLER_PROGRAM, PROGRAM_ENVIRONMENT, \
     REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, \
     plan_to_json, release_environment
@@ -186,7 +186,38 @@ def pgbackrest_conf(plan: Plan) -> str:
 
 
 def pg_hba_conf(plan: Plan) -> str:
-    return _render("pg_hba.conf.j2", db=plan.database)
+    return _render("pg_hba.conf.j2", db=plan.database, replication_user=REPLICATION_USER)
+
+
+def primary_conninfo(plan: Plan) -> str:
+    """libpq's connection to the primary as the replication role, from the standby host."""
+    db = plan.database
+    values = {"host": db.address, "port": db.port, "user": REPLICATION_USER, "passfile": db.replication_passfile,
+              "sslmode": "verify-full", "sslrootcert": plan.paths.ca_cert,
+              "sslcert": plan.paths.tls / "no-client-certificate", "application_name": db.standby.slot,
+              "connect_timeout": 5}
+    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in values.items())
+
+
+def _conninfo_value(value: object) -> str:
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def replication_conf(plan: Plan) -> str:
+    conninfo = primary_conninfo(plan).replace("'", "''") if plan.database.is_standby else ""
+    return _render("replication.conf.j2", plan=plan, db=plan.database, conninfo=conninfo)
+
+
+def replication_pgpass(plan: Plan, password: str) -> str:
+    """The replication role's line of the standby's passfile: any db host (either may be the primary)."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:{plan.database.port}:replication:{REPLICATION_USER}:{escaped}\n"
+
+
+def database_json(plan: Plan) -> str:
+    """Where the app finds the primary (then the standby): read by the settings when a program starts."""
+    return json.dumps({"host": plan.database.connection_hosts}, indent=2) + "\n"
 
 
 def pgbouncer_ini(plan: Plan) -> str:
@@ -264,7 +295,7 @@ def programs(plan: Plan) -> list[Program]:
     if plan.media and plan.runs_code:  # as root (or djship's login user): FUSE mounts need it
         result.append(Program(name=MEDIA_PROGRAM, command=media_mount_command(plan, plan.media), stopsignal="TERM",
                               stopwaitsecs=10))
-    if plan.holds("db"):
+    if plan.runs_postgres:
         result.append(Program(
             name="postgres",
             command=(
@@ -433,11 +464,16 @@ def system_files(plan: Plan) -> list[ConfigFile]:
     if plan.runs_agent:
         readers = (RENEWAL_PROGRAM,) * (plan.renews or plan.follows) + (BACKUP_SCHEDULER,) * plan.schedules_backups
         files.append(ConfigFile(plan.paths.plan_file, plan_to_json(agent_plan(plan)), readers))
-    if plan.holds("db"):
+    if plan.runs_postgres:
         files.append(ConfigFile(plan.database.data_dir / "postgresql.conf", postgresql_conf(plan), ("postgres",)))
         files.append(ConfigFile(plan.database.data_dir / "pg_hba.conf", pg_hba_conf(plan), ("postgres",)))
         if plan.backup.archive is not None:
             files.append(ConfigFile(plan.backup.archive.conf, pgbackrest_conf(plan), ()))
+        if plan.database.replicated:
+            files.append(ConfigFile(plan.database.data_dir / "replication.conf", replication_conf(plan),
+                                    ("postgres",)))
+    if plan.runs_code and plan.database.replicated:
+        files.append(ConfigFile(plan.paths.database_json, database_json(plan), app_programs(plan)))
     for server in plan.servers_here:
         gunicorn, nginx = server.programs
         files.append(ConfigFile(server.nginx_conf, nginx_conf(plan, server), (nginx,)))
