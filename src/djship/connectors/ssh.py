@@ -47,6 +47,10 @@ if owner:
 """
 
 
+# How many times a user's uid and gid are asked for before djship gives up (see SSHConnector._look_up).
+LOOKUP_ATTEMPTS = 3
+
+
 @dataclass(frozen=True)
 class SSHTarget:
     address: str
@@ -291,10 +295,19 @@ class SSHConnector:
     def _ids(self, owner: str) -> tuple[int, int]:
         """The uid and gid of owner on the host (chown on an SFTP handle takes numbers)."""
         if owner not in self._owners:
-            found = self._checked(["id", "-u", "--", owner], f"looking up the user {owner}").stdout.strip()
-            group = self._checked(["id", "-g", "--", owner], f"looking up the user {owner}").stdout.strip()
-            self._owners[owner] = (int(found), int(group))
+            self._owners[owner] = self._look_up(owner)
         return self._owners[owner]
+
+    def _look_up(self, owner: str) -> tuple[int, int]:
+        """Asked again when the answer is not two numbers: a busy test machine once saw `id` exit 0 with no output."""
+        words: list[str] = []
+        for _ in range(LOOKUP_ATTEMPTS):
+            words = [self._checked(["id", option, "--", owner], f"looking up the user {owner}").stdout.strip()
+                     for option in ("-u", "-g")]
+            if all(word.isdigit() for word in words):
+                return int(words[0]), int(words[1])
+        raise DjshipError(f"cannot look up the user {owner} on {self.target.address}: `id -u`/`id -g` answered "
+                          f"{words!r}; run djship again")
 
     @_one_sftp_operation_at_a_time
     def get(self, path: Path) -> bytes | None:
