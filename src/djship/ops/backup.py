@@ -313,11 +313,10 @@ class Backups:
             host.supervisor.stop(REDIS_PROGRAM)
             run_checked(connector, "keeping Redis's data aside", ["mv", "--", str(data), str(kept)])
             connector.makedirs(data, mode=0o700, owner=plan.user_of("redis"))
-            snapshot = data / "dump.rdb"
-            run_checked(connector, "moving the snapshot into place",
-                        ["mv", "--", str(self._staging(host, RESTORE_STAGING) / REDIS), str(snapshot)])
-            if plan.user_of("redis"):
-                run_checked(connector, "giving the snapshot to Redis", ["chown", plan.user_of("redis"), str(snapshot)])
+            snapshot, staged = data / "dump.rdb", self._staging(host, RESTORE_STAGING) / REDIS
+            if plan.user_of("redis"):  # in root's staging directory, before it enters one Redis's user writes in
+                run_checked(connector, "giving the snapshot to Redis", ["chown", plan.user_of("redis"), str(staged)])
+            run_checked(connector, "moving the snapshot into place", ["mv", "--", str(staged), str(snapshot)])
             redis_server.load(plan, connector, self.system.secrets().redis_password, snapshot)
             host.supervisor.start(REDIS_PROGRAM)
             redis_server.wait_ready(plan, connector, self.system.secrets().redis_password, REDIS_READY_SECONDS)
