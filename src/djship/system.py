@@ -183,7 +183,10 @@ def others_in_rotation(balancers: list[Balancer], leaving: set[str]) -> list[str
 
 def take_out_for_good(instance: Balancer, names: list[str], timeout: float) -> None:
     """Drain app servers that are leaving the system, wait for their requests in flight, then take them out
-    (maintenance) until the balancer's next configuration no longer lists them."""
+    (maintenance) until the balancer's next configuration no longer lists them. One the running configuration does
+    not list (a server whose start failed before the balancer took it in) has nothing to drain."""
+    listed = instance.states()
+    names = [name for name in names if name in listed] if listed else names
     for name in names:
         instance.set_state(name, "drain")
     for name in names:

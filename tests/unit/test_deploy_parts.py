@@ -8,11 +8,13 @@ import pytest
 
 from tests.unit.conftest import FAKE_TOOLS
 
+from djship.components.balancer import ServerState
 from djship.config import parse_config, with_values
 from djship.deploy.lock import exclusive
 from djship.deploy.rolling import _batches
 from djship.errors import DjshipError
 from djship.project import DjangoProject, render_config
+from djship.system import take_out_for_good
 
 
 def test_scaling_sets_the_number_of_servers_and_keeps_every_other_line():
@@ -121,3 +123,28 @@ def test_a_batch_size_that_is_neither_a_count_nor_a_share_is_refused_by_its_key(
             f"[deploy]\nbatch_size = {size}\n")
     with pytest.raises(DjshipError, match=r"^djship.toml: deploy\.batch_size: "):
         parse_config(text, "djship.toml")
+
+
+class _ListingBalancer:
+    """A balancer whose running configuration lists some app servers."""
+
+    def __init__(self, listed: list[str]):
+        self.listed, self.commands = listed, []
+
+    def states(self):
+        return {name: ServerState(name, "UP", "L7OK", 0) for name in self.listed}
+
+    def set_state(self, server: str, state: str) -> None:
+        if server not in self.listed:
+            raise DjshipError(f"the load balancer refused `set server app_servers/{server} state {state}`: No such server.")
+        self.commands.append(f"{state} {server}")
+
+    def wait_drained(self, server: str, timeout: float) -> None:
+        self.commands.append(f"drained {server}")
+
+
+def test_taking_out_servers_the_balancer_never_listed_drains_only_those_it_lists():
+    """A scale whose new servers failed to start goes back: those servers were never in the balancer."""
+    balancer = _ListingBalancer(["app1", "app2", "app3"])
+    take_out_for_good(balancer, ["app3", "app4"], 1)
+    assert balancer.commands == ["drain app3", "drained app3", "maint app3"]

@@ -209,10 +209,13 @@ class Rollout:
             config_path.write_text(text, encoding="utf-8")
             try:
                 scaled.converge()
-            except DjshipError:
+            except DjshipError as error:
                 with self.reporter.step(f"Going back to {before} app servers per host"):
                     config_path.write_text(original, encoding="utf-8")
-                    self.system.converge()
+                    try:
+                        self.system.converge()
+                    except DjshipError as undo:
+                        raise DjshipError(f"{error} (going back to {before} app servers per host failed too: {undo})") from None
                 raise
             finally:
                 scaled.close()
