@@ -493,8 +493,8 @@ def jobs(plan: Plan, facts: Facts) -> Verdict:
         return (FAIL, f"cannot read the runs of [jobs]: {facts.jobs_error or 'PostgreSQL is not ready'}",
                 "see the database check; `djship logs jobs` shows what the schedulers say")
     logs = "`djship logs jobs` shows its output"
-    failing = [f"{report.name} exited {report.last_run.exit_code} in its run of {report.last_run.slot} on "
-               f"{report.last_run.host}" for report in facts.jobs if report.failing and report.last_run]
+    failing = [f"{report.name} exited {report.finished.exit_code} in its run of {report.finished.slot} on "
+               f"{report.finished.host}" for report in facts.jobs if report.failing]
     missed = [f"{report.name} did not run at {report.missed} ({report.schedule}) on any host"
               for report in facts.jobs if report.missed]
     if failing:
