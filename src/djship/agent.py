@@ -216,16 +216,28 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
 
 def archive_backup(plan: Plan, connector: Connector) -> dict:
     """The daily backup with backup.archive: a full pgBackRest backup weekly, a differential one on the other days
-    (pgBackRest expires what its retention no longer keeps)."""
+    (pgBackRest expires what its retention no longer keeps); then verified, as `djship backup verify` does. A failed
+    verification is kept for status and the doctor, and makes the run fail."""
     from datetime import datetime, timezone
 
     from djship.components.pgbackrest import PgBackRest, backup_type
+    from djship.deploy.lock import exclusive
 
     archiver = PgBackRest(plan, connector)
     kind = backup_type(archiver.backups(), datetime.now(timezone.utc))
     taken = archiver.backup(kind)
-    print(f"backed up into the archive as {taken.label} ({taken.type})", flush=True)
-    return {"backup": taken.label, "pruned": []}
+    _log(f"backed up into the archive as {taken.label} ({taken.type})")
+    password = json.loads(connector.get(plan.paths.admin_secrets) or b"{}").get("postgres_password")
+    if password is None:
+        raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
+    with exclusive(plan.backup.archive.scratch_lock, "a verification of the archive",
+                   busy="a restore or verification from the archive is running"):
+        verified = archiver.verify(password)
+    if not verified["ok"]:
+        raise DjshipError(f"backup {verified['backup']} of the archive failed its verification: {verified['problem']}")
+    _log(f"verified backup {verified['backup']}: restored into a scratch cluster, {verified['tables']} tables, "
+         f"{verified['rows']} rows")
+    return {"backup": taken.label, "pruned": [], "verified": verified}
 
 
 OUTGOING = ".outgoing"

@@ -777,8 +777,13 @@ class Archive:
 
     @property
     def verified(self) -> Path:
-        """The last verification's result (`djship backup verify`), in root's state directory."""
+        """The last verification's result (`djship backup verify` or the daily backup's), in root's state directory."""
         return self.work.parent / "archive-verified.json"
+
+    @property
+    def scratch_lock(self) -> Path:
+        """Held while the scratch cluster is in use (a point-in-time restore, a verification): one at a time."""
+        return self.work.parent / "archive-scratch.lock"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ backup.dir, WAL pushed at least every 5 seconds.
 
 One system for the module; the tests run in order: rows written and a table made, the time noted, the table dropped
 and more rows written, then `restore --to` that time under 4 threads of requests; then a time outside the window,
-which must change nothing. Only loopback addresses are contacted.
+which must change nothing; then the daily backup (a minute ahead), which verifies what it took; then `backup verify`
+and a corrupted file. Only loopback addresses are contacted.
 """
 
 from __future__ import annotations
@@ -122,6 +123,24 @@ def test_a_time_outside_the_window_is_refused_and_changes_nothing(site: Site):
 def _doctor_check(site: Site, check_id: str) -> dict:
     document = json.loads(site.djship("doctor", "--json", check=False).stdout)
     return next(check for check in document["checks"] if check["id"] == check_id)
+
+
+def test_the_daily_backup_takes_one_into_the_archive_and_verifies_it_by_a_restore(site: Site):
+    before = {row["name"] for row in _archive_rows(site)}
+    asked = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    config = site.project / "djship.toml"
+    # The first whole minute at least 90 s ahead: time for `up`.
+    schedule = (datetime.now(timezone.utc) + timedelta(seconds=90)).strftime("%H:%M")
+    config.write_text(with_values(config.read_text(), {"backup.schedule": schedule}))
+    site.djship("up")
+    deadline = time.monotonic() + 300
+    while not ((verified := site.status()["archive_verified"]) and verified["at"] >= asked):
+        assert time.monotonic() < deadline, site.djship("logs", "backup-scheduler", "-n", "40").stdout
+        time.sleep(5)
+    [taken] = [row["name"] for row in _archive_rows(site) if row["name"] not in before]
+    assert verified["ok"] is True and verified["backup"] == taken and verified["tables"] > 0, verified
+    logs = site.djship("logs", "backup-scheduler", "-n", "40").stdout
+    assert f"verified backup {taken}: restored into a scratch cluster" in logs, logs
 
 
 def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_status_and_doctor(site: Site):
