@@ -3,8 +3,8 @@ backup.dir, WAL pushed at least every 5 seconds.
 
 One system for the module; the tests run in order: rows written and a table made, the time noted, the table dropped
 and more rows written, then `restore --to` that time under 4 threads of requests; then a time outside the window,
-which must change nothing; then the daily backup (a minute ahead), which verifies what it took; then `backup verify`
-and a corrupted file. Only loopback addresses are contacted.
+which must change nothing; then `backup verify`, a file of the full backup corrupted, `backup verify` again; then the
+daily backup (a minute ahead), whose verification of what it took fails too. Only loopback addresses are contacted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -120,27 +121,21 @@ def test_a_time_outside_the_window_is_refused_and_changes_nothing(site: Site):
     assert after == before
 
 
+def _shared_file(site: Site) -> Path:
+    """The largest file of the full backup that no later backup holds a copy of: every differential one restores it
+    from the full, so each verification that follows restores it."""
+    stanza = site.project / ".djship" / "backups" / "archive" / "backup" / "main"
+    [full] = [row["name"] for row in _archive_rows(site) if row["type"] == "full"]
+    later = {path.relative_to(stanza / row["name"]) for row in _archive_rows(site) if row["name"] != full
+             for path in (stanza / row["name"]).rglob("*") if path.is_file()}
+    files = [path for path in (stanza / full / "pg_data").rglob("*")
+             if path.is_file() and path.relative_to(stanza / full) not in later]
+    return max(files, key=lambda path: path.stat().st_size)
+
+
 def _doctor_check(site: Site, check_id: str) -> dict:
     document = json.loads(site.djship("doctor", "--json", check=False).stdout)
     return next(check for check in document["checks"] if check["id"] == check_id)
-
-
-def test_the_daily_backup_takes_one_into_the_archive_and_verifies_it_by_a_restore(site: Site):
-    before = {row["name"] for row in _archive_rows(site)}
-    asked = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    config = site.project / "djship.toml"
-    # The first whole minute at least 90 s ahead: time for `up`.
-    schedule = (datetime.now(timezone.utc) + timedelta(seconds=90)).strftime("%H:%M")
-    config.write_text(with_values(config.read_text(), {"backup.schedule": schedule}))
-    site.djship("up")
-    deadline = time.monotonic() + 300
-    while not ((verified := site.status()["archive_verified"]) and verified["at"] >= asked):
-        assert time.monotonic() < deadline, site.djship("logs", "backup-scheduler", "-n", "40").stdout
-        time.sleep(5)
-    [taken] = [row["name"] for row in _archive_rows(site) if row["name"] not in before]
-    assert verified["ok"] is True and verified["backup"] == taken and verified["tables"] > 0, verified
-    logs = site.djship("logs", "backup-scheduler", "-n", "40").stdout
-    assert f"verified backup {taken}: restored into a scratch cluster" in logs, logs
 
 
 def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_status_and_doctor(site: Site):
@@ -151,9 +146,7 @@ def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_
     assert _doctor_check(site, "archive-verified")["status"] == "pass"
 
     newest = _archive_rows(site)[-1]["name"]
-    files = [path for path in (site.project / ".djship" / "backups" / "archive" / "backup" / "main" / newest /
-                               "pg_data").rglob("*") if path.is_file()]
-    largest = max(files, key=lambda path: path.stat().st_size)
+    largest = _shared_file(site)
     data = bytearray(largest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     largest.write_bytes(bytes(data))
@@ -167,3 +160,25 @@ def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_
     doctor = _doctor_check(site, "archive-verified")
     assert doctor["status"] == "fail" and newest in doctor["cause"], doctor
     print(f"\ncorrupted {largest.name} ({largest.stat().st_size} bytes): {failed['problem']}")
+
+
+def test_the_daily_backup_verifies_what_it_took_and_its_failure_shows_in_status_and_doctor(site: Site):
+    """After the corrupted file above: the daily run takes a differential backup, which restores that file from
+    the full one, so its verification fails."""
+    before = {row["name"] for row in _archive_rows(site)}
+    asked = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    config = site.project / "djship.toml"
+    # The first whole minute at least 90 s ahead: time for `up`.
+    schedule = (datetime.now(timezone.utc) + timedelta(seconds=90)).strftime("%H:%M")
+    config.write_text(with_values(config.read_text(), {"backup.schedule": schedule}))
+    site.djship("up")
+    deadline = time.monotonic() + 300
+    while (verified := site.status()["archive_verified"])["at"] < asked:
+        assert time.monotonic() < deadline, site.djship("logs", "backup-scheduler", "-n", "40").stdout
+        time.sleep(5)
+    [taken] = [row["name"] for row in _archive_rows(site) if row["name"] not in before]
+    assert verified["ok"] is False and verified["backup"] == taken, verified
+    doctor = _doctor_check(site, "archive-verified")
+    assert doctor["status"] == "fail" and taken in doctor["cause"], doctor
+    logs = site.djship("logs", "backup-scheduler", "-n", "40").stdout
+    assert f"backup {taken} of the archive failed its verification" in logs, logs
