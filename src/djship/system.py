@@ -159,6 +159,7 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
         connector.makedirs(directory.path, mode=directory.mode, owner=directory.owner, group=directory.group)
     media.prepare_media_dir(plan, connector)
     offsite.prepare(plan, connector)
+    offsite.prepare_archive_mount(plan, connector)
     live = read_live(plan, connector)
     for server in plan.servers_here:
         if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
@@ -629,6 +630,7 @@ class System:
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
                                                                             started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
+        offsite.mount_archive(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
         self._pooler(changes)
         self._redis(secrets_, changes, reconfigured)
@@ -736,7 +738,7 @@ class System:
         """The stanza and a WAL segment pushed through archive_command; a first full backup when there is none, so
         the recoverable window starts now."""
         archiver = PgBackRest(host.plan, host.connector)
-        with self.reporter.step(f"Continuous archiving into {host.plan.backup.archive.repo} (pgBackRest check)"):
+        with self.reporter.step(f"Continuous archiving into {archiver.where} (pgBackRest check)"):
             archiver.ensure_stanza()
         if not archiver.backups():
             with self.reporter.step("The first full backup of the archive (pgBackRest)"):

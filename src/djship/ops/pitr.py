@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from djship.components.database import DatabaseServer
 from djship.components.pgbackrest import ARCHIVED_WAL, LAST_ARCHIVED, SEAL, ArchiveBackup, PgBackRest, Window, \
     backup_type, window_of
-from djship.deploy.lock import exclusive
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.release import Release
 from djship.deploy.rolling import Rollout
@@ -110,8 +109,10 @@ class PointInTime:
         return window
 
     def _scratch_lock(self):
-        return exclusive(self.system.control.state / "archive-scratch.lock", "a restore or verification from the archive",
-                         busy="another restore or verification from the archive is running")
+        """On the db host, where the scratch cluster is: the scheduled verification takes the same lock there."""
+        return self.db.connector.lock(self.db.plan.backup.archive.scratch_lock,
+                                      "a restore or verification from the archive",
+                                      busy="another restore or verification from the archive is running")
 
     def verify(self) -> dict:
         """pgBackRest's own verify of the repository (every file against its checksum), then the newest backup
