@@ -835,6 +835,21 @@ class BackupPlan:
     archive: Archive | None = None
     """backup.archive: continuous archiving with pgBackRest; None: pg_dump backups only."""
 
+    @property
+    def archive_place(self) -> tuple[str | None, Path]:
+        """Where the archive's repository is: (the backup host, its directory there), or (None, backup.dir's)."""
+        if self.archive.store is not None and self.target is not None:
+            return self.target.host, self.archive.store
+        return None, self.archive.repo
+
+    @property
+    def kept(self) -> tuple[Path, ...]:
+        """On the backup host: what `destroy` keeps (the backups, and the archive's repository)."""
+        if self.target is None:
+            return ()
+        store = self.archive.store if self.archive is not None else None
+        return (self.target.dir, *((store,) if store is not None else ()))
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -1600,9 +1600,10 @@ class System:
             connector = self.hosts[name].connector if name in self.hosts else self.local
             host = self.hosts.get(name)
             if host is not None and host.holds("backup"):  # the backups outlive the system they were taken of
-                kept = host.plan.backup.target.dir
-                with self.reporter.step(f"Deleting {state} on {name} but its backups ({kept})"):
-                    connector.run(["find", str(state), "-mindepth", "1", "-maxdepth", "1", "!", "-path", str(kept),
+                kept = host.plan.backup.kept
+                with self.reporter.step(f"Deleting {state} on {name} but its backups ({', '.join(map(str, kept))})"):
+                    spared = [word for directory in kept for word in ("!", "-path", str(directory))]
+                    connector.run(["find", str(state), "-mindepth", "1", "-maxdepth", "1", *spared,
                                    "-exec", "rm", "-rf", "--", "{}", "+"])
                 continue
             with self.reporter.step(f"Deleting {state} on {name} (database, releases, secrets, certificates)"):

@@ -120,10 +120,8 @@ class PgBackRest:
     @property
     def where(self) -> str:
         """Where the repository is, as the user knows it."""
-        target = self.plan.backup.target
-        if self.archive.store is None or target is None:
-            return str(self.archive.repo)
-        return f"{self.archive.store} on the backup host {target.host}"
+        host, path = self.plan.backup.archive_place
+        return f"{path} on the backup host {host}" if host else str(path)
 
     def ensure_stanza(self) -> None:
         """The stanza in the repository (made once; pgBackRest checks it matches this cluster), then `check`: a WAL
