@@ -119,8 +119,10 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
 
 
 def requirements_for(roles: tuple[str, ...], features: frozenset[str] = frozenset()) -> list[Requirement]:
-    return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
-            and requirement.needed_for in (None, *features)]
+    """What a host of those roles needs, each package once (sshfs: for the uploads and for the archive)."""
+    needed = [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
+              and requirement.needed_for in (None, *features)]
+    return list({requirement.package: requirement for requirement in needed}.values())
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).

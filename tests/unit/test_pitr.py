@@ -249,3 +249,10 @@ def test_the_doctor_reports_the_last_verification(archive_plan, verified, status
     judge = next(run for run in CHECKS if run.__name__ == "archive_verified")
     result = judge(archive_plan, Facts(archive_verified=verified))
     assert result.status == status and said in result.cause, result
+
+
+def test_a_db_host_that_also_mounts_the_uploads_needs_sshfs_once():
+    from djship.hosts import requirements_for
+
+    packages = [requirement.package for requirement in requirements_for(("app", "db"), frozenset({"mounts", "archives"}))]
+    assert packages.count("sshfs") == 1 and "pgbackrest" in packages
