@@ -1394,6 +1394,9 @@ class System:
         for host in answering.values():
             if host.plan.schedules_backups:
                 components.append(entry(host, render.BACKUP_SCHEDULER, "backup", daily_backups(host.plan), "scheduled"))
+        if db.plan.mounts_archive:
+            components.append(entry(db, render.ARCHIVE_MOUNT_PROGRAM, "archive",
+                                    f"{db.plan.backup.target.host}:{db.plan.backup.archive.store}", "mounted"))
         release = self.current()
         supervisors = on_each(answering, lambda host: host.supervisor.pid())
         return {

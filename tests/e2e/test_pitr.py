@@ -220,7 +220,8 @@ def test_on_hosts_the_repository_is_on_the_backup_host_and_mounted_on_the_db_hos
     source = f"djship-backup-t{OFFSET}@{fleet.hosts['bk1'].address}:{store}"
     assert mounted.stdout.split() == [source, "fuse.sshfs"], (mounted.stdout, mounted.stderr)
     mount = next(c for c in fleet.status()["components"] if c["name"] == "archive-mount")
-    assert mount["host"] == "db1" and mount["state"] == "RUNNING", mount
+    assert (mount["host"], mount["role"], mount["state"], mount["health"]) == ("db1", "archive", "RUNNING", "mounted")
+    assert mount["address"] == f"bk1:{store}", mount
 
 
 def test_on_hosts_restore_to_a_time_brings_back_a_dropped_table_with_no_failed_request(fleet: Fleet):
