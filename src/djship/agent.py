@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 
@@ -38,6 +39,9 @@ from djship.tls.certificates import leaf_der, load_chain, same_key
 from djship.tls.site import BalancerHost, acme_certificate_is_current, fetch_staple, install, obtain_acme, \
     site_info, staple_due
 from djship.waiting import wait_until
+
+if TYPE_CHECKING:  # the agent starts on every timer tick: the backup modules load only for a backup
+    from djship.ops.store import Backup, Sources, Store
 
 SERVED_TIMEOUT = 30
 # The renewal timer fetches a missing or half-expired OCSP staple at most this often (seconds).
@@ -197,12 +201,11 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
         sources = Sources(here, here, kept["postgres_password"], None, DAILY_STAGING, name_hosts=False,
                           redis_password=kept.get("redis_password"))
         sources.clear()
-        taken = take(sources, store, note, _LogReporter())
         if plan.backup.target is None:
+            taken = take(sources, store, note, _LogReporter())
             pruned = store.prune(plan.backup.keep, protect | {taken.name})
         else:
-            pruned = _send(plan, connector, taken.path, sorted(taken.manifest.files) + ["manifest.json"],
-                           protect | {taken.name})
+            taken, pruned = _take_and_send(plan, connector, store, sources, note, protect)
     rows = sum(taken.manifest.rows.values())
     where = taken.path if plan.backup.target is None else f"{plan.backup.target.dir / taken.name} on " \
                                                            f"{plan.backup.target.host}"
@@ -213,7 +216,8 @@ def backup(plan: Plan, connector: Connector, note: str, protect: frozenset[str] 
 
 def archive_backup(plan: Plan, connector: Connector) -> dict:
     """The daily backup with backup.archive: a full pgBackRest backup weekly, a differential one on the other days
-    (pgBackRest expires what its retention no longer keeps)."""
+    (pgBackRest expires what its retention no longer keeps); then verified, as `djship backup verify` does. A failed
+    verification is kept for status and the doctor, and makes the run fail."""
     from datetime import datetime, timezone
 
     from djship.components.pgbackrest import PgBackRest, backup_type
@@ -221,8 +225,45 @@ def archive_backup(plan: Plan, connector: Connector) -> dict:
     archiver = PgBackRest(plan, connector)
     kind = backup_type(archiver.backups(), datetime.now(timezone.utc))
     taken = archiver.backup(kind)
-    print(f"backed up into the archive as {taken.label} ({taken.type})", flush=True)
-    return {"backup": taken.label, "pruned": []}
+    _log(f"backed up into the archive as {taken.label} ({taken.type})")
+    password = json.loads(connector.get(plan.paths.admin_secrets) or b"{}").get("postgres_password")
+    if password is None:
+        raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
+    with connector.lock(plan.backup.archive.scratch_lock, "a verification of the archive",
+                        busy="a restore or verification from the archive is running"):
+        verified = archiver.verify(password)
+    if not verified["ok"]:
+        raise DjshipError(f"backup {verified['backup']} of the archive failed its verification: {verified['problem']}")
+    _log(f"verified backup {verified['backup']}: restored into a scratch cluster, {verified['tables']} tables, "
+         f"{verified['rows']} rows")
+    return {"backup": taken.label, "pruned": [], "verified": verified}
+
+
+OUTGOING = ".outgoing"
+"""Under the db host's daily directory: a backup made there but not yet on the backup host, so `djship backups`
+never lists one that is about to move."""
+
+
+def _take_and_send(plan: Plan, connector: Connector, store: Store, sources: Sources, note: str,
+                   protect: frozenset[str]) -> tuple[Backup, list[str]]:
+    """A backup made into the outgoing directory and sent; one that could not be sent (now or by an earlier run
+    that was killed) stays listed on the db host, where `restore` takes it."""
+    from djship.ops import archive
+    from djship.ops.store import Store, run_checked, take
+
+    outgoing = Store(connector, store.dir / OUTGOING)
+    connector.makedirs(store.dir, mode=store.mode)
+    outgoing.remove_unfinished()
+    for unsent in outgoing.list():
+        run_checked(connector, f"keeping the unsent backup {unsent.name}", archive.rename_argv(unsent.path, store.dir / unsent.name))
+    taken = take(sources, outgoing, note, _LogReporter())
+    try:
+        pruned = _send(plan, connector, taken.path, sorted(taken.manifest.files) + ["manifest.json"],
+                       protect | {taken.name})
+    except DjshipError:
+        run_checked(connector, f"keeping the unsent backup {taken.name}", archive.rename_argv(taken.path, store.dir / taken.name))
+        raise
+    return taken, pruned
 
 
 def _send(plan: Plan, connector: Connector, backup: Path, files: list[str], protect: frozenset[str]) -> list[str]:

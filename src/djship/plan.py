@@ -794,7 +794,7 @@ class Archive:
 
     @property
     def verified(self) -> Path:
-        """The last verification's result (`djship backup verify`), in root's state directory."""
+        """The last verification's result (`djship backup verify` or the daily backup's), in root's state directory."""
         return self.work.parent / "archive-verified.json"
 
     @property

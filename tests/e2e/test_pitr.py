@@ -4,8 +4,10 @@ mounted on db1 with sshfs); WAL pushed at least every 5 seconds.
 
 One system for the module; the tests run in order: rows written and a table made, the time noted, the table dropped
 and more rows written, then `restore --to` that time under 4 threads of requests; then a time outside the window,
-which must change nothing. On hosts: where the repository's files are, `restore --to` under load, `backup verify` and
-the daily backup. Only loopback addresses and the test hosts' are contacted.
+which must change nothing; then `backup verify`, a file of the full backup corrupted, `backup verify` again; then the
+daily backup (a minute ahead), whose verification of what it took fails too. On hosts: where the repository's files
+are, `restore --to` under load, the daily backup (verified), `backup verify`. Only loopback addresses and the test
+hosts' are contacted.
 """
 
 from __future__ import annotations
@@ -130,6 +132,18 @@ def test_a_time_outside_the_window_is_refused_and_changes_nothing(site: Site):
     assert after == before
 
 
+def _shared_file(site: Site) -> Path:
+    """The largest file of the full backup that no later backup holds a copy of: every differential one restores it
+    from the full, so each verification that follows restores it."""
+    stanza = site.project / ".djship" / "backups" / "archive" / "backup" / "main"
+    [full] = [row["name"] for row in _archive_rows(site) if row["type"] == "full"]
+    later = {path.relative_to(stanza / row["name"]) for row in _archive_rows(site) if row["name"] != full
+             for path in (stanza / row["name"]).rglob("*") if path.is_file()}
+    files = [path for path in (stanza / full / "pg_data").rglob("*")
+             if path.is_file() and path.relative_to(stanza / full) not in later]
+    return max(files, key=lambda path: path.stat().st_size)
+
+
 def _doctor_check(site: Site, check_id: str) -> dict:
     document = json.loads(site.djship("doctor", "--json", check=False).stdout)
     return next(check for check in document["checks"] if check["id"] == check_id)
@@ -143,9 +157,7 @@ def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_
     assert _doctor_check(site, "archive-verified")["status"] == "pass"
 
     newest = _archive_rows(site)[-1]["name"]
-    files = [path for path in (site.project / ".djship" / "backups" / "archive" / "backup" / "main" / newest /
-                               "pg_data").rglob("*") if path.is_file()]
-    largest = max(files, key=lambda path: path.stat().st_size)
+    largest = _shared_file(site)
     data = bytearray(largest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     largest.write_bytes(bytes(data))
@@ -159,6 +171,28 @@ def test_backup_verify_restores_the_newest_backup_and_a_corrupted_file_fails_in_
     doctor = _doctor_check(site, "archive-verified")
     assert doctor["status"] == "fail" and newest in doctor["cause"], doctor
     print(f"\ncorrupted {largest.name} ({largest.stat().st_size} bytes): {failed['problem']}")
+
+
+def test_the_daily_backup_verifies_what_it_took_and_its_failure_shows_in_status_and_doctor(site: Site):
+    """After the corrupted file above: the daily run takes a differential backup, which restores that file from
+    the full one, so its verification fails."""
+    before = {row["name"] for row in _archive_rows(site)}
+    asked = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    config = site.project / "djship.toml"
+    # The first whole minute at least 90 s ahead: time for `up`.
+    schedule = (datetime.now(timezone.utc) + timedelta(seconds=90)).strftime("%H:%M")
+    config.write_text(with_values(config.read_text(), {"backup.schedule": schedule}))
+    site.djship("up")
+    deadline = time.monotonic() + 300
+    while (verified := site.status()["archive_verified"])["at"] < asked:
+        assert time.monotonic() < deadline, site.djship("logs", "backup-scheduler", "-n", "40").stdout
+        time.sleep(5)
+    [taken] = [row["name"] for row in _archive_rows(site) if row["name"] not in before]
+    assert verified["ok"] is False and verified["backup"] == taken, verified
+    doctor = _doctor_check(site, "archive-verified")
+    assert doctor["status"] == "fail" and taken in doctor["cause"], doctor
+    logs = site.djship("logs", "backup-scheduler", "-n", "40").stdout
+    assert f"backup {taken} of the archive failed its verification" in logs, logs
 
 
 # -- on hosts: the repository on the backup host, mounted on the db host ---------------------------------------------
@@ -252,24 +286,31 @@ def test_on_hosts_restore_to_a_time_brings_back_a_dropped_table_with_no_failed_r
     assert not (fleet.hosts["db1"].root / "pgbackrest" / "scratch").exists()  # the scratch cluster is gone
 
 
-def test_on_hosts_the_daily_backup_runs_on_the_db_host_into_the_backup_hosts_archive(fleet: Fleet):
+def test_on_hosts_the_daily_backup_runs_on_the_db_host_into_the_backup_hosts_archive_and_verifies_it(fleet: Fleet):
     before = {row["name"] for row in _archive_rows(fleet)}
+    asked = datetime.now(timezone.utc).isoformat(timespec="seconds")
     config = fleet.project / "djship.toml"
     config.write_text(with_values(config.read_text(), {"backup.schedule": _a_minute_ahead()}))
     fleet.djship("up")
-    deadline = time.monotonic() + 240
-    while not (taken := [row for row in _archive_rows(fleet) if row["name"] not in before]):
+    deadline = time.monotonic() + 300
+    while (fleet.status()["archive_verified"] or {"at": ""})["at"] < asked:
         assert time.monotonic() < deadline, fleet.djship("logs", "backup-scheduler", "-n", "40").stdout
         time.sleep(5)
-    assert taken[0]["host"] == "bk1" and (fleet.hosts["bk1"].root / "archive" / "backup" / "main" /
-                                          taken[0]["name"]).is_dir(), taken
+    [taken] = [row for row in _archive_rows(fleet) if row["name"] not in before]
+    assert taken["host"] == "bk1" and (fleet.hosts["bk1"].root / "archive" / "backup" / "main" /
+                                       taken["name"]).is_dir(), taken
+    verified = fleet.status()["archive_verified"]
+    assert verified["ok"] is True and verified["backup"] == taken["name"] and verified["tables"] > 0, verified
+    logs = fleet.djship("logs", "backup-scheduler", "-n", "40").stdout
+    assert f"verified backup {taken['name']}: restored into a scratch cluster" in logs, logs
 
 
 def test_on_hosts_backup_verify_restores_the_daily_backup_and_shows_in_status_and_the_doctor(fleet: Fleet):
     """After the daily backup above (the first full one of `up` was taken before the app's migrations: no table)."""
+    asked = fleet.status()["archive_verified"]["at"]
     said = fleet.djship("backup", "verify").stdout
     assert "Verified backup" in said and "it restores" in said, said
     verified = fleet.status()["archive_verified"]
     assert verified["ok"] is True and verified["tables"] > 0, verified
-    assert verified["backup"] == _archive_rows(fleet)[-1]["name"], verified
+    assert verified["backup"] == _archive_rows(fleet)[-1]["name"] and verified["at"] >= asked, verified
     assert _doctor_check(fleet, "archive-verified")["status"] == "pass"

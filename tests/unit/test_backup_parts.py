@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from djship import render
+from djship import agent, render
 from djship.components.database import COUNT_ROWS, DUMP_SESSION, admin_psql_command, parse_row_counts
 from djship.config import parse_config
 from djship.connectors.local import LocalConnector
 from djship.deploy.live import Live, parse_live
 from djship.errors import DjshipError
 from djship.ops import archive
+from djship.ops import store as stores
 from djship.ops.archive import FileEntry, Manifest
 
 DIGEST_A = "a" * 64
@@ -252,3 +253,36 @@ def test_every_app_server_serves_media_and_reads_its_database_through_its_own_fi
     settings = render.production_settings(plan, "20260101-000000", plan.paths.releases / "20260101-000000")
     assert f'(os.environ.get("DJSHIP_LIVE_FILE"), "{plan.paths.live}")' in settings
     assert '"NAME": _LIVE["database"]' in settings and 'MEDIA_ROOT = _LIVE["media"]' in settings
+
+
+@pytest.mark.parametrize("sent", [True, False])
+def test_a_daily_backup_on_its_way_to_the_backup_host_is_never_listed_on_the_db_host(tmp_path, monkeypatch, sent):
+    """Listed on the db host only when it stays there: its send failed (now, or in a run that was killed)."""
+    connector, daily = LocalConnector(), tmp_path / "daily"
+    left = daily / agent.OUTGOING / "20261201T030000Z"  # a run killed while sending
+    left.mkdir(parents=True)
+    (left / "manifest.json").write_text(_manifest().to_json())
+
+    def take(sources, store, note, reporter):
+        path = store.dir / "20261202T030000Z"
+        path.mkdir()
+        (path / "manifest.json").write_text(_manifest().to_json())
+        return stores.Backup(path.name, path, _manifest(), None)
+
+    def send(plan, connector, backup, files, protect):
+        listed.extend(backup.name for backup in stores.Store(connector, daily).list())
+        if not sent:
+            raise DjshipError("sending backup 20261202T030000Z on the backup host bk1 failed: Connection refused")
+        return []
+
+    listed: list[str] = []
+    monkeypatch.setattr(stores, "take", take)
+    monkeypatch.setattr(agent, "_send", send)
+    store = stores.Store(connector, daily)
+    if sent:
+        agent._take_and_send(None, connector, store, None, "daily", frozenset())
+    else:
+        with pytest.raises(DjshipError, match="Connection refused"):
+            agent._take_and_send(None, connector, store, None, "daily", frozenset())
+    assert listed == ["20261201T030000Z"]
+    assert [backup.name for backup in store.list()] == ["20261201T030000Z", *([] if sent else ["20261202T030000Z"])]

@@ -137,9 +137,11 @@ NOW = 1_764_590_430.5  # 2025-12-01T12:00:30.5Z
 TICK = Job("tick", "manage.py tick", 60)
 
 
-def _recorded(runs=(), since=None, claimed=None) -> str:
+def _recorded(runs=(), since=None, claimed=None, finished=None) -> str:
+    """RUNS' answer; finished: the latest runs that ended, by default those of runs."""
+    ended = [run for run in runs if run["finished"] is not None] if finished is None else finished
     return json.dumps({"now": NOW, "since": since or {"tick": NOW - 3600}, "claimed": claimed or {},
-                       "runs": list(runs)})
+                       "runs": list(runs), "finished": ended})
 
 
 def test_the_last_run_of_a_job_with_its_exit_code_and_duration():
@@ -160,6 +162,18 @@ def test_a_run_still_going_is_not_failing():
     [report] = reports((TICK,), _recorded([run], claimed={"tick": slot}))
 
     assert (report.last_run.duration, report.failing) == (None, False)
+
+
+def test_a_job_whose_last_finished_run_failed_is_failing_while_its_next_run_goes(make_plan):
+    slot = TICK.slot(NOW)
+    failed = {"job": "tick", "slot": slot - 60, "host": "app2", "started": slot - 60, "finished": slot - 59, "exit_code": 1}
+    running = {"job": "tick", "slot": slot, "host": "app1", "started": slot + 0.2, "finished": None, "exit_code": None}
+
+    [report] = reports((TICK,), _recorded([running], claimed={"tick": slot}, finished=[failed]))
+    doctor = jobs_check(make_plan(jobs=JOBS), Facts(database_ready=True, jobs=[report]))
+
+    assert report.last_run.exit_code is None and report.failing
+    assert doctor.status == FAIL and "tick exited 1 in its run of 2025-12-01T11:59:00Z on app2" in doctor.cause
 
 
 def test_a_slot_whose_window_closed_with_no_host_claiming_it_is_missed():

@@ -256,3 +256,18 @@ def test_a_db_host_that_also_mounts_the_uploads_needs_sshfs_once():
 
     packages = [requirement.package for requirement in requirements_for(("app", "db"), frozenset({"mounts", "archives"}))]
     assert packages.count("sshfs") == 1 and "pgbackrest" in packages
+
+
+def test_the_doctor_warns_when_the_daily_verification_stopped(make_plan):
+    from datetime import datetime, timedelta, timezone
+
+    from djship.doctor.checks import CHECKS
+    from djship.doctor.facts import Facts
+
+    plan = make_plan(running_as_root=True, backup={**ARCHIVE, "schedule": "03:30"})
+    judge = next(run for run in CHECKS if run.__name__ == "archive_verified")
+    at = (datetime.now(timezone.utc) - timedelta(hours=50)).isoformat(timespec="seconds")
+    result = judge(plan, Facts(archive_verified={"at": at, "backup": "20261129-033000F", "ok": True, "tables": 12}))
+    assert result.status == "warn" and "was 50 hours ago" in result.cause, result
+    recent = (datetime.now(timezone.utc) - timedelta(hours=20)).isoformat(timespec="seconds")
+    assert judge(plan, Facts(archive_verified={"at": recent, "backup": "b", "ok": True, "tables": 12})).status == "pass"

@@ -6,13 +6,14 @@ import datetime
 from pathlib import Path
 
 import pytest
+from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from djship.errors import DjshipError
-from djship.tls import files, renewal
+from djship.tls import acme, files, renewal
 from djship.tls.certificates import CertificateInfo
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.timezone.utc)
@@ -295,3 +296,27 @@ def test_only_the_certificate_djship_obtained_from_the_configured_directory_coun
     assert not acme_certificate_is_current(plan, connector, due)
     renamed = CertificateInfo("CN=x", "CN=ca", DOMAINS[:1], now, now + datetime.timedelta(days=90), False, None, "1F")
     assert not acme_certificate_is_current(plan, connector, renamed)
+
+
+@pytest.mark.parametrize("rejections, obtained", [(2, True), (3, False)])
+def test_an_order_whose_nonce_the_ca_rejects_is_placed_again_up_to_three_times(monkeypatch, rejections, obtained):
+    placed = []
+
+    def order(*args):
+        placed.append(args)
+        if len(placed) <= rejections:
+            raise messages.Error.with_code("badNonce", detail="JWS has an invalid anti-replay nonce")
+        return b"chain and key"
+
+    monkeypatch.setattr(acme, "_order", order)
+
+    def obtain() -> bytes:
+        return acme.obtain("https://127.0.0.1:14000/dir", None, None, b"", ("shop.test",), b"", lambda answers: None,
+                           lambda paths: None)
+
+    if obtained:
+        assert obtain() == b"chain and key" and len(placed) == 3
+    else:
+        with pytest.raises(DjshipError, match="the CA refused: JWS has an invalid anti-replay nonce"):
+            obtain()
+        assert len(placed) == 3

@@ -9,10 +9,11 @@ cluster (djship.ops.pitr): the live cluster, its stanza and its archive stay as 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
@@ -179,6 +180,40 @@ class PgBackRest:
     def scratch_dump_argv(self, database: str, output: Path) -> list[str]:
         return [self.plan.tools.pg("pg_dump"), "--no-password", "--format=custom", "-h", self.db.address,
                 "-p", str(self.archive.scratch_port), "-U", self.db.superuser, f"--file={output}", database]
+
+    def verify(self, superuser_password: str) -> dict:
+        """pgBackRest's own verify of the repository (every file against its checksum), then the newest backup
+        restored into the scratch cluster and every table of the app's databases counted there; the result, with its
+        time, kept for `status` and the doctor. The caller holds the scratch lock."""
+        backups = self.backups()
+        if not backups:
+            raise DjshipError("the archive has no backup to verify yet; `djship backup` takes one")
+        label, started = backups[-1].label, datetime.now(timezone.utc)
+        result = {"at": started.isoformat(timespec="seconds"), "backup": label, "ok": False, "tables": None}
+        try:
+            self.run("verify", "verify", timeout=None)
+            self.restore_scratch(None)
+            self.start_scratch()
+            rows = self._count_scratch(superuser_password)
+            result.update(ok=bool(rows), tables=len(rows), rows=sum(rows.values()),
+                          problem=None if rows else "the restored cluster holds no table of the app")
+        except DjshipError as error:
+            result["problem"] = str(error).splitlines()[0]
+        finally:
+            self.remove_scratch()
+        self.connector.put(self.archive.verified, json.dumps(result) + "\n", mode=0o644)
+        return result
+
+    def scratch_server(self) -> DatabaseServer:
+        plan = self.plan
+        return DatabaseServer(replace(plan, database=replace(plan.database, port=self.archive.scratch_port)),
+                              self.connector)
+
+    def _count_scratch(self, superuser_password: str) -> dict[str, int]:
+        """Rows per table ("database.schema.table") of every database of the app in the scratch cluster."""
+        scratch = self.scratch_server()
+        return {f"{database}.{table}": rows for database in scratch.app_databases(superuser_password)
+                for table, rows in scratch.row_counts(superuser_password, database).items()}
 
     def remove_scratch(self) -> None:
         scratch = self.archive.scratch_dir

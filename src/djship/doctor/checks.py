@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 
 from djship.doctor.facts import MAX_REDIRECTS, Facts, ServerFacts
 from djship.plan import CONNECTION_HEADROOM, MEDIA_PROGRAM, SUPERUSER_RESERVED, Plan
@@ -454,6 +455,10 @@ def check_deploy(plan: Plan, facts: Facts) -> Verdict:
         "`djship manage -- check --deploy` shows the full output")
 
 
+# A day's schedule and its backup's own time, with room: beyond it the daily verification did not happen.
+STALE_VERIFICATION_HOURS = 36
+
+
 @check("archive-verified", "Backups that restore (backup.archive)")
 def archive_verified(plan: Plan, facts: Facts) -> Verdict:
     if plan.backup.archive is None:
@@ -465,6 +470,10 @@ def archive_verified(plan: Plan, facts: Facts) -> Verdict:
     if not verified["ok"]:
         return (FAIL, f"the verification of backup {verified['backup']} at {verified['at']} failed: "
                       f"{verified['problem']}", fix)
+    hours = (datetime.now(timezone.utc) - datetime.fromisoformat(verified["at"])).total_seconds() / 3600
+    if plan.backup.schedule and hours > STALE_VERIFICATION_HOURS:
+        return (WARN, f"the last verification (backup {verified['backup']}) was {hours:.0f} hours ago, though the daily "
+                      "backup verifies each one it takes", "see `djship logs backup-scheduler`")
     return (PASS, f"backup {verified['backup']} restored and counted ({verified['tables']} tables) at {verified['at']}")
 
 
@@ -493,8 +502,8 @@ def jobs(plan: Plan, facts: Facts) -> Verdict:
         return (FAIL, f"cannot read the runs of [jobs]: {facts.jobs_error or 'PostgreSQL is not ready'}",
                 "see the database check; `djship logs jobs` shows what the schedulers say")
     logs = "`djship logs jobs` shows its output"
-    failing = [f"{report.name} exited {report.last_run.exit_code} in its run of {report.last_run.slot} on "
-               f"{report.last_run.host}" for report in facts.jobs if report.failing and report.last_run]
+    failing = [f"{report.name} exited {report.finished.exit_code} in its run of {report.finished.slot} on "
+               f"{report.finished.host}" for report in facts.jobs if report.failing]
     missed = [f"{report.name} did not run at {report.missed} ({report.schedule}) on any host"
               for report in facts.jobs if report.missed]
     if failing:

@@ -12,10 +12,8 @@ never touched; the previous database is kept. The uploads are not part of it: th
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import datetime, timezone
 
-from djship.components.database import DatabaseServer
 from djship.components.pgbackrest import ARCHIVED_WAL, LAST_ARCHIVED, SEAL, ArchiveBackup, PgBackRest, Window, \
     backup_type, window_of
 from djship.deploy.live import Live, read_live, write_live
@@ -109,48 +107,19 @@ class PointInTime:
         return window
 
     def _scratch_lock(self):
-        """On the db host, where the scratch cluster is: the scheduled verification takes the same lock there."""
+        """On the db host, where the scratch cluster is: the daily backup's verification takes the same lock there."""
         return self.db.connector.lock(self.db.plan.backup.archive.scratch_lock,
                                       "a restore or verification from the archive",
                                       busy="another restore or verification from the archive is running")
 
     def verify(self) -> dict:
-        """pgBackRest's own verify of the repository (every file against its checksum), then the newest backup
-        restored into the scratch cluster and every table of the app's databases counted there; the result, with its
-        time, kept on the db host for `status` and the doctor."""
+        """The archive's own verify, then its newest backup restored into the scratch cluster and counted
+        (PgBackRest.verify); the result kept on the db host."""
         self.backups._require_database()
-        backups = self.archive_backups()
-        if not backups:
-            raise DjshipError("the archive has no backup to verify yet; `djship backup` takes one")
-        label, started = backups[-1].label, datetime.now(timezone.utc)
-        result = {"at": started.isoformat(timespec="seconds"), "backup": label, "ok": False, "tables": None}
-        with self._scratch_lock():
-            try:
-                with self.reporter.step("Verifying every file of the archive against its checksum (pgbackrest verify)"):
-                    self.archiver.run("verify", "verify", timeout=None)
-                with self.reporter.step(f"Restoring backup {label} into a scratch cluster and counting its rows"):
-                    self.archiver.restore_scratch(None)
-                    self.archiver.start_scratch()
-                    rows = self._count_scratch()
-                result.update(ok=bool(rows), tables=len(rows), rows=sum(rows.values()),
-                              problem=None if rows else "the restored cluster holds no table of the app")
-            except DjshipError as error:
-                result["problem"] = str(error).splitlines()[0]
-            finally:
-                self.archiver.remove_scratch()
-        self.db.connector.put(self.db.plan.backup.archive.verified, json.dumps(result) + "\n", mode=0o644)
-        return result
-
-    def _count_scratch(self) -> dict[str, int]:
-        """Rows per table ("database.schema.table") of every database of the app in the scratch cluster."""
-        scratch, password = self._scratch_server(), self.backups._superuser_password()
-        return {f"{database}.{table}": rows for database in scratch.app_databases(password)
-                for table, rows in scratch.row_counts(password, database).items()}
-
-    def _scratch_server(self) -> DatabaseServer:
-        plan = self.db.plan
-        return DatabaseServer(replace(plan, database=replace(plan.database, port=plan.backup.archive.scratch_port)),
-                              self.db.connector)
+        password = self.backups._superuser_password()
+        with self._scratch_lock(), self.reporter.step("Verifying the archive (pgbackrest verify) and restoring its "
+                                                      "newest backup into a scratch cluster to count its rows"):
+            return self.archiver.verify(password)
 
     def restore(self, target: datetime) -> RestoreResult:
         self.check(target)
@@ -177,7 +146,7 @@ class PointInTime:
         with self.reporter.step(f"Recovering a scratch cluster to {_when(target)} (pgBackRest restore, WAL replay)"):
             self.archiver.restore_scratch(target)
             self.archiver.start_scratch()
-        scratch = self._scratch_server()
+        scratch = self.archiver.scratch_server()
         with self.reporter.step(f"Dumping database {source} as it was at {_when(target)} (pg_dump)"):
             rows = scratch.dump(password, source, staging / DUMP)
         try:

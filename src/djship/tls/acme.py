@@ -20,6 +20,9 @@ from djship import __version__
 from djship.errors import DjshipError
 
 ORDER_TIMEOUT = datetime.timedelta(seconds=120)
+# A CA may reject any nonce (RFC 8555 6.5: the client retries); the acme library retries a request once, so a second
+# rejection in a row ends the order, which is then placed again.
+NONCE_ATTEMPTS = 3
 # Publish {challenge path: key authorization}; withdraw the paths again once the order is done.
 Publish = Callable[[dict[str, str]], None]
 Withdraw = Callable[[list[str]], None]
@@ -83,6 +86,23 @@ def obtain(
     withdraw: Withdraw,
 ) -> bytes:
     """A certificate for domains and the site key: the PEM bundle HAProxy wants (full chain, then the key)."""
+    attempt = 1
+    while True:
+        try:
+            return _order(directory_url, ca_bundle, email, account_key_pem, domains, site_key_pem, publish, withdraw)
+        except DjshipError:
+            raise
+        except messages.Error as error:
+            if error.code == "badNonce" and attempt < NONCE_ATTEMPTS:
+                attempt += 1
+                continue
+            raise DjshipError(f"ACME directory {directory_url}: {_failure(error)}") from None
+        except Exception as error:  # the acme library raises many kinds; every one becomes one line
+            raise DjshipError(f"ACME directory {directory_url}: {_failure(error)}") from None
+
+
+def _order(directory_url: str, ca_bundle: Path | None, email: str | None, account_key_pem: bytes,
+           domains: tuple[str, ...], site_key_pem: bytes, publish: Publish, withdraw: Withdraw) -> bytes:
     published: list[str] = []
     try:
         acme = _client(directory_url, ca_bundle, account_key_pem, email)
@@ -103,10 +123,6 @@ def obtain(
         for challenge, response, _ in answers.values():
             acme.answer_challenge(challenge, response)
         done = acme.poll_and_finalize(order, datetime.datetime.now() + ORDER_TIMEOUT)
-    except DjshipError:
-        raise
-    except Exception as error:  # the acme library raises many kinds; every one becomes one line
-        raise DjshipError(f"ACME directory {directory_url}: {_failure(error)}") from None
     finally:
         if published:
             withdraw(published)
