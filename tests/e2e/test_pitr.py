@@ -198,9 +198,11 @@ def test_the_daily_backup_verifies_what_it_took_and_its_failure_shows_in_status_
 # -- on hosts: the repository on the backup host, mounted on the db host ---------------------------------------------
 
 HOSTS = ["lb1", "app1", "db1", "bk1"]
+# The on-hosts half is a group of its own (tests/conftest.py): under xdist it runs beside the one-machine half.
+ONE_MACHINE, ON_HOSTS = "one machine", "netns hosts"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[ON_HOSTS])
 def fleet() -> Iterator[Fleet]:
     """lb1, app1, db1 and the backup host bk1 (network namespaces), with backup.archive; `up` timed."""
     with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
