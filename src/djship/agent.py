@@ -221,7 +221,6 @@ def archive_backup(plan: Plan, connector: Connector) -> dict:
     from datetime import datetime, timezone
 
     from djship.components.pgbackrest import PgBackRest, backup_type
-    from djship.deploy.lock import exclusive
 
     archiver = PgBackRest(plan, connector)
     kind = backup_type(archiver.backups(), datetime.now(timezone.utc))
@@ -230,8 +229,8 @@ def archive_backup(plan: Plan, connector: Connector) -> dict:
     password = json.loads(connector.get(plan.paths.admin_secrets) or b"{}").get("postgres_password")
     if password is None:
         raise DjshipError(f"{plan.paths.admin_secrets} is missing; run `djship up` from the control machine")
-    with exclusive(plan.backup.archive.scratch_lock, "a verification of the archive",
-                   busy="a restore or verification from the archive is running"):
+    with connector.lock(plan.backup.archive.scratch_lock, "a verification of the archive",
+                        busy="a restore or verification from the archive is running"):
         verified = archiver.verify(password)
     if not verified["ok"]:
         raise DjshipError(f"backup {verified['backup']} of the archive failed its verification: {verified['problem']}")

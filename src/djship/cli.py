@@ -336,9 +336,10 @@ def backups_(as_json: bool) -> None:
 
         point_in_time = PointInTime(backups)
         window = point_in_time.window_if_running()
+        host, path = backups.db.plan.backup.archive_place
         for kept in point_in_time.archive_backups():
-            rows.append({"name": kept.label, "kind": "archive", "type": kept.type, "host": None,
-                         "path": str(backups.db.plan.backup.archive.repo), "created": kept.stopped.isoformat(),
+            rows.append({"name": kept.label, "kind": "archive", "type": kept.type, "host": host,
+                         "path": str(path), "created": kept.stopped.isoformat(),
                          "age_seconds": int((now - kept.stopped).total_seconds()), "size": kept.size,
                          "recoverable_from": window.start.isoformat() if window else None,
                          "recoverable_to": window.end.isoformat() if window else None,
@@ -534,8 +535,9 @@ def destroy(yes: bool) -> None:
     """Stop everything and DELETE the state directory: database, releases, secrets, certificates, media."""
     system = _system()
     targets = ", ".join(f"{directory} on {host}" for host, directory in system.destroy_targets())
-    kept = system.plan.backup.target
-    targets += f" (on {kept.host} all but {kept.dir}: the backups stay)" if kept else ""
+    target = system.plan.backup.target
+    kept = " and ".join(map(str, system.plan.backup.kept))
+    targets += f" (on {target.host} all but {kept}: the backups stay)" if target else ""
     if not yes:
         raise DjshipError(
             f"destroy deletes {targets}, with the database and uploaded media; "

@@ -41,6 +41,7 @@ FEATURES = {
     "snapshots": "backups hold Redis's data ([redis] backup: the db host takes its snapshot with redis-cli)",
     "connects": "an external PostgreSQL (database.url): the first app host administers and backs it up with psql",
     "pooled": "database.pooler runs PgBouncer on every app host",
+    "archives": "backup.archive: pgBackRest on the db host archives into the backup host's repository, mounted there",
 }
 
 
@@ -57,6 +58,8 @@ REQUIREMENTS = (
     Requirement("pgbouncer", "command -v pgbouncer || test -x /usr/sbin/pgbouncer", frozenset({"app"}), "pooled"),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), "mounts"),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), "sends"),
+    Requirement("pgbackrest", "command -v pgbackrest", frozenset({"db"}), "archives"),
+    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"db"}), "archives"),
     Requirement("redis-tools", "command -v redis-cli", frozenset({"db"}), "snapshots"),
     Requirement("postgresql-client", "ls /usr/lib/postgresql/*/bin/pg_dump", frozenset({"app"}), "connects"),
 )
@@ -95,7 +98,8 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
     features = frozenset(name for name, used in (("mounts", media is not None), ("sends", backup is not None),
                                                  ("snapshots", config.redis is not None and config.redis.backup),
                                                  ("connects", config.database.url is not None),
-                                                 ("pooled", config.database.pooler != "none"))
+                                                 ("pooled", config.database.pooler != "none"),
+                                                 ("archives", config.backup.archive and backup is not None))
                          if used)
     ssh = config.ssh
     hosts = []
@@ -115,8 +119,10 @@ def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
 
 
 def requirements_for(roles: tuple[str, ...], features: frozenset[str] = frozenset()) -> list[Requirement]:
-    return [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
-            and requirement.needed_for in (None, *features)]
+    """What a host of those roles needs, each package once (sshfs: for the uploads and for the archive)."""
+    needed = [requirement for requirement in REQUIREMENTS if (not requirement.roles or requirement.roles & set(roles))
+              and requirement.needed_for in (None, *features)]
+    return list({requirement.package: requirement for requirement in needed}.values())
 
 
 # Where each program djship drives is on a Debian/Ubuntu host ("tool <name> <path>" lines; empty when missing).
@@ -127,6 +133,7 @@ _TOOL_PROBES = {
     "mime_types": "ls /etc/nginx/mime.types",
     "redis_server": "command -v redis-server || ls /usr/bin/redis-server",
     "pgbouncer": "command -v pgbouncer || ls /usr/sbin/pgbouncer",
+    "pgbackrest": "command -v pgbackrest || ls /usr/bin/pgbackrest",
     "python3": 'echo "$PYTHON"',
 }
 # The distribution's Python first: every user can run it (a python3 first on root's PATH, e.g. pyenv's under

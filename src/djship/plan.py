@@ -39,6 +39,8 @@ LOOPBACK_NETWORK = "127.0.0.0/8"
 ROLES = ("lb", "app", "db")
 # The supervised sshfs that mounts the media host's uploads on an app host, and the media host's SFTP-only user.
 MEDIA_PROGRAM = "media-mount"
+# On real hosts with backup.archive: the supervised sshfs that mounts the backup host's archive on the db host.
+ARCHIVE_MOUNT_PROGRAM = "archive-mount"
 # The supervised redis-server of [redis], and the variable that hands its URL to the app and its processes.
 REDIS_PROGRAM = "redis"
 REDIS_URL = "REDIS_URL"
@@ -582,6 +584,16 @@ class Paths:
         return self.secrets / "backup_known_hosts"
 
     @property
+    def archive_store(self) -> Path:
+        """On the backup host: pgBackRest's repository (backup.archive), owned by its SFTP user."""
+        return self.state / "archive"
+
+    @property
+    def archive_mount(self) -> Path:
+        """On the db host: where it mounts the backup host's archive_store (root's until the mount covers it)."""
+        return self.state / "archive-mount"
+
+    @property
     def backup_home(self) -> Path:
         """On the backup host: the home of its SFTP user (root-owned), holding the db host's key."""
         return self.state / "backup-access"
@@ -754,6 +766,8 @@ class Archive:
     host, where PostgreSQL's archive_command pushes every WAL segment as the db user."""
 
     repo: Path
+    """pgBackRest's repo1-path on the db host: backup.dir's `archive` on one machine; on real hosts the mount point of
+    store."""
     work: Path
     """On the db host: pgBackRest's log and lock directories and the superuser's password file, the db user's."""
     timeout: int
@@ -761,6 +775,9 @@ class Archive:
     scratch_port: int
     """The port of the scratch cluster a point-in-time restore recovers into (on the db host's address)."""
     stanza: str = "main"
+    store: Path | None = None
+    """On real hosts: the repository's directory on the backup host (BackupPlan.target), which the db host mounts at
+    repo with sshfs (ARCHIVE_MOUNT_PROGRAM) as its SFTP-only user."""
 
     @property
     def conf(self) -> Path:
@@ -817,6 +834,21 @@ class BackupPlan:
     """servers.backup: the host every backup is sent to (daily_dir then only stages them on the db host)."""
     archive: Archive | None = None
     """backup.archive: continuous archiving with pgBackRest; None: pg_dump backups only."""
+
+    @property
+    def archive_place(self) -> tuple[str | None, Path]:
+        """Where the archive's repository is: (the backup host, its directory there), or (None, backup.dir's)."""
+        if self.archive.store is not None and self.target is not None:
+            return self.target.host, self.archive.store
+        return None, self.archive.repo
+
+    @property
+    def kept(self) -> tuple[Path, ...]:
+        """On the backup host: what `destroy` keeps (the backups, and the archive's repository)."""
+        if self.target is None:
+            return ()
+        store = self.archive.store if self.archive is not None else None
+        return (self.target.dir, *((store,) if store is not None else ()))
 
 
 @dataclass(frozen=True)
@@ -917,6 +949,12 @@ class Plan:
     def renews(self) -> bool:
         """Whether this host runs the ACME client and its renewal timer."""
         return self.tls.mode == "acme" and self.tls.renewer == self.host
+
+    @property
+    def mounts_archive(self) -> bool:
+        """This db host mounts the backup host's archive (backup.archive on real hosts)."""
+        archive = self.backup.archive
+        return self.holds("db") and archive is not None and archive.store is not None and self.backup.target is not None
 
     @property
     def schedules_backups(self) -> bool:
@@ -1145,9 +1183,9 @@ def remote_config_problems(config: Config) -> list[str]:
     if config.backup.schedule and media is not None and media != config.servers.primary:
         problems.append(f"backup.schedule: the daily backup runs on the db host, which must hold the uploads too, but "
                         f"servers.media puts them on {media!r}; remove servers.media (the db host then holds them)")
-    if config.backup.archive:
-        problems.append("backup.archive: continuous archiving is built for one machine only so far (its repository "
-                        "in backup.dir); remove backup.archive on real hosts and use `djship backup`")
+    if config.backup.archive and (config.servers is None or config.servers.backup is None):
+        problems.append("backup.archive: on real hosts pgBackRest's repository is kept on the backup host, never on the "
+                        "db host; name one in servers.backup, or remove backup.archive")
     return problems
 
 
@@ -1244,8 +1282,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             balancer_sources=sources, users=Users(**config.users.model_dump(exclude={"media", "backup"})) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address) if lb_hosts else plan.tls
-        backup = plan.backup if one_machine else replace(plan.backup, daily_dir=Paths(db_host.root).daily_backups,
-                                                         target=_backup_target(config, hosts, db_host))
+        backup = plan.backup if one_machine else _remote_backup(config, plan.backup, hosts, db_host)
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
                                             backup=backup, redis=redis, pooler=pooler, external=external))
     return plans
@@ -1274,6 +1311,17 @@ def _external_balancer(config: Config) -> ExternalBalancer | None:
         return None
     return ExternalBalancer(tuple(balancer.trusted), config.deploy.drain_seconds or 0, balancer.healthy_threshold,
                             balancer.health_interval)
+
+
+def _remote_backup(config: Config, backup: BackupPlan, hosts: list[HostSpec], db_host: HostSpec) -> BackupPlan:
+    """On real hosts: the daily backups kept on the db host, sent to the backup host; the archive's repository there,
+    mounted on the db host (remote_config_problems refuses an archive without a backup host)."""
+    target = _backup_target(config, hosts, db_host)
+    archive = backup.archive
+    if archive is not None and target is not None:
+        holder = next(host for host in hosts if host.name == target.host)
+        archive = replace(archive, repo=Paths(db_host.root).archive_mount, store=Paths(holder.root).archive_store)
+    return replace(backup, daily_dir=Paths(db_host.root).daily_backups, target=target, archive=archive)
 
 
 def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> BackupTarget | None:

@@ -159,6 +159,7 @@ def prepare_state_dir(plan: Plan, connector: Connector) -> None:
         connector.makedirs(directory.path, mode=directory.mode, owner=directory.owner, group=directory.group)
     media.prepare_media_dir(plan, connector)
     offsite.prepare(plan, connector)
+    offsite.prepare_archive_mount(plan, connector)
     live = read_live(plan, connector)
     for server in plan.servers_here:
         if connector.readlink(server.media_link) is None:  # nginx's /media/ alias must exist before nginx (re)starts
@@ -629,6 +630,7 @@ class System:
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
                                                                             started, base_backup))
         media.mount(self.hosts, changes, reconfigured, self.reporter)
+        offsite.mount_archive(self.hosts, changes, reconfigured, self.reporter)
         self._database(secrets_, changes)
         self._pooler(changes)
         self._redis(secrets_, changes, reconfigured)
@@ -736,7 +738,7 @@ class System:
         """The stanza and a WAL segment pushed through archive_command; a first full backup when there is none, so
         the recoverable window starts now."""
         archiver = PgBackRest(host.plan, host.connector)
-        with self.reporter.step(f"Continuous archiving into {host.plan.backup.archive.repo} (pgBackRest check)"):
+        with self.reporter.step(f"Continuous archiving into {archiver.where} (pgBackRest check)"):
             archiver.ensure_stanza()
         if not archiver.backups():
             with self.reporter.step("The first full backup of the archive (pgBackRest)"):
@@ -1392,6 +1394,9 @@ class System:
         for host in answering.values():
             if host.plan.schedules_backups:
                 components.append(entry(host, render.BACKUP_SCHEDULER, "backup", daily_backups(host.plan), "scheduled"))
+        if db.plan.mounts_archive:
+            components.append(entry(db, render.ARCHIVE_MOUNT_PROGRAM, "archive",
+                                    f"{db.plan.backup.target.host}:{db.plan.backup.archive.store}", "mounted"))
         release = self.current()
         supervisors = on_each(answering, lambda host: host.supervisor.pid())
         return {
@@ -1598,9 +1603,10 @@ class System:
             connector = self.hosts[name].connector if name in self.hosts else self.local
             host = self.hosts.get(name)
             if host is not None and host.holds("backup"):  # the backups outlive the system they were taken of
-                kept = host.plan.backup.target.dir
-                with self.reporter.step(f"Deleting {state} on {name} but its backups ({kept})"):
-                    connector.run(["find", str(state), "-mindepth", "1", "-maxdepth", "1", "!", "-path", str(kept),
+                kept = host.plan.backup.kept
+                with self.reporter.step(f"Deleting {state} on {name} but its backups ({', '.join(map(str, kept))})"):
+                    spared = [word for directory in kept for word in ("!", "-path", str(directory))]
+                    connector.run(["find", str(state), "-mindepth", "1", "-maxdepth", "1", *spared,
                                    "-exec", "rm", "-rf", "--", "{}", "+"])
                 continue
             with self.reporter.step(f"Deleting {state} on {name} (database, releases, secrets, certificates)"):

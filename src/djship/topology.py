@@ -165,7 +165,8 @@ def _host_tools(report: HostReport | None, host: SSHHost, tls_curves: tuple[str,
     return Tools(
         nginx=found.get("nginx", ""), haproxy=found.get("haproxy", ""), pg_bindir=found.get("pg_bindir", ""),
         mime_types=found.get("mime_types", ""), python=str(Path(str(host.root)) / "venv" / "bin" / "python"),
-        redis_server=found.get("redis_server", ""), pgbouncer=found.get("pgbouncer", ""), tls_curves=tls_curves,
+        redis_server=found.get("redis_server", ""), pgbouncer=found.get("pgbouncer", ""), pgbackrest=found.get("pgbackrest", ""),
+        tls_curves=tls_curves,
     )
 
 

@@ -1,15 +1,21 @@
-"""Continuous archiving and point-in-time restore (backup.archive, pgBackRest), on one machine: the archive in
-backup.dir, WAL pushed at least every 5 seconds.
+"""Continuous archiving and point-in-time restore (backup.archive, pgBackRest), on one machine (the archive in
+backup.dir) and on hosts (lb1, app1, db1 and the backup host bk1, network namespaces 10.247.x.y: the archive on bk1,
+mounted on db1 with sshfs); WAL pushed at least every 5 seconds.
 
 One system for the module; the tests run in order: rows written and a table made, the time noted, the table dropped
 and more rows written, then `restore --to` that time under 4 threads of requests; then a time outside the window,
 which must change nothing; then `backup verify`, a file of the full backup corrupted, `backup verify` again; then the
-daily backup (a minute ahead), whose verification of what it took fails too. Only loopback addresses are contacted.
+daily backup (a minute ahead), whose verification of what it took fails too. On hosts: where the repository's files
+are, `restore --to` under load, the daily backup (verified), `backup verify`. Only loopback addresses and the test
+hosts' are contacted.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -17,8 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from djship.components.probe import Response
 from djship.config import with_values
-from tests.e2e.conftest import Ports, RequestLoop, Site, make_project, searchable_directory
+from tests.e2e.conftest import EXAMPLE, OFFSET, Ports, RequestLoop, Site, make_project, run_djship, \
+    searchable_directory
+from tests.e2e.hosts import netns_hosts
+from tests.e2e.test_backup import _a_minute_ahead
+from tests.e2e.test_remote_system import Fleet, FleetLoop, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +193,126 @@ def test_the_daily_backup_verifies_what_it_took_and_its_failure_shows_in_status_
     assert doctor["status"] == "fail" and taken in doctor["cause"], doctor
     logs = site.djship("logs", "backup-scheduler", "-n", "40").stdout
     assert f"backup {taken} of the archive failed its verification" in logs, logs
+
+
+# -- on hosts: the repository on the backup host, mounted on the db host ---------------------------------------------
+
+HOSTS = ["lb1", "app1", "db1", "bk1"]
+# The on-hosts half is a group of its own (tests/conftest.py): under xdist it runs beside the one-machine half.
+ONE_MACHINE, ON_HOSTS = "one machine", "netns hosts"
+
+
+@pytest.fixture(scope="module", params=[ON_HOSTS])
+def fleet() -> Iterator[Fleet]:
+    """lb1, app1, db1 and the backup host bk1 (network namespaces), with backup.archive; `up` timed."""
+    with netns_hosts(HOSTS) as hosts, searchable_directory() as directory:
+        project = directory / "board"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media", ".djship"))
+        write_config(project, hosts, ["app1"])
+        config = project / "djship.toml"
+        text = config.read_text().replace('db = "db1"', 'db = "db1"\nbackup = "bk1"') + "\n".join([
+            "", "[hosts.bk1]", f'address = "{hosts["bk1"].address}"', f'root = "{hosts["bk1"].root}"', ""])
+        config.write_text(with_values(text, {"backup.archive": True, "backup.archive_timeout": 5}))
+        made = Fleet(project, hosts)
+        try:
+            started = time.monotonic()
+            made.djship("up")
+            print(f"\nup of lb1, app1, db1 and bk1 with backup.archive: {time.monotonic() - started:.1f}s")
+            yield made
+        finally:
+            run_djship(project, "down", check=False, timeout=300)
+
+
+def _fleet_titles(fleet: Fleet) -> set[str]:
+    answer = fleet.get("/api/posts/")
+    assert isinstance(answer, Response) and answer.status == 200, answer
+    return {post["title"] for post in json.loads(answer.body)["posts"]}
+
+
+def _owners(paths: list[Path]) -> set[str]:
+    return {pwd.getpwuid(path.stat().st_uid).pw_name for path in paths}
+
+
+def test_on_hosts_the_repository_is_on_the_backup_host_and_mounted_on_the_db_host(fleet: Fleet):
+    [full] = _archive_rows(fleet)
+    store = fleet.hosts["bk1"].root / "archive"
+    assert (full["type"], full["host"], full["path"]) == ("full", "bk1", str(store)), full
+    assert "Recoverable to any second from" in fleet.djship("backups").stdout
+    # The files themselves are on bk1's disk, the SFTP user's: the backup and the WAL segments archived since.
+    segments = [path for path in (store / "archive" / "main").rglob("0*") if path.is_file()]
+    backup = [path for path in (store / "backup" / "main" / full["name"]).rglob("*") if path.is_file()]
+    assert segments and len(backup) > 100, (segments, len(backup))
+    assert _owners([*segments, *backup]) == {f"djship-backup-t{OFFSET}"}
+    # On db1, pgBackRest writes only into the mount (nothing of the repository on db1's disk) ...
+    db1 = fleet.hosts["db1"].root
+    assert f"repo1-path={db1 / 'archive-mount'}\n" in (db1 / "pgbackrest.conf").read_text()
+    on_disk = [path for path in db1.rglob("*.info") if "archive-mount" not in path.parts]
+    assert on_disk == [], on_disk
+    # ... which is bk1's directory over sshfs, as the db host's processes see it (their mount namespace).
+    sshfs = next(pid for pid in fleet.hosts["db1"].pids()
+                 if Path(f"/proc/{pid}/comm").read_text().strip() == "sshfs")
+    mounted = subprocess.run(["nsenter", "-t", str(sshfs), "-m", "--", "findmnt", "-no", "SOURCE,FSTYPE",
+                              "--mountpoint", str(db1 / "archive-mount")], capture_output=True, text=True, timeout=30)
+    source = f"djship-backup-t{OFFSET}@{fleet.hosts['bk1'].address}:{store}"
+    assert mounted.stdout.split() == [source, "fuse.sshfs"], (mounted.stdout, mounted.stderr)
+    mount = next(c for c in fleet.status()["components"] if c["name"] == "archive-mount")
+    assert (mount["host"], mount["role"], mount["state"], mount["health"]) == ("db1", "archive", "RUNNING", "mounted")
+    assert mount["address"] == f"bk1:{store}", mount
+
+
+def test_on_hosts_restore_to_a_time_brings_back_a_dropped_table_with_no_failed_request(fleet: Fleet):
+    fleet.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["before-1", "before-2"]))
+    _sql(fleet, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
+    time.sleep(1.5)
+    noted = datetime.now(timezone.utc)
+    time.sleep(1.5)
+    _sql(fleet, "DROP TABLE notes")
+    fleet.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["after-1"]))
+    assert {"before-1", "before-2", "after-1"} <= _fleet_titles(fleet)
+    live = fleet.status()["database"]
+
+    started = time.monotonic()
+    with FleetLoop(fleet) as load:
+        said = fleet.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
+        load.wait_for(load.served + 20)
+    took = time.monotonic() - started
+    restored = next(line for line in said.splitlines() if line.startswith("Restored"))
+    print(f"\nrestore --to on hosts under 4 threads: {load.served} requests, {len(load.failures)} failed, "
+          f"{took:.1f}s; {restored}")
+    assert load.failures == [], load.failures[:5]
+    assert "Restored the database as it was at" in said and "0 failed" in said, said
+    titles = _fleet_titles(fleet)
+    assert {"before-1", "before-2"} <= titles and "after-1" not in titles, titles
+    assert "kept" in _sql(fleet, "SELECT body FROM notes", "print(cursor.fetchall())")
+    assert fleet.status()["database"] != live
+    assert not (fleet.hosts["db1"].root / "pgbackrest" / "scratch").exists()  # the scratch cluster is gone
+
+
+def test_on_hosts_the_daily_backup_runs_on_the_db_host_into_the_backup_hosts_archive_and_verifies_it(fleet: Fleet):
+    before = {row["name"] for row in _archive_rows(fleet)}
+    asked = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    config = fleet.project / "djship.toml"
+    config.write_text(with_values(config.read_text(), {"backup.schedule": _a_minute_ahead()}))
+    fleet.djship("up")
+    deadline = time.monotonic() + 300
+    while (fleet.status()["archive_verified"] or {"at": ""})["at"] < asked:
+        assert time.monotonic() < deadline, fleet.djship("logs", "backup-scheduler", "-n", "40").stdout
+        time.sleep(5)
+    [taken] = [row for row in _archive_rows(fleet) if row["name"] not in before]
+    assert taken["host"] == "bk1" and (fleet.hosts["bk1"].root / "archive" / "backup" / "main" /
+                                       taken["name"]).is_dir(), taken
+    verified = fleet.status()["archive_verified"]
+    assert verified["ok"] is True and verified["backup"] == taken["name"] and verified["tables"] > 0, verified
+    logs = fleet.djship("logs", "backup-scheduler", "-n", "40").stdout
+    assert f"verified backup {taken['name']}: restored into a scratch cluster" in logs, logs
+
+
+def test_on_hosts_backup_verify_restores_the_daily_backup_and_shows_in_status_and_the_doctor(fleet: Fleet):
+    """After the daily backup above (the first full one of `up` was taken before the app's migrations: no table)."""
+    asked = fleet.status()["archive_verified"]["at"]
+    said = fleet.djship("backup", "verify").stdout
+    assert "Verified backup" in said and "it restores" in said, said
+    verified = fleet.status()["archive_verified"]
+    assert verified["ok"] is True and verified["tables"] > 0, verified
+    assert verified["backup"] == _archive_rows(fleet)[-1]["name"] and verified["at"] >= asked, verified
+    assert _doctor_check(fleet, "archive-verified")["status"] == "pass"

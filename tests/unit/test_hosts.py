@@ -78,7 +78,7 @@ def test_probe_runs_in_a_real_shell():
     assert verdicts == ["python3", "python3-venv", "haproxy", "openssl", "nginx", "postgresql"]
     facts = parse_probe(output)
     assert facts.python is not None
-    assert set(facts.tools) == {"nginx", "haproxy", "pg_bindir", "mime_types", "redis_server", "pgbouncer", "python3"}
+    assert set(facts.tools) == {"nginx", "haproxy", "pg_bindir", "mime_types", "redis_server", "pgbouncer", "pgbackrest", "python3"}
     assert facts.tools["pg_bindir"].startswith("/usr/lib/postgresql/") and facts.tools["pg_bindir"].endswith("/bin")
 
 

@@ -113,11 +113,120 @@ def test_restore_to_takes_utc_or_an_offset_and_refuses_anything_else():
         parse_target("yesterday")
 
 
-def test_archive_is_refused_on_real_hosts_for_now(make_config):
-    from djship.plan import remote_config_problems
+HOST_ADDRESSES = {"lb1": "10.0.0.2", "app1": "10.0.0.11", "db1": "10.0.0.20", "bk1": "10.0.0.40"}
+HOST_ROLES = {"lb1": ("lb",), "app1": ("app",), "db1": ("db",), "bk1": ("backup",)}
 
-    problems = remote_config_problems(make_config(backup=ARCHIVE))
-    assert any(problem.startswith("backup.archive:") for problem in problems)
+
+def host_plans(make_config, tools, backup_host: bool = True) -> dict:
+    from pathlib import Path
+
+    from djship.plan import HostSpec, build_plans
+
+    roles = HOST_ROLES if backup_host else {name: r for name, r in HOST_ROLES.items() if name != "bk1"}
+    servers = {"lb": ["lb1"], "app": ["app1"], "db": "db1", **({"backup": "bk1"} if backup_host else {})}
+    config = make_config(servers=servers, hosts={name: {"address": HOST_ADDRESSES[name]} for name in roles},
+                         backup=ARCHIVE)
+    return build_plans(config, Path("/srv/example/board"),
+                       [HostSpec(name, HOST_ADDRESSES[name], roles[name], Path("/srv") / name, tools, True)
+                        for name in roles])
+
+
+@pytest.fixture
+def plans_with_backup_host(make_config, fake_tools):
+    return host_plans(make_config, fake_tools)
+
+
+def test_on_hosts_without_a_backup_host_the_archive_is_refused_naming_servers_backup(make_config, fake_tools):
+    with pytest.raises(DjshipError) as refused:
+        host_plans(make_config, fake_tools, backup_host=False)
+    assert str(refused.value) == ("djship.toml: backup.archive: on real hosts pgBackRest's repository is kept on the "
+                                  "backup host, never on the db host; name one in servers.backup, or remove "
+                                  "backup.archive")
+
+
+def test_on_hosts_the_repository_is_the_backup_hosts_mounted_on_the_db_host(plans_with_backup_host):
+    from pathlib import Path
+
+    db1, bk1 = plans_with_backup_host["db1"], plans_with_backup_host["bk1"]
+    archive = db1.backup.archive
+    assert (archive.repo, archive.store) == (Path("/srv/db1/archive-mount"), Path("/srv/bk1/archive"))
+    assert archive.scratch_lock == Path("/srv/db1/archive-scratch.lock")
+    assert f"repo1-path={archive.repo}\n" in render.pgbackrest_conf(db1)
+    assert db1.mounts_archive and not bk1.mounts_archive and not plans_with_backup_host["app1"].mounts_archive
+    assert [program.name for program in render.programs(db1)][:2] == ["archive-mount", "postgres"]
+    assert "archive-mount" not in [program.name for program in render.programs(bk1)]
+
+
+def test_the_archive_mount_is_the_media_mount_with_the_backup_hosts_key_for_the_db_user(plans_with_backup_host):
+    db1 = plans_with_backup_host["db1"]
+    sh, flag, script = shlex.split(render.archive_mount_command(db1))
+    assert (sh, flag) == ("/bin/sh", "-c") and subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+    assert script.startswith("fusermount3 -u -z /srv/db1/archive-mount 2>/dev/null; exec sshfs -f ")
+    assert "IdentityFile=/srv/db1/secrets/backup_ed25519" in script
+    assert "UserKnownHostsFile=/srv/db1/secrets/backup_known_hosts" in script and "StrictHostKeyChecking=yes" in script
+    assert "allow_other,default_permissions,uid=$(id -u djship-db),gid=$(id -g djship-db)" in script
+    assert script.endswith(" djship-backup@10.0.0.40:/srv/bk1/archive /srv/db1/archive-mount")
+
+
+def test_a_new_key_or_host_key_restarts_the_archive_mount(plans_with_backup_host):
+    from djship.components import offsite
+    from djship.components.media import Access, new_private_key
+
+    access = Access(new_private_key(), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0fake")
+    files = offsite.desired_files(plans_with_backup_host["db1"], access)
+    assert {file.path.name: file.programs for file in files} == {"backup_ed25519": ("archive-mount",),
+                                                                  "backup_known_hosts": ("archive-mount",)}
+
+
+def test_the_db_host_needs_pgbackrest_and_sshfs_with_an_archive_on_hosts(make_config, tmp_path):
+    from djship.hosts import remote_hosts, requirements_for
+
+    config = make_config(servers={"lb": ["lb1"], "app": ["app1"], "db": "db1", "backup": "bk1"},
+                         hosts={name: {"address": address} for name, address in HOST_ADDRESSES.items()},
+                         backup=ARCHIVE)
+    db1 = next(host for host in remote_hosts(config, tmp_path) if host.name == "db1")
+    assert {"pgbackrest", "sshfs"} <= {requirement.package for requirement in requirements_for(db1.roles, db1.features)}
+
+
+@pytest.mark.parametrize("name, renderer", [("pgbackrest-db1.conf", render.pgbackrest_conf),
+                                            ("supervisord-archive-db1.conf", render.supervisord_conf)])
+def test_the_db_hosts_files_match_the_golden_file(plans_with_backup_host, golden_dir, name, renderer):
+    text = renderer(plans_with_backup_host["db1"])
+    golden = golden_dir / name
+    if UPDATE_GOLDEN:
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), f"{name} differs; regenerate with DJSHIP_UPDATE_GOLDEN=1"
+
+
+def test_pgbackrest_accepts_the_db_hosts_config(plans_with_backup_host, short_tmp):
+    conf = short_tmp / "pgbackrest.conf"
+    conf.write_text(render.pgbackrest_conf(plans_with_backup_host["db1"]))
+    result = subprocess.run([shutil.which("pgbackrest") or "pgbackrest", f"--config={conf}", "--stanza=main", "help",
+                             "archive-push"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "WARN" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_the_lock_on_a_host_refuses_a_second_holder_naming_the_first_and_frees_when_its_input_ends(short_tmp):
+    """The script SSHConnector.lock runs on the host, run here by sh: flock(1) holds the lock for as long as the
+    channel's input is open; djship.deploy.lock.exclusive (the agent's, on the db host) sees the same lock."""
+    from djship.connectors.ssh import _LOCK, LOCK_BUSY
+    from djship.deploy.lock import exclusive
+
+    path = short_tmp / "archive-scratch.lock"
+    first = subprocess.Popen(["sh", "-c", _LOCK, "lock", str(path), "a restore by pid 1"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    try:
+        assert first.stdout.readline() == b"locked\n"
+        second = subprocess.run(["sh", "-c", _LOCK, "lock", str(path), "another"], input=b"", capture_output=True)
+        assert (second.returncode, second.stdout) == (LOCK_BUSY, b"a restore by pid 1\n")
+        with pytest.raises(DjshipError, match=r"^busy \(a restore by pid 1\); wait"):
+            with exclusive(path, "a verification", busy="busy"):
+                pass
+    finally:
+        first.stdin.close()
+        first.wait(timeout=10)
+    with exclusive(path, "a verification", busy="busy"):
+        pass
 
 
 def test_the_daily_backup_with_archive_is_a_pgbackrest_one(make_plan):
@@ -140,6 +249,13 @@ def test_the_doctor_reports_the_last_verification(archive_plan, verified, status
     judge = next(run for run in CHECKS if run.__name__ == "archive_verified")
     result = judge(archive_plan, Facts(archive_verified=verified))
     assert result.status == status and said in result.cause, result
+
+
+def test_a_db_host_that_also_mounts_the_uploads_needs_sshfs_once():
+    from djship.hosts import requirements_for
+
+    packages = [requirement.package for requirement in requirements_for(("app", "db"), frozenset({"mounts", "archives"}))]
+    assert packages.count("sshfs") == 1 and "pgbackrest" in packages
 
 
 def test_the_doctor_warns_when_the_daily_verification_stopped(make_plan):

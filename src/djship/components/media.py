@@ -9,7 +9,7 @@ beneath it is root's: an app server cannot write an upload where the other hosts
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,32 +127,48 @@ def _ensure_media_user(plan: Plan, connector: Connector) -> None:
 
 
 def _mounted(paths: Paths, connector: Connector) -> bool:
-    return connector.run(["mountpoint", "-q", str(paths.uploads)]).ok
+    return is_mount(connector, paths.uploads)
+
+
+def is_mount(connector: Connector, path: Path) -> bool:
+    return connector.run(["mountpoint", "-q", str(path)]).ok
 
 
 def mount(hosts: Mapping[str, Host], changes: Changes, reconfigured: Mapping[str, set[str]], reporter: Reporter) -> None:
     """Start (or, with a new key, host key or command, restart) each app host's mount and wait until the uploads are
     there: before any app server starts."""
+    source = next(iter(hosts.values())).plan.media
+
+    def mounted(host: Host) -> bool:
+        plan = host.plan
+        return _mounted(plan.paths, host.connector) and host.connector.run(["test", "-d", str(plan.media_dir)]).ok
+
+    ensure_mounted(hosts, MEDIA_PROGRAM, changes, reconfigured, reporter, mounted,
+                   lambda due: f"Mounting the uploads of {source.host} on {', '.join(due)} (sshfs)",
+                   lambda host: f"the uploads mounted at {host.plan.paths.uploads} on {host.name}")
+
+
+def ensure_mounted(hosts: Mapping[str, Host], program: str, changes: Changes, reconfigured: Mapping[str, set[str]],
+                   reporter: Reporter, mounted: Callable[[Host], bool], title: Callable[[list[str]], str],
+                   waited: Callable[[Host], str]) -> None:
+    """Start (or, with a new key, host key or command, restart) the supervised sshfs program on each host where the
+    changes say so, and wait until mounted says its mount is there."""
     due = {}
-    for name, host in hosts.items():
-        if MEDIA_PROGRAM in changes.start.get(name, ()):
+    for name in hosts:
+        if program in changes.start.get(name, ()):
             due[name] = "start"
-        elif MEDIA_PROGRAM in changes.restart.get(name, ()) or MEDIA_PROGRAM in reconfigured.get(name, set()):
+        elif program in changes.restart.get(name, ()) or program in reconfigured.get(name, set()):
             due[name] = "restart"
     if not due:
         return
 
     def ensure(host: Host) -> None:
         if due[host.name] == "start":
-            host.supervisor.start(MEDIA_PROGRAM)
+            host.supervisor.start(program)
         else:
-            host.supervisor.restart(MEDIA_PROGRAM, reconfigure=reconfigured.get(host.name, set()))
-        plan = host.plan
-        wait_until(f"the uploads mounted at {plan.paths.uploads} on {host.name}",
-                   lambda: (_mounted(plan.paths, host.connector)
-                            and host.connector.run(["test", "-d", str(plan.media_dir)]).ok, "not mounted yet"),
-                   MOUNT_TIMEOUT, f"see `djship logs {MEDIA_PROGRAM}`")
+            host.supervisor.restart(program, reconfigure=reconfigured.get(host.name, set()))
+        wait_until(waited(host), lambda: (mounted(host), "not mounted yet"), MOUNT_TIMEOUT,
+                   f"see `djship logs {program}`")
 
-    source = next(iter(hosts.values())).plan.media
-    with reporter.step(f"Mounting the uploads of {source.host} on {', '.join(due)} (sshfs)"):
+    with reporter.step(title(list(due))):
         on_each({name: hosts[name] for name in due}, ensure)

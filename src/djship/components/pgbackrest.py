@@ -106,15 +106,23 @@ class PgBackRest:
         return result.stdout
 
     def prepare(self, superuser_password: str) -> None:
-        """pgBackRest's own directories and the repository, the db user's alone; the directory holding the
-        repository (backup.dir) may be traversed by it, not listed."""
+        """pgBackRest's own directories and, on one machine, the repository, the db user's alone; the directory
+        holding the repository (backup.dir) may be traversed by it, not listed. (On real hosts the repository is the
+        backup host's, mounted: djship.components.offsite.)"""
         archive = self.archive
         for directory in (archive.work, archive.work / "log", archive.work / "lock", archive.work / "spool"):
             self.connector.makedirs(directory, mode=0o700, owner=self.owner)
-        self.connector.makedirs(archive.repo.parent, mode=0o711)
-        self.connector.makedirs(archive.repo, mode=0o700, owner=self.owner)
+        if archive.store is None:
+            self.connector.makedirs(archive.repo.parent, mode=0o711)
+            self.connector.makedirs(archive.repo, mode=0o700, owner=self.owner)
         self.connector.put(archive.pgpass, f"{self.db.address}:*:*:{self.db.superuser}:{superuser_password}\n",
                            mode=0o600, owner=self.owner)
+
+    @property
+    def where(self) -> str:
+        """Where the repository is, as the user knows it."""
+        host, path = self.plan.backup.archive_place
+        return f"{path} on the backup host {host}" if host else str(path)
 
     def ensure_stanza(self) -> None:
         """The stanza in the repository (made once; pgBackRest checks it matches this cluster), then `check`: a WAL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ class Connector(Protocol):
     def interactive(self, argv: Sequence[str | Path], *, user: str | None = None, env: dict[str, str] | None = None,
                     cwd: Path | None = None) -> int:
         """Run argv in a terminal wired to this one (interactive commands work); its exit code."""
+
+    def lock(self, path: Path, operation: str, busy: str) -> AbstractContextManager[None]:
+        """Hold an flock on the host's file at path while in the context (released when djship's process or its
+        connection ends, however it ends); refuse with busy, naming who holds it, when another process has it."""
 
     def close(self) -> None: ...
 

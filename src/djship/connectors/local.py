@@ -11,9 +11,11 @@ import stat
 import subprocess
 from pathlib import Path
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Sequence
 
 from djship.connectors import Result
+from djship.deploy.lock import exclusive
 from djship.errors import DjshipError
 
 
@@ -187,6 +189,9 @@ class LocalConnector:
         if user and user != pwd.getpwuid(os.getuid()).pw_name:
             argv = ["runuser", "-u", user, "--", *argv]
         return subprocess.run(argv, cwd=cwd, env={**os.environ, **(env or {})}).returncode
+
+    def lock(self, path: Path, operation: str, busy: str) -> AbstractContextManager[None]:
+        return exclusive(path, operation, busy)
 
     def close(self) -> None:
         """Nothing to close: there is no connection to this machine."""

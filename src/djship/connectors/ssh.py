@@ -18,7 +18,8 @@ import tempfile
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -45,6 +46,13 @@ if owner:
     entry = pwd.getpwnam(owner)
     os.fchown(fd, entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid)
 """
+
+
+# lock(): flock(1) on descriptor 9 of the lock file, held by `cat` until this side closes the channel's input (or the
+# connection ends); when another process holds it, the file's content (who) and exit code 75.
+_LOCK = ('umask 077; exec 9<>"$1" || exit 1; flock -n 9 || { cat "$1"; exit 75; }; printf "%s\\n" "$2" > "$1"; '
+         'echo locked; exec cat >/dev/null')
+LOCK_BUSY = 75
 
 
 # How many times a user's uid and gid are asked for before djship gives up (see SSHConnector._look_up).
@@ -241,6 +249,30 @@ class SSHConnector:
             if pending:
                 on_line(pending.decode(errors="replace"))
             return channel.recv_exit_status()
+
+    @contextmanager
+    def lock(self, path: Path, operation: str, busy: str) -> Iterator[None]:
+        holder = f"{operation} by pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
+        transport = self._connection().get_transport()
+        channel = transport.open_session(timeout=self.target.connect_timeout)
+        with channel:
+            channel.exec_command(remote_command(["sh", "-c", _LOCK, "lock", str(path), holder],
+                                                login_user=self.target.user))
+            answer = b""
+            while not answer.endswith(b"\n") and (data := channel.recv(4096)):
+                answer += data
+            if answer != b"locked\n":
+                status = channel.recv_exit_status()
+                if status == LOCK_BUSY:
+                    who = answer.decode(errors="replace").strip() or "another process"
+                    raise DjshipError(f"{busy} ({who}); wait for it to finish")
+                error = channel.recv_stderr(4096).decode(errors="replace").strip()
+                raise DjshipError(f"cannot lock {path} on {self.target.address}: {error or f'exit code {status}'}")
+            try:
+                yield
+            finally:
+                channel.shutdown_write()
+                channel.recv_exit_status()
 
     @_one_sftp_operation_at_a_time
     def put(self, path: Path, content: str | bytes, *, mode: int = 0o644, owner: str | None = None) -> bool:

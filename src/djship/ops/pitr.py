@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 
 from djship.components.pgbackrest import ARCHIVED_WAL, LAST_ARCHIVED, SEAL, ArchiveBackup, PgBackRest, Window, \
     backup_type, window_of
-from djship.deploy.lock import exclusive
 from djship.deploy.live import Live, read_live, write_live
 from djship.deploy.release import Release
 from djship.deploy.rolling import Rollout
@@ -108,8 +107,10 @@ class PointInTime:
         return window
 
     def _scratch_lock(self):
-        return exclusive(self.db.plan.backup.archive.scratch_lock, "a restore or verification from the archive",
-                         busy="another restore or verification from the archive is running")
+        """On the db host, where the scratch cluster is: the daily backup's verification takes the same lock there."""
+        return self.db.connector.lock(self.db.plan.backup.archive.scratch_lock,
+                                      "a restore or verification from the archive",
+                                      busy="another restore or verification from the archive is running")
 
     def verify(self) -> dict:
         """The archive's own verify, then its newest backup restored into the scratch cluster and counted

@@ -13,7 +13,7 @@ import jinja2
 
 from djship.logfile import SUPERVISOR_UMASK
 from djship.plan import REPLICATION_USER, DATABASE_HOLD, DIRECT_DATABASE, HEALTH_HOLD, IN_FLIGHT_PATH, JOBS_PROGRAM, JOBS_STOP_TIMEOUT, \
-    MEDIA_PROGRAM, MEDIA_URL, POOLER_APPLICATION, POOLER_LOGIN_RETRY, POOLER_PORT, POOLER_PROGRAM, PROGRAM_ENVIRONMENT, \
+    ARCHIVE_MOUNT_PROGRAM, MEDIA_PROGRAM, MEDIA_URL, POOLER_APPLICATION, POOLER_LOGIN_RETRY, POOLER_PORT, POOLER_PROGRAM, PROGRAM_ENVIRONMENT, \
     REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, STATIC_URL, SUPERUSER_RESERVED, AppServer, MediaStore, Plan, Process, \
     plan_to_json, release_environment
 
@@ -260,21 +260,34 @@ _SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=5", "ServerAliveCountMax=3",
                   "IdentitiesOnly=yes", "StrictHostKeyChecking=yes", "GlobalKnownHostsFile=/dev/null")
 
 
-def media_mount_command(plan: Plan, media: MediaStore) -> str:
-    """sshfs in the foreground, mounting the media host's uploads at this host's `uploads` directory. A mount left
-    behind by a killed sshfs is lazily unmounted first (a dead FUSE mount cannot be mounted over)."""
+def sshfs_command(plan: Plan, source: str, mount: Path, ssh_port: int, key: Path, known_hosts: Path,
+                  owner: str | None) -> str:
+    """sshfs in the foreground, mounting source (user@address:directory) at mount. A mount left behind by a killed
+    sshfs is lazily unmounted first (a dead FUSE mount cannot be mounted over)."""
     quote = shlex.quote
-    mount = quote(str(plan.paths.uploads))
-    options = ",".join((*_SSHFS_OPTIONS, f"Port={media.ssh_port}", f"IdentityFile={plan.paths.media_key}",
-                        f"UserKnownHostsFile={plan.paths.media_known_hosts}"))
-    script = f"fusermount3 -u -z {mount} 2>/dev/null; exec sshfs -f -o {quote(options)}"
-    if plan.users:
-        # Mounted by root for the app's user: files show as its own and the kernel checks their modes, so no
-        # other local user may write the uploads.
-        user = quote(plan.users.app)
+    options = ",".join((*_SSHFS_OPTIONS, f"Port={ssh_port}", f"IdentityFile={key}", f"UserKnownHostsFile={known_hosts}"))
+    script = f"fusermount3 -u -z {quote(str(mount))} 2>/dev/null; exec sshfs -f -o {quote(options)}"
+    if plan.users and owner:
+        # Mounted by root for one user: files show as its own and the kernel checks their modes, so no other local
+        # user may write there.
+        user = quote(owner)
         script += f" -o allow_other,default_permissions,uid=$(id -u {user}),gid=$(id -g {user})"
-    script += f" {quote(media.source)} {mount}"
+    script += f" {quote(source)} {quote(str(mount))}"
     return f"/bin/sh -c {quote(script)}"
+
+
+def media_mount_command(plan: Plan, media: MediaStore) -> str:
+    """The media host's uploads at this app host's `uploads` directory, as the app's user."""
+    return sshfs_command(plan, media.source, plan.paths.uploads, media.ssh_port, plan.paths.media_key,
+                         plan.paths.media_known_hosts, plan.users.app if plan.users else None)
+
+
+def archive_mount_command(plan: Plan) -> str:
+    """The backup host's archive at this db host's repo1-path, as the db user (who alone runs pgBackRest), with the
+    key and known host key the db host sends its backups with."""
+    target, archive = plan.backup.target, plan.backup.archive
+    return sshfs_command(plan, f"{target.user}@{target.address}:{archive.store}", archive.repo, target.ssh_port,
+                         plan.paths.backup_key, plan.paths.backup_known_hosts, plan.user_of("db"))
 
 
 def media_authorized_keys(media: MediaStore, public_key: str) -> str:
@@ -294,6 +307,9 @@ def programs(plan: Plan) -> list[Program]:
     result = []
     if plan.media and plan.runs_code:  # as root (or djship's login user): FUSE mounts need it
         result.append(Program(name=MEDIA_PROGRAM, command=media_mount_command(plan, plan.media), stopsignal="TERM",
+                              stopwaitsecs=10))
+    if plan.mounts_archive:  # before PostgreSQL, whose archive_command pushes into it (it retries while it is down)
+        result.append(Program(name=ARCHIVE_MOUNT_PROGRAM, command=archive_mount_command(plan), stopsignal="TERM",
                               stopwaitsecs=10))
     if plan.runs_postgres:
         result.append(Program(
