@@ -635,6 +635,7 @@ class System:
         self._pooler(changes)
         self._redis(secrets_, changes, reconfigured)
         release = self._release(changes)
+        self._first_archive_backup()
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
             self._restart_if_changed(server, release, changes, reconfigured[server.host])
@@ -735,11 +736,18 @@ class System:
             self._ensure_archiving(host)
 
     def _ensure_archiving(self, host: Host) -> None:
-        """The stanza and a WAL segment pushed through archive_command; a first full backup when there is none, so
-        the recoverable window starts now."""
+        """The stanza and a WAL segment pushed through archive_command."""
         archiver = PgBackRest(host.plan, host.connector)
         with self.reporter.step(f"Continuous archiving into {archiver.where} (pgBackRest check)"):
             archiver.ensure_stanza()
+
+    def _first_archive_backup(self) -> None:
+        """A first full backup when the archive has none, so the recoverable window starts now; taken once the
+        release has migrated the database, so that it holds the app's tables (what a verification counts)."""
+        host = self.db_host
+        if host.plan.backup.archive is None:
+            return
+        archiver = PgBackRest(host.plan, host.connector)
         if not archiver.backups():
             with self.reporter.step("The first full backup of the archive (pgBackRest)"):
                 archiver.backup("full")
