@@ -256,13 +256,17 @@ def _take_and_send(plan: Plan, connector: Connector, store: Store, sources: Sour
     outgoing.remove_unfinished()
     for unsent in outgoing.list():
         run_checked(connector, f"keeping the unsent backup {unsent.name}", archive.rename_argv(unsent.path, store.dir / unsent.name))
-    taken = take(sources, outgoing, note, _LogReporter())
     try:
-        pruned = _send(plan, connector, taken.path, sorted(taken.manifest.files) + ["manifest.json"],
-                       protect | {taken.name})
-    except DjshipError:
-        run_checked(connector, f"keeping the unsent backup {taken.name}", archive.rename_argv(taken.path, store.dir / taken.name))
-        raise
+        taken = take(sources, outgoing, note, _LogReporter())
+        try:
+            pruned = _send(plan, connector, taken.path, sorted(taken.manifest.files) + ["manifest.json"],
+                           protect | {taken.name})
+        except DjshipError:
+            run_checked(connector, f"keeping the unsent backup {taken.name}",
+                        archive.rename_argv(taken.path, store.dir / taken.name))
+            raise
+    finally:  # nothing stays in it: what was sent is gone, what was not is listed
+        run_checked(connector, f"removing {outgoing.dir}", archive.remove_argv(outgoing.dir))
     return taken, pruned
 
 

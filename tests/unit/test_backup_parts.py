@@ -286,3 +286,4 @@ def test_a_daily_backup_on_its_way_to_the_backup_host_is_never_listed_on_the_db_
             agent._take_and_send(None, connector, store, None, "daily", frozenset())
     assert listed == ["20261201T030000Z"]
     assert [backup.name for backup in store.list()] == ["20261201T030000Z", *([] if sent else ["20261202T030000Z"])]
+    assert sorted(path.name for path in daily.iterdir()) == [backup.name for backup in store.list()]
