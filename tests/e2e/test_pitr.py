@@ -88,16 +88,22 @@ def test_backup_takes_a_differential_one_and_dump_still_a_pg_dump(site: Site):
     assert kinds.count("archive") == 2 and kinds.count("dump") == 1, kinds
 
 
-def test_restore_to_a_time_brings_back_a_dropped_table_and_not_later_writes(site: Site):
-    site.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["before-1", "before-2"]))
-    _sql(site, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
+def _note_then_drop(target, titles) -> tuple[datetime, str]:
+    """Two posts and a table, the time noted, then the table dropped and a third post: what a restore to that time
+    undoes. The time and the live database."""
+    target.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["before-1", "before-2"]))
+    _sql(target, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
     time.sleep(1.5)
     noted = datetime.now(timezone.utc)
     time.sleep(1.5)
-    _sql(site, "DROP TABLE notes")
-    site.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["after-1"]))
-    assert {"before-1", "before-2", "after-1"} <= _titles(site)
-    live = site.status()["database"]
+    _sql(target, "DROP TABLE notes")
+    target.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["after-1"]))
+    assert {"before-1", "before-2", "after-1"} <= titles(target)
+    return noted, target.status()["database"]
+
+
+def test_restore_to_a_time_brings_back_a_dropped_table_and_not_later_writes(site: Site):
+    noted, live = _note_then_drop(site, _titles)
 
     started = time.monotonic()
     with RequestLoop(site, threads=4) as load:
@@ -271,15 +277,7 @@ def test_on_hosts_backup_verify_restores_the_first_full_backup_and_shows_in_stat
 
 
 def test_on_hosts_restore_to_a_time_brings_back_a_dropped_table_with_no_failed_request(fleet: Fleet):
-    fleet.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["before-1", "before-2"]))
-    _sql(fleet, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('kept')")
-    time.sleep(1.5)
-    noted = datetime.now(timezone.utc)
-    time.sleep(1.5)
-    _sql(fleet, "DROP TABLE notes")
-    fleet.djship("manage", "--", "shell", "-c", CREATE_POSTS.format(titles=["after-1"]))
-    assert {"before-1", "before-2", "after-1"} <= _fleet_titles(fleet)
-    live = fleet.status()["database"]
+    noted, live = _note_then_drop(fleet, _fleet_titles)
 
     started = time.monotonic()
     with FleetLoop(fleet) as load:
