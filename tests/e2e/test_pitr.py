@@ -102,23 +102,27 @@ def _note_then_drop(target, titles) -> tuple[datetime, str]:
     return noted, target.status()["database"]
 
 
-def test_restore_to_a_time_brings_back_a_dropped_table_and_not_later_writes(site: Site):
-    noted, live = _note_then_drop(site, _titles)
-
+def _restore_to_under_load(target, loop, noted: datetime, live: str, titles) -> None:
+    """`restore --to` the noted time while loop's 4 threads make requests: none fails, the posts and the table of
+    that time are back, the later post is not, and the live database is a new one."""
     started = time.monotonic()
-    with RequestLoop(site, threads=4) as load:
-        said = site.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
+    with loop as load:
+        said = target.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
         load.wait_for(load.served + 20)
     took = time.monotonic() - started
     restored = next(line for line in said.splitlines() if line.startswith("Restored"))
     print(f"\nrestore --to under 4 threads: {load.served} requests, {len(load.failures)} failed, {took:.1f}s; {restored}")
     assert load.failures == [], load.failures[:5]
     assert "Restored the database as it was at" in said and "0 failed" in said, said
+    found = titles(target)
+    assert {"before-1", "before-2"} <= found and "after-1" not in found, found
+    assert "kept" in _sql(target, "SELECT body FROM notes", "print(cursor.fetchall())")
+    assert target.status()["database"] != live
 
-    titles = _titles(site)
-    assert {"before-1", "before-2"} <= titles and "after-1" not in titles, titles
-    assert "kept" in _sql(site, "SELECT body FROM notes", "print(cursor.fetchall())")
-    assert site.status()["database"] != live
+
+def test_restore_to_a_time_brings_back_a_dropped_table_and_not_later_writes(site: Site):
+    noted, live = _note_then_drop(site, _titles)
+    _restore_to_under_load(site, RequestLoop(site, threads=4), noted, live, _titles)
 
 
 def _databases(site: Site) -> list[tuple[str, bool]]:
@@ -278,21 +282,7 @@ def test_on_hosts_backup_verify_restores_the_first_full_backup_and_shows_in_stat
 
 def test_on_hosts_restore_to_a_time_brings_back_a_dropped_table_with_no_failed_request(fleet: Fleet):
     noted, live = _note_then_drop(fleet, _fleet_titles)
-
-    started = time.monotonic()
-    with FleetLoop(fleet) as load:
-        said = fleet.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
-        load.wait_for(load.served + 20)
-    took = time.monotonic() - started
-    restored = next(line for line in said.splitlines() if line.startswith("Restored"))
-    print(f"\nrestore --to on hosts under 4 threads: {load.served} requests, {len(load.failures)} failed, "
-          f"{took:.1f}s; {restored}")
-    assert load.failures == [], load.failures[:5]
-    assert "Restored the database as it was at" in said and "0 failed" in said, said
-    titles = _fleet_titles(fleet)
-    assert {"before-1", "before-2"} <= titles and "after-1" not in titles, titles
-    assert "kept" in _sql(fleet, "SELECT body FROM notes", "print(cursor.fetchall())")
-    assert fleet.status()["database"] != live
+    _restore_to_under_load(fleet, FleetLoop(fleet), noted, live, _fleet_titles)
     assert not (fleet.hosts["db1"].root / "pgbackrest" / "scratch").exists()  # the scratch cluster is gone
 
 
