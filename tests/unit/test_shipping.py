@@ -16,6 +16,7 @@ from djship.connectors import Result
 from djship.connectors.local import LocalConnector
 from djship.deploy.shipping import (
     COMPLETE_MARKER,
+    HostWheels,
     Wheelhouse,
     build_wheelhouse,
     ensure_venv,
@@ -29,6 +30,8 @@ from djship.deploy.shipping import (
 from djship.errors import DjshipError
 
 PACKAGES = ("gunicorn>=23", "psycopg[binary]>=3.1", "supervisor>=4.2")
+PIP_WHEEL = "pip-26.3-py3-none-any.whl"
+WHEELS = HostWheels(Path("/srv/wheels/k1"), Path("/srv/wheels/pip-26.3-py3-none-any/pip"), 0)
 
 
 def ok(argv, stdout: str = "") -> Result:
@@ -42,24 +45,24 @@ def failed(argv, stderr: str, code: int = 1) -> Result:
 # ---- the install commands ---------------------------------------------------------------------------------------
 
 
-def test_offline_install_command_makes_the_venv_then_installs_from_the_wheels_alone():
+def test_offline_install_command_makes_the_venv_then_installs_from_the_wheels_alone_with_their_pip():
     commands = offline_install_command(
-        "/usr/bin/python3", Path("/srv/v/abc"), Path("/srv/wheels/k1"), Path("/srv/app/requirements.txt"), PACKAGES
+        "/usr/bin/python3", Path("/srv/v/abc"), WHEELS, Path("/srv/app/requirements.txt"), PACKAGES
     )
     assert commands == [
-        ["/usr/bin/python3", "-m", "venv", "/srv/v/abc"],
+        ["/usr/bin/python3", "-m", "venv", "--without-pip", "/srv/v/abc"],
         [
-            "env", "PIP_CONFIG_FILE=/dev/null", "/srv/v/abc/bin/python", "-m", "pip", "install", "--isolated",
-            "--quiet", "--no-index", "--find-links", "/srv/wheels/k1", "-r", "/srv/app/requirements.txt",
+            "env", "PIP_CONFIG_FILE=/dev/null", "/srv/v/abc/bin/python", "/srv/wheels/pip-26.3-py3-none-any/pip",
+            "install", "--isolated", "--quiet", "--no-index", "--find-links", "/srv/wheels/k1", "-r", "/srv/app/requirements.txt",
             "gunicorn>=23", "psycopg[binary]>=3.1", "supervisor>=4.2",
         ],
     ]
 
 
 def test_offline_install_command_without_a_requirements_file():
-    _, install = offline_install_command("python3", Path("/v"), Path("/w"), None, ("gunicorn>=23",))
+    _, install = offline_install_command("python3", Path("/v"), WHEELS, None, ("gunicorn>=23",))
     assert "-r" not in install
-    assert install[-4:] == ["--no-index", "--find-links", "/w", "gunicorn>=23"]
+    assert install[-4:] == ["--no-index", "--find-links", "/srv/wheels/k1", "gunicorn>=23"]
 
 
 # ---- the code archive -------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def test_the_wheelhouse_is_built_once_and_then_reused(requirements):
     assert first.key == wheelhouse_key(requirements.read_bytes(), PACKAGES, (3, 11))
     assert first.dir == requirements.parent / "cache" / first.key
     assert [wheel.name for wheel in first.wheels] == ["django-5.2-py3-none-any.whl", "gunicorn-23.0-py3-none-any.whl"]
-    assert builder.builds[0][4:] == ["--quiet", "-w", builder.builds[0][6], "-r", str(requirements), *PACKAGES]
+    assert builder.builds[0][4:] == ["--quiet", "-w", builder.builds[0][6], "-r", str(requirements), *PACKAGES, "pip"]
     assert build(requirements, builder) == first
     assert len(builder.builds) == 1
     assert sorted(path.name for path in first.dir.parent.iterdir()) == [first.key]  # nothing left beside it
@@ -294,6 +297,10 @@ class FakeHost:
             return ok(argv, "".join(f"{path.name}\n" for path in sorted(self.files) if path.parent == directory))
         if argv[:2] == ["test", "-f"]:
             return Result(tuple(argv), 0 if Path(argv[2]) in self.files else 1, "", "")
+        if argv[:2] == ["test", "-d"]:
+            return Result(tuple(argv), 0 if Path(argv[2]) in self.dirs else 1, "", "")
+        if argv[:3] == ["mv", "-T", "--"]:
+            self.dirs.add(Path(argv[4]))
         if argv[1:2] == ["-c"]:
             return ok(argv, self.python + "\n")
         return ok(argv)
@@ -318,24 +325,43 @@ def wheelhouse_of(tmp_path: Path, names: list[str]) -> Wheelhouse:
     return Wheelhouse(directory, "k1", (3, 11))
 
 
-def test_upload_copies_only_the_wheels_the_host_lacks(tmp_path):
-    wheelhouse = wheelhouse_of(tmp_path, ["a-1-py3-none-any.whl", "b-1-py3-none-any.whl", "c-1-py3-none-any.whl"])
+def test_upload_copies_only_the_wheels_the_host_lacks_and_unpacks_their_pip_once(tmp_path):
+    wheelhouse = wheelhouse_of(tmp_path, ["a-1-py3-none-any.whl", "b-1-py3-none-any.whl", PIP_WHEEL])
     host = FakeHost()
     remote = Path("/srv/djship/wheels")
     host.files[remote / "k1" / "b-1-py3-none-any.whl"] = (b"b-1-py3-none-any.whl", 0o644)
-    assert upload_wheelhouse(host, wheelhouse, remote) == 2
+    unpacked, partial = remote / "pip-26.3-py3-none-any", remote / ".pip-26.3-py3-none-any.partial"
+    assert upload_wheelhouse(host, wheelhouse, remote, "/usr/bin/python3") == HostWheels(
+        remote / "k1", unpacked / "pip", 2
+    )
     assert remote / "k1" in host.dirs
     assert wheelhouse.on_host(remote) == remote / "k1"
     assert host.files[remote / "k1" / "a-1-py3-none-any.whl"] == (b"a-1-py3-none-any.whl", 0o644)
     assert sorted(path.name for path in host.files) == [wheel.name for wheel in wheelhouse.wheels]
-    assert upload_wheelhouse(host, wheelhouse, remote) == 0
+    assert host.commands[-3:] == [
+        ["rm", "-rf", "--", str(partial)],
+        ["/usr/bin/python3", "-m", "zipfile", "-e", str(remote / "k1" / PIP_WHEEL), str(partial)],
+        ["mv", "-T", "--", str(partial), str(unpacked)],
+    ]
+    host.commands.clear()
+    assert upload_wheelhouse(host, wheelhouse, remote, "/usr/bin/python3").copied == 0
+    assert host.commands[-1] == ["test", "-d", str(unpacked)]
+
+
+def test_a_wheelhouse_without_pip_is_named_with_the_fix(tmp_path):
+    wheelhouse = wheelhouse_of(tmp_path, ["a-1-py3-none-any.whl"])
+    with pytest.raises(DjshipError) as caught:
+        upload_wheelhouse(FakeHost(), wheelhouse, Path("/srv/w"), "python3")
+    assert str(caught.value) == (
+        f"the wheelhouse {wheelhouse.dir} has no pip wheel; delete that directory so that djship builds it again"
+    )
 
 
 def test_upload_names_the_host_when_it_cannot_list_the_directory(tmp_path):
     host = FakeHost()
     host.fail["ls"] = failed(["ls"], "ls: cannot open directory '/srv/w/k1': Permission denied\n", 2)
     with pytest.raises(DjshipError) as caught:
-        upload_wheelhouse(host, wheelhouse_of(tmp_path, ["a-1-py3-none-any.whl"]), Path("/srv/w"))
+        upload_wheelhouse(host, wheelhouse_of(tmp_path, ["a-1-py3-none-any.whl"]), Path("/srv/w"), "python3")
     assert str(caught.value) == (
         "cannot list /srv/w/k1 on 10.0.0.5: ls: cannot open directory '/srv/w/k1': Permission denied; "
         "check that directory"
@@ -344,9 +370,9 @@ def test_upload_names_the_host_when_it_cannot_list_the_directory(tmp_path):
 
 def test_ensure_venv_installs_offline_chowns_and_writes_the_marker_last():
     host = FakeHost()
-    venv, wheels, requirements = Path("/srv/venvs/v1"), Path("/srv/wheels/k1"), Path("/srv/app/requirements.txt")
-    assert ensure_venv(host, "/usr/bin/python3", venv, wheels, requirements, PACKAGES, owner="djship") is True
-    create, install = offline_install_command("/usr/bin/python3", venv, wheels, requirements, PACKAGES)
+    venv, requirements = Path("/srv/venvs/v1"), Path("/srv/app/requirements.txt")
+    assert ensure_venv(host, "/usr/bin/python3", venv, WHEELS, requirements, PACKAGES, owner="djship") is True
+    create, install = offline_install_command("/usr/bin/python3", venv, WHEELS, requirements, PACKAGES)
     assert host.commands == [
         ["test", "-f", str(venv / COMPLETE_MARKER)],
         ["rm", "-rf", "--", str(venv)],
@@ -356,7 +382,7 @@ def test_ensure_venv_installs_offline_chowns_and_writes_the_marker_last():
         ["put", str(venv / COMPLETE_MARKER)],
     ]
     host.commands.clear()
-    assert ensure_venv(host, "/usr/bin/python3", venv, wheels, requirements, PACKAGES) is False
+    assert ensure_venv(host, "/usr/bin/python3", venv, WHEELS, requirements, PACKAGES) is False
     assert host.commands == [["test", "-f", str(venv / COMPLETE_MARKER)]]
 
 
@@ -368,7 +394,7 @@ def test_a_failed_install_removes_the_half_made_venv_and_names_the_host_and_pip_
     )
     venv = Path("/srv/venvs/v1")
     with pytest.raises(DjshipError) as caught:
-        ensure_venv(host, "python3", venv, Path("/srv/wheels/k1"), None, PACKAGES)
+        ensure_venv(host, "python3", venv, WHEELS, None, PACKAGES)
     assert str(caught.value) == (
         f"installing the requirements from /srv/wheels/k1 into {venv} on 10.0.0.5 failed: "
         "ERROR: No matching distribution found for Pillow>=10"

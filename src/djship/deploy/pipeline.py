@@ -101,14 +101,12 @@ class Pipeline:
             return
         plan, connector = host.plan, host.connector
         venv = plan.paths.state / "venv"
-        shipping.upload_wheelhouse(connector, self.wheelhouse, plan.paths.wheels)
-        shipping.ensure_venv(connector, host.python, venv, self.wheelhouse.on_host(plan.paths.wheels), None,
-                             (SUPERVISOR_PACKAGE,))
+        wheels = shipping.upload_wheelhouse(connector, self.wheelhouse, plan.paths.wheels, host.python)
+        shipping.ensure_venv(connector, host.python, venv, wheels, None, (SUPERVISOR_PACKAGE,))
         if plan.runs_agent:
             wheelhouse = self.agent_wheelhouse
-            shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
-            shipping.install_into(connector, venv, wheelhouse.on_host(plan.paths.wheels),
-                                  tuple(AGENT_REQUIREMENTS.split()))
+            agent_wheels = shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels, host.python)
+            shipping.install_into(connector, venv, agent_wheels, tuple(AGENT_REQUIREMENTS.split()))
             shipping.ship_package(connector, venv, wheelhouse.python, Path(djship.__file__).parent)
 
     def on(self, host: Host, release_id: str) -> Release:
@@ -160,7 +158,7 @@ class Pipeline:
         wheelhouse = self.wheelhouse
         try:
             shipping.require_python(connector, host.python, wheelhouse)
-            shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels)
+            wheels = shipping.upload_wheelhouse(connector, wheelhouse, plan.paths.wheels, host.python)
             archive = self._archive(release_id)
             if not archive.is_file() and not self._archive_from_hosts(release_id):
                 raise DjshipError(f"release {release_id}'s code archive {archive} is gone, so {host.name} cannot get "
@@ -169,8 +167,7 @@ class Pipeline:
             venv = plan.paths.venvs / wheelhouse.key
             requirements = release.dir / "requirements.txt"  # the file the wheels were built from, wherever it lives
             connector.put(requirements, plan.requirements.read_bytes())
-            shipping.ensure_venv(connector, host.python, venv, wheelhouse.on_host(plan.paths.wheels), requirements,
-                                 runtime_packages(plan))
+            shipping.ensure_venv(connector, host.python, venv, wheels, requirements, runtime_packages(plan))
             connector.symlink(release.venv, venv)
             builder.finish(release, where=f" on {host.name}")
         except BaseException:
