@@ -41,7 +41,7 @@ FEATURES = {
     "snapshots": "backups hold Redis's data ([redis] backup: the db host takes its snapshot with redis-cli)",
     "connects": "an external PostgreSQL (database.url): the first app host administers and backs it up with psql",
     "pooled": "database.pooler runs PgBouncer on every app host",
-    "archives": "backup.archive: pgBackRest on the db host archives into the backup host's repository, mounted there",
+    "archives": "backup.archive: pgBackRest on the db hosts archives into the backup host's repository, mounted there",
 }
 
 
@@ -58,8 +58,8 @@ REQUIREMENTS = (
     Requirement("pgbouncer", "command -v pgbouncer || test -x /usr/sbin/pgbouncer", frozenset({"app"}), "pooled"),
     Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"app", "worker"}), "mounts"),
     Requirement("openssh-client", "command -v sftp", frozenset({"db"}), "sends"),
-    Requirement("pgbackrest", "command -v pgbackrest", frozenset({"db"}), "archives"),
-    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"db"}), "archives"),
+    Requirement("pgbackrest", "command -v pgbackrest", frozenset({"db", "standby"}), "archives"),
+    Requirement("sshfs", "command -v sshfs && command -v fusermount3", frozenset({"db", "standby"}), "archives"),
     Requirement("redis-tools", "command -v redis-cli", frozenset({"db"}), "snapshots"),
     Requirement("postgresql-client", "ls /usr/lib/postgresql/*/bin/pg_dump", frozenset({"app"}), "connects"),
 )

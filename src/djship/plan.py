@@ -750,8 +750,8 @@ class BackupTarget:
     ssh_port: int
     dir: Path
     """Where the backups are kept there: its `<root>/backups`, owned by the SFTP user."""
-    sender: str
-    """The db host's address, the only one the key is accepted from."""
+    senders: tuple[str, ...]
+    """The db hosts' addresses (the primary's, the standby's), the only ones the key is accepted from."""
     user: str
     """The backup host's SFTP-only user ([users] backup)."""
 
@@ -952,9 +952,10 @@ class Plan:
 
     @property
     def mounts_archive(self) -> bool:
-        """This db host mounts the backup host's archive (backup.archive on real hosts)."""
+        """This db host mounts the backup host's archive (backup.archive on real hosts): the primary, whose
+        archive_command pushes into it, and the standby, so that it does the moment it is promoted."""
         archive = self.backup.archive
-        return self.holds("db") and archive is not None and archive.store is not None and self.backup.target is not None
+        return self.runs_postgres and archive is not None and archive.store is not None and self.backup.target is not None
 
     @property
     def schedules_backups(self) -> bool:
@@ -1282,7 +1283,7 @@ def build_plans(config: Config, project_dir: Path, hosts: list[HostSpec]) -> dic
             balancer_sources=sources, users=Users(**config.users.model_dump(exclude={"media", "backup"})) if host.login_root else None,
         )
         tls = replace(plan.tls, renewer=lb_hosts[0].name, renewer_address=lb_hosts[0].address) if lb_hosts else plan.tls
-        backup = plan.backup if one_machine else _remote_backup(config, plan.backup, hosts, db_host)
+        backup = plan.backup if one_machine else _remote_backup(config, plan.backup, hosts, db_host, host)
         plans[host.name] = _checked(replace(plan, host=host.name, roles=frozenset(host.roles), media=media, tls=tls,
                                             backup=backup, redis=redis, pooler=pooler, external=external))
     return plans
@@ -1313,14 +1314,17 @@ def _external_balancer(config: Config) -> ExternalBalancer | None:
                             balancer.health_interval)
 
 
-def _remote_backup(config: Config, backup: BackupPlan, hosts: list[HostSpec], db_host: HostSpec) -> BackupPlan:
+def _remote_backup(config: Config, backup: BackupPlan, hosts: list[HostSpec], db_host: HostSpec,
+                   host: HostSpec) -> BackupPlan:
     """On real hosts: the daily backups kept on the db host, sent to the backup host; the archive's repository there,
-    mounted on the db host (remote_config_problems refuses an archive without a backup host)."""
+    mounted on each db host, the standby's in its own root (remote_config_problems refuses an archive without a
+    backup host)."""
     target = _backup_target(config, hosts, db_host)
     archive = backup.archive
     if archive is not None and target is not None:
-        holder = next(host for host in hosts if host.name == target.host)
-        archive = replace(archive, repo=Paths(db_host.root).archive_mount, store=Paths(holder.root).archive_store)
+        holder = next(spec for spec in hosts if spec.name == target.host)
+        mounter = host if "standby" in host.roles else db_host
+        archive = replace(archive, repo=Paths(mounter.root).archive_mount, store=Paths(holder.root).archive_store)
     return replace(backup, daily_dir=Paths(db_host.root).daily_backups, target=target, archive=archive)
 
 
@@ -1332,7 +1336,8 @@ def _backup_target(config: Config, hosts: list[HostSpec], db_host: HostSpec) -> 
         raise DjshipError(f"servers.backup: djship logs in to {holder.name} as another user than root; the backup "
                           f"host needs root (djship makes its user {config.users.backup} and the directory it owns)")
     ssh_port = config.hosts[holder.name].ssh_port or config.ssh.port
-    return BackupTarget(holder.name, holder.address, ssh_port, Paths(holder.root).daily_backups, db_host.address,
+    senders = (db_host.address, *(host.address for host in hosts if "standby" in host.roles))
+    return BackupTarget(holder.name, holder.address, ssh_port, Paths(holder.root).daily_backups, senders,
                         config.users.backup)
 
 

@@ -683,8 +683,8 @@ class System:
                 with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
                     database.init_cluster(secrets_.superuser_password)
             database.check_owner()
-            if plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
-                PgBackRest(plan, connector).prepare(secrets_.superuser_password)
+        if plan.runs_postgres and plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
+            PgBackRest(plan, connector).prepare(secrets_.superuser_password)
         if host.holds("standby"):
             connector.makedirs(plan.database.data_dir.parent, mode=0o700, owner=plan.user_of("db"))
             if base_backup:  # pg_basebackup makes the data directory: its files are written after it (_standby)
@@ -1402,9 +1402,10 @@ class System:
         for host in answering.values():
             if host.plan.schedules_backups:
                 components.append(entry(host, render.BACKUP_SCHEDULER, "backup", daily_backups(host.plan), "scheduled"))
-        if db.plan.mounts_archive:
-            components.append(entry(db, render.ARCHIVE_MOUNT_PROGRAM, "archive",
-                                    f"{db.plan.backup.target.host}:{db.plan.backup.archive.store}", "mounted"))
+        for host in (db, *([standby] if standby is not None else [])):
+            if host.plan.mounts_archive:
+                components.append(entry(host, render.ARCHIVE_MOUNT_PROGRAM, "archive",
+                                        f"{host.plan.backup.target.host}:{host.plan.backup.archive.store}", "mounted"))
         release = self.current()
         supervisors = on_each(answering, lambda host: host.supervisor.pid())
         return {

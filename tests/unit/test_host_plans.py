@@ -272,8 +272,8 @@ def test_a_backup_host_receives_every_backup_from_the_db_host_over_sftp_only(mak
                          hosts={name: {"address": address} for name, address in addresses.items()})
     plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles, addresses=addresses))
     target = plans["db1"].backup.target
-    assert (target.host, target.address, target.dir, target.sender) == ("bk1", "10.0.0.40", Path("/srv/bk1/backups"),
-                                                                        "10.0.0.20")
+    assert (target.host, target.address, target.dir, target.senders) == ("bk1", "10.0.0.40", Path("/srv/bk1/backups"),
+                                                                         ("10.0.0.20",))
     # The db host runs the agent (it takes each backup and sends it); the backup host runs nothing of djship's.
     assert [name for name, plan in plans.items() if plan.runs_agent] == ["db1"]
     assert render.programs(plans["bk1"]) == []

@@ -9,7 +9,8 @@ backup host holds no credential of the db host at all.
 
 With backup.archive, pgBackRest's repository is on the backup host too, in its `<root>/archive` (the SFTP user's): the
 db host mounts it with sshfs as that same SFTP user, at the repo1-path of its pgbackrest.conf, for the db user alone
-(ARCHIVE_MOUNT_PROGRAM, started before PostgreSQL). Debian 12's pgBackRest (2.45) has no SFTP repository of its own;
+(ARCHIVE_MOUNT_PROGRAM, started before PostgreSQL). With a standby, its host mounts the archive the same way, so that
+the moment a failover or switchover promotes it its archive_command pushes into the same repository. Debian 12's pgBackRest (2.45) has no SFTP repository of its own;
 over the mount its archive-push, backup, expire, info, verify and restore work unchanged. While the mount is down the
 mount point is root's: archive_command fails, and PostgreSQL keeps the WAL segment and pushes it again later.
 """
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def _copies(topology: Topology) -> list[tuple[Host, Path]]:
-    return [(host, host.plan.paths.backup_key) for host in topology.holding("db")]
+    return [(host, host.plan.paths.backup_key) for host in topology.holding("db") + topology.holding("standby")]
 
 
 def read_access(topology: Topology) -> Access | None:
@@ -47,18 +48,19 @@ def ensure_access(topology: Topology) -> Access | None:
 
 
 def authorized_keys(target: BackupTarget, public_key: str) -> str:
-    """The backup host's SFTP user accepts the db host's key for SFTP only (no shell, no forwarding), from it only."""
-    return f'restrict,command="internal-sftp",from="{target.sender}" {public_key} {target.user}\n'
+    """The backup host's SFTP user accepts the db hosts' key for SFTP only (no shell, no forwarding), from them only."""
+    return f'restrict,command="internal-sftp",from="{",".join(target.senders)}" {public_key} {target.user}\n'
 
 
 def desired_files(plan: Plan, access: Access | None) -> list[render.ConfigFile]:
-    """The backup host's authorized key; on the db host, the key and the backup host's known host key."""
+    """The backup host's authorized key; on the db host (and on the standby's, which mounts the archive), the key and
+    the backup host's known host key."""
     target = plan.backup.target
     if target is None or access is None:
         return []
     if plan.holds("backup"):
         return [render.ConfigFile(plan.paths.backup_authorized_keys, authorized_keys(target, access.public_key), ())]
-    if plan.holds("db"):
+    if plan.holds("db") or plan.mounts_archive:
         mount = (ARCHIVE_MOUNT_PROGRAM,) if plan.mounts_archive else ()
         return [render.ConfigFile(plan.paths.backup_key, access.private_key, mount),
                 render.ConfigFile(plan.paths.backup_known_hosts, f"{target.known_hosts_name} {access.host_key}\n",

@@ -97,7 +97,7 @@ class PgBackRest:
 
     def _env(self) -> dict[str, str]:
         # pgBackRest connects with libpq, which takes the address and password file from the environment.
-        return {"PGHOST": self.db.address, "PGPASSFILE": str(self.archive.pgpass), "PGCONNECT_TIMEOUT": "10"}
+        return {"PGHOST": self.db.own_address, "PGPASSFILE": str(self.archive.pgpass), "PGCONNECT_TIMEOUT": "10"}
 
     def run(self, what: str, *args: str, timeout: float | None = 600) -> str:
         result = self.connector.run(self._argv(*args), user=self.owner, env=self._env(), timeout=timeout)
@@ -115,7 +115,7 @@ class PgBackRest:
         if archive.store is None:
             self.connector.makedirs(archive.repo.parent, mode=0o711)
             self.connector.makedirs(archive.repo, mode=0o700, owner=self.owner)
-        self.connector.put(archive.pgpass, f"{self.db.address}:*:*:{self.db.superuser}:{superuser_password}\n",
+        self.connector.put(archive.pgpass, f"{self.db.own_address}:*:*:{self.db.superuser}:{superuser_password}\n",
                            mode=0o600, owner=self.owner)
 
     @property

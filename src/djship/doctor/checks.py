@@ -477,6 +477,33 @@ def archive_verified(plan: Plan, facts: Facts) -> Verdict:
     return (PASS, f"backup {verified['backup']} restored and counted ({verified['tables']} tables) at {verified['at']}")
 
 
+@check("archiving", "WAL archived continuously (backup.archive)")
+def archiving(plan: Plan, facts: Facts) -> Verdict:
+    if plan.backup.archive is None:
+        return (PASS, "no archive (backup.archive is off)")
+    archiver = facts.archiver
+    if archiver is None:
+        return (WARN, "the primary's pg_stat_archiver could not be read", "see the database check")
+    last, failed = archiver.get("last"), archiver.get("last_failed")
+    if failed is not None and (last is None or failed > last):
+        since = "nothing archived yet" if last is None else f"the last segment archived at {_utc_time(last)}"
+        target = plan.backup.target
+        fix = "`djship logs postgres` shows pgBackRest's error"
+        if target is not None:
+            fix = (f"check that the db host mounts the archive (`djship status`: archive-mount mounted; `djship up` "
+                   f"starts it) and that the backup host {target.host} answers; " + fix)
+        return (FAIL, f"archive_command is failing ({archiver['failed']} failures, the last at {_utc_time(failed)}; "
+                      f"{since}): the archive is behind, the WAL since then waits in pg_wal and a restore cannot "
+                      "reach past that time", fix)
+    if last is None:
+        return (WARN, "no WAL segment archived yet", "`djship up` runs `pgbackrest check`, which archives one")
+    return (PASS, f"the last WAL segment archived at {_utc_time(last)}, no failure since")
+
+
+def _utc_time(epoch: float) -> str:
+    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @check("clock-skew", "Clock skew")
 def clock_skew(plan: Plan, facts: Facts) -> Verdict:
     if not facts.clock_skew:

@@ -29,6 +29,7 @@ from djship import render
 from djship.components import appserver
 from djship.components.probe import Response, describe_error, request
 from djship.components.jobs import JobReport
+from djship.components.pgbackrest import LAST_ARCHIVED
 from djship.connectors import on_each
 from djship.deploy.live import read_live
 from djship.deploy.release import Release
@@ -227,6 +228,8 @@ class Facts:
     redis_reply: str | None = None
     archive_verified: dict | None = None
     """backup.archive: the last `djship backup verify` as the db host recorded it (None: never run)."""
+    archiver: dict | None = None
+    """backup.archive: the primary's pg_stat_archiver ({"last", "failed", "last_failed"}, epochs; None: not read)."""
     """What Redis answered AUTH and PING from the first app host ("+OK +PONG"); None: no [redis]."""
     secret_key_sha256: str = ""
     """The same short hash of the SECRET_KEY djship keeps (secrets/app.json), to tell which server departs from it."""
@@ -464,6 +467,12 @@ def _database(system: System, facts: Facts) -> None:
         facts.database = system.database.observe(system.secrets().superuser_password)
     except (DjshipError, ValueError) as error:
         facts.database_error = str(error)
+    if system.db_host.plan.backup.archive is not None:
+        try:
+            facts.archiver = json.loads(system.database.admin_psql(system.secrets().superuser_password,
+                                                                   "reading pg_stat_archiver", LAST_ARCHIVED))
+        except (DjshipError, ValueError):
+            facts.archiver = None
     if system.plan.jobs:
         try:
             facts.jobs = system.job_reports()
