@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from djship import render
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
@@ -151,13 +152,18 @@ class PgBackRest:
             args = ["--type=time", f"--target={target.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f+00}",
                     "--target-action=promote"]
         self.run("restore", "restore", f"--pg1-path={scratch}", *args, timeout=None)
+        # The backup's pg_hba.conf is that of the host it was taken on: with a standby, a backup of the former
+        # primary admits the superuser from that host only, not from this one.
+        self.connector.put(scratch / "pg_hba.conf", render.pg_hba_conf(self.plan), mode=0o600, owner=self.owner)
         return scratch
 
     def start_scratch(self, timeout: float = 300) -> None:
         """PostgreSQL on the scratch directory, on its own port, archiving nothing (its WAL is not the live
-        cluster's), until recovery reached the target and it was promoted."""
+        cluster's) and waiting for no standby (a backup taken with one has synchronous_standby_names set), until
+        recovery reached the target and it was promoted."""
         scratch = self.archive.scratch_dir
-        options = f"-c port={self.archive.scratch_port} -c archive_mode=off -c listen_addresses={self.db.address}"
+        options = (f"-c port={self.archive.scratch_port} -c archive_mode=off -c synchronous_standby_names= "
+                   f"-c listen_addresses={self.db.address}")
         result = self.connector.run(
             [self.plan.tools.pg("pg_ctl"), "-D", str(scratch), "-o", options, "-l", str(scratch.parent / "scratch.log"),
              "-w", "-t", str(int(timeout)), "start"], user=self.owner, timeout=timeout + 30)
