@@ -6,7 +6,9 @@ repository (its first segments on the new timeline are on bk1's disk, `pgbackres
 backups` still shows the window from up's full backup) and a restore to a time after the switchover replays across
 both timelines. Then the archive mount of the primary stopped: the doctor names the archive as failing; `djship up`
 mounts it again and the segment written meanwhile reaches bk1. One system for the module, the tests in order. Only
-the test hosts' addresses are contacted; every process the test starts is stopped by its PID.
+the test hosts' addresses are contacted; every process the test starts is stopped by its PID. Last, the primary
+(db2) unable to archive and then killed: `djship db failover` pushes the WAL it had not archived from db1, and a
+restore to a time in that WAL finds its rows.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from __future__ import annotations
 import glob
 import json
 import pwd
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from djship.config import with_values
+from djship.ops.failover import without_host
 from tests.e2e.conftest import EXAMPLE, run_djship, searchable_directory
 from tests.e2e.hosts import NetnsHosts, netns_hosts
 from tests.e2e.test_pitr import _archive_rows, _doctor_check, _fleet_titles, _note_then_drop, _restore_to_under_load
@@ -192,3 +196,50 @@ def test_the_primary_without_its_archive_mount_fails_in_the_doctor_and_catches_u
     info = json.loads(fleet.pgbackrest("db2", "info", "--output=json").stdout)
     assert info[0]["archive"][0]["max"] >= pending, info[0]["archive"]
     assert _doctor_check(fleet, "archiving")["status"] == "pass"
+
+
+def _notes(fleet: ArchivedStandby, sql: str, then: str = "") -> str:
+    return fleet.djship("manage", "--", "shell", "-c", "from django.db import connection; cursor = "
+                        f"connection.cursor(); cursor.execute({sql!r}); {then}").stdout
+
+
+def test_a_failover_archives_the_wal_the_dead_primary_had_not_and_a_restore_crosses_it(fleet: ArchivedStandby):
+    """db2 (the primary since the switchover) cannot archive (its mount stopped): the segments it writes reach db1
+    only, by streaming. Then every process of db2 is killed and `djship db failover` promotes db1, which pushes
+    them; a restore to a time among them (up's full backup, then timelines 1, 2 and 3) finds its rows."""
+    fleet.supervisorctl("db2", "stop", "archive-mount")
+    _notes(fleet, "CREATE TABLE failover_notes (body text); INSERT INTO failover_notes VALUES ('kept')")
+    time.sleep(1.5)
+    noted = datetime.now(timezone.utc)
+    time.sleep(1.5)
+    _notes(fleet, "INSERT INTO failover_notes VALUES ('later')")
+    unarchived = [fleet.sql("db2", "SELECT pg_walfile_name(pg_current_wal_lsn())")]
+    fleet.sql("db2", "SELECT pg_switch_wal()")
+    unarchived.append(fleet.sql("db2", "SELECT pg_walfile_name(pg_current_wal_lsn())"))
+    fleet.sql("db2", "CREATE TABLE later_segment AS SELECT 1 AS id; SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 30
+    while not fleet.archiver("db2")["failing"]:
+        assert time.monotonic() < deadline, fleet.archiver("db2")
+        time.sleep(0.5)
+    assert not set(unarchived) & fleet.segments_on_bk1(), unarchived
+    fleet.hosts["db2"].kill()
+    try:
+        said = fleet.djship("db", "failover").stdout
+        pushed = re.search(r"Archiving (\d+) WAL segments db2 had not archived \((\w+) to (\w+)\), from db1", said)
+        assert pushed and pushed[2] <= unarchived[0] and pushed[3] >= unarchived[-1], said
+        print(f"\nfailover: {pushed[0]}")
+        assert set(unarchived) <= fleet.segments_on_bk1()
+        config = fleet.project / "djship.toml"
+        original = config.read_text()
+        config.write_text(without_host(original, "db2", "db1"))  # as the failover's own `up` ran: db2 is gone
+        try:
+            started = time.monotonic()
+            restored = fleet.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
+            print(f"restore --to across the failover: {time.monotonic() - started:.1f}s")
+            assert "Restored the database as it was at" in restored, restored
+            found = _notes(fleet, "SELECT body FROM failover_notes", "print(cursor.fetchall())")
+            assert found.strip().endswith("[('kept',)]"), found
+        finally:
+            config.write_text(original)
+    finally:
+        fleet.hosts.start_sshd(fleet.hosts["db2"])  # for the module's `down`

@@ -118,3 +118,21 @@ def test_the_doctor_fails_while_archive_command_fails_and_passes_once_it_pushes_
 
 def test_without_an_archive_the_doctor_has_nothing_to_check(make_plan):
     assert _judge(make_plan(), None).status == "pass"
+
+
+def test_a_failover_saves_the_complete_segments_the_dead_primary_had_not_archived():
+    from djship.components.pgbackrest import unarchived_segments
+
+    size = 16 * 1024 * 1024
+    pg_wal = ["000000010000000000000007", "000000010000000000000008", "000000010000000000000009",
+              "00000001000000000000000A", "00000001000000000000000B", "00000001000000000000000C",
+              "00000001.history", "archive_status", "000000010000000000000009.partial", "000000020000000000000009"]
+    # Archived up to 8; the standby was replaying segment 0B (0/0B000028): 9 and 0A are complete and not archived;
+    # 0B is archived by PostgreSQL itself as .partial at the promotion, and 0C is a recycled file with a future name.
+    assert unarchived_segments(pg_wal, "000000010000000000000008", "0/B000028", size) == [
+        "000000010000000000000009", "00000001000000000000000A"]
+    assert unarchived_segments(pg_wal, "00000001000000000000000A", "0/B000028", size) == []
+    # Another timeline's segments are not the dead primary's; a segment number across the 4 GB boundary counts on.
+    assert unarchived_segments(["0000000200000000000000FF", "000000020000000100000000"], "0000000200000000000000FE",
+                               "1/1000000", size) == ["0000000200000000000000FF", "000000020000000100000000"]
+    assert unarchived_segments(["000000020000000000000009"], "000000010000000000000008", "0/B000028", size) == []

@@ -9,6 +9,7 @@ cluster (djship.ops.pitr): the live cluster, its stanza and its archive stay as 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +84,26 @@ def backup_type(backups: list[ArchiveBackup], now: datetime) -> str:
     return "diff" if fulls and (now - fulls[-1].stopped).days < 7 else "full"
 
 
+WAL_SEGMENT = re.compile(r"[0-9A-F]{24}")
+
+
+def segment_number(name: str, segment_size: int) -> int:
+    """A WAL segment's number, from its name (timeline, then the number in two parts of 2^32 bytes' worth)."""
+    return int(name[8:16], 16) * (2**32 // segment_size) + int(name[16:24], 16)
+
+
+def unarchived_segments(names: list[str], archived_last: str, replayed_lsn: str, segment_size: int) -> list[str]:
+    """Of the files in a standby's pg_wal, the complete segments of the archive's newest timeline that came after
+    the last one archived: those the former primary had not archived yet. The one the standby was replaying is left
+    out (not complete: PostgreSQL archives it itself, as .partial, at the promotion), and so is anything after it
+    (a recycled file bearing a future name)."""
+    high, low = replayed_lsn.split("/")
+    replaying = ((int(high, 16) << 32) | int(low, 16)) // segment_size
+    last = segment_number(archived_last, segment_size)
+    return sorted(name for name in names if WAL_SEGMENT.fullmatch(name) and name[:8] == archived_last[:8]
+                  and last < segment_number(name, segment_size) < replaying)
+
+
 class PgBackRest:
     def __init__(self, plan: Plan, connector: Connector):
         self.plan, self.connector = plan, connector
@@ -130,6 +151,45 @@ class PgBackRest:
         segment pushed through archive_command and found in the repository."""
         self.run("stanza-create", "stanza-create")
         self.run("check", "check", timeout=120)
+
+    def archived_last(self) -> str | None:
+        """The newest WAL segment in the repository (of the stanza's current cluster), None: none yet."""
+        found = next((entry for entry in json.loads(self.run("info", "info", "--output=json", timeout=60) or "[]")
+                      if entry.get("name") == self.archive.stanza), None)
+        archives = (found or {}).get("archive") or []
+        return archives[-1].get("max") if archives else None
+
+    # -- a failover: the WAL the dead primary had not archived, from the standby's copy ---------------------------
+
+    @property
+    def rescued_dir(self) -> Path:
+        return self.archive.work / "unarchived"
+
+    def keep_unarchived(self, replayed_lsn: str, segment_size: int) -> list[str]:
+        """On the standby, before its promotion (whose checkpoint may then remove them from pg_wal): a copy of each
+        complete WAL segment the archive lacks, to push once promoted."""
+        archived_last = self.archived_last()
+        wal = self.db.data_dir / "pg_wal"
+        listed = self.connector.run(["ls", "-1", "--", str(wal)], user=self.owner)
+        if archived_last is None or not listed.ok:
+            return []
+        names = unarchived_segments(listed.stdout.split(), archived_last, replayed_lsn, segment_size)
+        self.connector.run(["rm", "-rf", "--", str(self.rescued_dir)])
+        if names:
+            self.connector.makedirs(self.rescued_dir, mode=0o700, owner=self.owner)
+            copied = self.connector.run(["cp", "--", *(str(wal / name) for name in names), str(self.rescued_dir)],
+                                        user=self.owner)
+            if not copied.ok:
+                raise CommandFailed(f"copying {len(names)} WAL segments out of {wal}", copied)
+        return names
+
+    def push_unarchived(self, names: list[str]) -> None:
+        """Push the copies keep_unarchived made (the promoted host is the only archiver now), then remove them."""
+        try:
+            for name in names:
+                self.run(f"archive-push {name}", "archive-push", str(self.rescued_dir / name), timeout=300)
+        finally:
+            self.connector.run(["rm", "-rf", "--", str(self.rescued_dir)])
 
     def backups(self) -> list[ArchiveBackup]:
         return parse_info(self.run("info", "info", "--output=json", timeout=60), self.archive.stanza)

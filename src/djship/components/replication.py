@@ -32,6 +32,8 @@ REPLICATION_STATUS = """SELECT coalesce(json_agg(json_build_object(
 """
 IN_RECOVERY = "SELECT pg_is_in_recovery()\n"
 REPLAYED_LSN = "SELECT pg_last_wal_replay_lsn()::text\n"
+REPLAYED_AND_SEGMENT_SIZE = ("SELECT pg_last_wal_replay_lsn()::text || ' ' || setting FROM pg_settings "
+                             "WHERE name = 'wal_segment_size'\n")
 PROMOTE = "SELECT pg_promote(true, 60)\n"
 SYNCHRONOUS_NAMES = "SHOW synchronous_standby_names\n"
 SET_SYNCHRONOUS_NAMES = "ALTER SYSTEM SET synchronous_standby_names = :'names';\nSELECT pg_reload_conf();\n"
@@ -78,6 +80,11 @@ class Replication:
         return self._query("asking whether it is a standby", IN_RECOVERY) == "t"
 
     # -- the standby -------------------------------------------------------------------------------------------
+
+    def replayed(self) -> tuple[str, int]:
+        """The end of the WAL this standby replayed, and the size of a WAL segment in bytes."""
+        lsn, size = self._query("reading how far it replayed", REPLAYED_AND_SEGMENT_SIZE).split()
+        return lsn, int(size)
 
     def has_standby_data(self) -> bool:
         """Its data directory is a standby's that djship may keep: standby.signal, and no fence."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import tomlkit
 
+from djship.components.pgbackrest import PgBackRest
 from djship.components.replication import Replication, wait_streaming
 from djship.config import CONFIG_FILE, Config, parse_config, with_values
 from djship.connectors import CommandFailed
@@ -100,9 +101,11 @@ class DatabaseSwitch:
         with exclusive(self.system.lock_file, "db failover"):
             replica = self._check_standby()
             fenced = self._fence_dead_primary()
+            unarchived = self._keep_unarchived_wal(replica)
             with self.reporter.step(f"Promoting the standby on {self.standby.name}"):
                 replica.promote()
             promoted = time.monotonic() - started
+            self._push_unarchived_wal(unarchived)
             original = self._swap_config()
             with self.reporter.step(f"Pointing the app servers at {self.standby.name}, one at a time"):
                 self._converge(without_host(original, self.primary.name, self.standby.name))
@@ -111,6 +114,32 @@ class DatabaseSwitch:
                                    f"data directory and rebuilds it as the standby; until then no app server "
                                    f"connects to it")
         return Takeover(self.standby.name, self.primary.name, promoted, fenced, time.monotonic() - started)
+
+    def _keep_unarchived_wal(self, replica: Replication) -> list[str]:
+        """With backup.archive: the WAL segments the dead primary had not archived yet (archive_timeout's worth, or
+        more while its archive was unreachable) copied out of the standby's pg_wal before the promotion. The standby
+        archives nothing while in recovery (archive_mode = on), so without this the archive would have a gap."""
+        if not self.standby.plan.mounts_archive:
+            return []
+        try:
+            with self.reporter.step(f"Looking for WAL on {self.standby.name} that {self.primary.name} had not "
+                                    "archived yet"):
+                return PgBackRest(self.standby.plan, self.standby.connector).keep_unarchived(*replica.replayed())
+        except DjshipError as error:
+            self.reporter.note(f"the WAL {self.primary.name} had not archived could not be saved ({error}); a "
+                               f"restore cannot cross the time of the failover until the next `djship backup`")
+            return []
+
+    def _push_unarchived_wal(self, names: list[str]) -> None:
+        if not names:
+            return
+        try:
+            with self.reporter.step(f"Archiving {len(names)} WAL segments {self.primary.name} had not archived "
+                                    f"({names[0]} to {names[-1]}), from {self.standby.name}"):
+                PgBackRest(self.standby.plan, self.standby.connector).push_unarchived(names)
+        except DjshipError as error:
+            self.reporter.note(f"the WAL {self.primary.name} had not archived could not be pushed ({error}); a "
+                               f"restore cannot cross the time of the failover until the next `djship backup`")
 
     def _fence_dead_primary(self) -> bool:
         """Refuse when the primary still answers (that is a switchover); fence it when its host answers."""
