@@ -207,6 +207,7 @@ def test_a_failover_archives_the_wal_the_dead_primary_had_not_and_a_restore_cros
     """db2 (the primary since the switchover) cannot archive (its mount stopped): the segments it writes reach db1
     only, by streaming. Then every process of db2 is killed and `djship db failover` promotes db1, which pushes
     them; a restore to a time among them (up's full backup, then timelines 1, 2 and 3) finds its rows."""
+    live = fleet.status()["database"]
     fleet.supervisorctl("db2", "stop", "archive-mount")
     _notes(fleet, "CREATE TABLE failover_notes (body text); INSERT INTO failover_notes VALUES ('kept')")
     time.sleep(1.5)
@@ -236,6 +237,8 @@ def test_a_failover_archives_the_wal_the_dead_primary_had_not_and_a_restore_cros
             started = time.monotonic()
             restored = fleet.djship("restore", "--to", f"{noted:%Y-%m-%d %H:%M:%S.%f}", "--yes").stdout
             print(f"restore --to across the failover: {time.monotonic() - started:.1f}s")
+            # The live database as db1 knows it: the one test 3's restore made while db1 was the standby.
+            assert f"Dumping database {live} as it was at" in restored, (live, restored)
             assert "Restored the database as it was at" in restored, restored
             found = _notes(fleet, "SELECT body FROM failover_notes", "print(cursor.fetchall())")
             assert found.strip().endswith("[('kept',)]"), found

@@ -87,8 +87,10 @@ class Backups:
     @property
     def live_hosts(self) -> dict[str, Host]:
         """The hosts that keep a live.json: those that run the app's code (its gunicorns and processes read it), the db
-        host and the media host."""
-        return {**self.system.code_hosts, self.db.name: self.db, **self.media_keepers}
+        host, the standby's (the db host once promoted: its backups and restores read it) and the media host."""
+        standby = self.system.standby_host
+        return {**self.system.code_hosts, self.db.name: self.db, **({standby.name: standby} if standby else {}),
+                **self.media_keepers}
 
     def _superuser_password(self) -> str:
         return self.system.secrets().superuser_password
