@@ -12,7 +12,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -629,12 +630,7 @@ class System:
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
                                                                             started, base_backup))
-        media.mount(self.hosts, changes, reconfigured, self.reporter)
-        offsite.mount_archive(self.hosts, changes, reconfigured, self.reporter)
-        self._database(secrets_, changes)
-        self._pooler(changes)
-        self._redis(secrets_, changes, reconfigured)
-        release = self._release(changes)
+        release = self._release_beside_data(changes, lambda: self._data(secrets_, changes, desired, reconfigured))
         self._first_archive_backup()
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
@@ -677,18 +673,12 @@ class System:
         ensure_users(plan, connector)
         prepare_state_dir(plan, connector)
         self.pipeline.prepare_supervisor(host)
-        if host.holds("db"):  # initdb wants an empty data directory: before postgresql.conf is written into it
-            database = DatabaseServer(plan, connector)
-            if not database.initialized():
-                with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
-                    database.init_cluster(secrets_.superuser_password)
-            database.check_owner()
-            if plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
-                PgBackRest(plan, connector).prepare(secrets_.superuser_password)
         if host.holds("standby"):
             connector.makedirs(plan.database.data_dir.parent, mode=0o700, owner=plan.user_of("db"))
-            if base_backup:  # pg_basebackup makes the data directory: its files are written after it (_standby)
-                files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
+        # initdb (_cluster) and pg_basebackup (_standby) want an empty data directory: its files are written after
+        if (host.holds("db") and not DatabaseServer(plan, connector).initialized()) or (
+                host.holds("standby") and base_backup):
+            files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -702,6 +692,51 @@ class System:
             with self.reporter.step(f"Applying the supervisor's new configuration on {host.name}"):
                 return host.supervisor.reload_config()
         return set()
+
+    def _release_beside_data(self, changes: Changes, data: Callable[[], None]) -> Release:
+        """The release the app servers start on, installed on the app hosts while data() gets the database, the
+        mounts and Redis ready: neither waits for the other. A new release is migrated once both are done; one built
+        for a run whose data() failed is discarded."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            installing = pool.submit(self._install_release, changes)
+            try:
+                data()
+            except BaseException:
+                with suppress(Exception):
+                    if changes.release is None:
+                        self.pipeline.discard(installing.result().id)
+                raise
+            release = installing.result()
+        if changes.release is None:
+            with self.reporter.step("Migrating the database (once, before any app server starts)"):
+                self.migrate(release)
+        self.set_current(release)
+        return release
+
+    def _data(self, secrets_: Secrets, changes: Changes, desired: dict[str, list[render.ConfigFile]],
+              reconfigured: dict[str, set[str]]) -> None:
+        """The database cluster, the shared mounts, PostgreSQL, PgBouncer and Redis, each as the changes say."""
+        if self.db_host.holds("db"):
+            self._cluster(secrets_, desired[self.db_host.name])
+        media.mount(self.hosts, changes, reconfigured, self.reporter)
+        offsite.mount_archive(self.hosts, changes, reconfigured, self.reporter)
+        self._database(secrets_, changes)
+        self._pooler(changes)
+        self._redis(secrets_, changes, reconfigured)
+
+    def _cluster(self, secrets_: Secrets, files: list[render.ConfigFile]) -> None:
+        """A new cluster made with initdb and given its files (_prepare left those out), and pgBackRest's."""
+        plan, connector = self.db_host.plan, self.db_host.connector
+        database = DatabaseServer(plan, connector)
+        if not database.initialized():
+            with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
+                database.init_cluster(secrets_.superuser_password)
+                for file in files:
+                    if file.path.is_relative_to(plan.database.data_dir):
+                        connector.put(file.path, file.text, **_access(plan, file.path))
+        database.check_owner()
+        if plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
+            PgBackRest(plan, connector).prepare(secrets_.superuser_password)
 
     def _database(self, secrets_: Secrets, changes: Changes) -> None:
         host, database = self.db_host, self.database
@@ -871,21 +906,17 @@ class System:
         host = next(iter(self.app_hosts.values()))
         return redis.ping(host.plan, host.connector, self.plan.redis, kept.redis_password)
 
-    def _release(self, changes: Changes) -> Release:
-        """The release the app servers start on: the live one (shipped to hosts that lack it), else a new one."""
+    def _install_release(self, changes: Changes) -> Release:
+        """The live release (shipped to the hosts that lack it), else a new one built on every host."""
         if changes.release is None:
-            release = self.pipeline.build()
-            with self.reporter.step("Migrating the database (once, before any app server starts)"):
-                self.migrate(release)
+            return self.pipeline.build()
+        release = Release(changes.release, self.control.releases / changes.release)
+        missing = [self.hosts[name] for name in changes.ship]
+        if missing:
+            with self.reporter.step(f"Shipping release {release.id} to {', '.join(h.name for h in missing)}"):
+                self.pipeline.ship(release.id, missing)
         else:
-            release = Release(changes.release, self.control.releases / changes.release)
-            missing = [self.hosts[name] for name in changes.ship]
-            if missing:
-                with self.reporter.step(f"Shipping release {release.id} to {', '.join(h.name for h in missing)}"):
-                    self.pipeline.ship(release.id, missing)
-            else:
-                self.reporter.note(f"Using release {release.id}")
-        self.set_current(release)
+            self.reporter.note(f"Using release {release.id}")
         return release
 
     def _start_app_servers(self, changes: Changes, release: Release) -> None:

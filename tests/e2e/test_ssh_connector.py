@@ -6,6 +6,7 @@ Only the test hosts' addresses (10.247.x.y, inside namespaces this test makes an
 from __future__ import annotations
 
 import shutil
+import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +46,14 @@ def test_commands_run_inside_the_host_namespace(hosts):
     with connect(hosts, "app2") as host:
         addresses = host.run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert f"inet {hosts['app2'].address}/24" in addresses
+
+
+def test_the_connection_sends_small_packets_at_once(hosts):
+    """Nagle's algorithm held each command's channel-open until the server's delayed ACK: ~44 ms a command."""
+    with connect(hosts, "app1") as host:
+        assert host.run(["true"]).ok
+        sock = host._connection().get_transport().sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def test_run_as_another_user(hosts):

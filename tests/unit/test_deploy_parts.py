@@ -148,3 +148,54 @@ def test_taking_out_servers_the_balancer_never_listed_drains_only_those_it_lists
     balancer = _ListingBalancer(["app1", "app2", "app3"])
     take_out_for_good(balancer, ["app3", "app4"], 1)
     assert balancer.commands == ["drain app3", "drained app3", "maint app3"]
+
+
+class _Changes:
+    def __init__(self, release):
+        self.release = release
+
+
+def test_the_release_is_installed_while_the_data_gets_ready_then_migrated_once(make_config, tmp_path, monkeypatch):
+    import threading
+    from contextlib import nullcontext
+
+    from djship.deploy.release import Release
+
+    system = one_machine(make_config(), tmp_path)
+    monkeypatch.setattr(system, "reporter", type("R", (), {"step": lambda self, title: nullcontext()})())
+    data_started, done = threading.Event(), []
+    release = Release("20260101-000001", tmp_path / "r1")
+
+    def install(changes):  # waits for data(): this passes only when both run at once
+        assert data_started.wait(10), "the release was installed only after the data was ready"
+        done.append("installed")
+        return release
+
+    def data():
+        data_started.set()
+        done.append("data")
+
+    monkeypatch.setattr(system, "_install_release", install)
+    monkeypatch.setattr(system, "migrate", lambda built: done.append(f"migrated {built.id}"))
+    monkeypatch.setattr(system, "set_current", lambda current: done.append(f"current {current.id}"))
+    assert system._release_beside_data(_Changes(None), data) is release
+    assert sorted(done[:2]) == ["data", "installed"]
+    assert done[2:] == ["migrated 20260101-000001", "current 20260101-000001"]
+
+
+@pytest.mark.parametrize("live", [None, "20251231-000009"])
+def test_a_new_release_built_beside_failed_data_is_discarded_and_the_data_error_kept(make_config, tmp_path,
+                                                                                        monkeypatch, live):
+    from djship.deploy.release import Release
+
+    system = one_machine(make_config(), tmp_path)
+    discarded = []
+    monkeypatch.setattr(system, "_install_release", lambda changes: Release(live or "20260101-000001", tmp_path))
+    monkeypatch.setattr(system.pipeline, "discard", discarded.append)
+
+    def data():
+        raise DjshipError("PostgreSQL did not start")
+
+    with pytest.raises(DjshipError, match="PostgreSQL did not start"):
+        system._release_beside_data(_Changes(live), data)
+    assert discarded == ([] if live else ["20260101-000001"])  # the live release is never discarded

@@ -158,8 +158,12 @@ class SSHConnector:
         self._trusted_keys(client)
         where = f"{target.address}:{target.port}"
         try:
+            sock = socket.create_connection((target.address, target.port), timeout=target.connect_timeout)
+            # Without it each command's channel-open waited ~40 ms on the server's delayed ACK (Nagle's algorithm
+            # holds a small packet while an earlier one is unacknowledged): 44 ms of the 48 ms a `true` took.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.connect(
-                target.address, target.port, username=target.user,
+                target.address, target.port, username=target.user, sock=sock,
                 key_filename=str(target.key_file.expanduser()) if target.key_file else None,
                 look_for_keys=target.key_file is None, allow_agent=target.key_file is None,
                 timeout=target.connect_timeout, banner_timeout=target.connect_timeout,
