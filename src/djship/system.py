@@ -933,9 +933,9 @@ class System:
                 if host.connector.readlink(server.release_link) is None:
                     host.connector.symlink(server.release_link, self.pipeline.on(host, release.id).dir)
                 point_server(server, host.connector, read_live(host.plan, host.connector))
-            host.supervisor.start(*(name for server in servers for name in server.programs))
+            host.supervisor.launch(*(name for server in servers for name in server.programs))
             for server in servers:
-                self.wait_healthy(server, self.release_of(server) or release)
+                self.wait_healthy(server, self.release_of(server) or release, launched=True)
 
         if stopped:
             names = ", ".join(server.name for servers in stopped.values() for server in servers)
@@ -1003,8 +1003,8 @@ class System:
             action = changes.haproxy.get(host.name)
             if action == "start":
                 with self.reporter.step(f"Starting the load balancer (HAProxy) on {self._where(host)}"):
-                    host.supervisor.start("haproxy")
-                    self._wait_balancer(host, instance)
+                    host.supervisor.launch("haproxy")
+                    self._wait_balancer(host, instance, launched=True)
                 continue
             if action == "reload":
                 self._reload_balancer(host, instance)
@@ -1047,9 +1047,12 @@ class System:
                              leaf_der(bundle) if bundle else b"")
         return status == 200, f"HTTPS health check through {host.address} answered {status}"
 
-    def _wait_balancer(self, host: Host, instance: Balancer) -> None:
-        wait_until(f"the load balancer on {host.name}", lambda: self._balancer_ready(host, instance), READY_TIMEOUT,
-                   f"see `djship logs {host.name if len(self.hosts) > 1 else 'haproxy'}`")
+    def _wait_balancer(self, host: Host, instance: Balancer, launched: bool = False) -> None:
+        def ready() -> tuple[bool, str]:
+            return self._balancer_ready(host, instance)
+
+        wait_until(f"the load balancer on {host.name}", host.supervisor.answering("haproxy", ready) if launched
+                   else ready, READY_TIMEOUT, f"see `djship logs {host.name if len(self.hosts) > 1 else 'haproxy'}`")
 
     def _wait_balancers(self) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
@@ -1257,8 +1260,10 @@ class System:
     def restart_app(self, server: AppServer, release: Release) -> None:
         """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
         gunicorn, _ = server.programs
-        self.host_of(server).supervisor.restart(gunicorn)
-        self.wait_healthy(server, release)
+        supervisor = self.host_of(server).supervisor
+        supervisor.stop(gunicorn)
+        supervisor.launch(gunicorn)
+        self.wait_healthy(server, release, launched=True)
 
     def set_current(self, release: Release) -> None:
         on_each(self.code_hosts, lambda host: host.connector.symlink(host.plan.paths.current,
@@ -1274,14 +1279,17 @@ class System:
             self.pipeline.discard(release_id)
         return removable
 
-    def wait_healthy(self, server: AppServer, release: Release) -> None:
+    def wait_healthy(self, server: AppServer, release: Release, launched: bool = False) -> None:
         """Health-checked from a balancer host: the only place an app server accepts requests from (with an external
-        balancer: from the server's own host, which it lets in too)."""
+        balancer: from the server's own host, which it lets in too). launched: its gunicorn was just launched, so one
+        that exits while starting fails the wait at once."""
         lb = self.host_of(server) if self.plan.external else self.lb_hosts[0]
+        supervisor = self.host_of(server).supervisor
         appserver.wait_healthy(
             self.plan, server, release.id,
             lambda: appserver.health_from(lb.connector, lb.plan, self.plan, server),
             f"`djship logs {server.name}`",
+            (lambda ready: supervisor.answering(server.programs[0], ready)) if launched else (lambda ready: ready),
         )
 
     def others_in_rotation(self, leaving: set[str]) -> list[str]:
