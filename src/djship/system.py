@@ -744,20 +744,17 @@ class System:
         action = changes.postgres
         if action == "start":
             with self.reporter.step(f"Starting PostgreSQL on {endpoint}"):
-                host.supervisor.start("postgres")
-                database.wait_ready(READY_TIMEOUT)
+                self._launch_postgres(host, database, restart=False)
         elif action == "restart":
             poolers = {name: self.hosts[name] for name in changes.paused_poolers}
             if poolers:
                 with self.reporter.step(f"Restarting PostgreSQL (its configuration changed) with PgBouncer paused on "
                                         f"{', '.join(poolers)}: PAUSE, restart, RESUME"):
                     with pooler.paused(poolers, lambda: database.pooled_connections(secrets_.superuser_password)):
-                        host.supervisor.restart("postgres")
-                        database.wait_ready(READY_TIMEOUT)
+                        self._launch_postgres(host, database, restart=True)
             else:
                 with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
-                    host.supervisor.restart("postgres")
-                    database.wait_ready(READY_TIMEOUT)
+                    self._launch_postgres(host, database, restart=True)
         elif action == "reload":  # which clients may connect, its certificate: a reload, no connection is dropped
             with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
@@ -769,6 +766,14 @@ class System:
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
         if host.plan.backup.archive is not None:
             self._ensure_archiving(host)
+
+    @staticmethod
+    def _launch_postgres(host: Host, database: DatabaseServer, restart: bool) -> None:
+        """Started (stopped first when restart) and waited for until it accepts connections, or exits."""
+        if restart:
+            host.supervisor.stop("postgres")
+        host.supervisor.launch("postgres")
+        database.wait_ready(READY_TIMEOUT, lambda ready: host.supervisor.answering("postgres", ready))
 
     def _ensure_archiving(self, host: Host) -> None:
         """The stanza and a WAL segment pushed through archive_command."""

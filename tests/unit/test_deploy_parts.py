@@ -262,3 +262,22 @@ def test_waiting_on_a_launched_program_ends_as_soon_as_it_exited(make_plan, stat
         assert check() == (False, "HTTP 502")
     healthy = Supervisor(make_plan(), _Supervisorctl("BACKOFF")).answering("app1-gunicorn", lambda: (True, "ok"))
     assert healthy() == (True, "ok")  # a ready answer is never second-guessed
+
+
+def test_a_launched_program_started_again_by_the_supervisor_has_exited_too(make_plan):
+    """Slower than startsecs to fail, it counts as started, exits and is restarted at once: a new pid tells."""
+    from djship.components.supervisor import Supervisor
+    from djship.connectors import Result
+
+    class Restarting:
+        lines = iter(["STARTING", "RUNNING   pid 41, uptime 0:00:01", "RUNNING   pid 41, uptime 0:00:02", "STARTING",
+                      "RUNNING   pid 57, uptime 0:00:01"])
+
+        def run(self, argv, **kwargs):
+            return Result(tuple(argv), 0, f"app1-gunicorn   {next(self.lines)}\n", "")
+
+    check = Supervisor(make_plan(), Restarting()).answering("app1-gunicorn", lambda: (False, "HTTP 502"))
+    for _ in range(4):
+        assert check() == (False, "HTTP 502")
+    with pytest.raises(DjshipError, match=r"app1-gunicorn exited while starting \(the supervisor started it again\)"):
+        check()

@@ -158,13 +158,18 @@ class Supervisor:
     def answering(self, name: str, ready: Callable[[], tuple[bool, str]]) -> Callable[[], tuple[bool, str]]:
         """ready() for wait_until, raising as soon as the launched program name exited instead of being ready."""
 
+        seen: list[int] = []  # its pids: a second one means it exited after startsecs and was started again
+
         def check() -> tuple[bool, str]:
             answer = ready()
             if not answer[0]:
                 status = parse_status(self._ctl("status", name).stdout).get(name)
-                if status is not None and status.state in _GAVE_UP:
-                    raise DjshipError(f"{name} exited while starting ({status.state} {status.detail}".strip()
-                                      + f"); see {self.plan.paths.logs / (name + '.log')} or `djship logs {name}`")
+                if status is not None and status.pid is not None and status.pid not in seen:
+                    seen.append(status.pid)
+                if status is not None and (status.state in _GAVE_UP or len(seen) > 1):
+                    how = f"{status.state} {status.detail}".strip() if len(seen) < 2 else "the supervisor started it again"
+                    raise DjshipError(f"{name} exited while starting ({how}); see "
+                                      f"{self.plan.paths.logs / (name + '.log')} or `djship logs {name}`")
             return answer
 
         return check
