@@ -113,6 +113,22 @@ def test_makedirs_sets_mode_and_owner(hosts):
     assert (stat.S_IMODE(path.stat().st_mode), path.owner(), path.group()) == (0o750, "nobody", "www-data")
 
 
+def test_a_directory_already_as_asked_costs_no_command_on_the_host(hosts, monkeypatch):
+    path = hosts["app2"].root / "c" / "d"
+    with connect(hosts, "app2") as host:
+        host.makedirs(path, mode=0o700, owner="nobody")
+        host.put(path / "f", "x", mode=0o600)
+        commands = []
+        real_run = host.run
+        monkeypatch.setattr(host, "run", lambda argv, **kwargs: commands.append(list(argv)) or real_run(argv, **kwargs))
+        host.makedirs(path, mode=0o700, owner="nobody")
+        host.put(path / "f", "y", mode=0o600)
+        assert commands == [] and (path / "f").read_text() == "y"
+        host.makedirs(path, mode=0o750, owner="nobody")  # a different mode is set by the host, without a link followed
+        assert [argv[:2] for argv in commands] == [["python3", "-c"]]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o750
+
+
 @pytest.fixture
 def outside(hosts):
     """A root-only file outside the directories djship writes into, the target of every planted link."""

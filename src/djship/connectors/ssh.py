@@ -293,7 +293,8 @@ class SSHConnector:
             unchanged = False
         if unchanged:
             return False
-        self.makedirs(Path(remote.parent), keep_mode=True)
+        if not self._is_directory(remote.parent):
+            self.makedirs(Path(remote.parent), keep_mode=True)
         temporary = str(remote.with_name(f".{remote.name}.djship-tmp"))
         try:
             sftp.remove(temporary)  # unlink: a planted link goes, its target stays as it was
@@ -388,7 +389,20 @@ class SSHConnector:
         if keep_mode:
             self._checked(["mkdir", "-p", "--", str(path)], f"mkdir {path}")
             return
+        if group is None and self._is_directory(PurePosixPath(path), mode, self._ids(owner) if owner else None):
+            return  # as asked already: no process started on the host (a `python3 -c` costs more than an SFTP stat)
         self._checked(["python3", "-c", _MAKEDIRS, str(path), f"{mode:o}", owner or "", group or ""], f"mkdir {path}")
+
+    @_one_sftp_operation_at_a_time
+    def _is_directory(self, path: PurePosixPath, mode: int | None = None, ids: tuple[int, int] | None = None) -> bool:
+        """Whether path is a directory itself (not a link to one), with that mode and (uid, gid) where given."""
+        try:
+            status = self._sftp_client().lstat(str(path))
+        except OSError:
+            return False
+        if not stat.S_ISDIR(status.st_mode) or (mode is not None and status.st_mode & 0o7777 != mode):
+            return False
+        return ids is None or ids == (status.st_uid, status.st_gid)
 
     def symlink(self, link: Path, target: Path) -> None:
         temporary = PurePosixPath(link).with_name(f".{PurePosixPath(link).name}.djship-tmp")
