@@ -12,7 +12,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -629,12 +630,7 @@ class System:
         with self.reporter.step(f"Preparing {self._hosts_phrase()}: state root, supervisor, secrets, config files"):
             reconfigured = on_each(self.hosts, lambda host: self._prepare(host, desired[host.name], secrets_, changes,
                                                                             started, base_backup))
-        media.mount(self.hosts, changes, reconfigured, self.reporter)
-        offsite.mount_archive(self.hosts, changes, reconfigured, self.reporter)
-        self._database(secrets_, changes)
-        self._pooler(changes)
-        self._redis(secrets_, changes, reconfigured)
-        release = self._release(changes)
+        release = self._release_beside_data(changes, lambda: self._data(secrets_, changes, desired, reconfigured))
         self._first_archive_backup()
         self._start_app_servers(changes, release)
         for server in self.plan.app_servers:
@@ -677,18 +673,14 @@ class System:
         ensure_users(plan, connector)
         prepare_state_dir(plan, connector)
         self.pipeline.prepare_supervisor(host)
-        if host.holds("db"):  # initdb wants an empty data directory: before postgresql.conf is written into it
-            database = DatabaseServer(plan, connector)
-            if not database.initialized():
-                with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
-                    database.init_cluster(secrets_.superuser_password)
-            database.check_owner()
-        if plan.runs_postgres and plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
-            PgBackRest(plan, connector).prepare(secrets_.superuser_password)
         if host.holds("standby"):
             connector.makedirs(plan.database.data_dir.parent, mode=0o700, owner=plan.user_of("db"))
-            if base_backup:  # pg_basebackup makes the data directory: its files are written after it (_standby)
-                files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
+            if plan.backup.archive is not None:  # its archive_command runs from its promotion on
+                PgBackRest(plan, connector).prepare(secrets_.superuser_password)
+        # initdb (_cluster) and pg_basebackup (_standby) want an empty data directory: its files are written after
+        if (host.holds("db") and not DatabaseServer(plan, connector).initialized()) or (
+                host.holds("standby") and base_backup):
+            files = [file for file in files if not file.path.is_relative_to(plan.database.data_dir)]
         for file in files:  # every one, not only the changed ones: put() also puts owner and mode right
             connector.put(file.path, file.text, **_access(plan, file.path))
         if host.holds("lb") and plan.tls.mode == "acme":  # one HAProxy can start with, until the renewer's order
@@ -703,26 +695,68 @@ class System:
                 return host.supervisor.reload_config()
         return set()
 
+    def _release_beside_data(self, changes: Changes, data: Callable[[], None]) -> Release:
+        """The release the app servers start on, installed on the app hosts while data() gets the database, the
+        mounts and Redis ready: neither waits for the other. A new release is migrated once both are done; one built
+        for a run whose data() failed is discarded."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            installing = pool.submit(self._install_release, changes)
+            try:
+                data()
+            except BaseException:
+                with suppress(Exception):
+                    if changes.release is None:
+                        self.pipeline.discard(installing.result().id)
+                raise
+            release = installing.result()
+        if changes.release is None:
+            with self.reporter.step("Migrating the database (once, before any app server starts)"):
+                self.migrate(release)
+        self.set_current(release)
+        return release
+
+    def _data(self, secrets_: Secrets, changes: Changes, desired: dict[str, list[render.ConfigFile]],
+              reconfigured: dict[str, set[str]]) -> None:
+        """The database cluster, the shared mounts, PostgreSQL, PgBouncer and Redis, each as the changes say."""
+        if self.db_host.holds("db"):
+            self._cluster(secrets_, desired[self.db_host.name])
+        media.mount(self.hosts, changes, reconfigured, self.reporter)
+        offsite.mount_archive(self.hosts, changes, reconfigured, self.reporter)
+        self._database(secrets_, changes)
+        self._pooler(changes)
+        self._redis(secrets_, changes, reconfigured)
+
+    def _cluster(self, secrets_: Secrets, files: list[render.ConfigFile]) -> None:
+        """A new cluster made with initdb and given its files (_prepare left those out), and pgBackRest's."""
+        plan, connector = self.db_host.plan, self.db_host.connector
+        database = DatabaseServer(plan, connector)
+        if not database.initialized():
+            with self.reporter.step(f"Creating the PostgreSQL cluster in {plan.database.data_dir}"):
+                database.init_cluster(secrets_.superuser_password)
+                for file in files:
+                    if file.path.is_relative_to(plan.database.data_dir):
+                        connector.put(file.path, file.text, **_access(plan, file.path))
+        database.check_owner()
+        if plan.backup.archive is not None:  # before PostgreSQL's archive_command first runs
+            PgBackRest(plan, connector).prepare(secrets_.superuser_password)
+
     def _database(self, secrets_: Secrets, changes: Changes) -> None:
         host, database = self.db_host, self.database
         endpoint = host.plan.database.endpoint
         action = changes.postgres
         if action == "start":
             with self.reporter.step(f"Starting PostgreSQL on {endpoint}"):
-                host.supervisor.start("postgres")
-                database.wait_ready(READY_TIMEOUT)
+                self._launch_postgres(host, database, restart=False)
         elif action == "restart":
             poolers = {name: self.hosts[name] for name in changes.paused_poolers}
             if poolers:
                 with self.reporter.step(f"Restarting PostgreSQL (its configuration changed) with PgBouncer paused on "
                                         f"{', '.join(poolers)}: PAUSE, restart, RESUME"):
                     with pooler.paused(poolers, lambda: database.pooled_connections(secrets_.superuser_password)):
-                        host.supervisor.restart("postgres")
-                        database.wait_ready(READY_TIMEOUT)
+                        self._launch_postgres(host, database, restart=True)
             else:
                 with self.reporter.step("Restarting PostgreSQL (its configuration changed)"):
-                    host.supervisor.restart("postgres")
-                    database.wait_ready(READY_TIMEOUT)
+                    self._launch_postgres(host, database, restart=True)
         elif action == "reload":  # which clients may connect, its certificate: a reload, no connection is dropped
             with self.reporter.step("Reloading PostgreSQL (its client list or certificate changed)"):
                 host.supervisor.signal("postgres", "HUP")
@@ -734,6 +768,14 @@ class System:
             database.ensure_app_database(secrets_.superuser_password, secrets_.database_password, live)
         if host.plan.backup.archive is not None:
             self._ensure_archiving(host)
+
+    @staticmethod
+    def _launch_postgres(host: Host, database: DatabaseServer, restart: bool) -> None:
+        """Started (stopped first when restart) and waited for until it accepts connections, or exits."""
+        if restart:
+            host.supervisor.stop("postgres")
+        host.supervisor.launch("postgres")
+        database.wait_ready(READY_TIMEOUT, lambda ready: host.supervisor.answering("postgres", ready))
 
     def _ensure_archiving(self, host: Host) -> None:
         """The stanza and a WAL segment pushed through archive_command."""
@@ -871,21 +913,17 @@ class System:
         host = next(iter(self.app_hosts.values()))
         return redis.ping(host.plan, host.connector, self.plan.redis, kept.redis_password)
 
-    def _release(self, changes: Changes) -> Release:
-        """The release the app servers start on: the live one (shipped to hosts that lack it), else a new one."""
+    def _install_release(self, changes: Changes) -> Release:
+        """The live release (shipped to the hosts that lack it), else a new one built on every host."""
         if changes.release is None:
-            release = self.pipeline.build()
-            with self.reporter.step("Migrating the database (once, before any app server starts)"):
-                self.migrate(release)
+            return self.pipeline.build()
+        release = Release(changes.release, self.control.releases / changes.release)
+        missing = [self.hosts[name] for name in changes.ship]
+        if missing:
+            with self.reporter.step(f"Shipping release {release.id} to {', '.join(h.name for h in missing)}"):
+                self.pipeline.ship(release.id, missing)
         else:
-            release = Release(changes.release, self.control.releases / changes.release)
-            missing = [self.hosts[name] for name in changes.ship]
-            if missing:
-                with self.reporter.step(f"Shipping release {release.id} to {', '.join(h.name for h in missing)}"):
-                    self.pipeline.ship(release.id, missing)
-            else:
-                self.reporter.note(f"Using release {release.id}")
-        self.set_current(release)
+            self.reporter.note(f"Using release {release.id}")
         return release
 
     def _start_app_servers(self, changes: Changes, release: Release) -> None:
@@ -902,9 +940,9 @@ class System:
                 if host.connector.readlink(server.release_link) is None:
                     host.connector.symlink(server.release_link, self.pipeline.on(host, release.id).dir)
                 point_server(server, host.connector, read_live(host.plan, host.connector))
-            host.supervisor.start(*(name for server in servers for name in server.programs))
+            host.supervisor.launch(*(name for server in servers for name in server.programs))
             for server in servers:
-                self.wait_healthy(server, self.release_of(server) or release)
+                self.wait_healthy(server, self.release_of(server) or release, launched=True)
 
         if stopped:
             names = ", ".join(server.name for servers in stopped.values() for server in servers)
@@ -972,8 +1010,8 @@ class System:
             action = changes.haproxy.get(host.name)
             if action == "start":
                 with self.reporter.step(f"Starting the load balancer (HAProxy) on {self._where(host)}"):
-                    host.supervisor.start("haproxy")
-                    self._wait_balancer(host, instance)
+                    host.supervisor.launch("haproxy")
+                    self._wait_balancer(host, instance, launched=True)
                 continue
             if action == "reload":
                 self._reload_balancer(host, instance)
@@ -1016,9 +1054,12 @@ class System:
                              leaf_der(bundle) if bundle else b"")
         return status == 200, f"HTTPS health check through {host.address} answered {status}"
 
-    def _wait_balancer(self, host: Host, instance: Balancer) -> None:
-        wait_until(f"the load balancer on {host.name}", lambda: self._balancer_ready(host, instance), READY_TIMEOUT,
-                   f"see `djship logs {host.name if len(self.hosts) > 1 else 'haproxy'}`")
+    def _wait_balancer(self, host: Host, instance: Balancer, launched: bool = False) -> None:
+        def ready() -> tuple[bool, str]:
+            return self._balancer_ready(host, instance)
+
+        wait_until(f"the load balancer on {host.name}", host.supervisor.answering("haproxy", ready) if launched
+                   else ready, READY_TIMEOUT, f"see `djship logs {host.name if len(self.hosts) > 1 else 'haproxy'}`")
 
     def _wait_balancers(self) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
@@ -1226,8 +1267,10 @@ class System:
     def restart_app(self, server: AppServer, release: Release) -> None:
         """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
         gunicorn, _ = server.programs
-        self.host_of(server).supervisor.restart(gunicorn)
-        self.wait_healthy(server, release)
+        supervisor = self.host_of(server).supervisor
+        supervisor.stop(gunicorn)
+        supervisor.launch(gunicorn)
+        self.wait_healthy(server, release, launched=True)
 
     def set_current(self, release: Release) -> None:
         on_each(self.code_hosts, lambda host: host.connector.symlink(host.plan.paths.current,
@@ -1243,14 +1286,17 @@ class System:
             self.pipeline.discard(release_id)
         return removable
 
-    def wait_healthy(self, server: AppServer, release: Release) -> None:
+    def wait_healthy(self, server: AppServer, release: Release, launched: bool = False) -> None:
         """Health-checked from a balancer host: the only place an app server accepts requests from (with an external
-        balancer: from the server's own host, which it lets in too)."""
+        balancer: from the server's own host, which it lets in too). launched: its gunicorn was just launched, so one
+        that exits while starting fails the wait at once."""
         lb = self.host_of(server) if self.plan.external else self.lb_hosts[0]
+        supervisor = self.host_of(server).supervisor
         appserver.wait_healthy(
             self.plan, server, release.id,
             lambda: appserver.health_from(lb.connector, lb.plan, self.plan, server),
             f"`djship logs {server.name}`",
+            (lambda ready: supervisor.answering(server.programs[0], ready)) if launched else (lambda ready: ready),
         )
 
     def others_in_rotation(self, leaving: set[str]) -> list[str]:

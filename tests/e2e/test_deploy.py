@@ -208,6 +208,15 @@ def test_release_that_does_not_import_never_takes_traffic(deployed: Site):
     _assert_refused(deployed, result, load, live, "module_that_is_not_installed")
 
 
+def test_release_whose_gunicorn_exits_while_starting_never_takes_traffic(deployed: Site):
+    """check --deploy and collectstatic never import the WSGI module: the failure shows only once gunicorn starts,
+    and the wait for its health check ends as soon as the supervisor sees it exit."""
+    live = live_release(deployed)
+    with changed(deployed.project, "board/wsgi.py", append='\nraise RuntimeError("wsgi fails on purpose")\n'):
+        result, load = deploy_under_load(deployed, check=False)
+    _assert_refused(deployed, result, load, live, "-gunicorn exited while starting")
+
+
 def test_release_whose_migration_fails_never_takes_traffic(deployed: Site):
     live = live_release(deployed)
     migration = FAILING_MIGRATION.replace("{previous}", "0001_initial")

@@ -86,26 +86,47 @@ def test_pruning_keeps_the_newest_and_every_release_in_use(make_config, tmp_path
 
 
 class _FakeSupervisorctl:
-    """A connector whose supervisorctl answers `start` with the given output and exit code."""
+    """A connector whose supervisorctl answers `start NAME` with that name's line and exit code."""
 
-    def __init__(self, stdout: str, returncode: int):
-        self.stdout, self.returncode = stdout, returncode
+    def __init__(self, answers: dict[str, tuple[str, int]]):
+        self.answers, self.started = answers, []
 
     def run(self, argv, **kwargs):
         from djship.connectors import Result
 
-        return Result(tuple(argv), self.returncode, self.stdout, "")
+        assert argv[-2] == "start", argv  # one program per supervisorctl
+        self.started.append(argv[-1])
+        line, code = self.answers[argv[-1]]
+        return Result(tuple(argv), code, line + "\n", "")
 
 
 def test_starting_a_server_whose_nginx_already_runs_starts_only_its_gunicorn(make_plan):
     from djship.components.supervisor import Supervisor
 
     plan = make_plan()
-    output = "app2-gunicorn: started\napp2-nginx: ERROR (already started)\n"
-    Supervisor(plan, _FakeSupervisorctl(output, 7)).start("app2-gunicorn", "app2-nginx")
-    failing = "app2-gunicorn: ERROR (spawn error)\napp2-nginx: ERROR (already started)\n"
-    with pytest.raises(DjshipError, match="app2-gunicorn did not start"):
-        Supervisor(plan, _FakeSupervisorctl(failing, 7)).start("app2-gunicorn", "app2-nginx")
+    answers = {"app2-gunicorn": ("app2-gunicorn: started", 0), "app2-nginx": ("app2-nginx: ERROR (already started)", 7)}
+    fake = _FakeSupervisorctl(answers)
+    Supervisor(plan, fake).start("app2-gunicorn", "app2-nginx")
+    assert sorted(fake.started) == ["app2-gunicorn", "app2-nginx"]
+    answers["app2-gunicorn"] = ("app2-gunicorn: ERROR (spawn error)", 7)
+    with pytest.raises(DjshipError, match=r"app2-gunicorn did not start \(ERROR \(spawn error\)\)"):
+        Supervisor(plan, _FakeSupervisorctl(answers)).start("app2-gunicorn", "app2-nginx")
+
+
+def test_programs_start_at_once_rather_than_a_startsecs_after_another(make_plan):
+    import threading
+
+    from djship.components.supervisor import Supervisor
+    from djship.connectors import Result
+
+    arrived = threading.Barrier(3, timeout=10)  # every supervisorctl waits for the others: only at once passes
+
+    class Waiting:
+        def run(self, argv, **kwargs):
+            arrived.wait()
+            return Result(tuple(argv), 0, f"{argv[-1]}: started\n", "")
+
+    Supervisor(make_plan(), Waiting()).start("app1-gunicorn", "app1-nginx", "app2-gunicorn")
 
 
 def test_reading_secrets_never_makes_new_ones(make_config, tmp_path):
@@ -148,3 +169,115 @@ def test_taking_out_servers_the_balancer_never_listed_drains_only_those_it_lists
     balancer = _ListingBalancer(["app1", "app2", "app3"])
     take_out_for_good(balancer, ["app3", "app4"], 1)
     assert balancer.commands == ["drain app3", "drained app3", "maint app3"]
+
+
+class _Changes:
+    def __init__(self, release):
+        self.release = release
+
+
+def test_the_release_is_installed_while_the_data_gets_ready_then_migrated_once(make_config, tmp_path, monkeypatch):
+    import threading
+    from contextlib import nullcontext
+
+    from djship.deploy.release import Release
+
+    system = one_machine(make_config(), tmp_path)
+    monkeypatch.setattr(system, "reporter", type("R", (), {"step": lambda self, title: nullcontext()})())
+    data_started, done = threading.Event(), []
+    release = Release("20260101-000001", tmp_path / "r1")
+
+    def install(changes):  # waits for data(): this passes only when both run at once
+        assert data_started.wait(10), "the release was installed only after the data was ready"
+        done.append("installed")
+        return release
+
+    def data():
+        data_started.set()
+        done.append("data")
+
+    monkeypatch.setattr(system, "_install_release", install)
+    monkeypatch.setattr(system, "migrate", lambda built: done.append(f"migrated {built.id}"))
+    monkeypatch.setattr(system, "set_current", lambda current: done.append(f"current {current.id}"))
+    assert system._release_beside_data(_Changes(None), data) is release
+    assert sorted(done[:2]) == ["data", "installed"]
+    assert done[2:] == ["migrated 20260101-000001", "current 20260101-000001"]
+
+
+@pytest.mark.parametrize("live", [None, "20251231-000009"])
+def test_a_new_release_built_beside_failed_data_is_discarded_and_the_data_error_kept(make_config, tmp_path,
+                                                                                        monkeypatch, live):
+    from djship.deploy.release import Release
+
+    system = one_machine(make_config(), tmp_path)
+    discarded = []
+    monkeypatch.setattr(system, "_install_release", lambda changes: Release(live or "20260101-000001", tmp_path))
+    monkeypatch.setattr(system.pipeline, "discard", discarded.append)
+
+    def data():
+        raise DjshipError("PostgreSQL did not start")
+
+    with pytest.raises(DjshipError, match="PostgreSQL did not start"):
+        system._release_beside_data(_Changes(live), data)
+    assert discarded == ([] if live else ["20260101-000001"])  # the live release is never discarded
+
+
+class _Supervisorctl:
+    """supervisord as a connector sees it: the launch script's exit, and `status NAME` answering the given state."""
+
+    def __init__(self, state: str, launch=(0, "")):
+        self.state, self.launch, self.commands = state, launch, []
+
+    def run(self, argv, **kwargs):
+        from djship.connectors import Result
+
+        self.commands.append(list(argv))
+        if argv[1] == "-c":
+            return Result(tuple(argv), self.launch[0], "", self.launch[1])
+        return Result(tuple(argv), 3, f"app1-gunicorn   {self.state}   Exited too quickly\n", "")
+
+
+def test_a_launch_returns_at_once_and_names_a_program_the_supervisor_refused(make_plan):
+    from djship.components.supervisor import Supervisor
+
+    plan = make_plan()
+    fake = _Supervisorctl("STARTING")
+    Supervisor(plan, fake).launch("app1-gunicorn", "app1-nginx")
+    assert fake.commands[0][-2:] == ["app1-gunicorn", "app1-nginx"] and len(fake.commands) == 1
+    refused = _Supervisorctl("STOPPED", launch=(1, "app1-nginx: BAD_NAME: app1-nginx\n"))
+    with pytest.raises(DjshipError, match=r"^app1-nginx did not start \(BAD_NAME: app1-nginx\); see .*app1-nginx.log"):
+        Supervisor(plan, refused).launch("app1-gunicorn", "app1-nginx")
+
+
+@pytest.mark.parametrize("state, fails", [("STARTING", False), ("RUNNING", False), ("BACKOFF", True), ("FATAL", True),
+                                          ("EXITED", True)])
+def test_waiting_on_a_launched_program_ends_as_soon_as_it_exited(make_plan, state, fails):
+    from djship.components.supervisor import Supervisor
+
+    check = Supervisor(make_plan(), _Supervisorctl(state)).answering("app1-gunicorn", lambda: (False, "HTTP 502"))
+    if fails:
+        with pytest.raises(DjshipError, match=rf"app1-gunicorn exited while starting \({state} Exited too quickly\)"):
+            check()
+    else:
+        assert check() == (False, "HTTP 502")
+    healthy = Supervisor(make_plan(), _Supervisorctl("BACKOFF")).answering("app1-gunicorn", lambda: (True, "ok"))
+    assert healthy() == (True, "ok")  # a ready answer is never second-guessed
+
+
+def test_a_launched_program_started_again_by_the_supervisor_has_exited_too(make_plan):
+    """Slower than startsecs to fail, it counts as started, exits and is restarted at once: a new pid tells."""
+    from djship.components.supervisor import Supervisor
+    from djship.connectors import Result
+
+    class Restarting:
+        lines = iter(["STARTING", "RUNNING   pid 41, uptime 0:00:01", "RUNNING   pid 41, uptime 0:00:02", "STARTING",
+                      "RUNNING   pid 57, uptime 0:00:01"])
+
+        def run(self, argv, **kwargs):
+            return Result(tuple(argv), 0, f"app1-gunicorn   {next(self.lines)}\n", "")
+
+    check = Supervisor(make_plan(), Restarting()).answering("app1-gunicorn", lambda: (False, "HTTP 502"))
+    for _ in range(4):
+        assert check() == (False, "HTTP 502")
+    with pytest.raises(DjshipError, match=r"app1-gunicorn exited while starting \(the supervisor started it again\)"):
+        check()

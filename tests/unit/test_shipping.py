@@ -348,6 +348,15 @@ def test_upload_copies_only_the_wheels_the_host_lacks_and_unpacks_their_pip_once
     assert host.commands[-1] == ["test", "-d", str(unpacked)]
 
 
+def test_a_host_that_runs_no_code_gets_only_the_wheels_it_installs_and_pip(tmp_path):
+    wheelhouse = wheelhouse_of(tmp_path, ["django-5.2-py3-none-any.whl", PIP_WHEEL, "supervisor-4.3.0-py3-none-any.whl"])
+    host = FakeHost()
+    remote = Path("/srv/w")
+    assert upload_wheelhouse(host, wheelhouse, remote, "python3", frozenset({"supervisor"})).copied == 2
+    assert sorted(path.name for path in host.files) == [PIP_WHEEL, "supervisor-4.3.0-py3-none-any.whl"]
+    assert upload_wheelhouse(host, wheelhouse, remote, "python3").copied == 1  # it becomes an app host: Django too
+
+
 def test_a_wheelhouse_without_pip_is_named_with_the_fix(tmp_path):
     wheelhouse = wheelhouse_of(tmp_path, ["a-1-py3-none-any.whl"])
     with pytest.raises(DjshipError) as caught:

@@ -188,10 +188,11 @@ class DatabaseServer:
                 f"run `djship down`, then `chown -R {owner}: {self.db.data_dir.parent}` and `djship up`"
             )
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 30, running=lambda ready: ready) -> None:
+        """Until it accepts connections; running: Supervisor.answering for a PostgreSQL just launched."""
         wait_until(
-            f"PostgreSQL on {self.db.endpoint}", lambda: (self.is_ready(), "not accepting connections"), timeout,
-            f"see {self.plan.paths.logs / 'postgres.log'}",
+            f"PostgreSQL on {self.db.endpoint}", running(lambda: (self.is_ready(), "not accepting connections")),
+            timeout, f"see {self.plan.paths.logs / 'postgres.log'}",
         )
 
     def is_ready(self) -> bool:

@@ -22,9 +22,9 @@ def socket_path(plan: Plan) -> str:
 
 
 def start(host: Host) -> None:
-    host.supervisor.start(POOLER_PROGRAM)
-    wait_until(f"PgBouncer on {host.name}", lambda: (is_listening(host), "its socket is not there yet"), READY_TIMEOUT,
-               f"see `djship logs {POOLER_PROGRAM}`")
+    host.supervisor.launch(POOLER_PROGRAM)
+    listening = host.supervisor.answering(POOLER_PROGRAM, lambda: (is_listening(host), "its socket is not there yet"))
+    wait_until(f"PgBouncer on {host.name}", listening, READY_TIMEOUT, f"see `djship logs {POOLER_PROGRAM}`")
 
 
 def is_listening(host: Host) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from djship.components import boot
@@ -14,6 +16,25 @@ from djship.waiting import wait_until
 
 _STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?P<rest>.*)$")
 _PID = re.compile(r"pid (\d+)")
+# Run with the supervisor's Python: start each program of argv[2:] without waiting out its startsecs (supervisorctl
+# always waits); one already running is left alone.
+_LAUNCH = """
+import sys
+from xmlrpc.client import Fault
+from supervisor.options import ClientOptions
+from supervisor.xmlrpc import Faults
+options = ClientOptions()
+options.realize(["-c", sys.argv[1]], doc="")
+supervisor = options.getServerProxy().supervisor
+for name in sys.argv[2:]:
+    try:
+        supervisor.startProcess(name, False)
+    except Fault as fault:
+        if fault.faultCode != Faults.ALREADY_STARTED:
+            sys.exit(f"{name}: {fault.faultString}")
+"""
+# The states of a program that stopped trying to start, or ended (supervisorctl's words).
+_GAVE_UP = ("BACKOFF", "FATAL", "EXITED")
 
 
 @dataclass(frozen=True)
@@ -107,16 +128,51 @@ class Supervisor:
         return parse_status(self._ctl("status").stdout)
 
     def start(self, *names: str) -> None:
-        result = self._ctl("start", *names)
-        # Starting what already runs is not a failure: `up` starts a server's nginx and gunicorn when either stopped.
-        already = [line for line in result.stdout.splitlines() if "ERROR (already started)" in line]
-        failed = [line for line in result.stdout.splitlines() if "ERROR" in line and line not in already]
-        if failed or (not result.ok and not already):
-            name = failed[0].split(":")[0] if failed else names[0]
-            raise DjshipError(
-                f"{name} did not start ({failed[0].split(':', 1)[-1].strip() if failed else result.stderr.strip()}); "
-                f"see {self.plan.paths.logs / (name + '.log')} or `djship logs {name}`"
-            )
+        # One supervisorctl per program: given several, it starts them one after another, each waiting its startsecs
+        # (1 s), while supervisord waits for those of several clients together.
+        with ThreadPoolExecutor(max_workers=max(len(names), 1)) as pool:
+            results = list(pool.map(lambda name: self._ctl("start", name), names))
+        for name, result in zip(names, results):
+            lines = result.stdout.splitlines()
+            # Starting what already runs is not a failure: `up` starts a server's nginx and gunicorn when either stopped.
+            if any("ERROR (already started)" in line for line in lines):
+                continue
+            failed = [line for line in lines if "ERROR" in line]
+            if failed or not result.ok:
+                raise DjshipError(
+                    f"{name} did not start ({failed[0].split(':', 1)[-1].strip() if failed else result.stderr.strip()}); "
+                    f"see {self.plan.paths.logs / (name + '.log')} or `djship logs {name}`"
+                )
+
+    def launch(self, *names: str) -> None:
+        """Start programs without waiting out their startsecs: for a caller that waits for each to be ready its own
+        way (a health check, a socket), with answering() so that one that exits while starting fails at once."""
+        result = self.connector.run([self.plan.tools.python, "-c", _LAUNCH, str(self.plan.paths.supervisor_conf),
+                                     *names])
+        if not result.ok:
+            name, _, reason = (result.stderr.strip().splitlines() or [f"{names[0]}: exit code {result.returncode}"])[
+                -1].partition(": ")
+            raise DjshipError(f"{name} did not start ({reason or 'no answer from the supervisor'}); "
+                              f"see {self.plan.paths.logs / (name + '.log')} or `djship logs {name}`")
+
+    def answering(self, name: str, ready: Callable[[], tuple[bool, str]]) -> Callable[[], tuple[bool, str]]:
+        """ready() for wait_until, raising as soon as the launched program name exited instead of being ready."""
+
+        seen: list[int] = []  # its pids: a second one means it exited after startsecs and was started again
+
+        def check() -> tuple[bool, str]:
+            answer = ready()
+            if not answer[0]:
+                status = parse_status(self._ctl("status", name).stdout).get(name)
+                if status is not None and status.pid is not None and status.pid not in seen:
+                    seen.append(status.pid)
+                if status is not None and (status.state in _GAVE_UP or len(seen) > 1):
+                    how = f"{status.state} {status.detail}".strip() if len(seen) < 2 else "the supervisor started it again"
+                    raise DjshipError(f"{name} exited while starting ({how}); see "
+                                      f"{self.plan.paths.logs / (name + '.log')} or `djship logs {name}`")
+            return answer
+
+        return check
 
     def stop(self, *names: str) -> None:
         result = self._ctl("stop", *names)

@@ -158,8 +158,12 @@ class SSHConnector:
         self._trusted_keys(client)
         where = f"{target.address}:{target.port}"
         try:
+            sock = socket.create_connection((target.address, target.port), timeout=target.connect_timeout)
+            # Without it each command's channel-open waited ~40 ms on the server's delayed ACK (Nagle's algorithm
+            # holds a small packet while an earlier one is unacknowledged): 44 ms of the 48 ms a `true` took.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.connect(
-                target.address, target.port, username=target.user,
+                target.address, target.port, username=target.user, sock=sock,
                 key_filename=str(target.key_file.expanduser()) if target.key_file else None,
                 look_for_keys=target.key_file is None, allow_agent=target.key_file is None,
                 timeout=target.connect_timeout, banner_timeout=target.connect_timeout,
@@ -289,7 +293,8 @@ class SSHConnector:
             unchanged = False
         if unchanged:
             return False
-        self.makedirs(Path(remote.parent), keep_mode=True)
+        if not self._is_directory(remote.parent):
+            self.makedirs(Path(remote.parent), keep_mode=True)
         temporary = str(remote.with_name(f".{remote.name}.djship-tmp"))
         try:
             sftp.remove(temporary)  # unlink: a planted link goes, its target stays as it was
@@ -384,7 +389,20 @@ class SSHConnector:
         if keep_mode:
             self._checked(["mkdir", "-p", "--", str(path)], f"mkdir {path}")
             return
+        if group is None and self._is_directory(PurePosixPath(path), mode, self._ids(owner) if owner else None):
+            return  # as asked already: no process started on the host (a `python3 -c` costs more than an SFTP stat)
         self._checked(["python3", "-c", _MAKEDIRS, str(path), f"{mode:o}", owner or "", group or ""], f"mkdir {path}")
+
+    @_one_sftp_operation_at_a_time
+    def _is_directory(self, path: PurePosixPath, mode: int | None = None, ids: tuple[int, int] | None = None) -> bool:
+        """Whether path is a directory itself (not a link to one), with that mode and (uid, gid) where given."""
+        try:
+            status = self._sftp_client().lstat(str(path))
+        except OSError:
+            return False
+        if not stat.S_ISDIR(status.st_mode) or (mode is not None and status.st_mode & 0o7777 != mode):
+            return False
+        return ids is None or ids == (status.st_uid, status.st_gid)
 
     def symlink(self, link: Path, target: Path) -> None:
         temporary = PurePosixPath(link).with_name(f".{PurePosixPath(link).name}.djship-tmp")

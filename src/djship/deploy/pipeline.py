@@ -28,6 +28,8 @@ from djship.progress import Reporter
 from djship.topology import Host, Topology
 
 SUPERVISOR_PACKAGE = "supervisor>=4.2"
+SUPERVISOR_PROJECT = "supervisor"
+"""Its wheel's name: it needs no other, so a host that runs no code gets that wheel alone."""
 
 
 def wheel_packages(plan: Plan) -> tuple[str, ...]:
@@ -101,7 +103,8 @@ class Pipeline:
             return
         plan, connector = host.plan, host.connector
         venv = plan.paths.state / "venv"
-        wheels = shipping.upload_wheelhouse(connector, self.wheelhouse, plan.paths.wheels, host.python)
+        only = None if host.name in self.hosts else frozenset({SUPERVISOR_PROJECT})
+        wheels = shipping.upload_wheelhouse(connector, self.wheelhouse, plan.paths.wheels, host.python, only)
         shipping.ensure_venv(connector, host.python, venv, wheels, None, (SUPERVISOR_PACKAGE,))
         if plan.runs_agent:
             wheelhouse = self.agent_wheelhouse

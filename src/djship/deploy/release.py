@@ -215,7 +215,10 @@ class ReleaseBuilder:
                     self._run(release_id, "creating the virtualenv", [uv, "venv", "--quiet", "--python", python, str(venv)])
                     self._run(
                         release_id, "installing requirements",
-                        [uv, "pip", "install", "--python", str(venv / "bin/python"), "-r", requirements, *packages],
+                        # Compiled now: the app servers' users cannot write the virtualenv, so without .pyc files
+                        # every worker compiled Django at every start (2 app servers up: 4.6 s -> 1.x s).
+                        [uv, "pip", "install", "--compile-bytecode", "--python", str(venv / "bin/python"), "-r",
+                         requirements, *packages],
                     )
                 else:
                     self._run(release_id, "creating the virtualenv", [python, "-m", "venv", str(venv)])

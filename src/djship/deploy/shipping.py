@@ -109,6 +109,11 @@ def offline_install_command(
     ]
 
 
+def wheel_project(filename: str) -> str:
+    """The project a wheel file is of, as its name spells it (PEP 427: lower case, `_` for `-` and `.`)."""
+    return filename.split("-", 1)[0].lower()
+
+
 def pack_code(project_dir: Path, exclude: tuple[str, ...], skip: Path) -> bytes:
     """The project tree as a gzip tar, as release.py copies it: names matching an exclude pattern (at any depth)
     and the directory skip (djship's state dir) left out, symlinks kept as links. The same tree gives the same
@@ -227,8 +232,10 @@ def require_python(connector: Connector, python: str, wheelhouse: Wheelhouse) ->
         )
 
 
-def upload_wheelhouse(connector: Connector, wheelhouse: Wheelhouse, remote_dir: Path, python: str) -> HostWheels:
-    """Copy to remote_dir/<key>/ every wheel the host does not have yet, and unpack its pip with python.
+def upload_wheelhouse(connector: Connector, wheelhouse: Wheelhouse, remote_dir: Path, python: str,
+                      projects: frozenset[str] | None = None) -> HostWheels:
+    """Copy to remote_dir/<key>/ every wheel the host does not have yet (only those of projects, when given: a
+    host that runs no code needs the supervisor's, not Django's), and unpack its pip with python.
 
     A wheel's name fixes its content, and put() renames a file into place only when it is whole, so a name that
     is there is a wheel that is there.
@@ -241,7 +248,7 @@ def upload_wheelhouse(connector: Connector, wheelhouse: Wheelhouse, remote_dir: 
     present = set(listing.stdout.split())
     copied = 0
     for wheel in wheelhouse.wheels:
-        if wheel.name in present:
+        if wheel.name in present or (projects is not None and wheel_project(wheel.name) not in {*projects, PIP}):
             continue
         connector.put(target / wheel.name, wheel.read_bytes(), mode=0o644)
         copied += 1
