@@ -10,9 +10,10 @@ backup host holds no credential of the db host at all.
 With backup.archive, pgBackRest's repository is on the backup host too, in its `<root>/archive` (the SFTP user's): the
 db host mounts it with sshfs as that same SFTP user, at the repo1-path of its pgbackrest.conf, for the db user alone
 (ARCHIVE_MOUNT_PROGRAM, started before PostgreSQL). With a standby, its host mounts the archive the same way, so that
-the moment a failover or switchover promotes it its archive_command pushes into the same repository. Debian 12's pgBackRest (2.45) has no SFTP repository of its own;
-over the mount its archive-push, backup, expire, info, verify and restore work unchanged. While the mount is down the
-mount point is root's: archive_command fails, and PostgreSQL keeps the WAL segment and pushes it again later.
+from the moment a failover or switchover promotes it, its archive_command pushes into the same repository. Debian 12's
+pgBackRest (2.45) has no SFTP repository of its own; over the mount its archive-push, backup, expire, info, verify and
+restore work unchanged. While the mount is down the mount point is root's: archive_command fails, and PostgreSQL keeps
+the WAL segment and pushes it again later.
 """
 
 from __future__ import annotations

@@ -228,9 +228,9 @@ class Facts:
     redis_reply: str | None = None
     archive_verified: dict | None = None
     """backup.archive: the last `djship backup verify` as the db host recorded it (None: never run)."""
+    """What Redis answered AUTH and PING from the first app host ("+OK +PONG"); None: no [redis]."""
     archiver: dict | None = None
     """backup.archive: the primary's pg_stat_archiver ({"last", "failed", "last_failed"}, epochs; None: not read)."""
-    """What Redis answered AUTH and PING from the first app host ("+OK +PONG"); None: no [redis]."""
     secret_key_sha256: str = ""
     """The same short hash of the SECRET_KEY djship keeps (secrets/app.json), to tell which server departs from it."""
 
