@@ -480,8 +480,8 @@ def test_the_agent_runs_on_a_host_with_only_its_own_dependencies():
 
     control_only = sorted({"click", "rich", "jinja2", "supervisor", "uv", "paramiko", "dotenv"})
     blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in control_only)
-    script = (f"import sys; {blocked}; import djship.agent, djship.ops.store, djship.tls.site, djship.tls.renewal; "
-              "print('imported')")
+    script = (f"import sys; {blocked}; import djship.agent, djship.ops.store, djship.components.pgbackrest, "
+              "djship.tls.site, djship.tls.renewal; print('imported')")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "imported" in result.stdout, result.stderr
     assert set(AGENT_DEPENDENCIES).isdisjoint(control_only)

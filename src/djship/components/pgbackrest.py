@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from djship import render
 from djship.components.database import DatabaseServer
 from djship.connectors import CommandFailed, Connector
 from djship.errors import DjshipError
@@ -213,8 +212,10 @@ class PgBackRest:
                     "--target-action=promote"]
         self.run("restore", "restore", f"--pg1-path={scratch}", *args, timeout=None)
         # The backup's pg_hba.conf is that of the host it was taken on: with a standby, a backup of the former
-        # primary admits the superuser from that host only, not from this one.
-        self.connector.put(scratch / "pg_hba.conf", render.pg_hba_conf(self.plan), mode=0o600, owner=self.owner)
+        # primary admits the superuser from that host only. The live cluster's, here, admits it from this one.
+        live_rules = self.connector.get(self.db.data_dir / "pg_hba.conf")
+        if live_rules is not None:
+            self.connector.put(scratch / "pg_hba.conf", live_rules, mode=0o600, owner=self.owner)
         return scratch
 
     def start_scratch(self, timeout: float = 300) -> None:
