@@ -13,7 +13,6 @@ restore to a time in that WAL finds its rows.
 
 from __future__ import annotations
 
-import glob
 import json
 import pwd
 import re

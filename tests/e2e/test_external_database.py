@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from djship.config import with_values
 from djship.tools import _pg_bindir
 from tests.e2e.conftest import DJSHIP, EXAMPLE, run_djship, searchable_directory
 from tests.e2e.hosts import NetnsHosts, netns_hosts

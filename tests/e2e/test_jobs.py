@@ -22,7 +22,7 @@ import pytest
 
 from djship.components.probe import Response
 from djship.config import with_values
-from tests.e2e.conftest import DJSHIP, REPO, Ports, Site, run_djship, searchable_directory
+from tests.e2e.conftest import REPO, Ports, Site, run_djship, searchable_directory
 from tests.e2e.hosts import netns_hosts
 from tests.e2e.test_backup import ON_HOSTS, ONE_MACHINE, Target
 from tests.e2e.test_remote_system import FleetLoop, write_config

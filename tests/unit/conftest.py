@@ -11,6 +11,9 @@ keyword arguments (state_dir) are top-level keys.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
@@ -55,6 +58,33 @@ def system_users() -> dict[str, str]:
 @pytest.fixture
 def golden_dir() -> Path:
     return GOLDEN_DIR
+
+
+@pytest.fixture
+def matches_golden() -> Callable[[str, str], None]:
+    """Asserts that text is tests/golden/<name> (DJSHIP_UPDATE_GOLDEN=1 writes it first)."""
+
+    def check(name: str, text: str) -> None:
+        golden = GOLDEN_DIR / name
+        if os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1":
+            golden.write_text(text, encoding="utf-8")
+        assert text == golden.read_text(encoding="utf-8"), f"{name} differs; regenerate with DJSHIP_UPDATE_GOLDEN=1"
+
+    return check
+
+
+@pytest.fixture
+def pgbackrest_accepts(short_tmp) -> Callable[[str], None]:
+    """Asserts that pgBackRest's own parser takes a rendered pgbackrest.conf without a warning."""
+
+    def check(text: str) -> None:
+        conf = short_tmp / "pgbackrest.conf"
+        conf.write_text(text)
+        result = subprocess.run([shutil.which("pgbackrest") or "pgbackrest", f"--config={conf}", "--stanza=main",
+                                 "help", "archive-push"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and "WARN" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+    return check
 
 
 @pytest.fixture

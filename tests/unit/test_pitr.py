@@ -4,9 +4,7 @@ the plan; and the pure parts of the point-in-time restore (pgbackrest info, the 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import subprocess
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -18,7 +16,6 @@ from djship.components.pgbackrest import ArchiveBackup, Window, backup_type, par
 from djship.errors import DjshipError
 from djship.ops.pitr import parse_target
 
-UPDATE_GOLDEN = os.environ.get("DJSHIP_UPDATE_GOLDEN") == "1"
 ARCHIVE = {"archive": True, "archive_timeout": 5}
 
 
@@ -29,12 +26,8 @@ def archive_plan(make_plan):
 
 @pytest.mark.parametrize("name, renderer", [("pgbackrest.conf", render.pgbackrest_conf),
                                             ("postgresql-archive.conf", render.postgresql_conf)])
-def test_rendering_matches_the_golden_file(archive_plan, golden_dir, name, renderer):
-    text = renderer(archive_plan)
-    golden = golden_dir / name
-    if UPDATE_GOLDEN:
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8"), f"{name} differs; regenerate with DJSHIP_UPDATE_GOLDEN=1"
+def test_rendering_matches_the_golden_file(archive_plan, matches_golden, name, renderer):
+    matches_golden(name, renderer(archive_plan))
 
 
 def test_the_plan_puts_the_repository_in_backup_dir_and_archive_command_pushes_with_its_config(archive_plan):
@@ -66,16 +59,9 @@ def test_a_quote_in_a_path_stays_inside_archive_command(archive_plan):
                                     "archive-push", "%p"]
 
 
-def test_pgbackrest_accepts_the_rendered_config(archive_plan, short_tmp):
+def test_pgbackrest_accepts_the_rendered_config(archive_plan, pgbackrest_accepts):
     """pgBackRest parses the file: an unknown or misspelt option fails here."""
-    pgbackrest = shutil.which("pgbackrest")
-    assert pgbackrest, "install pgbackrest (apt-get install -y pgbackrest)"
-    conf = short_tmp / "pgbackrest.conf"
-    conf.write_text(render.pgbackrest_conf(archive_plan))
-    result = subprocess.run([pgbackrest, f"--config={conf}", "--stanza=main", "help", "backup"], capture_output=True,
-                            text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "WARN" not in result.stdout + result.stderr, result.stdout + result.stderr
+    pgbackrest_accepts(render.pgbackrest_conf(archive_plan))
 
 
 INFO = [{"name": "main", "backup": [
@@ -190,20 +176,12 @@ def test_the_db_host_needs_pgbackrest_and_sshfs_with_an_archive_on_hosts(make_co
 
 @pytest.mark.parametrize("name, renderer", [("pgbackrest-db1.conf", render.pgbackrest_conf),
                                             ("supervisord-archive-db1.conf", render.supervisord_conf)])
-def test_the_db_hosts_files_match_the_golden_file(plans_with_backup_host, golden_dir, name, renderer):
-    text = renderer(plans_with_backup_host["db1"])
-    golden = golden_dir / name
-    if UPDATE_GOLDEN:
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8"), f"{name} differs; regenerate with DJSHIP_UPDATE_GOLDEN=1"
+def test_the_db_hosts_files_match_the_golden_file(plans_with_backup_host, matches_golden, name, renderer):
+    matches_golden(name, renderer(plans_with_backup_host["db1"]))
 
 
-def test_pgbackrest_accepts_the_db_hosts_config(plans_with_backup_host, short_tmp):
-    conf = short_tmp / "pgbackrest.conf"
-    conf.write_text(render.pgbackrest_conf(plans_with_backup_host["db1"]))
-    result = subprocess.run([shutil.which("pgbackrest") or "pgbackrest", f"--config={conf}", "--stanza=main", "help",
-                             "archive-push"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and "WARN" not in result.stdout + result.stderr, result.stdout + result.stderr
+def test_pgbackrest_accepts_the_db_hosts_config(plans_with_backup_host, pgbackrest_accepts):
+    pgbackrest_accepts(render.pgbackrest_conf(plans_with_backup_host["db1"]))
 
 
 def test_the_lock_on_a_host_refuses_a_second_holder_naming_the_first_and_frees_when_its_input_ends(short_tmp):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from djship.doctor.facts import MAX_REDIRECTS, Facts, ServerFacts
 from djship.plan import CONNECTION_HEADROOM, MEDIA_PROGRAM, SUPERUSER_RESERVED, Plan
