@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from djship.config import with_values
+from djship.config import parse_config, with_values
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "board"
@@ -76,8 +76,9 @@ class Deployment:
 
     @property
     def user(self) -> str | None:
-        """As root, djship runs the app as this user, and so do the benchmarks."""
-        return "djship" if os.geteuid() == 0 else None
+        """As root, djship runs the app as this user ([users] app of the copied example's djship.toml), and so do
+        the benchmarks."""
+        return parse_config((self.project / "djship.toml").read_text()).users.app if os.geteuid() == 0 else None
 
     def env(self, settings: str = "djship_production.settings", *path: Path) -> dict[str, str]:
         """The environment of a process running the release's Django with SETTINGS, PATH first on its path."""
