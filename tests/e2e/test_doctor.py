@@ -183,9 +183,10 @@ def test_a_healthy_system_passes(target: Target):
     assert lines[-1].endswith("0 failed"), lines
     code, checks = doctor(target)
     assert code == 0
-    assert len(checks) == 17
+    assert len(checks) == 18
     assert checks["redis"]["cause"].startswith("no [redis] in djship.toml")
     assert checks["archive-verified"]["cause"].startswith("no archive (backup.archive is off)")
+    assert checks["archiving"]["cause"] == "no archive (backup.archive is off)"
     not_passing = {key: check for key, check in checks.items() if check["status"] != "pass" and key not in target.may_warn}
     assert not not_passing
     assert "/static/css/board.css" in checks["static-files"]["cause"]
