@@ -772,9 +772,7 @@ class System:
     @staticmethod
     def _launch_postgres(host: Host, database: DatabaseServer, restart: bool) -> None:
         """Started (stopped first when restart) and waited for until it accepts connections, or exits."""
-        if restart:
-            host.supervisor.stop("postgres")
-        host.supervisor.launch("postgres")
+        host.supervisor.launch("postgres", again=restart)
         database.wait_ready(READY_TIMEOUT, lambda ready: host.supervisor.answering("postgres", ready))
 
     def _ensure_archiving(self, host: Host) -> None:
@@ -1267,9 +1265,7 @@ class System:
     def restart_app(self, server: AppServer, release: Release) -> None:
         """Restart the server's gunicorn (it reads its settings anew) and wait until its health check passes."""
         gunicorn, _ = server.programs
-        supervisor = self.host_of(server).supervisor
-        supervisor.stop(gunicorn)
-        supervisor.launch(gunicorn)
+        self.host_of(server).supervisor.launch(gunicorn, again=True)
         self.wait_healthy(server, release, launched=True)
 
     def set_current(self, release: Release) -> None:
@@ -1291,13 +1287,12 @@ class System:
         balancer: from the server's own host, which it lets in too). launched: its gunicorn was just launched, so one
         that exits while starting fails the wait at once."""
         lb = self.host_of(server) if self.plan.external else self.lb_hosts[0]
-        supervisor = self.host_of(server).supervisor
-        appserver.wait_healthy(
-            self.plan, server, release.id,
-            lambda: appserver.health_from(lb.connector, lb.plan, self.plan, server),
-            f"`djship logs {server.name}`",
-            (lambda ready: supervisor.answering(server.programs[0], ready)) if launched else (lambda ready: ready),
-        )
+
+        def probe() -> tuple[bool, str]:
+            return appserver.health_from(lb.connector, lb.plan, self.plan, server)
+
+        watched = self.host_of(server).supervisor.answering(server.programs[0], probe) if launched else probe
+        appserver.wait_healthy(self.plan, server, release.id, watched, f"`djship logs {server.name}`")
 
     def others_in_rotation(self, leaving: set[str]) -> list[str]:
         if self.plan.external:  # as far as djship can tell: the servers it has not drained

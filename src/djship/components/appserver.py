@@ -60,13 +60,10 @@ def health_from(connector: Connector, balancer: Plan, plan: Plan, server: AppSer
     return status == 200, f"HTTP {status} {seen}".strip()
 
 
-def wait_healthy(plan: Plan, server: AppServer, release_id: str, probe: Callable[[], tuple[bool, str]], log: str,
-                 running: Callable[[Callable[[], tuple[bool, str]]], Callable[[], tuple[bool, str]]] = lambda ready: ready
-                 ) -> None:
+def wait_healthy(plan: Plan, server: AppServer, release_id: str, probe: Callable[[], tuple[bool, str]], log: str) -> None:
     """Until the server answers its health check, through nginx and gunicorn, from this release.
 
-    log: where the server's gunicorn writes, named in the errors; running: Supervisor.answering for a gunicorn just
-    launched."""
+    log: where the server's gunicorn writes, named in the errors."""
     errors = []
 
     def answered() -> tuple[bool, str]:
@@ -79,5 +76,4 @@ def wait_healthy(plan: Plan, server: AppServer, release_id: str, probe: Callable
             )
         return healthy and seen.endswith(f"ok {release_id}"), seen
 
-    wait_until(f"app server {server.name} on release {release_id}", running(answered), plan.health_timeout,
-               f"see {log}")
+    wait_until(f"app server {server.name} on release {release_id}", answered, plan.health_timeout, f"see {log}")

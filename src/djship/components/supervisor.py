@@ -144,9 +144,12 @@ class Supervisor:
                     f"see {self.plan.paths.logs / (name + '.log')} or `djship logs {name}`"
                 )
 
-    def launch(self, *names: str) -> None:
-        """Start programs without waiting out their startsecs: for a caller that waits for each to be ready its own
-        way (a health check, a socket), with answering() so that one that exits while starting fails at once."""
+    def launch(self, *names: str, again: bool = False) -> None:
+        """Start programs (stopped first, again: a restart) without waiting out their startsecs: for a caller that
+        waits for each to be ready its own way (a health check, a socket), with answering() so that one that exits
+        while starting fails at once."""
+        if again:
+            self.stop(*names)
         result = self.connector.run([self.plan.tools.python, "-c", _LAUNCH, str(self.plan.paths.supervisor_conf),
                                      *names])
         if not result.ok:
