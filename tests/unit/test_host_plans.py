@@ -189,8 +189,9 @@ def test_with_acme_the_first_lb_host_runs_the_acme_client_by_its_own_plan(make_c
     assert not any(file.path.name == "plan.json" for file in render.system_files(plans["app1"]))
 
 
-def test_with_acme_and_several_lb_hosts_the_others_follow_the_renewer(make_config, fake_tools, real_tools, tmp_path):
-    config = make_config(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]})
+def test_with_acme_and_several_lb_hosts_the_others_follow_the_renewer(make_config, fake_tools, real_tools, tmp_path,
+                                                                      system_users):
+    config = make_config(tls={"mode": "acme"}, site={"domains": ["shop.example.com"]}, users=system_users)
     roles = {**ROLES, "app1": ("app", "lb")}
     plans = build_plans(config, Path("/srv/example/board"), specs(fake_tools, roles=roles))
     assert [(name, plan.renews, plan.follows) for name, plan in plans.items() if plan.holds("lb")] == [

@@ -74,10 +74,10 @@ def test_a_slot_is_the_same_moment_whatever_second_a_host_sees_it():
     assert Job("half", "x", 5400).schedule == "every 90m"
 
 
-def _plans(make_config, tools, jobs=None):
+def _plans(make_config, tools, jobs=None, users=None):
     config = make_config(hosts={name: {"address": ADDRESSES[name]} for name in ROLES},
                          servers={"lb": ["lb1"], "app": ["app1", "app2"], "db": "db1"}, jobs=jobs or JOBS,
-                         processes={"worker": {"command": "celery -A board worker"}})
+                         processes={"worker": {"command": "celery -A board worker"}}, users=users or {})
     specs = [HostSpec(name, ADDRESSES[name], ROLES[name], Path("/srv") / name, tools, True) for name in ROLES]
     return build_plans(config, Path("/srv/example/board"), specs)
 
@@ -105,8 +105,9 @@ def test_the_scheduler_reads_its_host_and_jobs_from_a_file_that_restarts_it(make
     ]}
 
 
-def test_the_supervisor_parses_the_scheduler_as_a_program_of_the_release(make_config, fake_tools, tmp_path, capsys):
-    text = render.supervisord_conf(_plans(make_config, fake_tools)["app1"])
+def test_the_supervisor_parses_the_scheduler_as_a_program_of_the_release(make_config, fake_tools, tmp_path, capsys,
+                                                                           system_users):
+    text = render.supervisord_conf(_plans(make_config, fake_tools, users=system_users)["app1"])
     scheduler = parsed_by_supervisor(text.replace("/srv/app1/", f"{tmp_path}/"), tmp_path, capsys)[JOBS_PROGRAM]
 
     assert (scheduler.stopsignal, scheduler.stopwaitsecs, scheduler.stopasgroup) == (15, 30, True)

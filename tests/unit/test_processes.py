@@ -55,10 +55,10 @@ def test_a_bad_process_is_one_line_naming_its_key(table, message):
     assert "\n" not in str(error.value)
 
 
-def _plans(make_config, tools, processes=None):
+def _plans(make_config, tools, processes=None, users=None):
     config = make_config(hosts={name: {"address": ADDRESSES[name]} for name in ROLES},
                          servers={"lb": ["lb1"], "app": ["app1", "app2"], "db": "db1"},
-                         processes=processes or {"worker": WORKER})
+                         processes=processes or {"worker": WORKER}, users=users or {})
     specs = [HostSpec(name, ADDRESSES[name], ROLES[name], Path("/srv") / name, tools, True) for name in ROLES]
     return build_plans(config, Path("/srv/example/board"), specs)
 
@@ -100,13 +100,14 @@ def test_a_process_named_like_a_host_is_refused(make_config, fake_tools):
 
 
 def test_the_supervisor_parses_the_processes_with_their_graceful_stop(make_config, fake_tools, golden_dir, tmp_path,
-                                                                     capsys):
+                                                                     capsys, system_users):
     text = render.supervisord_conf(_plans(make_config, fake_tools)["app1"])
     golden = golden_dir / "supervisord-processes.conf"
     if UPDATE_GOLDEN:
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8"), "regenerate with DJSHIP_UPDATE_GOLDEN=1 and review the diff"
-    worker = parsed_by_supervisor(text.replace("/srv/app1/", f"{tmp_path}/"), tmp_path, capsys)["worker-2"]
+    parsed = render.supervisord_conf(_plans(make_config, fake_tools, users=system_users)["app1"])
+    worker = parsed_by_supervisor(parsed.replace("/srv/app1/", f"{tmp_path}/"), tmp_path, capsys)["worker-2"]
     # SIGTERM to the command alone (a prefork pool finishes its tasks), SIGKILL to the group at stop_timeout.
     assert (worker.stopsignal, worker.stopwaitsecs, worker.stopasgroup, worker.killasgroup) == (15, 30, False, True)
     assert worker.directory == f"{tmp_path}/current/app"
