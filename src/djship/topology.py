@@ -56,8 +56,9 @@ class Host:
 
     def statuses(self) -> dict[str, ProcessStatus]:
         """Each program's state; when no supervisor answers, what a dead one left running (UNSUPERVISED)."""
-        if self.supervisor.pid() is not None:
-            return self.supervisor.status()
+        answered = self.supervisor.answered_status()
+        if answered is not None:
+            return answered
         return orphans.as_statuses(orphans.orphans(self.connector, self.plan))
 
     def running(self, program: str) -> bool:

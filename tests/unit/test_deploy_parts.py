@@ -243,7 +243,10 @@ def test_a_launch_returns_at_once_and_names_a_program_the_supervisor_refused(mak
     plan = make_plan()
     fake = _Supervisorctl("STARTING")
     Supervisor(plan, fake).launch("app1-gunicorn", "app1-nginx")
-    assert fake.commands[0][-2:] == ["app1-gunicorn", "app1-nginx"] and len(fake.commands) == 1
+    assert fake.commands[0][-3:] == ["once", "app1-gunicorn", "app1-nginx"] and len(fake.commands) == 1
+    again = _Supervisorctl("STARTING")
+    Supervisor(plan, again).launch("app1-gunicorn", again=True)  # the stop and the start in one process
+    assert again.commands[0][-2:] == ["again", "app1-gunicorn"] and len(again.commands) == 1
     refused = _Supervisorctl("STOPPED", launch=(1, "app1-nginx: BAD_NAME: app1-nginx\n"))
     with pytest.raises(DjshipError, match=r"^app1-nginx did not start \(BAD_NAME: app1-nginx\); see .*app1-nginx.log"):
         Supervisor(plan, refused).launch("app1-gunicorn", "app1-nginx")

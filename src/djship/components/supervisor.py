@@ -16,8 +16,9 @@ from djship.waiting import wait_until
 
 _STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?P<rest>.*)$")
 _PID = re.compile(r"pid (\d+)")
-# Run with the supervisor's Python: start each program of argv[2:] without waiting out its startsecs (supervisorctl
-# always waits); one already running is left alone.
+# Run with the supervisor's Python: start each program of argv[3:] without waiting out its startsecs (supervisorctl
+# always waits); one already running is left alone. argv[2] "again": stop them first (waiting until each has), in
+# the same process rather than a supervisorctl of its own.
 _LAUNCH = """
 import sys
 from xmlrpc.client import Fault
@@ -26,13 +27,22 @@ from supervisor.xmlrpc import Faults
 options = ClientOptions()
 options.realize(["-c", sys.argv[1]], doc="")
 supervisor = options.getServerProxy().supervisor
-for name in sys.argv[2:]:
+if sys.argv[2] == "again":
+    for name in sys.argv[3:]:
+        try:
+            supervisor.stopProcess(name, True)
+        except Fault as fault:
+            if fault.faultCode != Faults.NOT_RUNNING:
+                sys.exit(f"{name}: {fault.faultString}")
+for name in sys.argv[3:]:
     try:
         supervisor.startProcess(name, False)
     except Fault as fault:
         if fault.faultCode != Faults.ALREADY_STARTED:
             sys.exit(f"{name}: {fault.faultString}")
 """
+# supervisorctl status's exit code when no supervisord answers on its socket (LSB's "unknown").
+_NO_ANSWER = 4
 # The states of a program that stopped trying to start, or ended (supervisorctl's words).
 _GAVE_UP = ("BACKOFF", "FATAL", "EXITED")
 
@@ -127,6 +137,13 @@ class Supervisor:
         # supervisorctl status exits 3 when some program is not running; the output is what matters.
         return parse_status(self._ctl("status").stdout)
 
+    def answered_status(self) -> dict[str, ProcessStatus] | None:
+        """status() when supervisord is running and answering, else None: pid() and status() in one supervisorctl."""
+        if self.connector.get(self.plan.paths.supervisor_pid) is None:
+            return None
+        result = self._ctl("status")
+        return None if result.returncode == _NO_ANSWER else parse_status(result.stdout)
+
     def start(self, *names: str) -> None:
         # One supervisorctl per program: given several, it starts them one after another, each waiting its startsecs
         # (1 s), while supervisord waits for those of several clients together.
@@ -148,10 +165,8 @@ class Supervisor:
         """Start programs (stopped first, again: a restart) without waiting out their startsecs: for a caller that
         waits for each to be ready its own way (a health check, a socket), with answering() so that one that exits
         while starting fails at once."""
-        if again:
-            self.stop(*names)
         result = self.connector.run([self.plan.tools.python, "-c", _LAUNCH, str(self.plan.paths.supervisor_conf),
-                                     *names])
+                                     "again" if again else "once", *names])
         if not result.ok:
             name, _, reason = (result.stderr.strip().splitlines() or [f"{names[0]}: exit code {result.returncode}"])[
                 -1].partition(": ")

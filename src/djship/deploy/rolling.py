@@ -51,8 +51,9 @@ class Rollout:
 
     @contextmanager
     def locked(self, operation: str) -> Iterator[Release]:
-        """Refuse at once when nothing runs, then hold the deploy lock; yields the live release."""
-        self.system.live_release()
+        """Refuse at once when nothing was brought up, then hold the deploy lock; yields the live release."""
+        if self.system.current() is None:
+            self.system.live_release()  # raises, saying so
         with exclusive(self.system.lock_file, operation):
             yield self.system.live_release()
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,33 +79,42 @@ def prepare(static: Path, store: Path) -> None:
     ETag stay the same across releases and a browser's revalidation after a deploy is a 304.
     Then write name.gz (and name.br where the brotli program is installed) beside each text file that lacks them,
     when smaller, with the original's mtime so every encoding carries the same Last-Modified; an unchanged file
-    gets copies of the store's (brotli -q 11 takes seconds for the admin's files)."""
+    gets copies of the store's. The files are packed on every core at once: brotli -q 11 takes 2.6 s for the
+    admin's files on one."""
     brotli = shutil.which("brotli")
     packers = {".gz": _gzip, **({".br": _brotli(brotli)} if brotli else {})}
+    jobs = []
     for relative in _files(static):
         path = static / relative
         unchanged = _same(path, store / relative)
         if unchanged:
             earlier = (store / relative).stat()
             os.utime(path, ns=(earlier.st_atime_ns, earlier.st_mtime_ns))
-        if path.suffix.lower() not in COMPRESSIBLE:
-            continue
-        for suffix, packer in packers.items():
-            packed = static / _encoded(relative, suffix)
-            if packed.exists():
-                continue
-            temporary = packed.with_name(packed.name + TEMPORARY)
-            earlier = store / _encoded(relative, suffix)
-            if unchanged and earlier.is_file():
-                shutil.copyfile(earlier, temporary)
-            else:
-                packer(path, temporary)
-            stat = path.stat()
-            if temporary.stat().st_size >= stat.st_size:
-                temporary.unlink()
-                continue
-            os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-            os.replace(temporary, packed)
+        if path.suffix.lower() in COMPRESSIBLE:
+            jobs += [(static, store, relative, unchanged, suffix, packer) for suffix, packer in packers.items()]
+    jobs.sort(key=lambda job: (static / job[2]).stat().st_size, reverse=True)  # the longest first: all end together
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda job: _pack(*job), jobs))
+
+
+def _pack(static: Path, store: Path, relative: Path, unchanged: bool, suffix: str, packer) -> None:
+    """static/relative + suffix (.gz or .br), from the store's copy when the file is unchanged; none when larger."""
+    path = static / relative
+    packed = static / _encoded(relative, suffix)
+    if packed.exists():
+        return
+    temporary = packed.with_name(packed.name + TEMPORARY)
+    earlier = store / _encoded(relative, suffix)
+    if unchanged and earlier.is_file():
+        shutil.copyfile(earlier, temporary)
+    else:
+        packer(path, temporary)
+    stat = path.stat()
+    if temporary.stat().st_size >= stat.st_size:
+        temporary.unlink()
+        return
+    os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(temporary, packed)
 
 
 def _encoded(relative: Path, suffix: str) -> Path:
