@@ -11,11 +11,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from djship.config import Config, media_host
 from djship.connectors import Connector, on_each
-from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
+
+if TYPE_CHECKING:  # imported where used: a local topology never loads paramiko (0.1 s of every command)
+    from djship.connectors.ssh import SSHTarget
 
 ROLES = ("lb", "app", "worker", "db", "standby", "media", "redis", "backup")
 MIN_PYTHON = (3, 10)
@@ -83,6 +86,8 @@ def _local_path(value: str, project_dir: Path) -> Path:
 
 def remote_hosts(config: Config, project_dir: Path) -> list[SSHHost]:
     """Every host of the remote target, in the order djship.toml lists them."""
+    from djship.connectors.ssh import SSHTarget
+
     if config.servers is None:
         raise DjshipError(
             "djship.toml lists no remote hosts ([servers] and [hosts]); this project runs on this machine "
@@ -255,9 +260,13 @@ def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
 def prepare_hosts(
     hosts: list[SSHHost],
     install: bool,
-    connect: Callable[[SSHHost], AbstractContextManager[Connector]] = lambda host: SSHConnector(host.target),
+    connect: Callable[[SSHHost], AbstractContextManager[Connector]] | None = None,
 ) -> list[HostReport]:
     """Reach every host at once (its SSH host key verified) and check, or with install add, what its roles need."""
+    if connect is None:
+        from djship.connectors.ssh import SSHConnector
+
+        connect = lambda host: SSHConnector(host.target)  # noqa: E731
 
     def prepare(host: SSHHost) -> HostReport:
         with connect(host) as connector:

@@ -36,7 +36,7 @@ from djship.config import Config
 from djship.plan import JOBS_PROGRAM, POOLER_PROGRAM, REDIS_PROGRAM, REDIS_URL, RENEWAL_PROGRAM, AppServer, Paths, Plan, \
     check_budget
 from djship.progress import Reporter
-from djship.tls import acme, local_ca, renewal
+from djship.tls import local_ca, renewal
 from djship.tls.certificates import leaf_der
 from djship.agent import RENEWED
 from djship.tls.local_ca import Authority
@@ -1144,6 +1144,8 @@ class System:
                 kept = host.connector.get(host.plan.paths.acme_site_key)
                 if kept:
                     return kept
+        from djship.tls import acme  # here: only ACME mode loads the ACME client
+
         return acme.new_site_key()
 
     @property

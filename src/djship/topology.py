@@ -21,7 +21,6 @@ from djship.components.supervisor import ProcessStatus, Supervisor
 from djship.config import Config
 from djship.connectors import Connector, on_each
 from djship.connectors.local import LocalConnector
-from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.errors import DjshipError
 from djship.hosts import HostReport, SSHHost, prepare_hosts, remote_hosts, require_ready
 from djship.plan import ROLES, HostSpec, Paths, Plan, build_plans
@@ -101,6 +100,8 @@ class Topology:
         entries = json.loads(content)["hosts"] if content else {}
         plan = next(iter(self.hosts.values())).plan
         gone = []
+        if entries:
+            from djship.connectors.ssh import SSHConnector, SSHTarget  # here: a local topology never loads paramiko
         for name, entry in entries.items():
             if name in self.hosts:
                 continue
@@ -118,9 +119,9 @@ class Topology:
 
 
 def _entry(host: Host) -> dict | None:
-    if not isinstance(host.connector, SSHConnector):
+    target = getattr(host.connector, "target", None)  # an SSH host's; the local host has none
+    if target is None:
         return None
-    target = host.connector.target
     return {"roles": sorted(host.plan.roles), "root": str(host.plan.paths.state), "target": {
         **asdict(target), "key_file": str(target.key_file) if target.key_file else None,
         "known_hosts": str(target.known_hosts)}}
@@ -173,6 +174,8 @@ def _host_tools(report: HostReport | None, host: SSHHost, tls_curves: tuple[str,
 
 def _ssh_topology(config: Config, project_dir: Path, control: Paths, reporter: Reporter, install: bool,
                   observe_only: bool) -> Topology:
+    from djship.connectors.ssh import SSHConnector  # here: a local topology never loads paramiko (0.1 s a command)
+
     hosts = remote_hosts(config, project_dir)
     connectors = {host.name: SSHConnector(host.target) for host in hosts}
     connect = lambda host: nullcontext(connectors[host.name])  # noqa: E731

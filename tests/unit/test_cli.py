@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,13 @@ def test_restore_takes_a_backup_or_a_time(django_project, short_tmp, monkeypatch
 def test_djship_db_holds_the_standby_and_the_external_database_commands():
     """One `db` group: a second group of that name would hide the first one's commands."""
     assert set(main.commands["db"].commands) == {"failover", "switchover", "password"}
+
+
+def test_the_cli_loads_neither_the_ssh_nor_the_acme_client_until_a_topology_or_tls_mode_needs_it():
+    """Every command pays for what it imports: paramiko (~0.1 s) and the ACME client (~0.08 s) load only where used."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, djship.cli, djship.system; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert "djship.system" in loaded
+    assert not [name for name in loaded if name.split(".")[0] in ("paramiko", "acme", "josepy")]

@@ -13,7 +13,7 @@ from djship.components.balancer import Balancer
 from djship.connectors import Connector
 from djship.errors import DjshipError
 from djship.plan import Plan
-from djship.tls import acme, files, local_ca, ocsp, renewal
+from djship.tls import files, local_ca, ocsp, renewal
 from djship.tls.certificates import CertificateInfo, load_chain, now
 
 
@@ -148,6 +148,8 @@ def install(plan: Plan, hosts: list[BalancerHost], bundle: bytes, staple: bytes 
 def obtain_acme(plan: Plan, connector: Connector, hosts: list[BalancerHost]) -> bytes:
     """A new certificate from the ACME directory for the site key (every lb host has it), the HTTP-01 challenges
     answered by the balancer hosts given (the others pass theirs to the renewer)."""
+    from djship.tls import acme  # here: only ACME mode loads the ACME client (0.08 s of every command)
+
     account_key = connector.get(plan.paths.acme_account_key)
     if account_key is None:
         account_key = acme.new_account_key()
