@@ -257,16 +257,18 @@ def _prepare(host: SSHHost, connector: Connector, install: bool) -> HostReport:
     )
 
 
+def _ssh(host: SSHHost) -> AbstractContextManager[Connector]:
+    from djship.connectors.ssh import SSHConnector
+
+    return SSHConnector(host.target)
+
+
 def prepare_hosts(
     hosts: list[SSHHost],
     install: bool,
-    connect: Callable[[SSHHost], AbstractContextManager[Connector]] | None = None,
+    connect: Callable[[SSHHost], AbstractContextManager[Connector]] = _ssh,
 ) -> list[HostReport]:
     """Reach every host at once (its SSH host key verified) and check, or with install add, what its roles need."""
-    if connect is None:
-        from djship.connectors.ssh import SSHConnector
-
-        connect = lambda host: SSHConnector(host.target)  # noqa: E731
 
     def prepare(host: SSHHost) -> HostReport:
         with connect(host) as connector:
