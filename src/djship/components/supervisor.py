@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,17 @@ for name in sys.argv[3:]:
     except Fault as fault:
         if fault.faultCode != Faults.ALREADY_STARTED:
             sys.exit(f"{name}: {fault.faultString}")
+"""
+# Run with the supervisor's Python: what supervisord knows of program argv[2], as JSON. Unlike `supervisorctl status`,
+# it names the pid of a program that is still STARTING: one that lives just past its startsecs, exits and is
+# started again shows a new pid for nearly all of each round, not only for the moment it counts as RUNNING.
+_INFO = """
+import json, sys
+from supervisor.options import ClientOptions
+options = ClientOptions()
+options.realize(["-c", sys.argv[1]], doc="")
+info = options.getServerProxy().supervisor.getProcessInfo(sys.argv[2])
+print(json.dumps({key: info[key] for key in ("statename", "pid", "description")}))
 """
 # supervisorctl status's exit code when no supervisord answers on its socket (LSB's "unknown").
 _NO_ANSWER = 4
@@ -144,6 +156,14 @@ class Supervisor:
         result = self._ctl("status")
         return None if result.returncode == _NO_ANSWER else parse_status(result.stdout)
 
+    def process(self, name: str) -> ProcessStatus | None:
+        """What supervisord says of one program, its pid from its start on; None when it does not answer."""
+        result = self.connector.run([self.plan.tools.python, "-c", _INFO, str(self.plan.paths.supervisor_conf), name])
+        if not result.ok:
+            return None
+        info = json.loads(result.stdout)
+        return ProcessStatus(name, info["statename"], info["pid"] or None, info["description"])
+
     def start(self, *names: str) -> None:
         # One supervisorctl per program: given several, it starts them one after another, each waiting its startsecs
         # (1 s), while supervisord waits for those of several clients together.
@@ -181,7 +201,7 @@ class Supervisor:
         def check() -> tuple[bool, str]:
             answer = ready()
             if not answer[0]:
-                status = parse_status(self._ctl("status", name).stdout).get(name)
+                status = self.process(name)
                 if status is not None and status.pid is not None and status.pid not in seen:
                     seen.append(status.pid)
                 if status is not None and (status.state in _GAVE_UP or len(seen) > 1):
