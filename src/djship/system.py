@@ -699,19 +699,26 @@ class System:
         """The release the app servers start on, installed on the app hosts while data() gets the database, the
         mounts and Redis ready: neither waits for the other. A new release is migrated once both are done; one built
         for a run whose data() failed is discarded."""
+        data_done, data_failed = threading.Event(), threading.Event()
+
+        def data_ready() -> None:  # what a new release's migration waits for
+            data_done.wait()
+            if data_failed.is_set():
+                raise DjshipError("the database did not get ready")  # the build is discarded; data()'s error is shown
+
         with ThreadPoolExecutor(max_workers=1) as pool:
-            installing = pool.submit(self._install_release, changes)
+            installing = pool.submit(self._install_release, changes, data_ready)
             try:
                 data()
             except BaseException:
+                data_failed.set()
+                data_done.set()
                 with suppress(Exception):
                     if changes.release is None:
                         self.pipeline.discard(installing.result().id)
                 raise
+            data_done.set()
             release = installing.result()
-        if changes.release is None:
-            with self.reporter.step("Migrating the database (once, before any app server starts)"):
-                self.migrate(release)
         self.set_current(release)
         return release
 
@@ -911,10 +918,11 @@ class System:
         host = next(iter(self.app_hosts.values()))
         return redis.ping(host.plan, host.connector, self.plan.redis, kept.redis_password)
 
-    def _install_release(self, changes: Changes) -> Release:
-        """The live release (shipped to the hosts that lack it), else a new one built on every host."""
+    def _install_release(self, changes: Changes, data_ready: Callable[[], None]) -> Release:
+        """The live release (shipped to the hosts that lack it), else a new one built on every host and migrated
+        once data_ready() returns."""
         if changes.release is None:
-            return self.pipeline.build()
+            return self.build_release(data_ready)
         release = Release(changes.release, self.control.releases / changes.release)
         missing = [self.hosts[name] for name in changes.ship]
         if missing:
@@ -1234,8 +1242,16 @@ class System:
             raise DjshipError("the system is not running; start it with `djship up` first")
         return self.current()
 
-    def build_release(self) -> Release:
-        return self.pipeline.build()
+    def build_release(self, data_ready: Callable[[], None] = lambda: None) -> Release:
+        """A new release on every code host, its migration run (after data_ready()) as soon as the first app host's
+        copy passed its check, while the static files are still collected."""
+        def migrate(release_id: str) -> None:
+            data_ready()
+            with self.reporter.step("Migrating the database (once, under an advisory lock, before any app server "
+                                    "runs the release)"):
+                self.migrate(Release(release_id, self.control.releases / release_id))
+
+        return self.pipeline.build((next(iter(self.app_hosts)), migrate))
 
     def migrate(self, release: Release, live_file: Path | None = None) -> None:
         """Once, from the first app host, under PostgreSQL's advisory lock."""

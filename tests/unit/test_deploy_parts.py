@@ -187,9 +187,11 @@ def test_the_release_is_installed_while_the_data_gets_ready_then_migrated_once(m
     data_started, done = threading.Event(), []
     release = Release("20260101-000001", tmp_path / "r1")
 
-    def install(changes):  # waits for data(): this passes only when both run at once
+    def install(changes, data_ready):  # waits for data(): this passes only when both run at once
         assert data_started.wait(10), "the release was installed only after the data was ready"
         done.append("installed")
+        data_ready()  # where its migration waits
+        done.append("migrated")
         return release
 
     def data():
@@ -197,11 +199,10 @@ def test_the_release_is_installed_while_the_data_gets_ready_then_migrated_once(m
         done.append("data")
 
     monkeypatch.setattr(system, "_install_release", install)
-    monkeypatch.setattr(system, "migrate", lambda built: done.append(f"migrated {built.id}"))
     monkeypatch.setattr(system, "set_current", lambda current: done.append(f"current {current.id}"))
     assert system._release_beside_data(_Changes(None), data) is release
     assert sorted(done[:2]) == ["data", "installed"]
-    assert done[2:] == ["migrated 20260101-000001", "current 20260101-000001"]
+    assert done[2:] == ["migrated", "current 20260101-000001"]
 
 
 @pytest.mark.parametrize("live", [None, "20251231-000009"])
@@ -211,7 +212,8 @@ def test_a_new_release_built_beside_failed_data_is_discarded_and_the_data_error_
 
     system = one_machine(make_config(), tmp_path)
     discarded = []
-    monkeypatch.setattr(system, "_install_release", lambda changes: Release(live or "20260101-000001", tmp_path))
+    monkeypatch.setattr(system, "_install_release", lambda changes, data_ready: Release(live or "20260101-000001",
+                                                                                         tmp_path))
     monkeypatch.setattr(system.pipeline, "discard", discarded.append)
 
     def data():
@@ -220,6 +222,66 @@ def test_a_new_release_built_beside_failed_data_is_discarded_and_the_data_error_
     with pytest.raises(DjshipError, match="PostgreSQL did not start"):
         system._release_beside_data(_Changes(live), data)
     assert discarded == ([] if live else ["20260101-000001"])  # the live release is never discarded
+
+
+def test_a_new_release_is_never_migrated_when_the_data_failed(make_config, tmp_path, monkeypatch):
+    system = one_machine(make_config(), tmp_path)
+    migrated = []
+
+    def install(changes, data_ready):
+        data_ready()
+        migrated.append(True)
+
+    monkeypatch.setattr(system, "_install_release", install)
+
+    def data():
+        raise DjshipError("PostgreSQL did not start")
+
+    with pytest.raises(DjshipError, match="PostgreSQL did not start"):
+        system._release_beside_data(_Changes(None), data)
+    assert migrated == []
+
+
+class _Builds:
+    """A host as a release build sees it: every command answers as `fails` says (by its words), files are kept."""
+
+    def __init__(self, fails: str = ""):
+        self.fails, self.commands = fails, []
+
+    def run(self, argv, **kwargs):
+        from djship.connectors import Result
+
+        self.commands.append(" ".join(map(str, argv)))
+        failing = bool(self.fails) and self.fails in self.commands[-1]
+        return Result(tuple(map(str, argv)), 1 if failing else 0, "", "failed on purpose" if failing else "")
+
+    def put(self, path, content, **kwargs):
+        pass
+
+    def makedirs(self, path, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("fails, migrated", [("", True), ("check --deploy", False)])
+def test_a_release_is_migrated_only_once_its_check_passed_while_its_static_files_are_collected(
+        make_plan, tmp_path, fails, migrated):
+    from contextlib import nullcontext
+
+    from djship.deploy.release import Release, ReleaseBuilder
+
+    plan = make_plan()
+    host = _Builds(fails)
+    ran = []
+    reporter = type("R", (), {"step": lambda self, title: nullcontext()})()
+    builder = ReleaseBuilder(plan, host, reporter, log_dir=tmp_path)  # type: ignore[arg-type]
+    release = Release("r1", tmp_path / "r1")
+    if fails:
+        with pytest.raises(DjshipError, match="manage.py check --deploy failed: failed on purpose"):
+            builder.finish(release, checked=lambda: ran.append("migrate"))
+    else:
+        builder.finish(release, checked=lambda: ran.append(any("check --deploy" in line for line in host.commands)))
+    assert ran == ([True] if migrated else [])  # after the check had run
+    assert any("collectstatic" in line for line in host.commands)
 
 
 def _info(state: str, pid: int = 0, description: str = "Exited too quickly") -> str:

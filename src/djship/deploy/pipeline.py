@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +38,8 @@ def wheel_packages(plan: Plan) -> tuple[str, ...]:
     return (*runtime_packages(plan), SUPERVISOR_PACKAGE)
 
 
+# A host's name, and what to run with the release id once that host's copy of a new release passed its check.
+Checked = tuple[str, Callable[[str], None]]
 # What djship.agent imports, at the versions djship itself requires.
 AGENT_DEPENDENCIES = ("pydantic", "cryptography", "tomlkit", "acme", "josepy")
 AGENT_REQUIREMENTS = "".join(
@@ -119,8 +122,11 @@ class Pipeline:
     def _archive(self, release_id: str) -> Path:
         return self.control.releases / release_id / "code.tar.gz"
 
-    def build(self) -> Release:
-        """A new release, installed on every host that runs the app's code; on failure nothing of it is left anywhere."""
+    def build(self, checked: Checked | None = None) -> Release:
+        """A new release, installed on every host that runs the app's code; on failure nothing of it is left anywhere.
+
+        checked: (host name, action) to run with the release id once that host's copy passed its check, while its
+        static files are still collected (the migration); a failure of it fails the build."""
         release_id = new_release_id(self.control.releases)
         if self.offline:
             archive = self._archive(release_id)
@@ -130,31 +136,35 @@ class Pipeline:
                 (archive.parent / "release.json").write_text(json.dumps(
                     {"id": release_id, "created": time.time(), "wheelhouse": self.wheelhouse.key}) + "\n")
         try:
-            self.ship(release_id, list(self.hosts.values()))
+            self.ship(release_id, list(self.hosts.values()), checked)
         except BaseException:
             self.discard(release_id)
             raise
         return Release(release_id, self.control.releases / release_id)
 
-    def ship(self, release_id: str, hosts: list[Host]) -> None:
+    def ship(self, release_id: str, hosts: list[Host], checked: Checked | None = None) -> None:
+        def install(host: Host) -> None:
+            then = (lambda: checked[1](release_id)) if checked and checked[0] == host.name else None
+            self._install(host, release_id, then)
+
         if len(hosts) > 1:
             with self.reporter.step(f"Installing release {release_id} on {len(hosts)} hosts at once"):
-                on_each({host.name: host for host in hosts}, lambda host: self._install(host, release_id))
+                on_each({host.name: host for host in hosts}, install)
         else:
-            on_each({host.name: host for host in hosts}, lambda host: self._install(host, release_id))
+            on_each({host.name: host for host in hosts}, install)
 
     def installed(self, host: Host, release_id: str) -> bool:
         return host.connector.get(self.on(host, release_id).dir / "release.json") is not None
 
-    def _install(self, host: Host, release_id: str) -> None:
+    def _install(self, host: Host, release_id: str, checked: Callable[[], None] | None) -> None:
         if self.installed(host, release_id):
             return
         if host.installs == "project":
-            ReleaseBuilder(host.plan, host.connector, self.reporter).build(release_id)
+            ReleaseBuilder(host.plan, host.connector, self.reporter).build(release_id, checked)
         else:
-            self._install_wheels(host, release_id)
+            self._install_wheels(host, release_id, checked)
 
-    def _install_wheels(self, host: Host, release_id: str) -> None:
+    def _install_wheels(self, host: Host, release_id: str, checked: Callable[[], None] | None) -> None:
         plan, connector = host.plan, host.connector
         release = self.on(host, release_id)
         builder = ReleaseBuilder(plan, connector, self.reporter, log_dir=self.control.logs / host.name)
@@ -172,7 +182,7 @@ class Pipeline:
             connector.put(requirements, plan.requirements.read_bytes())
             shipping.ensure_venv(connector, host.python, venv, wheels, requirements, runtime_packages(plan))
             connector.symlink(release.venv, venv)
-            builder.finish(release, where=f" on {host.name}")
+            builder.finish(release, where=f" on {host.name}", checked=checked)
         except BaseException:
             connector.run(["rm", "-rf", "--", str(release.dir)])
             raise

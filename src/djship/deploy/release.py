@@ -15,6 +15,8 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +139,7 @@ class ReleaseBuilder:
             raise DjshipError(f"{what} failed: {reason} (full output in {self._log(release_id)})")
         return result
 
-    def build(self, release_id: str) -> Release:
+    def build(self, release_id: str, checked: Callable[[], None] | None = None) -> Release:
         """The release from the project directory itself, its requirements installed online."""
         plan = self.plan
         release = Release(release_id, plan.paths.releases / release_id)
@@ -147,24 +149,34 @@ class ReleaseBuilder:
                 shutil.copytree(plan.project_dir, release.app, ignore=_ignore(plan), symlinks=True)
             venv = self._ensure_venv(release.id)
             release.venv.symlink_to(venv)
-            self.finish(release)
+            self.finish(release, checked=checked)
         except BaseException:
             shutil.rmtree(release.dir, ignore_errors=True)
             raise
         return release
 
-    def finish(self, release: Release, where: str = "") -> None:
-        """Settings, check --deploy, collectstatic, then release.json: the release is complete."""
+    def finish(self, release: Release, where: str = "", checked: Callable[[], None] | None = None) -> None:
+        """Settings, check --deploy, collectstatic, then release.json: the release is complete.
+
+        checked: run once the check passed, while the static files are still collected (the migration)."""
         self.write_settings(release)
         self.connector.makedirs(release.static, owner=self.plan.user_of("app"))
-        with self.reporter.step(f"Checking the project (manage.py check --deploy){where}"):
-            self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what=f"manage.py check --deploy{where}")
-        with self.reporter.step(f"Collecting static files{where}"):
-            self.manage(release, "collectstatic", "--noinput", what=f"collectstatic{where}")
-            static.publish(self.connector, release.python, self.plan.paths.releases, self.plan.paths.shared_static,
-                           self.plan.user_of("app"))
+        # Neither the check nor collectstatic writes anything the other reads, so they run at once; the check's
+        # error, when both fail, is the one that explains.
+        with self.reporter.step(f"Checking the project (manage.py check --deploy) and collecting its static files{where}"):
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                collecting = pool.submit(self._collect_static, release, where)
+                self.manage(release, "check", "--deploy", "--fail-level", "WARNING", what=f"manage.py check --deploy{where}")
+                if checked is not None:
+                    checked()
+                collecting.result()
         self.connector.put(release.dir / "release.json", json.dumps(
             {"id": release.id, "created": time.time(), "source": str(self.plan.project_dir)}) + "\n")
+
+    def _collect_static(self, release: Release, where: str) -> None:
+        self.manage(release, "collectstatic", "--noinput", what=f"collectstatic{where}")
+        static.publish(self.connector, release.python, self.plan.paths.releases, self.plan.paths.shared_static,
+                       self.plan.user_of("app"))
 
     def manage(self, release: Release, *args: str, what: str) -> Result:
         return self._python(release, str(release.app / "manage.py"), *args, what=what)

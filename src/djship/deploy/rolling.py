@@ -60,12 +60,10 @@ class Rollout:
     def deploy(self) -> Release:
         with self.locked("deploy") as live:
             try:
-                release = self.system.build_release()
+                release = self.system.build_release()  # migrated too
             except DjshipError as error:
                 raise DjshipError(f"{error}; release {live.id} keeps serving") from None
             try:
-                with self.reporter.step("Migrating the database (once, under an advisory lock)"):
-                    self.system.migrate(release)
                 self._switch(release)
             except DjshipError as error:
                 self.system.discard_release(release)
