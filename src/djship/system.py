@@ -697,8 +697,8 @@ class System:
 
     def _release_beside_data(self, changes: Changes, data: Callable[[], None]) -> Release:
         """The release the app servers start on, installed on the app hosts while data() gets the database, the
-        mounts and Redis ready: neither waits for the other. A new release is migrated once both are done; one built
-        for a run whose data() failed is discarded."""
+        mounts and Redis ready: neither waits for the other, except a new release's migration, which runs once its
+        check passed and data() is done (never when data() failed: that release is discarded)."""
         data_done, data_failed = threading.Event(), threading.Event()
 
         def data_ready() -> None:  # what a new release's migration waits for
