@@ -39,6 +39,13 @@ class Tools:
     def pg(self, program: str) -> str:
         return str(Path(self.pg_bindir) / program)
 
+    @property
+    def pg_major(self) -> int | None:
+        """PostgreSQL's major version, from Debian's /usr/lib/postgresql/<major>/bin; None where the path does not
+        name it."""
+        parts = Path(self.pg_bindir).parts
+        return int(parts[-2]) if len(parts) >= 2 and parts[-1] == "bin" and parts[-2].isdigit() else None
+
 
 def _pg_bindir() -> str | None:
     versioned = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))

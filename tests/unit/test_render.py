@@ -157,6 +157,16 @@ def test_nginx_loads_and_uses_brotli_only_when_both_modules_are_installed(make_p
     assert text.count("brotli_static on;") == 2
 
 
+@pytest.mark.parametrize(("bindir", "syncfs"), [("/usr/lib/postgresql/15/bin", True),
+                                                ("/usr/lib/postgresql/14/bin", True),
+                                                ("/usr/lib/postgresql/13/bin", False), ("/usr/local/pgsql/bin", False)])
+def test_postgresql_syncs_with_syncfs_before_crash_recovery_where_it_has_the_setting(make_plan, fake_tools, bindir,
+                                                                                     syncfs):
+    # recovery_init_sync_method is PostgreSQL 14's: 13 refuses to start on a setting it does not know.
+    text = render.postgresql_conf(make_plan(tools=dataclasses.replace(fake_tools, pg_bindir=bindir)))
+    assert ("\nrecovery_init_sync_method = syncfs\n" in text) is syncfs
+
+
 def test_static_files_fall_back_to_the_kept_releases_and_are_cached_by_name(plan):
     text = render.nginx_conf(plan, server := plan.app_servers[0])
     static = text[text.index("location /static/ {"):text.index("location /media/ {")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from djship import tools
@@ -26,3 +28,9 @@ def test_nginx_without_mime_types_counts_as_missing(monkeypatch):
     monkeypatch.setattr(tools, "MIME_TYPES_CANDIDATES", ("/nonexistent/mime.types",))
     with pytest.raises(DjshipError, match=r"^missing nginx; install with: sudo apt-get install -y nginx$"):
         tools.find_tools()
+
+
+@pytest.mark.parametrize(("bindir", "major"), [("/usr/lib/postgresql/15/bin", 15), ("/usr/lib/postgresql/13/bin", 13),
+                                               ("/usr/local/pgsql/bin", None), ("/usr/bin", None), ("", None)])
+def test_postgresql_major_version_is_read_from_debians_bindir(fake_tools, bindir, major):
+    assert replace(fake_tools, pg_bindir=bindir).pg_major == major
