@@ -934,26 +934,37 @@ class System:
 
     def _start_app_servers(self, changes: Changes, release: Release) -> None:
         """Start every stopped app server at once (each host its own, all hosts together), then wait until each
-        answers its health check; nothing sends them requests before the balancer sees them healthy."""
-        stopped: dict[str, list[AppServer]] = {}
-        for server in self.plan.app_servers:
-            if set(server.programs) & set(changes.start.get(server.host, ())):
-                stopped.setdefault(server.host, []).append(server)
+        answers its health check; nothing sends them requests before the balancer sees them healthy. A balancer that
+        starts too (a first start) is launched with them: once djship's own check of each server passed, it is told
+        they are healthy rather than left to find out at its next checks."""
+        stopped = self._stopped_app_servers(changes)
+        if not stopped:
+            return
+        balancers = [(host, instance) for host, instance in zip(self.lb_hosts, self.balancers)
+                     if changes.haproxy.get(host.name) == "start"]
+        launching = {**{name: self.hosts[name] for name in stopped}, **{host.name: host for host, _ in balancers}}
 
         def start(host: Host) -> None:
-            servers = stopped[host.name]
+            servers = stopped.get(host.name, [])
             for server in servers:
                 if host.connector.readlink(server.release_link) is None:
                     host.connector.symlink(server.release_link, self.pipeline.on(host, release.id).dir)
                 point_server(server, host.connector, read_live(host.plan, host.connector))
-            host.supervisor.launch(*(name for server in servers for name in server.programs))
+            starting_balancer = any(lb.name == host.name for lb, _ in balancers)
+            host.supervisor.launch(*(name for server in servers for name in server.programs),
+                                   *(("haproxy",) if starting_balancer else ()))
             for server in servers:
                 self.wait_healthy(server, self.release_of(server) or release, launched=True)
 
-        if stopped:
-            names = ", ".join(server.name for servers in stopped.values() for server in servers)
-            with self.reporter.step(f"Starting app servers {names} (nginx + gunicorn), all at once"):
-                on_each({name: self.hosts[name] for name in stopped}, start)
+        names = ", ".join(server.name for servers in stopped.values() for server in servers)
+        title = f"Starting app servers {names} (nginx + gunicorn)"
+        if balancers:
+            title += f" and the load balancer (HAProxy) on {', '.join(self._where(host) for host, _ in balancers)}"
+        with self.reporter.step(f"{title}, all at once"):
+            on_each(launching, start)
+            healthy = tuple(server.name for servers in stopped.values() for server in servers)
+            for host, instance in balancers:
+                self._wait_balancer(host, instance, launched=True, healthy=healthy)
 
     def _restart_if_changed(self, server: AppServer, release: Release, changes: Changes, reconfigured: set[str]) -> None:
         """Restart what reads a changed file or changed supervisor settings, out of rotation when another server
@@ -1014,6 +1025,8 @@ class System:
     def _ensure_balancers(self, changes: Changes) -> None:
         for host, instance in zip(self.lb_hosts, self.balancers):
             action = changes.haproxy.get(host.name)
+            if action == "start" and self._stopped_app_servers(changes):
+                continue  # started with the app servers
             if action == "start":
                 with self.reporter.step(f"Starting the load balancer (HAProxy) on {self._where(host)}"):
                     host.supervisor.launch("haproxy")
@@ -1027,6 +1040,14 @@ class System:
                 with self.reporter.step(f"Putting {', '.join(resting)} back into rotation"):
                     for name in resting:
                         instance.set_state(name, "ready")
+
+    def _stopped_app_servers(self, changes: Changes) -> dict[str, list[AppServer]]:
+        """The app servers the changes start, by host."""
+        stopped: dict[str, list[AppServer]] = {}
+        for server in self.plan.app_servers:
+            if set(server.programs) & set(changes.start.get(server.host, ())):
+                stopped.setdefault(server.host, []).append(server)
+        return stopped
 
     def traffic(self) -> list[Traffic | None]:
         """Each balancer's counters of what it answered over HTTPS, None where none answers (see traffic_since)."""
@@ -1060,8 +1081,15 @@ class System:
                              leaf_der(bundle) if bundle else b"")
         return status == 200, f"HTTPS health check through {host.address} answered {status}"
 
-    def _wait_balancer(self, host: Host, instance: Balancer, launched: bool = False) -> None:
+    def _wait_balancer(self, host: Host, instance: Balancer, launched: bool = False,
+                       healthy: tuple[str, ...] = ()) -> None:
+        """launched: HAProxy was just launched, so one that exits fails the wait at once. healthy: the servers djship
+        itself just found healthy, which HAProxy is told are (a check of its own may have come before they were)."""
         def ready() -> tuple[bool, str]:
+            states = instance.states() if healthy else {}
+            for name in healthy:
+                if name in states and states[name].status != "UP":
+                    instance.set_health(name, "up")
             return self._balancer_ready(host, instance)
 
         wait_until(f"the load balancer on {host.name}", host.supervisor.answering("haproxy", ready) if launched

@@ -355,3 +355,51 @@ def test_a_launched_program_started_again_by_the_supervisor_has_exited_too(make_
         assert check() == (False, "HTTP 502")
     with pytest.raises(DjshipError, match=r"app1-gunicorn exited while starting \(the supervisor started it again\)"):
         check()
+
+
+class _StartingBalancer:
+    """A just launched HAProxy: its first answer lists app1 taken out by a check that came too early and app2 not
+    yet checked; `set server ... health up` makes a server UP."""
+
+    def __init__(self):
+        self.status = {"app1": "DOWN", "app2": "UP 1/2"}
+        self.told: list[str] = []
+
+    def states(self):
+        return {name: ServerState(name, status, "L7OK", 0) for name, status in self.status.items()}
+
+    def set_health(self, server: str, health: str) -> None:
+        self.told.append(f"{server} {health}")
+        self.status[server] = "UP"
+
+
+def test_a_first_start_launches_haproxy_with_the_app_servers_and_tells_it_what_djship_found_healthy(
+        make_config, tmp_path, monkeypatch):
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from djship.deploy.release import Release
+
+    system = one_machine(make_config(), tmp_path)
+    host = system.hosts["local"]
+    events: list[str] = []
+    balancer = _StartingBalancer()
+    monkeypatch.setattr(system, "reporter", type("R", (), {"step": lambda self, title: (events.append(title),
+                                                                                          nullcontext())[1]})())
+    monkeypatch.setattr(system, "balancers", [balancer])
+    monkeypatch.setattr(host.supervisor, "launch", lambda *names: events.append(f"launch {' '.join(names)}"))
+    monkeypatch.setattr(system, "wait_healthy", lambda server, release, launched: events.append(f"healthy {server.name}"))
+    monkeypatch.setattr(system, "_balancer_ready", lambda lb, instance: (
+        all(state.status == "UP" for state in instance.states().values()), "waiting"))
+    for server in system.plan.app_servers:
+        server.dir.mkdir(parents=True)
+    programs = [name for server in system.plan.app_servers for name in server.programs]
+    changes = SimpleNamespace(start={"local": [*programs, "haproxy"]}, haproxy={"local": "start"})
+
+    system._start_app_servers(changes, Release("20260101-000001", tmp_path / "r1"))
+    system._ensure_balancers(changes)  # already started: nothing more
+
+    assert events == [f"Starting app servers app1, app2 (nginx + gunicorn) and the load balancer (HAProxy) on "
+                      f"{system.plan.url}, all at once", f"launch {' '.join(programs)} haproxy",
+                      "healthy app1", "healthy app2"]
+    assert balancer.told == ["app1 up", "app2 up"]

@@ -161,6 +161,10 @@ class Balancer:
         """state: ready (in rotation), drain (no new requests), maint (out)."""
         self._command(f"set server {BACKEND}/{server} state {state}")
 
+    def set_health(self, server: str, health: str) -> None:
+        """health: up, stopping or down, as if the checks had found it (they go on and may change it again)."""
+        self._command(f"set server {BACKEND}/{server} health {health}")
+
     def add_map_entries(self, map_file: Path, entries: dict[str, str]) -> None:
         for key, value in entries.items():
             self._command(f"add map {map_file} {key} {value}")
