@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from djship.config import with_values
 from djship.connectors.ssh import SSHConnector, SSHTarget
 from djship.deploy.release import Release
 from tests.e2e.conftest import EXAMPLE, OFFSET, run_djship, searchable_directory
@@ -141,16 +143,21 @@ def test_a_killed_mount_is_restarted_by_the_supervisor(fleet: Fleet, saved):
 
 
 def test_the_uploads_survive_a_deploy_without_a_failed_request(fleet: Fleet, saved):
+    """Half the app servers at a time (2 of 3, rounded up): app1 and app2 restart at once, then app3."""
+    config = fleet.project / "djship.toml"
+    config.write_text(with_values(config.read_text(), {"deploy.batch_size": "50%"}))
     views = fleet.project / "posts" / "views.py"
     original = views.read_text()
     views.write_text(original + "\n# deployed by the media e2e test\n")
     try:
         with FleetLoop(fleet) as load:
-            fleet.djship("deploy")
+            said = fleet.djship("deploy").stdout
             load.wait_for(load.served + 30)
     finally:
         views.write_text(original)
     assert load.failures == []
+    assert re.search(r"Restarting app1, app2 on release \S+ and checking their health", said), said
+    assert re.search(r"Restarting app3 on release \S+ and checking its health", said), said
     assert_served_everywhere(fleet, [*saved, save_on(fleet, "app3", "posts/after-deploy.png")])
 
 

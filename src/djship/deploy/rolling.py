@@ -1,13 +1,15 @@
 """Changing a running system without failing a request: deploy, rollback and scale.
 
 Every change of an app server goes drain -> wait for in-flight requests -> change -> health check through
-nginx and gunicorn -> back into rotation, a batch of servers at a time, so the others keep serving. A server
-whose new release does not pass its health check goes back to the release it ran, and the change stops.
+nginx and gunicorn -> back into rotation, a batch of servers at a time (the batch's hosts at once), so the
+others keep serving. A server whose new release does not pass its health check goes back to the release it ran,
+with the rest of its batch, and the change stops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,6 +25,30 @@ from djship.topology import open_topology
 
 def _batches(servers: tuple[AppServer, ...], size: int) -> list[tuple[AppServer, ...]]:
     return [servers[start : start + size] for start in range(0, len(servers), size)]
+
+
+def _on_their_hosts(servers: tuple[AppServer, ...], apply: Callable[[AppServer], None]) -> None:
+    """apply to every server, on every host at once; a host's own servers one after another, since a change may
+    write a file they share (the app's environment). When any fail, one error names each and its reason."""
+    by_host: dict[str, list[AppServer]] = {}
+    for server in servers:
+        by_host.setdefault(server.host, []).append(server)
+
+    def apply_each(own: list[AppServer]) -> None:
+        for server in own:
+            try:
+                apply(server)
+            except DjshipError as error:
+                raise DjshipError(f"{server.name}: {error}") from None
+
+    with ThreadPoolExecutor(max_workers=len(by_host)) as pool:
+        futures = [pool.submit(apply_each, own) for own in by_host.values()]
+    errors = [future.exception() for future in futures if future.exception() is not None]
+    for error in errors:
+        if not isinstance(error, DjshipError):
+            raise error
+    if errors:
+        raise DjshipError("; ".join(str(error) for error in errors))
 
 
 def _names(servers: tuple[AppServer, ...]) -> str:
@@ -130,18 +156,18 @@ class Rollout:
         self, batch: tuple[AppServer, ...], what: str, apply: Callable[[AppServer], None],
         revert: Callable[[AppServer], None],
     ) -> None:
+        """The batch out of rotation, its servers changed host by host at once (each restarted and health-checked);
+        when any fails, every one of them returns to how it was before the error is raised."""
         failure = None
         with self.system.out_of_rotation(batch):
-            switched: list[AppServer] = []
             try:
-                for server in batch:
-                    switched.append(server)
-                    with self.reporter.step(f"Restarting {server.name} on {what} and checking its health"):
-                        apply(server)
+                with self.reporter.step(f"Restarting {_names(batch)} on {what} and checking "
+                                        f"{'its' if len(batch) == 1 else 'their'} health"):
+                    _on_their_hosts(batch, apply)
             except DjshipError as error:
-                failure = f"{what} failed on {server.name}: {error}"
-                with self.reporter.step(f"Returning {_names(tuple(switched))} to how they were"):
-                    for server in switched:
+                failure = f"{what} failed on {error}"
+                with self.reporter.step(f"Returning {_names(batch)} to how they were"):
+                    for server in batch:
                         revert(server)
         if failure:
             raise DjshipError(failure)
