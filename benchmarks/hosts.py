@@ -1,6 +1,7 @@
 """How `djship up` (from nothing), `djship deploy` (a one-line change; then another with deploy.batch_size =
-"25%"), an unchanged `djship up` and `djship up` adding one more app host grow with the number of app hosts: 1 lb + N app + 1 db for each N asked, beside the same
-commands on one machine, all measured in the same run. Each row's ratio is to the smallest N of the run.
+"25%"), an unchanged `djship up` and `djship up` adding one more app host grow with the number of app hosts:
+1 lb + N app + 1 db for each N asked, beside the same commands on one machine, all measured in the same run. Each
+row's ratio is to the smallest N of the run.
 
     python benchmarks/hosts.py [--apps 1,2,4,8] [--runs 1]
 

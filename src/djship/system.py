@@ -21,7 +21,7 @@ from pathlib import Path
 from djship import appenv, render
 from djship.changes import Changes, Observed, diff
 from djship.components import accounts, appserver, boot, external, jobs, media, offsite, orphans, pooler, redis
-from djship.components.balancer import Balancer, Traffic, https_probe, remote_sender
+from djship.components.balancer import Balancer, ServerState, Traffic, https_probe, remote_sender
 from djship.components.database import DatabaseServer
 from djship.components.pgbackrest import PgBackRest
 from djship.components.replication import Replication, wait_streaming
@@ -1070,8 +1070,8 @@ class System:
             host.supervisor.signal("haproxy", "USR2")
             self._wait_balancer(host, instance)
 
-    def _balancer_ready(self, host: Host, instance: Balancer) -> tuple[bool, str]:
-        states = instance.states()
+    def _balancer_ready(self, host: Host, states: dict[str, ServerState]) -> tuple[bool, str]:
+        """Whether HAProxy, whose view of the servers is states, sees every app server UP and answers over HTTPS."""
         down = [server.name for server in self.plan.app_servers
                 if server.name not in states or states[server.name].status != "UP"]
         if down:
@@ -1086,11 +1086,11 @@ class System:
         """launched: HAProxy was just launched, so one that exits fails the wait at once. healthy: the servers djship
         itself just found healthy, which HAProxy is told are (a check of its own may have come before they were)."""
         def ready() -> tuple[bool, str]:
-            states = instance.states() if healthy else {}
-            for name in healthy:
-                if name in states and states[name].status != "UP":
-                    instance.set_health(name, "up")
-            return self._balancer_ready(host, instance)
+            states = instance.states()
+            told = [name for name in healthy if name in states and states[name].status != "UP"]
+            for name in told:
+                instance.set_health(name, "up")
+            return self._balancer_ready(host, instance.states() if told else states)
 
         wait_until(f"the load balancer on {host.name}", host.supervisor.answering("haproxy", ready) if launched
                    else ready, READY_TIMEOUT, f"see `djship logs {host.name if len(self.hosts) > 1 else 'haproxy'}`")

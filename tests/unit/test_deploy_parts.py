@@ -389,8 +389,8 @@ def test_a_first_start_launches_haproxy_with_the_app_servers_and_tells_it_what_d
     monkeypatch.setattr(system, "balancers", [balancer])
     monkeypatch.setattr(host.supervisor, "launch", lambda *names: events.append(f"launch {' '.join(names)}"))
     monkeypatch.setattr(system, "wait_healthy", lambda server, release, launched: events.append(f"healthy {server.name}"))
-    monkeypatch.setattr(system, "_balancer_ready", lambda lb, instance: (
-        all(state.status == "UP" for state in instance.states().values()), "waiting"))
+    monkeypatch.setattr(system, "_balancer_ready", lambda lb, states: (
+        all(state.status == "UP" for state in states.values()), "waiting"))
     for server in system.plan.app_servers:
         server.dir.mkdir(parents=True)
     programs = [name for server in system.plan.app_servers for name in server.programs]

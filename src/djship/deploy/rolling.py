@@ -8,8 +8,8 @@ with the rest of its batch, and the change stops.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,27 +28,15 @@ def _batches(servers: tuple[AppServer, ...], size: int) -> list[tuple[AppServer,
 
 
 def _on_their_hosts(servers: tuple[AppServer, ...], apply: Callable[[AppServer], None]) -> None:
-    """apply to every server, on every host at once; a host's own servers one after another, since a change may
-    write a file they share (the app's environment). When any fail, one error names each and its reason."""
-    by_host: dict[str, list[AppServer]] = {}
-    for server in servers:
-        by_host.setdefault(server.host, []).append(server)
+    """apply to every server at once, but to a host's own servers one after another: a change may write a file they
+    share (the app's environment). When any fail, one error names each and its reason."""
+    locks = {server.host: threading.Lock() for server in servers}
 
-    def apply_each(own: list[AppServer]) -> None:
-        for server in own:
-            try:
-                apply(server)
-            except DjshipError as error:
-                raise DjshipError(f"{server.name}: {error}") from None
+    def alone_on_its_host(server: AppServer) -> None:
+        with locks[server.host]:
+            apply(server)
 
-    with ThreadPoolExecutor(max_workers=len(by_host)) as pool:
-        futures = [pool.submit(apply_each, own) for own in by_host.values()]
-    errors = [future.exception() for future in futures if future.exception() is not None]
-    for error in errors:
-        if not isinstance(error, DjshipError):
-            raise error
-    if errors:
-        raise DjshipError("; ".join(str(error) for error in errors))
+    on_each({server.name: server for server in servers}, alone_on_its_host)
 
 
 def _names(servers: tuple[AppServer, ...]) -> str:
